@@ -1,0 +1,46 @@
+# make demo / make test work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+MPIEXEC := $(VENV)/bin/mpiexec
+STAMP := $(VENV)/.installed
+# The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
+MPI ?= mpich
+
+.PHONY: venv demo test test-unit test-mpi test-e2e bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch is pinned to the CPU wheel; an unpinned torch pulls several GB of CUDA packages.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+ifeq ($(MPI),none)
+	env MPICC=$$(command -v mpicc) $(PY) -m pip install --quiet --no-binary=mpi4py -e ".[test]"
+else
+	$(PY) -m pip install --quiet -e ".[test,$(MPI)]"
+endif
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(MPIEXEC) -n 4 $(PY) -m hpcps.train
+
+test: $(STAMP)
+	$(MAKE) test-unit test-mpi test-e2e
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests/unit
+
+# The MPI tests run at two communicator sizes: with servers colocated on worker ranks, and apart.
+test-mpi: $(STAMP)
+	$(MPIEXEC) -n 3 $(PY) -m pytest -q --with-mpi -p no:cacheprovider tests/mpi
+	$(MPIEXEC) -n 5 $(PY) -m pytest -q --with-mpi -p no:cacheprovider tests/mpi
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest -q tests/e2e
+
+bench: $(STAMP)
+	$(PY) benchmarks/ps_vs_ddp.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

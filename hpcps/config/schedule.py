@@ -1,0 +1,133 @@
+"""Schedules: which ranks are parameter servers, which are workers, and each worker's batch and threads.
+
+A schedule file (or the [schedule] table of a job) looks like::
+
+    servers = [0, 1]          # ranks that hold a shard of the parameters
+    [[workers]]
+    rank = 0                  # a rank may be both a server and a worker
+    batch = 5                 # this worker's share of the global batch (samples per step)
+    threads = 1               # intra-op threads PyTorch uses on this worker
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcps.config.errors import ConfigError
+from hpcps.config.toml_schema import REQUIRED, read_toml, require_positive, take_table
+
+_TOP_SPEC = {"servers": (list, REQUIRED), "workers": (list, REQUIRED)}
+_WORKER_SPEC = {"rank": (int, REQUIRED), "batch": (int, REQUIRED), "threads": (int, 1)}
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    rank: int
+    batch: int
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class Schedule:
+    servers: tuple[int, ...]
+    workers: tuple[WorkerSpec, ...]
+    source: str = "<schedule>"
+
+    @property
+    def global_batch(self) -> int:
+        return sum(w.batch for w in self.workers)
+
+    @property
+    def n_ranks_needed(self) -> int:
+        return 1 + max(max(self.servers), max(w.rank for w in self.workers))
+
+    def worker(self, rank: int) -> WorkerSpec | None:
+        for w in self.workers:
+            if w.rank == rank:
+                return w
+        return None
+
+    def is_server(self, rank: int) -> bool:
+        return rank in self.servers
+
+    def check_against(self, n_ranks: int, global_batch: int) -> None:
+        """Raise ConfigError if this schedule cannot run on n_ranks ranks for a job of global_batch."""
+        for i, s in enumerate(self.servers):
+            if s >= n_ranks:
+                raise ConfigError(self.source, f"servers[{i}]",
+                                  f"names rank {s} but only {n_ranks} ranks were launched (valid ranks: 0..{n_ranks - 1})")
+        for i, w in enumerate(self.workers):
+            if w.rank >= n_ranks:
+                raise ConfigError(self.source, f"workers[{i}].rank",
+                                  f"names rank {w.rank} but only {n_ranks} ranks were launched (valid ranks: 0..{n_ranks - 1})")
+        if self.global_batch != global_batch:
+            raise ConfigError(self.source, "workers.batch",
+                              f"worker batches sum to {self.global_batch} but the job's training.global_batch is "
+                              f"{global_batch}; they must be equal")
+
+    def to_toml(self) -> str:
+        lines = [f"servers = [{', '.join(str(s) for s in self.servers)}]", ""]
+        for w in self.workers:
+            lines += ["[[workers]]", f"rank = {w.rank}", f"batch = {w.batch}", f"threads = {w.threads}", ""]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"servers": list(self.servers),
+                "workers": [{"rank": w.rank, "batch": w.batch, "threads": w.threads} for w in self.workers]}
+
+
+def parse_schedule(table: dict[str, Any], source: str, prefix: str = "") -> Schedule:
+    """Validate a schedule table (the whole file, or a job's [schedule])."""
+    def key(k: str) -> str:
+        return f"{prefix}.{k}" if prefix else k
+
+    top = take_table(source, prefix, table, _TOP_SPEC)
+    servers = top["servers"]
+    if not servers:
+        raise ConfigError(source, key("servers"), "no parameter server: list at least one rank, e.g. servers = [0]")
+    for i, s in enumerate(servers):
+        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
+            raise ConfigError(source, key(f"servers[{i}]"), f"must be a rank number >= 0, got {s!r}")
+    if len(set(servers)) != len(servers):
+        raise ConfigError(source, key("servers"), f"lists a rank twice: {servers}")
+    if not top["workers"]:
+        raise ConfigError(source, key("workers"), "no worker: add at least one [[workers]] table with rank and batch")
+    workers = []
+    for i, w in enumerate(top["workers"]):
+        wt = take_table(source, key(f"workers[{i}]"), w, _WORKER_SPEC)
+        if wt["rank"] < 0:
+            raise ConfigError(source, key(f"workers[{i}].rank"), f"must be a rank number >= 0, got {wt['rank']}")
+        require_positive(source, key(f"workers[{i}].batch"), wt["batch"])
+        require_positive(source, key(f"workers[{i}].threads"), wt["threads"])
+        workers.append(WorkerSpec(wt["rank"], wt["batch"], wt["threads"]))
+    ranks = [w.rank for w in workers]
+    if len(set(ranks)) != len(ranks):
+        raise ConfigError(source, key("workers"), f"a rank appears in two [[workers]] tables: {ranks}")
+    return Schedule(tuple(servers), tuple(sorted(workers, key=lambda w: w.rank)), source)
+
+
+def load_schedule(path: str | Path) -> Schedule:
+    return parse_schedule(read_toml(path), str(path))
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """total split into parts integers that differ by at most one, larger ones first."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def default_schedule(n_ranks: int, global_batch: int, threads: int = 1) -> Schedule:
+    """Every rank a worker with an equal share of the batch; one server per four ranks, colocated.
+
+    Colocating the servers keeps every rank computing, and a server per four workers keeps one
+    server's NIC from carrying every push on larger runs.
+    """
+    if n_ranks < 1:
+        raise ValueError(f"n_ranks must be >= 1, got {n_ranks}")
+    n_workers = min(n_ranks, global_batch)
+    n_servers = max(1, n_ranks // 4)
+    batches = split_evenly(global_batch, n_workers)
+    workers = tuple(WorkerSpec(r, b, threads) for r, b in enumerate(batches))
+    return Schedule(tuple(range(n_servers)), workers, f"<default schedule for {n_ranks} ranks>")

@@ -1,0 +1,1 @@
+"""Splitting each epoch's samples across workers."""

@@ -1,0 +1,167 @@
+"""Synchronous (BSP) parameter-server training across the ranks of a communicator.
+
+One iteration: every worker pulls all shards, computes the gradient of its own k_i samples, pushes
+each shard's slice to its server; each server averages the pushes weighted by k_i and applies the
+optimiser. Other synchronisation modes (asynchronous, bounded staleness) would replace run_bsp's
+loop with per-worker clocks on the same exchange and server state; the job's training.sync names
+the mode.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from hpcps.comm.buffers import ExchangeBuffer, choose_transport
+from hpcps.config.job import Job
+from hpcps.config.schedule import Schedule
+from hpcps.data.partition import EpochPartition
+from hpcps.ps.exchange import ParameterExchange
+from hpcps.ps.flat import FlatModel
+from hpcps.ps.server import ServerShard
+from hpcps.ps.sharding import plan_shards
+from hpcps.workloads import build_workload
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    wall_s: float                    # training loop only: evaluation excluded
+    samples_per_s: float
+    final_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    sample_text: str | None = None
+    final_params: np.ndarray | None = None
+
+
+def total_iterations(job: Job, per_epoch: int) -> int:
+    if job.training.iterations > 0:
+        return job.training.iterations
+    return max(1, math.ceil(job.training.epochs * per_epoch))
+
+
+def pick_device(requested: str, is_worker: bool) -> str:
+    if requested == "cpu" or not is_worker:
+        return "cpu"
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but PyTorch sees no GPU")
+        env = os.environ
+        local = int(env.get("MPI_LOCALRANKID", env.get("OMPI_COMM_WORLD_LOCAL_RANK", env.get("SLURM_LOCALID", "0"))))
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        return "cuda"
+    return "cpu"
+
+
+def _exchange_buffer(t: torch.Tensor, transport: str) -> ExchangeBuffer:
+    if t.is_cuda:
+        import cupy
+        return ExchangeBuffer(cupy.asarray(t), transport, synchronize=torch.cuda.synchronize)
+    return ExchangeBuffer(t.numpy(), "host")
+
+
+def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
+            log: Callable[[str], None] | None = None, recorder=None) -> TrainResult | None:
+    """Train job under schedule on comm. Returns the result on rank 0, None elsewhere."""
+    rank = comm.Get_rank()
+    log = log if (log and rank == 0) else (lambda _msg: None)
+    me = schedule.worker(rank)
+    torch.set_num_threads(me.threads if me else 1)
+    torch.manual_seed(job.training.seed)
+
+    workload = build_workload(job.workload, job.model, job.data, job.training.seed, job.source)
+    dev = pick_device(device, me is not None)
+    flat = FlatModel(workload.build_model(), dev)
+    model = flat.model
+
+    # Every rank starts from rank 0's initial parameters, whatever its own RNG or device did.
+    init = flat.params.detach().cpu().numpy().copy()
+    comm.Bcast(init, root=0)
+    shards = plan_shards(flat.numel, schedule.servers)
+    batches = [w.batch for w in schedule.workers]
+    served = {s.index: ServerShard(s, init[s.start:s.stop], batches, job.optimizer)
+              for s in shards if s.server == rank}
+    params_xb = grads_xb = None
+    if me is not None:
+        transport = choose_transport(gpu_transport, flat.params.is_cuda)
+        params_xb, grads_xb = _exchange_buffer(flat.params, transport), _exchange_buffer(flat.grads, transport)
+    exchange = ParameterExchange(comm, shards, schedule.workers, params_xb, grads_xb, served, recorder)
+
+    partition = EpochPartition(workload.n_train(), batches, job.training.seed)
+    worker_index = [w.rank for w in schedule.workers].index(rank) if me else -1
+    total = total_iterations(job, partition.per_epoch)
+    targets = workload.targets_per_sample()
+    log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
+        f"{flat.numel} parameters in {len(shards)} shards, global batch {partition.global_batch}, "
+        f"{total} iterations ({total / partition.per_epoch:.2f} epochs)")
+
+    stats = np.zeros(4)                     # loss * k, correct, samples, predictions since the last log line
+    history: list[dict[str, float]] = []
+    eval_s = 0.0
+    comm.Barrier()
+    t_start = t_log = time.perf_counter()
+    it_log = 0
+    for it in range(total):
+        if recorder is not None:
+            recorder.begin_iteration(it)
+        exchange.pull()
+        if me is not None:
+            batch = workload.get_batch(partition.indices(it, worker_index))
+            flat.zero_grad()
+            loss, correct = workload.loss(model, batch)
+            loss.backward()
+            stats += (float(loss.detach()) * me.batch, correct, me.batch, me.batch * targets)
+        exchange.push()
+        for state in served.values():
+            state.aggregate_and_step()
+
+        done = it + 1
+        if done % job.training.log_every == 0 or done == total:
+            summed = np.zeros(4)
+            comm.Reduce(stats, summed, op=MPI.SUM, root=0)
+            stats[:] = 0
+            now = time.perf_counter()
+            if rank == 0:
+                rate = (done - it_log) * partition.global_batch / max(now - t_log, 1e-9)
+                row = {"iteration": done, "epoch": done / partition.per_epoch, "loss": summed[0] / summed[2],
+                       "train_accuracy": summed[1] / summed[3], "samples_per_s": rate}
+                history.append(row)
+                log(f"iter {done:>5}/{total}  epoch {row['epoch']:5.2f}  loss {row['loss']:.4f}  "
+                    f"train-acc {row['train_accuracy']:.3f}  {rate:8.1f} samples/s")
+            t_log, it_log = now, done
+        if job.training.eval_every and done % job.training.eval_every == 0 and done < total:
+            t0 = time.perf_counter()
+            metrics = _evaluate_on_root(exchange, flat, workload)
+            if rank == 0:
+                log(f"iter {done:>5}/{total}  eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            eval_s += time.perf_counter() - t0
+            t_log += time.perf_counter() - t0
+    wall = time.perf_counter() - t_start - eval_s
+
+    params = exchange.gather_params(flat.numel, root=0)
+    if rank != 0:
+        return None
+    flat.params.copy_(torch.from_numpy(params))
+    metrics = workload.evaluate(model)
+    text = workload.finish(model)
+    log(f"done: {total} iterations in {wall:.2f} s, {total * partition.global_batch / wall:.1f} samples/s; "
+        + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    if text:
+        log(f"sample: {text!r}")
+    return TrainResult(total, wall, total * partition.global_batch / wall, metrics, history, text, params)
+
+
+def _evaluate_on_root(exchange: ParameterExchange, flat: FlatModel, workload) -> dict[str, float]:
+    params = exchange.gather_params(flat.numel, root=0)
+    if params is None:
+        return {}
+    # Rank 0's own copy is overwritten by the next pull, so borrowing it for evaluation is safe.
+    flat.params.copy_(torch.from_numpy(params))
+    return workload.evaluate(flat.model)
