@@ -28,8 +28,10 @@ class Shard:
 def plan_shards(n_elements: int, servers: tuple[int, ...] | list[int]) -> list[Shard]:
     """Contiguous shards of [0, n_elements), one per server in the given order, balanced by size.
 
-    Returns len(servers) shards covering the vector without gap or overlap; with fewer
-    ALIGN_ELEMENTS blocks than servers, the last servers get empty shards.
+    Returns len(servers) shards covering the vector without gap or overlap, sizes within
+    ALIGN_ELEMENTS of each other. The spare blocks go to the last shards, so the one holding the
+    vector's short final block is among them. With fewer blocks than servers, the first servers
+    get empty shards.
     """
     if not servers:
         raise ValueError("at least one server is needed")
@@ -39,7 +41,7 @@ def plan_shards(n_elements: int, servers: tuple[int, ...] | list[int]) -> list[S
     base, extra = divmod(n_blocks, len(servers))
     shards, start = [], 0
     for i, server in enumerate(servers):
-        blocks = base + (1 if i < extra else 0)
+        blocks = base + (1 if i >= len(servers) - extra else 0)
         stop = min(n_elements, start + blocks * ALIGN_ELEMENTS)
         shards.append(Shard(i, server, start, stop))
         start = stop
