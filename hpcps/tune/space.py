@@ -1,0 +1,139 @@
+"""The search space of a cluster's schedules, encoded for Emukit.
+
+Per node (in cluster order) four parameters:
+
+    server_<i>   0 or 1     hosts a parameter-server shard
+    worker_<i>   0 or 1     runs a worker
+    share_<i>    [0, 1]     the worker's share of the global batch, relative to the other workers
+    threads_<i>  1..2*cores the worker's threads (past the node's cores is allowed: it is slower,
+                            and the tuner should learn that rather than be told)
+
+A point decodes to a NodeSchedule through repair(), which makes any point runnable: at least one
+server (the best-connected node), at least one worker (the fastest node), integer batches summing to
+the global batch, none empty, none over its node's memory. A point that cannot be repaired (the
+global batch does not fit in the memory of all nodes together) raises InfeasibleSchedule before it
+costs a trial.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hpcps.cluster.description import Cluster
+from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker, split_proportional
+
+FIELDS = ("server", "worker", "share", "threads")
+
+
+class InfeasibleSchedule(ValueError):
+    """No schedule near the point can run: say why."""
+
+
+def max_threads(cores: int) -> int:
+    return max(2, 2 * cores)
+
+
+@dataclass(frozen=True)
+class ScheduleSpace:
+    cluster: Cluster
+    global_batch: int
+    max_batch: tuple[int, ...] | None = None   # per node: the largest batch its memory holds (None: no limit)
+
+    @property
+    def n_dims(self) -> int:
+        return len(FIELDS) * len(self.cluster)
+
+    def parameter_space(self):
+        """The Emukit ParameterSpace: (n_dims,) points, four parameters per node."""
+        from emukit.core import ContinuousParameter, DiscreteParameter, ParameterSpace
+        params = []
+        for i, node in enumerate(self.cluster.nodes):
+            params += [DiscreteParameter(f"server_{i}", [0, 1]), DiscreteParameter(f"worker_{i}", [0, 1]),
+                       ContinuousParameter(f"share_{i}", 0.0, 1.0),
+                       DiscreteParameter(f"threads_{i}", list(range(1, max_threads(node.type.cores) + 1)))]
+        return ParameterSpace(params)
+
+    def encode(self, schedule: NodeSchedule) -> np.ndarray:
+        """A point (n_dims,) for a schedule with at most one worker per node."""
+        point = np.zeros((len(self.cluster), len(FIELDS)))
+        point[:, 2] = 0.0
+        point[:, 3] = 1
+        for plan in schedule.nodes:
+            i = self.cluster.index(plan.name)
+            if len(plan.workers) > 1:
+                raise ValueError(f"node {plan.name} runs {len(plan.workers)} workers; the search space has one per node")
+            point[i, 0] = 1 if plan.server else 0
+            if plan.workers:
+                point[i, 1] = 1
+                point[i, 2] = plan.workers[0].batch / self.global_batch
+                point[i, 3] = min(plan.workers[0].threads, max_threads(self.cluster.nodes[i].type.cores))
+        return point.reshape(-1)
+
+    def decode(self, point: np.ndarray) -> NodeSchedule:
+        """The repaired schedule of a point (n_dims,). Raises InfeasibleSchedule."""
+        p = np.asarray(point, dtype=float).reshape(len(self.cluster), len(FIELDS))
+        nodes = self.cluster.nodes
+        servers = p[:, 0] >= 0.5
+        workers = p[:, 1] >= 0.5
+        shares = np.clip(p[:, 2], 0.0, 1.0)
+        threads = [int(np.clip(round(t), 1, max_threads(n.type.cores))) for t, n in zip(p[:, 3], nodes)]
+        if not servers.any():
+            servers[max(range(len(nodes)), key=lambda i: (nodes[i].type.nic_gbps, -i))] = True
+        if not workers.any():
+            workers[max(range(len(nodes)), key=lambda i: (nodes[i].type.speed, -i))] = True
+        batches = self._batches(workers, shares)
+        plans = []
+        for i, node in enumerate(nodes):
+            ws = (NodeWorker(int(batches[i]), threads[i]),) if batches[i] > 0 else ()
+            if ws or servers[i]:
+                plans.append(NodePlan(node.name, bool(servers[i]), ws))
+        return NodeSchedule(tuple(plans), f"<{self.cluster.name} schedule>")
+
+    def _batches(self, workers: np.ndarray, shares: np.ndarray) -> np.ndarray:
+        """Integer batches for the active workers, in proportion to shares, each >= 1 and within memory."""
+        active = [i for i in range(len(workers)) if workers[i]]
+        # An active worker's share is at least a small floor: "runs a worker" wins over a zero share.
+        weights = [max(shares[i], 1e-3) for i in active]
+        if len(active) > self.global_batch:            # more workers than samples: keep the largest shares
+            keep = sorted(range(len(active)), key=lambda j: (-weights[j], active[j]))[: self.global_batch]
+            active = [active[j] for j in sorted(keep)]
+            weights = [max(shares[i], 1e-3) for i in active]
+        caps = [self.max_batch[i] if self.max_batch else self.global_batch for i in active]
+        if sum(caps) < self.global_batch:
+            raise InfeasibleSchedule(f"the workers' memory holds {sum(caps)} samples, the global batch is "
+                                     f"{self.global_batch}")
+        parts = split_proportional(self.global_batch, weights)
+        parts = [max(1, b) for b in parts]
+        # Take back what the floor of one added, from the largest batches.
+        while sum(parts) > self.global_batch:
+            j = max(range(len(parts)), key=lambda j: parts[j])
+            parts[j] -= 1
+        # Move what overflows a node's memory to workers with room, in proportion to their weights.
+        for _ in range(len(parts)):
+            over = sum(max(0, b - c) for b, c in zip(parts, caps))
+            if over == 0:
+                break
+            parts = [min(b, c) for b, c in zip(parts, caps)]
+            room = [j for j in range(len(parts)) if parts[j] < caps[j]]
+            extra = split_proportional(over, [weights[j] for j in room])
+            for j, e in zip(room, extra):
+                parts[j] += e
+        out = np.zeros(len(workers), dtype=int)
+        out[active] = parts
+        return out
+
+    def repair(self, point: np.ndarray) -> np.ndarray:
+        """The point of the repaired schedule (n_dims,): what a trial of point really runs."""
+        return self.encode(self.decode(point))
+
+    def random_points(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """(n, n_dims) random points, before repair."""
+        pts = np.zeros((n, len(self.cluster), len(FIELDS)))
+        pts[:, :, 0] = rng.random((n, len(self.cluster))) < 0.3
+        pts[:, :, 1] = rng.random((n, len(self.cluster))) < 0.8
+        pts[:, :, 2] = rng.random((n, len(self.cluster)))
+        for i, node in enumerate(self.cluster.nodes):
+            pts[:, i, 3] = rng.integers(1, max_threads(node.type.cores) + 1, size=n)
+        return pts.reshape(n, -1)

@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcps.cluster import load_cluster
+from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker, balanced, naive
+from hpcps.tune.space import InfeasibleSchedule, ScheduleSpace
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def hetero8():
+    return load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+
+
+def canonical(s: NodeSchedule):
+    return sorted((p.name, p.server, p.workers) for p in s.nodes)
+
+
+@pytest.mark.parametrize("make", [naive, balanced])
+def test_schedule_point_schedule_round_trip(hetero8, make):
+    space = ScheduleSpace(hetero8, 128)
+    schedule = make(hetero8, 128)
+    point = space.encode(schedule)
+    assert point.shape == (space.n_dims,) == (32,)
+    assert canonical(space.decode(point)) == canonical(schedule)
+
+
+def test_random_points_repair_to_valid_schedules(hetero8):
+    space = ScheduleSpace(hetero8, 100, max_batch=(200,) * 8)
+    for point in space.random_points(200, np.random.default_rng(0)):
+        s = space.decode(point)
+        assert s.global_batch == 100
+        assert any(p.server for p in s.nodes) and any(p.workers for p in s.nodes)
+        assert all(w.batch >= 1 for p in s.nodes for w in p.workers)
+        # repair is idempotent: a repaired point decodes to the same schedule
+        assert canonical(space.decode(space.repair(point))) == canonical(s)
+
+
+def test_repair_adds_a_server_on_the_best_connected_node_and_a_worker_on_the_fastest(hetero8):
+    space = ScheduleSpace(hetero8, 64)
+    s = space.decode(np.zeros(space.n_dims))
+    assert [p.name for p in s.nodes if p.server] == ["n1"]       # gpu-fast: 10 Gb/s, first in file order
+    assert [(p.name, p.workers[0].batch) for p in s.nodes if p.workers] == [("n1", 64)]
+
+
+def test_memory_caps_move_samples_to_nodes_with_room(hetero8):
+    caps = (1000, 1000, 1000, 1000, 1000, 5, 5, 5)            # the slow nodes hold 5 samples each
+    space = ScheduleSpace(hetero8, 80, max_batch=caps)
+    s = space.decode(space.encode(naive(hetero8, 80)))          # naive gives every node 10
+    batches = {p.name: p.workers[0].batch for p in s.nodes if p.workers}
+    assert all(batches[n] <= 5 for n in ("n6", "n7", "n8"))
+    assert sum(batches.values()) == 80
+
+
+def test_a_batch_that_fits_nowhere_is_rejected(hetero8):
+    space = ScheduleSpace(hetero8, 80, max_batch=(5,) * 8)
+    with pytest.raises(InfeasibleSchedule, match="memory holds 40 samples"):
+        space.decode(space.encode(naive(hetero8, 80)))
+
+
+def test_more_workers_than_samples_keeps_the_largest_shares(hetero8):
+    space = ScheduleSpace(hetero8, 3)
+    point = space.encode(naive(hetero8, 8))
+    s = space.decode(point)
+    assert s.global_batch == 3 and sum(1 for p in s.nodes if p.workers) == 3
+
+
+def test_parameter_space_matches_the_encoding(hetero8):
+    space = ScheduleSpace(hetero8, 64)
+    ps = space.parameter_space()
+    assert ps.dimensionality == space.n_dims
+    assert ps.check_points_in_domain(space.encode(balanced(hetero8, 64))[None, :]).all()
