@@ -1,0 +1,248 @@
+"""Node-level schedules: what each node of a cluster runs, and how that becomes ranks.
+
+A node schedule says, per node, whether it hosts a parameter-server shard and which workers it runs
+(each with its batch and threads). The training runtime works with rank-level schedules
+(hpcps.config.schedule.Schedule); to_rank_schedule() numbers the ranks node by node and says which node
+each rank stands for. Format (docs/cluster.md)::
+
+    [[nodes]]
+    name = "n1"
+    server = true
+    workers = [{batch = 32, threads = 2}]
+
+    [[nodes]]
+    name = "n2"
+    workers = [{batch = 16}, {batch = 16}]
+
+Nodes of the cluster that the schedule does not list run nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hpcps.cluster.description import Cluster
+from hpcps.config.errors import ConfigError
+from hpcps.config.schedule import Schedule, WorkerSpec, parse_schedule, split_evenly
+from hpcps.config.toml_schema import REQUIRED, read_toml, require_positive, take_table
+
+_TOP_SPEC = {"nodes": (list, REQUIRED)}
+_NODE_SPEC = {"name": (str, REQUIRED), "server": (bool, False), "workers": (list, [])}
+_WORKER_SPEC = {"batch": (int, REQUIRED), "threads": (int, 1)}
+
+# balanced() puts one server per this many nodes: the same ratio as the rank-level default schedule.
+NODES_PER_SERVER = 4
+
+
+@dataclass(frozen=True)
+class NodeWorker:
+    batch: int
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class NodePlan:
+    """What one node runs: a server shard or not, and zero or more workers."""
+    name: str
+    server: bool = False
+    workers: tuple[NodeWorker, ...] = ()
+
+    @property
+    def n_ranks(self) -> int:
+        return len(self.workers) if self.workers else (1 if self.server else 0)
+
+
+@dataclass(frozen=True)
+class RankPlacement:
+    """A rank-level schedule and the node each rank stands for (rank_nodes[rank] is a node name)."""
+    schedule: Schedule
+    rank_nodes: tuple[str, ...]
+
+    @property
+    def n_ranks(self) -> int:
+        return len(self.rank_nodes)
+
+
+@dataclass(frozen=True)
+class NodeSchedule:
+    nodes: tuple[NodePlan, ...]
+    source: str = "<node schedule>"
+
+    @property
+    def global_batch(self) -> int:
+        return sum(w.batch for p in self.nodes for w in p.workers)
+
+    @property
+    def n_ranks(self) -> int:
+        return sum(p.n_ranks for p in self.nodes)
+
+    def check_against(self, cluster: Cluster, global_batch: int | None = None) -> None:
+        """Raise ConfigError if a node is not in cluster, or the batches do not sum to global_batch."""
+        for i, p in enumerate(self.nodes):
+            if not cluster.has(p.name):
+                shown = ", ".join(cluster.names[:8]) + (", ..." if len(cluster) > 8 else "")
+                raise ConfigError(self.source, f"nodes[{i}].name",
+                                  f"node {p.name!r} is not in cluster {cluster.name!r} ({cluster.source}); "
+                                  f"its nodes are {shown}")
+        if global_batch is not None and self.global_batch != global_batch:
+            raise ConfigError(self.source, "nodes.workers.batch",
+                              f"worker batches sum to {self.global_batch} but the job's training.global_batch is "
+                              f"{global_batch}; they must be equal")
+
+    def to_rank_schedule(self) -> RankPlacement:
+        """Ranks numbered node by node in the order listed. A node's server shares the rank of the node's
+        first worker (so the server's local pushes and pulls are copies); a node with a server and no
+        worker gets a rank of its own. Servers keep node order, which is shard order."""
+        servers, workers, rank_nodes = [], [], []
+        for p in self.nodes:
+            first = len(rank_nodes)
+            for w in p.workers:
+                workers.append(WorkerSpec(len(rank_nodes), w.batch, w.threads))
+                rank_nodes.append(p.name)
+            if p.server:
+                if not p.workers:
+                    rank_nodes.append(p.name)
+                servers.append(first)
+        return RankPlacement(Schedule(tuple(servers), tuple(workers), self.source), tuple(rank_nodes))
+
+    def to_toml(self) -> str:
+        lines = []
+        for p in self.nodes:
+            lines += ["[[nodes]]", f"name = {json.dumps(p.name)}", f"server = {'true' if p.server else 'false'}"]
+            ws = ", ".join(f"{{batch = {w.batch}, threads = {w.threads}}}" for w in p.workers)
+            lines += [f"workers = [{ws}]", ""]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"nodes": [{"name": p.name, "server": p.server,
+                           "workers": [{"batch": w.batch, "threads": w.threads} for w in p.workers]}
+                          for p in self.nodes]}
+
+
+def parse_node_schedule(table: dict[str, Any], source: str) -> NodeSchedule:
+    """Validate a node schedule table. Raises ConfigError naming source and key."""
+    top = take_table(source, "", table, _TOP_SPEC)
+    plans, seen = [], {}
+    for i, entry in enumerate(top["nodes"]):
+        prefix = f"nodes[{i}]"
+        e = take_table(source, prefix, entry, _NODE_SPEC)
+        if e["name"] in seen:
+            raise ConfigError(source, f"{prefix}.name",
+                              f"node {e['name']!r} is listed twice (also nodes[{seen[e['name']]}]); "
+                              "list each node once with all its workers")
+        seen[e["name"]] = i
+        workers = []
+        for j, w in enumerate(e["workers"]):
+            wt = take_table(source, f"{prefix}.workers[{j}]", w, _WORKER_SPEC)
+            require_positive(source, f"{prefix}.workers[{j}].batch", wt["batch"])
+            require_positive(source, f"{prefix}.workers[{j}].threads", wt["threads"])
+            workers.append(NodeWorker(wt["batch"], wt["threads"]))
+        plans.append(NodePlan(e["name"], e["server"], tuple(workers)))
+    if not any(p.server for p in plans):
+        raise ConfigError(source, "nodes.server", "no parameter server: set server = true on at least one node")
+    if not any(p.workers for p in plans):
+        raise ConfigError(source, "nodes.workers",
+                          "no worker: give at least one node workers = [{batch = N}]")
+    return NodeSchedule(tuple(plans), source)
+
+
+def load_node_schedule(path: str | Path) -> NodeSchedule:
+    return parse_node_schedule(read_toml(path), str(path))
+
+
+def write_node_schedule(schedule: NodeSchedule, path: str | Path) -> None:
+    """Write schedule.to_toml() to path through a temporary file, so a reader never sees half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(schedule.to_toml())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def place_rank_schedule(schedule: Schedule, cluster: Cluster) -> RankPlacement:
+    """A rank-level schedule on a cluster: rank r stands for node r mod len(cluster), in file order,
+    which is how mpirun and srun fill one rank per node before coming back to the first node."""
+    n = schedule.n_ranks_needed
+    return RankPlacement(schedule, tuple(cluster.nodes[r % len(cluster)].name for r in range(n)))
+
+
+def load_any_schedule(path: str | Path) -> NodeSchedule | Schedule:
+    """A schedule file of either kind: a node schedule (it has [[nodes]]) or a rank-level schedule
+    (servers and [[workers]]). Raises ConfigError on bad input."""
+    table = read_toml(path)
+    if "nodes" in table:
+        return parse_node_schedule(table, str(path))
+    return parse_schedule(table, str(path))
+
+
+def placement_of(schedule: NodeSchedule | Schedule, cluster: Cluster,
+                 global_batch: int | None = None) -> RankPlacement:
+    """Either kind of schedule as ranks on cluster, after checking it against cluster and global_batch."""
+    if isinstance(schedule, NodeSchedule):
+        schedule.check_against(cluster, global_batch)
+        return schedule.to_rank_schedule()
+    if global_batch is not None:
+        schedule.check_against(schedule.n_ranks_needed, global_batch)
+    return place_rank_schedule(schedule, cluster)
+
+
+def load_placement(path: str | Path, cluster: Cluster, global_batch: int | None = None) -> RankPlacement:
+    """load_any_schedule(path) placed on cluster. Raises ConfigError on bad input or a mismatch."""
+    return placement_of(load_any_schedule(path), cluster, global_batch)
+
+
+def split_proportional(total: int, weights: list[float]) -> list[int]:
+    """total split into non-negative integers in proportion to weights (largest remainder first,
+    ties to the earlier entry); the parts sum to total."""
+    if total < 0 or not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"cannot split {total} by weights {weights}")
+    s = sum(weights)
+    exact = [total * w / s for w in weights]
+    parts = [math.floor(x) for x in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - parts[i]), i))
+    for i in order[: total - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def _plans(cluster: Cluster, batches: list[int], servers: set[str], threads: int) -> NodeSchedule:
+    plans = []
+    for node, b in zip(cluster.nodes, batches):
+        workers = (NodeWorker(b, threads),) if b > 0 else ()
+        if workers or node.name in servers:
+            plans.append(NodePlan(node.name, node.name in servers, workers))
+    return NodeSchedule(tuple(plans), f"<schedule for {cluster.name}>")
+
+
+def naive(cluster: Cluster, global_batch: int) -> NodeSchedule:
+    """One server on the first node, one single-threaded worker per node with equal batches (nodes past
+    global_batch get none, so no worker has an empty batch)."""
+    if global_batch < 1:
+        raise ValueError(f"global_batch must be >= 1, got {global_batch}")
+    batches = split_evenly(global_batch, min(len(cluster), global_batch))
+    batches += [0] * (len(cluster) - len(batches))
+    return _plans(cluster, batches, {cluster.nodes[0].name}, 1)
+
+
+def balanced(cluster: Cluster, global_batch: int) -> NodeSchedule:
+    """One single-threaded worker per node with a batch in proportion to the node's speed, so every
+    worker computes for about as long; one server per NODES_PER_SERVER nodes on the nodes with the
+    fastest network (ties in file order), since every server's NIC carries a shard to and from every
+    worker."""
+    if global_batch < 1:
+        raise ValueError(f"global_batch must be >= 1, got {global_batch}")
+    batches = split_proportional(global_batch, [n.type.speed for n in cluster.nodes])
+    n_servers = math.ceil(len(cluster) / NODES_PER_SERVER)
+    by_network = sorted(range(len(cluster)), key=lambda i: (-cluster.nodes[i].type.nic_gbps, i))
+    servers = {cluster.nodes[i].name for i in by_network[:n_servers]}
+    return _plans(cluster, batches, servers, 1)

@@ -1,0 +1,5 @@
+import sys
+
+from hpcps.sim.cli import main
+
+sys.exit(main())
