@@ -1,0 +1,131 @@
+"""python -m hpcps.sim as users and scripts call it: a subprocess for the contract (JSON out, exit 2 and
+one line on bad input, nothing written), main() in-process for the rest, to keep the suite fast."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpcps.cluster.placement import load_node_schedule
+from hpcps.sim.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+HETERO8 = str(ROOT / "jobs/clusters/hetero8.toml")
+JOB = str(ROOT / "jobs/default.toml")
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "hpcps.sim", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=120)
+
+
+def test_json_output():
+    p = run("--cluster", HETERO8, "--schedule", "naive", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["iteration_time_s"] > 0 and out["status"] == "ok" and out["feasible"] is True
+    assert out["cluster"] == "hetero8" and out["schedule"] == "naive" and out["workload"] == "digits"
+    assert len(out["ranks"]) == 8 and out["n_servers"] == 1 and out["global_batch"] == 64
+    assert {"compute_s", "pull_s", "push_s", "aggregate_s", "wait_s", "node"} <= set(out["ranks"][0])
+
+
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text(Path(HETERO8).read_text().replace("cores = 8", "cores = 8\nturbo = true"))
+    out = tmp_path / "saved.toml"
+    p = run("--cluster", str(bad), "--schedule", "naive", "--json", "--save-schedule", str(out))
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.count("\n") == 1
+    assert str(bad) in p.stderr and "types.gpu-fast.turbo" in p.stderr and "Valid keys are: speed" in p.stderr
+    assert not out.exists()
+
+
+def test_help():
+    p = run("--help")
+    assert p.returncode == 0 and "--cluster" in p.stdout and "--json" in p.stdout and "naive" in p.stdout
+
+
+def sim(capsys, *args):
+    try:
+        code = main(list(args))
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_table_output(capsys):
+    code, out, err = sim(capsys, "--cluster", HETERO8, "--schedule", "balanced", "--job", JOB)
+    assert code == 0 and err == ""
+    assert "iteration time" in out and "samples/s" in out and "n8" in out
+
+
+def test_schedule_files_of_both_kinds_and_saving(tmp_path, capsys):
+    saved = tmp_path / "b.toml"
+    code, out, _ = sim(capsys, "--cluster", HETERO8, "--schedule", "balanced", "--json", "--save-schedule", str(saved))
+    assert code == 0
+    balanced = json.loads(out)
+    assert load_node_schedule(saved).global_batch == 64
+    code, out, _ = sim(capsys, "--cluster", HETERO8, "--schedule", str(saved), "--json")
+    assert code == 0 and json.loads(out)["iteration_time_s"] == balanced["iteration_time_s"]
+    ranks = tmp_path / "r.toml"
+    ranks.write_text("servers = [0]\n" + "".join(f"[[workers]]\nrank = {r}\nbatch = 8\n" for r in range(8)))
+    code, out, _ = sim(capsys, "--cluster", HETERO8, "--schedule", str(ranks), "--json")
+    assert code == 0 and [r["node"] for r in json.loads(out)["ranks"]] == [f"n{i}" for i in range(1, 9)]
+    code, _, err = sim(capsys, "--cluster", HETERO8, "--schedule", str(ranks), "--save-schedule",
+                       str(tmp_path / "x.toml"))
+    assert code == 2 and "only a node schedule can be saved" in err and not (tmp_path / "x.toml").exists()
+
+
+def test_noise_and_stragglers_change_the_result(capsys):
+    def t(*extra):
+        code, out, _ = sim(capsys, "--cluster", HETERO8, "--json", *extra)
+        assert code == 0
+        return json.loads(out)["iteration_time_s"]
+    quiet = t()
+    assert t("--noise", "0.3", "--seed", "1") == t("--noise", "0.3", "--seed", "1") != quiet
+    assert t("--straggler-prob", "1", "--straggler-slowdown", "4") > quiet
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--cluster", "nope.toml"], "nope.toml: file not found"),
+    (["--cluster", HETERO8, "--schedule", "missing.toml"], "missing.toml: file not found"),
+    (["--cluster", HETERO8, "--job", "nojob.toml"], "nojob.toml: file not found"),
+    (["--cluster", HETERO8, "--iterations", "0"], "--iterations: must be >= 1"),
+    (["--cluster", HETERO8, "--noise", "-0.1"], "--noise: must be >= 0"),
+    (["--cluster", HETERO8, "--straggler-prob", "2"], "--straggler-prob: must be in [0, 1]"),
+    (["--cluster", HETERO8, "--straggler-slowdown", "0.5"], "--straggler-slowdown: must be >= 1"),
+    (["--cluster", HETERO8, "--profiles", "noprof.toml"], "noprof.toml: compute profiles not found"),
+    (["--cluster", HETERO8, "--save-schedule", "/no/such/dir/s.toml"], "does not exist"),
+    (["--schedule", "naive"], "no cluster: give --cluster FILE"),
+    (["--cluster", HETERO8, "--sharing", "fifo"], "invalid choice"),
+])
+def test_bad_arguments(capsys, args, words):
+    code, out, err = sim(capsys, *args)
+    assert code == 2 and out == "" and words in err
+
+
+def test_impossible_schedules(tmp_path, capsys):
+    wrong_batch = tmp_path / "s.toml"
+    wrong_batch.write_text('[[nodes]]\nname = "n1"\nserver = true\nworkers = [{batch = 5}]\n')
+    code, _, err = sim(capsys, "--cluster", HETERO8, "--schedule", str(wrong_batch))
+    assert code == 2 and "sum to 5" in err and "global_batch is 64" in err
+    unknown = tmp_path / "u.toml"
+    unknown.write_text('[[nodes]]\nname = "z9"\nserver = true\nworkers = [{batch = 64}]\n')
+    code, _, err = sim(capsys, "--cluster", HETERO8, "--schedule", str(unknown))
+    assert code == 2 and "'z9' is not in cluster 'hetero8'" in err
+    huge = tmp_path / "h.toml"                   # a slow node has 4 GB; a million digits samples do not fit
+    job = tmp_path / "job.toml"
+    job.write_text(Path(JOB).read_text().replace("global_batch = 64", "global_batch = 8000000"))
+    huge.write_text('[[nodes]]\nname = "n6"\nserver = true\nworkers = [{batch = 8000000}]\n')
+    code, out, err = sim(capsys, "--cluster", HETERO8, "--schedule", str(huge), "--job", str(job), "--json")
+    assert code == 2 and out == "" and "out of memory on node n6" in err
+
+
+def test_the_jobs_cluster_key_is_used(tmp_path, capsys):
+    job = tmp_path / "job.toml"
+    job.write_text(f'cluster = "{HETERO8}"\n' + Path(JOB).read_text())
+    code, out, _ = sim(capsys, "--job", str(job), "--json")
+    assert code == 0 and json.loads(out)["cluster"] == "hetero8"

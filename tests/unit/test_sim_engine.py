@@ -1,0 +1,219 @@
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcps.cluster import Cluster, Node, NodeType, load_cluster
+from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker, balanced, naive
+from hpcps.sim import SimOptions, load_profiles, simulate
+from hpcps.sim.engine import BYTES_PER_ELEMENT
+from hpcps.sim.profile import MachineProfile, WorkloadProfile
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Round numbers, so expected times can be written down; the calibrated profiles are tested apart.
+TOY = WorkloadProfile("toy", params=250_000, fixed_s=1e-3, per_sample_s=5e-4, fixed_parallel=0.5,
+                      per_sample_parallel=0.9, oversubscription=0.25, activation_bytes_per_sample=1e6)
+MACHINE = MachineProfile(memcpy_bytes_per_s=5e9, aggregate_s_per_byte_per_worker=2e-10,
+                         update_s_per_byte=(("sgd", 1e-10),), rank_overhead_bytes=3e8)
+EXACT = SimOptions(iterations=3, resolution_s=0.0)
+
+
+def cluster_of(*groups, name="c"):
+    """groups: (NodeType, [names]) in order."""
+    types, nodes = [], []
+    for t, names in groups:
+        types.append(t)
+        nodes += [Node(n, t) for n in names]
+    return Cluster(name, tuple(types), tuple(nodes))
+
+
+def sim(cluster, schedule, options=EXACT, profile=TOY):
+    return simulate(cluster, schedule.to_rank_schedule(), profile, MACHINE, options)
+
+
+def by_node(result):
+    return {r.node: r for r in result.ranks}
+
+
+@pytest.fixture(scope="module")
+def hetero8():
+    return load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+
+
+def test_a_node_at_speed_a_quarter_computes_four_times_as_long():
+    fast, slow = NodeType("one", 1.0, 4, 10.0), NodeType("quarter", 0.25, 4, 10.0)
+    c = cluster_of((fast, ["a"]), (slow, ["b"]))
+    r = by_node(sim(c, naive(c, 32)))
+    assert r["b"].compute_s == pytest.approx(4 * r["a"].compute_s, rel=1e-12)
+    assert r["a"].compute_s == pytest.approx(TOY.fixed_s + 16 * TOY.per_sample_s, rel=1e-12)
+
+
+def test_fixed_ms_adds_to_every_step():
+    plain, launch = NodeType("plain", 2.0, 4, 10.0), NodeType("launch", 2.0, 4, 10.0, fixed_ms=3.0)
+    c = cluster_of((plain, ["a"]), (launch, ["b"]))
+    r = by_node(sim(c, naive(c, 32)))
+    assert r["b"].compute_s - r["a"].compute_s == pytest.approx(3e-3, rel=1e-9)
+
+
+def test_two_flows_through_one_nic_each_get_half_its_bandwidth():
+    # A server alone on a 1 Gb/s node, two workers on 100 Gb/s nodes, no latency: the server's NIC is
+    # shared by two pulls (outwards) and then two pushes (inwards).
+    srv, wide = NodeType("srv", 1.0, 2, 1.0, latency_us=0.0), NodeType("wide", 1.0, 2, 100.0, latency_us=0.0)
+    c = cluster_of((srv, ["s"]), (wide, ["a", "b"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4),)),
+                      NodePlan("b", False, (NodeWorker(4),))))
+    nbytes = BYTES_PER_ELEMENT * TOY.params
+    half = 1e9 / 8 / 2
+    for sharing in ("maxmin", "equal"):
+        r = by_node(sim(c, s, replace(EXACT, sharing=sharing)))
+        for w in ("a", "b"):
+            assert r[w].pull_s == pytest.approx(nbytes / half, rel=1e-9)
+            assert r[w].push_s == pytest.approx(nbytes / half, rel=1e-9)
+    # One worker alone gets the whole NIC.
+    one = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(8),))))
+    assert by_node(sim(c, one))["a"].pull_s == pytest.approx(nbytes / (2 * half), rel=1e-9)
+
+
+def test_latency_is_added_once_per_message():
+    t0, t1 = NodeType("t", 1.0, 2, 8.0, latency_us=0.0), NodeType("t", 1.0, 2, 8.0, latency_us=500.0)
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4),))))
+    fast = by_node(sim(cluster_of((t0, ["s", "a"])), s))["a"]
+    slow = by_node(sim(cluster_of((t1, ["s", "a"])), s))["a"]
+    assert slow.pull_s - fast.pull_s == pytest.approx(500e-6, rel=1e-9)
+
+
+def test_ranks_of_one_node_copy_memory_and_leave_the_nic_alone():
+    slow_net = NodeType("t", 1.0, 8, 0.001)      # 1 Mb/s: a network transfer would take seconds
+    c = cluster_of((slow_net, ["a"]))
+    s = NodeSchedule((NodePlan("a", True, (NodeWorker(4), NodeWorker(4))),))
+    r = sim(c, s)
+    assert r.bytes_per_iteration == 0
+    assert r.iteration_time_s < 0.1
+    nbytes = BYTES_PER_ELEMENT * TOY.params
+    assert r.ranks[1].pull_s == pytest.approx(nbytes / MACHINE.memcpy_bytes_per_s + 1e-6, rel=1e-9)
+
+
+def test_the_breakdown_adds_up_to_the_iteration_time(hetero8):
+    for make in (naive, balanced):
+        r = sim(hetero8, make(hetero8, 64), replace(EXACT, noise_sigma=0.2, straggler_prob=0.2))
+        for rank in r.ranks:
+            total = rank.compute_s + rank.pull_s + rank.push_s + rank.aggregate_s + rank.wait_s
+            assert total == pytest.approx(r.iteration_time_s, rel=1e-9)
+        assert sum(r.iteration_times_s) == pytest.approx(r.iteration_time_s * len(r.iteration_times_s))
+
+
+def scale_network(cluster, factor, only=None):
+    types = {t.name: (replace(t, nic_gbps=t.nic_gbps * factor) if only in (None, t.name) else t)
+             for t in cluster.types}
+    return Cluster(cluster.name, tuple(types.values()),
+                   tuple(Node(n.name, types[n.type.name]) for n in cluster.nodes))
+
+
+@pytest.mark.parametrize("name", ["hetero8", "hetero10a", "hetero10b"])
+def test_more_bandwidth_never_slows_an_iteration(name):
+    base = load_cluster(ROOT / f"jobs/clusters/{name}.toml")
+    for make in (naive, balanced):
+        schedule = make(base, 64)
+        for only in [None] + [t.name for t in base.types]:
+            for options in (EXACT, replace(EXACT, noise_sigma=0.3, seed=4), replace(EXACT, sharing="equal")):
+                times = [sim(scale_network(base, f, only), schedule, options).iteration_time_s
+                         for f in (0.5, 1, 2, 4, 100)]
+                assert all(b <= a * (1 + 1e-9) for a, b in zip(times, times[1:])), (make.__name__, only, times)
+
+
+def test_an_idle_node_changes_nothing(hetero8):
+    schedule = balanced(hetero8, 64)
+    spare = NodeType("spare", 0.25, 1, 0.1, latency_us=1000.0, memory_gb=0.001)
+    nodes = list(hetero8.nodes)
+    nodes.insert(3, Node("idle", spare))
+    bigger = Cluster("bigger", hetero8.types + (spare,), tuple(nodes))
+    options = replace(EXACT, noise_sigma=0.1)
+    assert sim(bigger, schedule, options) == sim(hetero8, schedule, options)
+
+
+def test_balanced_beats_naive_on_hetero8(hetero8):
+    assert sim(hetero8, balanced(hetero8, 64)).iteration_time_s < sim(hetero8, naive(hetero8, 64)).iteration_time_s
+
+
+@pytest.mark.parametrize("workload", ["cifar-resnet", "charlm"])
+def test_balanced_beats_naive_on_hetero8_with_the_calibrated_profiles(hetero8, workload):
+    profiles = load_profiles()
+    p = profiles.workload(workload)
+    t = {make.__name__: simulate(hetero8, make(hetero8, 64).to_rank_schedule(), p, profiles.machine,
+                                 SimOptions(iterations=2)).iteration_time_s for make in (naive, balanced)}
+    assert t["balanced"] < t["naive"]
+
+
+def test_noise_is_seeded_and_mean_one(hetero8):
+    s = naive(hetero8, 64)
+    a = sim(hetero8, s, replace(EXACT, noise_sigma=0.2, seed=1))
+    assert a == sim(hetero8, s, replace(EXACT, noise_sigma=0.2, seed=1))
+    assert a != sim(hetero8, s, replace(EXACT, noise_sigma=0.2, seed=2))
+    assert a != sim(hetero8, s, EXACT)
+    quiet = sim(hetero8, s, replace(EXACT, iterations=1))
+    noisy = sim(hetero8, s, replace(EXACT, iterations=400, noise_sigma=0.2))
+    ratio = np.mean([n.compute_s / q.compute_s for n, q in zip(noisy.ranks, quiet.ranks)])
+    assert ratio == pytest.approx(1.0, abs=0.02)
+
+
+def test_stragglers_slow_their_steps(hetero8):
+    s = naive(hetero8, 64)
+    quiet = sim(hetero8, s)
+    always = sim(hetero8, s, replace(EXACT, straggler_prob=1.0, straggler_slowdown=3.0))
+    for q, a in zip(quiet.ranks, always.ranks):
+        assert a.compute_s == pytest.approx(3 * q.compute_s, rel=1e-12)
+    some = sim(hetero8, s, replace(EXACT, iterations=50, straggler_prob=0.3))
+    assert quiet.iteration_time_s < some.iteration_time_s < always.iteration_time_s
+
+
+def test_threads_help_until_the_cores_run_out():
+    t = NodeType("quad", 1.0, 4, 10.0)
+    c = cluster_of((t, ["a"]))
+
+    def compute(*threads):
+        s = NodeSchedule((NodePlan("a", True, tuple(NodeWorker(16, th) for th in threads)),))
+        return [r.compute_s for r in sim(c, s).ranks]
+
+    one, two, four = compute(1)[0], compute(2)[0], compute(4)[0]
+    assert four < two < one
+    assert two == pytest.approx(TOY.step_time(16, 2, 4, 2), rel=1e-12)
+    # Two workers of four threads on four cores: each gets two cores and pays for oversubscription.
+    shared = compute(4, 4)
+    assert shared[0] == shared[1] == pytest.approx(two * (1 + TOY.oversubscription), rel=1e-12)
+    # Past the cores, more threads only add the oversubscription cost.
+    assert compute(8)[0] == pytest.approx(four * (1 + TOY.oversubscription), rel=1e-12)
+
+
+def test_a_batch_over_the_nodes_memory_is_infeasible():
+    small = NodeType("small", 1.0, 2, 10.0, memory_gb=1.0)
+    c = cluster_of((small, ["a", "b"]))
+    ok = sim(c, naive(c, 200))            # 100 samples of 1 MB each, plus the rank: fits in 1 GB
+    assert ok.feasible and ok.status == "ok"
+    r = sim(c, naive(c, 1400))
+    assert not r.feasible and r.iteration_time_s == math.inf and r.samples_per_s == 0
+    assert "out of memory on node a" in r.status and "memory_gb = 1.0" in r.status and "[700]" in r.status
+    assert r.to_dict()["iteration_time_s"] is None and r.to_dict()["feasible"] is False
+
+
+def test_resolution_trades_little_accuracy_for_fewer_events(hetero8):
+    s = balanced(hetero8, 64)
+    exact = sim(hetero8, s, replace(EXACT, noise_sigma=0.2))
+    coarse = sim(hetero8, s, replace(EXACT, noise_sigma=0.2, resolution_s=None))
+    assert coarse.iteration_time_s == pytest.approx(exact.iteration_time_s, rel=0.01)
+
+
+def test_a_thousand_nodes(hetero8):
+    nodes = tuple(Node(f"x{i}", hetero8.nodes[i % 8].type) for i in range(1024))
+    big = Cluster("big", hetero8.types, nodes)
+    r = sim(big, naive(big, 4096), SimOptions(iterations=1))
+    assert r.feasible and len(r.ranks) == 1024 and r.n_servers == 1
+
+
+@pytest.mark.parametrize("bad", [dict(iterations=0), dict(noise_sigma=-1.0), dict(straggler_prob=1.5),
+                                 dict(straggler_slowdown=0.5), dict(sharing="fifo"), dict(resolution_s=-1.0)])
+def test_bad_options(hetero8, bad):
+    with pytest.raises(ValueError):
+        sim(hetero8, naive(hetero8, 8), SimOptions(**bad))

@@ -1,0 +1,61 @@
+import pytest
+
+from hpcps.config import ConfigError
+from hpcps.sim.profile import (DEFAULT_PROFILES, WorkloadProfile, _amdahl, _parallel_fraction, load_profiles,
+                               profile_for_job)
+from hpcps.workloads import BUILTIN
+
+
+def test_bundled_profiles_cover_every_builtin_workload():
+    p = load_profiles()
+    assert p.source == str(DEFAULT_PROFILES)
+    assert p.command.startswith("python benchmarks/calibrate_compute.py")
+    for name in BUILTIN:
+        w = p.workload(name)
+        assert w.params > 0 and w.fixed_s >= 0 and w.per_sample_s > 0 and w.activation_bytes_per_sample > 0
+        assert 0 <= w.fixed_parallel <= 1 and 0 <= w.per_sample_parallel <= 1 and w.oversubscription >= 0
+    m = p.machine
+    assert m.memcpy_bytes_per_s > 1e8 and m.aggregate_s_per_byte_per_worker > 0 and m.rank_overhead_bytes > 0
+    assert m.update_cost("adam") > 0 and m.update_cost("sgd") > 0
+    with pytest.raises(ConfigError, match="no compute profile for workload 'mine.module:f'"):
+        p.workload("mine.module:f")
+
+
+def test_digits_parameter_count_matches_the_model():
+    p = load_profiles()
+    digits = p.workload("digits")
+    assert digits.params == 64 * 128 + 128 + 128 * 10 + 10
+    assert profile_for_job(p, "digits", {"hidden": 128}, {"test_fraction": 0.3}) is digits
+    bigger = profile_for_job(p, "digits", {"hidden": 256}, {"test_fraction": 0.2})
+    assert bigger.params == 64 * 256 + 256 + 256 * 10 + 10
+    assert bigger.per_sample_s == pytest.approx(digits.per_sample_s * bigger.params / digits.params)
+    assert "scaled" in bigger.note
+
+
+def test_amdahl():
+    assert _parallel_fraction(1.0, 0.5) == 1.0
+    assert _parallel_fraction(1.0, 1.0) == 0.0
+    assert _parallel_fraction(1.0, 1.3) == 0.0          # slower with two threads: no parallel part
+    assert _parallel_fraction(1.0, 0.75) == pytest.approx(0.5)
+    assert _amdahl(0.5, 2) == pytest.approx(0.75)
+    assert _amdahl(1.0, 0.5) == pytest.approx(2.0)      # half a core: twice as long
+    assert _amdahl(0.0, 0.5) == pytest.approx(2.0)
+
+
+def test_step_time_is_linear_in_the_batch():
+    w = WorkloadProfile("w", 10, 2e-3, 1e-4, 0.3, 0.8, 0.1, 1.0)
+    assert w.step_time(0, 1, 4, 1) == pytest.approx(2e-3)
+    assert w.step_time(10, 1, 4, 1) - w.step_time(0, 1, 4, 1) == pytest.approx(1e-3)
+
+
+@pytest.mark.parametrize("text, words", [
+    (None, "not found"),
+    ("x = 1\n", "not a compute profile file"),
+    ("x = \n", "not a compute profile file"),
+])
+def test_bad_profile_files(tmp_path, text, words):
+    path = tmp_path / "p.toml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        load_profiles(path)
