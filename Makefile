@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
 MPI ?= mpich
 
-.PHONY: venv demo test test-unit test-mpi test-e2e bench clean
+.PHONY: venv demo test test-unit test-mpi test-e2e test-slurm slurm-deps bench clean
 
 venv: $(STAMP)
 
@@ -25,8 +25,8 @@ endif
 demo: $(STAMP)
 	$(MPIEXEC) -n 4 $(PY) -m hpcps.train
 
-test: $(STAMP)
-	$(MAKE) test-unit test-mpi test-e2e
+test: $(STAMP) slurm-deps
+	$(MAKE) test-unit test-mpi test-e2e test-slurm
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -38,6 +38,17 @@ test-mpi: $(STAMP)
 
 test-e2e: $(STAMP)
 	$(PY) -m pytest -q tests/e2e
+
+# Real-Slurm tests on a throw-away Slurm on localhost (tests/slurm/local_cluster.py, docs/slurm.md).
+# HPCPS_REQUIRE_SLURM=1 makes a missing Slurm a failure, not a skip.
+test-slurm: $(STAMP) slurm-deps
+	HPCPS_REQUIRE_SLURM=1 $(PY) -m pytest -q tests/slurm
+
+# Debian's Slurm and munge for the Slurm tests, installed only when slurmctld is missing (needs root).
+slurm-deps:
+	@PATH="$$PATH:/usr/sbin:/sbin"; command -v slurmctld >/dev/null && command -v munged >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "make slurm-deps: Slurm is not installed; as root: apt-get install slurm-wlm munge" >&2; exit 1; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
 
 bench: $(STAMP)
 	$(PY) benchmarks/ps_vs_ddp.py
