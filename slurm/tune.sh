@@ -14,7 +14,6 @@
 # that it can save its state; a requeued job (scontrol requeue) starts again with --resume.
 #SBATCH --job-name=hpcps-tune
 #SBATCH --nodes=8
-#SBATCH --ntasks-per-node=1
 #SBATCH --exclusive
 #SBATCH --time=04:00:00
 #SBATCH --signal=B:TERM@120

@@ -50,8 +50,10 @@ class SlurmClient:
         self._accounting: bool | None = None
         self._config: dict[str, str] | None = None
 
-    def _env(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    def _env(self, extra: Mapping[str, str] | None = None, unset: Sequence[str] = ()) -> dict[str, str]:
         env = dict(self.env if self.env is not None else os.environ)
+        for name in unset:
+            env.pop(name, None)
         env.update(extra or {})
         return env
 
@@ -175,15 +177,17 @@ class SlurmClient:
 
     # ---- steps ---------------------------------------------------------------------------------------
 
-    def start_srun(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+    def start_srun(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None, unset: Sequence[str] = (),
                    cwd: str | None = None, output: str | None = None) -> subprocess.Popen:
-        """Start ``srun ...`` in the background (inside an allocation). srun's own messages go to output
-        (a file path, appended) or are dropped. Returns the Popen; its return code is the step's."""
+        """Start ``srun ...`` in the background (inside an allocation), with env added to and the
+        variables in unset removed from the client's environment. srun's own messages and the step's
+        output go to output (a file path, appended) or are dropped. Returns the Popen; its return code
+        is the step's."""
         argv = [str(a) for a in argv]
         log.debug("starting %s", format_command(argv))
         out = open(output, "ab") if output else subprocess.DEVNULL
         try:
-            return subprocess.Popen(argv, env=self._env(env), cwd=cwd, stdin=subprocess.DEVNULL,
+            return subprocess.Popen(argv, env=self._env(env, unset), cwd=cwd, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
                                     start_new_session=True)
         except FileNotFoundError:

@@ -20,7 +20,7 @@ from typing import Callable, Mapping, Sequence
 from hpcps.slurm.client import SlurmClient, SlurmError
 from hpcps.slurm.parse import (SlurmParseError, classify_state, format_time_limit, normalize_state,
                                parse_duration, parse_exit_code)
-from hpcps.slurm.script import TrialJob, format_command, srun_argv
+from hpcps.slurm.script import ALLOCATION_SHAPE_VARS, TrialJob, format_command, srun_argv
 from hpcps.slurm.mpi import srun_mpi_plugin
 
 log = logging.getLogger(__name__)
@@ -187,8 +187,8 @@ class TrialLauncher:
             (trial_dir / "command.txt").write_text(format_command(argv) + "\n")
             handle.job_id = self.allocation
             handle.output.write_bytes(b"")
-            handle.process = self.client.start_srun(argv, env=trial.step_env(), cwd=str(trial_dir),
-                                                    output=str(handle.output))
+            handle.process = self.client.start_srun(argv, env=trial.step_env(), unset=ALLOCATION_SHAPE_VARS,
+                                                    cwd=str(trial_dir), output=str(handle.output))
             log.info("trial %s: srun step %s in job %s", trial_dir, name, self.allocation)
         return handle
 

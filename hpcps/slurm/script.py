@@ -165,6 +165,17 @@ def export_lines(env: dict[str, str]) -> list[str]:
     return out
 
 
+# srun reads these from its environment as defaults for options a trial does not set; inside an
+# allocation they describe the allocation's shape (sbatch --ntasks-per-node=1 exports
+# SLURM_NTASKS_PER_NODE=1), which would squeeze the trial's ranks. A trial's step starts without them.
+ALLOCATION_SHAPE_VARS = (
+    "SLURM_CPUS_PER_GPU", "SLURM_CPUS_PER_TASK", "SLURM_DISTRIBUTION", "SLURM_GPUS_PER_NODE",
+    "SLURM_GPUS_PER_TASK", "SLURM_HOSTFILE", "SLURM_MEM_PER_CPU", "SLURM_MEM_PER_GPU", "SLURM_MEM_PER_NODE",
+    "SLURM_NTASKS_PER_CORE", "SLURM_NTASKS_PER_GPU", "SLURM_NTASKS_PER_NODE", "SLURM_NTASKS_PER_SOCKET",
+    "SLURM_TRES_PER_TASK",
+)
+
+
 @dataclass(frozen=True)
 class TrialJob:
     """Everything a trial's batch script says: where it runs, on which nodes, what it runs.
@@ -242,7 +253,7 @@ class TrialJob:
         return env
 
     def render_script(self) -> str:
-        body = ["set -u", *export_lines(self.step_env()),
+        body = ["set -u", "unset " + " ".join(ALLOCATION_SHAPE_VARS), *export_lines(self.step_env()),
                 "exec " + format_command(srun_argv(self.srun_options(in_batch=True), self.command))]
         return render_sbatch_script(self.sbatch_options(), body,
                                     comment=f"Trial job {self.job_name}: one srun step of {self.ntasks} ranks.")

@@ -28,5 +28,5 @@ result["ok"] = {"status": state.status.value, "exit_code": state.exit_code, "slu
 slow = launcher.submit(out / "slow", [sys.executable, "-c", "import time; time.sleep(300)", marker], ["n3"], 2, 2)
 state = launcher.wait(slow, poll_interval_s=0.2)
 result["slow"] = {"status": state.status.value, "reason": state.reason, "slurm_id": state.slurm_id,
-                  "elapsed_s": state.elapsed_s}
+                  "elapsed_s": state.elapsed_s, "output": slow.output.read_text()}
 (out / "result.json").write_text(json.dumps(result, indent=1))

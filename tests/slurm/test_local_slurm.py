@@ -13,7 +13,7 @@ import pytest
 from hpcps.cluster import load_cluster
 from hpcps.slurm import TrialLauncher, TrialStatus
 from hpcps.slurm.parse import parse_nodes
-from hpcps.slurm.script import format_command
+from hpcps.slurm.script import format_command, literal_filename
 from tests.conftest import assert_no_leftovers
 from tests.slurm.conftest import run_slurm, wait_for_job
 
@@ -42,9 +42,8 @@ def test_nodes_are_up_and_named_like_the_bundled_cluster(local_slurm, slurm_clie
 
 
 def test_train_script_runs_a_short_training(local_slurm, slurm_client, odd_dir):
-    out = odd_dir / "train-%j.out"
     r = run_slurm(local_slurm, "sbatch", "--parsable", "--nodes=2", "--ntasks=3", "--time=5",
-                  f"--output={str(out).replace('%', '%%').replace('%%j', '%j')}",
+                  f"--output={literal_filename(str(odd_dir))}/train-%j.out",
                   "slurm/train.sh", "jobs/default.toml", "--iterations", "5", cwd=ROOT)
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.strip()
@@ -113,7 +112,9 @@ def test_trials_as_steps_inside_an_allocation(local_slurm, slurm_client, tmp_pat
     out.mkdir()
     marker = str(out / "step-marker")
     wrap = format_command([PY, str(HERE / "step_trials.py"), str(out), marker])
+    # --ntasks-per-node=1 and -c 1 as a tuning job might ask: trial steps start without them.
     r = run_slurm(local_slurm, "sbatch", "--parsable", "--nodelist=n1,n2,n3", "--nodes=3", "--exclusive",
+                  "--ntasks-per-node=1", "--cpus-per-task=1",
                   f"--output={out}/alloc.out", f"--wrap={wrap}", cwd=str(out))
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.strip()
@@ -130,6 +131,7 @@ def test_trials_as_steps_inside_an_allocation(local_slurm, slurm_client, tmp_pat
     slow = result["slow"]
     assert slow["status"] == "TIMEOUT" and slow["reason"] == "exceeded the trial time limit of 2 s"
     assert slow["slurm_id"] == f"{job_id}.1" and slow["elapsed_s"] < 15
+    assert "ntasks-per-node" not in slow["output"], slow["output"]   # srun's "can't honor" warning
     assert_no_leftovers(marker)
     assert slurm_client.jobcomp_record(job_id)["JobState"] == "COMPLETED"
 

@@ -78,8 +78,9 @@ class FakeSlurm:
     def scancel(self, job_or_step, *, signal=None, batch_only=False):
         self.calls.append(("scancel", job_or_step))
 
-    def start_srun(self, argv, *, env=None, cwd=None, output=None):
+    def start_srun(self, argv, *, env=None, unset=(), cwd=None, output=None):
         self.calls.append(("srun", list(argv), dict(env or {}), cwd, output))
+        self.unset = tuple(unset)
         p = FakeProcess()
         self.processes.append(p)
         return p
@@ -253,6 +254,7 @@ def test_step_is_an_srun_in_the_background(slurm, clock, tmp_path):
     assert any(a.startswith("--job-name=hpcps-s_p_a_c_e-") for a in argv)
     assert env == {"A": "1", "SLURM_HOSTFILE": str(tmp_path.resolve() / "s p a c e" / "hostfile")}
     assert cwd == str(h.trial_dir) and output == str(h.output)
+    assert "SLURM_NTASKS_PER_NODE" in slurm.unset and "SLURM_CPUS_PER_TASK" in slurm.unset
     assert (h.trial_dir / "command.txt").read_text().startswith("srun ")
     assert launcher.poll(h).status is TrialStatus.PENDING      # srun runs, no step yet
     slurm.steps.append({"StepId": "7.4", "Name": h.job_name, "State": "RUNNING"})
