@@ -8,7 +8,9 @@ Modules
                job states, exit codes, ``sacct --parsable2``, GRES.
 - ``client``   ``SlurmClient``: the only code that runs sbatch, srun, scontrol, sacct and scancel.
 - ``launcher`` ``TrialLauncher``: submit, follow, time-limit and cancel trials.
-- ``nodes``    hostlist compression and the starting cluster file from ``scontrol show node``.
+- ``nodes``    hostlist compression, the starting cluster file from ``scontrol show node``, the
+               allocation's nodes (``allocation_nodes(os.environ)``) and ``unknown_nodes`` to check a
+               cluster file's names against Slurm's.
 - ``mpi``      which ``srun --mpi=`` plugin the installed MPI needs (``python -m hpcps.slurm.mpi``).
 
 Running trials (what the tuner's slurm backend calls)
@@ -32,7 +34,9 @@ Running trials (what the tuner's slurm backend calls)
     launcher.cancel(handle, reason="...") # ends as CANCELLED with that reason
 
 ``TrialLauncher(client=None, *, mode="auto"|"step"|"job", mpi=None, partition=None, account=None,
-exclusive=True, extra_sbatch=(), slurm_margin_s=60, kill_grace_s=30, environ=None, clock=time.monotonic)``
+exclusive=True, extra_sbatch=(), slurm_margin_s=60, kill_grace_s=30, max_query_failures=30, environ=None,
+clock=time.monotonic)``. ``submit`` raises ``SlurmError`` when Slurm refuses the trial (bad node name,
+sbatch failing); ``poll`` rides out a few failed Slurm queries.
 
 ``poll`` returns a frozen ``TrialState``:
 
@@ -61,9 +65,9 @@ disjoint node sets.
 from hpcps.slurm.client import SlurmClient, SlurmError
 from hpcps.slurm.launcher import TrialHandle, TrialLauncher, TrialState, TrialStatus
 from hpcps.slurm.mpi import srun_mpi_plugin
-from hpcps.slurm.nodes import compress_hostlist, render_cluster_toml, unknown_nodes
+from hpcps.slurm.nodes import allocation_nodes, compress_hostlist, render_cluster_toml, unknown_nodes
 from hpcps.slurm.parse import SlurmNode, SlurmParseError, parse_nodes
 
 __all__ = ["SlurmClient", "SlurmError", "TrialHandle", "TrialLauncher", "TrialState", "TrialStatus",
-           "srun_mpi_plugin", "compress_hostlist", "render_cluster_toml", "unknown_nodes", "SlurmNode",
+           "srun_mpi_plugin", "allocation_nodes", "compress_hostlist", "render_cluster_toml", "unknown_nodes", "SlurmNode",
            "SlurmParseError", "parse_nodes"]

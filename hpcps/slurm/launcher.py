@@ -75,6 +75,8 @@ class TrialHandle:
     stop_status: TrialStatus | None = None
     stop_sent_at: float | None = None
     final: TrialState | None = None
+    last_status: TrialStatus = TrialStatus.PENDING
+    query_failures: int = 0            # Slurm queries that failed in a row
 
     @property
     def slurm_id(self) -> str | None:
@@ -121,13 +123,15 @@ class TrialLauncher:
     slurm_margin_s: Slurm's own time limit is ours plus this, rounded up to minutes: a backstop in case
     the launcher itself dies; normally the launcher stops a trial first and says why.
     kill_grace_s: after asking a step's srun to stop, how long before it is killed.
+    max_query_failures: a job whose state Slurm fails to report this many polls in a row is FAILED;
+    fewer failures leave its last known state (a controller may be busy or restarting).
     """
 
     def __init__(self, client: SlurmClient | None = None, *, mode: str = "auto", mpi: str | None = None,
                  partition: str | None = None, account: str | None = None, exclusive: bool = True,
                  extra_sbatch: Sequence[tuple[str, str | None]] = (), slurm_margin_s: float = 60.0,
-                 kill_grace_s: float = 30.0, environ: Mapping[str, str] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 kill_grace_s: float = 30.0, max_query_failures: int = 30,
+                 environ: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic):
         self.client = client or SlurmClient()
         environ = dict(os.environ if environ is None else environ)
         if mode == "auto":
@@ -145,6 +149,7 @@ class TrialLauncher:
         self.extra_sbatch = tuple(extra_sbatch)
         self.slurm_margin_s = slurm_margin_s
         self.kill_grace_s = kill_grace_s
+        self.max_query_failures = max_query_failures
         self.clock = clock
         self._seq = itertools.count(1)
 
@@ -215,13 +220,33 @@ class TrialLauncher:
                 and handle.stop_status is None):
             log.info("trial %s: %.1f s past its limit of %.1f s, stopping it", handle.trial_dir,
                      elapsed - handle.time_limit_s, handle.time_limit_s)
-            self._stop(handle, TrialStatus.TIMEOUT, f"exceeded the trial time limit of {handle.time_limit_s:g} s")
+            try:
+                self._stop(handle, TrialStatus.TIMEOUT, f"exceeded the trial time limit of {handle.time_limit_s:g} s")
+            except SlurmError as e:   # try again at the next poll
+                log.warning("trial %s: could not stop it: %s", handle.trial_dir, e)
+                handle.stop_status = handle.stop_reason = handle.stop_sent_at = None
+
+    def _query_failed(self, handle: TrialHandle, error: SlurmError) -> TrialState:
+        """A Slurm query failed (a busy or restarting controller): report the last state seen, not done;
+        after max_query_failures in a row, give up on the trial."""
+        handle.query_failures += 1
+        if handle.query_failures >= self.max_query_failures:
+            return TrialState(TrialStatus.FAILED, reason=f"Slurm did not answer {handle.query_failures} times "
+                              f"about this trial: {error}", slurm_id=handle.slurm_id, elapsed_s=self._elapsed(handle))
+        log.warning("trial %s: %s (will ask again)", handle.trial_dir, error)
+        return TrialState(handle.last_status, reason=f"Slurm did not answer: {error}", slurm_id=handle.slurm_id,
+                          elapsed_s=self._elapsed(handle))
 
     def _poll_job(self, handle: TrialHandle) -> TrialState:
-        rec = self.client.show_job(handle.job_id)
-        if rec is None:
-            return self._forgotten_job(handle)
+        try:
+            rec = self.client.show_job(handle.job_id)
+            if rec is None:
+                return self._forgotten_job(handle)
+        except SlurmError as e:
+            return self._query_failed(handle, e)
+        handle.query_failures = 0
         status = TrialStatus(classify_state(rec.get("JobState", "")))
+        handle.last_status = status if not status.done else handle.last_status
         run_time = parse_duration(rec.get("RunTime", "")) if ":" in rec.get("RunTime", "") else None
         if status is TrialStatus.RUNNING and handle.started_at is None:
             handle.started_at = self.clock() - (run_time or 0.0)

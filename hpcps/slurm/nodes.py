@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from hpcps.slurm.parse import SlurmNode
 
@@ -137,6 +137,13 @@ def render_cluster_toml(nodes: Sequence[SlurmNode], name: str, source: str = "sc
         lines += ["[[nodes]]", f"names = {_toml_str(compress_hostlist(groups[k]))}",
                   f"type = {_toml_str(names[k])}", ""]
     return "\n".join(lines)
+
+
+def allocation_nodes(environ: Mapping[str, str]) -> list[str] | None:
+    """The nodes of the allocation this process runs in (SLURM_JOB_NODELIST expanded); None outside one."""
+    from hpcps.cluster.hostlist import expand_hostlist
+    text = environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST")
+    return expand_hostlist(text) if text else None
 
 
 def unknown_nodes(cluster_names: Iterable[str], slurm_names: Iterable[str]) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hpcps.slurm.client import SlurmError
 from hpcps.slurm.launcher import TrialLauncher, TrialStatus
 from hpcps.slurm.mpi import plugin_for_library, srun_mpi_plugin
 from hpcps.slurm.parse import SacctRow, parse_record
@@ -221,6 +222,26 @@ def test_forgotten_job_from_sacct_then_jobcomp(slurm, clock, tmp_path):
     assert (sa.status, sa.exit_code, sa.elapsed_s) == (TrialStatus.FAILED, 2, 4.0)
     assert sb.ok
     assert sc.status is TrialStatus.FAILED and "no longer knows job" in sc.reason
+
+
+def test_a_controller_that_does_not_answer_for_a_while(slurm, clock, tmp_path, monkeypatch):
+    launcher = job_launcher(slurm, clock, max_query_failures=3)
+    h = launcher.submit(tmp_path / "t", ["x"], ["n1"], 1, 5)
+    slurm.set_job(h.job_id, JobState="RUNNING")
+    assert launcher.poll(h).status is TrialStatus.RUNNING
+
+    def down(*args, **kw):
+        raise SlurmError(["scontrol"], "no answer within 30 s")
+    monkeypatch.setattr(slurm, "scancel", down)
+    clock.now += 10
+    assert launcher.poll(h).status is TrialStatus.RUNNING
+    assert h.stop_status is None   # past the limit, but scancel failed: it is tried again at the next poll
+    monkeypatch.setattr(slurm, "show_job", down)
+    s = launcher.poll(h)
+    assert s.status is TrialStatus.RUNNING and "Slurm did not answer" in s.reason
+    assert launcher.poll(h).status is TrialStatus.RUNNING
+    s = launcher.poll(h)
+    assert s.status is TrialStatus.FAILED and "did not answer 3 times" in s.reason
 
 
 def test_wait_polls_until_done(slurm, clock, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 
 from hpcps.cluster import load_cluster
 from hpcps.cluster.hostlist import expand_hostlist
-from hpcps.slurm.nodes import compress_hostlist, render_cluster_toml, unknown_nodes
+from hpcps.slurm.nodes import allocation_nodes, compress_hostlist, render_cluster_toml, unknown_nodes
 from hpcps.slurm.parse import parse_nodes
 from tests.unit.golden import check_golden
 from tests.unit.test_slurm_parse import NODES_SITE
@@ -58,8 +58,10 @@ def test_starting_cluster_file_groups_nodes_without_features(tmp_path):
     assert [(n.name, n.type.name, n.type.gpus) for n in c.nodes] == [("gpu01", "a100-ib", 4), ("cpu001", "cpu128-mem268g", 0)]
 
 
-def test_unknown_nodes():
+def test_unknown_nodes_and_the_allocations_nodes():
     assert unknown_nodes(["n1", "n9", "n2"], ["n1", "n2", "n3"]) == ["n9"]
+    assert allocation_nodes({"SLURM_JOB_NODELIST": "n[1-3],gpu01"}) == ["n1", "n2", "n3", "gpu01"]
+    assert allocation_nodes({}) is None
 
 
 def run_cli(*args, cwd=ROOT):
