@@ -83,6 +83,16 @@ def _fake_device(path: Path) -> None:
         path.touch()
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies (a killed test run must
+    not leave daemons behind). Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _free_ports(n: int) -> list[int]:
     socks, ports = [], []
     try:
@@ -212,7 +222,7 @@ class LocalSlurm:
         log = open(self.log(name + "-stdio"), "ab")
         try:
             p = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+                                 start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             log.close()
         self._procs.append(p)
