@@ -30,5 +30,5 @@ job="${1:-jobs/default.toml}"
 mpi="${HPCPS_SRUN_MPI:-$(python -m hpcps.slurm.mpi)}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-echo "hpcps-train: job $job on $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST), $SLURM_NTASKS ranks, srun --mpi=$mpi"
+echo "hpcps-train: job $job on ${SLURM_JOB_NUM_NODES:-?} node(s) (${SLURM_JOB_NODELIST:-?}), ${SLURM_NTASKS:-?} ranks, srun --mpi=$mpi"
 exec srun --mpi="$mpi" python -m hpcps.train --job "$job" "$@"

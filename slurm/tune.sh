@@ -40,7 +40,7 @@ if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 
-echo "hpcps-tune: job $job on $SLURM_JOB_NUM_NODES node(s) ($SLURM_JOB_NODELIST), results in $out"
+echo "hpcps-tune: job $job on ${SLURM_JOB_NUM_NODES:-?} node(s) (${SLURM_JOB_NODELIST:-?}), results in $out"
 # The tuner runs in the background so that this shell can pass SIGTERM on at once (bash runs a trap
 # only after a foreground command ends).
 python -m hpcps.tune "${args[@]}" "$@" &
