@@ -11,8 +11,9 @@ bytes every pull and push moves), estimates activation memory per sample (tensor
 and times what servers do (weighted sum of the pushes, optimiser update) and a memory copy (transfers
 between ranks of one node).
 
-Times are the 25th percentile of repeated runs: the machine is shared, and interference only ever
-makes a run slower, so a low quantile estimates the uncontended speed that speed = 1.0 stands for.
+Times are the 10th percentile of repeated runs, the thread counts taking turns: the machine is
+shared, and interference only ever makes a run slower, so a low quantile estimates the uncontended
+speed that speed = 1.0 stands for. The load average before and after goes into the file.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from hpcps.ps.flat import FlatModel  # noqa: E402
 from hpcps.ps.optim import make_shard_optimizer  # noqa: E402
 from hpcps.workloads import BUILTIN, build_workload, validate_options  # noqa: E402
 
-QUANTILE = 25
+QUANTILE = 10
 
 
 def timed(fn, min_reps: int, min_s: float, max_reps: int = 200) -> float:
@@ -101,9 +102,26 @@ def calibrate_workload(name: str, batches: list[int], threads: list[int], min_re
     out = {"params": int(flat.numel), "model": model_opts, "data": data_opts,
            "activation_bytes_per_sample": activation_bytes_per_sample(workload, flat),
            "batches": batches, "threads": threads, "times_s": {}, "fixed_s": [], "per_sample_s": []}
+    # Thread counts take turns within each batch size, so a busy spell on the shared machine falls on
+    # all of them rather than on whichever happened to be measured then.
+    samples: dict[tuple[int, int], list[float]] = {}
+    for b in batches:
+        run = step(b)
+        for t in threads:
+            torch.set_num_threads(t)
+            run()                                   # warm-up
+        start = time.perf_counter()
+        while True:
+            for t in threads:
+                torch.set_num_threads(t)
+                t0 = time.perf_counter()
+                run()
+                samples.setdefault((t, b), []).append(time.perf_counter() - t0)
+            n = len(samples[(threads[0], b)])
+            if n >= min_reps and (time.perf_counter() - start > min_s * len(threads) or n >= 200):
+                break
     for t in threads:
-        torch.set_num_threads(t)
-        times = [timed(step(b), min_reps, min_s) for b in batches]
+        times = [float(np.percentile(samples[(t, b)], QUANTILE)) for b in batches]
         fixed, per = fit_linear(batches, times)
         out["times_s"][str(t)] = times
         out["fixed_s"].append(fixed)
