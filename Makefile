@@ -50,7 +50,9 @@ slurm-deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "make slurm-deps: Slurm is not installed; as root: apt-get install slurm-wlm munge" >&2; exit 1; fi; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
 
+# Results go to results/ (each table with the command that reproduces it). Together about 5 minutes.
 bench: $(STAMP)
+	$(PY) benchmarks/exchange_bandwidth.py
 	$(PY) benchmarks/ps_vs_ddp.py
 
 clean:
