@@ -69,7 +69,11 @@ def _exchange_buffer(t: torch.Tensor, transport: str) -> ExchangeBuffer:
 
 def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
             log: Callable[[str], None] | None = None, recorder=None) -> TrainResult | None:
-    """Train job under schedule on comm. Returns the result on rank 0, None elsewhere."""
+    """Train job under schedule on comm. Returns the result on rank 0, None elsewhere.
+
+    recorder: a hpcps.trace.TraceRecorder (or anything with its methods) that times every phase; the
+    caller closes it after this returns.
+    """
     rank = comm.Get_rank()
     log = log if (log and rank == 0) else (lambda _msg: None)
     me = schedule.worker(rank)
@@ -102,6 +106,17 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
         f"{flat.numel} parameters in {len(shards)} shards, global batch {partition.global_batch}, "
         f"{total} iterations ({total / partition.per_epoch:.2f} epochs)")
 
+    tracing = recorder is not None
+    if tracing:
+        recorder.begin_run(device=dev, threads=torch.get_num_threads(), batch=me.batch if me else 0,
+                           is_server=rank in schedule.servers, is_worker=me is not None,
+                           shards=shards, attrs={"job_name": job.name, "workload": job.workload,
+                                                 "global_batch": partition.global_batch,
+                                                 "iterations_planned": total, "n_params": flat.numel})
+    # Without a sync the GPU's backward pass would be timed as part of the push that waits for it.
+    sync_device = torch.cuda.synchronize if tracing and dev == "cuda" else (lambda: None)
+    clock = time.perf_counter
+    loss_value = t_loaded = t_computed = math.nan
     stats = np.zeros(4)                     # loss * k, correct, samples, predictions since the last log line
     history: list[dict[str, float]] = []
     eval_s = 0.0
@@ -109,21 +124,32 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
     t_start = t_log = time.perf_counter()
     it_log = 0
     for it in range(total):
-        if recorder is not None:
+        if tracing:
             recorder.begin_iteration(it)
+        t_pull = clock()
         exchange.pull()
+        t_pulled = clock()
         if me is not None:
             batch = workload.get_batch(partition.indices(it, worker_index))
+            t_loaded = clock()
             flat.zero_grad()
             loss, correct = workload.loss(model, batch)
             loss.backward()
-            stats += (float(loss.detach()) * me.batch, correct, me.batch, me.batch * targets)
+            loss_value = float(loss.detach())
+            sync_device()
+            t_computed = clock()
+            stats += (loss_value * me.batch, correct, me.batch, me.batch * targets)
+        t_push = clock()
         exchange.push()
+        t_pushed = clock()
         for state in served.values():
             state.aggregate_and_step()
+        if tracing:
+            recorder.iteration(t_pull, t_pulled, t_loaded, t_computed, t_push, t_pushed, clock(), loss_value)
 
         done = it + 1
         if done % job.training.log_every == 0 or done == total:
+            t_report = clock()
             summed = np.zeros(4)
             comm.Reduce(stats, summed, op=MPI.SUM, root=0)
             stats[:] = 0
@@ -136,6 +162,8 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
                 log(f"iter {done:>5}/{total}  epoch {row['epoch']:5.2f}  loss {row['loss']:.4f}  "
                     f"train-acc {row['train_accuracy']:.3f}  {rate:8.1f} samples/s")
             t_log, it_log = now, done
+            if tracing:
+                recorder.phase("report", t_report, clock())
         if job.training.eval_every and done % job.training.eval_every == 0 and done < total:
             t0 = time.perf_counter()
             metrics = _evaluate_on_root(exchange, flat, workload)
@@ -143,7 +171,11 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
                 log(f"iter {done:>5}/{total}  eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             eval_s += time.perf_counter() - t0
             t_log += time.perf_counter() - t0
+            if tracing:
+                recorder.phase("eval", t0, clock())
     wall = time.perf_counter() - t_start - eval_s
+    if tracing:
+        recorder.end_run()
 
     params = exchange.gather_params(flat.numel, root=0)
     if rank != 0:

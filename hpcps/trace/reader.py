@@ -1,0 +1,205 @@
+"""Reading traces: the whole file into NumPy arrays, checked against the schema.
+
+    from hpcps.trace import open_trace
+    tr = open_trace("results/runs/<run-id>/trace.h5")
+    compute = tr.phase("compute")                   # structured array: rank, iteration, t_start, ...
+    (compute["t_end"] - compute["t_start"]).mean()
+
+Every problem with a file (missing, not HDF5, truncated, another schema version, a dataset or field
+missing) is one TraceError naming the file and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpcps.trace.errors import TraceError
+from hpcps.trace.schema import (DTYPES, PHASE, PHASES, RANK_FIELDS, RANK_NUMBER_FIELDS, REQUIRED_DATASETS,
+                                REQUIRED_ROOT_ATTRS, SCHEMA_NAME, SCHEMA_VERSION, STATUS_COMPLETE, TRANSFER_KIND)
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass
+class Trace:
+    """One trace file in memory. Times are seconds on rank 0's clock since the trace's time zero."""
+    path: Path
+    attrs: dict                      # root attributes: run_id, status, created, global_batch, ...
+    meta: dict                       # inputs as given (job_toml, schedule_toml, cluster_toml, argv, ...)
+    versions: dict
+    ranks: np.ndarray                # one row per rank (schema RANK_FIELDS); strings as str
+    shards: np.ndarray               # schema SHARD_DTYPE
+    events: np.ndarray               # schema EVENT_DTYPE, sorted by iteration, rank, t_start
+    transfers: np.ndarray            # schema TRANSFER_DTYPE
+    iterations: np.ndarray           # schema ITERATION_DTYPE
+    _by_phase: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        """False for a run that was killed or is still running: the file holds what was flushed."""
+        return self.attrs.get("status") == STATUS_COMPLETE
+
+    @property
+    def run_id(self) -> str:
+        return str(self.attrs.get("run_id", self.path.stem))
+
+    @property
+    def n_ranks(self) -> int:
+        return int(self.attrs["n_ranks"])
+
+    @property
+    def workers(self) -> np.ndarray:
+        """Ranks that computed, ascending."""
+        return np.sort(self.ranks["rank"][self.ranks["batch"] > 0])
+
+    @property
+    def servers(self) -> np.ndarray:
+        return np.unique(self.shards["server"])
+
+    @property
+    def global_batch(self) -> int:
+        return int(self.ranks["batch"].sum())
+
+    def phase(self, name: str) -> np.ndarray:
+        """Events of one phase (see hpcps.trace.schema.PHASES)."""
+        if name not in PHASE:
+            raise ValueError(f"unknown phase {name!r}; phases are {', '.join(PHASES)}")
+        if name not in self._by_phase:
+            self._by_phase[name] = self.events[self.events["phase"] == PHASE[name]]
+        return self._by_phase[name]
+
+    def transfers_of(self, kind: str) -> np.ndarray:
+        return self.transfers[self.transfers["kind"] == TRANSFER_KIND[kind]]
+
+    def rank_field(self, name: str) -> dict[int, object]:
+        """{rank: value} of one ranks field, e.g. rank_field("node_type")."""
+        return {int(r): v for r, v in zip(self.ranks["rank"], self.ranks[name])}
+
+    def durations(self, name: str) -> np.ndarray:
+        ev = self.phase(name)
+        return ev["t_end"] - ev["t_start"]
+
+
+def _open(path: Path):
+    import h5py
+    try:
+        return h5py.File(path, "r", locking="best-effort")
+    except OSError as first:
+        text = str(first)
+        if "truncated" in text:
+            raise TraceError(path, f"truncated HDF5 file ({text})") from None
+        if "already open for write" in text or "consistency flags" in text:
+            # A run that is still going, or was killed, leaves the file marked as open by its SWMR writer.
+            try:
+                return h5py.File(path, "r", swmr=True, locking="best-effort")
+            except OSError as second:
+                text = str(second)
+        raise TraceError(path, f"damaged or unreadable HDF5 file ({text})") from None
+
+
+def _decode(v):
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+
+def _attrs(obj) -> dict:
+    return {k: (_decode(v.item()) if isinstance(v, np.generic) else _decode(v)) for k, v in obj.attrs.items()}
+
+
+def _records(path: Path, f, name: str, dtype: np.dtype) -> np.ndarray:
+    ds = f[name]
+    names = ds.dtype.names or ()
+    missing = [n for n in dtype.names if n not in names]
+    if missing:
+        raise TraceError(path, f"dataset '/{name}' lacks field(s) {', '.join(missing)} "
+                               f"(schema version {SCHEMA_VERSION} has {', '.join(dtype.names)})")
+    try:
+        data = ds[...]
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TraceError(path, f"cannot read dataset '/{name}': {e}") from None
+    out = np.zeros(data.shape[0] if data.ndim else 0, dtype)
+    for n in dtype.names:
+        out[n] = data[n]
+    return out
+
+
+def _ranks(path: Path, f) -> np.ndarray:
+    ds = f["ranks"]
+    names = ds.dtype.names or ()
+    missing = [n for n in RANK_FIELDS if n not in names]
+    if missing:
+        raise TraceError(path, f"dataset '/ranks' lacks field(s) {', '.join(missing)}")
+    data = ds[...]
+    numbers = dict(RANK_NUMBER_FIELDS)
+    dtype = np.dtype([(n, numbers.get(n, object)) for n in RANK_FIELDS])
+    out = np.zeros(data.shape[0], dtype)
+    for n in RANK_FIELDS:
+        out[n] = [_decode(v) for v in data[n]] if n not in numbers else data[n]
+    return out
+
+
+def _text(f, key: str) -> str:
+    return _decode(f[key][()]) if key in f else ""
+
+
+def open_trace(path: str | Path) -> Trace:
+    """Read a whole trace into memory. Raises TraceError for anything that is not a readable trace."""
+    path = Path(path)
+    if not path.exists():
+        raise TraceError(path, "file not found")
+    if path.is_dir():
+        raise TraceError(path, "is a directory, not a trace file")
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(8)
+    except OSError as e:
+        raise TraceError(path, f"cannot read it: {e}") from None
+    if head != _HDF5_SIGNATURE:
+        # HDF5 also allows the superblock at 512, 1024, ... bytes; h5py.is_hdf5 checks those.
+        import h5py
+        if not h5py.is_hdf5(path):
+            raise TraceError(path, "not an HDF5 file (an hpcps trace is HDF5; see docs/trace.md)")
+    try:
+        with _open(path) as f:
+            return _read(path, f)
+    except (OSError, RuntimeError, KeyError, ValueError) as e:
+        # HDF5 finds some damage only when it reads the object concerned.
+        raise TraceError(path, f"damaged or truncated HDF5 file ({type(e).__name__}: {e})") from None
+
+
+def _read(path: Path, f) -> Trace:
+    attrs = _attrs(f)
+    if attrs.get("schema") != SCHEMA_NAME:
+        raise TraceError(path, f"not an hpcps trace: the root attribute 'schema' is "
+                               f"{attrs.get('schema', 'missing')!r}, expected {SCHEMA_NAME!r}")
+    version = attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise TraceError(path, f"trace schema version {version}, but this hpcps reads version {SCHEMA_VERSION}"
+                               + (" (written by a newer hpcps: upgrade)" if isinstance(version, int)
+                                  and version > SCHEMA_VERSION else ""))
+    missing_attrs = [a for a in REQUIRED_ROOT_ATTRS if a not in attrs]
+    if missing_attrs:
+        raise TraceError(path, f"root attribute(s) {', '.join(missing_attrs)} missing")
+    for name in REQUIRED_DATASETS:
+        if name not in f:
+            raise TraceError(path, f"missing dataset '/{name}' (schema version {SCHEMA_VERSION} needs "
+                                   f"{', '.join('/' + d for d in REQUIRED_DATASETS)})")
+    arrays = {name: _records(path, f, name, DTYPES[name]) for name in DTYPES}
+    ranks = _ranks(path, f)
+    meta, versions = {}, {}
+    if "meta" in f:
+        meta = _attrs(f["meta"])
+        meta["argv"] = json.loads(meta.get("argv", "[]"))
+        for key in ("job_toml", "schedule_toml", "schedule_effective_toml", "cluster_toml"):
+            meta[key] = _text(f["meta"], key)
+        meta.pop("description", None)
+        if "versions" in f["meta"]:
+            versions = _attrs(f["meta/versions"])
+            versions.pop("description", None)
+    ev = arrays["events"]
+    arrays["events"] = ev[np.lexsort((ev["t_start"], ev["rank"], ev["iteration"]))]
+    return Trace(path, attrs, meta, versions, ranks, arrays["shards"], arrays["events"], arrays["transfers"],
+             arrays["iterations"])
