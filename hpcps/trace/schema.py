@@ -28,7 +28,8 @@ PHASE_MEANINGS = {
             "this rank exchanges with was ready (derived from both ends' post times)",
     "report": "the periodic reduction of loss and accuracy for progress lines",
     "eval": "evaluation on rank 0 during training",
-    "trace": "flushing the trace: gathering events to the writer rank and appending them to this file",
+    "trace": "flushing the trace: handing this rank's buffered events to the writer rank (rank 0, which also "
+             "works out the waits and appends everything to this file)",
 }
 
 TRANSFER_KINDS = ("pull", "push")
@@ -60,7 +61,8 @@ RANK_NUMBER_FIELDS = (("rank", "<i4"), ("threads", "<i4"), ("batch", "<i4"), ("p
                       ("clock_offset_s", "<f8"), ("clock_rtt_s", "<f8"))
 RANK_FIELDS = ("rank",) + RANK_STRING_FIELDS + tuple(n for n, _ in RANK_NUMBER_FIELDS[1:])
 
-TIME_NOTE = "seconds since the trace's time zero, on rank 0's clock (see /clock and the root attribute t0_unix_s)"
+TIME_NOTE = ("seconds since the trace's time zero on rank 0's clock (each rank's clock offset is in /ranks; the "
+             "root attribute t0_unix_s is time zero as Unix time)")
 
 # dataset -> (description, {field: (units, meaning)})
 DATASETS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
@@ -82,7 +84,8 @@ DATASETS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
         "shard": ("", "shard index (see /shards)"),
         "peer": ("", "the rank at the other end (the rank itself for local)"),
         "nbytes": ("B", "bytes moved"),
-        "t_post": ("s", "when this rank posted the request (start of its pull or push window), " + TIME_NOTE),
+        "t_post": ("s", "when this rank posted the request (the start of its pull or push window; for a local copy, "
+                        "when the copy began), " + TIME_NOTE),
         "t_start": ("s", "when the data could start to move: the later of both ends' post times, bounded by "
                          "t_end (send rows that completed before the receiver posted, i.e. eager sends, keep "
                          "their own post time), " + TIME_NOTE),
