@@ -11,7 +11,9 @@ Every run writes a trace (docs/trace.md) unless --no-trace is given.
 from __future__ import annotations
 
 import json
+import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from hpcps.cli import RankAwareParser, default_job_path, fail_input
@@ -35,7 +37,15 @@ def build_parser(rank: int = 0) -> RankAwareParser:
                    help="how device buffers reach MPI: direct (CUDA-aware MPI) or staged through pinned host "
                         "memory; auto asks the MPI library (env HPCPS_GPU_TRANSPORT also overrides)")
     p.add_argument("--cluster", type=Path, default=None,
-                   help="cluster TOML file the ranks stand for (recorded in the trace)")
+                   help="cluster TOML file the ranks run on or stand for (default: the job's cluster key); "
+                        "the schedule may then be a node schedule ([[nodes]], docs/cluster.md)")
+    p.add_argument("--placement", choices=("auto", "slurm", "hosts", "emulate"), default="auto",
+                   help="which node each rank is: from SLURMD_NODENAME (slurm), host names (hosts), or the "
+                        "schedule on one machine that emulates the cluster (emulate); auto picks slurm or "
+                        "hosts when every rank runs on a node of the cluster, else emulate")
+    p.add_argument("--time-dilation", type=float, default=None, metavar="X",
+                   help="emulation only: real seconds per emulated second (default: twice the fastest "
+                        "node's speed); reported times are emulated")
     p.add_argument("--trace", type=Path, default=None,
                    help="HDF5 trace file to write (default: results/runs/<run-id>/trace.h5); see docs/trace.md")
     p.add_argument("--no-trace", action="store_true", help="write no trace")
@@ -46,21 +56,104 @@ def build_parser(rank: int = 0) -> RankAwareParser:
     return p
 
 
-def resolve_inputs(args, n_ranks: int):
-    """Load and check the job and schedule for n_ranks. Raises ConfigError on bad input."""
+@dataclass(frozen=True)
+class Launch:
+    """What every rank needs to know before training, decided on rank 0."""
+    job: object
+    schedule: object                 # rank-level hpcps.config.schedule.Schedule
+    placement: object = None         # hpcps.cluster.placement.RankPlacement, with a cluster
+    cluster: object = None
+    emulation: object = None         # hpcps.ps.runtime.Emulation, when one machine stands for the cluster
+
+
+def cluster_path(args, job) -> Path | None:
+    """--cluster, else the job's cluster key (relative to the working directory, then to the job file)."""
+    if args.cluster is not None:
+        return args.cluster
+    if not job.cluster:
+        return None
+    candidate = Path(job.cluster)
+    if not candidate.is_absolute() and not candidate.exists():
+        candidate = Path(job.source).parent / candidate
+    return candidate
+
+
+def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None = None,
+                   hosts: list[str] | None = None) -> Launch:
+    """Load and check the job, cluster and schedule for n_ranks. Raises ConfigError on bad input.
+
+    rank_names: per rank (node name, how found) from hpcps.cluster.mapping.local_node_name;
+    hosts: per rank its host name."""
+    from hpcps.config.schedule import parse_schedule
+    from hpcps.config.toml_schema import read_toml
     job = load_job(args.job or default_job_path())
     if args.iterations is not None:
         if args.iterations <= 0:
             raise ConfigError("--iterations", None, f"must be > 0, got {args.iterations}")
         job = job.with_iterations(args.iterations)
-    if args.schedule is not None:
-        schedule = load_schedule(args.schedule)
-    elif job.schedule is not None:
-        schedule = job.schedule
+    if args.time_dilation is not None and not args.time_dilation >= 1:
+        raise ConfigError("--time-dilation", None, f"must be >= 1, got {args.time_dilation}")
+    gb = job.training.global_batch
+    path = cluster_path(args, job)
+    table = read_toml(args.schedule) if args.schedule is not None else None
+    if path is None:
+        if table is not None and "nodes" in table:
+            raise ConfigError(str(args.schedule), "nodes",
+                              "a node schedule needs a cluster: give --cluster FILE or the job's cluster key")
+        schedule = (parse_schedule(table, str(args.schedule)) if table is not None else
+                    job.schedule or default_schedule(n_ranks, gb))
+        schedule.check_against(n_ranks, gb)
+        return Launch(job, schedule)
+    return _resolve_on_cluster(args, job, path, table, n_ranks, rank_names or [], hosts or [])
+
+
+def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> Launch:
+    from hpcps.cluster import load_cluster
+    from hpcps.cluster.mapping import choose_mode, place
+    from hpcps.cluster.placement import RankPlacement, parse_node_schedule, place_rank_schedule
+    from hpcps.config.schedule import parse_schedule
+    cluster = load_cluster(path)
+    gb = job.training.global_batch
+    names = [n for n, _ in rank_names] or ["?"] * n_ranks
+    mode = choose_mode(args.placement, names, [h for _, h in rank_names] or ["hosts"] * n_ranks, cluster)
+    if table is not None and "nodes" in table:
+        ns = parse_node_schedule(table, str(args.schedule))
+        ns.check_against(cluster, gb)
+        placement = place(ns, cluster, mode, names)
     else:
-        schedule = default_schedule(n_ranks, job.training.global_batch)
-    schedule.check_against(n_ranks, job.training.global_batch)
-    return job, schedule
+        schedule = (parse_schedule(table, str(args.schedule)) if table is not None else
+                    job.schedule or default_schedule(n_ranks, gb))
+        schedule.check_against(n_ranks, gb)
+        placement = (place_rank_schedule(schedule, cluster) if mode == "emulate" else
+                     RankPlacement(schedule, tuple(names)))
+        for r, node in enumerate(placement.rank_nodes):
+            if not cluster.has(node):
+                raise ConfigError(str(path), None, f"rank {r} runs on {node!r}, not a node of this cluster")
+    placement.schedule.check_against(n_ranks, gb)
+    profile = _profile(job)
+    if profile is not None:
+        from hpcps.sim import check_memory, load_profiles
+        verdict = check_memory(cluster, placement, profile, load_profiles().machine)
+        if verdict != "ok":
+            raise ConfigError(str(path), "memory_gb", f"the schedule does not fit: {verdict}")
+    # One machine standing for several nodes (emulation, or a test Slurm whose nodes share a host).
+    emulate = mode == "emulate" or (len(set(hosts)) == 1 and len(set(placement.rank_nodes)) > 1)
+    emulation = None
+    if emulate:
+        from hpcps.emulate.rank import default_dilation
+        from hpcps.ps.runtime import Emulation
+        dilation = args.time_dilation or default_dilation(cluster, placement)
+        emulation = Emulation(cluster, placement, profile, dilation)
+    return Launch(job, placement.schedule, placement, cluster, emulation)
+
+
+def _profile(job):
+    """The job's calibrated compute profile, or None for a workload without one (a custom factory)."""
+    from hpcps.sim import load_profiles, profile_for_job
+    try:
+        return profile_for_job(load_profiles(), job.workload, job.model, job.data)
+    except ConfigError:
+        return None
 
 
 def plan_trace(args, job, schedule, argv: list[str]):
@@ -72,12 +165,7 @@ def plan_trace(args, job, schedule, argv: list[str]):
         return None, None
     if args.trace_flush_s is not None and not args.trace_flush_s > 0:
         raise ConfigError("--trace-flush-s", None, f"must be > 0, got {args.trace_flush_s}")
-    cluster = args.cluster
-    if cluster is None and job.cluster:
-        candidate = Path(job.cluster)
-        if not candidate.is_absolute() and not candidate.exists():
-            candidate = Path(job.source).parent / candidate
-        cluster = candidate if candidate.is_file() else None
+    cluster = cluster_path(args, job)
     info = build_run_info(job=job, schedule=schedule, argv=argv, job_path=Path(job.source),
                           schedule_path=args.schedule, cluster_path=cluster)
     path = check_trace_path(args.trace if args.trace is not None else default_trace_path(info.run_id))
@@ -91,29 +179,46 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(rank).parse_args(argv)
 
+    from hpcps.cluster.mapping import local_node_name
+    rank_names = comm.allgather(local_node_name())
+    hosts = comm.allgather(socket.gethostname())
     # Rank 0 alone reads the files, so every rank agrees on the outcome and exits together.
     outcome = None
     if rank == 0:
         try:
-            job, schedule = resolve_inputs(args, size)
-            outcome = ("ok", (job, schedule, plan_trace(args, job, schedule, argv)))
+            launch = resolve_inputs(args, size, rank_names, hosts)
+            outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv)))
         except ConfigError as e:
             outcome = ("error", str(e))
     outcome = comm.bcast(outcome, root=0)
     if outcome[0] == "error":
         fail_input(TOOL, outcome[1], rank)
-    job, schedule, (trace_path, run_info) = outcome[1]
+    launch, (trace_path, run_info) = outcome[1]
+    job, schedule, emulation = launch.job, launch.schedule, launch.emulation
 
     from hpcps.comm.abort import abort_on_error
     from hpcps.ps.runtime import run_bsp
     with abort_on_error(comm, TOOL):
         log = None if args.quiet else (lambda msg: print(msg, flush=True))
+        node_name = node_type = None
+        if launch.placement is not None:
+            node_name = launch.placement.rank_nodes[rank]
+            node_type = launch.cluster.node(node_name).type.name
+            if log and rank == 0:
+                how = (f"emulated on this machine at time dilation {emulation.dilation:g}" if emulation
+                       else "as launched")
+                log(f"cluster {launch.cluster.name}: ranks on nodes {', '.join(launch.placement.rank_nodes)} ({how})")
         recorder = None
         if trace_path is not None:
             from hpcps.trace import TraceRecorder
-            recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s)
+            # Under emulation the recorder reads the dilated clock too, so traces hold emulated times.
+            from hpcps.emulate.fabric import emulated_clock
+            clock = emulated_clock(emulation.dilation) if emulation else None
+            recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s,
+                                     node_name=node_name, node_type=node_type,
+                                     **({"clock": clock} if clock else {}))
         result = run_bsp(comm, job, schedule, device=args.device, gpu_transport=args.gpu_transport, log=log,
-                         recorder=recorder)
+                         recorder=recorder, emulation=emulation)
         if recorder is not None:
             recorder.close(None if result is None else {
                 "wall_s": result.wall_s, "samples_per_s": result.samples_per_s,

@@ -36,6 +36,13 @@ def now() -> float:
     return time.clock_gettime(time.CLOCK_MONOTONIC)
 
 
+def emulated_clock(dilation: float):
+    """The emulated clock: the shared clock slowed down by the dilation. Every rank, the training
+    loop and the trace recorder alike, reads the same one."""
+    d = float(dilation)
+    return lambda: now() / d
+
+
 @dataclass(frozen=True)
 class FlowSpec:
     """One message template: which ranks, which emulated nodes, how many bytes."""
@@ -111,6 +118,21 @@ class SharedFabric:
                     due = t + poll_s          # the other end has not posted yet
             # Sleep to the projected arrival, but look again soon: other flows may change the rate.
             time.sleep(max(1e-4, min(poll_s, due - t)))
+
+    def projected_done(self, template: int, iteration: int) -> float:
+        """When the message is expected to arrive, on the shared clock (inf if it has not started)."""
+        slot = 2 * template + iteration % 2
+        with self._locked():
+            t = now()
+            self._advance(t)
+            row = self.slots[slot]
+            if row[_ITER] != iteration:
+                return np.inf
+            if row[_STATE] == _FINISHED:
+                return float(row[_DONE])
+            if row[_STATE] == _ACTIVE and row[_RATE] > 0:
+                return t + row[_LEFT] / row[_RATE] + self.flow_latency[template]
+            return np.inf
 
     # -- the fluid model -------------------------------------------------------------------------------
 

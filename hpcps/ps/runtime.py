@@ -67,17 +67,31 @@ def _exchange_buffer(t: torch.Tensor, transport: str) -> ExchangeBuffer:
     return ExchangeBuffer(t.numpy(), "host")
 
 
+@dataclass(frozen=True)
+class Emulation:
+    """Make each rank behave like the node of a described cluster it stands for (docs/emulation.md)."""
+    cluster: object              # hpcps.cluster.Cluster
+    placement: object            # hpcps.cluster.placement.RankPlacement: rank -> node
+    profile: object              # hpcps.sim.WorkloadProfile: the calibrated thread model
+    dilation: float              # real seconds per emulated second
+
+
 def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
-            log: Callable[[str], None] | None = None, recorder=None) -> TrainResult | None:
+            log: Callable[[str], None] | None = None, recorder=None,
+            emulation: Emulation | None = None) -> TrainResult | None:
     """Train job under schedule on comm. Returns the result on rank 0, None elsewhere.
 
     recorder: a hpcps.trace.TraceRecorder (or anything with its methods) that times every phase; the
-    caller closes it after this returns.
+    caller closes it after this returns. It must read the same clock as this loop: the emulator's
+    time() under emulation, time.perf_counter otherwise.
+    emulation: run each rank as its node of a described cluster; reported times are emulated seconds.
     """
     rank = comm.Get_rank()
     log = log if (log and rank == 0) else (lambda _msg: None)
     me = schedule.worker(rank)
-    torch.set_num_threads(me.threads if me else 1)
+    # Emulated threads are accounted for by the node clock; really running them would only make the
+    # ranks sharing this machine's cores fight over them.
+    torch.set_num_threads(me.threads if me and emulation is None else 1)
     torch.manual_seed(job.training.seed)
 
     workload = build_workload(job.workload, job.model, job.data, job.training.seed, job.source)
@@ -90,16 +104,33 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
     comm.Bcast(init, root=0)
     shards = plan_shards(flat.numel, schedule.servers)
     batches = [w.batch for w in schedule.workers]
-    served = {s.index: ServerShard(s, init[s.start:s.stop], batches, job.optimizer)
-              for s in shards if s.server == rank}
     params_xb = grads_xb = None
+    transport = None
     if me is not None:
         transport = choose_transport(gpu_transport, flat.params.is_cuda)
         params_xb, grads_xb = _exchange_buffer(flat.params, transport), _exchange_buffer(flat.grads, transport)
-    exchange = ParameterExchange(comm, shards, schedule.workers, params_xb, grads_xb, served, recorder)
+    worker_row = [w.rank for w in schedule.workers].index(rank) if me else -1
+    served = {}
+    for s in shards:
+        if s.server != rank:
+            continue
+        local = None
+        if transport == "host":     # a colocated server shares its worker's host buffers: no copies
+            local = (flat.params.numpy()[s.start:s.stop], flat.grads.numpy()[s.start:s.stop], worker_row)
+        served[s.index] = ServerShard(s, init[s.start:s.stop], batches, job.optimizer, local=local)
+
+    emulator = None
+    clock = time.perf_counter
+    if emulation is not None:
+        from hpcps.emulate.rank import RankEmulator
+        emulator = RankEmulator(comm, emulation.cluster, emulation.placement, shards, emulation.profile,
+                                emulation.dilation)
+        clock = emulator.time
+    exchange = ParameterExchange(comm, shards, schedule.workers, params_xb, grads_xb, served, recorder,
+                                 clock=clock, emulator=emulator)
 
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
-    worker_index = [w.rank for w in schedule.workers].index(rank) if me else -1
+    worker_index = worker_row
     total = total_iterations(job, partition.per_epoch)
     targets = workload.targets_per_sample()
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
@@ -108,24 +139,24 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
 
     tracing = recorder is not None
     if tracing:
-        recorder.begin_run(device=dev, threads=torch.get_num_threads(), batch=me.batch if me else 0,
+        recorder.begin_run(device=dev, threads=me.threads if me else 1, batch=me.batch if me else 0,
                            is_server=rank in schedule.servers, is_worker=me is not None,
                            shards=shards, attrs={"job_name": job.name, "workload": job.workload,
                                                  "global_batch": partition.global_batch,
                                                  "iterations_planned": total, "n_params": flat.numel})
     # Without a sync the GPU's backward pass would be timed as part of the push that waits for it.
     sync_device = torch.cuda.synchronize if tracing and dev == "cuda" else (lambda: None)
-    clock = time.perf_counter
     loss_value = t_loaded = t_computed = math.nan
     stats = np.zeros(4)                     # loss * k, correct, samples, predictions since the last log line
     history: list[dict[str, float]] = []
     eval_s = 0.0
     comm.Barrier()
-    t_start = t_log = time.perf_counter()
+    t_start = t_log = clock()
     it_log = 0
     for it in range(total):
         if tracing:
             recorder.begin_iteration(it)
+        exchange.iteration = it
         t_pull = clock()
         exchange.pull()
         t_pulled = clock()
@@ -133,8 +164,10 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
             batch = workload.get_batch(partition.indices(it, worker_index))
             t_loaded = clock()
             flat.zero_grad()
-            loss, correct = workload.loss(model, batch)
-            loss.backward()
+            if emulator is None:
+                loss, correct = _step(workload, model, batch)
+            else:
+                loss, correct = emulator.clock.run_step(lambda: _step(workload, model, batch))
             loss_value = float(loss.detach())
             sync_device()
             t_computed = clock()
@@ -143,7 +176,10 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
         exchange.push()
         t_pushed = clock()
         for state in served.values():
-            state.aggregate_and_step()
+            if emulator is None:
+                state.aggregate_and_step()
+            else:
+                emulator.clock.run_aggregate(state.aggregate_and_step)
         if tracing:
             recorder.iteration(t_pull, t_pulled, t_loaded, t_computed, t_push, t_pushed, clock(), loss_value)
 
@@ -153,7 +189,7 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
             summed = np.zeros(4)
             comm.Reduce(stats, summed, op=MPI.SUM, root=0)
             stats[:] = 0
-            now = time.perf_counter()
+            now = clock()
             if rank == 0:
                 rate = (done - it_log) * partition.global_batch / max(now - t_log, 1e-9)
                 row = {"iteration": done, "epoch": done / partition.per_epoch, "loss": summed[0] / summed[2],
@@ -165,18 +201,21 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
             if tracing:
                 recorder.phase("report", t_report, clock())
         if job.training.eval_every and done % job.training.eval_every == 0 and done < total:
-            t0 = time.perf_counter()
+            t0 = clock()
             metrics = _evaluate_on_root(exchange, flat, workload)
             if rank == 0:
                 log(f"iter {done:>5}/{total}  eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            eval_s += time.perf_counter() - t0
-            t_log += time.perf_counter() - t0
+            eval_s += clock() - t0
+            t_log += clock() - t0
             if tracing:
                 recorder.phase("eval", t0, clock())
-    wall = time.perf_counter() - t_start - eval_s
+    wall = clock() - t_start - eval_s
     if tracing:
         recorder.end_run()
 
+    if emulator is not None:
+        _report_emulation(comm, emulator, total, log)
+        emulator.close(comm)
     params = exchange.gather_params(flat.numel, root=0)
     if rank != 0:
         return None
@@ -188,6 +227,25 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
     if text:
         log(f"sample: {text!r}")
     return TrainResult(total, wall, total * partition.global_batch / wall, metrics, history, text, params)
+
+
+def _step(workload, model, batch):
+    loss, correct = workload.loss(model, batch)
+    loss.backward()
+    return loss, correct
+
+
+def _report_emulation(comm, emulator, iterations: int, log) -> None:
+    """Say on rank 0 how often real steps overran their emulated time: then the node looked slower."""
+    counts = comm.gather((emulator.clock.overruns, emulator.clock.lag_s), root=0)
+    if comm.Get_rank() != 0:
+        return
+    overruns = sum(c[0] for c in counts)
+    steps = iterations * len(counts)
+    if overruns > 0.05 * steps:
+        log(f"warning: {overruns} of {steps} emulated steps ran longer here than on their node "
+            f"(by {sum(c[1] for c in counts) / emulator.dilation * 1e3:.1f} ms emulated in all); "
+            "raise --time-dilation for a faithful emulation")
 
 
 def _evaluate_on_root(exchange: ParameterExchange, flat: FlatModel, workload) -> dict[str, float]:

@@ -100,7 +100,9 @@ class TraceRecorder:
     """One per rank; every method but the recording ones (iteration, phase, transfer) is collective."""
 
     def __init__(self, comm, path: str | Path, info: RunInfo | None = None, *, node_name: str | None = None,
-                 node_type: str | None = None, flush_s: float | None = None, max_flush_iterations: int = 2000):
+                 node_type: str | None = None, flush_s: float | None = None, max_flush_iterations: int = 2000,
+                 clock=time.perf_counter):
+        self.now = clock                   # the training loop's clock (emulated runs: the dilated one)
         self.comm = comm.Dup()             # trace traffic never matches training messages
         self.rank = self.comm.Get_rank()
         self.path, self.info = Path(path), info
@@ -154,14 +156,14 @@ class TraceRecorder:
         error = self.comm.bcast(error, root=0)
         if error:
             raise OSError(error)
-        self._last_flush = (0, time.perf_counter())
+        self._last_flush = (0, self.now())
 
     def _clock(self) -> float:
-        return time.perf_counter() + self.shift
+        return self.now() + self.shift
 
     # -- the hot path ----------------------------------------------------------------------------
     def begin_iteration(self, it: int) -> None:
-        now = time.perf_counter()
+        now = self.now()
         if self._it >= 0:
             self._ends.append(now)
         if self._next_flush is None:
@@ -212,7 +214,7 @@ class TraceRecorder:
         Waiting ranks sleep between polls instead of spinning in MPI, leaving the cores to ranks that
         still work.
         """
-        t_a = time.perf_counter()
+        t_a = self.now()
         block = self._pack()
         if self.rank != 0:
             self._sends.append(self.comm.isend(block, dest=0, tag=_TAG_BLOCK))
@@ -224,7 +226,7 @@ class TraceRecorder:
             else:
                 self._next_flush, self._decision_due = None, upto + _MIN_FLUSH_STEP
                 self._decision = self.comm.irecv(source=0, tag=_TAG_NEXT)
-                self._phases.append((upto, PHASE["trace"], t_a, time.perf_counter()))
+                self._phases.append((upto, PHASE["trace"], t_a, self.now()))
             return
         blocks = [block]
         for peer in range(1, self.comm.Get_size()):
@@ -244,7 +246,7 @@ class TraceRecorder:
         events = np.concatenate([events, wait_events(events, transfers)])
         self.writer.append(events, transfers, final=final)
         if not final:
-            t_b = time.perf_counter()
+            t_b = self.now()
             self._flush_cost = t_b - t_a
             self._phases.append((upto, PHASE["trace"], t_a, t_b))
 
@@ -259,10 +261,10 @@ class TraceRecorder:
     # -- the end ---------------------------------------------------------------------------------
     def end_run(self) -> None:
         """Collective: write what is left. The file stays marked as running until close()."""
-        self._ends.append(time.perf_counter())
+        self._ends.append(self.now())
         if self._next_flush is None:
             self._receive_decision(wait=True)       # every message rank 0 sent is received
-        self._flush(self._it + 1, time.perf_counter(), final=True)
+        self._flush(self._it + 1, self.now(), final=True)
 
     def close(self, attrs: dict | None = None) -> None:
         """Mark the trace complete (rank 0; others return at once). attrs go on the root group."""
