@@ -1,0 +1,126 @@
+"""Emulation measured in real MPI runs: each rank behaves like the node it stands for."""
+
+import numpy as np
+import pytest
+
+from hpcps.trace import open_trace
+from tests.conftest import assert_no_leftovers, run_mpi
+
+TWO_SPEEDS = """
+name = "two-speeds"
+[types.full]
+speed = 1.0
+cores = 2
+nic_gbps = 100.0
+[types.quarter]
+speed = 0.25
+cores = 2
+nic_gbps = 100.0
+[[nodes]]
+names = "a1"
+type = "full"
+[[nodes]]
+names = "b1"
+type = "quarter"
+"""
+
+CIFAR_SMALL = ('name = "c"\nworkload = "cifar-resnet"\n[model]\nwidth = 8\n[data]\nsamples = 512\n'
+               'test_samples = 32\n[optimizer]\nname = "sgd"\nlr = 0.05\n[training]\nglobal_batch = 32\n'
+               'iterations = 8\nlog_every = 4\n')
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def median_compute_by_node(trace):
+    nodes = trace.rank_field("node_name")
+    ev = trace.phase("compute")
+    ev = ev[ev["iteration"] >= 2]                       # past the first steps' warm-up
+    return {nodes[r]: float(np.median(ev["t_end"][ev["rank"] == r] - ev["t_start"][ev["rank"] == r]))
+            for r in np.unique(ev["rank"])}
+
+
+def test_a_quarter_speed_node_takes_four_times_the_compute(tmp_path):
+    cluster = write(tmp_path, "cluster.toml", TWO_SPEEDS)
+    sched = write(tmp_path, "schedule.toml", '[[nodes]]\nname = "a1"\nserver = true\nworkers = [{batch = 16}]\n'
+                                             '[[nodes]]\nname = "b1"\nworkers = [{batch = 16}]\n')
+    job = write(tmp_path, "job.toml", CIFAR_SMALL)
+    out = run_mpi(2, ["-m", "hpcps.train", "--job", str(job), "--cluster", str(cluster), "--schedule", str(sched),
+                      "--trace", str(tmp_path / "t.h5")])
+    assert out.returncode == 0, out.stderr
+    assert "emulated on this machine" in out.stdout
+    compute = median_compute_by_node(open_trace(tmp_path / "t.h5"))
+    ratio = compute["b1"] / compute["a1"]
+    assert 3.0 < ratio < 5.0, compute
+
+
+SHARED_NIC = """
+name = "shared-nic"
+[types.thin]
+speed = 1.0
+cores = 2
+nic_gbps = 0.05
+latency_us = 0.0
+[types.fat]
+speed = 1.0
+cores = 2
+nic_gbps = 10.0
+latency_us = 0.0
+[[nodes]]
+names = "s1"
+type = "thin"
+[[nodes]]
+names = "w[1-2]"
+type = "fat"
+"""
+
+
+def pull_durations(trace):
+    tr = trace.transfers_of("pull")
+    tr = tr[(tr["iteration"] >= 1) & (tr["rank"] != 0)]  # the workers' receipts of the server's shard
+    return tr["t_end"] - tr["t_start"]
+
+
+def test_two_flows_through_one_nic_each_get_half_its_bandwidth(tmp_path):
+    cluster = write(tmp_path, "cluster.toml", SHARED_NIC)
+    job = write(tmp_path, "job.toml", 'name = "d"\nworkload = "digits"\n[optimizer]\nname = "sgd"\nlr = 0.1\n'
+                                      '[training]\nglobal_batch = 32\niterations = 6\n')
+    medians = {}
+    for n_workers in (1, 2):
+        text = '[[nodes]]\nname = "s1"\nserver = true\n'
+        for w in range(1, n_workers + 1):
+            text += f'[[nodes]]\nname = "w{w}"\nworkers = [{{batch = {32 // n_workers}}}]\n'
+        sched = write(tmp_path, f"schedule{n_workers}.toml", text)
+        trace = tmp_path / f"t{n_workers}.h5"
+        out = run_mpi(1 + n_workers, ["-m", "hpcps.train", "--job", str(job), "--cluster", str(cluster),
+                                      "--schedule", str(sched), "--trace", str(trace)])
+        assert out.returncode == 0, out.stderr
+        t = open_trace(trace)
+        medians[n_workers] = float(np.median(pull_durations(t)))
+        # alone, a shard moves at the thin NIC's 0.05 Gb/s: bytes / bandwidth
+        if n_workers == 1:
+            expected = t.shards["nbytes"][0] / (0.05e9 / 8)
+            assert medians[1] == pytest.approx(expected, rel=0.25)
+    assert 1.6 < medians[2] / medians[1] < 2.5, medians
+
+
+def test_a_batch_over_a_nodes_memory_fails_clearly(tmp_path):
+    cluster = write(tmp_path, "cluster.toml", TWO_SPEEDS.replace("nic_gbps = 100.0\n[types.quarter]",
+                                                                 "nic_gbps = 100.0\nmemory_gb = 0.1\n[types.quarter]"))
+    sched = write(tmp_path, "schedule.toml", '[[nodes]]\nname = "a1"\nserver = true\nworkers = [{batch = 32}]\n')
+    job = write(tmp_path, "job.toml", CIFAR_SMALL.replace("width = 8", "width = 16").replace(
+        "samples = 512\n", "samples = 4096\n").replace("test_samples = 32", "test_samples = 512"))
+    out = run_mpi(1, ["-m", "hpcps.train", "--job", str(job), "--cluster", str(cluster), "--schedule", str(sched)],
+                  timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "out of memory on node a1" in out.stderr and "memory_gb" in out.stderr
+    assert_no_leftovers(str(tmp_path))
+
+
+def test_a_node_schedule_needs_a_cluster(tmp_path):
+    sched = write(tmp_path, "schedule.toml", '[[nodes]]\nname = "a1"\nserver = true\nworkers = [{batch = 64}]\n')
+    out = run_mpi(1, ["-m", "hpcps.train", "--schedule", str(sched)], timeout=60)
+    assert out.returncode == 2 and "needs a cluster" in out.stderr
