@@ -64,7 +64,7 @@ def test_the_name_defaults_to_the_file_name(tmp_path):
 def test_bundled_clusters_load_and_round_trip(tmp_path, path):
     c = load_cluster(path)
     assert c.name == path.stem
-    assert all(0.25 <= n.type.speed <= 4 for n in c.nodes)
+    assert all(0.25 <= n.type.speed <= 8 for n in c.nodes)
     again = load_cluster(write(tmp_path, c.to_toml()))
     assert again.types == c.types and again.nodes == c.nodes and again.name == c.name
 
