@@ -140,14 +140,18 @@ class ParameterExchange:
             self._wait_all(reqs)
             return
         # With a recorder, stamp each transfer as it completes, so traces show per-shard times.
-        # Testsome with a yield, not Waitany: on an oversubscribed node MPICH's Waitany spins through
-        # whole scheduler time slices (measured: 4 ranks on 2 cores, 5-12 ms per exchange against
-        # 0.1-2 ms for Waitall), while Testsome plus sched_yield keeps pace with Waitall.
+        # Testsome, not Waitany: on an oversubscribed node MPICH's Waitany spins through whole
+        # scheduler time slices (measured: 4 ranks on 2 cores, 5-12 ms per exchange against 0.1-2 ms
+        # for Waitall). Between polls the rank waits as _wait_all does, so that tracing does not
+        # change how ranks share the cores: a sleep when ranks outnumber cores, else a yield.
         done = 0
         while done < len(reqs):
             finished = MPI.Request.Testsome(reqs)
             if not finished:
-                os.sched_yield()
+                if self.sleep_wait:
+                    time.sleep(SLEEP_WAIT_S)
+                else:
+                    os.sched_yield()
                 continue
             now = self.clock()
             for i in finished:
