@@ -9,10 +9,11 @@ Per node (in cluster order) four parameters:
                             and the tuner should learn that rather than be told)
 
 A point decodes to a NodeSchedule through repair(), which makes any point runnable: at least one
-server (the best-connected node), at least one worker (the fastest node), integer batches summing to
-the global batch, none empty, none over its node's memory. A point that cannot be repaired (the
-global batch does not fit in the memory of all nodes together) raises InfeasibleSchedule before it
-costs a trial.
+server (the best-connected node), at least one worker (the fastest node), more workers (the fastest
+nodes with room) when the chosen ones cannot hold the global batch, integer batches summing to the
+global batch, none empty, none over its node's memory. A point that cannot be repaired (the global
+batch does not fit in the memory of all nodes together) raises InfeasibleSchedule before it costs a
+trial.
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ class ScheduleSpace:
             servers[max(range(len(nodes)), key=lambda i: (nodes[i].type.nic_gbps, -i))] = True
         if not workers.any():
             workers[max(range(len(nodes)), key=lambda i: (nodes[i].type.speed, -i))] = True
+        if self.max_batch is not None:
+            # Workers whose memory cannot hold the batch between them: add the fastest nodes with room.
+            for i in self._by_speed():
+                if sum(self.max_batch[j] for j in range(len(nodes)) if workers[j]) >= self.global_batch:
+                    break
+                if not workers[i] and self.max_batch[i] > 0:
+                    workers[i] = True
         batches = self._batches(workers, shares)
         plans = []
         for i, node in enumerate(nodes):
@@ -90,6 +98,10 @@ class ScheduleSpace:
             if ws or servers[i]:
                 plans.append(NodePlan(node.name, bool(servers[i]), ws))
         return NodeSchedule(tuple(plans), f"<{self.cluster.name} schedule>")
+
+    def _by_speed(self) -> list[int]:
+        nodes = self.cluster.nodes
+        return sorted(range(len(nodes)), key=lambda i: (-nodes[i].type.speed, i))
 
     def _batches(self, workers: np.ndarray, shares: np.ndarray) -> np.ndarray:
         """Integer batches for the active workers, in proportion to shares, each >= 1 and within memory."""
@@ -137,3 +149,57 @@ class ScheduleSpace:
         for i, node in enumerate(self.cluster.nodes):
             pts[:, i, 3] = rng.integers(1, max_threads(node.type.cores) + 1, size=n)
         return pts.reshape(n, -1)
+
+
+@dataclass(frozen=True)
+class DecodedBatch:
+    """Many points read the way decode() reads them, as arrays (n_points, n_nodes), for models that score
+    thousands of candidates at once. Batches are real numbers in proportion to the shares, capped by
+    memory: for a repaired point they are exactly the schedule's integer batches."""
+    servers: np.ndarray      # bool
+    batches: np.ndarray      # float, 0 where no worker
+    threads: np.ndarray      # int
+    feasible: np.ndarray     # (n_points,) bool: the workers' memory holds the global batch
+
+    @property
+    def workers(self) -> np.ndarray:
+        return self.batches > 0
+
+
+def decode_many(space: ScheduleSpace, points: np.ndarray) -> DecodedBatch:
+    """decode() for (n_points, n_dims) points at once, without rounding batches to integers."""
+    n_nodes = len(space.cluster)
+    p = np.asarray(points, dtype=float).reshape(-1, n_nodes, len(FIELDS))
+    n = p.shape[0]
+    nodes = space.cluster.nodes
+    servers = p[:, :, 0] >= 0.5
+    workers = p[:, :, 1] >= 0.5
+    best_net = max(range(n_nodes), key=lambda i: (nodes[i].type.nic_gbps, -i))
+    fastest = max(range(n_nodes), key=lambda i: (nodes[i].type.speed, -i))
+    servers[~servers.any(axis=1), best_net] = True
+    workers[~workers.any(axis=1), fastest] = True
+    top = np.array([max_threads(node.type.cores) for node in nodes])
+    threads = np.clip(np.rint(p[:, :, 3]), 1, top).astype(int)
+    weights = np.where(workers, np.maximum(np.clip(p[:, :, 2], 0.0, 1.0), 1e-3), 0.0)
+    g = float(space.global_batch)
+    batches = g * weights / weights.sum(axis=1, keepdims=True)
+    feasible = np.ones(n, dtype=bool)
+    if space.max_batch is not None:
+        cap = np.asarray(space.max_batch, dtype=float)
+        for i in space._by_speed():
+            short = (np.where(workers, cap[None, :], 0.0).sum(axis=1) < space.global_batch) & ~workers[:, i]
+            if cap[i] > 0 and short.any():
+                workers[short, i] = True
+        weights = np.where(workers, np.maximum(np.clip(p[:, :, 2], 0.0, 1.0), 1e-3), 0.0)
+        batches = g * weights / weights.sum(axis=1, keepdims=True)
+        caps = np.where(workers, cap[None, :], 0.0)
+        feasible = caps.sum(axis=1) >= g
+        for _ in range(n_nodes):
+            over = np.maximum(batches - caps, 0.0).sum(axis=1)
+            if not (over > 1e-9).any():
+                break
+            batches = np.minimum(batches, caps)
+            room = np.where(batches < caps, weights, 0.0)
+            total = room.sum(axis=1, keepdims=True)
+            batches = batches + np.divide(over[:, None] * room, total, out=np.zeros_like(room), where=total > 0)
+    return DecodedBatch(servers, batches, threads, feasible)

@@ -73,3 +73,40 @@ def test_parameter_space_matches_the_encoding(hetero8):
     ps = space.parameter_space()
     assert ps.dimensionality == space.n_dims
     assert ps.check_points_in_domain(space.encode(balanced(hetero8, 64))[None, :]).all()
+
+
+def test_decode_many_reads_points_as_decode_does(hetero8):
+    from hpcps.tune.space import decode_many
+    space = ScheduleSpace(hetero8, 64, max_batch=(64, 64, 64, 64, 64, 6, 6, 6))
+    points = np.array([space.repair(p) for p in space.random_points(100, np.random.default_rng(1))])
+    d = decode_many(space, points)
+    for row, p in enumerate(points):
+        s = space.decode(p)
+        batches = np.zeros(8)
+        servers = np.zeros(8, bool)
+        for plan in s.nodes:
+            i = hetero8.index(plan.name)
+            servers[i] = plan.server
+            batches[i] = plan.workers[0].batch if plan.workers else 0
+        np.testing.assert_allclose(d.batches[row], batches, atol=1e-9)
+        assert (d.servers[row] == servers).all()
+    assert d.feasible.all()
+
+
+def test_workers_that_cannot_hold_the_batch_get_help_from_the_fastest_nodes_with_room(hetero8):
+    from hpcps.tune.space import decode_many
+    caps = (10, 10, 64, 64, 64, 4, 4, 4)
+    space = ScheduleSpace(hetero8, 64, max_batch=caps)
+    point = np.zeros((8, 4))
+    point[:, 3] = 1
+    point[7, 0] = 1
+    point[[0, 5], 1] = 1                       # a worker on n1 and one on n6: they hold 14 samples
+    point[[0, 5], 2] = 0.5
+    s = space.decode(point.reshape(-1))
+    batches = {p.name: p.workers[0].batch for p in s.nodes if p.workers}
+    assert sum(batches.values()) == 64
+    assert all(batches[n] <= caps[hetero8.index(n)] for n in batches)
+    assert "n2" in batches and "n3" in batches          # the next fastest nodes (speed 4, then 1)
+    d = decode_many(space, point.reshape(1, -1))
+    assert d.feasible[0] and d.batches[0].sum() == pytest.approx(64)
+    assert (d.batches[0] <= np.array(caps) + 1e-9).all()

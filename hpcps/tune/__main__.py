@@ -1,0 +1,5 @@
+import sys
+
+from hpcps.tune.cli import main
+
+sys.exit(main())

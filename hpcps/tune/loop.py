@@ -1,0 +1,277 @@
+"""The tuning loop, ask/tell: a strategy proposes, a backend runs the trial, the result is recorded, and
+the whole state is on disk after every trial, so a run killed at any moment resumes without losing or
+repeating a finished trial.
+
+    run = TuningRun.create(out, settings, problem, strategy, backend)      # or TuningRun.resume(...)
+    run.run(budget)
+
+`--out` holds
+
+    state.json                    settings and every finished trial (written through a temporary file
+                                  and a rename, last of all for each trial)
+    trials/NNNN/                  a trial's own directory: observations.json (and a trace, for real runs)
+    trials.csv                    a row per trial
+    best_schedule.toml            the fastest schedule measured, as a node schedule file
+    convergence.png               measured and predicted time per trial, and the best so far
+
+A trial that was running when the process died has no entry in state.json: it runs again on resume.
+The proposal of trial i draws from a generator seeded by (seed, i), so the resumed run proposes what the
+unbroken one would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hpcps.cluster.placement import NodeSchedule, parse_node_schedule, write_node_schedule
+from hpcps.tune import observations as obs_io
+from hpcps.tune.problem import Problem
+from hpcps.tune.strategies import Strategy, TrialRecord
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+CSV_COLUMNS = ("trial", "strategy", "status", "iteration_time_s", "predicted_s", "predicted_sd", "best_s",
+               "speedup_vs_first", "n_servers", "n_workers", "schedule", "note", "elapsed_s", "propose_s")
+STOP_AFTER_ENV = "HPCPS_TUNE_STOP_AFTER"      # test hook: exit hard right after persisting trial k
+
+
+class Stop(Exception):
+    """Asked to stop (SIGTERM, SIGINT): what is finished is on disk."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    job: str
+    cluster: str
+    backend: str
+    strategy: str
+    seed: int
+    budget: int
+    iterations: int | None = None
+    cluster_name: str = ""
+    global_batch: int = 0
+
+    # What must match for --resume to continue a run (the budget may grow).
+    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summarize(schedule: NodeSchedule) -> str:
+    """servers=a+b; workers=a:32/2,c:16/1 (batch/threads)."""
+    servers = "+".join(p.name for p in schedule.nodes if p.server)
+    workers = ",".join(f"{p.name}:{w.batch}/{w.threads}" for p in schedule.nodes for w in p.workers)
+    return f"servers={servers}; workers={workers}"
+
+
+def _num(x):
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+class TuningRun:
+    def __init__(self, out: Path, settings: Settings, problem: Problem, strategy: Strategy, backend,
+                 history: list[TrialRecord] | None = None, echo=print):
+        self.out = Path(out)
+        self.settings = settings
+        self.problem = problem
+        self.strategy = strategy
+        self.backend = backend
+        self.history = history or []
+        self.echo = echo
+
+    # -- creating and resuming ----------------------------------------------------------------------
+
+    @staticmethod
+    def read_state(out: Path) -> dict | None:
+        path = Path(out) / "state.json"
+        if not path.is_file():
+            return None
+        with path.open() as f:
+            return json.load(f)
+
+    @classmethod
+    def load_history(cls, out: Path, state: dict, space) -> list[TrialRecord]:
+        history = []
+        for t in state["trials"]:
+            obs = None
+            if t.get("observations"):
+                with (Path(out) / t["observations"]).open() as f:
+                    obs = obs_io.from_json(json.load(f))
+            history.append(TrialRecord(
+                trial=t["trial"], point=np.array(t["point"], dtype=float), status=t["status"],
+                iteration_time_s=t.get("iteration_time_s"), observations=obs,
+                predicted_s=t.get("predicted_s"), predicted_sd=t.get("predicted_sd"), note=t.get("note", ""),
+                schedule=t.get("schedule", {}), summary=t.get("summary", ""), elapsed_s=t.get("elapsed_s", 0.0),
+                propose_s=t.get("propose_s", 0.0), trace_path=t.get("trace_path"),
+                observations_file=t.get("observations")))
+        return history
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self, budget: int) -> None:
+        stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+        try:
+            while len(self.history) < budget:
+                rec = self.step()
+                self.echo(self.progress_line(rec, budget))
+                if stop_after and rec.trial == stop_after:
+                    os._exit(137)
+        finally:
+            self.write_reports(plot=True)
+
+    def step(self) -> TrialRecord:
+        """Ask, run, tell: one trial, persisted."""
+        trial = len(self.history) + 1
+        rng = np.random.default_rng([self.settings.seed, trial])
+        t0 = time.perf_counter()
+        proposal = self.strategy.propose(self.history, rng)
+        propose_s = time.perf_counter() - t0
+        point = self.problem.space.repair(proposal.point)
+        schedule = self.problem.space.decode(point)
+        trial_dir = self.out / "trials" / f"{trial:04d}"
+        if trial_dir.exists():                      # left by a trial that never finished
+            shutil.rmtree(trial_dir)
+        trial_dir.mkdir(parents=True)
+        write_node_schedule(schedule, trial_dir / "schedule.toml")
+        try:
+            result = self.backend.run_trial(trial_dir, schedule, trial)
+        except Stop:
+            raise
+        except Exception as e:                        # a backend bug must not end the search
+            log.exception("trial %d failed", trial)
+            from hpcps.tune.backends import TrialResult
+            result = TrialResult(f"error: {type(e).__name__}: {e}".splitlines()[0])
+        obs_rel = None
+        if result.observations is not None and len(result.observations):
+            obs_rel = str(Path("trials") / f"{trial:04d}" / "observations.json")
+            atomic_write(self.out / obs_rel, json.dumps(obs_io.to_json(result.observations)))
+        ok = result.ok and result.iteration_time_s is not None and math.isfinite(result.iteration_time_s)
+        rec = TrialRecord(trial, point, result.status if ok or result.status != "ok" else "error: no time",
+                          result.iteration_time_s if ok else None, result.observations, proposal.predicted_s,
+                          proposal.predicted_sd, proposal.note, schedule.to_dict(), summarize(schedule),
+                          result.elapsed_s, propose_s, result.trace_path, obs_rel)
+        self.history.append(rec)
+        self.save_state()
+        self.write_reports(plot=False)
+        return rec
+
+    # -- persistence --------------------------------------------------------------------------------
+
+    def save_state(self) -> None:
+        trials = []
+        for r in self.history:
+            obs_rel = r.observations_file
+            trials.append({"trial": r.trial, "status": r.status, "iteration_time_s": _num(r.iteration_time_s),
+                           "predicted_s": _num(r.predicted_s), "predicted_sd": _num(r.predicted_sd),
+                           "note": r.note, "summary": r.summary, "schedule": r.schedule,
+                           "point": [float(x) for x in r.point], "elapsed_s": r.elapsed_s,
+                           "propose_s": r.propose_s, "trace_path": r.trace_path, "observations": obs_rel})
+        state = {"version": STATE_VERSION, "settings": asdict(self.settings), "trials": trials}
+        atomic_write(self.out / "state.json", json.dumps(state, indent=1))
+
+    def best(self) -> TrialRecord | None:
+        ok = [r for r in self.history if r.ok]
+        return min(ok, key=lambda r: r.iteration_time_s) if ok else None
+
+    def write_reports(self, plot: bool) -> None:
+        if not self.history:
+            return
+        atomic_write(self.out / "trials.csv", self.csv_text())
+        best = self.best()
+        if best is not None:
+            sched = parse_node_schedule(best.schedule, f"trial {best.trial}")
+            write_node_schedule(sched, self.out / "best_schedule.toml")
+        if plot:
+            try:
+                plot_convergence(self.history, self.out / "convergence.png",
+                                 f"{self.settings.strategy} on {self.settings.cluster_name} ({self.settings.backend})")
+            except Exception as e:                    # a report must not lose the run
+                log.warning("could not draw the convergence plot: %s", e)
+
+    def csv_text(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(CSV_COLUMNS)
+        best = math.inf
+        first = next((r.iteration_time_s for r in self.history if r.ok), None)
+        for r in self.history:
+            if r.ok:
+                best = min(best, r.iteration_time_s)
+            nodes = r.schedule.get("nodes", [])
+            w.writerow([r.trial, self.settings.strategy, r.status, _fmt(r.iteration_time_s), _fmt(r.predicted_s),
+                        _fmt(r.predicted_sd), _fmt(best if math.isfinite(best) else None),
+                        _fmt(first / r.iteration_time_s if (r.ok and first) else None, 4),
+                        sum(1 for p in nodes if p["server"]), sum(len(p["workers"]) for p in nodes),
+                        r.summary, r.note, _fmt(r.elapsed_s, 3), _fmt(r.propose_s, 3)])
+        return buf.getvalue()
+
+    def progress_line(self, rec: TrialRecord, budget: int) -> str:
+        best = self.best()
+        meas = f"{rec.iteration_time_s * 1e3:.2f} ms" if rec.ok else f"FAILED ({rec.status})"
+        pred = (f"{rec.predicted_s * 1e3:.2f} ms" + (f" ± {rec.predicted_sd * 1e3:.2f}" if rec.predicted_sd else "")
+                if rec.predicted_s is not None else "-")
+        best_s = f"{best.iteration_time_s * 1e3:.2f} ms (trial {best.trial})" if best else "-"
+        nodes = rec.schedule.get("nodes", [])
+        shape = f"{sum(1 for p in nodes if p['server'])} server(s), {sum(len(p['workers']) for p in nodes)} worker(s)"
+        return (f"trial {rec.trial}/{budget} [{self.settings.strategy}] {shape} | measured {meas} | "
+                f"predicted {pred} | best {best_s} | {rec.summary}")
+
+
+def _fmt(x, digits: int = 6):
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return ""
+    return f"{x:.{digits}g}"
+
+
+def plot_convergence(history: list[TrialRecord], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    trials = [r.trial for r in history]
+    meas = [r.iteration_time_s * 1e3 if r.ok else np.nan for r in history]
+    pred = [r.predicted_s * 1e3 if r.predicted_s is not None else np.nan for r in history]
+    best = np.fmin.accumulate(np.array(meas, dtype=float))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(trials, meas, "o", label="measured", color="C0")
+    if np.isfinite(pred).any():
+        ax.plot(trials, pred, "x", label="predicted", color="C1")
+    ax.step(trials, best, where="post", label="best so far", color="C2")
+    failed = [r.trial for r in history if not r.ok]
+    if failed:
+        ax.plot(failed, [np.nanmax(meas) if np.isfinite(meas).any() else 1] * len(failed), "rv", label="failed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("iteration time (ms)")
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+

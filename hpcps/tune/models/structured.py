@@ -1,0 +1,260 @@
+"""The structured model of iteration time, after BOAT: machine models per node type and a network model,
+composed into the time of one synchronous iteration, wrapped as an Emukit IModel.
+
+    predict(X)  X (n_points, n_dims) encoded schedules -> mean, variance of iteration seconds, (n_points, 1)
+
+For each posterior sample of the constants (Laplace, see machine.py and network.py) every node's step
+time and NIC are predicted and composed (network.iteration_times): the slowest worker's pull, compute
+and push, with server contention, then the last server's update. Servers' update times are linear in
+bytes and workers (fitted). What the composition still misses on whole trials is a Gaussian process
+over a few summary features of the schedule, on the log of measured / composed time. Every rank and
+iteration of every trial is a data point for the constants; only the correction works per trial.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from hpcps.tune.models.machine import MachineModel
+from hpcps.tune.models.network import NetworkModel, iteration_times
+from hpcps.tune.problem import Problem
+from hpcps.tune.space import decode_many
+
+CHUNK = 256
+PRIOR_CORRECTION_SD = 0.15        # how far off the composition may be before any trial says so
+
+
+class AggregateModel:
+    """Server update seconds = shard bytes * (alpha * workers + beta) / speed, fitted by least squares."""
+
+    def __init__(self, cluster):
+        self.speed = np.array([n.type.speed for n in cluster.nodes])
+        self.coef = np.array([1.5e-10, 5e-11])    # a NumPy weighted sum and an SGD step, per byte
+
+    def fit(self, rows: list[tuple[float, int, int, float]]) -> None:
+        """rows: (shard bytes, workers, node index, measured seconds)."""
+        if len(rows) < 2:
+            return
+        r = np.array(rows, dtype=float)
+        A = np.column_stack([r[:, 0] * r[:, 1], r[:, 0]]) / self.speed[r[:, 2].astype(int)][:, None]
+        from scipy.optimize import nnls
+        coef, _ = nnls(A, r[:, 3])
+        if np.all(np.isfinite(coef)) and coef.sum() > 0:
+            self.coef = coef
+
+    def predict(self, shard_bytes: np.ndarray, workers: np.ndarray) -> np.ndarray:
+        """(n, N) seconds for each node as a server."""
+        return (shard_bytes[:, None] * (self.coef[0] * workers[:, None] + self.coef[1])) / self.speed[None, :]
+
+
+class LogTime:
+    """The structured model seen in log seconds, as an Emukit IModel: expected improvement on log time
+    weighs a 10% gain the same on a fast schedule as on a slow one, and does not chase the wide absolute
+    spread of schedules predicted to be many times slower than the best."""
+
+    def __init__(self, model: "StructuredModel"):
+        self.model = model
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.model.predict_log(X)
+
+    def set_data(self, X: np.ndarray, Y: np.ndarray) -> None:
+        self.model.set_data(X, np.exp(Y))
+
+    def optimize(self) -> None:
+        self.model.optimize()
+
+    @property
+    def X(self) -> np.ndarray:
+        return self.model.X
+
+    @property
+    def Y(self) -> np.ndarray:
+        return np.log(self.model.Y)
+
+
+class StructuredModel:
+    """Emukit IModel of iteration time from the machine and network models. Give it every trial's
+    observations with set_observations() before optimize()."""
+
+    def __init__(self, problem: Problem, n_samples: int = 16, seed: int = 0):
+        self.problem = problem
+        self.space = problem.space
+        cl = problem.cluster
+        self.type_of_node = np.array([[t.name for t in cl.types].index(n.type.name) for n in cl.nodes])
+        self.machine = MachineModel(cl)
+        self.network = NetworkModel(cl)
+        self.aggregate = AggregateModel(cl)
+        self.n_samples = n_samples
+        self.seed = seed
+        self._X = np.zeros((0, self.space.n_dims))
+        self._Y = np.zeros((0, 1))
+        self._trials: list[tuple[np.ndarray, np.ndarray]] = []     # (point, observations)
+        self._draws = None
+        self._corr = None
+        self._corr_mean = 0.0
+        self._corr_sd = PRIOR_CORRECTION_SD
+
+    # -- IModel -------------------------------------------------------------------------------------
+
+    @property
+    def X(self) -> np.ndarray:
+        return self._X
+
+    @property
+    def Y(self) -> np.ndarray:
+        return self._Y
+
+    def set_data(self, X: np.ndarray, Y: np.ndarray) -> None:
+        """X (n_points, n_dims) schedules measured, Y (n_points, 1) their iteration seconds."""
+        X, Y = np.atleast_2d(X), np.asarray(Y, dtype=float).reshape(-1, 1)
+        if X.shape[0] != Y.shape[0] or X.shape[1] != self.space.n_dims:
+            raise ValueError(f"X must be (n_points, {self.space.n_dims}) and Y (n_points, 1); got {X.shape} and {Y.shape}")
+        self._X, self._Y = X, Y
+
+    def set_observations(self, trials: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """Per trial that ran (ok or not): (point (n_dims,), observations rows)."""
+        self._trials = [(np.asarray(p, float), o) for p, o in trials if o is not None and len(o)]
+
+    def optimize(self) -> None:
+        """Fit the constants to every observation, then the correction to the measured trials."""
+        obs = [o for _, o in self._trials]
+        if obs:
+            all_obs = np.concatenate(obs)
+            self.machine.fit(all_obs)
+            net_trials, agg_rows = [], []
+            for p, o in self._trials:
+                d = decode_many(self.space, p[None])
+                net_trials.append((d.servers[0], d.workers[0], o))
+                m = int(d.servers[0].sum())
+                w = int(d.workers[0].sum())
+                for row in o[o["server"] & (o["aggregate_s"] > 0)]:
+                    agg_rows.append((self.problem.model_bytes / m, w, int(row["node"]), float(row["aggregate_s"])))
+            self.network.fit(net_trials, self.problem.model_bytes)
+            self.aggregate.fit(agg_rows)
+        rng = np.random.default_rng(self.seed)
+        self._draws = (self.machine.samples(self.n_samples, rng), self.network.samples(self.n_samples, rng),
+                       rng.standard_normal(self.n_samples))
+        self._draws[2][0] = 0.0
+        self._fit_correction()
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of iteration seconds, each (n_points, 1)."""
+        X = np.atleast_2d(X)
+        mean, var = np.empty(len(X)), np.empty(len(X))
+        for i in range(0, len(X), CHUNK):
+            mean[i:i + CHUNK], var[i:i + CHUNK] = self._predict_chunk(X[i:i + CHUNK])
+        return mean[:, None], var[:, None]
+
+    # -- beyond IModel ------------------------------------------------------------------------------
+
+    def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and variance of log iteration seconds, each (n_points, 1)."""
+        X = np.atleast_2d(X)
+        mean, var = np.empty(len(X)), np.empty(len(X))
+        for i in range(0, len(X), CHUNK):
+            it, feats = self._compose(X[i:i + CHUNK], samples=self.n_samples)
+            mu, sd = self._correction(feats)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                logs = np.log(it)
+            bad = ~np.isfinite(logs).all(0)
+            logs = np.where(np.isfinite(logs), logs, 30.0)
+            mean[i:i + CHUNK] = np.where(bad, 30.0, logs.mean(0) + mu)
+            var[i:i + CHUNK] = np.where(bad, 1e-12, logs.var(0) + sd ** 2)
+        return mean[:, None], np.maximum(var, 1e-12)[:, None]
+
+    def predict_mean(self, X: np.ndarray) -> np.ndarray:
+        """(n_points,) the composition under the fitted constants with the correction: fast screening."""
+        X = np.atleast_2d(X)
+        out = np.empty(len(X))
+        for i in range(0, len(X), 4 * CHUNK):
+            chunk = X[i:i + 4 * CHUNK]
+            base, feats = self._compose(chunk, samples=1)
+            mu, _ = self._correction(feats)
+            out[i:i + 4 * CHUNK] = base[0] * np.exp(mu)
+        return out
+
+    def compose_parts(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Per node under the fitted constants: compute, pull, push seconds and the iteration, for reports."""
+        d = decode_many(self.space, np.atleast_2d(X))
+        comp, bw, lat, agg = self._node_times(d, samples=1)
+        ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True)
+        return {"compute": comp[0], "pull": ex.pull[0], "push": ex.push[0], "iteration": ex.iteration[0]}
+
+    def _node_times(self, d, samples: int):
+        if self._draws is None:
+            self.optimize()
+        th_m, th_n, z = (a[:samples] for a in self._draws)
+        k = d.batches
+        t = d.threads
+        ti = self.type_of_node[None, :]
+        comp = self.machine.predict(th_m, ti, np.maximum(k, 1.0), t, t, z=z)       # (S, n, N)
+        comp = np.where(d.workers[None], comp, 0.0)
+        bw, lat = self.network.node_params(th_n)
+        m = d.servers.sum(1)
+        agg = self.aggregate.predict(self.problem.model_bytes / np.maximum(m, 1), d.workers.sum(1))[None]
+        return comp, bw, lat, agg
+
+    def _compose(self, X: np.ndarray, samples: int):
+        d = decode_many(self.space, X)
+        comp, bw, lat, agg = self._node_times(d, samples)
+        it = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes)
+        it = np.where(d.feasible[None], it, np.inf)
+        return it, self._summary(d, it[0])
+
+    def _summary(self, d, base: np.ndarray) -> np.ndarray:
+        N = len(self.problem.cluster)
+        return np.column_stack([np.log(np.maximum(base, 1e-9)), d.servers.sum(1) / N, d.workers.sum(1) / N])
+
+    def _predict_chunk(self, X: np.ndarray):
+        it, feats = self._compose(X, samples=self.n_samples)
+        mu, sd = self._correction(feats)
+        with np.errstate(over="ignore", invalid="ignore"):
+            m1 = it.mean(0)
+            m2 = (it ** 2).mean(0)
+            mean = m1 * np.exp(mu + sd ** 2 / 2)
+            var = m2 * np.exp(2 * mu + 2 * sd ** 2) - mean ** 2
+        bad = ~np.isfinite(mean)
+        mean[bad] = 1e9
+        var = np.where(bad | ~np.isfinite(var), 1e-18, np.maximum(var, 1e-18))
+        return mean, var
+
+    # -- the correction on whole trials -------------------------------------------------------------
+
+    def _fit_correction(self) -> None:
+        self._corr = None
+        ok = np.isfinite(self._Y[:, 0]) & (self._Y[:, 0] > 0)
+        if not ok.any():
+            self._corr_mean, self._corr_sd = 0.0, PRIOR_CORRECTION_SD
+            return
+        base, feats = self._compose(self._X[ok], samples=1)
+        r = np.log(self._Y[ok, 0]) - np.log(np.maximum(base[0], 1e-12))
+        self._corr_mean = float(np.mean(r))
+        if len(r) < 3:
+            self._corr_sd = float(math.sqrt(PRIOR_CORRECTION_SD ** 2 / (1 + len(r)) + np.var(r)))
+            return
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+        kernel = (ConstantKernel(0.01, (1e-5, 1.0)) * RBF(np.ones(feats.shape[1]), (0.05, 50.0))
+                  + WhiteKernel(1e-3, (1e-6, 1e-1)))
+        gp = GaussianProcessRegressor(kernel, normalize_y=False, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            gp.fit(feats, r - self._corr_mean)
+        self._corr = gp
+
+    def _correction(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._corr is None:
+            return np.full(len(feats), self._corr_mean), np.full(len(feats), self._corr_sd)
+        finite = np.all(np.isfinite(feats), axis=1)
+        mu = np.full(len(feats), self._corr_mean)
+        sd = np.full(len(feats), PRIOR_CORRECTION_SD)
+        if finite.any():
+            m, s = self._corr.predict(feats[finite], return_std=True)
+            mu[finite] += m
+            sd[finite] = s
+        return mu, sd

@@ -1,0 +1,255 @@
+"""The structured strategy (BOAT): the structured model of hpcps.tune.models.structured as an Emukit
+IModel, expected improvement as the acquisition, and an acquisition optimiser for the mixed space.
+
+Trials: the naive schedule first (the baseline, and a measurement of every node at one thread); then
+one design point that varies what naive leaves unseen (threads at the node's cores, servers on the
+best-connected nodes, batches by the cluster file's speeds); then expected improvement.
+
+The acquisition optimiser scores a pool of candidates and refines the best with Emukit's local search:
+
+- schedules built from the fitted model: for each of many server sets (the k best-connected nodes,
+  each node alone, the incumbent's) and worker sets (the k fastest nodes), threads at the model's
+  best per node or one, and batches that equalise the predicted pull + compute + push of the workers;
+- random points of the space, and random neighbours of the best measured schedules.
+
+The pool is screened with the model's mean (cheap), the best few hundred are scored by expected
+improvement under posterior samples, and the best three start a local search (Emukit's
+LocalSearchAcquisitionOptimizer neighbourhoods). Schedules already measured score zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from hpcps.tune.models.structured import LogTime, StructuredModel
+from hpcps.tune.space import FIELDS, decode_many, max_threads
+from hpcps.tune.strategies import Proposal, Strategy, TrialRecord, neighbour
+
+SCREEN_TOP = 160
+SCREEN_RANDOM = 40
+RANDOM_POOL = 800
+NEIGHBOURS = 60
+LOCAL_STARTS = 2
+LOCAL_STEPS = 5
+
+
+class StructuredStrategy(Strategy):
+    name = "structured"
+
+    def model(self, history: list[TrialRecord]) -> StructuredModel:
+        """The structured model fitted to history."""
+        ok = [r for r in history if r.ok]
+        model = StructuredModel(self.problem, seed=self.seed)
+        if ok:
+            model.set_data(np.array([r.point for r in ok]), np.array([[r.iteration_time_s] for r in ok]))
+        model.set_observations([(r.point, r.observations) for r in history])
+        model.optimize()
+        return model
+
+    def propose(self, history: list[TrialRecord], rng: np.random.Generator) -> Proposal:
+        if not history:
+            return Proposal(self.naive_point(), note="naive")
+        model = self.model(history)
+        if len(history) == 1 or not any(r.ok for r in history):
+            p = self.fresh(self.design_point(), history, rng)
+            note = "design point"
+        else:
+            from emukit.bayesian_optimization.acquisitions import ExpectedImprovement
+            from emukit.core.loop import SequentialPointCalculator
+            from emukit.core.loop.loop_state import create_loop_state
+            np.random.seed(int(rng.integers(2 ** 31)))     # Emukit's local search draws from it
+            acquisition = _Tabu(ExpectedImprovement(LogTime(model)), self.space, history)
+            optimizer = ScheduleAcquisitionOptimizer(self.space, model, history, rng)
+            calc = SequentialPointCalculator(acquisition, optimizer)
+            x = calc.compute_next_points(create_loop_state(model.X, np.log(model.Y)))[0]
+            p = self.fresh(x, history, rng)
+            note = f"expected improvement {optimizer.best_value:.3g} s"
+        mean, var = model.predict(p[None])
+        return Proposal(p, float(mean[0, 0]), float(math.sqrt(max(var[0, 0], 0.0))), note)
+
+    def design_point(self) -> np.ndarray:
+        cl = self.problem.cluster
+        n = len(cl)
+        p = np.zeros((n, len(FIELDS)))
+        by_network = sorted(range(n), key=lambda i: (-cl.nodes[i].type.nic_gbps, i))
+        p[by_network[: max(1, math.ceil(n / 4))], 0] = 1
+        p[:, 1] = 1
+        speed = np.array([node.type.speed for node in cl.nodes])
+        p[:, 2] = speed / speed.sum()
+        p[:, 3] = [node.type.cores for node in cl.nodes]
+        return self.space.repair(p.reshape(-1))
+
+
+class _Tabu:
+    """An Emukit acquisition that is zero on schedules already measured."""
+
+    def __init__(self, inner, space, history: list[TrialRecord]):
+        self.inner = inner
+        self.space = space
+        self.seen = {_row_key(space, r.point[None])[0] for r in history}
+
+    def evaluate(self, x: np.ndarray) -> np.ndarray:
+        v = self.inner.evaluate(x)
+        keys = _row_key(self.space, x)
+        hit = np.array([k in self.seen for k in keys])
+        v = np.where(hit[:, None], 0.0, v)
+        return v
+
+    @property
+    def has_gradients(self) -> bool:
+        return False
+
+    def update_parameters(self) -> None:
+        self.inner.update_parameters()
+
+
+def _row_key(space, X: np.ndarray) -> list[bytes]:
+    d = decode_many(space, np.atleast_2d(X))
+    key = np.concatenate([d.servers.astype(np.int64), np.rint(d.batches).astype(np.int64),
+                          np.where(d.workers, d.threads, 0).astype(np.int64)], axis=1)
+    return [row.tobytes() for row in key]
+
+
+def _acquisition_optimizer_base():
+    from emukit.core.optimization.acquisition_optimizer import AcquisitionOptimizerBase
+    return AcquisitionOptimizerBase
+
+
+class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
+    """Emukit acquisition optimiser for schedule spaces, guided by a structured model (see module doc)."""
+
+    def __init__(self, space, model: StructuredModel, history: list[TrialRecord], rng: np.random.Generator):
+        super().__init__(space.parameter_space())
+        self.schedule_space = space
+        self.model = model
+        self.history = history
+        self.rng = rng
+        self.best_value = 0.0
+
+    def _optimize(self, acquisition, context_manager):
+        from emukit.core.optimization import LocalSearchAcquisitionOptimizer
+        pool = self.pool()
+        mean = self.model.predict_mean(pool)
+        order = np.argsort(mean, kind="stable")
+        pick = list(order[:SCREEN_TOP])
+        rest = order[SCREEN_TOP:]
+        if len(rest):
+            pick += list(self.rng.choice(rest, size=min(SCREEN_RANDOM, len(rest)), replace=False))
+        cand = pool[pick]
+        values = acquisition.evaluate(cand)[:, 0]
+        local = LocalSearchAcquisitionOptimizer(self.space, num_steps=LOCAL_STEPS, num_continuous=2)
+        best_x, best_v = cand[int(np.argmax(values))], float(values.max())
+        for i in np.argsort(-values, kind="stable")[:LOCAL_STARTS]:
+            x, v = local._one_local_search(acquisition, cand[i], context_manager)
+            if v > best_v:
+                best_x, best_v = x, v
+        if best_v <= 1e-12:
+            # Nothing promises an improvement: take the schedule predicted fastest that is not measured.
+            tabu = np.array([k in acquisition.seen for k in _row_key(self.schedule_space, cand)])
+            m = np.where(tabu, np.inf, mean[pick])
+            best_x = cand[int(np.argmin(m))]
+        self.best_value = best_v
+        return best_x[None, :], np.array([[best_v]])
+
+    # -- the candidate pool -------------------------------------------------------------------------
+
+    def pool(self) -> np.ndarray:
+        space, rng = self.schedule_space, self.rng
+        parts = [informed_candidates(self.model), space.random_points(RANDOM_POOL, rng)]
+        ok = sorted((r for r in self.history if r.ok), key=lambda r: r.iteration_time_s)[:3]
+        for r in ok:
+            parts.append(np.array([neighbour(space, r.point, rng) for _ in range(NEIGHBOURS)]))
+            parts.append(r.point[None, :])
+        return np.concatenate(parts)
+
+
+def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarray:
+    """Schedules built from the fitted model (see module doc), (n, n_dims), repaired."""
+    space = model.space
+    cl = model.problem.cluster
+    n = len(cl)
+    G = model.problem.global_batch
+    ti = model.type_of_node
+    theta = model.machine.theta
+    top = np.array([max_threads(node.type.cores) for node in cl.nodes])
+    caps = np.array(space.max_batch, dtype=float) if space.max_batch else None
+    # Per node and thread count: step time = u + v * k under the fitted form.
+    t_grid = np.arange(1, top.max() + 1)
+    u = model.machine.form(theta, ti[:, None], 0.0, t_grid[None, :], t_grid[None, :])[0]
+    v = model.machine.form(theta, ti[:, None], 1.0, t_grid[None, :], t_grid[None, :])[0] - u
+    valid = t_grid[None, :] <= top[:, None]
+    k_typ = G / n
+    step = np.where(valid, u + v * k_typ, np.inf)
+    best_t = t_grid[np.argmin(step, axis=1)]
+    thread_options = [best_t, np.ones(n, dtype=int)]
+    if np.array_equal(best_t, thread_options[1]):
+        thread_options = thread_options[:1]
+
+    bw, _ = model.network.node_params(model.network.theta)
+    bw = bw[0, 0]
+    by_net = sorted(range(n), key=lambda i: (-bw[i], i))
+    server_sets = [by_net[:m] for m in _grid(min(n, 8), max_sets // 2)]
+    server_sets += [[i] for i in range(n)][: max_sets]
+    sizes = _grid(n, max_sets)
+
+    combos = []      # (servers, workers, threads)
+    for threads in thread_options:
+        uu = u[np.arange(n), threads - 1]
+        vv = v[np.arange(n), threads - 1]
+        fast = np.argsort(vv + uu / max(k_typ, 1.0), kind="stable")
+        for servers in server_sets:
+            for j in sizes:
+                combos.append((servers, fast[:j], threads, uu, vv))
+    X = np.zeros((len(combos), n, len(FIELDS)))
+    for c, (servers, workers, threads, uu, vv) in enumerate(combos):
+        X[c, servers, 0] = 1
+        X[c, :, 3] = threads
+        k = _equalise(G, uu, vv, np.isin(np.arange(n), workers), caps)
+        X[c, :, 1] = k > 0
+        X[c, :, 2] = k / max(k.sum(), 1e-12)
+    X = X.reshape(len(combos), -1)
+    # Second pass: equalise pull + compute + push, the network times taken from the first pass.
+    parts = model.compose_parts(X)
+    net = parts["pull"] + parts["push"]
+    X2 = X.reshape(len(combos), n, len(FIELDS)).copy()
+    for c, (servers, workers, threads, uu, vv) in enumerate(combos):
+        use = X2[c, :, 1] > 0
+        k = _equalise(G, uu + net[c], vv, use, caps)
+        X2[c, :, 1] = k > 0
+        X2[c, :, 2] = k / max(k.sum(), 1e-12)
+    out = np.concatenate([X, X2.reshape(len(combos), -1)])
+    return np.array([space.repair(p) for p in out])
+
+
+def _grid(n: int, most: int) -> list[int]:
+    """1..n, or about `most` values from 1 to n spaced geometrically."""
+    if n <= most:
+        return list(range(1, n + 1))
+    return sorted({int(round(x)) for x in np.geomspace(1, n, most)})
+
+
+def _equalise(total: float, fixed: np.ndarray, per_sample: np.ndarray, use: np.ndarray,
+              caps: np.ndarray | None = None) -> np.ndarray:
+    """k_i with fixed_i + per_sample_i * k_i equal over the used nodes, summing to total: nodes that
+    would get less than one sample are dropped, nodes whose memory holds less get what it holds."""
+    use = use.copy()
+    caps = np.full(len(use), np.inf) if caps is None else np.asarray(caps, dtype=float)
+    capped = np.zeros(len(use), dtype=bool)
+    for _ in range(2 * len(use)):
+        free = use & ~capped
+        left = total - caps[capped & use].sum()
+        if not free.any() or left <= 0:
+            break
+        inv = np.where(free, 1.0 / per_sample, 0.0)
+        tau = (left + np.sum(np.where(free, fixed / per_sample, 0.0))) / inv.sum()
+        k = np.where(free, (tau - fixed) / per_sample, 0.0)
+        over = free & (k > caps)
+        if over.any():
+            capped |= over
+            continue
+        if (k[free] >= 1.0).all() or free.sum() == 1:
+            return np.where(capped & use, caps, np.maximum(k, 0.0))
+        use &= ~(free & (k < 1.0))
+    return np.where(capped & use, caps, use.astype(float))

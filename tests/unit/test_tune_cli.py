@@ -1,0 +1,205 @@
+"""python -m hpcps.tune as a user runs it: outputs, resume after a kill, and every bad input."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB = str(ROOT / "jobs/cifar.toml")
+CLUSTER = str(ROOT / "jobs/clusters/hetero10a.toml")
+
+
+def env(extra=None):
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(ROOT), e.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    e.setdefault("OMP_NUM_THREADS", "1")
+    e.pop("HPCPS_TUNE_STOP_AFTER", None)
+    e.update(extra or {})
+    return e
+
+
+def tune(*args, extra_env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "hpcps.tune", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env(extra_env))
+
+
+def base(out, strategy="anneal", budget=6, *more):
+    return ["--job", JOB, "--cluster", CLUSTER, "--backend", "sim", "--strategy", strategy, "--budget", str(budget),
+            "--out", str(out), "--iterations", "3", *more]
+
+
+def rows(out):
+    return list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
+
+
+def comparable(rs):
+    """What must not change between an unbroken and a resumed run (timings aside)."""
+    return [(r["trial"], r["status"], r["iteration_time_s"], r["schedule"], r["note"]) for r in rs]
+
+
+def test_a_sim_run_leaves_its_table_best_schedule_and_plot(tmp_path):
+    out = tmp_path / "run"
+    r = tune(*base(out, "heuristic", 4))
+    assert r.returncode == 0, r.stderr
+    assert "trial 4/4 [heuristic]" in r.stdout and "speed-up" in r.stdout
+    rs = rows(out)
+    assert [x["trial"] for x in rs] == ["1", "2", "3", "4"]
+    for col in ("trial", "strategy", "status", "iteration_time_s", "predicted_s", "schedule"):
+        assert col in rs[0]
+    # hpcps.sim accepts the best schedule, and it is the fastest measured.
+    sim = subprocess.run([sys.executable, "-m", "hpcps.sim", "--cluster", CLUSTER, "--job", JOB, "--schedule",
+                          str(out / "best_schedule.toml"), "--json"], capture_output=True, text=True, cwd=ROOT,
+                         env=env(), timeout=120)
+    assert sim.returncode == 0, sim.stderr
+    assert json.loads(sim.stdout)["iteration_time_s"] > 0
+    assert (out / "convergence.png").stat().st_size > 1000
+    assert (out / "trials" / "0001" / "observations.json").is_file()
+
+
+def test_resume_after_a_hard_exit_loses_and_repeats_nothing(tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    assert tune(*base(whole)).returncode == 0
+    killed = tune(*base(broken), extra_env={"HPCPS_TUNE_STOP_AFTER": "3"})
+    assert killed.returncode == 137
+    assert [r["trial"] for r in rows(broken)] == ["1", "2", "3"]
+    again = tune(*base(broken))
+    assert again.returncode == 2 and "--resume" in again.stderr          # no silent overwrite
+    resumed = tune(*base(broken), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "3 trial(s) done" in resumed.stdout
+    assert comparable(rows(broken)) == comparable(rows(whole))
+
+
+def test_resume_after_sigkill_mid_run(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hpcps.tune", *base(out, "random", 40)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            state = out / "state.json"
+            if state.is_file() and len(json.loads(state.read_text())["trials"]) >= 2:
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never got to 2 trials"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    # state.json is the record (trials.csv is rewritten from it after each trial, and may lag by one).
+    before = json.loads((out / "state.json").read_text())["trials"]
+    assert len(before) >= 2
+    resumed = tune(*base(out, "random", 40), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    after = json.loads((out / "state.json").read_text())["trials"]
+    assert [t["trial"] for t in after] == list(range(1, 41))
+    assert after[:len(before)] == before
+    assert [r["trial"] for r in rows(out)] == [str(i) for i in range(1, 41)]
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "hpcps.tune", *base(out, "random", 100000)], cwd=ROOT, env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "trials.csv").is_file():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "SIGTERM" in err and "--resume" in err
+    n = len(rows(out))
+    assert len(json.loads((out / "state.json").read_text())["trials"]) == n >= 1
+
+
+def _tiny_memory_cluster(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text('[types.t]\nspeed = 1.0\ncores = 2\nnic_gbps = 1.0\nmemory_gb = 0.1\n\n'
+                 '[[nodes]]\nnames = "n[1-2]"\ntype = "t"\n')
+    return str(p)
+
+
+def _no_cluster_job(tmp_path):
+    p = tmp_path / "job.toml"
+    p.write_text(Path(JOB).read_text())
+    return str(p)
+
+
+BAD = {
+    "missing job": (["--job", "nope.toml"], "nope.toml: file not found"),
+    "no cluster": (["--job", "<nocluster>"], "no cluster: give --cluster FILE"),
+    "missing cluster": (["--cluster", "nope.toml"], "nope.toml: file not found"),
+    "zero budget": (["--budget", "0"], "--budget: must be >= 1, got 0"),
+    "negative seed": (["--seed", "-1"], "--seed: must be >= 0"),
+    "zero iterations": (["--iterations", "0"], "--iterations: must be >= 1"),
+    "bad timeout": (["--timeout", "0"], "--timeout: must be > 0"),
+    "unknown strategy": (["--strategy", "magic"], "invalid choice: 'magic'"),
+    "unknown backend": (["--backend", "cloud"], "invalid choice: 'cloud'"),
+    "slurm not yet": (["--backend", "slurm"], "the slurm backend is not available yet"),
+    "budget not a number": (["--budget", "many"], "invalid int value: 'many'"),
+    "batch fits nowhere": (["--cluster", "<tiny>"], "fits on no schedule"),
+    "out is a file": (["--out", "<file>"], "exists and is not a directory"),
+    "out not empty": (["--out", "<full>"], "is not empty and holds no tuning run"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case):
+    change, message = BAD[case]
+    args = {"--job": JOB, "--cluster": CLUSTER, "--backend": "sim", "--strategy": "random", "--budget": "3",
+            "--out": str(tmp_path / "out")}
+    flags = list(change)
+    for i in range(0, len(flags), 2):
+        value = flags[i + 1]
+        if value == "<nocluster>":
+            value = _no_cluster_job(tmp_path)
+            args.pop("--cluster")
+        elif value == "<tiny>":
+            value = _tiny_memory_cluster(tmp_path)
+        elif value == "<file>":
+            value = str(tmp_path / "a_file")
+            Path(value).write_text("x")
+        elif value == "<full>":
+            value = str(tmp_path / "full")
+            Path(value).mkdir()
+            (Path(value) / "notes.txt").write_text("mine")
+        args[flags[i]] = value
+    argv = [x for kv in args.items() for x in kv]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    # In-process (an interpreter per case would be slow); the exit status is main's or argparse's.
+    from hpcps.tune.cli import main
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    captured = capsys.readouterr()
+    assert rc == 2, captured.out + captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcps.tune: error: "), captured.err
+    assert message in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert tune(*base(out, "random", 2)).returncode == 0
+    before = (out / "state.json").read_text()
+    r = tune(*base(out, "anneal", 4), "--resume")
+    assert r.returncode == 2
+    assert "strategy = 'random'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert (out / "state.json").read_text() == before
+
+
+def test_help():
+    r = tune("--help")
+    assert r.returncode == 0
+    for word in ("--backend", "--strategy", "--budget", "--resume", "structured", "heuristic"):
+        assert word in r.stdout
