@@ -11,11 +11,13 @@ bytes every pull and push moves), estimates activation memory per sample (tensor
 and times what servers do (weighted sum of the pushes, optimiser update) and a memory copy (transfers
 between ranks of one node).
 
-Times are the 10th percentile of repeated runs, the thread counts taking turns: the machine is
-shared, and interference only ever makes a run slower, so a low quantile estimates the uncontended
-speed that speed = 1.0 stands for. The one-thread times are thread CPU times (what emulation charges
-a step); the others are scaled by the same factor, keeping their wall-time ratio to one thread. The
-load average before and after goes into the file.
+Times are the fastest of repeated runs (at least 15), the thread counts taking turns: the machine is
+shared, and interference only ever makes a run slower, so the fastest run best estimates the
+uncontended speed that speed = 1.0 stands for. The one-thread times are thread CPU times (what
+emulation charges a step, and what a busy machine does not inflate); the other thread counts are
+scaled by the same factor, keeping their wall-time ratio to one thread. The load average before and
+after goes into the file: multi-threaded runs on a loaded machine rarely get both cores at once, so
+their ratios, and the thread scaling derived from them, are then too pessimistic.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ A step of b samples with t threads on c free cores takes
     fixed(s) + per_sample(s) * b,   s = cores this worker gets (t, or less when the node's workers ask
                                         for more threads than it has cores)
 
-where each term follows Amdahl's law with the parallel fraction measured between 1 and 2 threads,
-and threads past the node's cores add the oversubscription cost measured with twice as many threads
-as the calibration machine has cores.
+where both terms follow Amdahl's law with the parallel fraction measured between 1 and 2 threads
+(the median over batch sizes), and threads past the node's cores add the
+oversubscription cost measured with twice as many threads as the calibration machine has cores.
 """
 
 from __future__ import annotations
@@ -107,20 +107,21 @@ def _workload_from(name: str, t: dict[str, Any], cpus: int) -> WorkloadProfile:
     threads = list(t["threads"])
     fixed, per = list(t["fixed_s"]), list(t["per_sample_s"])
     i1, i2 = threads.index(1), threads.index(2)
-    q_f = _parallel_fraction(fixed[i1], fixed[i2])
-    q_p = _parallel_fraction(per[i1], per[i2])
+    # One parallel fraction for both terms, from the median over batch sizes of the 2-thread to
+    # 1-thread time ratio: the ratio of two fitted intercepts near zero is mostly noise, and a median
+    # shrugs off the odd run that a busy machine slowed.
+    ratios = sorted(b / a for a, b in zip(t["times_s"][i1], t["times_s"][i2]))
+    q = _parallel_fraction(1.0, ratios[len(ratios) // 2])
     oversub = 0.0
     over = [i for i, th in enumerate(threads) if th > cpus]
     if over:
         # Measured times with th > cpus threads against what the model says without the penalty.
         i = over[0]
         th = threads[i]
-        probe = WorkloadProfile(name, 1, fixed[i1], per[i1], q_f, q_p, 0.0, 0.0)
-        ratios = [m / probe.step_time(b, th, cpus, th) for b, m in zip(t["batches"], t["times_s"][i])]
-        ratios.sort()
-        median = ratios[len(ratios) // 2]
-        oversub = max(0.0, (median - 1.0) / (th / cpus - 1.0))
-    return WorkloadProfile(name, int(t["params"]), fixed[i1], per[i1], q_f, q_p, oversub,
+        probe = WorkloadProfile(name, 1, fixed[i1], per[i1], q, q, 0.0, 0.0)
+        ratios = sorted(m / probe.step_time(b, th, cpus, th) for b, m in zip(t["batches"], t["times_s"][i]))
+        oversub = max(0.0, (ratios[len(ratios) // 2] - 1.0) / (th / cpus - 1.0))
+    return WorkloadProfile(name, int(t["params"]), fixed[i1], per[i1], q, q, oversub,
                            float(t["activation_bytes_per_sample"]), tuple(sorted(t["model"].items())),
                            tuple(sorted(t["data"].items())))
 
