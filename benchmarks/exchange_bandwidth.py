@@ -14,8 +14,9 @@ after a few untimed warm-up repetitions.
 A repetition's time is the slowest rank's (each rank times from a barrier to the end of its own
 push). Bytes moved counts the messages between distinct ranks only: both sides move the same ones.
 Effective bandwidth = bytes moved / median time. Two more references: "raw + copies" is the raw side
-plus the local copies by which a colocated server serves its own worker (hpcps makes them, plain MPI
-messages do not), made at the same point as the exchange makes them; "pair" is one message of one
+plus the local copies by which a colocated server would serve its own worker if it kept separate
+buffers (hpcps's colocated servers share their worker's host buffers and copy nothing, so this is
+the cost they avoid); "pair" is one message of one
 shard's size from rank 0 to rank 1 while the other ranks sleep.
 
 The driver writes results/exchange_bandwidth.md (table, command, machine) and results/exchange_bandwidth.json.
@@ -89,12 +90,15 @@ class Case:
         self.is_worker = self.rank in self.row
         batches = [w.batch for w in self.workers]
         opt = OptimizerConfig("sgd", 0.1, 0.9)
-        served = {s.index: ServerShard(s, init[s.start:s.stop], batches, opt) for s in self.shards
-                  if s.server == self.rank}
         params = grads = None
         if self.is_worker:
             params = ExchangeBuffer(np.zeros(n, dtype=np.float32), "host")
             grads = ExchangeBuffer(rng.standard_normal(n, dtype=np.float32), "host")
+        # As run_bsp does: a colocated server shares its worker's host buffers.
+        served = {s.index: ServerShard(s, init[s.start:s.stop], batches, opt,
+                                       local=(params.buf[s.start:s.stop], grads.buf[s.start:s.stop], self.row[self.rank])
+                                       if self.is_worker else None)
+                  for s in self.shards if s.server == self.rank}
         self.exchange = ParameterExchange(comm, self.shards, self.workers, params, grads, served)
         self.served = served
         # The raw side's own buffers, the same sizes and layout.
