@@ -51,7 +51,7 @@ def build_parser(rank: int = 0) -> RankAwareParser:
     p.add_argument("--no-trace", action="store_true", help="write no trace")
     p.add_argument("--trace-flush-s", type=float, default=None, metavar="SECONDS",
                    help="write the trace's buffered events about this often: what a killed run can lose "
-                        "(default: every second, or less often if flushing would take over 1%% of the time)")
+                        "(default: every second, or less often if flushing would take over 0.5%% of the time)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 

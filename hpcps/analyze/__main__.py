@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "traces, into one folder per trace")
     p.add_argument("--chrome", type=Path, metavar="FILE.json",
                    help="export Chrome trace-event JSON (opens in Perfetto); one trace only")
-    p.add_argument("--json", type=Path, metavar="FILE", help="write the analysis as JSON ('-': standard output)")
+    p.add_argument("--json", type=Path, metavar="FILE",
+                   help="write the analysis as JSON ('-': standard output, instead of the text)")
     p.add_argument("--range", metavar="FIRST:LAST",
                    help="iterations for the timeline and the Chrome export (default: three typical ones for "
                         "the timeline, all for the export)")
@@ -73,18 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         fail_input(TOOL, e)
 
     from hpcps.analyze import report, stats
+    json_only = args.json is not None and str(args.json) == "-"
+    say = (lambda *_a, **_k: None) if json_only else print
     if len(traces) == 1:
         summaries = [stats.summarize(traces[0])]
-        print(report.summary_text(summaries[0]))
+        say(report.summary_text(summaries[0]))
         result: object = summaries[0]
     else:
         rows = [stats.comparison_row(t) for t in traces]
-        print(report.comparison_text(rows))
+        say(report.comparison_text(rows))
         summaries = [stats.summarize(t) for t in traces] if (args.detail or args.json) else []
         if args.detail:
             for s in summaries:
-                print()
-                print(report.summary_text(s))
+                say()
+                say(report.summary_text(s))
         result = {"comparison": rows, "summaries": summaries}
     for t in traces:
         if not t.complete:
@@ -102,11 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         for t in traces:
             folder = args.plot if len(traces) == 1 else args.plot / (t.path.parent.name + "-" + t.path.stem)
             for png in plots.write_all(t, folder, window):
-                print(f"wrote {png}")
+                say(f"wrote {png}")
     if args.chrome is not None:
         from hpcps.analyze.chrome import to_chrome, write_chrome
         write_chrome(to_chrome(traces[0], window), args.chrome)
-        print(f"wrote {args.chrome} (open it at https://ui.perfetto.dev)")
+        say(f"wrote {args.chrome} (open it at https://ui.perfetto.dev)")
     return 0
 
 

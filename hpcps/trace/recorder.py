@@ -32,7 +32,10 @@ _TAG_BLOCK, _TAG_NEXT = 711, 712
 _MIN_FLUSH_STEP = 2     # iterations between flushes, at least: see TraceRecorder._flush
 _POLL_S = 1e-4
 DEFAULT_FLUSH_S = 1.0
-FLUSH_BUDGET = 0.01     # with the default interval: the largest share of the time spent flushing
+FLUSH_BUDGET = 0.005    # with the default interval: the largest share of the time spent flushing
+# The first flush: early, so that a run that dies soon still leaves its metadata and first iterations,
+# but after a few iterations, so that the first interval is not judged by the warm-up iteration alone.
+FIRST_FLUSH = 5
 
 # Columns of one iteration record, as the training loop hands them over.
 REC_FIELDS = ("iteration", "begin", "pull0", "pull1", "data1", "compute1", "push0", "push1", "aggregate1", "loss")
@@ -119,7 +122,7 @@ class TraceRecorder:
         self._transfers: list[tuple] = []
         self._it = -1
         self._begin = 0.0
-        self._next_flush: int | None = 1
+        self._next_flush: int | None = FIRST_FLUSH
         self._decision_due = 0
         self._decision = None
         self._sends: list = []

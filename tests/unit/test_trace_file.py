@@ -180,3 +180,10 @@ def test_analyze_compares_several_traces(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.startswith("Traces compared") and str(a) in out and str(b) in out
     assert (tmp_path / "p" / "a-trace" / "timeline.png").exists() and (tmp_path / "p" / "b-trace").is_dir()
+
+
+def test_analyze_json_on_standard_output_is_only_json(good, capsys):
+    import json
+    assert analyze_main([str(good), "--json", "-"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["run_id"] == "r1" and doc["critical_path"]
