@@ -22,8 +22,15 @@ else
 endif
 	touch $(STAMP)
 
+# A short structured tuning run with real MPI trials on the emulated hetero8 cluster (docs/tune.md):
+# about 30 s a trial here; then the best schedule and its measured speed-up over the naive one.
+DEMO_STAMP := $(shell date +%Y%m%d-%H%M%S)
+DEMO_OUT ?= results/runs/demo-$(DEMO_STAMP)
 demo: $(STAMP)
-	$(MPIEXEC) -n 4 $(PY) -m hpcps.train
+	$(PY) -m hpcps.tune --job jobs/hetero8.toml --backend local --strategy structured --budget 6 \
+		--iterations 10 --out $(DEMO_OUT)
+	@echo "best schedule ($(DEMO_OUT)/best_schedule.toml):"
+	@cat $(DEMO_OUT)/best_schedule.toml
 
 test: $(STAMP) slurm-deps
 	$(MAKE) test-unit test-mpi test-e2e test-slurm

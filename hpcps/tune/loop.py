@@ -127,7 +127,7 @@ class TuningRun:
                 predicted_s=t.get("predicted_s"), predicted_sd=t.get("predicted_sd"), note=t.get("note", ""),
                 schedule=t.get("schedule", {}), summary=t.get("summary", ""), elapsed_s=t.get("elapsed_s", 0.0),
                 propose_s=t.get("propose_s", 0.0), trace_path=t.get("trace_path"),
-                observations_file=t.get("observations")))
+                observations_file=t.get("observations"), propose_cpu_s=t.get("propose_cpu_s", 0.0)))
         return history
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -147,9 +147,10 @@ class TuningRun:
         """Ask, run, tell: one trial, persisted."""
         trial = len(self.history) + 1
         rng = np.random.default_rng([self.settings.seed, trial])
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         proposal = self.strategy.propose(self.history, rng)
         propose_s = time.perf_counter() - t0
+        propose_cpu_s = time.process_time() - c0
         point = self.problem.space.repair(proposal.point)
         schedule = self.problem.space.decode(point)
         trial_dir = self.out / "trials" / f"{trial:04d}"
@@ -173,7 +174,7 @@ class TuningRun:
         rec = TrialRecord(trial, point, result.status if ok or result.status != "ok" else "error: no time",
                           result.iteration_time_s if ok else None, result.observations, proposal.predicted_s,
                           proposal.predicted_sd, proposal.note, schedule.to_dict(), summarize(schedule),
-                          result.elapsed_s, propose_s, result.trace_path, obs_rel)
+                          result.elapsed_s, propose_s, result.trace_path, obs_rel, propose_cpu_s)
         self.history.append(rec)
         self.save_state()
         self.write_reports(plot=False)
@@ -189,7 +190,8 @@ class TuningRun:
                            "predicted_s": _num(r.predicted_s), "predicted_sd": _num(r.predicted_sd),
                            "note": r.note, "summary": r.summary, "schedule": r.schedule,
                            "point": [float(x) for x in r.point], "elapsed_s": r.elapsed_s,
-                           "propose_s": r.propose_s, "trace_path": r.trace_path, "observations": obs_rel})
+                           "propose_s": r.propose_s, "propose_cpu_s": r.propose_cpu_s, "trace_path": r.trace_path,
+                           "observations": obs_rel})
         state = {"version": STATE_VERSION, "settings": asdict(self.settings), "trials": trials}
         atomic_write(self.out / "state.json", json.dumps(state, indent=1))
 

@@ -31,6 +31,15 @@ N_GLOBAL = 2                         # log a, log b at speed 1.0
 MIN_GP_ROWS = 6
 
 
+def quick_lbfgs(obj_func, initial_theta, bounds):
+    """Optimiser for sklearn's GaussianProcessRegressor: L-BFGS-B on the log marginal likelihood with
+    few iterations. A proposal refits every GP; a few dozen steps from the default start suffice for
+    the handful of kernel parameters here, and the full default search is most of a proposal's time."""
+    from scipy.optimize import minimize
+    res = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": 30})
+    return res.x, res.fun
+
+
 def _amdahl(q: np.ndarray, s: np.ndarray) -> np.ndarray:
     return (1.0 - q) / np.minimum(1.0, s) + q / s
 
@@ -152,7 +161,7 @@ class MachineModel:
             kernel = (ConstantKernel(0.01, (1e-5, 1.0)) * RBF(np.ones(3), (0.05, 20.0))
                       + WhiteKernel(1e-4, (1e-6, 1e-1)))
             gp = GaussianProcessRegressor(kernel, alpha=self.noise_sd ** 2 / count[sel], normalize_y=False,
-                                          random_state=0)
+                                          optimizer=quick_lbfgs, random_state=0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 gp.fit(X, resid[sel])

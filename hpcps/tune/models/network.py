@@ -74,13 +74,19 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
                                                     np.maximum(wk * max_out, sv * max_in)), 0.0)
     ready = pull + np.where(wk > 0, compute, 0.0)           # (S, n, N)
 
-    # Push: flow (server s, worker w) for w != s; arrays (S, n, N_s, N_w).
+    # Push: flow (server s, worker w) for w != s, on arrays (S, n, M, N) over each candidate's servers
+    # (M: the most servers of any candidate here), which is far smaller than N x N on big clusters.
     N = servers.shape[-1]
-    eye = np.eye(N, dtype=bool)
-    flow = (servers[:, :, None] & workers[:, None, :]) & ~eye     # (n, N, N)
-    arrive = np.maximum(ready[:, :, :, None], ready[:, :, None, :])   # [s, w]
+    n = servers.shape[0]
+    M = max(1, int(servers.sum(-1).max()))
+    srv_idx = np.argsort(~servers, axis=-1, kind="stable")[:, :M]          # (n, M) servers first
+    srv_ok = np.take_along_axis(servers, srv_idx, axis=-1)                 # (n, M)
+    flow = srv_ok[:, :, None] & workers[:, None, :] & (srv_idx[:, :, None] != np.arange(N)[None, None, :])
+    gather = lambda a: np.take_along_axis(a, np.broadcast_to(srv_idx[None], a.shape[:1] + srv_idx.shape), axis=-1)  # noqa: E731
+    ready_s, B_s, L_s = gather(ready), gather(B), gather(L)                # (S, n, M)
+    arrive = np.maximum(ready_s[..., None], ready[:, :, None, :])          # [s, w]
     arrive = np.where(flow[None], arrive, np.inf)
-    c = (shard / B)[:, :, :, None]                          # (S, n, N_s, 1): one slice through s's NIC
+    c = (np.broadcast_to(shard, B.shape[:2] + (1,)) / B_s)[..., None]      # (S, n, M, 1): a slice through s's NIC
     order = np.argsort(arrive, axis=-1, kind="stable")
     a_sorted = np.take_along_axis(arrive, order, axis=-1)
     valid = np.isfinite(a_sorted)
@@ -88,7 +94,7 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     fifo = np.maximum.accumulate(np.where(valid, a_sorted - idx * c, -_BIG), axis=-1) + (idx + 1) * c
     # Each worker's own NIC carries one slice per remote server.
     w_out = (remote_servers * shard / B)[:, :, None, :]                   # (S, n, 1, N_w)
-    lat_pair = np.maximum(L[:, :, :, None], L[:, :, None, :])
+    lat_pair = np.maximum(L_s[..., None], L[:, :, None, :])
     own = arrive + w_out
     if detail:
         # Fair sharing slows the early slices of a busy spell down to its end: a slice ends with the
@@ -102,11 +108,15 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
         rank_in_queue = np.argsort(order, axis=-1)
         finish = np.maximum(np.take_along_axis(spell_end, rank_in_queue, axis=-1), own) + lat_pair
         finish = np.where(flow[None], finish, -np.inf)
-        done_remote = finish.max(-1)                        # (S, n, N_s)
+        done_slot = finish.max(-1)                          # (S, n, M)
     else:
         # The queue's last slice ends last (fifo only grows), as does the latest worker's own NIC.
         last = np.maximum(np.where(valid, fifo, -np.inf).max(-1), np.where(flow[None], own, -np.inf).max(-1))
-        done_remote = last + np.where(flow[None], lat_pair, -np.inf).max(-1)
+        done_slot = last + np.where(flow[None], lat_pair, -np.inf).max(-1)
+    done_remote = np.full(ready.shape, -np.inf)
+    S = ready.shape[0]
+    np.put_along_axis(done_remote, np.broadcast_to(srv_idx[None], (S, n, M)),
+                      np.where(srv_ok[None], done_slot, -np.inf), axis=-1)
     done = np.where(sv > 0, np.maximum(ready, done_remote), 0.0)
     agg = np.where(sv > 0, aggregate, 0.0)
     iteration = np.where(sv > 0, done + agg, 0.0).max(-1)   # (S, n)
@@ -116,7 +126,9 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     # Per rank: push moving time = its last message's end less its last peer's post.
     started_w = np.where(flow[None], arrive, -np.inf).max(-2)      # as worker: (S, n, N_w)
     ended_w = finish.max(-2)
-    started_s = np.where(flow[None], arrive, -np.inf).max(-1)      # as server
+    started_s = np.full(ready.shape, -np.inf)                     # as server
+    np.put_along_axis(started_s, np.broadcast_to(srv_idx[None], (S, n, M)),
+                      np.where(srv_ok[None], np.where(flow[None], arrive, -np.inf).max(-1), -np.inf), axis=-1)
     ended_s = done_remote
     start = np.maximum(started_w, started_s)
     end = np.maximum(ended_w, ended_s)
@@ -164,7 +176,8 @@ class NetworkModel:
     def fit(self, trials: list[tuple[np.ndarray, np.ndarray, np.ndarray]], model_bytes: float) -> None:
         """trials: per trial (servers (N,) bool, workers (N,) bool, observations). Observed compute
         and update times go in as they were measured, per iteration; pull and push are fitted."""
-        batch = _stack(trials, len(self.cluster))
+        N = len(self.cluster)
+        batch = _stack(trials, N, max_rows=max(8, int(2e6 / (N * N))))
         if batch is None:
             return
         servers, workers, compute, aggregate, pull_obs, push_obs = batch
@@ -200,14 +213,18 @@ class NetworkModel:
         self.cov = _laplace_cov(jac)
 
 
-def _stack(trials, n_nodes: int):
-    """Per (trial, iteration) rows of the observed schedule and times, as (n, N) arrays."""
+def _stack(trials, n_nodes: int, max_rows: int | None = None):
+    """Per (trial, iteration) rows of the observed schedule and times, as (n, N) arrays; on a cluster so
+    big that these would be too many for the fit, per trial (times averaged over its iterations)."""
+    per_iteration = max_rows is None or sum(len(np.unique(o["iteration"])) for _, _, o in trials
+                                            if o is not None and len(o)) <= max_rows
     rows = []
     for servers, workers, obs in trials:
         if obs is None or len(obs) == 0:
             continue
-        for it in np.unique(obs["iteration"]):
-            o = obs[obs["iteration"] == it]
+        groups = [obs[obs["iteration"] == it] for it in np.unique(obs["iteration"])] if per_iteration else \
+            [_mean_over_iterations(obs)]
+        for o in groups:
             compute = np.zeros(n_nodes)
             aggregate = np.zeros(n_nodes)
             pull = np.zeros(n_nodes)
@@ -220,7 +237,20 @@ def _stack(trials, n_nodes: int):
             rows.append((servers, workers, compute, aggregate, pull, push))
     if not rows:
         return None
+    if max_rows is not None and len(rows) > max_rows:
+        rows = rows[-max_rows:]
     return tuple(np.array([r[i] for r in rows]) for i in range(6))
+
+
+def _mean_over_iterations(obs: np.ndarray) -> np.ndarray:
+    """One row per rank: its times averaged over the iterations observed."""
+    ranks, inv = np.unique(obs["rank"], return_inverse=True)
+    inv = inv.reshape(-1)
+    out = obs[np.unique(inv, return_index=True)[1]].copy()
+    count = np.bincount(inv).astype(float)
+    for f in ("compute_s", "pull_s", "push_s", "aggregate_s"):
+        out[f] = np.bincount(inv, obs[f]) / count
+    return out
 
 
 def _numeric_jacobian(fun, x: np.ndarray, f0: np.ndarray, step: float = 1e-4) -> np.ndarray:

@@ -18,12 +18,12 @@ import warnings
 
 import numpy as np
 
-from hpcps.tune.models.machine import MachineModel
+from hpcps.tune.models.machine import MachineModel, quick_lbfgs
 from hpcps.tune.models.network import NetworkModel, iteration_times
 from hpcps.tune.problem import Problem
 from hpcps.tune.space import decode_many
 
-CHUNK = 256
+CHUNK_ELEMENTS = 4e6             # candidates are scored in chunks of about this many (sample, server, node) cells
 PRIOR_CORRECTION_SD = 0.15        # how far off the composition may be before any trial says so
 
 
@@ -145,9 +145,14 @@ class StructuredModel:
         """Mean and variance of iteration seconds, each (n_points, 1)."""
         X = np.atleast_2d(X)
         mean, var = np.empty(len(X)), np.empty(len(X))
-        for i in range(0, len(X), CHUNK):
-            mean[i:i + CHUNK], var[i:i + CHUNK] = self._predict_chunk(X[i:i + CHUNK])
+        step = self._chunk(self.n_samples)
+        for i in range(0, len(X), step):
+            mean[i:i + step], var[i:i + step] = self._predict_chunk(X[i:i + step])
         return mean[:, None], var[:, None]
+
+    def _chunk(self, samples: int) -> int:
+        N = len(self.problem.cluster)
+        return int(max(4, min(1024, CHUNK_ELEMENTS / (samples * N * N))))
 
     # -- beyond IModel ------------------------------------------------------------------------------
 
@@ -155,34 +160,41 @@ class StructuredModel:
         """Mean and variance of log iteration seconds, each (n_points, 1)."""
         X = np.atleast_2d(X)
         mean, var = np.empty(len(X)), np.empty(len(X))
-        for i in range(0, len(X), CHUNK):
-            it, feats = self._compose(X[i:i + CHUNK], samples=self.n_samples)
+        step = self._chunk(self.n_samples)
+        for i in range(0, len(X), step):
+            it, feats = self._compose(X[i:i + step], samples=self.n_samples)
             mu, sd = self._correction(feats)
             with np.errstate(divide="ignore", invalid="ignore"):
                 logs = np.log(it)
             bad = ~np.isfinite(logs).all(0)
             logs = np.where(np.isfinite(logs), logs, 30.0)
-            mean[i:i + CHUNK] = np.where(bad, 30.0, logs.mean(0) + mu)
-            var[i:i + CHUNK] = np.where(bad, 1e-12, logs.var(0) + sd ** 2)
+            mean[i:i + step] = np.where(bad, 30.0, logs.mean(0) + mu)
+            var[i:i + step] = np.where(bad, 1e-12, logs.var(0) + sd ** 2)
         return mean[:, None], np.maximum(var, 1e-12)[:, None]
 
     def predict_mean(self, X: np.ndarray) -> np.ndarray:
         """(n_points,) the composition under the fitted constants with the correction: fast screening."""
         X = np.atleast_2d(X)
         out = np.empty(len(X))
-        for i in range(0, len(X), 4 * CHUNK):
-            chunk = X[i:i + 4 * CHUNK]
-            base, feats = self._compose(chunk, samples=1)
+        step = self._chunk(1)
+        for i in range(0, len(X), step):
+            base, feats = self._compose(X[i:i + step], samples=1)
             mu, _ = self._correction(feats)
-            out[i:i + 4 * CHUNK] = base[0] * np.exp(mu)
+            out[i:i + step] = base[0] * np.exp(mu)
         return out
 
     def compose_parts(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Per node under the fitted constants: compute, pull, push seconds and the iteration, for reports."""
-        d = decode_many(self.space, np.atleast_2d(X))
-        comp, bw, lat, agg = self._node_times(d, samples=1)
-        ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True)
-        return {"compute": comp[0], "pull": ex.pull[0], "push": ex.push[0], "iteration": ex.iteration[0]}
+        X = np.atleast_2d(X)
+        parts = {"compute": [], "pull": [], "push": [], "iteration": []}
+        step = self._chunk(2)
+        for i in range(0, len(X), step):
+            d = decode_many(self.space, X[i:i + step])
+            comp, bw, lat, agg = self._node_times(d, samples=1)
+            ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True)
+            for k, v in (("compute", comp), ("pull", ex.pull), ("push", ex.push), ("iteration", ex.iteration)):
+                parts[k].append(v[0])
+        return {k: np.concatenate(v) for k, v in parts.items()}
 
     def _node_times(self, d, samples: int):
         if self._draws is None:
@@ -241,7 +253,7 @@ class StructuredModel:
         from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
         kernel = (ConstantKernel(0.01, (1e-5, 1.0)) * RBF(np.ones(feats.shape[1]), (0.05, 50.0))
                   + WhiteKernel(1e-3, (1e-6, 1e-1)))
-        gp = GaussianProcessRegressor(kernel, normalize_y=False, random_state=0)
+        gp = GaussianProcessRegressor(kernel, normalize_y=False, optimizer=quick_lbfgs, random_state=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             gp.fit(feats, r - self._corr_mean)

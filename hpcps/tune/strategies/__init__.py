@@ -37,6 +37,7 @@ class TrialRecord:
     propose_s: float = 0.0
     trace_path: str | None = None
     observations_file: str | None = None         # relative to the run's directory
+    propose_cpu_s: float = 0.0                   # CPU time of the proposal (propose_s is wall time)
 
     @property
     def ok(self) -> bool:

@@ -1,0 +1,216 @@
+"""How well the structured model predicts schedules it has not seen, after 5 trials.
+
+    .venv/bin/python benchmarks/model_fidelity.py                 # writes results/model_fidelity.{md,json,png}
+    .venv/bin/python benchmarks/model_fidelity.py --local 10      # also 10 real MPI runs on emulated hetero8
+
+Per cluster: the structured strategy runs its first 5 trials with the sim backend (naive, the design
+point, 3 by expected improvement); the model fitted to them predicts 20 schedules it has not seen, 10
+drawn at random from the space and 10 of those the model itself builds and ranks best (where a tuner
+looks); each is then measured like a trial (the sim backend: 5% noise on every step). Reported: the
+median relative error of the predicted mean, and how many measured times fall inside the model's 90%
+interval (exp(mean +- 1.645 sd) of its log-time prediction).
+
+With --local N the same on real runs: the first 5 trials of a structured tuning run with the local
+backend on jobs/hetero8.toml, then N unseen schedules (half random, half model-built) each run with
+the local backend.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+# One BLAS thread: the tuner's arrays are small, and on a 2-core machine threads only contend.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+
+Z90 = 1.6448536269514722
+
+
+def unseen(strategy, model, history, n_random: int, n_model: int, rng) -> list[tuple[str, np.ndarray]]:
+    from hpcps.tune.strategies import schedule_key
+    from hpcps.tune.strategies.structured import informed_candidates
+    space = strategy.space
+    seen = {schedule_key(space, r.point) for r in history}
+    out = []
+    for p in space.random_points(50 * n_random, rng):
+        p = space.repair(p)
+        k = schedule_key(space, p)
+        if k not in seen:
+            seen.add(k)
+            out.append(("random", p))
+        if len(out) == n_random:
+            break
+    pool = informed_candidates(model)
+    order = np.argsort(model.predict_mean(pool), kind="stable")
+    for i in order:
+        k = schedule_key(space, pool[i])
+        if k not in seen:
+            seen.add(k)
+            out.append(("model-built", pool[i]))
+        if len(out) == n_random + n_model:
+            break
+    return out
+
+
+def evaluate(problem, strategy, backend, n_random, n_model, seed, trial_dir_root: Path, label: str, trials: int = 5):
+    from hpcps.tune.loop import Settings, TuningRun
+    settings = Settings(job="", cluster=problem.cluster.name, backend=backend.name, strategy="structured", seed=seed,
+                        budget=trials, cluster_name=problem.cluster.name, global_batch=problem.global_batch)
+    out = trial_dir_root / label
+    out.mkdir(parents=True, exist_ok=True)
+    run = TuningRun(out, settings, problem, strategy, backend, echo=lambda s: print(f"  {label}: {s[:110]}", flush=True))
+    run.run(trials)
+    history = run.history
+    model = strategy.model(history)
+    rng = np.random.default_rng([seed, 999])
+    cases = unseen(strategy, model, history, n_random, n_model, rng)
+    X = np.array([p for _, p in cases])
+    mean, var = model.predict(X)
+    lmean, lvar = model.predict_log(X)
+    rows = []
+    for i, (kind, p) in enumerate(cases):
+        d = out / "unseen" / f"{i:02d}"
+        d.mkdir(parents=True, exist_ok=True)
+        r = backend.run_trial(d, problem.space.decode(p), 1000 + i)
+        lo = math.exp(lmean[i, 0] - Z90 * math.sqrt(lvar[i, 0]))
+        hi = math.exp(lmean[i, 0] + Z90 * math.sqrt(lvar[i, 0]))
+        rows.append({"kind": kind, "status": r.status, "measured_s": r.iteration_time_s,
+                     "predicted_s": float(mean[i, 0]), "predicted_sd": float(math.sqrt(var[i, 0])),
+                     "lo90_s": lo, "hi90_s": hi, "schedule": problem.space.decode(p).to_dict()})
+        print(f"  {label} unseen {i + 1}/{len(cases)} ({kind}): measured {r.iteration_time_s}, "
+              f"predicted {mean[i, 0]:.4g} [{lo:.4g}, {hi:.4g}]", flush=True)
+    return {"label": label, "trials": [{"trial": h.trial, "measured_s": h.iteration_time_s} for h in history],
+            "rows": rows}
+
+
+def summary(res: dict) -> dict:
+    ok = [r for r in res["rows"] if r["measured_s"] is not None]
+    err = [abs(r["predicted_s"] / r["measured_s"] - 1) for r in ok]
+    inside = [r["lo90_s"] <= r["measured_s"] <= r["hi90_s"] for r in ok]
+    by = {}
+    for kind in ("random", "model-built"):
+        e = [abs(r["predicted_s"] / r["measured_s"] - 1) for r in ok if r["kind"] == kind]
+        c = [r["lo90_s"] <= r["measured_s"] <= r["hi90_s"] for r in ok if r["kind"] == kind]
+        by[kind] = (float(np.median(e)) if e else None, (sum(c), len(c)))
+    return {"n": len(ok), "median_error": float(np.median(err)) if err else None,
+            "p90_error": float(np.quantile(err, 0.9)) if err else None,
+            "coverage": (sum(inside), len(inside)), "by_kind": by}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--clusters", default="hetero10a,hetero10b,hetero10c")
+    p.add_argument("--job", default="jobs/cifar.toml")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--local", type=int, default=0, help="also N unseen schedules on real MPI runs (hetero8)")
+    p.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "model_fidelity.md")
+    args = p.parse_args(argv)
+    command = "python benchmarks/model_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    from _machine import facts, facts_markdown, load_average
+    from hpcps.cluster import load_cluster
+    from hpcps.config import load_job
+    from hpcps.tune.backends.sim import SimBackend
+    from hpcps.tune.problem import problem_for
+    from hpcps.tune.strategies import make_strategy
+
+    f = facts()
+    t0 = time.perf_counter()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fidelity-") as tmp:
+        root = args.runs or Path(tmp)
+        for c in args.clusters.split(","):
+            if not c:
+                continue
+            cluster = load_cluster(ROOT / "jobs" / "clusters" / f"{c}.toml")
+            job = load_job(ROOT / args.job)
+            problem = problem_for(cluster, job)
+            backend = SimBackend(cluster, job, iterations=10, seed=args.seed)
+            strategy = make_strategy("structured", problem, args.seed)
+            results.append(evaluate(problem, strategy, backend, 10, 10, args.seed, root, f"sim {c}"))
+        if args.local:
+            from hpcps.tune.backends.local import LocalBackend
+            job_path = ROOT / "jobs" / "hetero8.toml"
+            cluster_path = ROOT / "jobs" / "clusters" / "hetero8.toml"
+            cluster, job = load_cluster(cluster_path), load_job(job_path)
+            problem = problem_for(cluster, job)
+            backend = LocalBackend(cluster, job, job_path, cluster_path, iterations=10)
+            strategy = make_strategy("structured", problem, args.seed)
+            half = args.local // 2
+            results.append(evaluate(problem, strategy, backend, half, args.local - half, args.seed, root,
+                                    "local hetero8"))
+    f["load_average_at_end"] = load_average()
+    lines = ["# Model fidelity: the structured model after 5 trials, on schedules it has not seen", "",
+             f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(), "",
+             f"Wall time {(time.perf_counter() - t0) / 60:.1f} min.", "", facts_markdown(f), "",
+             "| setting | unseen schedules | median error | 90th percentile error | inside the 90% interval | "
+             "random: median error, inside | model-built: median error, inside |",
+             "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    for res in results:
+        s = summary(res)
+        res["summary"] = s
+        parts = []
+        for kind in ("random", "model-built"):
+            e, (k, n) = s["by_kind"][kind]
+            parts.append(f"{e * 100:.1f}%, {k}/{n}" if e is not None else "-")
+        lines.append(f"| {res['label']} | {s['n']} | {s['median_error'] * 100:.1f}% | {s['p90_error'] * 100:.1f}% | "
+                     f"{s['coverage'][0]}/{s['coverage'][1]} ({100 * s['coverage'][0] / max(1, s['coverage'][1]):.0f}%) | "
+                     f"{parts[0]} | {parts[1]} |")
+    for res in results:
+        lines += ["", f"## {res['label']}", "", "| # | kind | measured (ms) | predicted (ms) | 90% interval (ms) |",
+                  "| ---: | --- | ---: | ---: | --- |"]
+        for i, r in enumerate(res["rows"]):
+            m = f"{r['measured_s'] * 1e3:.2f}" if r["measured_s"] else r["status"]
+            lines.append(f"| {i + 1} | {r['kind']} | {m} | {r['predicted_s'] * 1e3:.2f} | "
+                         f"[{r['lo90_s'] * 1e3:.2f}, {r['hi90_s'] * 1e3:.2f}] |")
+    lines += ["", f"Scatter: `{args.out.with_suffix('.png').name}`.", ""]
+    plot(results, args.out.with_suffix(".png"))
+    args.out.write_text("\n".join(lines))
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": f, "results": results},
+                                                        indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+def plot(results, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4), squeeze=False)
+    for ax, res in zip(axes[0], results):
+        for kind, color in (("random", "C0"), ("model-built", "C1")):
+            rs = [r for r in res["rows"] if r["kind"] == kind and r["measured_s"]]
+            if not rs:
+                continue
+            m = np.array([r["measured_s"] for r in rs]) * 1e3
+            pr = np.array([r["predicted_s"] for r in rs]) * 1e3
+            lo = pr - np.array([r["lo90_s"] for r in rs]) * 1e3
+            hi = np.array([r["hi90_s"] for r in rs]) * 1e3 - pr
+            ax.errorbar(m, pr, yerr=[np.maximum(lo, 0), np.maximum(hi, 0)], fmt="o", color=color, label=kind,
+                        ms=4, capsize=2)
+        lim = [min(ax.get_xlim()[0], ax.get_ylim()[0]), max(ax.get_xlim()[1], ax.get_ylim()[1])]
+        ax.plot(lim, lim, "k:", lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("measured (ms)")
+        ax.set_ylabel("predicted (ms)")
+        ax.set_title(res["label"])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
