@@ -241,11 +241,11 @@ class Segment:
 def critical_path(trace: Trace, iteration: int | None = None) -> list[Segment]:
     """The chain of activities that ended the iteration, in time order.
 
-    Start at the activity that ends the iteration last (an aggregation, or a push) and walk back: an
-    activity's predecessor is the one before it on the same rank, except that a message that could
-    only start when its peer posted (t_start later than our own post) hands the walk to the peer at
-    that moment. Gaps between activities on a rank are the loop's overhead. The walk stops at the
-    start of the iteration on the rank it has reached.
+    Start at the aggregation that ends last (the next pull waits for it; in a partial trace without
+    one, the last push) and walk back: an activity's predecessor is the one before it on the same
+    rank, except that a message that could only start when its peer posted (t_start later than our
+    own post) hands the walk to the peer at that moment. Gaps between activities on a rank are the
+    loop's overhead. The walk stops at the start of the iteration on the rank it has reached.
     """
     it = typical_iteration(trace) if iteration is None else iteration
     if it is None:
@@ -257,7 +257,11 @@ def critical_path(trace: Trace, iteration: int | None = None) -> list[Segment]:
         return []
     starts = {int(r): float(ev["t_start"][(ev["rank"] == r) & (ev["phase"] == PHASE["iteration"])].min())
               for r in np.unique(ev["rank"]) if np.any((ev["rank"] == r) & (ev["phase"] == PHASE["iteration"]))}
-    enders = acts[_in(acts["phase"], [PHASE["aggregate"], PHASE["push"]])]
+    # The iteration ends with the last server's step: the next pull waits for it. A worker may notice
+    # that its push completed even later, but nothing waits for that.
+    enders = acts[acts["phase"] == PHASE["aggregate"]]
+    if enders.size == 0:
+        enders = acts[acts["phase"] == PHASE["push"]]
     last = enders[np.argmax(enders["t_end"])]
     rank, t = int(last["rank"]), float(last["t_end"])
     path: list[Segment] = []
