@@ -48,13 +48,14 @@ def test_a_quarter_speed_node_takes_four_times_the_compute(tmp_path):
     sched = write(tmp_path, "schedule.toml", '[[nodes]]\nname = "a1"\nserver = true\nworkers = [{batch = 16}]\n'
                                              '[[nodes]]\nname = "b1"\nworkers = [{batch = 16}]\n')
     job = write(tmp_path, "job.toml", CIFAR_SMALL)
+    # A generous dilation, so that on a loaded machine the real steps still end before their targets.
     out = run_mpi(2, ["-m", "hpcps.train", "--job", str(job), "--cluster", str(cluster), "--schedule", str(sched),
-                      "--trace", str(tmp_path / "t.h5")])
+                      "--trace", str(tmp_path / "t.h5"), "--time-dilation", "6"])
     assert out.returncode == 0, out.stderr
     assert "emulated on this machine" in out.stdout
     compute = median_compute_by_node(open_trace(tmp_path / "t.h5"))
     ratio = compute["b1"] / compute["a1"]
-    assert 3.0 < ratio < 5.0, compute
+    assert 3.2 < ratio < 5.2, compute
 
 
 SHARED_NIC = """
