@@ -96,7 +96,7 @@ class LocalBackend:
         output = (trial_dir / "output.log").read_text(errors="replace")
         if rc != 0:
             reason = last_error_line(output)
-            if "out of memory" in output.lower() or "MemoryError" in output:
+            if ("out of memory" in output.lower() or "MemoryError" in output) and "memory" not in reason.lower():
                 reason = "out of memory: " + reason
             return TrialResult(f"exit code {rc}: {reason}".strip(), trace_path=str(trace_path) if trace_path.exists()
                                else None, elapsed_s=time.perf_counter() - t0)

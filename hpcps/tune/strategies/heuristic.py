@@ -4,7 +4,7 @@ batches in proportion to it, put servers on the best-connected nodes, and then t
     1. one thread per worker against as many threads as the node has cores;
     2. more servers (2, 3, ...) on the next best-connected nodes, while that helps;
     3. batches that equalise measured step times, fixed costs included (an affine fit per node);
-    4. leaving out the slowest nodes (1, 2, ...) while that helps;
+    4. leaving out the slowest kind of node, then the next slowest too, while that helps;
 
 and after that keep re-balancing the best setting with the latest measurements, or try small changes
 around it. Each trial's note records its setting, which is how the next call knows where it stands.
@@ -76,7 +76,7 @@ class HeuristicStrategy(Strategy):
         yield aff
         bal = "affine" if t(aff) < t(base) else "prop"
         d = 0
-        while d < len(self.problem.cluster) - 1:
+        while d < len(self.problem.cluster.types) - 1:
             cfg = (th, m, d + 1, bal)
             yield cfg
             if t(cfg) < t((th, m, d, bal)):
@@ -91,11 +91,14 @@ class HeuristicStrategy(Strategy):
         cl = self.problem.cluster
         n = len(cl)
         threads = np.array([1 if threads_mode == "one" else node.type.cores for node in cl.nodes])
-        speed, fixed = self._speeds(obs, threads)
+        speed, fixed, per_sample = self._speeds(obs, threads)
         use = np.ones(n, dtype=bool)
         if drop:
-            use[np.argsort(speed, kind="stable")[:drop]] = False
-        per_sample = 1.0 / speed
+            # Leave out every node of the `drop` slowest node types (by measured speed).
+            kinds = sorted({node.type.name for node in cl.nodes},
+                           key=lambda t: np.mean([speed[i] for i in range(n) if cl.nodes[i].type.name == t]))
+            slow = set(kinds[:drop])
+            use = np.array([node.type.name not in slow for node in cl.nodes])
         if balance == "affine":
             share = _equalise(self.problem.global_batch, fixed, per_sample, use)
         else:
@@ -108,12 +111,15 @@ class HeuristicStrategy(Strategy):
         p[:, 3] = threads
         return self.space.repair(p.reshape(-1))
 
-    def _speeds(self, obs, threads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per node, measured samples per second and fixed seconds per step, at the given threads when
-        measured so (else at any threads); nodes never measured get the cluster file's relative speed."""
+    def _speeds(self, obs, threads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per node: measured samples per second (batch over step time, at the given threads when measured
+        so, else at any), and an affine fit step = fixed + per_sample * batch where the node was measured
+        at batches far enough apart (else no fixed cost). Nodes never measured get the cluster file's
+        relative speed."""
         cl = self.problem.cluster
         n = len(cl)
-        speed, fixed = np.full(n, np.nan), np.zeros(n)
+        speed = np.full(n, np.nan)
+        fixed, per_sample = np.zeros(n), np.full(n, np.nan)
         if obs is not None:
             w = obs[(obs["batch"] > 0) & (obs["compute_s"] > 0)]
             for i in range(n):
@@ -122,14 +128,13 @@ class HeuristicStrategy(Strategy):
                 rows = at if len(at) else rows
                 if not len(rows):
                     continue
+                speed[i] = float(np.median(rows["batch"] / rows["compute_s"]))
                 ks = np.unique(rows["batch"])
-                if len(ks) >= 2:
+                if len(ks) >= 2 and ks.max() >= 1.5 * ks.min():
                     means = np.array([rows["compute_s"][rows["batch"] == k].mean() for k in ks])
                     v, u = np.polyfit(ks.astype(float), means, 1)
                     if v > 0 and u >= 0:
-                        speed[i], fixed[i] = 1.0 / v, u
-                        continue
-                speed[i] = float(np.median(rows["batch"] / rows["compute_s"]))
+                        fixed[i], per_sample[i] = u, v
         known = np.isfinite(speed)
         file_speed = np.array([node.type.speed for node in cl.nodes])
         if known.any():
@@ -137,7 +142,9 @@ class HeuristicStrategy(Strategy):
             speed[~known] = file_speed[~known] * ratio
         else:
             speed = file_speed.copy()
-        return speed, fixed
+        no_fit = ~np.isfinite(per_sample)
+        per_sample[no_fit] = 1.0 / speed[no_fit]
+        return speed, fixed, per_sample
 
 
 def _equalise(total: int, fixed: np.ndarray, per_sample: np.ndarray, use: np.ndarray) -> np.ndarray:

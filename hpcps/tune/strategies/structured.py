@@ -33,6 +33,8 @@ RANDOM_POOL = 800
 NEIGHBOURS = 60
 LOCAL_STARTS = 2
 LOCAL_STEPS = 5
+EMUKIT_LOCAL_MAX_NODES = 16      # larger clusters: a sampled neighbourhood (SAMPLED_NEIGHBOURS points a step)
+SAMPLED_NEIGHBOURS = 48
 
 
 class StructuredStrategy(Strategy):
@@ -139,10 +141,14 @@ class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
             pick += list(self.rng.choice(rest, size=min(SCREEN_RANDOM, len(rest)), replace=False))
         cand = pool[pick]
         values = acquisition.evaluate(cand)[:, 0]
-        local = LocalSearchAcquisitionOptimizer(self.space, num_steps=LOCAL_STEPS, num_continuous=2)
         best_x, best_v = cand[int(np.argmax(values))], float(values.max())
-        for i in np.argsort(-values, kind="stable")[:LOCAL_STARTS]:
-            x, v = local._one_local_search(acquisition, cand[i], context_manager)
+        starts = np.argsort(-values, kind="stable")[:LOCAL_STARTS]
+        if len(self.schedule_space.cluster) <= EMUKIT_LOCAL_MAX_NODES:
+            local = LocalSearchAcquisitionOptimizer(self.space, num_steps=LOCAL_STEPS, num_continuous=2)
+            searches = (local._one_local_search(acquisition, cand[i], context_manager) for i in starts)
+        else:
+            searches = (self._sampled_local_search(acquisition, cand[i], values[i]) for i in starts)
+        for x, v in searches:
             if v > best_v:
                 best_x, best_v = x, v
         if best_v <= 1e-12:
@@ -152,6 +158,18 @@ class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
             best_x = cand[int(np.argmin(m))]
         self.best_value = best_v
         return best_x[None, :], np.array([[best_v]])
+
+    def _sampled_local_search(self, acquisition, x: np.ndarray, value: float):
+        """Hill climbing on a sample of the neighbourhood: on big clusters Emukit's full one-exchange
+        neighbourhood (every parameter of every node) is too many points to score at each step."""
+        for _ in range(LOCAL_STEPS):
+            nbrs = np.array([neighbour(self.schedule_space, x, self.rng, moves=1) for _ in range(SAMPLED_NEIGHBOURS)])
+            v = acquisition.evaluate(nbrs)[:, 0]
+            i = int(np.argmax(v))
+            if v[i] <= value:
+                break
+            x, value = nbrs[i], float(v[i])
+        return x, value
 
     # -- the candidate pool -------------------------------------------------------------------------
 
@@ -166,7 +184,7 @@ class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
 
 
 def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarray:
-    """Schedules built from the fitted model (see module doc), (n, n_dims), repaired."""
+    """Schedules built from the fitted model (see module doc), (n, n_dims), not repaired."""
     space = model.space
     cl = model.problem.cluster
     n = len(cl)
@@ -219,8 +237,9 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
         k = _equalise(G, uu + net[c], vv, use, caps)
         X2[c, :, 1] = k > 0
         X2[c, :, 2] = k / max(k.sum(), 1e-12)
-    out = np.concatenate([X, X2.reshape(len(combos), -1)])
-    return np.array([space.repair(p) for p in out])
+    # Not repaired: the model reads shares as batches exactly, and repairing thousands of points one by
+    # one in Python would cost more than scoring them; the point chosen is repaired before it runs.
+    return np.concatenate([X, X2.reshape(len(combos), -1)])
 
 
 def _grid(n: int, most: int) -> list[int]:
