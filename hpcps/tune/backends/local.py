@@ -17,14 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import NodeSchedule, write_node_schedule
 from hpcps.tune.backends import TrialResult
+from hpcps.tune.backends.common import (DEFAULT_ITERATIONS, ROOT, SKIP, failure_reason, last_error_line,  # noqa: F401
+                                        rank_env, read_trace, train_argv)
 
-DEFAULT_ITERATIONS = 20
-SKIP = 2
 KILL_GRACE_S = 5.0
 
 
@@ -33,14 +31,6 @@ def find_mpiexec() -> str | None:
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
     return shutil.which("mpiexec") or shutil.which("mpirun")
-
-
-def last_error_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "error" in ln.lower() or "Error" in ln or "Traceback" in ln:
-            return ln[:300]
-    return lines[-1][:300] if lines else ""
 
 
 class LocalBackend:
@@ -61,9 +51,8 @@ class LocalBackend:
         self.skip = min(skip, max(0, iterations - 1))
 
     def command(self, schedule_path: Path, trace_path: Path, n_ranks: int) -> list[str]:
-        return [self.mpiexec or "mpiexec", "-n", str(n_ranks), self.python, "-m", "hpcps.train",
-                "--job", str(self.job_path), "--cluster", str(self.cluster_path), "--schedule", str(schedule_path),
-                "--trace", str(trace_path), "--iterations", str(self.iterations), "--quiet"]
+        return [self.mpiexec or "mpiexec", "-n", str(n_ranks),
+                *train_argv(self.python, self.job_path, self.cluster_path, schedule_path, trace_path, self.iterations)]
 
     def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int) -> TrialResult:
         t0 = time.perf_counter()
@@ -75,11 +64,8 @@ class LocalBackend:
         trace_path = trial_dir / "trace.h5"
         cmd = self.command(sched_path, trace_path, schedule.n_ranks)
         (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-        env = dict(os.environ)
-        root = str(Path(__file__).resolve().parents[3])
-        env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.update(self.env)
+        env = rank_env(extra=self.env)
+        root = str(ROOT)
         with (trial_dir / "output.log").open("w") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
                                     start_new_session=True)
@@ -95,31 +81,13 @@ class LocalBackend:
                     _kill_group(proc)
         output = (trial_dir / "output.log").read_text(errors="replace")
         if rc != 0:
-            reason = last_error_line(output)
-            if ("out of memory" in output.lower() or "MemoryError" in output) and "memory" not in reason.lower():
-                reason = "out of memory: " + reason
+            reason = failure_reason(output)
             return TrialResult(f"exit code {rc}: {reason}".strip(), trace_path=str(trace_path) if trace_path.exists()
                                else None, elapsed_s=time.perf_counter() - t0)
         return self.read_trace(trace_path, t0)
 
     def read_trace(self, trace_path: Path, t0: float) -> TrialResult:
-        from hpcps.trace import TraceError, open_trace
-        from hpcps.tune.observations import from_trace
-        try:
-            tr = open_trace(trace_path)
-        except TraceError as e:
-            return TrialResult(f"error: unusable trace: {e}", elapsed_s=time.perf_counter() - t0)
-        its = tr.iterations
-        its = its[its["iteration"] >= self.skip]
-        if len(its) == 0:
-            return TrialResult("error: the trace holds no iteration past start-up", trace_path=str(trace_path),
-                               elapsed_s=time.perf_counter() - t0)
-        times = tuple(float(x) for x in its["time_s"])
-        try:
-            obs = from_trace(self.cluster, tr, skip_iterations=self.skip)
-        except ValueError as e:
-            return TrialResult(f"error: {e}", trace_path=str(trace_path), elapsed_s=time.perf_counter() - t0)
-        return TrialResult("ok", float(np.mean(times)), obs, str(trace_path), times, time.perf_counter() - t0)
+        return read_trace(self.cluster, trace_path, self.skip, t0)
 
 
 def _kill_group(proc: subprocess.Popen) -> None:

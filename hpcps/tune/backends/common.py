@@ -1,0 +1,82 @@
+"""What the backends that run real training share: the `hpcps.train` command of a trial, the environment
+of its ranks, the reason a failed run gives, and the trial's time and observations read from its trace.
+
+A real trial runs
+
+    python -m hpcps.train --job J --cluster C --schedule S --trace TRIAL_DIR/trace.h5 --iterations K --quiet
+
+(under mpiexec for the local backend, as a Slurm job step or job for the slurm backend). Its time is the
+mean of the traced iterations past the first SKIP (start-up).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from hpcps.cluster.description import Cluster
+from hpcps.tune.backends import TrialResult
+
+DEFAULT_ITERATIONS = 20
+SKIP = 2
+ROOT = Path(__file__).resolve().parents[3]      # the project: on every rank's PYTHONPATH
+
+
+def train_argv(python: str, job_path: Path, cluster_path: Path, schedule_path: Path, trace_path: Path,
+               iterations: int) -> list[str]:
+    """The command line of one rank of a trial (without the launcher in front)."""
+    return [python, "-m", "hpcps.train", "--job", str(job_path), "--cluster", str(cluster_path),
+            "--schedule", str(schedule_path), "--trace", str(trace_path), "--iterations", str(iterations), "--quiet"]
+
+
+def rank_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """base (default: this process's environment) with the project on PYTHONPATH, one OpenMP thread unless
+    set, and extra on top."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.update(extra or {})
+    return env
+
+
+def last_error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error" in ln.lower() or "Error" in ln or "Traceback" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else ""
+
+
+def failure_reason(output: str) -> str:
+    """Why a run that exited non-zero failed, from its output: its last error line, marked as running out
+    of memory when the output says so."""
+    reason = last_error_line(output)
+    if ("out of memory" in output.lower() or "MemoryError" in output) and "memory" not in reason.lower():
+        reason = "out of memory: " + reason
+    return reason
+
+
+def read_trace(cluster: Cluster, trace_path: Path, skip: int, t0: float) -> TrialResult:
+    """The trial's result from its trace: mean time of the iterations from `skip` on, and the observations
+    the models learn from. t0 (time.perf_counter()) is when the trial began."""
+    from hpcps.trace import TraceError, open_trace
+    from hpcps.tune.observations import from_trace
+    try:
+        tr = open_trace(trace_path)
+    except TraceError as e:
+        return TrialResult(f"error: unusable trace: {e}", elapsed_s=time.perf_counter() - t0)
+    its = tr.iterations
+    its = its[its["iteration"] >= skip]
+    if len(its) == 0:
+        return TrialResult("error: the trace holds no iteration past start-up", trace_path=str(trace_path),
+                           elapsed_s=time.perf_counter() - t0)
+    times = tuple(float(x) for x in its["time_s"])
+    try:
+        obs = from_trace(cluster, tr, skip_iterations=skip)
+    except ValueError as e:
+        return TrialResult(f"error: {e}", trace_path=str(trace_path), elapsed_s=time.perf_counter() - t0)
+    return TrialResult("ok", float(np.mean(times)), obs, str(trace_path), times, time.perf_counter() - t0)
