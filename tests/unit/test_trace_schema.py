@@ -44,3 +44,17 @@ def test_flushes_come_about_every_flush_s_within_bounds():
     assert next_flush(100, seconds=1.0, iterations=100, flush_s=1.0, max_iterations=2000) == 200
     assert next_flush(100, seconds=10.0, iterations=1, flush_s=1.0, max_iterations=2000, min_iterations=2) == 102
     assert next_flush(100, seconds=0.001, iterations=100, flush_s=1.0, max_iterations=2000) == 2100
+
+
+def test_the_schema_document_names_every_dataset_and_field():
+    from pathlib import Path
+
+    from hpcps.trace.schema import SCHEMA_VERSION
+    text = (Path(__file__).resolve().parents[2] / "docs" / "trace.md").read_text()
+    assert f"schema version {SCHEMA_VERSION}" in text
+    for name, (_description, fields) in DATASETS.items():
+        assert f"`/{name}`" in text, name
+        for field in fields:
+            assert f"`{field}`" in text, (name, field)
+    for phase in PHASES:
+        assert f"| `{phase}` |" in text
