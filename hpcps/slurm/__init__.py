@@ -51,8 +51,9 @@ sbatch failing); ``poll`` rides out a few failed Slurm queries.
 A final state is reported only when the trial's processes are gone, so its nodes are free again.
 
 Inside an allocation each trial is ``srun --nodes --ntasks [--nodelist | --distribution=arbitrary with
-SLURM_HOSTFILE] --mpi=PLUGIN --overcommit --time`` run in the background (``subprocess.Popen``); its state
-comes from the srun process and ``scontrol show step``. Outside, each trial is an ``sbatch`` job
+SLURM_HOSTFILE] --mpi=PLUGIN --overcommit --kill-on-bad-exit --time`` run in the background
+(``subprocess.Popen``); ``--kill-on-bad-exit`` ends the whole step when one rank dies (the others would
+otherwise wait for it in MPI). Its state comes from the srun process and ``scontrol show step``. Outside, each trial is an ``sbatch`` job
 (``--exclusive`` on its nodes) whose state comes from ``scontrol show job``, then ``sacct`` where
 accounting is configured, else the jobcomp/filetxt file. Slurm counts limits in minutes; the launcher
 enforces ``time_limit_s`` itself (from when the step starts, or when Slurm starts the job) with

@@ -114,10 +114,12 @@ class SbatchOptions(SlurmOptions):
 @dataclass(frozen=True)
 class SrunOptions(SlurmOptions):
     """srun options; ``mpi`` is the PMI plugin ("pmi2", "pmix"); ``distribution="arbitrary"``
-    places rank i on the i-th line of the file named by SLURM_HOSTFILE."""
+    places rank i on the i-th line of the file named by SLURM_HOSTFILE; ``kill_on_bad_exit`` ends the
+    whole step when one task fails or is killed (else the other ranks may wait for it forever)."""
     mpi: str | None = None
     distribution: str | None = None
     overlap: bool = False
+    kill_on_bad_exit: bool = False
 
 
 def _as_args(pairs: Iterable[tuple[str, str | None]]) -> list[str]:
@@ -236,6 +238,7 @@ class TrialJob:
             time=None if in_batch else self.time,
             mpi=self.mpi, distribution="arbitrary" if self.rank_nodes else None,
             overcommit=True,   # more ranks than CPUs on a node is how small nodes are emulated
+            kill_on_bad_exit=True,   # a rank that dies ends the trial at once
         )
 
     def sbatch_options(self) -> SbatchOptions:

@@ -16,4 +16,4 @@ unset SLURM_CPUS_PER_GPU SLURM_CPUS_PER_TASK SLURM_DISTRIBUTION SLURM_GPUS_PER_N
 export HPCPS_TRACE='/scratch/runs/tune 1/trace "7".h5'
 export OMP_NUM_THREADS=1
 export SLURM_HOSTFILE='/scratch/runs/tune 1/trial '"'"'seven'"'"' "7" 50%/hostfile'
-exec srun --distribution=arbitrary --mpi=pmi2 --nodes=3 --ntasks=5 --overcommit '/opt/my env/bin/python' -m hpcps.train --job '/data/it'"'"'s jobs/digits.toml' --schedule 'schedule $1.toml'
+exec srun --distribution=arbitrary --kill-on-bad-exit --mpi=pmi2 --nodes=3 --ntasks=5 --overcommit '/opt/my env/bin/python' -m hpcps.train --job '/data/it'"'"'s jobs/digits.toml' --schedule 'schedule $1.toml'
