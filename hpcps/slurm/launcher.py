@@ -97,9 +97,14 @@ def _output_tail(path: Path, max_lines: int = 40) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip()][-max_lines:]
 
 
+_TASK_ENDED = re.compile(r"^srun: error: \S+: tasks? [0-9,-]+: (?!Terminated\b)")
+
+
 def _last_error_line(lines: list[str]) -> str:
     """The line most likely to say why a run failed: the program's own last error line (a Python
-    exception, "hpcps.train: error: ..."), else Slurm's last error line, else the last line."""
+    exception, "hpcps.train: error: ..."), else srun's first line about a task that died (say "task 1:
+    Killed"; the "Terminated" ones after it are the other ranks being stopped), else Slurm's last error
+    line, else the last line."""
     def is_error(ln: str) -> bool:
         low = ln.lower()
         return any(w in low for w in ("error", "exception", "cancelled", "killed", "abort"))
@@ -107,10 +112,15 @@ def _last_error_line(lines: list[str]) -> str:
     def from_slurm(ln: str) -> bool:
         return ln.startswith(("srun:", "slurmstepd", "salloc:", "sbatch:"))
 
-    for pick in (lambda ln: is_error(ln) and not from_slurm(ln), is_error):
-        for ln in reversed(lines):
-            if pick(ln):
-                return ln[:300]
+    for ln in reversed(lines):
+        if is_error(ln) and not from_slurm(ln):
+            return ln[:300]
+    for ln in lines:
+        if _TASK_ENDED.match(ln):
+            return ln[:300]
+    for ln in reversed(lines):
+        if is_error(ln):
+            return ln[:300]
     return lines[-1][:300] if lines else ""
 
 

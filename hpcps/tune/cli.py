@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     run.save_state()
 
     def stop(signum, frame):
-        raise Stop(signal.Signals(signum).name)
+        run.request_stop(signal.Signals(signum).name)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -163,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
         run.run(args.budget)
     except Stop as e:
+        cancel = getattr(backend, "cancel", None)
+        if callable(cancel):
+            cancel()                                  # a trial still running (normally none is)
         print(f"{TOOL}: {e}: stopped with {len(run.history)} trial(s) saved in {args.out}; "
               "continue with --resume", file=sys.stderr, flush=True)
         return 0

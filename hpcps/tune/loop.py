@@ -17,6 +17,12 @@ repeating a finished trial.
 A trial that was running when the process died has no entry in state.json: it runs again on resume.
 The proposal of trial i draws from a generator seeded by (seed, i), so the resumed run proposes what the
 unbroken one would have.
+
+Stopping (SIGTERM from scancel or a job's time limit, Ctrl-C): the signal handler calls request_stop().
+While a proposal is computed, or a trial runs on a backend that cannot be told to stop, it raises Stop at
+once (the backend ends its trial as it unwinds). A backend with watch_stop() (slurm) is told instead: it
+cancels its trial and returns. A trial cut short is never recorded; recording and saving a finished trial
+is never interrupted; the loop then raises Stop before the next trial.
 """
 
 from __future__ import annotations
@@ -102,6 +108,35 @@ class TuningRun:
         self.backend = backend
         self.history = history or []
         self.echo = echo
+        self.stop_reason: str | None = None     # set by request_stop()
+        self._interruptible = False
+        self._cooperative = callable(getattr(backend, "watch_stop", None))
+        if self._cooperative:
+            backend.watch_stop(lambda: self.stop_reason)
+
+    # -- stopping -----------------------------------------------------------------------------------
+
+    def request_stop(self, why: str) -> None:
+        """Ask the run to stop (safe to call from a signal handler, more than once): what is finished
+        stays on disk, a trial cut short is not recorded."""
+        if self.stop_reason is None:
+            self.stop_reason = why
+        if self._interruptible:
+            self._interruptible = False
+            raise Stop(self.stop_reason)
+
+    def _check_stop(self) -> None:
+        if self.stop_reason is not None:
+            raise Stop(self.stop_reason)
+
+    def _interruptible_call(self, fn, *args):
+        """fn(*args), during which request_stop() raises Stop at once."""
+        self._check_stop()
+        self._interruptible = True
+        try:
+            return fn(*args)
+        finally:
+            self._interruptible = False
 
     # -- creating and resuming ----------------------------------------------------------------------
 
@@ -147,8 +182,9 @@ class TuningRun:
         """Ask, run, tell: one trial, persisted."""
         trial = len(self.history) + 1
         rng = np.random.default_rng([self.settings.seed, trial])
+        self._check_stop()
         t0, c0 = time.perf_counter(), time.process_time()
-        proposal = self.strategy.propose(self.history, rng)
+        proposal = self._interruptible_call(self.strategy.propose, self.history, rng)
         propose_s = time.perf_counter() - t0
         propose_cpu_s = time.process_time() - c0
         point = self.problem.space.repair(proposal.point)
@@ -159,13 +195,19 @@ class TuningRun:
         trial_dir.mkdir(parents=True)
         write_node_schedule(schedule, trial_dir / "schedule.toml")
         try:
-            result = self.backend.run_trial(trial_dir, schedule, trial)
+            if self._cooperative:
+                self._check_stop()
+                result = self.backend.run_trial(trial_dir, schedule, trial)
+            else:
+                result = self._interruptible_call(self.backend.run_trial, trial_dir, schedule, trial)
         except Stop:
             raise
         except Exception as e:                        # a backend bug must not end the search
             log.exception("trial %d failed", trial)
             from hpcps.tune.backends import TrialResult
             result = TrialResult(f"error: {type(e).__name__}: {e}".splitlines()[0])
+        if self.stop_reason is not None and not result.ok:
+            raise Stop(self.stop_reason)              # cut short by the stop: it runs again on resume
         obs_rel = None
         if result.observations is not None and len(result.observations):
             obs_rel = str(Path("trials") / f"{trial:04d}" / "observations.json")

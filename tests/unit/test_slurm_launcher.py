@@ -296,6 +296,19 @@ def test_failed_step(slurm, clock, tmp_path):
     assert s.reason == "exit code 2: hpcps.train: error: jobs/x.toml: file not found"
 
 
+def test_step_with_a_killed_rank_says_which_task_died_first(slurm, clock, tmp_path):
+    launcher = step_launcher(slurm, clock)
+    h = launcher.submit(tmp_path / "t", ["x"], ["n1", "n3", "n6"], 3, 30)
+    h.output.write_text("srun: error: n3: task 1: Killed\n"
+                        "srun: launch/slurm: _step_signal: Terminating StepId=3.0\n"
+                        "srun: error: n6: task 2: Terminated\nsrun: error: n1: task 0: Terminated\n"
+                        "srun: Force Terminated StepId=3.0\n")
+    slurm.processes[0].returncode = 143
+    s = launcher.poll(h)
+    assert s.status is TrialStatus.FAILED and s.exit_code == 143
+    assert s.reason == "exit code 143: srun: error: n3: task 1: Killed"
+
+
 def test_step_over_its_limit_is_cancelled_then_killed_if_srun_hangs(slurm, clock, tmp_path):
     launcher = step_launcher(slurm, clock)
     h = launcher.submit(tmp_path / "t", ["sleep", "99"], ["n1"], 1, 5)

@@ -142,7 +142,6 @@ BAD = {
     "bad timeout": (["--timeout", "0"], "--timeout: must be > 0"),
     "unknown strategy": (["--strategy", "magic"], "invalid choice: 'magic'"),
     "unknown backend": (["--backend", "cloud"], "invalid choice: 'cloud'"),
-    "slurm not yet": (["--backend", "slurm"], "the slurm backend is not available yet"),
     "budget not a number": (["--budget", "many"], "invalid int value: 'many'"),
     "batch fits nowhere": (["--cluster", "<tiny>"], "fits on no schedule"),
     "out is a file": (["--out", "<file>"], "exists and is not a directory"),
@@ -185,6 +184,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case
     assert len(lines) == 1 and lines[0].startswith("hpcps.tune: error: "), captured.err
     assert message in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert not (tmp_path / "out").exists()
+
+
+def test_slurm_backend_needs_the_cluster_files_nodes_in_its_allocation(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "login[1-2]")
+    from hpcps.tune.cli import main
+    rc = main(["--job", JOB, "--cluster", CLUSTER, "--backend", "slurm", "--strategy", "random", "--budget", "2",
+               "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"hpcps.tune: error: {CLUSTER}: key 'nodes': node(s) ")
+    assert "are not in this allocation (job 77, nodes login[1-2])" in err[0]
     assert not (tmp_path / "out").exists()
 
 

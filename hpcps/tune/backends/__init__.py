@@ -35,6 +35,13 @@ class TrialResult:
 
 
 class Backend(Protocol):
+    """Optional, for backends whose trials run elsewhere (slurm):
+
+    watch_stop(stop_requested): stop_requested() returns why the tuner is stopping (SIGTERM), or None.
+        A backend that has it checks it while a trial runs, cancels the trial and returns (the loop does not
+        record a trial cut short); without it the loop interrupts run_trial with an exception.
+    cancel(): stop any trial still running and wait until its processes are gone.
+    """
     name: str
 
     def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int) -> TrialResult:
@@ -56,8 +63,10 @@ def _local(ctx) -> Backend:
 
 
 def _slurm(ctx) -> Backend:
-    raise ConfigError("--backend", None,
-                      "the slurm backend is not available yet; use --backend sim or --backend local")
+    from hpcps.tune.backends.slurm import SlurmBackend
+    from hpcps.tune.backends.common import DEFAULT_ITERATIONS
+    return SlurmBackend(ctx.cluster, ctx.job, ctx.job_path, ctx.cluster_path,
+                        iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s)
 
 
 # name -> factory(context with cluster, job, job_path, cluster_path, seed). A new backend plugs in here.
