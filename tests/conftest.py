@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,9 +26,15 @@ def mpi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def run_mpi(n: int, args: list[str], timeout: float = 240, cwd: Path | None = None,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """mpiexec -n n python <args>; returns the finished process (text output)."""
+    """mpiexec -n n python <args>; returns the finished process (text output).
+
+    Without cwd the job runs in a scratch directory of its own, so what it writes by default (a trace
+    under results/runs/) does not land in the project."""
     cmd = [MPIEXEC, "-n", str(n), sys.executable, *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or ROOT, env=mpi_env(env))
+    if cwd is not None:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=mpi_env(env))
+    with tempfile.TemporaryDirectory(prefix="hpcps-test-run-") as scratch:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=scratch, env=mpi_env(env))
 
 
 def processes_mentioning(marker: str) -> list[int]:

@@ -26,7 +26,7 @@ type = "quarter"
 
 CIFAR_SMALL = ('name = "c"\nworkload = "cifar-resnet"\n[model]\nwidth = 8\n[data]\nsamples = 512\n'
                'test_samples = 32\n[optimizer]\nname = "sgd"\nlr = 0.05\n[training]\nglobal_batch = 32\n'
-               'iterations = 8\nlog_every = 4\n')
+               'iterations = 12\nlog_every = 4\n')
 
 
 def write(tmp_path, name, text):
@@ -55,7 +55,9 @@ def test_a_quarter_speed_node_takes_four_times_the_compute(tmp_path):
     assert "emulated on this machine" in out.stdout
     compute = median_compute_by_node(open_trace(tmp_path / "t.h5"))
     ratio = compute["b1"] / compute["a1"]
-    assert 3.2 < ratio < 5.2, compute
+    # About 4x; on a loaded machine the two ranks' own CPU times differ by a few tens of percent, while a
+    # broken emulation gives about 1x.
+    assert 3.0 < ratio < 6.0, compute
 
 
 SHARED_NIC = """
