@@ -106,7 +106,7 @@ def prepare(args):
     job = load_job(job_path)
     cluster_path = _cluster_path(args, job)
     cluster = load_cluster(cluster_path)
-    problem = problem_for(cluster, job)
+    problem = problem_for(cluster, job, require_profile=args.backend == "sim")
     try:
         problem.space.decode(problem.space.encode(naive(cluster, problem.global_batch)))
     except InfeasibleSchedule as e:

@@ -11,7 +11,9 @@ repeating a finished trial.
                                   and a rename, last of all for each trial)
     trials/NNNN/                  a trial's own directory: observations.json (and a trace, for real runs)
     trials.csv                    a row per trial
-    best_schedule.toml            the fastest schedule measured, as a node schedule file
+    best_schedule.toml            the run's best schedule (the fastest measured; for structured, of those
+                                  measured within noise of the fastest, the one its model predicts
+                                  fastest), as a node schedule file
     convergence.png               measured and predicted time per trial, and the best so far
 
 A trial that was running when the process died has no entry in state.json: it runs again on resume.
@@ -50,7 +52,7 @@ log = logging.getLogger(__name__)
 
 STATE_VERSION = 1
 CSV_COLUMNS = ("trial", "strategy", "status", "iteration_time_s", "predicted_s", "predicted_sd", "best_s",
-               "speedup_vs_first", "n_servers", "n_workers", "schedule", "note", "elapsed_s", "propose_s")
+               "best_trial", "speedup_vs_first", "n_servers", "n_workers", "schedule", "note", "elapsed_s", "propose_s")
 STOP_AFTER_ENV = "HPCPS_TUNE_STOP_AFTER"      # test hook: exit hard right after persisting trial k
 
 
@@ -162,7 +164,9 @@ class TuningRun:
                 predicted_s=t.get("predicted_s"), predicted_sd=t.get("predicted_sd"), note=t.get("note", ""),
                 schedule=t.get("schedule", {}), summary=t.get("summary", ""), elapsed_s=t.get("elapsed_s", 0.0),
                 propose_s=t.get("propose_s", 0.0), trace_path=t.get("trace_path"),
-                observations_file=t.get("observations"), propose_cpu_s=t.get("propose_cpu_s", 0.0)))
+                observations_file=t.get("observations"), propose_cpu_s=t.get("propose_cpu_s", 0.0),
+                incumbent=t.get("incumbent"), incumbent_s=t.get("incumbent_s", 0.0),
+                incumbent_cpu_s=t.get("incumbent_cpu_s", 0.0)))
         return history
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -218,6 +222,10 @@ class TuningRun:
                           proposal.predicted_sd, proposal.note, schedule.to_dict(), summarize(schedule),
                           result.elapsed_s, propose_s, result.trace_path, obs_rel, propose_cpu_s)
         self.history.append(rec)
+        t0, c0 = time.perf_counter(), time.process_time()
+        inc = self.strategy.incumbent(self.history)
+        rec.incumbent = inc.trial if inc is not None else None
+        rec.incumbent_s, rec.incumbent_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         self.save_state()
         self.write_reports(plot=False)
         return rec
@@ -233,12 +241,20 @@ class TuningRun:
                            "note": r.note, "summary": r.summary, "schedule": r.schedule,
                            "point": [float(x) for x in r.point], "elapsed_s": r.elapsed_s,
                            "propose_s": r.propose_s, "propose_cpu_s": r.propose_cpu_s, "trace_path": r.trace_path,
-                           "observations": obs_rel})
+                           "observations": obs_rel, "incumbent": r.incumbent, "incumbent_s": r.incumbent_s,
+                           "incumbent_cpu_s": r.incumbent_cpu_s})
         state = {"version": STATE_VERSION, "settings": asdict(self.settings), "trials": trials}
         atomic_write(self.out / "state.json", json.dumps(state, indent=1))
 
-    def best(self) -> TrialRecord | None:
-        ok = [r for r in self.history if r.ok]
+    def best(self, upto: int | None = None) -> TrialRecord | None:
+        """The run's best schedule after trial `upto` (default: the last), as the strategy chose it."""
+        hist = self.history if upto is None else self.history[:upto]
+        if not hist:
+            return None
+        chosen = hist[-1].incumbent
+        if chosen is not None and 1 <= chosen <= len(self.history) and self.history[chosen - 1].ok:
+            return self.history[chosen - 1]
+        ok = [r for r in hist if r.ok]
         return min(ok, key=lambda r: r.iteration_time_s) if ok else None
 
     def write_reports(self, plot: bool) -> None:
@@ -251,8 +267,10 @@ class TuningRun:
             write_node_schedule(sched, self.out / "best_schedule.toml")
         if plot:
             try:
+                incs = [self.best(n) for n in range(1, len(self.history) + 1)]
                 plot_convergence(self.history, self.out / "convergence.png",
-                                 f"{self.settings.strategy} on {self.settings.cluster_name} ({self.settings.backend})")
+                                 f"{self.settings.strategy} on {self.settings.cluster_name} ({self.settings.backend})",
+                                 [i.iteration_time_s * 1e3 if i else np.nan for i in incs])
             except Exception as e:                    # a report must not lose the run
                 log.warning("could not draw the convergence plot: %s", e)
 
@@ -260,14 +278,12 @@ class TuningRun:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(CSV_COLUMNS)
-        best = math.inf
         first = next((r.iteration_time_s for r in self.history if r.ok), None)
-        for r in self.history:
-            if r.ok:
-                best = min(best, r.iteration_time_s)
+        for n, r in enumerate(self.history, 1):
+            inc = self.best(n)
             nodes = r.schedule.get("nodes", [])
             w.writerow([r.trial, self.settings.strategy, r.status, _fmt(r.iteration_time_s), _fmt(r.predicted_s),
-                        _fmt(r.predicted_sd), _fmt(best if math.isfinite(best) else None),
+                        _fmt(r.predicted_sd), _fmt(inc.iteration_time_s if inc else None), inc.trial if inc else "",
                         _fmt(first / r.iteration_time_s if (r.ok and first) else None, 4),
                         sum(1 for p in nodes if p["server"]), sum(len(p["workers"]) for p in nodes),
                         r.summary, r.note, _fmt(r.elapsed_s, 3), _fmt(r.propose_s, 3)])
@@ -291,14 +307,14 @@ def _fmt(x, digits: int = 6):
     return f"{x:.{digits}g}"
 
 
-def plot_convergence(history: list[TrialRecord], path: Path, title: str) -> None:
+def plot_convergence(history: list[TrialRecord], path: Path, title: str, best: list[float] | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     trials = [r.trial for r in history]
     meas = [r.iteration_time_s * 1e3 if r.ok else np.nan for r in history]
     pred = [r.predicted_s * 1e3 if r.predicted_s is not None else np.nan for r in history]
-    best = np.fmin.accumulate(np.array(meas, dtype=float))
+    best = np.fmin.accumulate(np.array(meas, dtype=float)) if best is None else np.array(best, dtype=float)
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(trials, meas, "o", label="measured", color="C0")
     if np.isfinite(pred).any():

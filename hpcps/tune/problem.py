@@ -38,12 +38,22 @@ def max_batches(cluster: Cluster, global_batch: int, params: int, activation_byt
     return tuple(caps)
 
 
-def problem_for(cluster: Cluster, job, profiles=None) -> Problem:
-    """The problem of tuning job on cluster, with sizes and memory from hpcps.sim's profiles."""
+def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = True) -> Problem:
+    """The problem of tuning job on cluster, with sizes and memory from hpcps.sim's profiles. A workload
+    without a profile (a custom one) is a ConfigError unless require_profile is False: then its model is
+    built to count parameters, and memory sets no limit on batches."""
+    from hpcps.config.errors import ConfigError
     from hpcps.sim import load_profiles, profile_for_job
-    profiles = profiles or load_profiles()
-    profile = profile_for_job(profiles, job.workload, job.model, job.data)
     gb = job.training.global_batch
+    try:
+        profiles = profiles or load_profiles()
+        profile = profile_for_job(profiles, job.workload, job.model, job.data)
+    except ConfigError:
+        if require_profile:
+            raise
+        from hpcps.sim.profile import count_parameters
+        params = count_parameters(job.workload, job.model, job.data)
+        return Problem(cluster, gb, params, ScheduleSpace(cluster, gb, None))
     caps = max_batches(cluster, gb, profile.params, profile.activation_bytes_per_sample,
                        profiles.machine.rank_overhead_bytes)
     return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps))

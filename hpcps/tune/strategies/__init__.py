@@ -38,6 +38,9 @@ class TrialRecord:
     trace_path: str | None = None
     observations_file: str | None = None         # relative to the run's directory
     propose_cpu_s: float = 0.0                   # CPU time of the proposal (propose_s is wall time)
+    incumbent: int | None = None                 # the run's best schedule after this trial (a trial number)
+    incumbent_s: float = 0.0                     # wall and CPU time choosing it (structured fits its model
+    incumbent_cpu_s: float = 0.0                 # there, and the next proposal reuses the fit)
 
     @property
     def ok(self) -> bool:
@@ -62,6 +65,11 @@ class Strategy:
 
     def propose(self, history: list[TrialRecord], rng: np.random.Generator) -> Proposal:
         raise NotImplementedError
+
+    def incumbent(self, history: list[TrialRecord]) -> TrialRecord | None:
+        """The run's best schedule so far: by default the one measured fastest."""
+        ok = [r for r in history if r.ok]
+        return min(ok, key=lambda r: r.iteration_time_s) if ok else None
 
     # -- shared helpers -----------------------------------------------------------------------------
 

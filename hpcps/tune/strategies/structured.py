@@ -13,8 +13,11 @@ The acquisition optimiser scores a pool of candidates and refines the best with 
 - random points of the space, and random neighbours of the best measured schedules.
 
 The pool is screened with the model's mean (cheap), the best few hundred are scored by expected
-improvement under posterior samples, and the best three start a local search (Emukit's
-LocalSearchAcquisitionOptimizer neighbourhoods). Schedules already measured score zero.
+improvement under posterior samples, and the best two start a local search (Emukit's
+LocalSearchAcquisitionOptimizer neighbourhoods; a sampled neighbourhood on big clusters). The ends
+of the searches and the best of the pool are then repaired into the schedules that would run, those
+already measured are dropped, and the one with the highest expected improvement wins (when nothing
+promises an improvement: the one predicted fastest).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import numpy as np
 
 from hpcps.tune.models.structured import LogTime, StructuredModel
 from hpcps.tune.space import FIELDS, decode_many, max_threads
-from hpcps.tune.strategies import Proposal, Strategy, TrialRecord, neighbour
+from hpcps.tune.strategies import Proposal, Strategy, TrialRecord, neighbour, schedule_key
 
 SCREEN_TOP = 160
 SCREEN_RANDOM = 40
@@ -35,20 +38,41 @@ LOCAL_STARTS = 2
 LOCAL_STEPS = 5
 EMUKIT_LOCAL_MAX_NODES = 16      # larger clusters: a sampled neighbourhood (SAMPLED_NEIGHBOURS points a step)
 SAMPLED_NEIGHBOURS = 48
+TIE = 0.03                       # measured times this close to the best may be noise apart
+FINALISTS = 40                   # best pool candidates repaired and scored again with the local searches' ends
 
 
 class StructuredStrategy(Strategy):
     name = "structured"
 
     def model(self, history: list[TrialRecord]) -> StructuredModel:
-        """The structured model fitted to history."""
+        """The structured model fitted to history (remembered for the same history: the loop asks for
+        the incumbent after a trial, then for the next proposal)."""
+        key = tuple((r.trial, r.status, r.iteration_time_s) for r in history)
+        if getattr(self, "_fitted", (None,))[0] == key:
+            return self._fitted[1]
         ok = [r for r in history if r.ok]
         model = StructuredModel(self.problem, seed=self.seed)
         if ok:
             model.set_data(np.array([r.point for r in ok]), np.array([[r.iteration_time_s] for r in ok]))
         model.set_observations([(r.point, r.observations) for r in history])
         model.optimize()
+        self._fitted = (key, model)
         return model
+
+    def incumbent(self, history: list[TrialRecord]) -> TrialRecord | None:
+        """Among the schedules measured within TIE of the fastest (where noise can reorder them), the one
+        the model predicts fastest: it has seen every rank of every trial, so it averages the noise of a
+        single measurement away."""
+        ok = [r for r in history if r.ok]
+        if len(ok) < 3:
+            return super().incumbent(history)
+        best = min(r.iteration_time_s for r in ok)
+        close = [r for r in ok if r.iteration_time_s <= best * (1 + TIE)]
+        if len(close) == 1:
+            return close[0]
+        mean = self.model(history).predict_mean(np.array([r.point for r in close]))
+        return close[int(np.argmin(mean))]
 
     def propose(self, history: list[TrialRecord], rng: np.random.Generator) -> Proposal:
         if not history:
@@ -67,7 +91,7 @@ class StructuredStrategy(Strategy):
             calc = SequentialPointCalculator(acquisition, optimizer)
             x = calc.compute_next_points(create_loop_state(model.X, np.log(model.Y)))[0]
             p = self.fresh(x, history, rng)
-            note = f"expected improvement {optimizer.best_value:.3g} s"
+            note = f"expected improvement {optimizer.best_value:.3g} (log time)"
         mean, var = model.predict(p[None])
         return Proposal(p, float(mean[0, 0]), float(math.sqrt(max(var[0, 0], 0.0))), note)
 
@@ -141,23 +165,38 @@ class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
             pick += list(self.rng.choice(rest, size=min(SCREEN_RANDOM, len(rest)), replace=False))
         cand = pool[pick]
         values = acquisition.evaluate(cand)[:, 0]
-        best_x, best_v = cand[int(np.argmax(values))], float(values.max())
         starts = np.argsort(-values, kind="stable")[:LOCAL_STARTS]
         if len(self.schedule_space.cluster) <= EMUKIT_LOCAL_MAX_NODES:
             local = LocalSearchAcquisitionOptimizer(self.space, num_steps=LOCAL_STEPS, num_continuous=2)
-            searches = (local._one_local_search(acquisition, cand[i], context_manager) for i in starts)
+            found = [local._one_local_search(acquisition, cand[i], context_manager) for i in starts]
         else:
-            searches = (self._sampled_local_search(acquisition, cand[i], values[i]) for i in starts)
-        for x, v in searches:
-            if v > best_v:
-                best_x, best_v = x, v
-        if best_v <= 1e-12:
-            # Nothing promises an improvement: take the schedule predicted fastest that is not measured.
-            tabu = np.array([k in acquisition.seen for k in _row_key(self.schedule_space, cand)])
-            m = np.where(tabu, np.inf, mean[pick])
-            best_x = cand[int(np.argmin(m))]
-        self.best_value = best_v
-        return best_x[None, :], np.array([[best_v]])
+            found = [self._sampled_local_search(acquisition, cand[i], values[i]) for i in starts]
+        # The search runs on raw points, whose batches need not be whole: the schedule that would run is
+        # the repaired one, which may be one measured already or score differently. So the finalists
+        # (the local searches' ends and the best of the pool) are repaired, measured ones dropped, and
+        # scored again.
+        order = np.argsort(-values, kind="stable")[:FINALISTS]
+        finalists = np.concatenate([np.array([x for x, _ in found]), cand[order]])
+        seen = {schedule_key(self.schedule_space, r.point) for r in self.history}
+        fresh, keys = [], set()
+        for x in finalists:
+            p = self.schedule_space.repair(x)
+            k = schedule_key(self.schedule_space, p)
+            if k not in seen and k not in keys:
+                keys.add(k)
+                fresh.append(p)
+        if not fresh:
+            self.best_value = 0.0
+            return finalists[:1], np.array([[0.0]])
+        fresh = np.array(fresh)
+        v = acquisition.evaluate(fresh)[:, 0]
+        if v.max() > 1e-12:
+            i = int(np.argmax(v))
+        else:
+            # Nothing promises an improvement: take the schedule predicted fastest.
+            i = int(np.argmin(self.model.predict_mean(fresh)))
+        self.best_value = float(v[i])
+        return fresh[i][None, :], np.array([[v[i]]])
 
     def _sampled_local_search(self, acquisition, x: np.ndarray, value: float):
         """Hill climbing on a sample of the neighbourhood: on big clusters Emukit's full one-exchange
