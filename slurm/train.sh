@@ -13,7 +13,6 @@
 #SBATCH --ntasks=4
 #SBATCH --time=00:30:00
 #SBATCH --output=%x-%j.out
-#SBATCH --error=%x-%j.out
 set -euo pipefail
 
 cd "${SLURM_SUBMIT_DIR:-.}"

@@ -8,10 +8,15 @@
 # Options on the sbatch command line override the #SBATCH values below. Submit from the project
 # directory: the job activates $SLURM_SUBMIT_DIR/.venv (HPCPS_VENV names another environment).
 # Defaults the environment can change: HPCPS_STRATEGY (structured), HPCPS_BUDGET (20),
-# HPCPS_OUT (results/runs/tune-<job id>). Options given after JOB win over these.
+# HPCPS_OUT (results/runs/tune-<job id>). Options given after JOB win over these
+# (--iterations, --timeout, --seed, --cluster, --resume: see python -m hpcps.tune --help).
+# The allocation must hold every node of the cluster file (the job's `cluster` key or --cluster):
+# give --nodes=N or --nodelist=... to match it.
 #
 # 120 s before the time limit Slurm sends SIGTERM to this script, which passes it on to the tuner so
-# that it can save its state; a requeued job (scontrol requeue) starts again with --resume.
+# that it cancels its running trial and saves its state; scancel does the same. A requeued job
+# (scontrol requeue) starts again with --resume, appending to its log; a new job continues a stopped
+# run when given --resume and the same HPCPS_OUT.
 #SBATCH --job-name=hpcps-tune
 #SBATCH --nodes=8
 #SBATCH --exclusive
@@ -19,7 +24,7 @@
 #SBATCH --signal=B:TERM@120
 #SBATCH --requeue
 #SBATCH --output=%x-%j.out
-#SBATCH --error=%x-%j.out
+#SBATCH --open-mode=append
 set -uo pipefail
 
 cd "${SLURM_SUBMIT_DIR:-.}" || exit 2

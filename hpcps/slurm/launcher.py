@@ -348,7 +348,11 @@ class TrialLauncher:
         if any("DUE TO TIME LIMIT" in ln for ln in tail):
             return TrialState(TrialStatus.TIMEOUT, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
                               reason="Slurm's step time limit")
-        if any("CANCELLED AT" in ln for ln in tail) and handle.stop_status is None:
+        cancelled = next((i for i, ln in enumerate(tail) if "CANCELLED AT" in ln), None)
+        task_died = next((i for i, ln in enumerate(tail) if _TASK_ENDED.match(ln)), None)
+        # A rank that died first makes srun (--kill-on-bad-exit) cancel the rest: a failure, not a cancel.
+        if cancelled is not None and handle.stop_status is None and not (task_died is not None
+                                                                          and task_died < cancelled):
             return TrialState(TrialStatus.CANCELLED, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
                               reason=f"cancelled by Slurm: {_last_error_line(tail)}")
         what = f"exit code {code}" if code is not None else f"srun killed by signal {sig}"

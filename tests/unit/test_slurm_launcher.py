@@ -309,6 +309,24 @@ def test_step_with_a_killed_rank_says_which_task_died_first(slurm, clock, tmp_pa
     assert s.reason == "exit code 143: srun: error: n3: task 1: Killed"
 
 
+def test_step_cancelled_after_a_rank_died_is_a_failure_and_a_step_cancelled_outside_is_cancelled(slurm, clock,
+                                                                                                  tmp_path):
+    launcher = step_launcher(slurm, clock)
+    died = launcher.submit(tmp_path / "died", ["x"], ["n1", "n6"], 2, 30)
+    died.output.write_text("srun: error: n6: task 1: Killed\n"
+                           "slurmstepd-n1: error: *** STEP 3.0 ON n1 CANCELLED AT 2026-11-24T05:51:02 ***\n"
+                           "srun: error: n1: task 0: Terminated\n")
+    cancelled = launcher.submit(tmp_path / "cancelled", ["x"], ["n1", "n6"], 2, 30)
+    cancelled.output.write_text("srun: Job step aborted: Waiting up to 4 seconds for job step to finish.\n"
+                                "slurmstepd-n1: error: *** STEP 3.1 ON n1 CANCELLED AT 2026-11-24T05:51:09 ***\n"
+                                "srun: error: n1: task 0: Killed\nsrun: error: n6: task 1: Killed\n")
+    slurm.processes[0].returncode = slurm.processes[1].returncode = 137
+    s = launcher.poll(died)
+    assert s.status is TrialStatus.FAILED and s.reason == "exit code 137: srun: error: n6: task 1: Killed"
+    s = launcher.poll(cancelled)
+    assert s.status is TrialStatus.CANCELLED and s.reason.startswith("cancelled by Slurm: ")
+
+
 def test_step_over_its_limit_is_cancelled_then_killed_if_srun_hangs(slurm, clock, tmp_path):
     launcher = step_launcher(slurm, clock)
     h = launcher.submit(tmp_path / "t", ["sleep", "99"], ["n1"], 1, 5)

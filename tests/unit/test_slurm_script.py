@@ -187,8 +187,10 @@ def sbatch_header(path: Path) -> dict[str, str]:
 def test_batch_scripts_have_a_full_header_and_valid_syntax(script):
     path = ROOT / script
     header = sbatch_header(path)
-    for flag in ("--job-name", "--nodes", "--time", "--output", "--error"):
+    for flag in ("--job-name", "--nodes", "--time", "--output"):
         assert flag in header, f"{script} has no #SBATCH {flag}"
+    # No --error: stderr then goes wherever --output does, also when sbatch --output=... overrides it.
+    assert "--error" not in header, f"{script} sends stderr apart from an overridden --output"
     subprocess.run(["bash", "-n", str(path)], check=True)
 
 
