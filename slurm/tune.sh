@@ -3,6 +3,7 @@
 # the allocation) and runs each trial as an srun job step on the nodes the trial's schedule uses.
 #
 #   sbatch slurm/tune.sh [JOB.toml] [more python -m hpcps.tune options]
+#   sbatch slurm/tune.sh                   # jobs/hetero8.toml: its cluster is the 8 nodes n1..n8
 #   sbatch --nodes=16 --time=08:00:00 slurm/tune.sh jobs/cifar.toml --cluster site.toml --budget 60
 #
 # Options on the sbatch command line override the #SBATCH values below. Submit from the project
@@ -36,7 +37,7 @@ fi
 # shellcheck disable=SC1091
 source "$venv/bin/activate"
 
-job="${1:-jobs/default.toml}"
+job="${1:-jobs/hetero8.toml}"   # a job with a cluster key (jobs/default.toml has none: give --cluster)
 [ "$#" -gt 0 ] && shift
 out="${HPCPS_OUT:-results/runs/tune-${SLURM_JOB_ID:-local}}"
 args=(--backend slurm --job "$job" --strategy "${HPCPS_STRATEGY:-structured}" --budget "${HPCPS_BUDGET:-20}" --out "$out")
