@@ -11,7 +11,8 @@ c0 is what threads do not speed up (a device's launch and copy cost), a the thre
 cost per sample, q the parallel fractions, o the oversubscription cost. The constants are inferred by
 nonlinear least squares on log times, with weak priors: a and b follow the cluster file's speed
 (a_j = a / speed_j * exp(d_j), d_j ~ N(0, 0.7)), so a type never seen starts from the seen types scaled
-by speed; c0 starts at fixed_ms; q at one half; o at 0.3. A Gaussian process per type models what the
+by speed; c0 starts at fixed_ms; q at one half; o at 1 (threads past the cores are costly: busy-waiting
+threads fight for cores). A Gaussian process per type models what the
 form leaves unexplained, in log time over (log k, threads per core, T / cores). Posterior samples of
 the constants come from the Laplace approximation around the fit.
 """
@@ -53,7 +54,7 @@ class MachineModel:
     PRIOR_SD_SPEED = 0.7
     PRIOR_SD_C0 = 1.0
     PRIOR_SD_Q = 1.5
-    PRIOR_O, PRIOR_SD_O = 0.3, 1.5
+    PRIOR_O, PRIOR_SD_O = 1.0, 1.5
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
@@ -147,6 +148,7 @@ class MachineModel:
         self.cov = np.linalg.pinv(best.jac.T @ best.jac + 1e-9 * np.eye(len(best.x)))
         self._fit_gps(ti, k, t, T, mean_log, count)
 
+
     def _fit_gps(self, ti, k, t, T, mean_log, count) -> None:
         from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
@@ -182,6 +184,22 @@ class MachineModel:
         chol = np.linalg.cholesky(self.cov + 1e-10 * np.eye(len(self.theta)))
         return self.theta[None, :] + z @ chol.T
 
+    def linearized(self, theta: np.ndarray, type_idx, k, t, node_threads) -> np.ndarray:
+        """Seconds of one step, (S,) + input shape, for constants theta (S, P) drawn around the fit, with
+        the log time linearised in the constants at the fit: log f(theta_s) = log f(fit) + g . (theta_s -
+        fit). Plain draws pushed through the form wander off the curved ridges the data leave (a
+        parallel fraction against the costs it scales) and predict times the data rule out; the linear
+        push-forward keeps the spread the data allow (the linearised Laplace predictive)."""
+        theta = np.atleast_2d(theta)
+        P = len(self.theta)
+        eps = 1e-4
+        at = np.vstack([self.theta[None, :], self.theta[None, :] + eps * np.eye(P)])
+        with np.errstate(divide="ignore"):
+            logs = np.log(np.maximum(self.form(at, type_idx, k, t, node_threads), 1e-300))
+        grad = (logs[1:] - logs[:1]) / eps                                    # (P,) + shape
+        delta = theta - self.theta[None, :]                                   # (S, P)
+        return np.exp(logs[0][None] + np.tensordot(delta, grad, axes=(1, 0)))
+
     def residual(self, type_idx: np.ndarray, k: np.ndarray, t: np.ndarray, node_threads: np.ndarray):
         """The GP's (mean, sd) of log-time residual, each of the broadcast input shape."""
         shape = np.broadcast_shapes(np.shape(type_idx), np.shape(k), np.shape(t), np.shape(node_threads))
@@ -210,7 +228,7 @@ class MachineModel:
     def predict(self, theta: np.ndarray, type_idx, k, t, node_threads, z: np.ndarray | None = None) -> np.ndarray:
         """Seconds of one step, (S,) + input shape: the form under each sample of the constants times
         the GP's residual (its mean, plus z[s] standard deviations when z (S,) is given)."""
-        base = self.form(theta, type_idx, k, t, node_threads)
+        base = self.linearized(theta, type_idx, k, t, node_threads)
         if not self.gps:
             return base
         mu, sd = self.residual(type_idx, k, t, node_threads)

@@ -94,6 +94,8 @@ class StructuredModel:
         self._Y = np.zeros((0, 1))
         self._trials: list[tuple[np.ndarray, np.ndarray]] = []     # (point, observations)
         self._draws = None
+        self._noise = None
+        self._iterations = 1
         self._corr = None
         self._corr_mean = 0.0
         self._corr_sd = PRIOR_CORRECTION_SD
@@ -139,6 +141,16 @@ class StructuredModel:
         self._draws = (self.machine.samples(self.n_samples, rng), self.network.samples(self.n_samples, rng),
                        rng.standard_normal(self.n_samples))
         self._draws[2][0] = 0.0
+        # One draw of step-to-step noise per sample and node, the same for every candidate (common random
+        # numbers), and how many iterations a trial's time averages over.
+        # Stratified (a Latin hypercube per node): with 16 plain draws a node's mean noise is often a third
+        # of a standard deviation off, which shows as a percent or two on a balanced schedule.
+        from scipy.stats import norm
+        N = len(self.problem.cluster)
+        strata = np.array([rng.permutation(self.n_samples) for _ in range(N)]).T        # (S, N)
+        self._noise = norm.ppf((strata + 0.5) / self.n_samples)[:, None, :]
+        its = [len(np.unique(o["iteration"])) for _, o in self._trials]
+        self._iterations = max(1, int(np.median(its))) if its else 1
         self._fit_correction()
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,6 +167,11 @@ class StructuredModel:
         return int(max(4, min(1024, CHUNK_ELEMENTS / (samples * N * N))))
 
     # -- beyond IModel ------------------------------------------------------------------------------
+
+    @property
+    def iterations(self) -> int:
+        """Iterations a trial's time averages over (from the observations)."""
+        return self._iterations
 
     def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance of log iteration seconds, each (n_points, 1)."""
@@ -173,7 +190,8 @@ class StructuredModel:
         return mean[:, None], np.maximum(var, 1e-12)[:, None]
 
     def predict_mean(self, X: np.ndarray) -> np.ndarray:
-        """(n_points,) the composition under the fitted constants with the correction: fast screening."""
+        """(n_points,) the composition under the fitted constants with the correction, without the excess
+        of noisy steps (a few percent): fast screening."""
         X = np.atleast_2d(X)
         out = np.empty(len(X))
         step = self._chunk(1)
@@ -210,12 +228,24 @@ class StructuredModel:
         agg = self.aggregate.predict(self.problem.model_bytes / np.maximum(m, 1), d.workers.sum(1))[None]
         return comp, bw, lat, agg
 
-    def _compose(self, X: np.ndarray, samples: int):
+    def _compose(self, X: np.ndarray, samples: int, noisy: bool = True):
+        """Iteration seconds (samples, n) and summary features. With noisy (and more than one sample),
+        the expected time of an iteration whose steps vary as measured: the slowest of several noisy
+        workers is slower than the slowest of their means, more so the more workers finish together.
+        That excess is averaged over the samples; the spread of one iteration shrinks by the square root
+        of the iterations a trial averages."""
         d = decode_many(self.space, X)
         comp, bw, lat, agg = self._node_times(d, samples)
-        it = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes)
+        mb = self.problem.model_bytes
+        it = iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb)
+        sigma = self.machine.noise_sd
+        if noisy and samples > 1 and sigma > 0:
+            factor = np.exp(sigma * self._noise[:samples] - sigma ** 2 / 2)
+            excess = iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb) - it
+            mean_excess = excess.mean(0, keepdims=True)
+            it = it + mean_excess + (excess - mean_excess) / math.sqrt(self._iterations)
         it = np.where(d.feasible[None], it, np.inf)
-        return it, self._summary(d, it[0])
+        return it, self._summary(d, it.mean(0))
 
     def _summary(self, d, base: np.ndarray) -> np.ndarray:
         N = len(self.problem.cluster)
@@ -242,8 +272,8 @@ class StructuredModel:
         if not ok.any():
             self._corr_mean, self._corr_sd = 0.0, PRIOR_CORRECTION_SD
             return
-        base, feats = self._compose(self._X[ok], samples=1)
-        r = np.log(self._Y[ok, 0]) - np.log(np.maximum(base[0], 1e-12))
+        base, feats = self._compose(self._X[ok], samples=self.n_samples)
+        r = np.log(self._Y[ok, 0]) - np.log(np.maximum(base.mean(0), 1e-12))
         self._corr_mean = float(np.mean(r))
         if len(r) < 3:
             self._corr_sd = float(math.sqrt(PRIOR_CORRECTION_SD ** 2 / (1 + len(r)) + np.var(r)))

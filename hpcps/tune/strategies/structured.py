@@ -62,8 +62,9 @@ class StructuredStrategy(Strategy):
 
     def incumbent(self, history: list[TrialRecord]) -> TrialRecord | None:
         """Among the schedules measured within TIE of the fastest (where noise can reorder them), the one
-        the model predicts fastest: it has seen every rank of every trial, so it averages the noise of a
-        single measurement away."""
+        whose time is lowest when its measurement and the model's prediction (which has seen every rank
+        of every trial) are combined, each weighted by its precision, in log time. A measurement's spread
+        is the step-to-step noise the model estimated, averaged over the trial's iterations."""
         ok = [r for r in history if r.ok]
         if len(ok) < 3:
             return super().incumbent(history)
@@ -71,8 +72,12 @@ class StructuredStrategy(Strategy):
         close = [r for r in ok if r.iteration_time_s <= best * (1 + TIE)]
         if len(close) == 1:
             return close[0]
-        mean = self.model(history).predict_mean(np.array([r.point for r in close]))
-        return close[int(np.argmin(mean))]
+        model = self.model(history)
+        pred, pvar = model.predict_log(np.array([r.point for r in close]))
+        meas = np.log([r.iteration_time_s for r in close])
+        mvar = max(model.machine.noise_sd ** 2 / model.iterations, 1e-6)
+        both = (meas / mvar + pred[:, 0] / pvar[:, 0]) / (1 / mvar + 1 / pvar[:, 0])
+        return close[int(np.argmin(both))]
 
     def propose(self, history: list[TrialRecord], rng: np.random.Generator) -> Proposal:
         if not history:
