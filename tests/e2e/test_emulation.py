@@ -55,9 +55,10 @@ def test_a_quarter_speed_node_takes_four_times_the_compute(tmp_path):
     assert "emulated on this machine" in out.stdout
     compute = median_compute_by_node(open_trace(tmp_path / "t.h5"))
     ratio = compute["b1"] / compute["a1"]
-    # About 4x; on a loaded machine the two ranks' own CPU times differ by a few tens of percent, while a
-    # broken emulation gives about 1x.
-    assert 3.0 < ratio < 6.0, compute
+    # About 4x. Measured 5-6x on a loaded 2-core machine: the slow rank sleeps longer between steps and
+    # its steps then cost more CPU time (docs/emulation.md, limits). Ignoring the speed would give about
+    # 1x, applying it twice about 16x.
+    assert 3.0 < ratio < 8.0, compute
 
 
 SHARED_NIC = """
