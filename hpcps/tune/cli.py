@@ -38,7 +38,11 @@ def build_parser() -> OneLineParser:
     from hpcps.tune.strategies import STRATEGIES
     p = OneLineParser(prog="python -m hpcps.tune",
                       description="Tune a job's schedule (servers, workers, batch per worker, threads) on a "
-                                  "cluster with structured Bayesian optimisation or a baseline.")
+                                  "cluster with structured Bayesian optimisation or a baseline.",
+                      epilog="--out receives trials.csv, best_schedule.toml (for hpcps.train --schedule), "
+                             "convergence.png, state.json and a directory per trial; it is saved after every "
+                             "trial. SIGTERM or Ctrl-C stops with what is finished saved; the same command with "
+                             "--resume goes on. See docs/tune.md.")
     p.add_argument("--job", type=Path, default=None, help="job TOML file (default: jobs/default.toml)")
     p.add_argument("--cluster", type=Path, default=None, help="cluster TOML file (default: the job's cluster key)")
     p.add_argument("--backend", choices=BACKEND_NAMES, required=True,
