@@ -46,6 +46,11 @@ def build_parser(rank: int = 0) -> RankAwareParser:
     p.add_argument("--time-dilation", type=float, default=None, metavar="X",
                    help="emulation only: real seconds per emulated second (default: twice the fastest "
                         "node's speed); reported times are emulated")
+    p.add_argument("--emulate-compute", choices=("reference", "measured"), default="reference",
+                   help="emulation only: charge every step the time the worker's step takes alone here, "
+                        "timed at start-up with the ranks taking turns (reference, default), or each step "
+                        "its own CPU time, which other ranks' interference inflates (measured); "
+                        "docs/emulation.md")
     p.add_argument("--trace", type=Path, default=None,
                    help="HDF5 trace file to write (default: results/runs/<run-id>/trace.h5); see docs/trace.md")
     p.add_argument("--no-trace", action="store_true", help="write no trace")
@@ -143,7 +148,7 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> L
         from hpcps.emulate.rank import default_dilation
         from hpcps.ps.runtime import Emulation
         dilation = args.time_dilation or default_dilation(cluster, placement)
-        emulation = Emulation(cluster, placement, profile, dilation)
+        emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute)
     return Launch(job, placement.schedule, placement, cluster, emulation)
 
 

@@ -1,8 +1,17 @@
 """Compute on an emulated node: run the real step here, then sleep until it has taken as long as the
 node would take, in dilated time.
 
-A step's cost here is its thread CPU time with one PyTorch thread: unlike wall time, it does not grow
-when other ranks share this machine's cores. The node takes cpu / speed, scaled by what its threads
+What a step costs here comes in two kinds (docs/emulation.md):
+
+- "reference" (the default): each worker times its own step once at start-up, warm, with the machine
+  to itself (ranks take turns), and every step is charged that time. Ranks standing for different
+  nodes share this machine's caches and memory bandwidth, which real nodes do not: on a 2-core
+  machine a step's own CPU time ran 1.7x its time alone, on every node alike, and more after a slow
+  node's long sleeps. A reference measured alone is what the simulator's calibration measures too.
+- "measured": each step is charged its own thread CPU time (for workloads whose steps differ).
+
+Either way the cost is thread CPU time with one PyTorch thread: unlike wall time, it does not grow
+when other ranks merely wait for the cores. The node takes cpu / speed, scaled by what its threads
 and its neighbours' threads do to the step (the simulator's calibrated thread model), plus fixed_ms.
 """
 
@@ -13,6 +22,8 @@ from dataclasses import dataclass, field
 
 from hpcps.emulate.fabric import now
 
+COMPUTE_MODES = ("reference", "measured")
+
 
 @dataclass
 class NodeClock:
@@ -20,12 +31,14 @@ class NodeClock:
     speed: float                 # the node's speed relative to this machine
     fixed_s: float = 0.0         # the node type's fixed cost per step
     thread_factor: float = 1.0   # step time with the worker's threads and neighbours, over one thread alone
+    reference_cpu_s: float | None = None   # the step's CPU time alone here; None: charge each step's own
     lag_s: float = field(default=0.0)      # real time by which steps overran their targets
     overruns: int = field(default=0)
 
     def step_target(self, cpu_s: float) -> float:
-        """Real seconds the step must last."""
-        return self.dilation * (cpu_s * self.thread_factor / self.speed + self.fixed_s)
+        """Real seconds a step that used cpu_s of CPU here must last."""
+        cost = self.reference_cpu_s if self.reference_cpu_s is not None else cpu_s
+        return self.dilation * (cost * self.thread_factor / self.speed + self.fixed_s)
 
     def aggregate_target(self, cpu_s: float) -> float:
         return self.dilation * cpu_s / self.speed
@@ -48,3 +61,18 @@ class NodeClock:
 
     def run_aggregate(self, fn):
         return self.run_step(fn, self.aggregate_target)
+
+
+def fastest_cpu_time(fn, min_repeats: int = 5, min_s: float = 0.1, budget_s: float = 2.0) -> float:
+    """The least thread CPU time of fn() after one warm-up run, over at least min_repeats runs and
+    min_s seconds (short steps repeat more), stopping at budget_s (at least one run): interference
+    only ever adds, so the fastest run is the best estimate of what the step costs alone."""
+    fn()
+    best, start, runs = float("inf"), time.monotonic(), 0
+    while True:
+        cpu0 = time.thread_time()
+        fn()
+        best, runs = min(best, time.thread_time() - cpu0), runs + 1
+        elapsed = time.monotonic() - start
+        if elapsed > budget_s or (runs >= min_repeats and elapsed >= min_s) or runs >= 200:
+            return best

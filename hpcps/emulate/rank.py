@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+import time
 
 import numpy as np
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
 from hpcps.emulate.fabric import FlowSpec, SharedFabric, emulated_clock
-from hpcps.emulate.node import NodeClock
+from hpcps.emulate.node import NodeClock, fastest_cpu_time
 from hpcps.ps.sharding import Shard
 from hpcps.sim.profile import WorkloadProfile
 
@@ -23,6 +25,12 @@ def default_dilation(cluster: Cluster, placement: RankPlacement) -> float:
     still end after their real computation (with room for two ranks sharing one core)."""
     used = {cluster.index(n) for n in placement.rank_nodes}
     return max(1.0, 2.0 * max(cluster.nodes[i].type.speed for i in used))
+
+
+def _sleeping_barrier(comm, poll_s: float = 1e-3) -> None:
+    req = comm.Ibarrier()
+    while not req.Test():
+        time.sleep(poll_s)
 
 
 def _fabric_dir() -> str:
@@ -60,7 +68,9 @@ class RankEmulator:
             self._dir = _fabric_dir()
             path = os.path.join(self._dir, "fabric")
             SharedFabric(path, templates, capacity, latency, dilation, create=True).close()
+            open(os.path.join(self._dir, "turns"), "w").close()
         path = comm.bcast(path, root=0)
+        self._turns = os.path.join(os.path.dirname(path), "turns")
         self.time = emulated_clock(self.dilation)     # emulated seconds, on a clock every rank shares
         self.fabric = SharedFabric(path, templates, capacity, latency, dilation)
         comm.Barrier()                   # every rank has it open: rank 0 may unlink the name at the end
@@ -74,6 +84,29 @@ class RankEmulator:
             factor = profile.step_time(me.batch, me.threads, node.type.cores, node_threads) / alone
         self.node_name = node.name
         self.clock = NodeClock(self.dilation, node.type.speed, node.type.fixed_ms / 1e3, factor)
+
+    def measure_reference(self, comm, step, key=None) -> float | None:
+        """Collective: every worker times step() (its training step) with the machine to itself, the
+        ranks taking turns, and from then on each of its steps is charged that time (docs/emulation.md).
+        Workers whose steps are alike (the same key: the batch size) are all charged the least of their
+        timings: one step costs the same on this machine whichever process runs it, yet identical
+        timings differ between processes by 10-60% here. Ranks that wait sleep: in a lock, then in a
+        polled barrier, not in MPI's spinning one."""
+        ref = None
+        _sleeping_barrier(comm)        # no rank still starting up (importing, loading data) meanwhile
+        if step is not None:
+            with open(self._turns, "r+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                try:
+                    ref = fastest_cpu_time(step)
+                finally:
+                    fcntl.flock(f, fcntl.LOCK_UN)
+        _sleeping_barrier(comm)
+        everyone = comm.allgather((key, ref))
+        if ref is not None:
+            ref = min(r for k, r in everyone if r is not None and k == key)
+            self.clock.reference_cpu_s = ref
+        return ref
 
     def _key(self, transfer) -> tuple[int, str] | None:
         """The fabric template of one of this rank's transfers and this rank's side of it."""

@@ -74,6 +74,7 @@ class Emulation:
     placement: object            # hpcps.cluster.placement.RankPlacement: rank -> node
     profile: object              # hpcps.sim.WorkloadProfile: the calibrated thread model
     dilation: float              # real seconds per emulated second
+    compute: str = "reference"   # what a step costs: its time alone measured at start-up, or each its own
 
 
 def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
@@ -136,6 +137,9 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
         f"{flat.numel} parameters in {len(shards)} shards, global batch {partition.global_batch}, "
         f"{total} iterations ({total / partition.per_epoch:.2f} epochs)")
+
+    if emulator is not None and emulation.compute == "reference":
+        _measure_reference(comm, emulator, workload, flat, partition.indices(0, worker_index) if me else None, log)
 
     tracing = recorder is not None
     if tracing:
@@ -233,6 +237,30 @@ def _step(workload, model, batch):
     loss, correct = workload.loss(model, batch)
     loss.backward()
     return loss, correct
+
+
+def _measure_reference(comm, emulator, workload, flat: FlatModel, indices, log) -> None:
+    """Time this worker's step alone (hpcps.emulate.rank.RankEmulator.measure_reference), leaving the
+    model, its buffers (running statistics) and the random state as they were."""
+    step = None
+    if indices is not None:
+        batch = workload.get_batch(indices)
+
+        def step():
+            flat.zero_grad()
+            _step(workload, flat.model, batch)
+    rng = torch.get_rng_state()
+    buffers = [b.detach().clone() for b in flat.model.buffers()]
+    ref = emulator.measure_reference(comm, step, key=len(indices) if indices is not None else None)
+    refs = comm.gather((emulator.node_name, ref), root=0)
+    if refs is not None:
+        log("emulated step cost (CPU time alone here, ms): "
+            + ", ".join(f"{node} {r * 1e3:.2f}" for node, r in refs if r is not None))
+    torch.set_rng_state(rng)
+    with torch.no_grad():
+        for b, saved in zip(flat.model.buffers(), buffers):
+            b.copy_(saved)
+    flat.zero_grad()
 
 
 def _report_emulation(comm, emulator, iterations: int, log) -> None:

@@ -47,7 +47,8 @@ def build_parser() -> RankAwareParser:
     p.add_argument("--resolution", type=float, default=None, metavar="SECONDS",
                    help="handle events this close together at once (default: 1/1000 of the median step; 0: exact)")
     p.add_argument("--profiles", type=Path, default=None,
-                   help="compute profiles (default: hpcps/sim/profiles.toml, from benchmarks/calibrate_compute.py)")
+                   help="compute profiles (default: $HPCPS_PROFILES, else hpcps/sim/profiles.toml, from "
+                        "benchmarks/calibrate_compute.py)")
     p.add_argument("--save-schedule", type=Path, default=None, metavar="FILE",
                    help="also write the node schedule that was simulated (naive, balanced or a node schedule file)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -72,7 +73,7 @@ def resolve_inputs(args):
     from hpcps.cluster.placement import (NodeSchedule, balanced, load_any_schedule, naive, place_rank_schedule,
                                          placement_of)
     from hpcps.sim.engine import SimOptions
-    from hpcps.sim.profile import DEFAULT_PROFILES, load_profiles, profile_for_job
+    from hpcps.sim.profile import load_profiles, profile_for_job
 
     checks = [("--iterations", args.iterations >= 1, "must be >= 1"),
               ("--noise", args.noise >= 0 and math.isfinite(args.noise), "must be >= 0"),
@@ -108,7 +109,7 @@ def resolve_inputs(args):
         if not args.save_schedule.parent.is_dir():
             raise ConfigError("--save-schedule", None, f"directory {args.save_schedule.parent} does not exist")
 
-    profiles = load_profiles(args.profiles or DEFAULT_PROFILES)
+    profiles = load_profiles(args.profiles)
     profile = profile_for_job(profiles, job.workload, job.model, job.data)
     options = SimOptions(iterations=args.iterations, noise_sigma=args.noise, straggler_prob=args.straggler_prob,
                          straggler_slowdown=args.straggler_slowdown, seed=args.seed, sharing=args.sharing,

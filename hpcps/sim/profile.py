@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
+import os
 from pathlib import Path
 from typing import Any
 
@@ -126,9 +127,11 @@ def _workload_from(name: str, t: dict[str, Any], cpus: int) -> WorkloadProfile:
                            tuple(sorted(t["data"].items())))
 
 
-def load_profiles(path: str | Path = DEFAULT_PROFILES) -> Profiles:
-    """Read profiles.toml. A missing or malformed file is a ConfigError (rerun the calibration)."""
-    path = Path(path)
+def load_profiles(path: str | Path | None = None) -> Profiles:
+    """Read profiles.toml: path, else the file named by the environment variable HPCPS_PROFILES (a
+    calibration of one's own machine, docs/sim.md), else the bundled one. A missing or malformed file
+    is a ConfigError (rerun the calibration)."""
+    path = Path(path or os.environ.get("HPCPS_PROFILES") or DEFAULT_PROFILES)
     try:
         with path.open("rb") as f:
             raw = tomllib.load(f)
