@@ -9,6 +9,7 @@ the mode.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -138,8 +139,13 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
         f"{flat.numel} parameters in {len(shards)} shards, global batch {partition.global_batch}, "
         f"{total} iterations ({total / partition.per_epoch:.2f} epochs)")
 
+    run_attrs = {}
+    if emulation is not None:
+        run_attrs = {"emulation_dilation": float(emulation.dilation), "emulation_compute": emulation.compute}
     if emulator is not None and emulation.compute == "reference":
-        _measure_reference(comm, emulator, workload, flat, partition.indices(0, worker_index) if me else None, log)
+        costs = _measure_reference(comm, emulator, workload, flat,
+                                   partition.indices(0, worker_index) if me else None, log)
+        run_attrs["emulated_step_cost_s"] = json.dumps(costs)
 
     tracing = recorder is not None
     if tracing:
@@ -147,7 +153,8 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
                            is_server=rank in schedule.servers, is_worker=me is not None,
                            shards=shards, attrs={"job_name": job.name, "workload": job.workload,
                                                  "global_batch": partition.global_batch,
-                                                 "iterations_planned": total, "n_params": flat.numel})
+                                                 "iterations_planned": total, "n_params": flat.numel,
+                                                 **run_attrs})
     # Without a sync the GPU's backward pass would be timed as part of the push that waits for it.
     sync_device = torch.cuda.synchronize if tracing and dev == "cuda" else (lambda: None)
     loss_value = t_loaded = t_computed = math.nan
@@ -239,9 +246,10 @@ def _step(workload, model, batch):
     return loss, correct
 
 
-def _measure_reference(comm, emulator, workload, flat: FlatModel, indices, log) -> None:
+def _measure_reference(comm, emulator, workload, flat: FlatModel, indices, log) -> list | None:
     """Time this worker's step alone (hpcps.emulate.rank.RankEmulator.measure_reference), leaving the
-    model, its buffers (running statistics) and the random state as they were."""
+    model, its buffers (running statistics) and the random state as they were. Returns on rank 0 each
+    rank's charged step time in seconds (None for a rank that is not a worker)."""
     step = None
     if indices is not None:
         batch = workload.get_batch(indices)
@@ -261,6 +269,7 @@ def _measure_reference(comm, emulator, workload, flat: FlatModel, indices, log) 
         for b, saved in zip(flat.model.buffers(), buffers):
             b.copy_(saved)
     flat.zero_grad()
+    return None if refs is None else [r for _, r in refs]
 
 
 def _report_emulation(comm, emulator, iterations: int, log) -> None:

@@ -1,5 +1,6 @@
 """Emulation measured in real MPI runs: each rank behaves like the node it stands for."""
 
+import json
 import re
 
 import numpy as np
@@ -63,7 +64,12 @@ def test_a_quarter_speed_node_takes_four_times_the_compute(tmp_path, mode, low, 
     assert out.returncode == 0, out.stderr
     assert "emulated on this machine" in out.stdout
     assert ("emulated step cost" in out.stdout) == (mode == "reference")
-    compute = median_compute_by_node(open_trace(tmp_path / "t.h5"))
+    trace = open_trace(tmp_path / "t.h5")
+    assert trace.attrs["emulation_compute"] == mode and trace.attrs["emulation_dilation"] == 6.0
+    if mode == "reference":
+        costs = json.loads(trace.attrs["emulated_step_cost_s"])
+        assert costs[0] == costs[1] > 0          # equal batches: charged the same, the least timing
+    compute = median_compute_by_node(trace)
     ratio = compute["b1"] / compute["a1"]
     # Ignoring the speed would give about 1x, applying it twice about 16x.
     assert low < ratio < high, compute
