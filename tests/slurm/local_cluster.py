@@ -93,6 +93,12 @@ def _die_with_parent() -> None:
         pass
 
 
+def _first_job_id() -> int:
+    """A job id base that differs between bring-ups (tenths of a second, modulo well under Slurm's
+    default MaxJobId of 67043328, leaving room for the jobs of one test session)."""
+    return 1000 + int(time.time() * 10) % 60_000_000
+
+
 def _free_ports(n: int) -> list[int]:
     socks, ports = [], []
     try:
@@ -164,6 +170,10 @@ class LocalSlurm:
             "CredType=cred/munge",
             f"AuthInfo=socket={s / 'munge' / 'munge.socket'}",
             f"StateSaveLocation={s / 'state'}",
+            # Job ids unique across bring-ups: MPI names its shared-memory segments after the job and
+            # step, and a step killed in an earlier bring-up can leave a segment behind in /dev/shm
+            # that a new job 1 would collide with ("Shared memory error" at MPI_Init).
+            f"FirstJobId={_first_job_id()}",
             f"SlurmdSpoolDir={s / 'spool' / 'slurmd-%n'}",
             f"SlurmctldPidFile={s / 'slurmctld.pid'}",
             f"SlurmdPidFile={s / 'spool' / 'slurmd-%n.pid'}",
