@@ -11,7 +11,7 @@ The fake nodes take the names and sizes of a cluster file's nodes (CPUs from ``c
 Needs root and Debian's ``slurm-wlm`` and ``munge`` (``make slurm-deps``). By hand::
 
     python -m tests.slurm.local_cluster              # start, print SLURM_CONF, stop on Ctrl-C
-    export SLURM_CONF=/tmp/hpcps-slurm-XXXX/slurm.conf
+    export SLURM_CONF=/tmp/hpcps-slurm-XXXX/slurm.conf UCX_TLS=self,sm,tcp
     sinfo; sbatch --nodes=2 --ntasks=4 slurm/train.sh jobs/default.toml
 """
 
@@ -222,6 +222,11 @@ class LocalSlurm:
                 gres.append(f"NodeName={n.name} Name=gpu File={s / 'dev' / n.name}-gpu[0-{n.gpus - 1}]")
         (s / "gres.conf").write_text("\n".join(gres) + "\n")
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
+        # Jobs inherit this environment. With every UCX transport, the MPICH wheel's UCX address is long
+        # enough that, for some lengths of the command line, Slurm's pmi2 plugin gets a malformed
+        # request at MPI_Init ("mpi/pmi2: value not properly terminated", ranks exit with 15). The fake
+        # nodes share one host, so shared memory, self and TCP are all the transports they can use.
+        self.env.setdefault("UCX_TLS", "self,sm,tcp")
         # A Slurm command run inside a test must never fall back to another cluster's config.
         for var in ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_NODELIST", "SLURM_JOB_NODELIST"):
             self.env.pop(var, None)
@@ -384,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         slurm.start()
         print(f"Slurm is up in {slurm.bringup_s:.2f} s with nodes {','.join(slurm.node_names)}.\n"
-              f"    export SLURM_CONF={slurm.conf}\n"
+              f"    export SLURM_CONF={slurm.conf} UCX_TLS={slurm.env['UCX_TLS']}\n"
               f"Logs and the jobcomp file are under {slurm.scratch}. Ctrl-C stops it.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
