@@ -29,6 +29,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from hpcps.cluster import load_cluster  # noqa: E402
 from hpcps.cluster.placement import NodeSchedule, balanced, naive, write_node_schedule  # noqa: E402
@@ -123,8 +124,9 @@ def main() -> int:
             schedules[f"random-{sum(k.startswith('random') for k in schedules)}"] = s
     # Naive and balanced twice, alternating, so a change in the machine's load hits both.
     order = ["naive", "balanced", "naive", "balanced"] + [k for k in schedules if k not in ("naive", "balanced")]
+    from _machine import facts, load_average
     runs = []
-    t_start, load_start = time.monotonic(), os.getloadavg()
+    t_start, machine = time.monotonic(), facts()
     print("calibrating cifar-resnet on this machine ...", flush=True)
     calib_before = calibrate(PROFILES)
     sitting = load_profiles(PROFILES)
@@ -143,8 +145,9 @@ def main() -> int:
                   f"  ({r['wall_s']:.0f} s)", flush=True)
         print("calibrating again ...", flush=True)
         calib_after = calibrate(Path(tmp) / "after.toml")
+    machine["load_average_at_end"] = load_average()
     context = {"calibration_before": calib_before, "calibration_after": calib_after,
-               "wall_s": time.monotonic() - t_start, "load_start": load_start, "load_end": os.getloadavg()}
+               "wall_s": time.monotonic() - t_start, "facts": machine}
 
     def med(key):
         return float(np.median([r["iteration_s"] for r in runs if r["key"] == key]))
@@ -176,17 +179,8 @@ def main() -> int:
     return 0
 
 
-def _git_commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + (" plus uncommitted changes" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def write_results(runs, speedup, sweep, best_t, rows, errors, med_err, cluster, context):
+    from _machine import facts_markdown
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -221,10 +215,7 @@ def write_results(runs, speedup, sweep, best_t, rows, errors, med_err, cluster, 
              f"global batch 64), cluster `jobs/clusters/hetero8.toml`, {ITERATIONS} iterations per run, the first "
              f"{WARMUP} dropped, median iteration time from each run's trace (emulated seconds). Emulated compute: "
              "each worker's step timed alone at start-up (`--emulate-compute reference`, docs/emulation.md).  ",
-             f"Date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, git commit {_git_commit()}, wall time "
-             f"{context['wall_s'] / 60:.1f} min, load average (1/5/15 min) at start "
-             f"{' '.join(f'{v:.2f}' for v in context['load_start'])}, at end "
-             f"{' '.join(f'{v:.2f}' for v in context['load_end'])}.", "",
+             f"Wall time {context['wall_s'] / 60:.1f} min.", "", facts_markdown(context["facts"]), "",
              "Calibration in the same sitting (`benchmarks/calibrate_compute.py --workload cifar-resnet`, into "
              "`emulation_hetero8_profiles.toml`, which the runs' thread model and the simulator use), one-thread "
              f"step time before the runs -> after them: {drift}.", "",
