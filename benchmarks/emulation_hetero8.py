@@ -235,13 +235,14 @@ def write_results(runs, speedup, sweep, best_t, rows, errors, med_err, cluster, 
               f"{'as required' if best_t != max(SWEEP_THREADS) else 'NOT as required'}. The thread model is the "
               "calibration's (the one taken in this sitting), measured on this 2-core machine.", "",
               f"## Simulated against emulated, {len(rows)} schedules", "",
-              "This machine's speed drifts by tens of percent within minutes (the calibration before and after "
-              "the runs above; the step times each run charged, timed alone at its start-up, varied as much "
-              "between runs minutes apart). Each run's trace records those step times "
-              "(`emulated_step_cost_s`); their median ratio to the calibration is the machine's slowdown during "
-              "the run, and the simulator is given the calibration times that factor. The comparison then "
-              "tests what the simulator adds to compute: thread and node sharing, the network, contention "
-              "for NICs and servers, synchronisation.", "",
+              "Two comparisons. Unadjusted: the simulator with the calibration taken before the runs. At the "
+              "run's speed: each run's trace records the step times it charged, timed alone at its start-up "
+              "(`emulated_step_cost_s`); their median ratio to the calibration (the machine slowdown column) "
+              "takes in this machine's drift (tens of percent within minutes on some days), the noise of "
+              "those short timings, and the calibration's straight-line fit at the run's batch sizes; the "
+              "simulator is given the calibration times that factor. That comparison tests what the simulator "
+              "adds to compute: thread and node sharing, the network, contention for NICs and servers, "
+              "synchronisation.", "",
               "| schedule | emulated (ms) | machine slowdown | simulated at that speed (ms) | error | "
               "simulated, calibration before the runs (ms) | error |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
