@@ -63,10 +63,12 @@ class NodeClock:
         return self.run_step(fn, self.aggregate_target)
 
 
-def fastest_cpu_time(fn, min_repeats: int = 5, min_s: float = 0.1, budget_s: float = 2.0) -> float:
+def fastest_cpu_time(fn, min_repeats: int = 15, min_s: float = 0.5, budget_s: float = 3.0) -> float:
     """The least thread CPU time of fn() after one warm-up run, over at least min_repeats runs and
     min_s seconds (short steps repeat more), stopping at budget_s (at least one run): interference
-    only ever adds, so the fastest run is the best estimate of what the step costs alone."""
+    only ever adds, so the fastest run is the best estimate of what the step costs alone. The
+    defaults are the calibration's (benchmarks/calibrate_compute.py): this machine's speed varies
+    from second to second, and a minimum over 0.1 s came out 10-40% above one over 0.5 s."""
     fn()
     best, start, runs = float("inf"), time.monotonic(), 0
     while True:
