@@ -67,8 +67,8 @@ def fastest_cpu_time(fn, min_repeats: int = 15, min_s: float = 0.5, budget_s: fl
     """The least thread CPU time of fn() after one warm-up run, over at least min_repeats runs and
     min_s seconds (short steps repeat more), stopping at budget_s (at least one run): interference
     only ever adds, so the fastest run is the best estimate of what the step costs alone. The
-    defaults are the calibration's (benchmarks/calibrate_compute.py): this machine's speed varies
-    from second to second, and a minimum over 0.1 s came out 10-40% above one over 0.5 s."""
+    defaults are the calibration's (benchmarks/calibrate_compute.py), so that the two estimate the
+    same thing."""
     fn()
     best, start, runs = float("inf"), time.monotonic(), 0
     while True:
