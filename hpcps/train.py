@@ -19,6 +19,7 @@ from pathlib import Path
 from hpcps.cli import RankAwareParser, default_job_path, fail_input
 from hpcps.config import ConfigError, default_schedule, load_job, load_schedule
 from hpcps.comm.buffers import TRANSPORTS
+from hpcps.emulate.node import COMPUTE_MODES
 
 TOOL = "hpcps.train"
 
@@ -46,7 +47,7 @@ def build_parser(rank: int = 0) -> RankAwareParser:
     p.add_argument("--time-dilation", type=float, default=None, metavar="X",
                    help="emulation only: real seconds per emulated second (default: twice the fastest "
                         "node's speed); reported times are emulated")
-    p.add_argument("--emulate-compute", choices=("reference", "measured"), default="reference",
+    p.add_argument("--emulate-compute", choices=COMPUTE_MODES, default="reference",
                    help="emulation only: charge every step the time the worker's step takes alone here, "
                         "timed at start-up with the ranks taking turns (reference, default), or each step "
                         "its own CPU time, which other ranks' interference inflates (measured); "

@@ -13,9 +13,9 @@ oversubscription cost measured with twice as many threads as the calibration mac
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass
-import os
 from pathlib import Path
 from typing import Any
 

@@ -6,7 +6,8 @@ from hpcps.sim.profile import (DEFAULT_PROFILES, WorkloadProfile, _amdahl, _para
 from hpcps.workloads import BUILTIN
 
 
-def test_bundled_profiles_cover_every_builtin_workload():
+def test_bundled_profiles_cover_every_builtin_workload(monkeypatch):
+    monkeypatch.delenv("HPCPS_PROFILES", raising=False)
     p = load_profiles()
     assert p.source == str(DEFAULT_PROFILES)
     assert p.command.startswith("python benchmarks/calibrate_compute.py")
@@ -59,3 +60,15 @@ def test_bad_profile_files(tmp_path, text, words):
         path.write_text(text)
     with pytest.raises(ConfigError, match=words):
         load_profiles(path)
+
+
+def test_hpcps_profiles_names_the_file_read_unless_a_path_is_given(tmp_path, monkeypatch):
+    own = tmp_path / "mine.toml"
+    own.write_text(DEFAULT_PROFILES.read_text().replace('command = "python benchmarks/calibrate_compute.py"',
+                                                        'command = "python benchmarks/calibrate_compute.py --out mine"'))
+    monkeypatch.setenv("HPCPS_PROFILES", str(own))
+    assert load_profiles().source == str(own) and load_profiles().command.endswith("--out mine")
+    assert load_profiles(DEFAULT_PROFILES).source == str(DEFAULT_PROFILES)
+    monkeypatch.setenv("HPCPS_PROFILES", str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="missing.toml.*compute profiles not found"):
+        load_profiles()
