@@ -42,7 +42,9 @@ class RankEmulator:
     """Built collectively on every rank of comm (rank 0 creates the shared file)."""
 
     def __init__(self, comm, cluster: Cluster, placement: RankPlacement, shards: list[Shard],
-                 profile: WorkloadProfile | None, dilation: float):
+                 profile: WorkloadProfile | None, dilation: float, network: str = "fabric"):
+        """network: "fabric" delays messages between nodes on the shared fluid model; "real" leaves them to
+        real links (a testbed, hpcps.testbed), which only compute is emulated for."""
         rank = comm.Get_rank()
         self.rank, self.dilation = rank, float(dilation)
         sched = placement.schedule
@@ -56,7 +58,7 @@ class RankEmulator:
             for s in live:
                 for w in sched.workers:
                     src, dst = (s.server, w.rank) if kind == "pull" else (w.rank, s.server)
-                    if src != dst and node_of[src] != node_of[dst]:
+                    if network == "fabric" and src != dst and node_of[src] != node_of[dst]:
                         self.template[(kind, s.index, w.rank)] = len(templates)
                         templates.append(FlowSpec(src, dst, node_of[src], node_of[dst], BYTES_PER_ELEMENT * s.size))
         types = [n.type for n in cluster.nodes]

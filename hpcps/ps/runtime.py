@@ -76,6 +76,8 @@ class Emulation:
     profile: object              # hpcps.sim.WorkloadProfile: the calibrated thread model
     dilation: float              # real seconds per emulated second
     compute: str = "reference"   # what a step costs: its time alone measured at start-up, or each its own
+    network: str = "fabric"      # "fabric": messages between nodes wait on the emulated network; "real": the
+                                 # ranks stand on a testbed's nodes (hpcps.testbed), whose links are real
 
 
 def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
@@ -126,10 +128,12 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
     if emulation is not None:
         from hpcps.emulate.rank import RankEmulator
         emulator = RankEmulator(comm, emulation.cluster, emulation.placement, shards, emulation.profile,
-                                emulation.dilation)
+                                emulation.dilation, emulation.network)
         clock = emulator.time
+    # A testbed's nodes share this machine's cores, which MPI cannot tell: waiting ranks must sleep.
+    sleep_wait = True if emulation is not None and emulation.network == "real" else None
     exchange = ParameterExchange(comm, shards, schedule.workers, params_xb, grads_xb, served, recorder,
-                                 clock=clock, emulator=emulator)
+                                 clock=clock, emulator=emulator, sleep_wait=sleep_wait)
 
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
     worker_index = worker_row
@@ -141,7 +145,8 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
 
     run_attrs = {}
     if emulation is not None:
-        run_attrs = {"emulation_dilation": float(emulation.dilation), "emulation_compute": emulation.compute}
+        run_attrs = {"emulation_dilation": float(emulation.dilation), "emulation_compute": emulation.compute,
+                     "emulation_network": emulation.network}
     if emulator is not None and emulation.compute == "reference":
         costs = _measure_reference(comm, emulator, workload, flat,
                                    partition.indices(0, worker_index) if me else None, log)
