@@ -147,8 +147,8 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts, test
     emulation = None
     testbed = None
     if mode != "emulate":
-        from hpcps.testbed.ranks import testbed_of_ranks
-        testbed = testbed_of_ranks(testbed_ids, placement.rank_nodes)
+        from hpcps.testbed.ranks import on_testbed
+        testbed = on_testbed(testbed_ids, placement.rank_nodes)
     if testbed is not None:
         # Nodes of a testbed: real links between them, shaped for its dilation; compute is emulated.
         from hpcps.ps.runtime import Emulation

@@ -25,8 +25,8 @@ from typing import Callable, Mapping, Sequence
 from hpcps.cluster.description import Cluster
 from hpcps.config.errors import ConfigError
 from hpcps.testbed.plan import (TestbedPlan, check_name, choose_subnet, launcher_script, mpiexec_argv,
-                                plan_testbed, queue_rules, rank_environment, setup_commands, testbed_of_link,
-                                testbed_of_netns)
+                                plan_testbed, queue_rules, rank_environment, setup_commands, name_of_link,
+                                name_of_netns)
 from hpcps.testbed.runner import NetRunner, TestbedError
 
 STATE_ENV = "HPCPS_TESTBED_STATE"
@@ -57,11 +57,11 @@ def _lock():
 
 def names_in_use(runner: NetRunner) -> set[str]:
     """Every testbed with anything left on this machine: a namespace, the host link or a state directory."""
-    names = {n for n in (testbed_of_netns(ns) for ns in runner.netns_list()) if n}
-    names |= {n for n in (testbed_of_link(link) for link in runner.links()) if n}
+    names = {n for n in (name_of_netns(ns) for ns in runner.netns_list()) if n}
+    names |= {n for n in (name_of_link(link) for link in runner.links()) if n}
     root = state_root()
     if root.is_dir():
-        names |= {p.name for p in root.iterdir() if p.is_dir() and testbed_of_link(f"hpcps-{p.name}")}
+        names |= {p.name for p in root.iterdir() if p.is_dir() and name_of_link(f"hpcps-{p.name}")}
     return names
 
 
@@ -124,7 +124,7 @@ def down(name: str, runner: NetRunner | None = None) -> list[str]:
     its state directory. Works from names alone (after the launcher was killed). What was removed."""
     runner = runner or NetRunner()
     removed = []
-    namespaces = [ns for ns in runner.netns_list() if testbed_of_netns(ns) == name]
+    namespaces = [ns for ns in runner.netns_list() if name_of_netns(ns) == name]
     pids = sorted({p for ns in namespaces for p in runner.netns_pids(ns) if p != os.getpid()})
     if pids:
         _end(pids, runner)

@@ -124,7 +124,7 @@ class DelayLine:
     may let go of which packets (the last due id of each).
 
     Waking up takes time (tens of microseconds here), so the line wakes `lead` seconds before packets are
-    due, lead following the lateness it sees (an exponential average, never more than a tenth of the
+    due, lead following the lateness it sees (an exponential average, never more than a quarter of the
     shortest delay): on average packets then leave when due rather than one wake-up late. The histogram
     of lateness (negative: early) is what stats() reports."""
 
@@ -135,7 +135,7 @@ class DelayLine:
         self.packets = 0
         self.lead = 0.0
         self.gain = gain
-        self.max_lead = 0.1 * min(delays.values(), default=0.0)
+        self.max_lead = 0.25 * min(delays.values(), default=0.0)
 
     def arrive(self, key, packet_id: int, now: float) -> None:
         self.held[key].append((now + self.delays[key], packet_id))

@@ -49,6 +49,7 @@ LINK_GBPS_MAX = 1.0        # real rate of one shaped link: TCP through the links
 AGGREGATE_GBPS_MAX = 2.0   # real traffic of all links together
 COMPUTE_CORES = 1.0        # cores the emulated compute of all nodes may take together; the other core
                            # is for the network stack, the delay line, Python and MPI
+DELAY_MIN_S = 100e-6       # shortest delay per NIC and direction: the delay line wakes some 20-30 us late
 
 
 def check_name(name: str) -> str:
@@ -70,13 +71,13 @@ def host_link(name: str) -> str:
     return f"{PREFIX}{name}"
 
 
-def testbed_of_netns(netns: str) -> str | None:
+def name_of_netns(netns: str) -> str | None:
     """The testbed a namespace belongs to, from its name (None: not a testbed's)."""
     m = re.fullmatch(rf"{re.escape(PREFIX)}([a-z0-9]{{1,9}})-(sw|node-.+)", netns)
     return m.group(1) if m else None
 
 
-def testbed_of_link(link: str) -> str | None:
+def name_of_link(link: str) -> str | None:
     m = re.fullmatch(rf"{re.escape(PREFIX)}([a-z0-9]{{1,9}})", link)
     return m.group(1) if m else None
 
@@ -110,9 +111,12 @@ def default_dilation(cluster: Cluster) -> float:
     """Real seconds per emulated second such that this machine keeps up with the whole cluster: the
     fastest node's steps still end after their real computation (twice its speed, as emulation does),
     all nodes computing at once take at most COMPUTE_CORES, no link runs above LINK_GBPS_MAX and half of
-    all NICs busy at once stay under AGGREGATE_GBPS_MAX. Rounded up to a half."""
+    all NICs busy at once stay under AGGREGATE_GBPS_MAX, and the shortest latency gives the delay line
+    at least DELAY_MIN_S each way. Rounded up to a half."""
     types = [n.type for n in cluster.nodes]
+    latencies = [t.latency_us * 1e-6 for t in types if t.latency_us > 0]
     need = max(1.0,
+               2 * DELAY_MIN_S / min(latencies) if latencies else 1.0,
                2.0 * max(t.speed for t in types),
                sum(t.speed for t in types) / COMPUTE_CORES,
                max(t.nic_gbps for t in types) / LINK_GBPS_MAX,

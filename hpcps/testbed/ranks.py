@@ -26,7 +26,7 @@ def rank_identity(env: dict[str, str] | None = None) -> tuple[str, int]:
     return env.get(TESTBED_ENV, ""), inode
 
 
-def testbed_of_ranks(identities: Sequence[tuple[str, int]], rank_nodes: Sequence[str]) -> tuple[str, float] | None:
+def on_testbed(identities: Sequence[tuple[str, int]], rank_nodes: Sequence[str]) -> tuple[str, float] | None:
     """(testbed name, dilation) when the ranks (rank r on node rank_nodes[r], identities[r] from
     rank_identity) stand on a testbed's nodes; None otherwise."""
     if not identities or len(identities) != len(rank_nodes):

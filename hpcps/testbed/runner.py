@@ -37,8 +37,9 @@ def which(tool: str) -> str | None:
     return None
 
 
-def missing_requirements(delayed: bool = True, euid: int | None = None, find=which) -> str | None:
+def missing_requirements(delayed: bool = True, euid: int | None = None, find=None) -> str | None:
     """Why a testbed cannot be built here, or None. delayed: some link has a latency (needs iptables)."""
+    find = find or which
     if (os.geteuid() if euid is None else euid) != 0:
         return "a testbed needs root (network namespaces, tc, iptables): run it as root"
     missing = [t for t in TOOLS if find(t) is None]

@@ -5,8 +5,9 @@
     python -m hpcps.tune ... --out results/runs/tune-a --resume        # after a kill: go on
 
 Backends: sim (the simulator, no MPI), local (real MPI runs emulating the cluster on this machine),
-slurm (trials as Slurm job steps). Strategies: structured, gp, random, anneal, heuristic. Bad input is
-one line on stderr and exit status 2, with nothing written. SIGTERM or Ctrl-C stops after saving what
+slurm (trials as Slurm job steps), testbed (real MPI runs on shaped links between network namespaces).
+Strategies: structured, gp, random, anneal, heuristic. Bad input is one line on stderr and exit status
+2, with nothing written. SIGTERM or Ctrl-C stops after saving what
 is finished (exit status 0); --resume continues.
 """
 
@@ -23,7 +24,7 @@ from hpcps.cli import default_job_path
 from hpcps.config import ConfigError, load_job
 
 TOOL = "hpcps.tune"
-BACKEND_NAMES = ("local", "slurm", "sim")
+BACKEND_NAMES = ("local", "slurm", "sim", "testbed")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -47,14 +48,15 @@ def build_parser() -> OneLineParser:
     p.add_argument("--cluster", type=Path, default=None, help="cluster TOML file (default: the job's cluster key)")
     p.add_argument("--backend", choices=BACKEND_NAMES, required=True,
                    help="where trials run: sim (simulator), local (MPI on this machine, emulating the "
-                        "cluster), slurm (Slurm job steps)")
+                        "cluster), slurm (Slurm job steps), testbed (MPI on this machine with real shaped "
+                        "links between network namespaces, root only: docs/testbed.md)")
     p.add_argument("--strategy", choices=STRATEGIES, required=True, help="search strategy")
     p.add_argument("--budget", type=int, required=True, help="number of trials")
     p.add_argument("--out", type=Path, required=True, help="directory for the run's state, table and results")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and of the sim's noise; default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--iterations", type=int, default=None,
-                   help="training iterations per trial (default: 10 for sim, 20 for local)")
+                   help="training iterations per trial (default: 10 for sim, 20 for local, slurm and testbed)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a real trial may take (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p

@@ -3,8 +3,9 @@
     backend.run_trial(trial_dir, schedule, trial) -> TrialResult(status, iteration_time_s, observations, ...)
 
 `sim` runs the simulator (ground truth for benchmarks), `local` runs real MPI jobs that emulate the
-cluster on this machine, `slurm` runs them as Slurm job steps on the cluster itself. A backend never
-raises for a trial that fails (out of memory, a crash, a timeout): it says why in status.
+cluster on this machine, `testbed` runs them on a testbed of this machine (real shaped links between
+network namespaces, hpcps.testbed), `slurm` runs them as Slurm job steps on the cluster itself.
+A backend never raises for a trial that fails (out of memory, a crash, a timeout): it says why in status.
 """
 
 from __future__ import annotations
@@ -69,8 +70,15 @@ def _slurm(ctx) -> Backend:
                         iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s)
 
 
+def _testbed(ctx) -> Backend:
+    from hpcps.tune.backends.testbed import TestbedBackend
+    from hpcps.tune.backends.common import DEFAULT_ITERATIONS
+    return TestbedBackend(ctx.cluster, ctx.job, ctx.job_path, ctx.cluster_path,
+                          iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s)
+
+
 # name -> factory(context with cluster, job, job_path, cluster_path, seed). A new backend plugs in here.
-BACKENDS: dict[str, Callable] = {"local": _local, "slurm": _slurm, "sim": _sim}
+BACKENDS: dict[str, Callable] = {"local": _local, "slurm": _slurm, "sim": _sim, "testbed": _testbed}
 
 
 def make_backend(name: str, ctx) -> Backend:
