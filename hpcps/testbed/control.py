@@ -3,8 +3,9 @@
 State of a testbed NAME lives in STATE_ROOT/NAME (default /run/hpcps-testbed/NAME): plan.json, the
 hydra launcher script launch.sh, the delay line's log and statistics. `down` needs none of it: it finds
 a testbed's namespaces and link by their names, ends every process inside those namespaces (ranks,
-hydra proxies, slurmd, the delay line), then deletes them, which removes their links, qdiscs and
-iptables rules with them.
+hydra proxies, slurmd, the delay line) and every process whose command line names the state directory
+(mpiexec, whose -launcher-exec is there), then deletes the namespaces, which removes their links,
+qdiscs and iptables rules with them.
 """
 
 from __future__ import annotations
@@ -125,7 +126,9 @@ def down(name: str, runner: NetRunner | None = None) -> list[str]:
     runner = runner or NetRunner()
     removed = []
     namespaces = [ns for ns in runner.netns_list() if name_of_netns(ns) == name]
-    pids = sorted({p for ns in namespaces for p in runner.netns_pids(ns) if p != os.getpid()})
+    pids = {p for ns in namespaces for p in runner.netns_pids(ns)}
+    pids |= set(runner.processes_naming(f"{state_dir(name)}/"))      # an orphaned mpiexec on this side
+    pids = sorted(pids - {os.getpid()})
     if pids:
         _end(pids, runner)
         removed.append(f"{len(pids)} process(es)")

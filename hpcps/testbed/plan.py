@@ -230,9 +230,10 @@ def _batch(tool: str, netns: str | None, lines: list[str]) -> Command:
 
 def shaping_lines(dev: str, rate_bps: int) -> list[str]:
     """tc lines that cap dev's egress at rate_bps: an htb class as root (ceil = rate, so it never
-    borrows), with a burst of 2 ms at that rate but at least 64 KiB (one TCP segmentation offload
-    packet), and a plain FIFO below it."""
-    burst = max(65536, math.ceil(rate_bps / 8 * 0.002))
+    borrows), with a burst of half a millisecond at that rate but at least 64 KiB (one TCP segmentation
+    offload packet: less and htb falls short of its rate), and a plain FIFO below it. A larger burst lets
+    the start of each message through faster than the link (2 ms: +4% on 2.5 MB at 1 Gbit/s)."""
+    burst = max(65536, math.ceil(rate_bps / 8 * 0.0005))
     return [f"qdisc add dev {dev} root handle 1: htb default 1",
             f"class add dev {dev} parent 1: classid 1:1 htb rate {rate_bps}bit ceil {rate_bps}bit "
             f"burst {burst}b cburst {burst}b quantum 60000",

@@ -122,6 +122,20 @@ class NetRunner:
 
     # ---- processes -----------------------------------------------------------------------------------
 
+    def processes_naming(self, text: str) -> list[int]:
+        """Processes of this machine whose command line contains text (a testbed's state directory: its
+        mpiexec, whose proxies ran in the namespaces, names the launcher script there)."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+        return found
+
     def signal(self, pid: int, sig: int) -> bool:
         """Send sig to pid; False if it is gone."""
         try:

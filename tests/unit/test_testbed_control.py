@@ -33,6 +33,7 @@ class FakeRunner:
         self.fail_on = fail_on
         self.spawned: list[list[str]] = []
         self.in_use = ["127.0.0.1/8", "192.0.2.2/24"]
+        self.cmdlines: dict[int, str] = {}
 
     def run(self, cmd, check=True):
         if not isinstance(cmd, Command):
@@ -68,6 +69,9 @@ class FakeRunner:
 
     def ipv4_in_use(self):
         return list(self.in_use)
+
+    def processes_naming(self, text):
+        return [p for p, line in self.cmdlines.items() if text in line and p in self.live]
 
     def signal(self, pid, sig):
         self.signals.append((pid, sig))
@@ -138,13 +142,16 @@ def test_down_ends_the_processes_then_removes_everything_by_name(state_root):
     control.up(load_cluster(UNIFORM4), "tb", 10.0, runner=fake)
     control.up(load_cluster(UNIFORM4), "keep", 10.0, runner=fake)
     fake.pids["hpcps-tb-node-n1"] = [100, 101]
-    fake.live |= {100, 101}
+    fake.cmdlines = {102: f"mpiexec -launcher-exec {state_root}/tb/launch.sh -hosts n1:1 sleep 9",
+                     103: f"mpiexec -launcher-exec {state_root}/tbx/launch.sh"}
+    fake.live |= {100, 101, 102, 103}
     (state_root / "tb" / "plan.json").unlink()                      # works without its state too
     removed = control.down("tb", fake)
-    assert {(100, signal.SIGTERM), (101, signal.SIGTERM), (4242, signal.SIGTERM)} <= set(fake.signals)
+    assert {(100, signal.SIGTERM), (101, signal.SIGTERM), (102, signal.SIGTERM), (4242, signal.SIGTERM)} \
+        == set(fake.signals)                                         # 103 is another testbed's
     assert not any(name_of_netns(ns) == "tb" for ns in fake.netns)
     assert "hpcps-tb" not in fake.host_links and not (state_root / "tb").exists()
-    assert any(r.startswith("3 process") for r in removed)
+    assert any(r.startswith("4 process") for r in removed)
     assert control.names_in_use(fake) == {"keep"}                   # another testbed is left alone
     assert control.down("tb", fake) == []                          # nothing left to remove
 

@@ -120,8 +120,8 @@ def test_plan_rejects_bad_input():
 def test_shaping_caps_both_directions_at_the_rate():
     lines = shaping_lines("eth0", 100_000_000)
     assert lines[0] == "qdisc add dev eth0 root handle 1: htb default 1"
-    assert "rate 100000000bit ceil 100000000bit burst 65536b" in lines[1]       # 2 ms is less than 64 KiB
-    assert "burst 250000b" in shaping_lines("p0", 1_000_000_000)[1]              # 2 ms at 1 Gbit/s
+    assert "rate 100000000bit ceil 100000000bit burst 65536b" in lines[1]       # 0.5 ms is less than 64 KiB
+    assert "burst 625000b" in shaping_lines("p0", 10_000_000_000)[1]             # 0.5 ms at 10 Gbit/s
 
 
 def test_setup_commands_golden():
