@@ -1,9 +1,9 @@
 """A real network for a described cluster on one machine: one network namespace per node, joined through
 a switch, every NIC shaped to the node's bandwidth and delayed by its latency, both in dilated time.
 
-Ranks placed on the nodes talk TCP through those links (MPI with UCX_TLS=tcp), so the network is real:
-nobody's model decides when a message arrives. Compute is still charged as under emulation (reference
-step, node speed, thread model, dilation). See docs/testbed.md.
+Ranks placed on the nodes talk TCP through those links (MPICH over libfabric's tcp provider), so the
+network is real: nobody's model decides when a message arrives. Compute is still charged as under
+emulation (reference step, node speed, thread model, dilation). See docs/testbed.md.
 
 Layout:
 - plan:    the pure part: names, address plan, default dilation, the ip/tc/iptables commands of a

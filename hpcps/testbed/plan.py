@@ -333,9 +333,16 @@ exec ip netns exec "$ns" unshare --uts sh -c 'hostname "$1" && exec sh -c "$2"' 
 
 
 def rank_environment(plan: TestbedPlan) -> dict[str, str]:
-    """What the ranks on the testbed need in their environment: MPI between nodes over TCP on eth0 (ranks
-    of one node still share memory), and the testbed's name and dilation for hpcps.train."""
-    return {TESTBED_ENV: plan.env_value, "UCX_TLS": "tcp", "UCX_NET_DEVICES": NODE_IF}
+    """What the ranks on the testbed need in their environment: the testbed's name and dilation for
+    hpcps.train, and MPI between nodes over TCP on eth0 (ranks of one node still share memory).
+
+    MPICH's OFI netmod with libfabric's tcp provider rather than its UCX netmod (which moves as fast
+    and as soon through the links here): UCX's business cards are exchanged as 4 KB blocks, which
+    PMI cuts into segments whose requests overflow the line Slurm's pmi2 plugin reads, so that ranks
+    launched by srun on several nodes failed at MPI_Init for some command-line lengths (1 in 12
+    measured); OFI exchanges just its address."""
+    return {TESTBED_ENV: plan.env_value, "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp",
+            "FI_TCP_IFACE": NODE_IF}
 
 
 def mpiexec_argv(plan: TestbedPlan, mpiexec: str, launcher: str | Path, rank_nodes: Sequence[str],

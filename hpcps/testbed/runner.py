@@ -152,8 +152,11 @@ class NetRunner:
             return False
 
     def spawn(self, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> int:
-        """Start a daemon in a session of its own, output to log_path; its process id."""
-        with open(log_path, "ab") as out:
-            p = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                 env=dict(env) if env is not None else None, start_new_session=True)
-        return p.pid
+        """Start a daemon in a session of its own, detached from this process (a shell starts it in the
+        background and exits, so init reaps it when it ends), output to log_path; its process id."""
+        r = subprocess.run(["sh", "-c", 'log=$1; shift; "$@" >>"$log" 2>&1 </dev/null & echo $!', "sh",
+                            str(log_path), *argv], capture_output=True, text=True, start_new_session=True,
+                           env=dict(env) if env is not None else None, timeout=self.timeout_s)
+        if r.returncode != 0 or not r.stdout.strip().isdigit():
+            raise TestbedError(f"could not start {argv[0]}: {r.stderr.strip() or r.stdout.strip()}")
+        return int(r.stdout.strip())

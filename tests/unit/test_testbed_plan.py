@@ -161,7 +161,8 @@ def test_mpiexec_argv():
 
 def test_rank_environment():
     env = rank_environment(plan_testbed(TWO, "tb", 4.0, 3))
-    assert env == {"HPCPS_TESTBED": "tb:4", "UCX_TLS": "tcp", "UCX_NET_DEVICES": "eth0"}
+    assert env == {"HPCPS_TESTBED": "tb:4", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp",
+                   "FI_TCP_IFACE": "eth0"}
     assert parse_testbed_env("tb:4") == ("tb", 4.0)
     for bad in (None, "", "tb", "tb:x", "TB:4", "tb:0.5", "tb:inf"):
         assert parse_testbed_env(bad) is None
