@@ -72,7 +72,7 @@ def assert_gone(name: str, pids: list[int]) -> None:
 def test_up_builds_shaped_delayed_nodes_and_down_removes_everything(bed_name):
     r = bed_cli("up", "--cluster", str(HETERO8), "--name", bed_name)
     assert r.returncode == 0, r.stderr
-    assert f"testbed {bed_name}: 8 nodes of hetero8" in r.stderr and "time dilation 12" in r.stderr
+    assert f"testbed {bed_name}: 8 nodes of hetero8" in r.stderr and "time dilation 16" in r.stderr
     assert f"down --name {bed_name}" in r.stdout
     spaces = namespaces_of(bed_name)
     assert sorted(spaces) == sorted([f"hpcps-{bed_name}-sw"] + [f"hpcps-{bed_name}-node-n{i}" for i in range(1, 9)])
@@ -83,10 +83,10 @@ def test_up_builds_shaped_delayed_nodes_and_down_removes_everything(bed_name):
         assert "qdisc htb 1: root" in tc_show(n.netns, "eth0") and "qdisc pfifo 10: parent 1:1" in tc_show(n.netns, "eth0")
         assert "qdisc htb 1: root" in tc_show(plan.switch_netns, n.port)
         assert "NFQUEUE --queue-num 0" in iptables_rules(n.netns)
-    # n1 is a 10 Gb/s NIC at dilation 12: 833 Mbit/s; n6 a 1 Gb/s one: 83.3 Mbit/s.
+    # n1 is a 10 Gb/s NIC at dilation 16: 625 Mbit/s; n6 a 1 Gb/s one: 62.5 Mbit/s.
     cls = subprocess.run(["tc", "-n", plan.node("n6").netns, "class", "show", "dev", "eth0"], capture_output=True,
                          text=True).stdout
-    assert "rate 83333Kbit ceil 83333Kbit" in cls, cls
+    assert "rate 62500Kbit ceil 62500Kbit" in cls, cls
     # Nodes reach each other and the machine's end of the switch, and nothing else.
     ping = [PY, "-c", "import socket,sys; s=socket.create_connection((sys.argv[1], 9), timeout=2)"]
     out = subprocess.run(["ip", "netns", "exec", plan.node("n1").netns, *ping, plan.node("n8").address],

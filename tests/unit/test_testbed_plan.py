@@ -10,7 +10,7 @@ import pytest
 from hpcps.cluster import load_cluster, parse_cluster
 from hpcps.config.errors import ConfigError
 from hpcps.testbed.plan import TestbedPlan as Plan
-from hpcps.testbed.plan import (DELAY_MIN_S, MAX_NODES, check_name, choose_subnet, default_dilation,
+from hpcps.testbed.plan import (COMPUTE_CORES, DELAY_MIN_S, MAX_NODES, check_name, choose_subnet, default_dilation,
                                 delay_lines, host_link, hosts_argument, launcher_script, mpiexec_argv,
                                 node_netns, parse_testbed_env, plan_testbed, queue_rules, rank_environment,
                                 setup_commands, shaping_lines, subnet, switch_netns, name_of_link,
@@ -74,14 +74,14 @@ def test_choose_subnet_skips_what_is_in_use():
 
 
 def test_default_dilation_keeps_every_figure_within_what_the_machine_sustains():
-    # hetero8: speeds sum to 2*4 + 3*1 + 3*0.25 = 11.75 (one core for compute): 12.
-    assert default_dilation(HETERO8) == 12.0
+    # hetero8: speeds sum to 2*4 + 3*1 + 3*0.25 = 11.75, on 0.75 of a core for compute: 15.67, so 16.
+    assert default_dilation(HETERO8) == 16.0
     for f in sorted((ROOT / "jobs/clusters").glob("*.toml")):
         c = load_cluster(f)
         d = default_dilation(c)
         types = [n.type for n in c.nodes]
         assert d >= 2 * max(t.speed for t in types)
-        assert sum(t.speed for t in types) / d <= 1.0
+        assert sum(t.speed for t in types) / d <= COMPUTE_CORES
         assert max(t.nic_gbps for t in types) / d <= 1.0
         assert all(t.latency_us * 1e-6 * d / 2 >= DELAY_MIN_S - 1e-12 for t in types if t.latency_us > 0)
         assert d * 2 == int(d * 2)
@@ -131,7 +131,7 @@ def test_setup_commands_golden():
 
 
 def test_setup_shapes_every_node_both_ways_and_queues_only_delayed_nodes():
-    plan = plan_testbed(HETERO8, "tb", 12.0, 0)
+    plan = plan_testbed(HETERO8, "tb", 16.0, 0)
     cmds = setup_commands(plan)
     tc_input = "".join(c.input for c in cmds if c.argv[0] == "tc")
     for n in plan.nodes:

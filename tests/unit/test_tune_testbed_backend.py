@@ -29,11 +29,11 @@ def test_registered():
 
 def test_a_trial_is_train_under_testbed_run():
     b = backend(iterations=7)
-    assert b.dilation == 12.0                               # the testbed's default for hetero8
+    assert b.dilation == 16.0                               # the testbed's default for hetero8
     b._testbed = trial_name(3, pid=12345)
     cmd = b.command(Path("/t/schedule.toml"), Path("/t/trace.h5"), 5)
     assert cmd[:14] == ["/v/bin/python", "-m", "hpcps.testbed", "run", "--cluster", str(CLUSTER.resolve()),
-                        "--dilation", "12", "--name", "t23450003", "--schedule", "/t/schedule.toml", "--quiet", "--"]
+                        "--dilation", "16", "--name", "t23450003", "--schedule", "/t/schedule.toml", "--quiet", "--"]
     assert cmd[14:] == ["/v/bin/python", "-m", "hpcps.train", "--job", str(JOB.resolve()), "--cluster",
                         str(CLUSTER.resolve()), "--schedule", "/t/schedule.toml", "--trace", "/t/trace.h5",
                         "--iterations", "7", "--quiet"]
