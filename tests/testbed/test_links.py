@@ -101,3 +101,23 @@ def test_latency_is_the_mean_of_both_nics_dilated(tmp_path, bed_name):
     expected = {"a2": 100e-6 * DILATION, "b1": (100e-6 + 300e-6) / 2 * DILATION}
     for pair in out["pairs"].values():
         assert abs(pair["one_way_s"] / expected[pair["node"]] - 1) < 0.20, (pair, expected)
+
+
+def test_messages_follow_the_links_not_the_emulated_network(tmp_path, bed_name):
+    """On a testbed the emulated network (hpcps.emulate.fabric) must not hold messages as well. Here the
+    training reads a cluster file whose NICs are ten times slower than the links the testbed built
+    (same nodes, 0.1 Gb/s against 1 Gb/s): the traced bandwidth is the links', not the file's."""
+    cluster = cluster_file(tmp_path, {"a1": (1.0, 20.0), "a2": (1.0, 20.0)})
+    slow = tmp_path / "slow.toml"
+    slow.write_text(cluster.read_text().replace("nic_gbps = 1.0", "nic_gbps = 0.1"))
+    job_path, sched, trace_path = tmp_path / "job.toml", tmp_path / "schedule.toml", tmp_path / "trace.h5"
+    job_path.write_text(JOB)
+    sched.write_text('[[nodes]]\nname = "a1"\nserver = true\n[[nodes]]\nname = "a2"\nworkers = [{batch = 32}]\n')
+    r = bed_cli("run", "--cluster", str(cluster), "--dilation", str(DILATION), "--name", bed_name, "--",
+                PY, "-m", "hpcps.train", "--job", str(job_path), "--cluster", str(slow), "--schedule", str(sched),
+                "--trace", str(trace_path), cwd=tmp_path, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trace = open_trace(trace_path)
+    assert trace.attrs["emulation_network"] == "real"
+    push = received_gbps(trace, "push")[1]
+    assert abs(np.median(push) - 1.0) < 0.15, push
