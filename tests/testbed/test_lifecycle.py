@@ -133,13 +133,15 @@ def test_run_places_ranks_and_returns_the_status_of_the_command(bed_name, tmp_pa
     sched = tmp_path / "schedule.toml"
     sched.write_text('[[nodes]]\nname = "n6"\nserver = true\nworkers = [{batch = 8}, {batch = 8}]\n'
                      '[[nodes]]\nname = "n2"\nworkers = [{batch = 48}]\n')
-    probe = ("import os, socket, sys; from mpi4py import MPI; c = MPI.COMM_WORLD; "
-             "print(json.dumps([c.Get_rank(), socket.gethostname(), os.environ['HPCPS_TESTBED'], "
-             "os.readlink('/proc/self/ns/net')]), flush=True); c.Barrier(); sys.exit(3 if c.Get_rank() == 0 else 0)")
+    # Each rank writes what it sees to a file of its own (ranks' printed lines may interleave).
+    probe = ("import json, os, socket, sys; from mpi4py import MPI; c = MPI.COMM_WORLD; "
+             f"open(os.path.join({str(tmp_path)!r}, f'rank{{c.Get_rank()}}.json'), 'w').write(json.dumps("
+             "[c.Get_rank(), socket.gethostname(), os.environ['HPCPS_TESTBED'], os.readlink('/proc/self/ns/net')])); "
+             "c.Barrier(); sys.exit(3 if c.Get_rank() == 0 else 0)")
     r = bed_cli("run", "--cluster", str(HETERO8), "--name", bed_name, "--schedule", str(sched), "--dilation", "20",
-                "--", PY, "-c", "import json; " + probe, cwd=tmp_path, timeout=200)
+                "--", PY, "-c", probe, cwd=tmp_path, timeout=200)
     assert r.returncode == 3, r.stdout + r.stderr
-    rows = sorted(json.loads(line) for line in r.stdout.splitlines() if line.startswith("["))
+    rows = [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(3)]
     assert [row[1] for row in rows] == ["n6", "n6", "n2"]                 # node schedule order, node by node
     assert {row[2] for row in rows} == {f"{bed_name}:20"}
     assert rows[0][3] == rows[1][3] != rows[2][3]                         # one network namespace per node

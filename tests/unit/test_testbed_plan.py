@@ -117,11 +117,16 @@ def test_plan_rejects_bad_input():
         plan_testbed(big, "tb", 2.0, 0)
 
 
-def test_shaping_caps_both_directions_at_the_rate():
-    lines = shaping_lines("eth0", 100_000_000)
-    assert lines[0] == "qdisc add dev eth0 root handle 1: htb default 1"
-    assert "rate 100000000bit ceil 100000000bit burst 65536b" in lines[1]       # 0.5 ms is less than 64 KiB
-    assert "burst 625000b" in shaping_lines("p0", 10_000_000_000)[1]             # 0.5 ms at 10 Gbit/s
+def test_shaping_caps_the_rate_and_gives_each_peer_a_class():
+    lines = shaping_lines("eth0", 100_000_000, "dst", ["10.0.0.2", "10.0.0.3"])
+    assert lines[0] == "qdisc add dev eth0 root handle 1: htb default 2"
+    assert "classid 1:1 htb rate 100000000bit ceil 100000000bit burst 65536b" in lines[1]    # 0.5 ms < 64 KiB
+    leaves = [ln for ln in lines if "parent 1:1 classid" in ln]
+    assert len(leaves) == 3                                        # two peers and everything else
+    assert all("rate 33333333bit ceil 100000000bit" in ln and "quantum 60000" in ln for ln in leaves)
+    assert "u32 match ip dst 10.0.0.2/32 flowid 1:10" in lines[6] and "match ip dst 10.0.0.3/32 flowid 1:11" in lines[9]
+    assert "burst 625000b" in shaping_lines("p0", 10_000_000_000)[1]                          # 0.5 ms at 10 Gbit/s
+    assert "match ip src 10.0.0.2/32" in "".join(shaping_lines("p0", 10**9, "src", ["10.0.0.2"]))
 
 
 def test_setup_commands_golden():
@@ -135,9 +140,12 @@ def test_setup_shapes_every_node_both_ways_and_queues_only_delayed_nodes():
     cmds = setup_commands(plan)
     tc_input = "".join(c.input for c in cmds if c.argv[0] == "tc")
     for n in plan.nodes:
-        assert f"dev eth0 parent 1: classid 1:1 htb rate {n.rate_bps}bit" in "".join(
-            c.input for c in cmds if c.argv == ("tc", "-n", n.netns, "-batch", "-"))
+        egress = "".join(c.input for c in cmds if c.argv == ("tc", "-n", n.netns, "-batch", "-"))
+        assert f"dev eth0 parent 1: classid 1:1 htb rate {n.rate_bps}bit" in egress
         assert f"dev {n.port} parent 1: classid 1:1 htb rate {n.rate_bps}bit" in tc_input
+        others = [m.address for m in plan.nodes if m is not n]
+        assert all(f"match ip dst {a}/32" in egress for a in others) and f"match ip dst {n.address}/" not in egress
+        assert egress.count("filter add") == 7
     assert cmds[0].argv == ("ip", "-batch", "-") and cmds[0].input.count("netns add") == 9
     assert len(queue_rules(plan)) == 8
     assert len(queue_rules(plan_testbed(TWO, "tb", 4.0, 0))) == 1     # y-2.b has no latency
