@@ -48,6 +48,18 @@ from hpcps.workloads import build_workload
 import _clocked_workload  # noqa: E402  (benchmarks/, this script's directory, is on sys.path)
 
 
+DEVICE = "cpu"       # --device: where every framework computes (cuda: each rank on its local GPU)
+
+
+def _to(batch):
+    return tuple(t.to(DEVICE, non_blocking=True) for t in batch)
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def hpcps_block(comm, job, servers: int, warmup: int, window: int) -> dict:
     n = comm.Get_size()
     batches = split_evenly(job.training.global_batch, n)
@@ -55,7 +67,7 @@ def hpcps_block(comm, job, servers: int, warmup: int, window: int) -> dict:
                         f"<{servers} colocated servers, {n} workers>")
     _clocked_workload.INNER = job.workload
     _clocked_workload.MARKS.clear()
-    result = run_training(comm, replace(job, workload="_clocked_workload:clocked"), schedule, device="cpu")
+    result = run_training(comm, replace(job, workload="_clocked_workload:clocked"), schedule, device=DEVICE)
     marks = _clocked_workload.MARKS
     (_, c0), (_, c1) = marks[warmup], marks[-1]
     cpu = comm.reduce((c1 - c0) / (len(marks) - 1 - warmup), op=MPI.SUM, root=0)
@@ -71,13 +83,13 @@ def hpcps_block(comm, job, servers: int, warmup: int, window: int) -> dict:
 def ddp_block(comm, job, workload, warmup: int, iterations: int, window: int) -> dict:
     rank, size = comm.Get_rank(), comm.Get_size()
     torch.manual_seed(job.training.seed)
-    model = DDP(workload.build_model())            # DDP broadcasts rank 0's initial parameters
+    model = DDP(workload.build_model().to(DEVICE))  # DDP broadcasts rank 0's initial parameters
     opt = make_optimizer(job.optimizer, model.parameters())
     partition = EpochPartition(workload.n_train(), split_evenly(job.training.global_batch, size), job.training.seed)
     stats = torch.zeros(2)                          # loss * batch, samples over the last window
 
     def step(it: int) -> None:
-        batch = workload.get_batch(partition.indices(it, rank))
+        batch = _to(workload.get_batch(partition.indices(it, rank)))
         opt.zero_grad(set_to_none=False)
         loss, _correct = workload.loss(model, batch)
         loss.backward()                             # gloo allreduce of the gradient buckets, overlapped
@@ -87,10 +99,12 @@ def ddp_block(comm, job, workload, warmup: int, iterations: int, window: int) ->
 
     for it in range(warmup):
         step(it)
+    _sync()
     dist.barrier()
     t0, c0 = time.perf_counter(), time.process_time()
     for it in range(warmup, warmup + iterations):
         step(it)
+    _sync()
     c1 = time.process_time()
     dist.barrier()
     seconds = time.perf_counter() - t0
@@ -106,32 +120,41 @@ def allreduce_block(comm, job, workload, warmup: int, iterations: int, window: i
     from hpcps.ps.flat import FlatModel
     rank, size = comm.Get_rank(), comm.Get_size()
     torch.manual_seed(job.training.seed)
-    flat = FlatModel(workload.build_model())
-    comm.Bcast(flat.params.detach().numpy(), root=0)
+    flat = FlatModel(workload.build_model(), DEVICE)
+    init = flat.params.detach().cpu().numpy()
+    comm.Bcast(init, root=0)
+    flat.params.copy_(torch.from_numpy(init))
     opt = make_optimizer(job.optimizer, flat.model.parameters())
     batches = split_evenly(job.training.global_batch, size)
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
-    grads = flat.grads.numpy()
+    # On a GPU the gradient goes through pinned host memory: this MPI cannot read device memory.
+    grads = flat.grads.numpy() if DEVICE == "cpu" else torch.empty(flat.numel, pin_memory=True).numpy()
     share = batches[rank] / job.training.global_batch     # unequal batches: weight each rank's mean
     stats = np.zeros(2)
 
     def step(it: int) -> None:
-        batch = workload.get_batch(partition.indices(it, rank))
+        batch = _to(workload.get_batch(partition.indices(it, rank)))
         flat.zero_grad()
         loss, _correct = workload.loss(flat.model, batch)
         loss.backward()
+        if DEVICE != "cpu":
+            torch.from_numpy(grads).copy_(flat.grads)
         np.multiply(grads, share, out=grads)
         comm.Allreduce(MPI.IN_PLACE, grads, op=MPI.SUM)
+        if DEVICE != "cpu":
+            flat.grads.copy_(torch.from_numpy(grads), non_blocking=True)
         opt.step()
         if it >= warmup + iterations - window:
             stats[:] += (float(loss.detach()) * len(batch[1]), len(batch[1]))
 
     for it in range(warmup):
         step(it)
+    _sync()
     comm.Barrier()
     t0, c0 = time.perf_counter(), time.process_time()
     for it in range(warmup, warmup + iterations):
         step(it)
+    _sync()
     c1 = time.process_time()
     comm.Barrier()
     seconds = time.perf_counter() - t0
@@ -151,7 +174,14 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=10, help="iterations per block before timing starts")
     p.add_argument("--iterations", type=int, default=60, help="timed iterations per block")
     p.add_argument("--window", type=int, default=10, help="run_training log window; must divide warmup and iterations")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = p.parse_args()
+    global DEVICE
+    DEVICE = args.device
+    if DEVICE == "cuda":
+        import os
+        local = int(os.environ.get("MPI_LOCALRANKID", os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")))
+        torch.cuda.set_device(local % torch.cuda.device_count())
     if args.warmup % args.window or args.iterations % args.window:
         p.error("--window must divide --warmup and --iterations")
     configs = args.configs.split(",")

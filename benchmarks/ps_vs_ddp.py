@@ -53,7 +53,8 @@ def free_port() -> int:
 def launch(n: int, configs: list[str], rounds: int, args) -> tuple[list[dict], list[str]]:
     """One mpiexec run of the rank script: its RESULT lines, and the command as a user would type it."""
     tail = ["--job", args.job, "--configs", ",".join(configs), "--rounds", str(rounds),
-            "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--window", str(args.window)]
+            "--warmup", str(args.warmup), "--iterations", str(args.iterations), "--window", str(args.window),
+            "--device", args.device]
     argv = [mpiexec(), "-n", str(n), sys.executable, str(ROOT / RANKS_SCRIPT)] + tail + ["--port", str(free_port())]
     shown = [".venv/bin/mpiexec", "-n", str(n), ".venv/bin/python", RANKS_SCRIPT] + tail
     proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
@@ -104,6 +105,8 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--iterations", type=int, default=40, help="timed iterations per block")
     p.add_argument("--window", type=int, default=10)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: every process on the machine's GPU(s); DDP's gloo all_reduce then takes CUDA tensors")
     p.add_argument("--out", default="results")
     args = p.parse_args()
     configs = args.configs.split(",")
@@ -168,13 +171,14 @@ def main() -> int:
         *rows, "",
         "The CPU time bounds the step time from below at CPU / cores: with more processes than cores, "
         "what a framework costs in CPU is what it costs in time.", "",
-        facts_markdown(f), "", f"Every block's numbers: `results/ps_vs_ddp_{job.name}.json`.", ""]
+        facts_markdown(f), "", "Every block's numbers: the .json beside this file.", ""]
     out = Path(args.out)
     if not out.is_absolute():
         out = ROOT / out
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"ps_vs_ddp_{job.name}.md").write_text("\n".join(md))
-    (out / f"ps_vs_ddp_{job.name}.json").write_text(json.dumps(
+    stem = f"ps_vs_ddp_{job.name}" + ("_cuda" if args.device == "cuda" else "")
+    (out / f"{stem}.md").write_text("\n".join(md))
+    (out / f"{stem}.json").write_text(json.dumps(
         {"command": command, "launched": command_line(shown), "machine": f, "verdict": v, "summary": summary,
          "blocks": blocks}, indent=1))
     print("\n".join(md))
