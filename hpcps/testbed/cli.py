@@ -64,6 +64,9 @@ def build_parser() -> OneLineParser:
                        description="Build the testbed of a cluster file and leave it up: prints how to launch "
                                    "ranks on it; remove it with down.")
     common(q, "tb")
+    q.add_argument("--from-host", action="store_true",
+                   help="also join this machine's own namespace to the switch (a veth hpcps-NAME at .253), for "
+                        "daemons here that the nodes must reach, such as a Slurm controller")
     q = sub.add_parser("down", help="remove a testbed (or every one)",
                        description="Remove a testbed: end the processes in its namespaces, delete the namespaces, "
                                    "links, qdiscs, rules and its state. Works after its launcher was killed.")
@@ -134,7 +137,7 @@ def cmd_up(args) -> int:
     if why:
         return _fail(why)
     try:
-        plan = control.up(cluster, args.name, dilation)
+        plan = control.up(cluster, args.name, dilation, from_host=args.from_host)
     except ConfigError as e:
         return _fail(e)
     except TestbedError as e:
@@ -143,10 +146,12 @@ def cmd_up(args) -> int:
     d = control.state_dir(plan.name)
     env = " ".join(f"{k}={v}" for k, v in rank_environment(plan).items())
     _say(args, _describe(plan))
+    link = (f"this machine reaches the nodes through link {plan.host_link} at {plan.host_address}\n"
+            if plan.from_host else "")
     print(f"nodes: {' '.join(f'{n.node}={n.address}' for n in plan.nodes)}\n"
-          f"launch ranks with:\n  env {env} mpiexec -localhost {plan.host_address} -launcher ssh "
-          f"-launcher-exec {d / 'launch.sh'} -hosts NODE:COUNT,... -n N CMD...\n"
-          f"a shell on a node: ip netns exec {plan.nodes[0].netns} bash\n"
+          f"launch ranks with:\n  env {env} ip netns exec {plan.switch_netns} mpiexec -localhost "
+          f"{plan.switch_address} -launcher ssh -launcher-exec {d / 'launch.sh'} -hosts NODE:COUNT,... -n N CMD...\n"
+          f"{link}a shell on a node: ip netns exec {plan.nodes[0].netns} bash\n"
           f"remove it with: python -m hpcps.testbed down --name {plan.name}")
     return 0
 

@@ -75,15 +75,16 @@ def load_plan(name: str) -> TestbedPlan | None:
 
 
 def up(cluster: Cluster, name: str, dilation: float, runner: NetRunner | None = None,
-       python: str = sys.executable) -> TestbedPlan:
-    """Build the testbed; on any failure take down what was made and raise (TestbedError, ConfigError)."""
+       python: str = sys.executable, from_host: bool = False) -> TestbedPlan:
+    """Build the testbed (from_host: with a link from this machine's namespace to the switch); on any
+    failure take down what was made and raise (TestbedError, ConfigError)."""
     runner = runner or NetRunner()
     check_name(name)
     with _lock():
         if name in names_in_use(runner):
             raise ConfigError("--name", None, f"a testbed named {name!r} is up already; take it down with "
                                               f"'python -m hpcps.testbed down --name {name}' or choose another name")
-        plan = plan_testbed(cluster, name, dilation, choose_subnet(runner.ipv4_in_use()))
+        plan = plan_testbed(cluster, name, dilation, choose_subnet(runner.ipv4_in_use()), from_host)
         d = state_dir(name)
         try:
             d.mkdir(parents=True)

@@ -4,14 +4,17 @@ Nothing here runs a program, reads the clock or looks at the machine; hpcps.test
 
 A testbed called NAME for a cluster of N nodes is
 
-    netns hpcps-NAME-sw               the switch: bridge br0, one port pI per node, port `host`
+    netns hpcps-NAME-sw               the switch: bridge br0 (address .254, where mpiexec runs), one port
+                                      pI per node
     netns hpcps-NAME-node-<node>      one per node: eth0 (a veth whose peer is pI in the switch)
-    link  hpcps-NAME                  in the machine's own namespace: a veth to the switch's port `host`,
-                                      the only way in (for mpiexec's proxies and Slurm's daemons)
+    link  hpcps-NAME                  only when asked (from_host): in the machine's own namespace, a veth
+                                      to the switch's port `host` at .253, for daemons there the nodes must
+                                      reach (a Slurm controller)
 
-on one /24 of 198.18.0.0/15 (RFC 2544's range for testing network equipment): node i is .(i+1), the
-machine's end of hpcps-NAME is .254. Nothing is joined to the machine's real interfaces and there is
-no default route, so traffic between nodes never leaves the namespaces.
+on one /24 of 198.18.0.0/15 (RFC 2544's range for testing network equipment): node i is .(i+1).
+Nothing is joined to the machine's real interfaces and there is no default route, so traffic between
+nodes never leaves the namespaces; without the host link the machine's own namespace sees nothing of
+the testbed (MPI libraries of other jobs there do not find an interface more).
 
 Each node's NIC is shaped in both directions: egress by an htb class on its eth0, ingress by the same
 on its switch port (whose egress is the node's ingress), each at nic_gbps / dilation. Each NIC also
@@ -38,7 +41,7 @@ PREFIX = "hpcps-"
 NAME_PATTERN = re.compile(r"[a-z0-9]{1,9}")     # hpcps-NAME must fit a 15-character interface name
 DEFAULT_NAME = "tb"
 SUBNETS = ipaddress.ip_network("198.18.0.0/15")
-MAX_NODES = 253                                  # .1 to .253 of a /24; .254 is the machine's end
+MAX_NODES = 252                                  # .1 to .252 of a /24; .253 the machine's end, .254 the switch
 BRIDGE, NODE_IF, HOST_PORT = "br0", "eth0", "host"
 EGRESS_QUEUE, INGRESS_QUEUE = 0, 1               # netfilter queue numbers in each node's namespace
 TESTBED_ENV = "HPCPS_TESTBED"                    # "NAME:DILATION" in the environment of the ranks
@@ -148,6 +151,7 @@ class TestbedPlan:
     dilation: float
     subnet_index: int
     nodes: tuple[NodeLink, ...]
+    from_host: bool = False          # the machine's own namespace is joined to the switch (link hpcps-NAME)
 
     @property
     def switch_netns(self) -> str:
@@ -163,6 +167,12 @@ class TestbedPlan:
 
     @property
     def host_address(self) -> str:
+        """The machine's end of the host link (when from_host)."""
+        return str(self.network.network_address + 253)
+
+    @property
+    def switch_address(self) -> str:
+        """The switch's own address (on br0), where mpiexec runs and its proxies call back."""
         return str(self.network.network_address + 254)
 
     @property
@@ -194,8 +204,10 @@ class TestbedPlan:
         return cls(**d)
 
 
-def plan_testbed(cluster: Cluster, name: str, dilation: float, subnet_index: int) -> TestbedPlan:
-    """The testbed of cluster at dilation on the subnet_index-th /24. Raises ConfigError on bad input."""
+def plan_testbed(cluster: Cluster, name: str, dilation: float, subnet_index: int,
+                 from_host: bool = False) -> TestbedPlan:
+    """The testbed of cluster at dilation on the subnet_index-th /24 (from_host: with the host link).
+    Raises ConfigError on bad input."""
     check_name(name)
     if not (isinstance(dilation, (int, float)) and math.isfinite(dilation) and dilation >= 1):
         raise ConfigError("--dilation", None, f"must be a number >= 1, got {dilation}")
@@ -208,7 +220,7 @@ def plan_testbed(cluster: Cluster, name: str, dilation: float, subnet_index: int
         nodes.append(NodeLink(node=n.name, netns=node_netns(name, n.name), address=str(net.network_address + i + 1),
                               port=f"p{i}", rate_bps=max(1, round(n.type.nic_gbps * 1e9 / dilation)),
                               delay_s=n.type.latency_us * 1e-6 * dilation))
-    return TestbedPlan(name, cluster.name, cluster.source, float(dilation), subnet_index, tuple(nodes))
+    return TestbedPlan(name, cluster.name, cluster.source, float(dilation), subnet_index, tuple(nodes), from_host)
 
 
 # ---- commands --------------------------------------------------------------------------------------------
@@ -261,7 +273,8 @@ def setup_commands(plan: TestbedPlan) -> list[Command]:
     sw, link, prefix = plan.switch_netns, plan.host_link, plan.network.prefixlen
     cmds = [_batch("ip", None, [f"netns add {ns}" for ns in plan.netns_names]),
             _batch("ip", sw, ["link set lo up", f"link add {BRIDGE} type bridge",
-                              f"link set {BRIDGE} addrgenmode none", f"link set {BRIDGE} up"])]
+                              f"link set {BRIDGE} addrgenmode none", f"addr add {plan.switch_address}/{prefix} dev {BRIDGE}",
+                              f"link set {BRIDGE} up"])]
     for n in plan.nodes:
         cmds.append(_batch("ip", n.netns, [
             "link set lo up",
@@ -269,11 +282,13 @@ def setup_commands(plan: TestbedPlan) -> list[Command]:
             f"link set {NODE_IF} addrgenmode none",
             f"addr add {n.address}/{prefix} dev {NODE_IF}",
             f"link set {NODE_IF} up"]))
-    cmds.append(_batch("ip", None, [f"link add {link} type veth peer name {HOST_PORT} netns {sw}",
-                                    f"link set {link} addrgenmode none",
-                                    f"addr add {plan.host_address}/{prefix} dev {link}",
-                                    f"link set {link} up"]))
-    ports = [n.port for n in plan.nodes] + [HOST_PORT]
+    ports = [n.port for n in plan.nodes]
+    if plan.from_host:
+        cmds.append(_batch("ip", None, [f"link add {link} type veth peer name {HOST_PORT} netns {sw}",
+                                        f"link set {link} addrgenmode none",
+                                        f"addr add {plan.host_address}/{prefix} dev {link}",
+                                        f"link set {link} up"]))
+        ports.append(HOST_PORT)
     cmds.append(_batch("ip", sw, [line for p in ports for line in
                                   (f"link set {p} addrgenmode none", f"link set {p} master {BRIDGE}",
                                    f"link set {p} up")]))
@@ -364,13 +379,14 @@ def rank_environment(plan: TestbedPlan) -> dict[str, str]:
 
 def mpiexec_argv(plan: TestbedPlan, mpiexec: str, launcher: str | Path, rank_nodes: Sequence[str],
                  command: Sequence[str]) -> list[str]:
-    """hydra's command line running command as len(rank_nodes) ranks, rank r on node rank_nodes[r]. The
-    proxies reach mpiexec through the machine's end of the switch (-localhost)."""
+    """hydra's command line running command as len(rank_nodes) ranks, rank r on node rank_nodes[r]. mpiexec
+    runs in the switch's namespace, where the proxies reach it at the switch's address (-localhost)."""
     unknown = sorted(set(rank_nodes) - {n.node for n in plan.nodes})
     if unknown:
         raise ValueError(f"nodes {', '.join(unknown)} are not on testbed {plan.name}")
-    return [mpiexec, "-localhost", plan.host_address, "-launcher", "ssh", "-launcher-exec", str(launcher),
-            "-hosts", hosts_argument(rank_nodes), "-n", str(len(rank_nodes)), *command]
+    return ["ip", "netns", "exec", plan.switch_netns, mpiexec, "-localhost", plan.switch_address, "-launcher", "ssh",
+            "-launcher-exec", str(launcher), "-hosts", hosts_argument(rank_nodes), "-n", str(len(rank_nodes)),
+            *command]
 
 
 def parse_testbed_env(value: str | None) -> tuple[str, float] | None:

@@ -45,9 +45,11 @@ def local_slurm():
     assert not cluster.scratch.exists(), f"scratch directory {cluster.scratch} was not removed"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def testbed_slurm():
-    """A local Slurm whose slurmds run in the namespaces of a testbed of hetero8 (its default dilation)."""
+    """A local Slurm whose slurmds run in the namespaces of a testbed of hetero8 (its default dilation),
+    for one test: its link into this machine's namespace shows MPI jobs of the other tests one more
+    network interface, which lengthens UCX's address past what Slurm's pmi2 plugin reads whole."""
     from hpcps.testbed.runner import missing_requirements as testbed_missing
     why = missing_requirements()
     if why:

@@ -11,8 +11,8 @@ The fake nodes take the names and sizes of a cluster file's nodes (CPUs from ``c
 On a testbed (``testbed=CLUSTER_FILE``, hpcps.testbed, docs/testbed.md) each slurmd runs in its
 node's network namespace, with the node's address and its name as host name, so job steps start their
 ranks on the nodes and the ranks talk through the shaped links. slurmctld and munged stay on this
-machine's side; the nodes reach slurmctld at the machine's end of the testbed's switch (an address of
-the testbed's own subnet), commands here reach it there too.
+machine's side; the nodes reach slurmctld through the testbed's link to this machine (an address of the
+testbed's own subnet), commands here reach it there too.
 
 Needs root and Debian's ``slurm-wlm`` and ``munge`` (``make slurm-deps``). By hand::
 
@@ -290,7 +290,7 @@ class LocalSlurm:
             missing = sorted(set(self.node_names) - set(cluster.names))
             if missing:
                 raise RuntimeError(f"fake nodes {', '.join(missing)} are not nodes of {self.testbed}")
-            self.plan = control.up(cluster, self.testbed_name, default_dilation(cluster))
+            self.plan = control.up(cluster, self.testbed_name, default_dilation(cluster), from_host=True)
         self.write_config()
         m = self.scratch / "munge"
         try:

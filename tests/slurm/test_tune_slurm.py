@@ -126,12 +126,13 @@ def no_step_daemons(local_slurm, grace_s: float = 15.0) -> None:
 
 
 def link_bytes(plan) -> dict[str, int]:
-    """Bytes each node's shaped NIC has sent (tc's count on the htb class of its eth0)."""
+    """Bytes each node's shaped NIC has sent (tc's count on the htb qdisc at the root of its eth0)."""
     out = {}
     for n in plan.nodes:
-        text = subprocess.run(["tc", "-s", "-n", n.netns, "class", "show", "dev", "eth0"], capture_output=True,
+        text = subprocess.run(["tc", "-s", "-n", n.netns, "qdisc", "show", "dev", "eth0"], capture_output=True,
                               text=True).stdout
-        out[n.node] = int(text.split("Sent ", 1)[1].split(" bytes", 1)[0])
+        root = text.split("qdisc htb 1: root", 1)[1]
+        out[n.node] = int(root.split("Sent ", 1)[1].split(" bytes", 1)[0])
     return out
 
 

@@ -77,7 +77,7 @@ def test_up_builds_shaped_delayed_nodes_and_down_removes_everything(bed_name):
     spaces = namespaces_of(bed_name)
     assert sorted(spaces) == sorted([f"hpcps-{bed_name}-sw"] + [f"hpcps-{bed_name}-node-n{i}" for i in range(1, 9)])
     runner = NetRunner()
-    assert f"hpcps-{bed_name}" in runner.links()
+    assert f"hpcps-{bed_name}" not in runner.links()                # this machine's namespace sees nothing of it
     plan = control.load_plan(bed_name)
     for n in plan.nodes:
         assert "qdisc htb 1: root" in tc_show(n.netns, "eth0") and "qdisc pfifo 10: parent 1:1" in tc_show(n.netns, "eth0")
@@ -104,6 +104,26 @@ def test_up_builds_shaped_delayed_nodes_and_down_removes_everything(bed_name):
     r = bed_cli("down", "--name", bed_name)
     assert r.returncode == 0, r.stderr
     assert_gone(bed_name, [delay])
+
+
+def test_from_host_joins_this_machine_to_the_switch(bed_name):
+    r = bed_cli("up", "--cluster", str(HETERO8), "--name", bed_name, "--from-host", "--dilation", "20")
+    assert r.returncode == 0, r.stderr
+    plan = control.load_plan(bed_name)
+    assert plan.from_host and f"hpcps-{bed_name}" in NetRunner().links()
+    # A listener here, reached from a node through the link at the testbed's .253.
+    import socket
+    srv = socket.create_server((plan.host_address, 0))
+    port = srv.getsockname()[1]
+    try:
+        out = subprocess.run(["ip", "netns", "exec", plan.node("n3").netns, PY, "-c",
+                              f"import socket; socket.create_connection(({plan.host_address!r}, {port}), timeout=5)"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+    finally:
+        srv.close()
+    assert bed_cli("down", "--name", bed_name).returncode == 0
+    assert_gone(bed_name, [])
 
 
 def test_after_sigkill_of_the_launcher_down_all_removes_everything(bed_name, tmp_path):

@@ -118,10 +118,11 @@ def test_up_builds_in_order_and_keeps_its_state(state_root):
 
 def test_a_second_testbed_takes_the_next_subnet_and_a_taken_name_is_refused(state_root):
     fake = FakeRunner()
-    control.up(load_cluster(UNIFORM4), "a", 10.0, runner=fake)
-    fake.in_use.append("198.18.0.254/24")
+    a = control.up(load_cluster(UNIFORM4), "a", 10.0, runner=fake, from_host=True)
+    assert "hpcps-a" in fake.host_links and a.from_host
+    fake.in_use.append("198.18.0.253/24")
     b = control.up(load_cluster(UNIFORM4), "b", 10.0, runner=fake)
-    assert b.network.compressed == "198.18.1.0/24"
+    assert b.network.compressed == "198.18.1.0/24" and "hpcps-b" not in fake.host_links
     n = len(fake.commands)
     with pytest.raises(ConfigError, match="a testbed named 'a' is up already"):
         control.up(load_cluster(UNIFORM4), "a", 10.0, runner=fake)
@@ -139,7 +140,7 @@ def test_a_failed_bring_up_leaves_nothing(state_root):
 
 def test_down_ends_the_processes_then_removes_everything_by_name(state_root):
     fake = FakeRunner()
-    control.up(load_cluster(UNIFORM4), "tb", 10.0, runner=fake)
+    control.up(load_cluster(UNIFORM4), "tb", 10.0, runner=fake, from_host=True)
     control.up(load_cluster(UNIFORM4), "keep", 10.0, runner=fake)
     fake.pids["hpcps-tb-node-n1"] = [100, 101]
     fake.cmdlines = {102: f"mpiexec -launcher-exec {state_root}/tb/launch.sh -hosts n1:1 sleep 9",

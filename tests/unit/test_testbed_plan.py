@@ -91,7 +91,8 @@ def test_default_dilation_keeps_every_figure_within_what_the_machine_sustains():
 
 def test_plan_addresses_rates_and_delays():
     plan = plan_testbed(TWO, "tb", 4.0, 3)
-    assert plan.network == ipaddress.ip_network("198.18.3.0/24") and plan.host_address == "198.18.3.254"
+    assert plan.network == ipaddress.ip_network("198.18.3.0/24")
+    assert plan.switch_address == "198.18.3.254" and plan.host_address == "198.18.3.253" and not plan.from_host
     x, y = plan.nodes
     assert (x.node, x.netns, x.address, x.port) == ("x1", "hpcps-tb-node-x1", "198.18.3.1", "p0")
     assert (y.node, y.netns, y.address, y.port) == ("y-2.b", "hpcps-tb-node-y-2.b", "198.18.3.2", "p1")
@@ -133,6 +134,14 @@ def test_setup_commands_golden():
     plan = plan_testbed(TWO, "tb", 4.0, 3)
     text = "".join(c.text() + "\n" for c in setup_commands(plan) + queue_rules(plan))
     check_golden("testbed_setup.txt", text)
+    assert "hpcps-tb" not in [w for c in setup_commands(plan) for w in (c.input or "").split()]   # no host link
+
+
+def test_the_host_link_only_when_asked():
+    cmds = setup_commands(plan_testbed(TWO, "tb", 4.0, 3, from_host=True))
+    text = "".join(c.text() + "\n" for c in cmds)
+    assert "link add hpcps-tb type veth peer name host netns hpcps-tb-sw" in text
+    assert "addr add 198.18.3.253/24 dev hpcps-tb" in text and "link set host master br0" in text
 
 
 def test_setup_shapes_every_node_both_ways_and_queues_only_delayed_nodes():
@@ -161,8 +170,9 @@ def test_hosts_argument_keeps_rank_order():
 def test_mpiexec_argv():
     plan = plan_testbed(TWO, "tb", 4.0, 3)
     argv = mpiexec_argv(plan, "/v/bin/mpiexec", "/run/x/launch.sh", ["x1", "y-2.b", "y-2.b"], ["python", "-V"])
-    assert argv == ["/v/bin/mpiexec", "-localhost", "198.18.3.254", "-launcher", "ssh", "-launcher-exec",
-                    "/run/x/launch.sh", "-hosts", "x1:1,y-2.b:2", "-n", "3", "python", "-V"]
+    assert argv == ["ip", "netns", "exec", "hpcps-tb-sw", "/v/bin/mpiexec", "-localhost", "198.18.3.254",
+                    "-launcher", "ssh", "-launcher-exec", "/run/x/launch.sh", "-hosts", "x1:1,y-2.b:2", "-n", "3",
+                    "python", "-V"]
     with pytest.raises(ValueError, match="zz"):
         mpiexec_argv(plan, "mpiexec", "l.sh", ["zz"], ["true"])
 
