@@ -31,6 +31,7 @@ Running trials (what the tuner's slurm backend calls)
     )
     state = launcher.poll(handle)         # never blocks for long; call it every second or so
     state = launcher.wait(handle)         # or block until the trial has ended
+    state = launcher.wait(handle, stop_requested=lambda: why_stop)   # ... cancelling it once why_stop is set
     launcher.cancel(handle, reason="...") # ends as CANCELLED with that reason
 
 ``TrialLauncher(client=None, *, mode="auto"|"step"|"job", mpi=None, partition=None, account=None,

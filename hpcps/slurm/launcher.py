@@ -12,16 +12,23 @@ import os
 import re
 import signal as signals
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
+from hpcps.failure import error_line, output_tail, task_ended
 from hpcps.slurm.client import SlurmClient, SlurmError
-from hpcps.slurm.parse import (SlurmParseError, classify_state, format_time_limit, normalize_state,
-                               parse_duration, parse_exit_code)
-from hpcps.slurm.script import ALLOCATION_SHAPE_VARS, TrialJob, format_command, srun_argv
 from hpcps.slurm.mpi import srun_mpi_plugin
+from hpcps.slurm.parse import (
+    SlurmParseError,
+    classify_state,
+    format_time_limit,
+    normalize_state,
+    parse_duration,
+    parse_exit_code,
+)
+from hpcps.slurm.script import ALLOCATION_SHAPE_VARS, TrialJob, format_command, srun_argv
 
 log = logging.getLogger(__name__)
 
@@ -84,44 +91,6 @@ class TrialHandle:
 
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _output_tail(path: Path, max_lines: int = 40) -> list[str]:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return []
-    return [ln.strip() for ln in lines if ln.strip()][-max_lines:]
-
-
-_TASK_ENDED = re.compile(r"^srun: error: \S+: tasks? [0-9,-]+: (?!Terminated\b)")
-
-
-def _last_error_line(lines: list[str]) -> str:
-    """The line most likely to say why a run failed: the program's own last error line (a Python
-    exception, "hpcps.train: error: ..."), else srun's first line about a task that died (say "task 1:
-    Killed"; the "Terminated" ones after it are the other ranks being stopped), else Slurm's last error
-    line, else the last line."""
-    def is_error(ln: str) -> bool:
-        low = ln.lower()
-        return any(w in low for w in ("error", "exception", "cancelled", "killed", "abort"))
-
-    def from_slurm(ln: str) -> bool:
-        return ln.startswith(("srun:", "slurmstepd", "salloc:", "sbatch:"))
-
-    for ln in reversed(lines):
-        if is_error(ln) and not from_slurm(ln):
-            return ln[:300]
-    for ln in lines:
-        if _TASK_ENDED.match(ln):
-            return ln[:300]
-    for ln in reversed(lines):
-        if is_error(ln):
-            return ln[:300]
-    return lines[-1][:300] if lines else ""
 
 
 class TrialLauncher:
@@ -303,7 +272,7 @@ class TrialLauncher:
                 parts.append(f"signal {sig}")
             if reason and reason not in ("None", "(null)", "NonZeroExitCode"):
                 parts.append(reason)
-            detail = _last_error_line(_output_tail(handle.output))
+            detail = error_line(output_tail(handle.output))
             why = ", ".join(parts)
             if detail:
                 why = f"{why}: {detail}" if why else detail
@@ -339,7 +308,7 @@ class TrialLauncher:
                 proc.kill()
             status = TrialStatus.RUNNING if handle.step_id else TrialStatus.PENDING
             return TrialState(status, slurm_id=handle.step_id, elapsed_s=self._elapsed(handle))
-        tail = _output_tail(handle.output)
+        tail = output_tail(handle.output)
         elapsed = self._elapsed(handle)
         sid = handle.step_id
         if rc == 0:
@@ -349,14 +318,14 @@ class TrialLauncher:
             return TrialState(TrialStatus.TIMEOUT, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
                               reason="Slurm's step time limit")
         cancelled = next((i for i, ln in enumerate(tail) if "CANCELLED AT" in ln), None)
-        task_died = next((i for i, ln in enumerate(tail) if _TASK_ENDED.match(ln)), None)
+        task_died = next((i for i, ln in enumerate(tail) if task_ended(ln)), None)
         # A rank that died first makes srun (--kill-on-bad-exit) cancel the rest: a failure, not a cancel.
         if cancelled is not None and handle.stop_status is None and not (task_died is not None
                                                                           and task_died < cancelled):
             return TrialState(TrialStatus.CANCELLED, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
-                              reason=f"cancelled by Slurm: {_last_error_line(tail)}")
+                              reason=f"cancelled by Slurm: {error_line(tail)}")
         what = f"exit code {code}" if code is not None else f"srun killed by signal {sig}"
-        detail = _last_error_line(tail)
+        detail = error_line(tail)
         return TrialState(TrialStatus.FAILED, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
                           reason=what + (f": {detail}" if detail else ""))
 
@@ -389,13 +358,21 @@ class TrialLauncher:
             # Not a step yet (srun waits for nodes): srun ends itself and any step it starts on SIGTERM.
             handle.process.send_signal(signals.SIGTERM)
 
-    def wait(self, handle: TrialHandle, poll_interval_s: float = 1.0, timeout_s: float | None = None) -> TrialState:
-        """poll() until the trial has ended (or timeout_s has passed: then its current state)."""
+    def wait(self, handle: TrialHandle, poll_interval_s: float = 1.0, timeout_s: float | None = None,
+             stop_requested: Callable[[], str | None] | None = None) -> TrialState:
+        """poll() until the trial has ended (or timeout_s has passed: then its current state). While it runs,
+        a reason from stop_requested() cancels it with that reason, and the wait goes on until it has ended."""
         deadline = None if timeout_s is None else self.clock() + timeout_s
         delay = min(0.2, poll_interval_s)
         while True:
             state = self.poll(handle)
             if state.done or (deadline is not None and self.clock() >= deadline):
                 return state
+            why = stop_requested() if stop_requested is not None and handle.stop_status is None else None
+            if why:
+                try:
+                    self.cancel(handle, reason=why)
+                except SlurmError as e:               # try again at the next poll
+                    log.warning("could not cancel %s: %s", handle.trial_dir, e)
             time.sleep(delay)
             delay = min(delay * 2, poll_interval_s)

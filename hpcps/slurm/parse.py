@@ -232,13 +232,3 @@ def parse_nodes(text: str) -> list[SlurmNode]:
             partitions=parse_features(rec.get("Partitions", "")),
         ))
     return nodes
-
-
-def node_is_usable(node: SlurmNode) -> bool:
-    """Idle or allocated and not drained, down or failing: the node can run a job."""
-    if "*" in node.state:   # Slurm marks a node that does not answer with '*'
-        return False
-    flags = set(node.state.upper().replace("+", " ").split())
-    bad = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING", "UNKNOWN", "FUTURE",
-           "POWERED_DOWN", "INVAL", "NO_RESPOND"}
-    return not (flags & bad) and bool(flags & {"IDLE", "ALLOCATED", "MIXED", "COMPLETING"})
