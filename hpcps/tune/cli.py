@@ -6,24 +6,36 @@
 
 Backends: sim (the simulator, no MPI), local (real MPI runs emulating the cluster on this machine),
 slurm (trials as Slurm job steps). Strategies: structured, gp, random, anneal, heuristic. Bad input is
-one line on stderr and exit status 2, with nothing written. SIGTERM or Ctrl-C stops after saving what
-is finished (exit status 0); --resume continues.
+one line on stderr and exit status 2, with nothing written. SIGTERM or Ctrl-C stops after saving what is finished (exit status 0; a second Ctrl-C interrupts at
+once); --resume continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcps.cli import default_job_path
-from hpcps.config import ConfigError, load_job
+from hpcps.cluster import load_cluster
+from hpcps.cluster.description import Cluster
+from hpcps.cluster.placement import naive
+from hpcps.config import ConfigError, Job, load_job
+from hpcps.tune import rundir
+from hpcps.tune.backends import BACKENDS, make_backend
+from hpcps.tune.loop import Settings, TuningRun
+from hpcps.tune.problem import Problem, problem_for
+from hpcps.tune.space import InfeasibleSchedule
+from hpcps.tune.strategies import STRATEGIES, Strategy, make_strategy
+from hpcps.tune.trials import Backend, TrialRecord
 
 TOOL = "hpcps.tune"
-BACKEND_NAMES = ("local", "slurm", "sim")
+BACKEND_NAMES = tuple(BACKENDS)
+STOP_AFTER_ENV = "HPCPS_TUNE_STOP_AFTER"      # for tests: exit hard (137) right after recording trial k
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,7 +47,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> OneLineParser:
-    from hpcps.tune.strategies import STRATEGIES
     p = OneLineParser(prog="python -m hpcps.tune",
                       description="Tune a job's schedule (servers, workers, batch per worker, threads) on a "
                                   "cluster with structured Bayesian optimisation or a baseline.",
@@ -63,8 +74,8 @@ def build_parser() -> OneLineParser:
 @dataclass(frozen=True)
 class Context:
     """What a backend factory gets."""
-    cluster: object
-    job: object
+    cluster: Cluster
+    job: Job
     job_path: Path
     cluster_path: Path
     seed: int
@@ -72,7 +83,16 @@ class Context:
     timeout_s: float
 
 
-def _cluster_path(args, job) -> Path:
+@dataclass(frozen=True)
+class Parts:
+    """A run's parts, built and checked before anything is written."""
+    settings: Settings
+    problem: Problem
+    strategy: Strategy
+    backend: Backend
+
+
+def _cluster_path(args, job: Job) -> Path:
     if args.cluster is not None:
         return args.cluster
     if job.cluster is None:
@@ -85,16 +105,8 @@ def _cluster_path(args, job) -> Path:
     return path
 
 
-def prepare(args):
-    """Check everything and build the run's parts; raises ConfigError, writes nothing."""
-    from hpcps.cluster import load_cluster
-    from hpcps.cluster.placement import naive
-    from hpcps.tune.backends import make_backend
-    from hpcps.tune.loop import Settings, TuningRun
-    from hpcps.tune.problem import problem_for
-    from hpcps.tune.space import InfeasibleSchedule
-    from hpcps.tune.strategies import make_strategy
-
+def prepare(args) -> Parts:
+    """Check the arguments and inputs and build the run's parts; raises ConfigError, writes nothing."""
     if args.budget < 1:
         raise ConfigError("--budget", None, f"must be >= 1, got {args.budget}")
     if args.seed < 0:
@@ -119,68 +131,94 @@ def prepare(args):
     settings = Settings(job=str(Path(job_path).resolve()), cluster=str(Path(cluster_path).resolve()),
                         backend=args.backend, strategy=args.strategy, seed=args.seed, budget=args.budget,
                         iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch)
-
-    state = TuningRun.read_state(out) if out.is_dir() else None
-    history = []
-    if state is not None:
-        n = len(state.get("trials", []))
-        if not args.resume:
-            raise ConfigError("--out", None, f"{out} already holds a tuning run ({n} trial(s)); add --resume to "
-                                             "continue it, or choose another --out")
-        old = state.get("settings", {})
-        for key in Settings.IDENTITY:
-            if old.get(key) != getattr(settings, key):
-                raise ConfigError("--resume", None,
-                                  f"the run in {out} has {key} = {old.get(key)!r}, this command {getattr(settings, key)!r}; "
-                                  "resume with the same job, cluster, backend, strategy, seed and iterations")
-        history = TuningRun.load_history(out, state, problem.space)
-    elif out.is_dir() and any(p.name != "trials" for p in out.iterdir()):
-        raise ConfigError("--out", None, f"{out} is not empty and holds no tuning run; choose a new directory")
-
+    if out.is_dir():
+        _check_existing(args, rundir.read_state(out) if rundir.is_run_dir(out) else None)
     ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout)
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
-    return settings, problem, strategy, backend, history
+    return Parts(settings, problem, strategy, backend)
+
+
+def _check_existing(args, state: dict | None) -> None:
+    out = args.out
+    if state is None:
+        if not rundir.holds_nothing_but_trials(out):
+            raise ConfigError("--out", None, f"{out} is not empty and holds no tuning run; choose a new directory")
+    elif not args.resume:
+        raise ConfigError("--out", None, f"{out} already holds a tuning run ({len(state.get('trials', []))} trial(s)); "
+                                         "add --resume to continue it, or choose another --out")
+
+
+def history_of(args, parts: Parts) -> list[TrialRecord]:
+    """The records --out holds (none for a new run). Raises ConfigError when the run there is not this
+    command's (other settings)."""
+    out = args.out
+    state = rundir.read_state(out) if out.is_dir() else None
+    if state is None:
+        return []
+    old = state.get("settings", {})
+    for key in Settings.IDENTITY:
+        if old.get(key) != getattr(parts.settings, key):
+            raise ConfigError("--resume", None,
+                              f"the run in {out} has {key} = {old.get(key)!r}, this command "
+                              f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
+                              "strategy, seed and iterations")
+    return rundir.load_records(out, state)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings, problem, strategy, backend, history = prepare(args)
-    except ConfigError as e:
+        parts = prepare(args)
+        history = history_of(args, parts)
+    except (ConfigError, rundir.RunDirError) as e:
         sys.stderr.write(f"{TOOL}: error: {e}\n")
         return 2
-    from hpcps.tune.loop import Stop, TuningRun
     logging.basicConfig(level=logging.WARNING, format=f"{TOOL}: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    echo = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    run = TuningRun(args.out, settings, problem, strategy, backend, history, echo)
+    run = TuningRun(args.out, parts.settings, parts.problem, parts.strategy, parts.backend, history,
+                    echo=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
     run.save_state()
-
-    def stop(signum, frame):
-        run.request_stop(signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+    if stop_after:
+        run.trial_end.append(lambda run, rec: os._exit(137) if rec.trial == stop_after else None)
+    if history and not args.quiet:
+        print(f"resuming {args.out}: {len(history)} trial(s) done, {max(0, args.budget - len(history))} to go",
+              flush=True)
+    old = _on_stop_signals(run)
     try:
-        if history and not args.quiet:
-            print(f"resuming {args.out}: {len(history)} trial(s) done, {max(0, args.budget - len(history))} to go",
-                  flush=True)
-        run.run(args.budget)
-    except Stop as e:
-        cancel = getattr(backend, "cancel", None)
-        if callable(cancel):
-            cancel()                                  # a trial still running (normally none is)
-        print(f"{TOOL}: {e}: stopped with {len(run.history)} trial(s) saved in {args.out}; "
-              "continue with --resume", file=sys.stderr, flush=True)
-        return 0
+        stopped = run.run(args.budget)
+    except KeyboardInterrupt:
+        print(f"{TOOL}: interrupted: {len(run.history)} trial(s) saved in {args.out}; continue with --resume",
+              file=sys.stderr, flush=True)
+        return 130
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if stopped:
+        print(f"{TOOL}: {stopped}: stopped with {len(run.history)} trial(s) saved in {args.out}; "
+              "continue with --resume", file=sys.stderr, flush=True)
+        return 0
     print(final_report(run))
     return 0
 
 
-def final_report(run) -> str:
+def _on_stop_signals(run: TuningRun) -> dict:
+    """SIGTERM and SIGINT ask the run to stop after what it is doing; a second SIGINT interrupts at once.
+    Returns the handlers to put back."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(signum, frame):
+        run.stop_request.request(signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for s in old:
+        signal.signal(s, stop)
+    return old
+
+
+def final_report(run: TuningRun) -> str:
     best = run.best()
     lines = [f"{len(run.history)} trial(s) in {run.out}: trials.csv, best_schedule.toml, convergence.png"]
     failed = [r for r in run.history if not r.ok]
@@ -190,9 +228,9 @@ def final_report(run) -> str:
         lines.append("no trial gave a time")
         return "\n".join(lines)
     first = run.history[0]
-    lines.append(f"best: trial {best.trial}, {best.iteration_time_s * 1e3:.3f} ms per iteration: {best.summary}")
+    lines.append(f"best: trial {best.trial}, {best.time_s * 1e3:.3f} ms per iteration: {best.summary}")
     if first.ok and first.note == "naive":
-        lines.append(f"naive schedule (trial 1): {first.iteration_time_s * 1e3:.3f} ms; speed-up "
-                     f"{first.iteration_time_s / best.iteration_time_s:.2f}x")
+        lines.append(f"naive schedule (trial 1): {first.time_s * 1e3:.3f} ms; speed-up "
+                     f"{first.time_s / best.time_s:.2f}x")
     lines.append(f"best schedule: {run.out / 'best_schedule.toml'}")
     return "\n".join(lines)

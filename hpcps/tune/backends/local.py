@@ -5,6 +5,9 @@
 which emulates the cluster (each rank behaves like the node it stands for). The trial's time and its
 observations come from the trace; the first SKIP iterations (start-up) are left out. A trial that
 exits non-zero, writes no usable trace or runs past the time limit is recorded with its reason.
+
+mpiexec starts in a session of its own (its process group): a timeout or a stop request (SIGTERM to
+the tuner) signals the group, and mpiexec ends its ranks. A trial cut short by a stop is not recorded.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ from pathlib import Path
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import NodeSchedule, write_node_schedule
-from hpcps.tune.backends import TrialResult
-from hpcps.tune.backends.common import (DEFAULT_ITERATIONS, ROOT, SKIP, failure_reason, last_error_line,  # noqa: F401
-                                        rank_env, read_trace, train_argv)
+from hpcps.tune.backends.common import DEFAULT_ITERATIONS, ROOT, SKIP, failure_reason, rank_env, read_trace, train_argv
+from hpcps.tune.trials import Backend, StopRequested, TrialResult
 
-KILL_GRACE_S = 5.0
+KILL_GRACE_S = 5.0               # after SIGTERM, before SIGKILL
+POLL_S = 0.5                     # how often a running trial checks for a stop request
 
 
 def find_mpiexec() -> str | None:
@@ -33,7 +36,7 @@ def find_mpiexec() -> str | None:
     return shutil.which("mpiexec") or shutil.which("mpirun")
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     name = "local"
 
     def __init__(self, cluster: Cluster, job, job_path: Path, cluster_path: Path, *,
@@ -49,6 +52,10 @@ class LocalBackend:
         self.python = python
         self.env = env or {}
         self.skip = min(skip, max(0, iterations - 1))
+        self._stop_requested: StopRequested = lambda: None
+
+    def watch_stop(self, stop_requested: StopRequested) -> None:
+        self._stop_requested = stop_requested
 
     def command(self, schedule_path: Path, trace_path: Path, n_ranks: int) -> list[str]:
         return [self.mpiexec or "mpiexec", "-n", str(n_ranks),
@@ -65,40 +72,48 @@ class LocalBackend:
         cmd = self.command(sched_path, trace_path, schedule.n_ranks)
         (trial_dir / "command.txt").write_text(" ".join(cmd) + "\n")
         env = rank_env(extra=self.env)
-        root = str(ROOT)
-        with (trial_dir / "output.log").open("w") as log:
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root,
+        with (trial_dir / "output.log").open("w") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
                                     start_new_session=True)
             try:
-                rc = proc.wait(timeout=self.timeout_s)
-            except subprocess.TimeoutExpired:
-                _kill_group(proc)
-                return TrialResult(f"timeout: exceeded the trial time limit of {self.timeout_s:g} s",
-                                   trace_path=str(trace_path) if trace_path.exists() else None,
-                                   elapsed_s=time.perf_counter() - t0)
+                ended = self._wait(proc)
             finally:
-                if proc.poll() is None:          # stopped by a signal while waiting
+                if proc.poll() is None:          # a timeout, a stop, or an exception while waiting
                     _kill_group(proc)
-        output = (trial_dir / "output.log").read_text(errors="replace")
-        if rc != 0:
-            reason = failure_reason(output)
-            return TrialResult(f"exit code {rc}: {reason}".strip(), trace_path=str(trace_path) if trace_path.exists()
-                               else None, elapsed_s=time.perf_counter() - t0)
-        return self.read_trace(trace_path, t0)
-
-    def read_trace(self, trace_path: Path, t0: float) -> TrialResult:
+        trace = str(trace_path) if trace_path.exists() else None
+        if ended is not None:
+            return TrialResult(ended, trace_path=trace, elapsed_s=time.perf_counter() - t0)
+        if proc.returncode != 0:
+            reason = failure_reason((trial_dir / "output.log").read_text(errors="replace"))
+            return TrialResult(f"exit code {proc.returncode}: {reason}".strip(), trace_path=trace,
+                               elapsed_s=time.perf_counter() - t0)
         return read_trace(self.cluster, trace_path, self.skip, t0)
+
+    def _wait(self, proc: subprocess.Popen) -> str | None:
+        """Until the trial exits (None), or why it must end first: its time limit, a stop request."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                proc.wait(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+                return None
+            except subprocess.TimeoutExpired:
+                pass
+            why = self._stop_requested()
+            if why:
+                return f"cancelled: the tuner was stopped ({why})"
+            if time.monotonic() >= deadline:
+                return f"timeout: exceeded the trial time limit of {self.timeout_s:g} s"
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
-    """End mpiexec and every rank it started (they share its process group)."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+    """End mpiexec and everything in its process group (it ends its ranks, which have sessions of their own)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=wait)
+            proc.wait(timeout=KILL_GRACE_S)
             return
         except subprocess.TimeoutExpired:
             continue
