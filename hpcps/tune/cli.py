@@ -6,7 +6,9 @@
 
 Backends: sim (the simulator, no MPI), local (real MPI runs emulating the cluster on this machine),
 slurm (trials as Slurm job steps). Strategies: structured, gp, random, anneal, heuristic. Bad input is
-one line on stderr and exit status 2, with nothing written. SIGTERM or Ctrl-C stops after saving what is finished (exit status 0; a second Ctrl-C interrupts at
+one line on stderr and exit status 2, with nothing written. One tuner at a time works in an --out
+(a second is refused); --resume refuses a run whose job or cluster file has changed since it began.
+SIGTERM or Ctrl-C stops after saving what is finished (exit status 0; a second Ctrl-C interrupts at
 once); --resume continues.
 """
 
@@ -63,7 +65,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--budget", type=int, required=True, help="number of trials")
     p.add_argument("--out", type=Path, required=True, help="directory for the run's state, table and results")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and of the sim's noise; default 0)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (which must hold one)")
     p.add_argument("--iterations", type=int, default=None,
                    help="training iterations per trial (default: 10 for sim, 20 for local)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a real trial may take (default 600)")
@@ -90,6 +92,7 @@ class Parts:
     problem: Problem
     strategy: Strategy
     backend: Backend
+    inputs: dict[str, str]           # the fingerprint of the job and cluster files
 
 
 def _cluster_path(args, job: Job) -> Path:
@@ -106,7 +109,8 @@ def _cluster_path(args, job: Job) -> Path:
 
 
 def prepare(args) -> Parts:
-    """Check the arguments and inputs and build the run's parts; raises ConfigError, writes nothing."""
+    """Check the arguments and inputs and build the run's parts; raises ConfigError or RunDirError,
+    writes nothing."""
     if args.budget < 1:
         raise ConfigError("--budget", None, f"must be >= 1, got {args.budget}")
     if args.seed < 0:
@@ -118,6 +122,9 @@ def prepare(args) -> Parts:
     out = args.out
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", None, f"{out} exists and is not a directory")
+    if args.resume and not out.exists():
+        raise ConfigError("--resume", None, f"{out} does not exist: there is no run to resume (without --resume "
+                                            "a new run starts there)")
     job_path = args.job or default_job_path()
     job = load_job(job_path)
     cluster_path = _cluster_path(args, job)
@@ -131,17 +138,21 @@ def prepare(args) -> Parts:
     settings = Settings(job=str(Path(job_path).resolve()), cluster=str(Path(cluster_path).resolve()),
                         backend=args.backend, strategy=args.strategy, seed=args.seed, budget=args.budget,
                         iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch)
-    if out.is_dir():
+    inputs = rundir.fingerprint({"job": Path(job_path), "cluster": Path(cluster_path)})
+    if out.is_dir():                             # what can be refused before the directory is locked
+        rundir.RunLock(out).check_free()
         _check_existing(args, rundir.read_state(out) if rundir.is_run_dir(out) else None)
     ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout)
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
-    return Parts(settings, problem, strategy, backend)
+    return Parts(settings, problem, strategy, backend, inputs)
 
 
 def _check_existing(args, state: dict | None) -> None:
     out = args.out
     if state is None:
+        if args.resume:
+            raise ConfigError("--resume", None, f"{out} holds no tuning run to resume")
         if not rundir.holds_nothing_but_trials(out):
             raise ConfigError("--out", None, f"{out} is not empty and holds no tuning run; choose a new directory")
     elif not args.resume:
@@ -149,52 +160,67 @@ def _check_existing(args, state: dict | None) -> None:
                                          "add --resume to continue it, or choose another --out")
 
 
-def history_of(args, parts: Parts) -> list[TrialRecord]:
-    """The records --out holds (none for a new run). Raises ConfigError when the run there is not this
-    command's (other settings)."""
+def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
+    """Lock --out (made for a new run) and return the lock and the records it holds. Raises ConfigError or
+    RunDirError: another tuner works there, or the run there is not this command's (other settings,
+    changed job or cluster file)."""
     out = args.out
-    state = rundir.read_state(out) if out.is_dir() else None
-    if state is None:
-        return []
-    old = state.get("settings", {})
-    for key in Settings.IDENTITY:
-        if old.get(key) != getattr(parts.settings, key):
+    out.mkdir(parents=True, exist_ok=True)
+    lock = rundir.RunLock(out)
+    lock.acquire()
+    try:
+        state = rundir.read_state(out)
+        _check_existing(args, state)
+        if state is None:
+            return lock, []
+        old = state.get("settings", {})
+        for key in Settings.IDENTITY:
+            if old.get(key) != getattr(parts.settings, key):
+                raise ConfigError("--resume", None,
+                                  f"the run in {out} has {key} = {old.get(key)!r}, this command "
+                                  f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
+                                  "strategy, seed and iterations")
+        changed = rundir.changed_inputs(state.get("inputs", {}), parts.inputs)
+        if changed:
+            files = " and ".join(f"{name} file {getattr(parts.settings, name)}" for name in changed)
             raise ConfigError("--resume", None,
-                              f"the run in {out} has {key} = {old.get(key)!r}, this command "
-                              f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
-                              "strategy, seed and iterations")
-    return rundir.load_records(out, state)
+                              f"the {files} changed since the run in {out} began; resume with the files it "
+                              "began with, or start a new run in another --out")
+        return lock, rundir.load_records(out, state)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         parts = prepare(args)
-        history = history_of(args, parts)
+        lock, history = claim(args, parts)
     except (ConfigError, rundir.RunDirError) as e:
         sys.stderr.write(f"{TOOL}: error: {e}\n")
         return 2
     logging.basicConfig(level=logging.WARNING, format=f"{TOOL}: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    run = TuningRun(args.out, parts.settings, parts.problem, parts.strategy, parts.backend, history,
-                    echo=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)))
-    run.save_state()
-    stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
-    if stop_after:
-        run.trial_end.append(lambda run, rec: os._exit(137) if rec.trial == stop_after else None)
-    if history and not args.quiet:
-        print(f"resuming {args.out}: {len(history)} trial(s) done, {max(0, args.budget - len(history))} to go",
-              flush=True)
-    old = _on_stop_signals(run)
-    try:
-        stopped = run.run(args.budget)
-    except KeyboardInterrupt:
-        print(f"{TOOL}: interrupted: {len(run.history)} trial(s) saved in {args.out}; continue with --resume",
-              file=sys.stderr, flush=True)
-        return 130
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
+    with lock:
+        run = TuningRun(args.out, parts.settings, parts.problem, parts.strategy, parts.backend, history,
+                        echo=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), inputs=parts.inputs)
+        run.save_state()
+        stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+        if stop_after:
+            run.trial_end.append(lambda run, rec: os._exit(137) if rec.trial == stop_after else None)
+        if history and not args.quiet:
+            print(f"resuming {args.out}: {len(history)} trial(s) done, {max(0, args.budget - len(history))} to go",
+                  flush=True)
+        old = _on_stop_signals(run)
+        try:
+            stopped = run.run(args.budget)
+        except KeyboardInterrupt:
+            print(f"{TOOL}: interrupted: {len(run.history)} trial(s) saved in {args.out}; continue with --resume",
+                  file=sys.stderr, flush=True)
+            return 130
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
     if stopped:
         print(f"{TOOL}: {stopped}: stopped with {len(run.history)} trial(s) saved in {args.out}; "
               "continue with --resume", file=sys.stderr, flush=True)

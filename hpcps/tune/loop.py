@@ -2,7 +2,7 @@
 run records it, and observers of each trial's end keep the reports (hpcps.tune.reports); the loop goes
 on until its stopping condition holds.
 
-    run = TuningRun(out, settings, problem, strategy, backend)
+    run = TuningRun(out, settings, problem, strategy, backend, inputs=fingerprint)
     run.run(budget)                  # or run.run(Budget(30) | Deadline(...)): any StoppingCondition
     run.stop_request.request("SIGTERM")          # from a signal handler: the run stops at the next check
 
@@ -16,7 +16,8 @@ Events (lists of callables, called in order):
 A run killed at any moment resumes without losing or repeating a finished trial: the state file is
 written first of all at a trial's end, and the proposal of trial i draws from a generator seeded by
 (seed, i), so the resumed run proposes what the unbroken one would have. A trial that was running
-when the process died has no record: it runs again on resume.
+when the process died has no record: it runs again on resume, after the backend has ended what is
+left of it (Backend.end_orphans).
 
 Stopping is a condition, checked between the steps of a trial: a stop requested while a proposal is
 computed takes effect when it is done (nothing has run); a backend whose trials take long watches the
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -124,19 +125,20 @@ class StopRequest(StoppingCondition):
 
 
 class TuningRun:
-    """One tuning run in its directory `out`. history: the records so far (a resumed run's first); echo:
-    where progress lines go. The standard reports are attached to trial_end and run_end (reports=False:
-    none)."""
+    """One tuning run in its directory `out`. history: the records so far (a resumed run's first);
+    inputs: the fingerprint of the job and cluster files, kept in the state file; echo: where progress
+    lines go. The standard reports are attached to trial_end and run_end (reports=False: none)."""
 
     def __init__(self, out: Path, settings: Settings, problem: Problem, strategy: Strategy, backend: Backend,
                  history: list[TrialRecord] | None = None, echo: Callable[[str], None] = print,
-                 reports: bool = True):
+                 inputs: Mapping[str, str] | None = None, reports: bool = True):
         self.out = Path(out)
         self.settings = settings
         self.problem = problem
         self.strategy = strategy
         self.backend = backend
         self.history = list(history or [])
+        self.inputs = dict(inputs or {})
         self.budget: int | None = None           # the trials run() was asked for, for progress lines
         self.stop_request = StopRequest()
         self.trial_end = Event()
@@ -176,6 +178,11 @@ class TuningRun:
         schedule = self.problem.space.decode(point)
         trial_dir = rundir.trial_dir(self.out, trial)
         if trial_dir.exists():                      # left by a trial that never finished
+            try:
+                self.backend.end_orphans(trial_dir)
+            except Stop as e:
+                self.stop_request.request(str(e))
+                return None
             shutil.rmtree(trial_dir)
         trial_dir.mkdir(parents=True)
         write_node_schedule(schedule, trial_dir / "schedule.toml")
@@ -226,5 +233,5 @@ class TuningRun:
         return min(ok, key=lambda r: r.time_s) if ok else None
 
     def save_state(self) -> None:
-        """The state file, from the settings and every record."""
-        rundir.write_state(self.out, asdict(self.settings), self.history)
+        """The state file, from the settings, the inputs' fingerprint and every record."""
+        rundir.write_state(self.out, asdict(self.settings), self.inputs, self.history)

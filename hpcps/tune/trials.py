@@ -3,7 +3,7 @@
     Proposal      a strategy's next point, its prediction, and the strategy's own setting for it
     TrialResult   what a backend says of one trial
     TrialRecord   a finished trial as the run keeps it (state.json, trials.csv); history is a list of them
-    Backend       where trials run: run_trial(), and hooks for stopping
+    Backend       where trials run: run_trial(), and hooks for stopping and for what a dead run left
     Stop          raised by a backend when the run cannot go on (its Slurm allocation is ending)
 
 Nothing here runs anything; the loop (hpcps.tune.loop) wires strategies and backends together.
@@ -136,3 +136,7 @@ class Backend:
 
     def cancel(self) -> None:
         """End any trial still running and wait until its processes are gone (the run is ending)."""
+
+    def end_orphans(self, trial_dir: Path) -> None:
+        """Before a trial runs again in trial_dir (a run that died while it ran, now resumed): end and
+        wait for whatever of the earlier attempt still runs."""
