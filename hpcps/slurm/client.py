@@ -77,7 +77,7 @@ class SlurmClient:
     # ---- jobs ----------------------------------------------------------------------------------------
 
     def sbatch(self, argv: Sequence[str], cwd: str | None = None) -> str:
-        """Submit with an sbatch argument list (see script.sbatch_argv); returns the job id."""
+        """Submit with an sbatch argument list (``sbatch [options] SCRIPT``); returns the job id."""
         argv = list(argv)
         if "--parsable" not in argv:
             argv.insert(1, "--parsable")

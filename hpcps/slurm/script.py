@@ -1,4 +1,4 @@
-"""Pure rendering of sbatch scripts and srun/sbatch command lines from frozen parameter sets.
+"""Pure rendering of sbatch scripts and srun command lines from frozen parameter sets.
 
 The same parameters always give the same text: options are sorted by name, every value is quoted, and
 nothing reads the clock or the environment. Values go to two readers with different rules:
@@ -124,11 +124,6 @@ class SrunOptions(SlurmOptions):
 
 def _as_args(pairs: Iterable[tuple[str, str | None]]) -> list[str]:
     return [flag if value is None else f"{flag}={value}" for flag, value in pairs]
-
-
-def sbatch_argv(options: SbatchOptions, script: str, script_args: Sequence[str] = ()) -> list[str]:
-    """``sbatch [sorted options] SCRIPT [ARGS]`` as an argument list (for subprocess, no quoting needed)."""
-    return ["sbatch", *_as_args(options.pairs()), script, *script_args]
 
 
 def srun_argv(options: SrunOptions, command: Sequence[str]) -> list[str]:

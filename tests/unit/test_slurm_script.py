@@ -8,9 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from hpcps.slurm.script import (SbatchOptions, SrunOptions, TrialJob, directive_quote, export_lines,
-                                format_command, literal_filename, render_sbatch_script, sbatch_argv,
-                                sbatch_directives, shell_quote, srun_argv)
+from hpcps.slurm.script import (
+    SbatchOptions,
+    SrunOptions,
+    TrialJob,
+    directive_quote,
+    export_lines,
+    format_command,
+    literal_filename,
+    render_sbatch_script,
+    sbatch_directives,
+    shell_quote,
+    srun_argv,
+)
 from tests.unit.golden import check_golden
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,8 +94,8 @@ def test_format_command_round_trips_through_the_shell():
 
 def test_options_are_sorted_and_unset_ones_left_out():
     opts = SbatchOptions(time="5", job_name="j", ntasks=4, nodes=2, exclusive=True, extra=(("--mem", "1G"),))
-    assert sbatch_argv(opts, "job.sh", ["a b"]) == [
-        "sbatch", "--exclusive", "--job-name=j", "--mem=1G", "--nodes=2", "--ntasks=4", "--time=5", "job.sh", "a b"]
+    assert sbatch_directives(opts) == [f"#SBATCH {flag}" for flag in (
+        "--exclusive", "--job-name=j", "--mem=1G", "--nodes=2", "--ntasks=4", "--time=5")]
 
 
 def test_an_option_given_twice_is_an_error():
