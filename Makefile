@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
 MPI ?= mpich
 
-.PHONY: venv demo test test-unit test-mpi test-e2e test-slurm slurm-deps bench clean
+.PHONY: venv demo test lint format-check test-unit test-mpi test-e2e test-slurm slurm-deps bench clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,15 @@ demo: $(STAMP)
 
 test: $(STAMP) slurm-deps
 	$(MAKE) test-unit test-mpi test-e2e test-slurm
+
+# Lint (ruff's rules in pyproject.toml) and type checks.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hpcps
+	$(VENV)/bin/mypy hpcps
+
+# The code's layout as ruff format writes it; not yet part of make test.
+format-check: $(STAMP)
+	$(VENV)/bin/ruff format --check hpcps
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -54,11 +54,12 @@ A final state is reported only when the trial's processes are gone, so its nodes
 Inside an allocation each trial is ``srun --nodes --ntasks [--nodelist | --distribution=arbitrary with
 SLURM_HOSTFILE] --mpi=PLUGIN --overcommit --kill-on-bad-exit --time`` run in the background
 (``subprocess.Popen``); ``--kill-on-bad-exit`` ends the whole step when one rank dies (the others would
-otherwise wait for it in MPI). Its state comes from the srun process and ``scontrol show step``. Outside, each trial is an ``sbatch`` job
-(``--exclusive`` on its nodes) whose state comes from ``scontrol show job``, then ``sacct`` where
-accounting is configured, else the jobcomp/filetxt file. Slurm counts limits in minutes; the launcher
-enforces ``time_limit_s`` itself (from when the step starts, or when Slurm starts the job) with
-``scancel`` and sets Slurm's own limit a minute or more later as a backstop.
+otherwise wait for it in MPI). Its state comes from the srun process and ``scontrol show step``.
+Outside, each trial is an ``sbatch`` job (``--exclusive`` on its nodes) whose state comes from
+``scontrol show job``, then ``sacct`` where accounting is configured, else the jobcomp/filetxt file.
+Slurm counts limits in minutes; the launcher enforces ``time_limit_s`` itself (from when the step
+starts, or when Slurm starts the job) with ``scancel`` and sets Slurm's own limit a minute or more later
+as a backstop.
 
 Trial steps in one allocation take whole nodes unless they overlap; run concurrent trials on
 disjoint node sets.
@@ -71,5 +72,5 @@ from hpcps.slurm.nodes import allocation_nodes, compress_hostlist, render_cluste
 from hpcps.slurm.parse import SlurmNode, SlurmParseError, parse_nodes
 
 __all__ = ["SlurmClient", "SlurmError", "TrialHandle", "TrialLauncher", "TrialState", "TrialStatus",
-           "srun_mpi_plugin", "allocation_nodes", "compress_hostlist", "render_cluster_toml", "unknown_nodes", "SlurmNode",
-           "SlurmParseError", "parse_nodes"]
+           "srun_mpi_plugin", "allocation_nodes", "compress_hostlist", "render_cluster_toml", "unknown_nodes",
+           "SlurmNode", "SlurmParseError", "parse_nodes"]

@@ -14,8 +14,9 @@ import signal as signals
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcps.failure import error_line, output_tail, task_ended
 from hpcps.slurm.client import SlurmClient, SlurmError
@@ -30,10 +31,13 @@ from hpcps.slurm.parse import (
 )
 from hpcps.slurm.script import ALLOCATION_SHAPE_VARS, TrialJob, format_command, srun_argv
 
+if TYPE_CHECKING:
+    from subprocess import Popen  # started by the client; here only followed
+
 log = logging.getLogger(__name__)
 
 
-class TrialStatus(str, Enum):
+class TrialStatus(StrEnum):
     PENDING = "PENDING"        # waiting for nodes
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"    # ended with exit code 0
@@ -76,7 +80,7 @@ class TrialHandle:
     submitted_at: float                # launcher clock
     job_id: str | None = None          # the batch job, or the allocation a step runs in
     step_id: str | None = None         # "12.3" once Slurm shows the step
-    process: object | None = None      # the srun Popen of a step
+    process: Popen | None = None       # the srun Popen of a step
     started_at: float | None = None    # launcher clock when first seen running
     stop_reason: str | None = None     # why we stopped it: set by cancel() or the time limit
     stop_status: TrialStatus | None = None
@@ -88,6 +92,18 @@ class TrialHandle:
     @property
     def slurm_id(self) -> str | None:
         return self.step_id if self.mode == "step" else self.job_id
+
+    @property
+    def job(self) -> str:
+        """job_id, which submit() sets: the batch job, or the allocation a step runs in."""
+        assert self.job_id is not None, "a submitted trial has a job id"
+        return self.job_id
+
+    @property
+    def srun(self) -> Popen:
+        """The srun process of a step."""
+        assert self.process is not None, "a step has its srun process"
+        return self.process
 
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -218,7 +234,7 @@ class TrialLauncher:
 
     def _poll_job(self, handle: TrialHandle) -> TrialState:
         try:
-            rec = self.client.show_job(handle.job_id)
+            rec = self.client.show_job(handle.job)
             if rec is None:
                 return self._forgotten_job(handle)
         except SlurmError as e:
@@ -239,11 +255,11 @@ class TrialLauncher:
 
     def _forgotten_job(self, handle: TrialHandle) -> TrialState:
         """The controller no longer shows the job (MinJobAge passed): ask accounting, then the jobcomp file."""
-        for row in self.client.sacct(handle.job_id):
+        for row in self.client.sacct(handle.job):
             if row.job_id == handle.job_id:
                 return self._final_from_record(handle, row.state, row.exit_code, row.reason,
                                                parse_duration(row.elapsed) if ":" in row.elapsed else None)
-        rec = self.client.jobcomp_record(handle.job_id)
+        rec = self.client.jobcomp_record(handle.job)
         if rec is not None:
             return self._final_from_record(handle, rec.get("JobState", ""), rec.get("ExitCode", ""), "", None)
         return TrialState(TrialStatus.FAILED, reason=f"Slurm no longer knows job {handle.job_id} and keeps no "
@@ -293,7 +309,7 @@ class TrialLauncher:
                 return
 
     def _poll_step(self, handle: TrialHandle) -> TrialState:
-        proc = handle.process
+        proc = handle.srun
         rc = proc.poll()
         if rc is None:
             if handle.step_id is None:
@@ -346,9 +362,9 @@ class TrialLauncher:
         handle.stop_status, handle.stop_reason = status, reason
         handle.stop_sent_at = self.clock()
         if handle.mode == "job":
-            self.client.scancel(handle.job_id)
+            self.client.scancel(handle.job)
             return
-        if handle.process.poll() is not None:
+        if handle.srun.poll() is not None:
             return
         if handle.step_id is None:
             self._find_step(handle)
@@ -356,7 +372,7 @@ class TrialLauncher:
             self.client.scancel(handle.step_id)
         else:
             # Not a step yet (srun waits for nodes): srun ends itself and any step it starts on SIGTERM.
-            handle.process.send_signal(signals.SIGTERM)
+            handle.srun.send_signal(signals.SIGTERM)
 
     def wait(self, handle: TrialHandle, poll_interval_s: float = 1.0, timeout_s: float | None = None,
              stop_requested: Callable[[], str | None] | None = None) -> TrialState:

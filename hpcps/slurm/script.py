@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Sequence
 
 # Values that need no quoting in either reader: keeps the common case readable ("--nodes=2").
 _PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
@@ -52,7 +52,7 @@ def format_command(argv: Sequence[str]) -> str:
     return " ".join(shell_quote(str(a)) for a in argv)
 
 
-def _option_pairs(options: "SlurmOptions") -> list[tuple[str, str | None]]:
+def _option_pairs(options: SlurmOptions) -> list[tuple[str, str | None]]:
     """(flag, value) pairs of the options that are set, sorted by flag. None value: a bare flag."""
     pairs: dict[str, str | None] = {}
     for f in fields(options):

@@ -6,9 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from hpcps.slurm.parse import (SlurmParseError, classify_state, format_time_limit, parse_duration,
-                               parse_exit_code, parse_gres, parse_job_id, parse_nodes, parse_record, parse_records,
-                               parse_sacct)
+from hpcps.slurm.parse import (
+    SlurmParseError,
+    classify_state,
+    format_time_limit,
+    parse_duration,
+    parse_exit_code,
+    parse_gres,
+    parse_job_id,
+    parse_nodes,
+    parse_record,
+    parse_records,
+    parse_sacct,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -154,7 +154,8 @@ def test_trial_script_body_runs_in_bash_with_exact_values(tmp_path):
     body = [ln for ln in script.splitlines() if not ln.startswith("#")]
     assert body[-1].startswith("exec srun ")
     argv_text = body[-1][len("exec "):]
-    body[-1] = ('printf "%s\\n" "$HPCPS_TRACE" "$SLURM_HOSTFILE"; for a in ' + argv_text + '; do printf "%s\\n" "$a"; done')
+    body[-1] = ('printf "%s\\n" "$HPCPS_TRACE" "$SLURM_HOSTFILE"; for a in ' + argv_text
+                + '; do printf "%s\\n" "$a"; done')
     out = subprocess.run(["bash", "-c", "\n".join(body)], capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()
     assert lines[0] == dict(trial.env)["HPCPS_TRACE"]

@@ -112,7 +112,8 @@ def test_a_trial_is_a_step_on_the_schedules_nodes_and_reads_its_trace(tmp_path):
 
 
 @pytest.mark.parametrize("state, status", [
-    (TrialState(TrialStatus.FAILED, 1, reason="exit code 1: ValueError: bad batch"), "exit code 1: ValueError: bad batch"),
+    (TrialState(TrialStatus.FAILED, 1, reason="exit code 1: ValueError: bad batch"),
+     "exit code 1: ValueError: bad batch"),
     (TrialState(TrialStatus.FAILED, None, 9, reason="NODE_FAIL, signal 9"), "failed: NODE_FAIL, signal 9"),
     (TrialState(TrialStatus.TIMEOUT, reason="exceeded the trial time limit of 90 s"),
      "timeout: exceeded the trial time limit of 90 s"),

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import least_squares
 
 from hpcps.cluster.description import Cluster
@@ -74,7 +76,7 @@ class MachineModel:
         self.theta = mean.copy()
         self.cov = np.diag(sd ** 2)
         self.noise_sd = 0.1
-        self.gps: dict[int, object] = {}
+        self.gps: dict[int, Any] = {}           # sklearn GaussianProcessRegressor per type
         self.gp_sd: dict[int, float] = {}
         self.seen = np.zeros(J, dtype=bool)
 
@@ -90,7 +92,7 @@ class MachineModel:
                 "b": np.exp(theta[:, [1]] + per[:, :, 2]) / self.speed,
                 "qa": _sigmoid(per[:, :, 3]), "qb": _sigmoid(per[:, :, 4]), "o": np.exp(per[:, :, 5])}
 
-    def form(self, theta: np.ndarray, type_idx: np.ndarray, k: np.ndarray, t: np.ndarray,
+    def form(self, theta: np.ndarray, type_idx: npt.ArrayLike, k: npt.ArrayLike, t: npt.ArrayLike,
              node_threads: np.ndarray) -> np.ndarray:
         """Seconds of one step under the parametric form: (S,) + the broadcast shape of the inputs."""
         c = self.constants(theta)

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 from emukit.core.interfaces import IModel
 
 from hpcps.tune.models.machine import MachineModel
-from hpcps.tune.models.network import NetworkModel, iteration_times
+from hpcps.tune.models.network import Exchange, NetworkModel, iteration_times
 from hpcps.tune.models.posterior import fit_residual_gp
 from hpcps.tune.problem import Problem
 from hpcps.tune.space import DecodedBatch, decode_many
@@ -65,7 +65,7 @@ class LogTime(IModel):
     weighs a 10% gain the same on a fast schedule as on a slow one, and does not chase the wide absolute
     spread of schedules predicted to be many times slower than the best."""
 
-    def __init__(self, model: "StructuredModel"):
+    def __init__(self, model: StructuredModel):
         self.model = model
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,11 +124,12 @@ class StructuredModel(IModel):
         """X (n_points, n_dims) schedules measured, Y (n_points, 1) their iteration seconds."""
         X, Y = np.atleast_2d(X), np.asarray(Y, dtype=float).reshape(-1, 1)
         if X.shape[0] != Y.shape[0] or X.shape[1] != self.space.n_dims:
-            raise ValueError(f"X must be (n_points, {self.space.n_dims}) and Y (n_points, 1); got {X.shape} and {Y.shape}")
+            raise ValueError(f"X must be (n_points, {self.space.n_dims}) and Y (n_points, 1); "
+                             f"got {X.shape} and {Y.shape}")
         self._X, self._Y = X, Y
 
-    def set_observations(self, trials: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Per trial that ran (ok or not): (point (n_dims,), observations rows)."""
+    def set_observations(self, trials: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        """Per trial that ran (ok or not): (point (n_dims,), observations rows or None)."""
         self._trials = [(np.asarray(p, float), o) for p, o in trials if o is not None and len(o)]
 
     def optimize(self) -> None:
@@ -197,6 +198,7 @@ class StructuredModel(IModel):
             d = decode_many(self.space, chunk)
             comp, bw, lat, agg = self._node_times(d, samples=1)
             ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True)
+            assert isinstance(ex, Exchange)
             return comp[0], ex.pull[0], ex.push[0], ex.iteration[0]
         # The detailed composition keeps several arrays per cell: chunks sized as for two samples.
         chunks = self._by_chunk(X, 2, parts)
@@ -233,11 +235,11 @@ class StructuredModel(IModel):
         d = decode_many(self.space, X)
         comp, bw, lat, agg = self._node_times(d, samples)
         mb = self.problem.model_bytes
-        it = iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb)
+        it = cast(np.ndarray, iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb))
         sigma = self.machine.noise_sd
         if noisy and samples > 1 and sigma > 0:
             factor = np.exp(sigma * self._noise[:samples] - sigma ** 2 / 2)
-            excess = iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb) - it
+            excess = cast(np.ndarray, iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb)) - it
             mean_excess = excess.mean(0, keepdims=True)
             it = it + mean_excess + (excess - mean_excess) / math.sqrt(self._iterations)
         it = np.where(d.feasible[None], it, np.inf)

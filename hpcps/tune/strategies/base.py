@@ -56,7 +56,8 @@ def schedule_key(space: ScheduleSpace, point: np.ndarray) -> bytes:
     return np.rint(p).astype(np.int64).tobytes()
 
 
-def neighbour(space: ScheduleSpace, point: np.ndarray, rng: np.random.Generator, moves: int | None = None) -> np.ndarray:
+def neighbour(space: ScheduleSpace, point: np.ndarray, rng: np.random.Generator,
+              moves: int | None = None) -> np.ndarray:
     """A random nearby point: one to three changes among flipping a server or a worker, moving part of
     one worker's batch to another, and changing one node's threads."""
     n = len(space.cluster)

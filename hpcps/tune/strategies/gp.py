@@ -58,7 +58,7 @@ class GPStrategy(Strategy):
         ok = [r for r in history if r.ok]
         if len(history) < INITIAL or len(ok) < 2:
             return Proposal(self.fresh(self.space.random_points(1, rng)[0], history, rng), note="initial design")
-        import GPy                                   # slow to import: only when a GP is fitted
+        import GPy  # slow to import: only when a GP is fitted
         from emukit.model_wrappers import GPyModelWrapper
 
         # GPy and Emukit's local search draw from NumPy's global generator: seed it per proposal.

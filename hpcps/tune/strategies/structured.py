@@ -218,15 +218,15 @@ class ScheduleAcquisitionOptimizer(AcquisitionOptimizerBase):
         if not fresh:
             self.best_value = 0.0
             return finalists[:1], np.array([[0.0]])
-        fresh = np.array(fresh)
-        v = acquisition.evaluate(fresh)[:, 0]
+        points = np.array(fresh)
+        v = acquisition.evaluate(points)[:, 0]
         if v.max() > 1e-12:
             i = int(np.argmax(v))
         else:
             # Nothing promises an improvement: take the schedule predicted fastest.
-            i = int(np.argmin(self.model.predict_mean(fresh)))
+            i = int(np.argmin(self.model.predict_mean(points)))
         self.best_value = float(v[i])
-        return fresh[i][None, :], np.array([[v[i]]])
+        return points[i][None, :], np.array([[v[i]]])
 
     # -- the candidate pool -------------------------------------------------------------------------
 
@@ -277,19 +277,19 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
         for servers in server_sets:
             for j in sizes:
                 combos.append((servers, fast[:j], threads, uu, vv))
-    X = np.zeros((len(combos), n, len(FIELDS)))
+    X3 = np.zeros((len(combos), n, len(FIELDS)))
     for c, (servers, workers, threads, uu, vv) in enumerate(combos):
-        X[c, servers, 0] = 1
-        X[c, :, 3] = threads
+        X3[c, servers, 0] = 1
+        X3[c, :, 3] = threads
         k = equalise(G, uu, vv, np.isin(np.arange(n), workers), caps)
-        X[c, :, 1] = k > 0
-        X[c, :, 2] = k / max(k.sum(), 1e-12)
-    X = X.reshape(len(combos), -1)
+        X3[c, :, 1] = k > 0
+        X3[c, :, 2] = k / max(k.sum(), 1e-12)
+    X = X3.reshape(len(combos), -1)
     # Second pass: equalise pull + compute + push, the network times taken from the first pass.
     parts = model.compose_parts(X)
     net = parts["pull"] + parts["push"]
     X2 = X.reshape(len(combos), n, len(FIELDS)).copy()
-    for c, (servers, workers, threads, uu, vv) in enumerate(combos):
+    for c, (_, _, _, uu, vv) in enumerate(combos):
         use = X2[c, :, 1] > 0
         k = equalise(G, uu + net[c], vv, use, caps)
         X2[c, :, 1] = k > 0
