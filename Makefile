@@ -33,9 +33,9 @@ demo: $(STAMP)
 	@cat $(DEMO_OUT)/best_schedule.toml
 
 test: $(STAMP) slurm-deps
-	$(MAKE) test-unit test-mpi test-e2e test-slurm
+	$(MAKE) lint test-unit test-mpi test-e2e test-slurm
 
-# Lint (ruff's rules in pyproject.toml) and type checks.
+# Lint (ruff's rules in pyproject.toml) and type checks, first of the tests.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check hpcps
 	$(VENV)/bin/mypy hpcps
