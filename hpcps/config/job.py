@@ -26,6 +26,7 @@ _TOP_SPEC = {
     "training": (dict, REQUIRED),
     "schedule": (dict, None),
     "cluster": (str, None),
+    "exchange": (dict, {}),
 }
 _OPT_SPEC = {
     "name": (str, REQUIRED),
@@ -45,6 +46,12 @@ _TRAIN_SPEC = {
     "eval_every": (int, 0),
     "sync": (str, "bsp"),
 }
+_EXCHANGE_SPEC = {
+    "codec": (str, "none"),
+    "bucket_mb": (float, 4.0),
+    "overlap": (bool, True),
+}
+CODECS = ("none",)   # push codecs: hpcps.ps.codec.CODECS
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,13 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class ExchangeConfig:
+    codec: str = "none"        # what a push becomes on the wire (hpcps/ps/codec.py)
+    bucket_mb: float = 4.0     # the largest piece a shard is cut into: the unit of overlap
+    overlap: bool = True       # push during backward, start the forward on the pieces that have arrived
+
+
+@dataclass(frozen=True)
 class Job:
     name: str
     workload: str
@@ -80,6 +94,7 @@ class Job:
     schedule: Schedule | None = None
     cluster: str | None = None
     source: str = "<job>"
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
 
     def with_iterations(self, iterations: int) -> "Job":
         from dataclasses import replace
@@ -114,10 +129,17 @@ def parse_job(table: dict[str, Any], source: str) -> Job:
     from hpcps.workloads import validate_options  # no torch import: option specs are plain data
     model, data = validate_options(top["workload"], top["model"], top["data"], source)
 
+    ex = take_table(source, "exchange", top["exchange"], _EXCHANGE_SPEC)
+    require_choice(source, "exchange.codec", ex["codec"], CODECS)
+    if not 1 / 1024 <= ex["bucket_mb"] <= 1024:
+        raise ConfigError(source, "exchange.bucket_mb", f"must be in [1/1024, 1024] (MiB), got {ex['bucket_mb']!r}")
+    exchange = ExchangeConfig(**ex)
+
     schedule = None
     if top["schedule"] is not None:
         schedule = parse_schedule(top["schedule"], source, prefix="schedule")
-    return Job(top["name"], top["workload"], optimizer, training, model, data, schedule, top["cluster"], source)
+    return Job(top["name"], top["workload"], optimizer, training, model, data, schedule, top["cluster"], source,
+               exchange)
 
 
 def load_job(path: str | Path) -> Job:
