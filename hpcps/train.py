@@ -85,11 +85,11 @@ def cluster_path(args, job) -> Path | None:
 
 
 def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None = None,
-                   hosts: list[str] | None = None) -> Launch:
+                   hosts: list[str] | None = None, testbed_ids: list[tuple[str, int]] | None = None) -> Launch:
     """Load and check the job, cluster and schedule for n_ranks. Raises ConfigError on bad input.
 
     rank_names: per rank (node name, how found) from hpcps.cluster.mapping.local_node_name;
-    hosts: per rank its host name."""
+    hosts: per rank its host name; testbed_ids: per rank hpcps.testbed.ranks.rank_identity()."""
     from hpcps.config.schedule import parse_schedule
     from hpcps.config.toml_schema import read_toml
     job = load_job(args.job or default_job_path())
@@ -110,10 +110,10 @@ def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None 
                     job.schedule or default_schedule(n_ranks, gb))
         schedule.check_against(n_ranks, gb)
         return Launch(job, schedule)
-    return _resolve_on_cluster(args, job, path, table, n_ranks, rank_names or [], hosts or [])
+    return _resolve_on_cluster(args, job, path, table, n_ranks, rank_names or [], hosts or [], testbed_ids or [])
 
 
-def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> Launch:
+def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts, testbed_ids) -> Launch:
     from hpcps.cluster import load_cluster
     from hpcps.cluster.mapping import choose_mode, place
     from hpcps.cluster.placement import RankPlacement, parse_node_schedule, place_rank_schedule
@@ -145,7 +145,19 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> L
     # One machine standing for several nodes (emulation, or a test Slurm whose nodes share a host).
     emulate = mode == "emulate" or (len(set(hosts)) == 1 and len(set(placement.rank_nodes)) > 1)
     emulation = None
-    if emulate:
+    testbed = None
+    if mode != "emulate":
+        from hpcps.testbed.ranks import on_testbed
+        testbed = on_testbed(testbed_ids, placement.rank_nodes)
+    if testbed is not None:
+        # Nodes of a testbed: real links between them, shaped for its dilation; compute is emulated.
+        from hpcps.ps.runtime import Emulation
+        name, dilation = testbed
+        if args.time_dilation is not None and args.time_dilation != dilation:
+            raise ConfigError("--time-dilation", None, f"testbed {name}'s links are shaped for time dilation "
+                                                       f"{dilation:g}; give that or leave it out")
+        emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute, network="real")
+    elif emulate:
         from hpcps.emulate.rank import default_dilation
         from hpcps.ps.runtime import Emulation
         dilation = args.time_dilation or default_dilation(cluster, placement)
@@ -186,13 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(rank).parse_args(argv)
 
     from hpcps.cluster.mapping import local_node_name
+    from hpcps.testbed.ranks import rank_identity
     rank_names = comm.allgather(local_node_name())
     hosts = comm.allgather(socket.gethostname())
+    testbed_ids = comm.allgather(rank_identity())
     # Rank 0 alone reads the files, so every rank agrees on the outcome and exits together.
     outcome = None
     if rank == 0:
         try:
-            launch = resolve_inputs(args, size, rank_names, hosts)
+            launch = resolve_inputs(args, size, rank_names, hosts, testbed_ids)
             outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv)))
         except ConfigError as e:
             outcome = ("error", str(e))
@@ -224,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             node_name = launch.placement.rank_nodes[rank]
             node_type = launch.cluster.node(node_name).type.name
             if log and rank == 0:
-                how = (f"emulated on this machine at time dilation {emulation.dilation:g}" if emulation
-                       else "as launched")
+                how = ("as launched" if emulation is None else
+                       f"on a testbed: real links, compute emulated at time dilation {emulation.dilation:g}"
+                       if emulation.network == "real" else
+                       f"emulated on this machine at time dilation {emulation.dilation:g}")
                 log(f"cluster {launch.cluster.name}: ranks on nodes {', '.join(launch.placement.rank_nodes)} ({how})")
         recorder = None
         if trace_path is not None:

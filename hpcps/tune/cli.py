@@ -5,11 +5,11 @@
     python -m hpcps.tune ... --out results/runs/tune-a --resume        # after a kill: go on
 
 Backends: sim (the simulator, no MPI), local (real MPI runs emulating the cluster on this machine),
-slurm (trials as Slurm job steps). Strategies: structured, gp, random, anneal, heuristic. Bad input is
-one line on stderr and exit status 2, with nothing written. One tuner at a time works in an --out
-(a second is refused); --resume refuses a run whose job or cluster file has changed since it began.
-SIGTERM or Ctrl-C stops after saving what is finished (exit status 0; a second Ctrl-C interrupts at
-once); --resume continues.
+slurm (trials as Slurm job steps), testbed (real MPI runs on shaped links between network namespaces).
+Strategies: structured, gp, random, anneal, heuristic. Bad input is one line on stderr and exit status
+2, with nothing written. One tuner at a time works in an --out (a second is refused); --resume refuses
+a run whose job or cluster file has changed since it began. SIGTERM or Ctrl-C stops after saving what
+is finished (exit status 0; a second Ctrl-C interrupts at once); --resume continues.
 """
 
 from __future__ import annotations
@@ -60,14 +60,15 @@ def build_parser() -> OneLineParser:
     p.add_argument("--cluster", type=Path, default=None, help="cluster TOML file (default: the job's cluster key)")
     p.add_argument("--backend", choices=BACKEND_NAMES, required=True,
                    help="where trials run: sim (simulator), local (MPI on this machine, emulating the "
-                        "cluster), slurm (Slurm job steps)")
+                        "cluster), slurm (Slurm job steps), testbed (MPI on this machine with real shaped "
+                        "links between network namespaces, root only: docs/testbed.md)")
     p.add_argument("--strategy", choices=STRATEGIES, required=True, help="search strategy")
     p.add_argument("--budget", type=int, required=True, help="number of trials")
     p.add_argument("--out", type=Path, required=True, help="directory for the run's state, table and results")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and of the sim's noise; default 0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (which must hold one)")
     p.add_argument("--iterations", type=int, default=None,
-                   help="training iterations per trial (default: 10 for sim, 20 for local)")
+                   help="training iterations per trial (default: 10 for sim, 20 for local, slurm and testbed)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a real trial may take (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p

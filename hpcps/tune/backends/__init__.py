@@ -3,8 +3,9 @@
     backend.run_trial(trial_dir, schedule, trial) -> TrialResult(status, iteration_time_s, observations, ...)
 
 `sim` runs the simulator (ground truth for benchmarks), `local` runs real MPI jobs that emulate the
-cluster on this machine, `slurm` runs them as Slurm job steps on the cluster itself. A backend never
-raises for a trial that fails (out of memory, a crash, a timeout): it says why in status.
+cluster on this machine, `testbed` runs them on a testbed of this machine (real shaped links between
+network namespaces, hpcps.testbed), `slurm` runs them as Slurm job steps on the cluster itself.
+A backend never raises for a trial that fails (out of memory, a crash, a timeout): it says why in status.
 
 make_backend(name, context) builds one from the command line's context (hpcps.tune.cli.Context: the
 cluster, the job, their paths, the seed, iterations and timeout); a new backend plugs into BACKENDS.
@@ -21,6 +22,7 @@ from hpcps.tune.backends.local import LocalBackend
 from hpcps.tune.backends.sim import DEFAULT_ITERATIONS as SIM_ITERATIONS
 from hpcps.tune.backends.sim import SimBackend
 from hpcps.tune.backends.slurm import SlurmBackend
+from hpcps.tune.backends.testbed import TestbedBackend
 from hpcps.tune.trials import Backend, TrialResult
 
 __all__ = ["BACKENDS", "Backend", "TrialResult", "make_backend"]
@@ -40,7 +42,12 @@ def _slurm(ctx: Any) -> Backend:
                         iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s)
 
 
-BACKENDS: dict[str, Callable[[Any], Backend]] = {"local": _local, "slurm": _slurm, "sim": _sim}
+def _testbed(ctx: Any) -> Backend:
+    return TestbedBackend(ctx.cluster, ctx.job, ctx.job_path, ctx.cluster_path,
+                          iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s)
+
+
+BACKENDS: dict[str, Callable[[Any], Backend]] = {"local": _local, "slurm": _slurm, "sim": _sim, "testbed": _testbed}
 
 
 def make_backend(name: str, ctx: Any) -> Backend:
