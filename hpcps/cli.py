@@ -1,14 +1,17 @@
-"""What every hpcps command-line tool shares: argument errors from rank 0 only, and agreed exits."""
+"""What every hpcps command-line tool shares: one error style (one line, exit status 2, from rank 0
+only), argument errors from rank 0 only, and where the job and cluster files are."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Callable, NoReturn
 
 from hpcps.config.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EXIT_INPUT_ERROR = 2
 
 
 class RankAwareParser(argparse.ArgumentParser):
@@ -29,8 +32,34 @@ def default_job_path() -> Path:
     return local if local.is_file() else PROJECT_ROOT / "jobs" / "default.toml"
 
 
-def fail_input(tool: str, error: ConfigError | str, rank: int = 0) -> None:
+def cluster_path(given: Path | None, job, required: bool = False) -> Path | None:
+    """The cluster file of a command: --cluster as given, else the job's cluster key (relative to the
+    working directory, then to the job file). Without either: None, or a ConfigError when required."""
+    if given is not None:
+        return Path(given)
+    path = job.cluster_path()
+    if path is None and required:
+        raise ConfigError("--cluster", None, f"no cluster: give --cluster FILE, or set cluster = \"FILE\" in {job.source}")
+    return path
+
+
+def report_error(tool: str, error: ConfigError | str, rank: int = 0) -> None:
+    """'tool: error: <what>' on standard error, from rank 0 only."""
     if rank == 0:
         sys.stderr.write(f"{tool}: error: {error}\n")
         sys.stderr.flush()
-    sys.exit(2)
+
+
+def fail_input(tool: str, error: ConfigError | str, rank: int = 0) -> NoReturn:
+    """Bad input: one line (rank 0), and every rank exits with status 2."""
+    report_error(tool, error, rank)
+    sys.exit(EXIT_INPUT_ERROR)
+
+
+def run_tool(tool: str, body: Callable[[], int]) -> int:
+    """body()'s exit status; a ConfigError raised anywhere in it is one line and status 2."""
+    try:
+        return body()
+    except ConfigError as e:
+        report_error(tool, e)
+        return EXIT_INPUT_ERROR

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import time
@@ -55,8 +56,11 @@ def _say(text: str) -> None:
 
 
 def _end(comm, status: int) -> None:
-    if comm.Get_size() == 1:
-        sys.exit(status)
-    time.sleep(ABORT_GRACE_S)
-    comm.Abort(status)
-    sys.exit(status)          # not reached with a real communicator
+    if comm.Get_size() > 1:
+        time.sleep(ABORT_GRACE_S)
+        comm.Abort(status)
+    # Alone, or after an Abort that returned: leave as MPI_Abort would, without the interpreter's
+    # clean-up, which can crash or block on what failed (HDF5 retries a flush that a full disk refuses).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

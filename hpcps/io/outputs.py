@@ -34,9 +34,10 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def check_output(path: str | Path, flag: str, *, inputs: Iterable[str | Path | None] = (), replace: bool,
-                 directory: bool = False) -> Path:
+                 directory: bool = False, example: str = "out") -> Path:
     """Raise ConfigError unless the command may write path (a file, or with directory a folder that
-    receives files); return it. replace: whether an existing file may be replaced (atomically)."""
+    receives files); return it. replace: whether an existing file may be replaced (atomically);
+    example: a file name to suggest when path is a directory."""
     path = Path(path)
     for given in inputs:
         if given is not None and str(given) != "-" and same_file(path, given):
@@ -54,7 +55,7 @@ def check_output(path: str | Path, flag: str, *, inputs: Iterable[str | Path | N
                 raise ConfigError(flag, None, f"cannot write into {path}: not writable")
             return path
         if stat.S_ISDIR(mode):
-            raise ConfigError(flag, None, f"{path} is a directory; give a file name such as {path / 'out'}")
+            raise ConfigError(flag, None, f"{path} is a directory; give a file name such as {path / example}")
         if not stat.S_ISREG(mode):
             raise ConfigError(flag, None, f"{path} exists and is not a regular file; choose another output")
         if not replace:

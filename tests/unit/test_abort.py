@@ -24,6 +24,10 @@ class FakeComm:
 def no_grace(monkeypatch):
     monkeypatch.setattr("hpcps.comm.abort.ABORT_GRACE_S", 0.0)
 
+    def exit_(status):                  # the process must live on for the test to check it
+        raise SystemExit(status)
+    monkeypatch.setattr("hpcps.comm.abort.os._exit", exit_)
+
 
 @pytest.mark.parametrize("code, status", [(0, 1), (None, 1), (3, 3), ("stopped", 1), (True, 1), (300, 1)])
 def test_a_rank_that_exits_with_any_status_aborts_the_job(code, status, capsys):
