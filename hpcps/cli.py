@@ -4,6 +4,7 @@ only), argument errors from rank 0 only, and where the job and cluster files are
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -57,9 +58,13 @@ def fail_input(tool: str, error: ConfigError | str, rank: int = 0) -> NoReturn:
 
 
 def run_tool(tool: str, body: Callable[[], int]) -> int:
-    """body()'s exit status; a ConfigError raised anywhere in it is one line and status 2."""
+    """body()'s exit status; a ConfigError raised anywhere in it is one line and SystemExit(2), as
+    argparse does for a bad flag."""
     try:
         return body()
     except ConfigError as e:
-        report_error(tool, e)
-        return EXIT_INPUT_ERROR
+        fail_input(tool, e)
+    except BrokenPipeError:
+        # The reader of our output left (| head): stop quietly, as other command-line tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
