@@ -59,8 +59,8 @@ def check_output(path: str | Path, flag: str, *, inputs: Iterable[str | Path | N
         if not stat.S_ISREG(mode):
             raise ConfigError(flag, None, f"{path} exists and is not a regular file; choose another output")
         if not replace:
-            raise ConfigError(flag, None, f"{path} exists and {flag} never overwrites a file; remove it or "
-                                          "choose another")
+            raise ConfigError(flag, None, f"{path} exists, and what {flag} names is never overwritten: "
+                                          "remove it or choose another")
     parent = path if directory and not path.exists() else path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -80,7 +80,7 @@ def test_the_trace_never_replaces_an_input_or_an_existing_file(tmp_path, job):
     one_error_line(train(tmp_path, "--job", str(job), "--trace", str(link)), "is also an input")
     old = tmp_path / "old.h5"
     old.write_bytes(b"earlier run")
-    one_error_line(train(tmp_path, "--job", str(job), "--trace", str(old)), "never overwrites a file")
+    one_error_line(train(tmp_path, "--job", str(job), "--trace", str(old)), "is never overwritten")
     assert old.read_bytes() == b"earlier run"
     one_error_line(train(tmp_path, "--job", str(job), "--trace", "/dev/full"), "not a regular file")
 
