@@ -73,16 +73,8 @@ class Context:
 
 
 def _cluster_path(args, job) -> Path:
-    if args.cluster is not None:
-        return args.cluster
-    if job.cluster is None:
-        raise ConfigError("--cluster", None,
-                          f"no cluster: give --cluster FILE, or set cluster = \"FILE\" in {job.source}")
-    path = Path(job.cluster)
-    if not path.is_absolute() and not path.is_file():
-        beside = Path(job.source).parent / path
-        path = beside if beside.is_file() else path
-    return path
+    from hpcps.cli import cluster_path
+    return cluster_path(args.cluster, job, required=True)
 
 
 def prepare(args):
