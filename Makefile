@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
 MPI ?= mpich
 
-.PHONY: venv demo test test-unit test-mpi test-e2e test-slurm slurm-deps bench clean
+.PHONY: venv demo test test-unit test-fuzz test-mpi test-e2e test-slurm slurm-deps bench clean
 
 venv: $(STAMP)
 
@@ -33,10 +33,15 @@ demo: $(STAMP)
 	@cat $(DEMO_OUT)/best_schedule.toml
 
 test: $(STAMP) slurm-deps
-	$(MAKE) test-unit test-mpi test-e2e test-slurm
+	$(MAKE) test-unit test-fuzz test-mpi test-e2e test-slurm
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# Generated and damaged inputs for every loader and command (hypothesis, derandomized): each ends in
+# exit status 0 or 2 with one line, never a traceback or a hang (docs/reliability.md). About a minute.
+test-fuzz: $(STAMP)
+	$(PY) -m pytest -q tests/fuzz
 
 # The MPI tests run at two communicator sizes: with servers colocated on worker ranks, and apart.
 test-mpi: $(STAMP)

@@ -16,15 +16,21 @@ EXIT_INPUT_ERROR = 2
 
 
 class RankAwareParser(argparse.ArgumentParser):
-    """argparse that prints usage and errors on rank 0 only; every rank still exits with status 2."""
+    """argparse in the tools' error style: a bad flag is one line 'tool: error: ...' and exit status 2
+    (no usage dump); under MPI only rank 0 prints, every rank exits."""
 
-    def __init__(self, *args, rank: int = 0, **kwargs):
+    def __init__(self, *args, rank: int = 0, tool: str | None = None, **kwargs):
         self.rank = rank
         super().__init__(*args, **kwargs)
+        self.tool = tool or self.prog.removeprefix("python -m ")
 
     def _print_message(self, message, file=None):
         if self.rank == 0:
             super()._print_message(message, file)
+
+    def error(self, message):
+        report_error(self.tool, f"{message} (--help lists the options)", self.rank)
+        sys.exit(EXIT_INPUT_ERROR)
 
 
 def default_job_path() -> Path:

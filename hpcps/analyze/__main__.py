@@ -10,20 +10,19 @@ before anything is written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
 
-from hpcps.cli import run_tool
+from hpcps.cli import RankAwareParser, run_tool
 from hpcps.config.errors import ConfigError
 
 TOOL = "hpcps.analyze"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hpcps.analyze",
+def build_parser() -> RankAwareParser:
+    p = RankAwareParser(prog="python -m hpcps.analyze",
                                 description="Summarise, compare, plot and export hpcps traces (HDF5).")
     p.add_argument("traces", nargs="+", type=Path, metavar="TRACE.h5", help="trace files written by hpcps.train")
     p.add_argument("--plot", type=Path, metavar="DIR",

@@ -10,12 +10,11 @@ a node that Slurm describes with values a cluster file cannot hold is an error n
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tomllib
 from pathlib import Path
 
-from hpcps.cli import report_error, run_tool
+from hpcps.cli import RankAwareParser, report_error, run_tool
 from hpcps.config import limits
 from hpcps.config.errors import ConfigError
 
@@ -23,8 +22,8 @@ TOOL = "hpcps.cluster"
 EXIT_SLURM_FAILED = 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hpcps.cluster", description="Tools for cluster files.")
+def build_parser() -> RankAwareParser:
+    p = RankAwareParser(prog="python -m hpcps.cluster", description="Tools for cluster files.")
     p.add_argument("--from-slurm", action="store_true",
                    help="write a starting cluster file from 'scontrol show node' (CPUs, memory, GPUs, features)")
     p.add_argument("--out", type=Path, default=None, help="write the file here (default: print it); never overwritten")

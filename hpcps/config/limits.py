@@ -29,7 +29,7 @@ MAX_SEQ_LEN = 65_536
 MAX_CHARS = 1_000_000_000
 
 # Clusters (per node type)
-MAX_SPEED = 1e4                     # relative to the calibration machine
+MIN_SPEED, MAX_SPEED = 1e-4, 1e4    # relative to the calibration machine (times divide by it)
 MAX_CORES = 4096
 MIN_NIC_GBPS, MAX_NIC_GBPS = 1e-3, 1e5   # 1 Mb/s to 100 Tb/s per direction
 MAX_LATENCY_US = 1e7                # 10 s one way

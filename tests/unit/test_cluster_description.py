@@ -80,8 +80,8 @@ def test_bundled_cluster_shapes():
 
 BAD = [
     # (change to GOOD, key, words in the message)
-    (("speed = 0.5", "speed = 0.0"), "types.slow.speed", "> 0"),
-    (("speed = 0.5", "speed = -1.0"), "types.slow.speed", "> 0"),
+    (("speed = 0.5", "speed = 0.0"), "types.slow.speed", ">= 0.0001"),
+    (("speed = 0.5", "speed = -1.0"), "types.slow.speed", ">= 0.0001"),
     (("speed = 0.5", "speed = nan"), "types.slow.speed", "finite"),
     (("speed = 0.5", "speed = inf"), "types.slow.speed", "finite"),
     (("speed = 0.5", 'speed = "fast"'), "types.slow.speed", "must be a number"),
