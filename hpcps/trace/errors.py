@@ -33,8 +33,6 @@ def write_failure(error: BaseException) -> str:
     span lines and carry buffer addresses)."""
     text = str(error)
     found = re.search(r"error message = '([^']*)'", text)
-    if getattr(error, "strerror", None):
-        return error.strerror
     if found:
         return found.group(1)
-    return " ".join(text.split())[:200]
+    return " ".join(str(getattr(error, "strerror", None) or text).split())[:200]

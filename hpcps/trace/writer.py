@@ -67,6 +67,12 @@ class TraceWriter:
         self.file = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            # "x": create, or fail if the file exists: two runs given one path never share (or truncate)
+            # one file, even when both passed the check for an existing file before either created it.
+            self.file = h5py.File(self.path, "x", libver=LIBVER, locking="best-effort")
+        except (OSError, RuntimeError, ValueError) as e:
+            raise TraceWriteError(self.path, e, kept=False) from None
+        try:
             self._create(info, ranks, shards, versions, t0_unix_s, attrs)
         except (OSError, RuntimeError, ValueError) as e:
             # Nothing is left of a trace that could not even be started (a full disk, a size limit).
@@ -76,7 +82,7 @@ class TraceWriter:
 
     def _create(self, info: RunInfo, ranks: list[dict], shards: np.ndarray, versions: dict[str, str],
                 t0_unix_s: float, attrs: dict) -> None:
-        f = self.file = h5py.File(self.path, "w", libver=LIBVER, locking="best-effort")
+        f = self.file
         f.attrs.update({"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "status": STATUS_RUNNING,
                         "run_id": info.run_id, "created": info.created, "t0_unix_s": t0_unix_s,
                         "n_ranks": len(ranks), "time_units": "s"})
