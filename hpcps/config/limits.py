@@ -27,6 +27,7 @@ MAX_LAYERS = 256                    # layers and residual blocks
 MAX_SAMPLES = 1_000_000             # generated data sets (cifar-resnet: 12 kB each, on every rank)
 MAX_SEQ_LEN = 65_536
 MAX_CHARS = 1_000_000_000
+MAX_MODEL_PARAMS = 10**9            # a built-in model: 4 GB a copy, and every rank holds several
 
 # Clusters (per node type)
 MIN_SPEED, MAX_SPEED = 1e-4, 1e4    # relative to the calibration machine (times divide by it)

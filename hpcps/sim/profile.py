@@ -224,7 +224,12 @@ def load_profiles(path: str | Path | None = None) -> Profiles:
 
 
 def count_parameters(workload: str, model: dict, data: dict) -> int:
-    """Build the workload's model (this imports PyTorch and loads the workload's data) and count."""
+    """Trainable parameters of the workload's model with these options: counted from the architecture
+    for a built-in workload, else by building the model (this imports PyTorch and loads the data)."""
+    from hpcps.workloads.specs import model_parameters
+    n = model_parameters(workload, model, data)
+    if n is not None:
+        return n
     from hpcps.workloads import build_workload
     m = build_workload(workload, model, data, seed=0).build_model()
     return sum(p.numel() for p in m.parameters() if p.requires_grad)

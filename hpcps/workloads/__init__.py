@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
 from hpcps.config.toml_schema import take_table
-from hpcps.workloads.specs import DATA_SPECS, MODEL_SPECS, train_samples
+from hpcps.workloads.specs import DATA_SPECS, MODEL_SPECS, model_parameters, train_samples
 
 BUILTIN = {
     "digits": "hpcps.workloads.digits:DigitsWorkload",
@@ -23,8 +24,17 @@ BUILTIN = {
 def validate_options(workload: str, model: dict, data: dict, source: str) -> tuple[dict, dict]:
     """Check a job's workload name and its [model]/[data] options; return them with defaults filled in."""
     if workload in BUILTIN:
-        return (take_table(source, "model", model, MODEL_SPECS[workload]),
-                take_table(source, "data", data, DATA_SPECS[workload]))
+        model = take_table(source, "model", model, MODEL_SPECS[workload])
+        data = take_table(source, "data", data, DATA_SPECS[workload])
+        if workload == "cifar-resnet" and not (model["width"] in (1, 2, 4) or model["width"] % 8 == 0):
+            # Its GroupNorms split channels (width, 2 x width, 4 x width) into min(8, channels) groups.
+            raise ConfigError(source, "model.width", f"must be 1, 2, 4 or a multiple of 8 (the GroupNorm layers "
+                                                     f"split channels into groups of 8), got {model['width']}")
+        n = model_parameters(workload, model, data)
+        if n > limits.MAX_MODEL_PARAMS:
+            raise ConfigError(source, "model", f"options {model} give a {workload} model of {n} parameters; "
+                                               f"at most {limits.MAX_MODEL_PARAMS} (4 GB a copy)")
+        return model, data
     if ":" not in workload:
         raise ConfigError(source, "workload",
                           f"unknown workload {workload!r}; built-ins are {', '.join(BUILTIN)}, "

@@ -90,3 +90,31 @@ def train_samples(workload: str, model: dict[str, Any], data: dict[str, Any]) ->
     seq = data["seq_len"]
     n_train, _ = charlm_split(len(python_corpus(data["corpus_chars"])), seq)
     return len(range(0, n_train - seq - 1, seq))
+
+
+def model_parameters(workload: str, model: dict[str, Any], data: dict[str, Any]) -> int | None:
+    """Trainable parameters of a built-in workload's model with these options, counted from its
+    architecture without building it (None for a custom workload). tests/unit/test_workloads.py holds
+    it to the models PyTorch builds."""
+    if workload not in OPTIONS:
+        return None
+    model, data = with_defaults(workload, model, data)
+    if workload == "digits":
+        h = model["hidden"]
+        return 64 * h + h + h * 10 + 10
+    if workload == "charlm":
+        vocab = len(set(python_corpus(data["corpus_chars"])))
+        e, h, layers = model["embed"], model["hidden"], model["layers"]
+        lstm = sum(4 * h * ((e if i == 0 else h) + h) + 8 * h for i in range(layers))
+        return vocab * e + lstm + h * vocab + vocab
+    w, blocks = model["width"], model["blocks"]
+    n = 3 * w * 9 + 2 * w                       # stem: 3x3 convolution and its GroupNorm
+    c = w
+    for stage, stride in enumerate((1, 2, 2)):
+        c_out = w * 2 ** stage
+        for b in range(blocks):
+            n += c * c_out * 9 + c_out * c_out * 9 + 4 * c_out          # two 3x3 convolutions, two norms
+            if (stride if b == 0 else 1) != 1 or c != c_out:
+                n += c * c_out + 2 * c_out                               # 1x1 projection and its norm
+            c = c_out
+    return n + c * 10 + 10
