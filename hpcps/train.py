@@ -136,6 +136,7 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> L
         for r, node in enumerate(placement.rank_nodes):
             if not cluster.has(node):
                 raise ConfigError(str(path), None, f"rank {r} runs on {node!r}, not a node of this cluster")
+        placement.check_threads(cluster)
     placement.schedule.check_against(n_ranks, gb)
     profile = _profile(job)
     if profile is not None:

@@ -109,3 +109,38 @@ def test_any_bytes_as_a_config_file(text):
                 parse_job(read_toml(path), str(path))
             except ConfigError as e:
                 assert "\n" not in str(e) and str(e).startswith(str(path)), str(e)
+
+
+@settings(max_examples=150)
+@given(st.data())
+def test_what_hpcps_train_checks_on_rank_0(data):
+    """hpcps.train's checks before any rank starts (resolve_inputs, plan_trace): a launch or a ConfigError."""
+    import argparse
+
+    from hpcps.train import plan_trace, resolve_inputs
+    which = data.draw(st.sampled_from(["job", "cluster", "schedule", "node schedule"]), label="mutated")
+    job = {k: v for k, v in JOB.items() if k != "cluster"}
+    job["schedule"] = {"servers": [0], "workers": [{"rank": r, "batch": 16} for r in range(4)]}
+    tables = {"job": job, "cluster": CLUSTER, "schedule": SCHEDULE | {"workers": [
+        {"rank": 0, "batch": 32}, {"rank": 3, "batch": 32, "threads": 2}]},
+              "node schedule": {"nodes": [{"name": "n1", "server": True, "workers": [{"batch": 32}]},
+                                          {"name": "n6", "workers": [{"batch": 16}, {"batch": 16}]}]}}
+    tables[which] = mutate(data, tables[which])
+    use_cluster = which in ("cluster", "node schedule") or data.draw(st.booleans(), label="with cluster")
+    schedule = "node schedule" if which == "node schedule" else "schedule"
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for name, table in tables.items():
+            (d / f"{name.replace(' ', '_')}.toml").write_text(tomli_w.dumps(table))
+        args = argparse.Namespace(
+            job=d / "job.toml", schedule=d / f"{schedule.replace(' ', '_')}.toml", iterations=None,
+            device="cpu", gpu_transport="auto", cluster=d / "cluster.toml" if use_cluster else None,
+            placement="auto", time_dilation=None, emulate_compute="reference", trace=d / "t.h5", no_trace=False,
+            trace_flush_s=None, quiet=True)
+        with time_limit(10):
+            try:
+                launch = resolve_inputs(args, 4)
+                plan_trace(args, launch.job, launch.schedule, [])
+            except ConfigError as e:
+                assert "\n" not in str(e), str(e)
+        assert not (d / "t.h5").exists()
