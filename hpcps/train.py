@@ -86,10 +86,9 @@ def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None 
 
     rank_names: per rank (node name, how found) from hpcps.cluster.mapping.local_node_name;
     hosts: per rank its host name."""
-    from hpcps.config.schedule import parse_schedule
-    from hpcps.config.toml_schema import read_toml
     from hpcps.config import limits
-    from hpcps.config.toml_schema import check_number
+    from hpcps.config.schedule import parse_schedule
+    from hpcps.config.toml_schema import check_number, read_toml
     from hpcps.workloads import check_data_size, load_factory
     job = load_job(args.job or default_job_path())
     if args.iterations is not None:
