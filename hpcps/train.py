@@ -217,8 +217,21 @@ def main(argv: list[str] | None = None) -> int:
     launch, (trace_path, run_info) = outcome[1]
     job, schedule, emulation = launch.job, launch.schedule, launch.emulation
 
+    # Each rank checks where it computes and how its buffers reach MPI, so a GPU transport that cannot
+    # work here (direct on an MPI that cannot read device memory) is one clear error at start-up.
+    from hpcps.comm.buffers import TransportError, choose_transport
+    from hpcps.ps.runtime import pick_device, run_training
+    problem = None
+    try:
+        device = pick_device(args.device, schedule.worker(rank) is not None)
+        choose_transport(args.gpu_transport, device == "cuda")
+    except (TransportError, RuntimeError) as e:
+        problem = f"rank {rank}: {e}"
+    problems = [p for p in comm.allgather(problem) if p]
+    if problems:
+        fail_input(TOOL, problems[0], rank)
+
     from hpcps.comm.abort import abort_on_error
-    from hpcps.ps.runtime import run_bsp
     with abort_on_error(comm, TOOL):
         log = None if args.quiet else (lambda msg: print(msg, flush=True))
         node_name = node_type = None
@@ -238,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s,
                                      node_name=node_name, node_type=node_type,
                                      **({"clock": clock} if clock else {}))
-        result = run_bsp(comm, job, schedule, device=args.device, gpu_transport=args.gpu_transport, log=log,
-                         recorder=recorder, emulation=emulation)
+        result = run_training(comm, job, schedule, device=args.device, gpu_transport=args.gpu_transport, log=log,
+                              recorder=recorder, emulation=emulation)
         if recorder is not None:
             recorder.close(None if result is None else {
                 "wall_s": result.wall_s, "samples_per_s": result.samples_per_s,

@@ -1,8 +1,10 @@
 """Chrome trace-event JSON (what Perfetto and chrome://tracing open) from a trace, and a checker for it.
 
-Each rank is a process. Its first lane ("phases") holds the iterations with their phases nested
-inside (waits and local copies inside the pull and push windows); one more lane per peer and direction
-holds the messages, and each message is a flow arrow from its send slice to its recv slice.
+Each rank is a process. Its first lane ("phases") holds the iterations with the worker's own phases
+nested inside; the second ("server") its aggregations; the third ("exchange") the pull and push windows
+with their waits and local copies: an overlapped run pushes during the backward pass and aggregates
+between layers, so these lanes overlap in time, each nesting within itself. One more lane per peer and
+direction holds the messages, and each message is a flow arrow from its send slice to its recv slice.
 Times are microseconds since the trace's time zero (integer nanoseconds / 1000, so nesting survives
 the conversion exactly).
 """
@@ -17,11 +19,12 @@ import numpy as np
 from hpcps.trace.reader import Trace
 from hpcps.trace.schema import DIRECTIONS, PHASES, TRANSFER_KINDS
 
-_MAIN_TID = 0
+_MAIN_TID, _SERVER_TID, _EXCHANGE_TID = 0, 1, 2
+_LANE_OF_PHASE = {"aggregate": _SERVER_TID, "pull": _EXCHANGE_TID, "push": _EXCHANGE_TID, "wait": _EXCHANGE_TID}
 
 
 def _lane(peer: int, direction: str) -> int:
-    return 1 + 2 * peer + (0 if direction == "send" else 1)
+    return 3 + 2 * peer + (0 if direction == "send" else 1)
 
 
 def _ns(t: np.ndarray) -> np.ndarray:
@@ -42,7 +45,8 @@ def to_chrome(trace: Trace, iterations: tuple[int, int] | None = None) -> dict:
         out.append({"ph": "M", "name": "process_name", "pid": r,
                     "args": {"name": f"rank {r} ({row['role']}, k={int(row['batch'])}, {row['node_name']})"}})
         out.append({"ph": "M", "name": "process_sort_index", "pid": r, "args": {"sort_index": r}})
-        out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": _MAIN_TID, "args": {"name": "phases"}})
+        for tid, lane in ((_MAIN_TID, "phases"), (_SERVER_TID, "server"), (_EXCHANGE_TID, "exchange")):
+            out.append({"ph": "M", "name": "thread_name", "pid": r, "tid": tid, "args": {"name": lane}})
     s_ns, e_ns = _ns(ev["t_start"]), _ns(ev["t_end"])
     for i in range(ev.size):
         phase = PHASES[int(ev["phase"][i])]
@@ -52,7 +56,8 @@ def to_chrome(trace: Trace, iterations: tuple[int, int] | None = None) -> dict:
         if not np.isnan(ev["loss"][i]):
             args["loss"] = round(float(ev["loss"][i]), 6)
         name = f"iteration {int(ev['iteration'][i])}" if phase == "iteration" else phase
-        out.append({"ph": "X", "cat": "phase", "name": name, "pid": int(ev["rank"][i]), "tid": _MAIN_TID,
+        out.append({"ph": "X", "cat": "phase", "name": name, "pid": int(ev["rank"][i]),
+                    "tid": _LANE_OF_PHASE.get(phase, _MAIN_TID),
                     "ts": s_ns[i] / 1e3, "dur": (e_ns[i] - s_ns[i]) / 1e3, "args": args})
     ts_ns, te_ns = _ns(tr["t_start"]), _ns(tr["t_end"])
     ends: dict[tuple, list] = {}
@@ -66,7 +71,7 @@ def to_chrome(trace: Trace, iterations: tuple[int, int] | None = None) -> dict:
         if dur_s > 0:
             args["GB/s"] = round(nbytes / dur_s / 1e9, 3)
         if direction == "local":
-            tid, name = _MAIN_TID, f"{kind} shard {shard} (local copy)"
+            tid, name = _EXCHANGE_TID, f"{kind} shard {shard} (local copy)"
         else:
             tid = _lane(peer, direction)
             lanes[rank].add(tid)
@@ -79,7 +84,7 @@ def to_chrome(trace: Trace, iterations: tuple[int, int] | None = None) -> dict:
                 rank, tid, ts_ns[i] / 1e3)
     for rank, tids in lanes.items():
         for tid in sorted(tids):
-            peer, recv = divmod(tid - 1, 2)
+            peer, recv = divmod(tid - 3, 2)
             out.append({"ph": "M", "name": "thread_name", "pid": rank, "tid": tid,
                         "args": {"name": f"{'recv from' if recv else 'send to'} rank {peer}"}})
             out.append({"ph": "M", "name": "thread_sort_index", "pid": rank, "tid": tid, "args": {"sort_index": tid}})

@@ -69,9 +69,13 @@ def summary_text(s: dict) -> str:
     out += [table(["server", "shard MB", "pull MB/it", "pull ms", "pull GB/s", "push MB/it", "push ms", "push GB/s"],
                   rows), ""]
 
+    h = s["hidden_communication"]
+    out += [f"Communication hidden behind computation: {_pct(h['hidden_share'])} of message time "
+            f"(push {_pct(h['push_hidden_share'])} of {_ms(h['push_s'])} ms, pull {_pct(h['pull_hidden_share'])} "
+            f"of {_ms(h['pull_s'])} ms, summed over ranks and steady iterations)", ""]
     sg = s["straggler"]
     if sg:
-        out.append(f"Straggler: rank {sg['rank']} is the last worker ready to push in {_pct(sg['share_last'])} of "
+        out.append(f"Straggler: rank {sg['rank']} is the last worker to finish its backward pass in {_pct(sg['share_last'])} of "
                    f"iterations, median {_ms(sg['lag_vs_median_s'])} ms after the median worker and "
                    f"{_ms(sg['lag_vs_next_s'])} ms after the next-slowest when last; its compute takes "
                    f"{_ms(sg['compute_s'])} ms against {_ms(sg['others_compute_s'])} ms for the others")

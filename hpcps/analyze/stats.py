@@ -161,25 +161,26 @@ def wait_share(trace: Trace, iterations: np.ndarray | None = None) -> dict[int, 
 
 @dataclass
 class Straggler:
-    rank: int                 # the worker that most often starts its push last
+    rank: int                 # the worker that most often finishes its backward pass last
     share_last: float         # fraction of steady iterations in which it was last
-    lag_vs_median_s: float    # median over iterations: its push start minus the median worker's
+    lag_vs_median_s: float    # median over iterations: its compute end minus the median worker's
     lag_vs_next_s: float      # median over iterations where it was last: lead over the second-to-last
     compute_s: float          # its median compute time
     others_compute_s: float   # the other workers' median compute time
 
 
 def straggler(trace: Trace) -> Straggler | None:
-    """Which worker holds up the others: the one whose gradients are ready (push window starts) last."""
-    push = trace.phase("push")
+    """Which worker holds up the others: the one whose last gradient is ready last (its compute ends
+    last: with overlap, pushes start during the backward pass, so the push window's start says less)."""
+    done = trace.phase("compute")
     workers = trace.workers
-    push = push[_in(push["iteration"], steady_iterations(trace)) & _in(push["rank"], workers)]
-    if workers.size < 2 or push.size == 0:
+    done = done[_in(done["iteration"], steady_iterations(trace)) & _in(done["rank"], workers)]
+    if workers.size < 2 or done.size == 0:
         return None
-    its = np.unique(push["iteration"])
+    its = np.unique(done["iteration"])
     col = {int(w): i for i, w in enumerate(workers)}
     ready = np.full((its.size, workers.size), np.nan)
-    ready[np.searchsorted(its, push["iteration"]), [col[int(r)] for r in push["rank"]]] = push["t_start"]
+    ready[np.searchsorted(its, done["iteration"]), [col[int(r)] for r in done["rank"]]] = done["t_end"]
     ready = ready[~np.isnan(ready).any(axis=1)]
     if ready.shape[0] == 0:
         return None
@@ -329,6 +330,60 @@ def node_types(trace: Trace) -> dict[str, dict]:
     return out
 
 
+def _union(intervals: np.ndarray) -> np.ndarray:
+    """Disjoint, sorted intervals covering the (n, 2) intervals given."""
+    if intervals.size == 0:
+        return intervals.reshape(0, 2)
+    iv = intervals[np.argsort(intervals[:, 0])]
+    out = [list(iv[0])]
+    for a, b in iv[1:]:
+        if a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return np.array(out)
+
+
+def _covered(intervals: np.ndarray, cover: np.ndarray) -> float:
+    """Total length of disjoint intervals that lies inside the disjoint intervals cover."""
+    total = 0.0
+    for a, b in intervals:
+        lo, hi = np.maximum(cover[:, 0], a), np.minimum(cover[:, 1], b)
+        total += float(np.clip(hi - lo, 0, None).sum())
+    return total
+
+
+def hidden_communication(trace: Trace, iterations: np.ndarray | None = None) -> dict[str, float]:
+    """The share of message time that a rank spent computing at the same time, over steady iterations.
+
+    Per rank, the time its push (or pull) messages were in flight is the union of their intervals from
+    post to completion (copies of a rank serving itself excluded); the hidden part is what lies inside
+    the rank's own compute phases. Returns shares for push, pull and both, summed over ranks, and the
+    seconds behind them: 0 when a run overlaps nothing, 1 when every message moved while its rank computed.
+    """
+    its = steady_iterations(trace) if iterations is None else iterations
+    t = trace.transfers
+    t = t[_in(t["iteration"], its) & (t["direction"] != DIRECTION["local"])]
+    comp = trace.phase("compute")
+    comp = comp[_in(comp["iteration"], its)]
+    out: dict[str, float] = {}
+    totals = {"push": [0.0, 0.0], "pull": [0.0, 0.0]}
+    for r in np.unique(t["rank"]):
+        cover = _union(np.column_stack([comp["t_start"], comp["t_end"]])[comp["rank"] == r])
+        for kind in ("push", "pull"):
+            mine = t[(t["rank"] == r) & (t["kind"] == TRANSFER_KIND[kind])]
+            busy = _union(np.column_stack([mine["t_post"], mine["t_end"]]))
+            if busy.size:
+                totals[kind][0] += float((busy[:, 1] - busy[:, 0]).sum())
+                totals[kind][1] += _covered(busy, cover) if cover.size else 0.0
+    for kind, (busy_s, hidden_s) in totals.items():
+        out[f"{kind}_s"], out[f"{kind}_hidden_s"] = busy_s, hidden_s
+        out[f"{kind}_hidden_share"] = hidden_s / busy_s if busy_s > 0 else float("nan")
+    busy = totals["push"][0] + totals["pull"][0]
+    out["hidden_share"] = (totals["push"][1] + totals["pull"][1]) / busy if busy > 0 else float("nan")
+    return out
+
+
 def summarize(trace: Trace) -> dict:
     """Everything the text report shows, as a JSON-ready dict."""
     sg = straggler(trace)
@@ -353,6 +408,7 @@ def summarize(trace: Trace) -> dict:
         "throughput": tp, "ranks": ranks, "node_types": node_types(trace),
         "compute_fit": asdict(compute_vs_batch(trace)), "servers_traffic": server_traffic(trace),
         "straggler": asdict(sg) if sg else None, "typical_iteration": it,
+        "hidden_communication": hidden_communication(trace),
         "critical_path": [asdict(s) | {"duration": s.duration} for s in critical_path(trace, it)],
     }
 

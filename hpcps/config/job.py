@@ -18,6 +18,7 @@ from hpcps.config.toml_schema import option, read_toml, spec_of, take_table
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SYNC_MODES = ("bsp",)  # asynchronous and bounded-staleness modes plug in here (see hpcps/ps/runtime.py)
 
+CODECS = ("none",)   # push codecs: hpcps.ps.codec.CODECS
 
 @dataclass(frozen=True)
 class OptimizerConfig:
@@ -42,6 +43,13 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class ExchangeConfig:
+    codec: str = option("none", choices=CODECS)   # what a push becomes on the wire (hpcps/ps/codec.py)
+    bucket_mb: float = 4.0     # the largest piece a shard is cut into: the unit of overlap (checked in parse_job)
+    overlap: bool = True       # push during backward, start the forward on the pieces that have arrived
+
+
+@dataclass(frozen=True)
 class Job:
     name: str
     workload: str
@@ -52,6 +60,7 @@ class Job:
     schedule: Schedule | None = None
     cluster: str | None = None
     source: str = "<job>"
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
 
     def with_iterations(self, iterations: int) -> "Job":
         return replace(self, training=replace(self.training, iterations=iterations, epochs=0.0))
@@ -74,6 +83,7 @@ class Job:
 _TOP_SPEC = spec_of(Job, exclude=("source",))
 _OPT_SPEC = spec_of(OptimizerConfig)
 _TRAIN_SPEC = spec_of(TrainingConfig)
+_EXCHANGE_SPEC = spec_of(ExchangeConfig)
 
 
 def parse_job(table: dict[str, Any], source: str) -> Job:
@@ -96,10 +106,16 @@ def parse_job(table: dict[str, Any], source: str) -> Job:
     from hpcps.workloads import validate_options  # no torch import: option specs are plain data
     model, data = validate_options(top["workload"], top["model"], top["data"], source)
 
+    ex = take_table(source, "exchange", top["exchange"], _EXCHANGE_SPEC)
+    if not 1 / 1024 <= ex["bucket_mb"] <= 1024:
+        raise ConfigError(source, "exchange.bucket_mb", f"must be in [1/1024, 1024] (MiB), got {ex['bucket_mb']!r}")
+    exchange = ExchangeConfig(**ex)
+
     schedule = None
     if top["schedule"] is not None:
         schedule = parse_schedule(top["schedule"], source, prefix="schedule")
-    return Job(top["name"], top["workload"], optimizer, training, model, data, schedule, top["cluster"], source)
+    return Job(top["name"], top["workload"], optimizer, training, model, data, schedule, top["cluster"], source,
+               exchange)
 
 
 def load_job(path: str | Path) -> Job:

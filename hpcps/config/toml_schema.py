@@ -107,6 +107,8 @@ def spec_of(cls: type, exclude: tuple[str, ...] = ()) -> dict[str, Key]:
             default = REQUIRED
         if isinstance(default, tuple):
             default = list(default)        # as TOML writes it
+        elif dataclasses.is_dataclass(default):
+            default = {}                   # a table of its own, every key at its default
         spec[f.name] = Key(typ, default, **f.metadata.get("toml", {}))
     return spec
 

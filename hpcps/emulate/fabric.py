@@ -119,6 +119,15 @@ class SharedFabric:
             # Sleep to the projected arrival, but look again soon: other flows may change the rate.
             time.sleep(max(1e-4, min(poll_s, due - t)))
 
+    def arrived(self, template: int, iteration: int) -> bool:
+        """Whether message template of iteration has arrived in the emulated network."""
+        slot = 2 * template + iteration % 2
+        with self._locked():
+            t = now()
+            self._advance(t)
+            row = self.slots[slot]
+            return bool(row[_ITER] == iteration and row[_STATE] == _FINISHED and row[_DONE] <= t)
+
     def projected_done(self, template: int, iteration: int) -> float:
         """When the message is expected to arrive, on the shared clock (inf if it has not started)."""
         slot = 2 * template + iteration % 2

@@ -14,11 +14,8 @@ from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
 from hpcps.emulate.fabric import FlowSpec, SharedFabric, emulated_clock
 from hpcps.emulate.node import NodeClock, fastest_cpu_time
-from hpcps.ps.sharding import Shard
+from hpcps.ps.plan import MessagePlan
 from hpcps.sim.profile import WorkloadProfile
-
-BYTES_PER_ELEMENT = 4
-
 
 def default_dilation(cluster: Cluster, placement: RankPlacement) -> float:
     """Real seconds per emulated second: enough that the fastest node's steps, run here and sped up,
@@ -41,7 +38,7 @@ def _fabric_dir() -> str:
 class RankEmulator:
     """Built collectively on every rank of comm (rank 0 creates the shared file)."""
 
-    def __init__(self, comm, cluster: Cluster, placement: RankPlacement, shards: list[Shard],
+    def __init__(self, comm, cluster: Cluster, placement: RankPlacement, plan: MessagePlan,
                  profile: WorkloadProfile | None, dilation: float):
         rank = comm.Get_rank()
         self.rank, self.dilation = rank, float(dilation)
@@ -49,16 +46,13 @@ class RankEmulator:
         node_of = [cluster.index(n) for n in placement.rank_nodes]
         self.node_of = node_of
 
-        # Message templates, numbered like hpcps.sim: pulls (shard-major), then pushes.
-        templates, self.template = [], {}
-        live = [s for s in shards if s.size > 0]
-        for kind in ("pull", "push"):
-            for s in live:
-                for w in sched.workers:
-                    src, dst = (s.server, w.rank) if kind == "pull" else (w.rank, s.server)
-                    if src != dst and node_of[src] != node_of[dst]:
-                        self.template[(kind, s.index, w.rank)] = len(templates)
-                        templates.append(FlowSpec(src, dst, node_of[src], node_of[dst], BYTES_PER_ELEMENT * s.size))
+        # Message templates: the plan's messages that cross between two emulated nodes.
+        templates, self._templates = [], {}
+        for m in plan.messages():
+            if node_of[m.src] != node_of[m.dst]:
+                worker = m.dst if m.kind == "pull" else m.src
+                self._templates[(m.kind, m.piece, worker)] = len(templates)
+                templates.append(FlowSpec(m.src, m.dst, node_of[m.src], node_of[m.dst], m.nbytes))
         types = [n.type for n in cluster.nodes]
         capacity = np.array([t.nic_bytes_per_s for t in types])
         latency = np.array([t.latency_us * 1e-6 for t in types])
@@ -108,36 +102,22 @@ class RankEmulator:
             self.clock.reference_cpu_s = ref
         return ref
 
-    def _key(self, transfer) -> tuple[int, str] | None:
-        """The fabric template of one of this rank's transfers and this rank's side of it."""
+    def template(self, transfer, rank: int) -> int | None:
+        """The fabric template of one of rank's transfers (an exchange Transfer), None if node-local."""
         if transfer.kind == "pull":
-            worker = transfer.peer if transfer.direction == "send" else self.rank
+            worker = transfer.peer if transfer.direction == "send" else rank
         else:
-            worker = self.rank if transfer.direction == "send" else transfer.peer
-        t = self.template.get((transfer.kind, transfer.shard, worker))
-        return None if t is None else (t, "src" if transfer.direction == "send" else "dst")
+            worker = rank if transfer.direction == "send" else transfer.peer
+        return self._templates.get((transfer.kind, transfer.piece, worker))
 
-    def post(self, transfers, iteration: int) -> None:
-        for tr in transfers:
-            key = self._key(tr)
-            if key is not None:
-                self.fabric.post(key[0], iteration, key[1])
+    def post(self, transfer, iteration: int, rank: int) -> None:
+        t = self.template(transfer, rank)
+        if t is not None:
+            self.fabric.post(t, iteration, "src" if transfer.direction == "send" else "dst")
 
-    def wait(self, transfers, iteration: int) -> list[float]:
-        """Wait until each transfer has arrived in the emulated network; their arrival times (emulated),
-        in the order given. Node-local transfers arrive when the real copy did."""
-        order = sorted(range(len(transfers)), key=lambda i: self._due(transfers[i], iteration))
-        ends = [0.0] * len(transfers)
-        for i in order:
-            key = self._key(transfers[i])
-            if key is not None:
-                self.fabric.wait(key[0], iteration)
-            ends[i] = self.time()
-        return ends
-
-    def _due(self, transfer, iteration: int) -> float:
-        key = self._key(transfer)
-        return -1.0 if key is None else self.fabric.projected_done(key[0], iteration)
+    def arrived(self, template: int, iteration: int) -> bool:
+        """Whether the message has arrived in the emulated network (never blocks)."""
+        return self.fabric.arrived(template, iteration)
 
     def close(self, comm) -> None:
         self.fabric.close()

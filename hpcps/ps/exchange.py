@@ -1,9 +1,16 @@
-"""Moving shards between servers and workers: non-blocking point-to-point, one message per shard and
-peer, straight from and into the flat buffers (never pickled objects).
+"""One rank's side of every message of the plan (hpcps/ps/plan.py), moved without blocking and driven
+by progress(): non-blocking point-to-point, one message per piece and peer, straight from and into the
+flat buffers (never pickled objects).
 
-pull(): every server sends its shard to every worker; push(): every worker sends each shard's slice of
-its gradient to that shard's server. A rank that is both server and worker posts both sides before
-waiting, so colocation cannot deadlock, and serves itself by a copy instead of a message.
+A worker pushes a piece as soon as its gradient is complete (push()), and waits only for the pieces a
+layer is about to read (wait_pieces()). A server receives each piece's pushes into one row per
+worker; when a piece has every push it aggregates it, steps the optimiser on it and sends the new
+values to every worker at once, without waiting for the rest of its shard. A rank that is both
+serves itself by copies, never messages.
+
+Nothing here blocks except the wait_* methods, which call progress() until their condition holds:
+MPI moves large messages only while a rank is inside MPI, so the worker's hooks call progress() too,
+between the layers of the backward and forward passes.
 """
 
 from __future__ import annotations
@@ -11,16 +18,21 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from mpi4py import MPI
 
-from hpcps.comm.buffers import ExchangeBuffer, read_to_host, write_from_host
-from hpcps.config.schedule import WorkerSpec
-from hpcps.ps.server import ServerShard
-from hpcps.ps.sharding import Shard
+from hpcps.comm.buffers import ExchangeBuffer
+from hpcps.ps.codec import Encoder
+from hpcps.ps.plan import PULL, PUSH, MessagePlan
+from hpcps.ps.server import ServedPiece
 
-PULL_TAG, PUSH_TAG, GATHER_TAG = 1 << 12, 2 << 12, 3 << 12
+# Tags: one per kind and piece. MPI keeps messages with one source, tag and communicator in order, so
+# iterations never mix: a piece's next message cannot start before this one was used. The MPI standard
+# promises tags up to 32767 only: 8191 pieces per kind.
+_TAG_SPACE = 1 << 13
+PULL_TAG, PUSH_TAG, GATHER_TAG = 1 * _TAG_SPACE, 2 * _TAG_SPACE, 3 * _TAG_SPACE
 # How long a rank that waits sleeps between polls when ranks outnumber cores: short next to a
 # message's time on shared memory, long enough to hand the core to a rank that has work.
 SLEEP_WAIT_S = 20e-6
@@ -43,145 +55,303 @@ class Transfer:
     shard: int
     peer: int
     nbytes: int
+    piece: int = -1  # the plan's piece (not in traces, which keep the shard)
 
 
-class ParameterExchange:
-    def __init__(self, comm: MPI.Comm, shards: list[Shard], workers: tuple[WorkerSpec, ...],
-                 params: ExchangeBuffer | None, grads: ExchangeBuffer | None,
-                 served: dict[int, ServerShard], recorder=None, *, clock=time.perf_counter,
-                 emulator=None, sleep_wait: bool | None = None):
+class Exchange:
+    """Built on every rank. params/grads: the worker's flat buffers (None on a rank that only serves);
+    served: piece index -> ServedPiece for the pieces this rank serves; encoders: piece index -> this
+    worker's encoder. iterations: how many the run has (no pull is sent after the last)."""
+
+    def __init__(self, comm: MPI.Comm, plan: MessagePlan, iterations: int, *,
+                 params: ExchangeBuffer | None = None, grads: ExchangeBuffer | None = None,
+                 served: dict[int, ServedPiece] | None = None, encoders: dict[int, Encoder] | None = None,
+                 recorder=None, clock: Callable[[], float] = time.perf_counter, emulator=None,
+                 sleep_wait: bool | None = None, aggregate: Callable[[Callable[[], None]], None] | None = None):
         self.comm, self.rank = comm, comm.Get_rank()
-        self.shards = [s for s in shards if s.size > 0]
-        self.workers = workers
-        self.worker_row = {w.rank: i for i, w in enumerate(workers)}
-        self.is_worker = self.rank in self.worker_row
+        self.plan, self.iterations = plan, iterations
+        if GATHER_TAG + len(plan.pieces) > comm.Get_attr(MPI.TAG_UB):
+            raise ValueError(f"{len(plan.pieces)} pieces need more message tags than this MPI offers; "
+                             "raise [exchange] bucket_mb")
+        self.row = plan.worker_row(self.rank)
+        self.is_worker = self.row is not None
         self.params, self.grads = params, grads
-        self.served = served                      # shard index -> state, for shards this rank serves
+        self.served = served or {}
+        self.encoders = encoders or {}
         self.recorder = recorder
-        self.clock = clock                        # emulated runs pass the dilated clock
-        self.emulator = emulator                  # hpcps.emulate.rank.RankEmulator, or None
-        self.iteration = 0                        # set by the training loop: emulated messages are per iteration
-        # MPICH's Waitall spins; with more ranks than cores the spinning steals the cores that the
-        # ranks being waited for need (measured: 5-14% more CPU per iteration, 4 ranks on 2 cores).
+        self.clock = clock
+        self.emulator = emulator
+        self._aggregate = aggregate or (lambda fn: fn())
         self.sleep_wait = ranks_outnumber_cores(comm) if sleep_wait is None else sleep_wait
+        self.poll_s = 1e-4 if emulator is not None else SLEEP_WAIT_S
 
-    def pull(self) -> None:
-        t_post = self.clock()
-        reqs, meta = [], []
+        n = len(plan.pieces)
+        self.arrived = np.zeros(n, dtype=bool)        # worker: piece of the awaited iteration in place
+        self.arrived_at = np.zeros(n)
+        self.pushed = np.zeros(n, dtype=bool)         # worker: piece of the current iteration pushed
+        self.pull_iteration = -1                      # worker: the iteration whose parameters are awaited
+        self.push_iteration = -1
+        self.version = {q: 0 for q in self.served}    # server: aggregations done per piece
+        self._send_reqs: dict[int, list] = {q: [] for q in self.served}   # server: pull sends per piece
+        self._reqs: list = []                         # every posted request, and beside it
+        self._done: list[tuple[Callable, tuple]] = []  # what to do when it completes
+        self._in_flight_pushes = 0
+        self._staging: list[tuple[object, int, int]] = []     # (copy handle, piece, iteration)
+        self._fabric: list[tuple[int, int, Callable, tuple]] = []   # (template, iteration, then, args)
+        self._ready_to_aggregate: list[int] = []
+        self._in_progress = False
+        self.first_push_at = self.last_push_at = 0.0
+        self.aggregate_span = [np.inf, -np.inf]
+
+    # -- set-up and the worker's side ---------------------------------------------------------------
+    def start(self) -> None:
+        """Post the first iteration's pulls (every rank starts from the same values, but the pull of
+        iteration 0 is what tells a worker which values the servers hold) and the push receives."""
+        for q, state in self.served.items():
+            self._post_push_receives(q)
+            self._send_piece(q, 0)
         if self.is_worker:
-            for s in self.shards:
-                if s.server != self.rank:
-                    reqs.append(self.comm.Irecv(self.params.view(s.start, s.stop), source=s.server, tag=PULL_TAG + s.index))
-                    meta.append(Transfer("pull", "recv", s.index, s.server, 4 * s.size))
-        for s in self.shards:
-            state = self.served.get(s.index)
-            if state is None:
+            self.expect_pulls(0)
+
+    def expect_pulls(self, iteration: int) -> None:
+        """Post the receives of iteration's parameters. Call once the backward pass no longer reads them."""
+        self.pull_iteration = iteration
+        self.arrived[:] = False
+        self._pull_posted = self.clock()
+        for p in self.plan.pieces:
+            if p.server == self.rank:
                 continue
-            for w in self.workers:
-                if w.rank != self.rank:
-                    reqs.append(self.comm.Isend(state.params, dest=w.rank, tag=PULL_TAG + s.index))
-                    meta.append(Transfer("pull", "send", s.index, w.rank, 4 * s.size))
-        if self.is_worker:
-            for s in self.shards:
-                if s.server == self.rank:
-                    t_copy = self.clock()
-                    state = self.served[s.index]
-                    if not state.in_worker_buffer:
-                        write_from_host(self.params, s.start, s.stop, state.params)
-                    if self.recorder is not None:
-                        self.recorder.transfer(Transfer("pull", "local", s.index, self.rank, 4 * s.size),
-                                               t_copy, self.clock())
-        self._wait(reqs, meta, t_post)
-        if self.is_worker:
-            for s in self.shards:
-                if s.server != self.rank:
-                    self.params.after_recv(s.start, s.stop)
+            q = p.index
+            req = self.comm.Irecv(self.params.view(p.start, p.stop), source=p.server, tag=PULL_TAG + p.index)
+            meta = Transfer(PULL, "recv", p.shard, p.server, 4 * p.size, q)
+            self._post(req, iteration, meta, self._pull_arrived, (q,))
+        self._deliver_local()
 
-    def push(self) -> None:
-        t_post = self.clock()
-        reqs, meta = [], []
-        for s in self.shards:
-            state = self.served.get(s.index)
-            if state is None:
+    def _pull_arrived(self, q: int) -> None:
+        p = self.plan.pieces[q]
+        self.params.after_recv(p.start, p.stop)
+        self.arrived[q] = True
+        self.arrived_at[q] = self.clock()
+
+    def wait_pieces(self, pieces) -> None:
+        """Until these pieces of the awaited iteration are in the worker's parameter buffer."""
+        self.progress()
+        self.wait_until(lambda: bool(self.arrived[pieces].all()))
+
+    def begin_pushes(self, iteration: int) -> None:
+        self.push_iteration = iteration
+        self.pushed[:] = False
+        self.first_push_at = 0.0
+
+    def push(self, q: int) -> None:
+        """Piece q's gradient is complete: send it to its server (or hand it over, if that is this rank)."""
+        if self.pushed[q]:
+            return
+        self.pushed[q] = True
+        p = self.plan.pieces[q]
+        now = self.clock()
+        if not self.first_push_at:
+            self.first_push_at = now
+        self.last_push_at = now
+        if p.server == self.rank:
+            state = self.served[q]
+            t0 = self.clock()
+            state.rows[self.row][:] = self.grads.host_array(p.start, p.stop, state.rows[self.row])
+            self._record(self.push_iteration, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0, self.clock())
+            self._push_in(q)
+            return
+        self._in_flight_pushes += 1
+        handle = self.grads.begin_send(p.start, p.stop)
+        if self.grads.ready(handle):
+            self._send_push(q, self.push_iteration)
+        else:
+            self._staging.append((handle, q, self.push_iteration))
+
+    def _send_push(self, q: int, iteration: int) -> None:
+        p = self.plan.pieces[q]
+        view = self.grads.view(p.start, p.stop)
+        encoder = self.encoders.get(q)
+        wire = encoder.encode(view) if encoder is not None else view
+        req = self.comm.Isend(wire, dest=p.server, tag=PUSH_TAG + q)
+        meta = Transfer(PUSH, "send", p.shard, p.server, self.plan.push_nbytes[self.row][q], q)
+        self._post(req, iteration, meta, self._push_sent, ())
+
+    def _push_sent(self) -> None:
+        self._in_flight_pushes -= 1
+        self.last_push_at = self.clock()
+
+    def pushes_done(self) -> bool:
+        return bool(self.pushed.all()) and self._in_flight_pushes == 0
+
+    # -- the server's side --------------------------------------------------------------------------
+    def _post_push_receives(self, q: int) -> None:
+        state = self.served[q]
+        p = self.plan.pieces[q]
+        it = self.version[q]
+        for row, w in enumerate(self.plan.workers):
+            if w == self.rank:
                 continue
-            for w in self.workers:
-                if w.rank != self.rank:
-                    row = state.pushes[self.worker_row[w.rank]]
-                    reqs.append(self.comm.Irecv(row, source=w.rank, tag=PUSH_TAG + s.index))
-                    meta.append(Transfer("push", "recv", s.index, w.rank, 4 * s.size))
-        if self.is_worker:
-            for s in self.shards:
-                if s.server != self.rank:
-                    self.grads.before_send(s.start, s.stop)
-                    reqs.append(self.comm.Isend(self.grads.view(s.start, s.stop), dest=s.server, tag=PUSH_TAG + s.index))
-                    meta.append(Transfer("push", "send", s.index, s.server, 4 * s.size))
-            for s in self.shards:
-                if s.server == self.rank:
-                    state = self.served[s.index]
-                    t_copy = self.clock()
-                    if state.local_grad is None:
-                        read_to_host(self.grads, s.start, s.stop, state.pushes[self.worker_row[self.rank]])
-                    if self.recorder is not None:
-                        self.recorder.transfer(Transfer("push", "local", s.index, self.rank, 4 * s.size),
-                                               t_copy, self.clock())
-        self._wait(reqs, meta, t_post)
+            req = self.comm.Irecv(state.wires[row], source=w, tag=PUSH_TAG + q)
+            meta = Transfer(PUSH, "recv", p.shard, w, self.plan.push_nbytes[row][q], q)
+            self._post(req, it, meta, self._push_received, (q, row))
 
-    def _wait(self, reqs: list, meta: list[Transfer], t_post: float) -> None:
+    def _push_received(self, q: int, row: int) -> None:
+        if self.served[q].push_arrived(row):
+            self._ready_to_aggregate.append(q)
+
+    def _push_in(self, q: int) -> None:
+        """This rank's own worker handed its push of q over."""
+        state = self.served[q]
+        state.received += 1
+        if state.received == len(state.rows):
+            self._ready_to_aggregate.append(q)
+
+    def _aggregate_piece(self, q: int) -> None:
+        state = self.served[q]
+        for r in self._send_reqs[q]:       # last iteration's pull sends read these values: they are through
+            self._wait_request(r)
+        self._send_reqs[q] = []
+        t0 = self.clock()
+        self._aggregate(state.aggregate_and_step)
+        t1 = self.clock()
+        self.aggregate_span[0] = min(self.aggregate_span[0], t0)
+        self.aggregate_span[1] = max(self.aggregate_span[1], t1)
+        self.version[q] += 1
+        if self.version[q] < self.iterations:
+            self._post_push_receives(q)
+            self._send_piece(q, self.version[q])
+
+    def _send_piece(self, q: int, iteration: int) -> None:
+        """Pull of iteration: the piece's current values to every other worker (this rank's own worker
+        takes them by a copy once it expects them: _deliver_local)."""
+        state = self.served[q]
+        p = self.plan.pieces[q]
+        for w in self.plan.workers:
+            if w == self.rank:
+                continue
+            req = self.comm.Isend(state.params, dest=w, tag=PULL_TAG + q)
+            self._send_reqs[q].append(req)
+            self._post(req, iteration, Transfer(PULL, "send", p.shard, w, 4 * p.size, q), None, ())
+
+    def _deliver_local(self) -> None:
+        if not self.is_worker:
+            return
+        for q, state in self.served.items():
+            if not self.arrived[q] and self.version[q] >= self.pull_iteration >= 0:
+                p = self.plan.pieces[q]
+                t0 = self.clock()
+                self.params.write_from_host(p.start, p.stop, state.params)
+                self.arrived[q] = True
+                self.arrived_at[q] = self.clock()
+                self._record(self.pull_iteration, Transfer(PULL, "local", p.shard, self.rank, 4 * p.size, q),
+                             t0, self.arrived_at[q])
+
+    def served_through(self, iteration: int) -> bool:
+        """Every piece this rank serves is aggregated for iteration."""
+        return all(v > iteration for v in self.version.values())
+
+    # -- progress -------------------------------------------------------------------------------------
+    def _post(self, req, iteration: int, meta: Transfer, then: Callable | None, args: tuple) -> None:
+        self._reqs.append(req)
+        self._done.append((self._completed, (iteration, meta, self.clock(), then, args)))
         if self.emulator is not None:
-            self.emulator.post(meta, self.iteration)
-            self._wait_all(reqs)
+            self.emulator.post(meta, iteration, self.rank)
+
+    def _completed(self, iteration: int, meta: Transfer, t_post: float, then, args) -> None:
+        template = self.emulator.template(meta, self.rank) if self.emulator is not None else None
+        if template is not None:
             # The data is here; the emulated network decides when it may be used.
-            ends = self.emulator.wait(meta, self.iteration)
-            if self.recorder is not None:
-                for m, end in zip(meta, ends):
-                    self.recorder.transfer(m, t_post, end)
+            self._fabric.append((template, iteration, self._finish, (iteration, meta, t_post, then, args)))
             return
-        if self.recorder is None or not reqs:
-            self._wait_all(reqs)
-            return
-        if len(reqs) == 1:
-            # One request (a worker with one server): waiting for it is waiting for all, and cheapest.
-            self._wait_all(reqs)
-            self.recorder.transfer(meta[0], t_post, self.clock())
-            return
-        # With a recorder, stamp each transfer as it completes, so traces show per-shard times.
-        # Testsome, not Waitany: on an oversubscribed node MPICH's Waitany spins through whole
-        # scheduler time slices (measured: 4 ranks on 2 cores, 5-12 ms per exchange against 0.1-2 ms
-        # for Waitall). Between polls the rank waits as _wait_all does, so that tracing does not
-        # change how ranks share the cores: a sleep when ranks outnumber cores, else a yield.
-        done = 0
-        while done < len(reqs):
-            finished = MPI.Request.Testsome(reqs)
-            if not finished:
+        self._finish(iteration, meta, t_post, then, args)
+
+    def _finish(self, iteration: int, meta: Transfer, t_post: float, then, args) -> None:
+        self._record(iteration, meta, t_post, self.clock())
+        if then is not None:
+            then(*args)
+
+    def _record(self, iteration: int, meta: Transfer, t0: float, t1: float) -> None:
+        if self.recorder is not None:
+            self.recorder.transfer(meta, t0, t1, iteration)
+
+    def progress(self) -> bool:
+        """Complete whatever can be completed now, without blocking. Returns whether anything did."""
+        if self._in_progress:            # called from a hook while already inside (an aggregation's hold)
+            return False
+        self._in_progress = True
+        try:
+            did = False
+            if self._staging:
+                still = []
+                for handle, q, it in self._staging:
+                    if self.grads.ready(handle):
+                        self._send_push(q, it)
+                        did = True
+                    else:
+                        still.append((handle, q, it))
+                self._staging = still
+            if self._reqs:
+                finished = MPI.Request.Testsome(self._reqs)
+                if finished:
+                    did = True
+                    done = sorted(finished)
+                    handlers = [self._done[i] for i in done]
+                    keep = np.ones(len(self._reqs), dtype=bool)
+                    keep[done] = False
+                    self._reqs = [r for r, k in zip(self._reqs, keep) if k]
+                    self._done = [h for h, k in zip(self._done, keep) if k]
+                    for fn, args in handlers:
+                        fn(*args)
+            if self._fabric:
+                still = []
+                for item in self._fabric:
+                    template, it, then, args = item
+                    if self.emulator.arrived(template, it):
+                        then(*args)
+                        did = True
+                    else:
+                        still.append(item)
+                self._fabric = still
+            while self._ready_to_aggregate:
+                self._aggregate_piece(self._ready_to_aggregate.pop(0))
+                did = True
+            if self.is_worker and not self.arrived.all():
+                self._deliver_local()
+            return did
+        finally:
+            self._in_progress = False
+
+    def wait_until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            if not self.progress():
                 if self.sleep_wait:
-                    time.sleep(SLEEP_WAIT_S)
+                    time.sleep(self.poll_s)
                 else:
                     os.sched_yield()
-                continue
-            now = self.clock()
-            for i in finished:
-                self.recorder.transfer(meta[i], t_post, now)
-            done += len(finished)
 
-    def _wait_all(self, reqs: list) -> None:
-        if not self.sleep_wait:
-            MPI.Request.Waitall(reqs)
-            return
-        while not MPI.Request.Testall(reqs):
-            time.sleep(SLEEP_WAIT_S)
+    def _wait_request(self, req) -> None:
+        while not req.Test():
+            if self.sleep_wait:
+                time.sleep(self.poll_s)
 
+    def drain(self) -> None:
+        """Complete every request still posted (the end of a run)."""
+        self.wait_until(lambda: not self._reqs and not self._fabric and not self._staging
+                        and not self._ready_to_aggregate)
+
+    # -- outside the iterations -----------------------------------------------------------------------
     def gather_params(self, n_elements: int, root: int = 0) -> np.ndarray | None:
         """The whole current parameter vector on root (None elsewhere): for evaluation and checkpoints."""
         reqs = []
         full = np.empty(n_elements, dtype=np.float32) if self.rank == root else None
-        for s in self.shards:
-            state = self.served.get(s.index)
+        for p in self.plan.pieces:
+            state = self.served.get(p.index)
             if self.rank == root:
                 if state is not None:
-                    full[s.start:s.stop] = state.params
+                    full[p.start:p.stop] = state.params
                 else:
-                    reqs.append(self.comm.Irecv(full[s.start:s.stop], source=s.server, tag=GATHER_TAG + s.index))
+                    reqs.append(self.comm.Irecv(full[p.start:p.stop], source=p.server, tag=GATHER_TAG + p.index))
             elif state is not None:
-                reqs.append(self.comm.Isend(state.params, dest=root, tag=GATHER_TAG + s.index))
+                reqs.append(self.comm.Isend(state.params, dest=root, tag=GATHER_TAG + p.index))
         MPI.Request.Waitall(reqs)
         return full

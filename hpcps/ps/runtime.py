@@ -1,10 +1,8 @@
-"""Synchronous (BSP) parameter-server training across the ranks of a communicator.
+"""Parameter-server training across the ranks of a communicator.
 
-One iteration: every worker pulls all shards, computes the gradient of its own k_i samples, pushes
-each shard's slice to its server; each server averages the pushes weighted by k_i and applies the
-optimiser. Other synchronisation modes (asynchronous, bounded staleness) would replace run_bsp's
-loop with per-worker clocks on the same exchange and server state; the job's training.sync names
-the mode.
+The runtime builds what a rank needs (its worker, the pieces it serves, the message plan and the
+exchange), then lets the job's synchronisation policy (hpcps/ps/sync.py) drive every iteration, and
+logs, evaluates and traces around it. docs/runtime.md describes one iteration.
 """
 
 from __future__ import annotations
@@ -24,10 +22,12 @@ from hpcps.comm.buffers import ExchangeBuffer, choose_transport
 from hpcps.config.job import Job
 from hpcps.config.schedule import Schedule
 from hpcps.data.partition import EpochPartition
-from hpcps.ps.exchange import ParameterExchange
-from hpcps.ps.flat import FlatModel
-from hpcps.ps.server import ServerShard
-from hpcps.ps.sharding import plan_shards
+from hpcps.ps.codec import make_codec
+from hpcps.ps.exchange import Exchange
+from hpcps.ps.plan import MessagePlan
+from hpcps.ps.server import ServedPiece
+from hpcps.ps.sync import make_policy
+from hpcps.ps.worker import Worker
 from hpcps.workloads import build_workload
 
 
@@ -62,10 +62,8 @@ def pick_device(requested: str, is_worker: bool) -> str:
 
 
 def _exchange_buffer(t: torch.Tensor, transport: str) -> ExchangeBuffer:
-    if t.is_cuda:
-        import cupy
-        return ExchangeBuffer(cupy.asarray(t), transport, synchronize=torch.cuda.synchronize)
-    return ExchangeBuffer(t.numpy(), "host")
+    # A CUDA tensor goes to MPI as it is (mpi4py reads __cuda_array_interface__) or through pinned mirrors.
+    return ExchangeBuffer(t if t.is_cuda else t.numpy(), transport)
 
 
 @dataclass(frozen=True)
@@ -78,9 +76,30 @@ class Emulation:
     compute: str = "reference"   # what a step costs: its time alone measured at start-up, or each its own
 
 
-def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
-            log: Callable[[str], None] | None = None, recorder=None,
-            emulation: Emulation | None = None) -> TrainResult | None:
+@dataclass
+class RankRun:
+    """What one rank's synchronisation policy works with."""
+    exchange: Exchange
+    plan: MessagePlan
+    worker: Worker | None
+    worker_index: int
+    partition: EpochPartition
+    iterations: int
+    overlap: bool
+    clock: Callable[[], float]
+    compute: Callable                # batch -> (loss tensor, correct): the step, charged under emulation
+
+
+def build_plan(job: Job, schedule: Schedule, n_elements: int) -> MessagePlan:
+    codecs = [make_codec(job.exchange.codec) for _ in schedule.workers]
+    return MessagePlan.build(n_elements, schedule.servers, [w.rank for w in schedule.workers],
+                             bucket_bytes=int(job.exchange.bucket_mb * 2 ** 20),
+                             push_nbytes=lambda row, n: codecs[row].wire_nbytes(n))
+
+
+def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
+                 log: Callable[[str], None] | None = None, recorder=None,
+                 emulation: Emulation | None = None) -> TrainResult | None:
     """Train job under schedule on comm. Returns the result on rank 0, None elsewhere.
 
     recorder: a hpcps.trace.TraceRecorder (or anything with its methods) that times every phase; the
@@ -95,104 +114,97 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
     # ranks sharing this machine's cores fight over them.
     torch.set_num_threads(me.threads if me and emulation is None else 1)
     torch.manual_seed(job.training.seed)
+    policy = make_policy(job.training.sync)
 
     workload = build_workload(job.workload, job.model, job.data, job.training.seed, job.source)
     dev = pick_device(device, me is not None)
-    flat = FlatModel(workload.build_model(), dev)
-    model = flat.model
-
+    worker = Worker(workload, dev)
+    flat = worker.flat
     # Every rank starts from rank 0's initial parameters, whatever its own RNG or device did.
     init = flat.params.detach().cpu().numpy().copy()
     comm.Bcast(init, root=0)
-    shards = plan_shards(flat.numel, schedule.servers)
+    flat.params.copy_(torch.from_numpy(init))
+    plan = build_plan(job, schedule, flat.numel)
     batches = [w.batch for w in schedule.workers]
+    worker_row = plan.worker_row(rank)
     params_xb = grads_xb = None
-    transport = None
     if me is not None:
         transport = choose_transport(gpu_transport, flat.params.is_cuda)
         params_xb, grads_xb = _exchange_buffer(flat.params, transport), _exchange_buffer(flat.grads, transport)
-    worker_row = [w.rank for w in schedule.workers].index(rank) if me else -1
-    served = {}
-    for s in shards:
-        if s.server != rank:
-            continue
-        local = None
-        if transport == "host":     # a colocated server shares its worker's host buffers: no copies
-            local = (flat.params.numpy()[s.start:s.stop], flat.grads.numpy()[s.start:s.stop], worker_row)
-        served[s.index] = ServerShard(s, init[s.start:s.stop], batches, job.optimizer, local=local)
+    codecs = [make_codec(job.exchange.codec) for _ in schedule.workers]
+    served = {p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
+              for p in plan.pieces if p.server == rank}
+    encoders = ({p.index: codecs[worker_row].encoder(p.size) for p in plan.pieces if p.server != rank}
+                if me is not None else {})
 
     emulator = None
     clock = time.perf_counter
     if emulation is not None:
         from hpcps.emulate.rank import RankEmulator
-        emulator = RankEmulator(comm, emulation.cluster, emulation.placement, shards, emulation.profile,
+        emulator = RankEmulator(comm, emulation.cluster, emulation.placement, plan, emulation.profile,
                                 emulation.dilation)
         clock = emulator.time
-    exchange = ParameterExchange(comm, shards, schedule.workers, params_xb, grads_xb, served, recorder,
-                                 clock=clock, emulator=emulator)
-
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
-    worker_index = worker_row
     total = total_iterations(job, partition.per_epoch)
+    exchange = Exchange(comm, plan, total, params=params_xb, grads=grads_xb, served=served, encoders=encoders,
+                        recorder=recorder, clock=clock, emulator=emulator,
+                        aggregate=emulator.clock.run_aggregate if emulator is not None else None)
+    # Under emulation the node clock charges a whole step at its end, so pushes wait for it (the
+    # simulator models the same); elsewhere they go out while the backward pass runs.
+    overlap = job.exchange.overlap and emulator is None and me is not None
+    if overlap:
+        def ready(q: int) -> None:
+            exchange.push(q)
+            exchange.progress()
+        worker.attach(plan, ready, exchange.wait_pieces)
+
+    def step(batch):
+        if emulator is None:
+            return worker.step(batch)
+        return emulator.clock.run_step(lambda: worker.step(batch))
+
+    run = RankRun(exchange, plan, worker if me is not None else None, worker_row if me is not None else -1,
+                  partition, total, overlap, clock, step)
     targets = workload.targets_per_sample()
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
-        f"{flat.numel} parameters in {len(shards)} shards, global batch {partition.global_batch}, "
-        f"{total} iterations ({total / partition.per_epoch:.2f} epochs)")
+        f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
+        f"global batch {partition.global_batch}, {total} iterations ({total / partition.per_epoch:.2f} epochs), "
+        f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}")
 
-    run_attrs = {}
+    run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
+                 "codec": job.exchange.codec}
     if emulation is not None:
-        run_attrs = {"emulation_dilation": float(emulation.dilation), "emulation_compute": emulation.compute}
+        run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute)
     if emulator is not None and emulation.compute == "reference":
         costs = _measure_reference(comm, emulator, workload, flat,
-                                   partition.indices(0, worker_index) if me else None, log)
+                                   partition.indices(0, worker_row) if me else None, log)
         run_attrs["emulated_step_cost_s"] = json.dumps(costs)
 
     tracing = recorder is not None
     if tracing:
         recorder.begin_run(device=dev, threads=me.threads if me else 1, batch=me.batch if me else 0,
                            is_server=rank in schedule.servers, is_worker=me is not None,
-                           shards=shards, attrs={"job_name": job.name, "workload": job.workload,
-                                                 "global_batch": partition.global_batch,
-                                                 "iterations_planned": total, "n_params": flat.numel,
-                                                 **run_attrs})
-    # Without a sync the GPU's backward pass would be timed as part of the push that waits for it.
-    sync_device = torch.cuda.synchronize if tracing and dev == "cuda" else (lambda: None)
-    loss_value = t_loaded = t_computed = math.nan
+                           shards=list(plan.shards), attrs={"job_name": job.name, "workload": job.workload,
+                                                            "global_batch": partition.global_batch,
+                                                            "iterations_planned": total, "n_params": flat.numel,
+                                                            **run_attrs})
+    sync_device = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     stats = np.zeros(4)                     # loss * k, correct, samples, predictions since the last log line
     history: list[dict[str, float]] = []
     eval_s = 0.0
     comm.Barrier()
     t_start = t_log = clock()
     it_log = 0
+    exchange.start()
     for it in range(total):
         if tracing:
             recorder.begin_iteration(it)
-        exchange.iteration = it
-        t_pull = clock()
-        exchange.pull()
-        t_pulled = clock()
+        t_begin = clock()
+        times = policy.iteration(run, it, t_begin)
         if me is not None:
-            batch = workload.get_batch(partition.indices(it, worker_index))
-            t_loaded = clock()
-            flat.zero_grad()
-            if emulator is None:
-                loss, correct = _step(workload, model, batch)
-            else:
-                loss, correct = emulator.clock.run_step(lambda: _step(workload, model, batch))
-            loss_value = float(loss.detach())
-            sync_device()
-            t_computed = clock()
-            stats += (loss_value * me.batch, correct, me.batch, me.batch * targets)
-        t_push = clock()
-        exchange.push()
-        t_pushed = clock()
-        for state in served.values():
-            if emulator is None:
-                state.aggregate_and_step()
-            else:
-                emulator.clock.run_aggregate(state.aggregate_and_step)
+            stats += (times.loss * me.batch, times.correct, me.batch, me.batch * targets)
         if tracing:
-            recorder.iteration(t_pull, t_pulled, t_loaded, t_computed, t_push, t_pushed, clock(), loss_value)
+            recorder.iteration(*times.pull, *times.data, *times.compute, *times.push, *times.aggregate, times.loss)
 
         done = it + 1
         if done % job.training.log_every == 0 or done == total:
@@ -213,16 +225,18 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
                 recorder.phase("report", t_report, clock())
         if job.training.eval_every and done % job.training.eval_every == 0 and done < total:
             t0 = clock()
-            metrics = _evaluate_on_root(exchange, flat, workload)
+            metrics = _evaluate_on_root(exchange, worker, sync_device)
             if rank == 0:
                 log(f"iter {done:>5}/{total}  eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             eval_s += clock() - t0
             t_log += clock() - t0
             if tracing:
                 recorder.phase("eval", t0, clock())
+    exchange.drain()
     wall = clock() - t_start - eval_s
     if tracing:
         recorder.end_run()
+    worker.detach()
 
     if emulator is not None:
         _report_emulation(comm, emulator, total, log)
@@ -231,13 +245,16 @@ def run_bsp(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto
     if rank != 0:
         return None
     flat.params.copy_(torch.from_numpy(params))
-    metrics = workload.evaluate(model)
-    text = workload.finish(model)
+    metrics = worker.evaluate()
+    text = workload.finish(worker.model)
     log(f"done: {total} iterations in {wall:.2f} s, {total * partition.global_batch / wall:.1f} samples/s; "
         + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if text:
         log(f"sample: {text!r}")
     return TrainResult(total, wall, total * partition.global_batch / wall, metrics, history, text, params)
+
+
+run_bsp = run_training   # the name the first version had
 
 
 def _step(workload, model, batch):
@@ -246,7 +263,7 @@ def _step(workload, model, batch):
     return loss, correct
 
 
-def _measure_reference(comm, emulator, workload, flat: FlatModel, indices, log) -> list | None:
+def _measure_reference(comm, emulator, workload, flat, indices, log) -> list | None:
     """Time this worker's step alone (hpcps.emulate.rank.RankEmulator.measure_reference), leaving the
     model, its buffers (running statistics) and the random state as they were. Returns on rank 0 each
     rank's charged step time in seconds (None for a rank that is not a worker)."""
@@ -285,10 +302,17 @@ def _report_emulation(comm, emulator, iterations: int, log) -> None:
             "raise --time-dilation for a faithful emulation")
 
 
-def _evaluate_on_root(exchange: ParameterExchange, flat: FlatModel, workload) -> dict[str, float]:
-    params = exchange.gather_params(flat.numel, root=0)
+def _evaluate_on_root(exchange: Exchange, worker: Worker, sync_device) -> dict[str, float]:
+    """Rank 0 evaluates the servers' current parameters on a copy of its model's, which it puts back:
+    pulls of the next iteration may already be arriving in its buffer."""
+    params = exchange.gather_params(worker.flat.numel, root=0)
     if params is None:
         return {}
-    # Rank 0's own copy is overwritten by the next pull, so borrowing it for evaluation is safe.
-    flat.params.copy_(torch.from_numpy(params))
-    return workload.evaluate(flat.model)
+    exchange.wait_pieces(slice(None)) if exchange.is_worker else None
+    saved = worker.flat.params.clone()
+    worker.flat.params.copy_(torch.from_numpy(params))
+    try:
+        return worker.evaluate()
+    finally:
+        worker.flat.params.copy_(saved)
+        sync_device()

@@ -1,12 +1,15 @@
-"""A server's state for one shard: the authoritative parameters, a receive row per worker, the optimiser."""
+"""What a server holds for one piece of its shard: the authoritative parameters, a float32 row per
+worker, the optimiser, and how many pushes of the current iteration are in."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from hpcps.config.job import OptimizerConfig
+from hpcps.ps.codec import Codec
 from hpcps.ps.optim import make_shard_optimizer
-from hpcps.ps.sharding import Shard
+from hpcps.ps.plan import Piece
 
 
 def aggregation_weights(batches: list[int]) -> np.ndarray:
@@ -15,37 +18,33 @@ def aggregation_weights(batches: list[int]) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-class ServerShard:
-    """params: the shard's authoritative values. With local=(params view, gradient view, row) the
-    server shares its rank's own worker buffers (host memory): the worker computes with the server's
-    parameters in place and the server reads that worker's gradient in place, so a colocated pair
-    moves nothing. Under BSP that is safe: the update runs after the worker's backward pass and
-    before the next pull."""
+class ServedPiece:
+    """One piece of a shard. Pushes land in rows[worker] (decoded by that worker's codec); once every
+    worker's push is in, aggregate_and_step() takes the weighted mean of the rows and steps the
+    optimiser on the piece. SGD, Adam and AdamW act element by element, so stepping per piece is the
+    whole-vector step."""
 
-    def __init__(self, shard: Shard, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
-                 local: tuple[np.ndarray, np.ndarray, int] | None = None):
-        self.shard = shard
-        self.in_worker_buffer = local is not None
-        if local is None:
-            self.params = np.array(initial, dtype=np.float32, copy=True)
-            self.local_grad, self.local_row = None, None
-        else:
-            self.params, self.local_grad, self.local_row = local
-            self.params[:] = initial
-        # One row per worker, so pushes land without copies and aggregation is one matrix-vector product.
-        self.pushes = np.zeros((len(batches), shard.size), dtype=np.float32)
-        self.grad = np.zeros(shard.size, dtype=np.float32)
-        self.weights = aggregation_weights(batches)
-        if self.local_row is not None:
-            self.local_weight = self.weights[self.local_row]
-            self.weights = self.weights.copy()
-            self.weights[self.local_row] = 0.0       # that row stays empty: the gradient is read in place
-            self._scaled = np.empty(shard.size, dtype=np.float32)
+    def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
+                 codecs: list[Codec] | None = None):
+        self.piece = piece
+        self.params = np.array(initial, dtype=np.float32, copy=True)
+        self.rows = np.zeros((len(batches), piece.size), dtype=np.float32)
+        self.codecs = codecs or [Codec() for _ in batches]
+        self.wires = [c.receive_buffer(self.rows[i]) for i, c in enumerate(self.codecs)]
+        self.grad = np.zeros(piece.size, dtype=np.float32)
+        self.weights = torch.from_numpy(aggregation_weights(batches))
+        self._rows_t, self._grad_t = torch.from_numpy(self.rows), torch.from_numpy(self.grad)
         self.optimizer = make_shard_optimizer(optimizer, self.params, self.grad)
+        self.received = 0               # pushes of the current iteration that are in
+
+    def push_arrived(self, row: int) -> bool:
+        """Worker row's push is in wires[row]: decode it. Returns whether the piece has every push."""
+        self.codecs[row].decode_into(self.wires[row], self.rows[row])
+        self.received += 1
+        return self.received == len(self.rows)
 
     def aggregate_and_step(self) -> None:
-        np.dot(self.weights, self.pushes, out=self.grad)
-        if self.local_grad is not None:
-            np.multiply(self.local_grad, self.local_weight, out=self._scaled)
-            self.grad += self._scaled
+        # torch's matrix-vector product uses the rank's intra-op threads: summation on several cores.
+        torch.mm(self.weights[None], self._rows_t, out=self._grad_t[None])
         self.optimizer.step()
+        self.received = 0

@@ -38,7 +38,10 @@ FLUSH_BUDGET = 0.005    # with the default interval: the largest share of the ti
 FIRST_FLUSH = 5
 
 # Columns of one iteration record, as the training loop hands them over.
-REC_FIELDS = ("iteration", "begin", "pull0", "pull1", "data1", "compute1", "push0", "push1", "aggregate1", "loss")
+# Phases of an overlapped iteration may overlap each other (a push during the backward pass), so each
+# has its own start and end.
+REC_FIELDS = ("iteration", "begin", "pull0", "pull1", "data0", "data1", "compute0", "compute1", "push0", "push1",
+              "aggregate0", "aggregate1", "loss")
 
 
 def iteration_events(records: np.ndarray, ends: np.ndarray, rank: int, batch: int, is_worker: bool,
@@ -53,10 +56,10 @@ def iteration_events(records: np.ndarray, ends: np.ndarray, rank: int, batch: in
              ("pull", col["pull0"], col["pull1"], 0, None),
              ("push", col["push0"], col["push1"], 0, None)]
     if is_worker:
-        spans += [("data", col["pull1"], col["data1"], batch, None),
-                  ("compute", col["data1"], col["compute1"], batch, col["loss"])]
+        spans += [("data", col["data0"], col["data1"], batch, None),
+                  ("compute", col["compute0"], col["compute1"], batch, col["loss"])]
     if is_server:
-        spans.append(("aggregate", col["push1"], col["aggregate1"], 0, None))
+        spans.append(("aggregate", col["aggregate0"], col["aggregate1"], 0, None))
     out = np.zeros(len(spans) * it.size, EVENT_DTYPE)
     for j, (name, t0, t1, k, loss) in enumerate(spans):
         part = out[j * it.size:(j + 1) * it.size]
@@ -175,17 +178,19 @@ class TraceRecorder:
             self._flush(it, now, final=False)
         self._it, self._begin = it, now
 
-    def iteration(self, pull0: float, pull1: float, data1: float, compute1: float, push0: float, push1: float,
-                  aggregate1: float, loss: float = math.nan) -> None:
-        """The iteration's phase boundaries (perf_counter readings) and the worker's loss."""
-        self._records.append((self._it, self._begin, pull0, pull1, data1, compute1, push0, push1, aggregate1, loss))
+    def iteration(self, pull0: float, pull1: float, data0: float, data1: float, compute0: float, compute1: float,
+                  push0: float, push1: float, aggregate0: float, aggregate1: float, loss: float = math.nan) -> None:
+        """The iteration's phase spans (clock readings) and the worker's loss."""
+        self._records.append((self._it, self._begin, pull0, pull1, data0, data1, compute0, compute1, push0, push1,
+                              aggregate0, aggregate1, loss))
 
     def phase(self, name: str, t0: float, t1: float) -> None:
         self._phases.append((self._it, PHASE[name], t0, t1))
 
-    def transfer(self, meta, t0: float, t1: float) -> None:
-        """meta: an exchange Transfer; t0 when it was posted, t1 when it completed."""
-        self._transfers.append((self._it, meta, t0, t1))
+    def transfer(self, meta, t0: float, t1: float, iteration: int | None = None) -> None:
+        """meta: an exchange Transfer; t0 when it was posted, t1 when it completed; iteration: the one it
+        belongs to (default: the current one; an overlapped run sends the next iteration's pulls early)."""
+        self._transfers.append((self._it if iteration is None else iteration, meta, t0, t1))
 
     # -- flushing --------------------------------------------------------------------------------
     def _to_common(self, t):

@@ -7,6 +7,11 @@ import torch
 from torch import nn
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where a model's parameters live (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 class Workload:
     """Base for workloads. Subclasses set self.train_x, self.train_y, self.test_x, self.test_y."""
 
@@ -32,11 +37,14 @@ class Workload:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Metrics on the test set, computed where the model is (its parameters' device)."""
+        dev = device_of(model)
+        x, y = self.test_x.to(dev), self.test_y.to(dev)
         model.eval()
-        logits = model(self.test_x)
+        logits = model(x)
         model.train()
-        return {"test_loss": float(nn.functional.cross_entropy(logits, self.test_y)),
-                "test_accuracy": float((logits.argmax(dim=1) == self.test_y).float().mean())}
+        return {"test_loss": float(nn.functional.cross_entropy(logits, y)),
+                "test_accuracy": float((logits.argmax(dim=1) == y).float().mean())}
 
     def targets_per_sample(self) -> int:
         """How many predictions one sample makes (sequence models predict one per character)."""

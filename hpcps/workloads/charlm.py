@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hpcps.workloads.base import Workload
+from hpcps.workloads.base import Workload, device_of
 from hpcps.workloads.specs import charlm_split, python_corpus, with_defaults
 
 
@@ -72,6 +72,8 @@ class CharLMWorkload(Workload):
         windows = self.val_codes[: n * self.seq_len + 1]
         x = windows[:-1].reshape(n, self.seq_len)
         y = windows[1:].reshape(n, self.seq_len)
+        dev = device_of(model)
+        x, y = x.to(dev), y.to(dev)
         logits, _ = model(x)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         acc = (logits.argmax(dim=-1) == y).float().mean()
@@ -82,12 +84,13 @@ class CharLMWorkload(Workload):
     def finish(self, model) -> str:
         g = torch.Generator().manual_seed(self.seed)
         prompt = "The "
-        x = torch.tensor([[self.stoi.get(c, 0) for c in prompt]])
+        dev = device_of(model)
+        x = torch.tensor([[self.stoi.get(c, 0) for c in prompt]], device=dev)
         out, state = list(prompt), None
         for _ in range(self.sample_chars):
             logits, state = model(x, state)
-            probs = torch.softmax(logits[0, -1] / 0.8, dim=0)
+            probs = torch.softmax(logits[0, -1] / 0.8, dim=0).cpu()   # the generator is a CPU one
             nxt = int(torch.multinomial(probs, 1, generator=g))
             out.append(self.vocab[nxt])
-            x = torch.tensor([[nxt]])
+            x = torch.tensor([[nxt]], device=dev)
         return "".join(out)

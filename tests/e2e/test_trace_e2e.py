@@ -20,6 +20,8 @@ SKEW_S = 0.25       # rank r's clock reads r * SKEW_S ahead: the start-up estima
 UNEQUAL = """
 name = "digits-unequal"
 workload = "digits"
+[model]
+hidden = 1024     # enough compute per sample that the worker with batch 40 is the straggler
 [optimizer]
 name = "sgd"
 lr = 0.1
@@ -114,7 +116,7 @@ def test_times_agree_across_ranks_after_the_clock_correction(traced_run):
     recvs = key(recv, recv["peer"], recv["rank"])
     assert sends.keys() == recvs.keys()
     ev = tr.events
-    compute_end = {(int(r), int(i)): e for r, i, e in zip(*(tr.phase("compute")[f] for f in ("rank", "iteration", "t_end")))}
+    compute_start = {(int(r), int(i)): e for r, i, e in zip(*(tr.phase("compute")[f] for f in ("rank", "iteration", "t_start")))}
     agg_end = {(int(r), int(i)): e for r, i, e in zip(*(tr.phase("aggregate")[f] for f in ("rank", "iteration", "t_end")))}
     raw_violations = 0
     for k, si in sends.items():
@@ -124,18 +126,40 @@ def test_times_agree_across_ranks_after_the_clock_correction(traced_run):
         # A message is received after it was sent...
         assert send["t_post"][si] <= recv["t_end"][ri] + tol, k
         if kind == TRANSFER_KIND["push"]:
-            # ...a gradient after the worker computed it...
-            assert compute_end[(src, it)] <= recv["t_end"][ri] + tol, k
+            # ...a gradient after the worker started computing it (pushes overlap the backward pass)...
+            assert compute_start[(src, it)] <= recv["t_end"][ri] + tol, k
         elif it > 0:
             # ...and parameters after the server's step of the previous iteration.
             assert agg_end[(src, it - 1)] <= recv["t_end"][ri] + tol, k
         raw_violations += (send["t_post"][si] + offset[src]) > (recv["t_end"][ri] + offset[dst]) + tol
     assert raw_violations > 0          # without the correction the skewed clocks would disagree
-    # Each rank's own phases follow each other in program order.
+    # Each rank's iterations follow each other, and within one a worker loads its batch, then computes,
+    # and pushes only once computing has started.
+    span = {(int(r), int(i), int(p)): (a, b) for r, i, p, a, b in
+            zip(ev["rank"], ev["iteration"], ev["phase"], ev["t_start"], ev["t_end"])}
     for r in range(4):
-        mine = ev[(ev["rank"] == r) & np.isin(ev["phase"], [PHASE[p] for p in ("pull", "data", "compute", "push", "aggregate")])]
-        mine = mine[np.lexsort((mine["t_start"], mine["iteration"]))]
-        assert (np.diff(mine["t_start"]) >= 0).all() and (mine["t_end"][:-1] <= mine["t_start"][1:] + 1e-9).all()
+        its = ev[(ev["rank"] == r) & (ev["phase"] == PHASE["iteration"])]
+        its = its[np.argsort(its["iteration"])]
+        assert (its["t_end"][:-1] <= its["t_start"][1:] + 1e-9).all()
+        for i in range(60):
+            inside = [span[(r, i, PHASE[p])] for p in ("pull", "data", "compute", "push", "aggregate")
+                      if (r, i, PHASE[p]) in span]
+            begin, end = span[(r, i, PHASE["iteration"])]
+            assert all(begin - 1e-9 <= a <= b <= end + 1e-9 for a, b in inside), (r, i)
+            if r in BATCH:
+                data, compute, push = (span[(r, i, PHASE[p])] for p in ("data", "compute", "push"))
+                assert data[1] <= compute[0] <= push[0] + 1e-9, (r, i)
+
+
+def test_pushes_start_before_the_backward_pass_ends(traced_run):
+    """Overlap: a worker sends the gradient of its last layers while the backward pass goes on."""
+    _path, tr, _out = traced_run
+    t = tr.transfers
+    push_sends = t[(t["kind"] == TRANSFER_KIND["push"]) & (t["direction"] == DIRECTION["send"])]
+    compute = tr.phase("compute")
+    end = {(int(r), int(i)): e for r, i, e in zip(compute["rank"], compute["iteration"], compute["t_end"])}
+    early = [p["t_post"] < end[(int(p["rank"]), int(p["iteration"]))] for p in push_sends]
+    assert np.mean(early) > 0.9
 
 
 def test_waits_lie_inside_exchange_windows(traced_run):

@@ -5,6 +5,7 @@ import pytest
 
 from hpcps.analyze import stats
 from hpcps.analyze.report import comparison_text, summary_text
+from hpcps.trace.schema import DIRECTION, TRANSFER_KIND
 from tests.unit.trace_synth import Model, trace
 
 
@@ -99,3 +100,29 @@ def test_comparison_marks_the_faster_run():
     assert fast_line.rstrip().endswith("best")
     shares = rows[1]["compute_share"] + rows[1]["comm_share"] + rows[1]["wait_share"]
     assert 0.9 < shares <= 1.0
+
+
+def test_hidden_communication_of_a_run_that_overlaps_nothing_is_zero():
+    """The synthetic run computes, then exchanges: no message moves while its rank computes."""
+    tr = trace()
+    h = stats.hidden_communication(tr)
+    assert h["push_s"] > 0 and h["pull_s"] > 0
+    assert h["hidden_share"] == 0 and h["push_hidden_share"] == 0
+
+
+def test_hidden_communication_counts_message_time_inside_compute():
+    tr = trace()
+    t = tr.transfers
+    comp = tr.phase("compute")
+    end = {(int(r), int(i)): (a, b) for r, i, a, b in zip(comp["rank"], comp["iteration"], comp["t_start"], comp["t_end"])}
+    # Move every worker's push sends into the second half of its compute: on the worker's side they
+    # are then hidden entirely; the servers, which do not compute, hide nothing.
+    for j in np.flatnonzero((t["kind"] == TRANSFER_KIND["push"]) & (t["direction"] == DIRECTION["send"])):
+        a, b = end[(int(t["rank"][j]), int(t["iteration"][j]))]
+        t["t_post"][j], t["t_end"][j] = (a + b) / 2, b
+    h = stats.hidden_communication(tr)
+    workers_push = t[(t["kind"] == TRANSFER_KIND["push"]) & (t["direction"] == DIRECTION["send"])
+                     & np.isin(t["iteration"], stats.steady_iterations(tr))]
+    sends_s = sum(b - a for a, b in zip(workers_push["t_post"], workers_push["t_end"]))
+    assert h["push_hidden_s"] == pytest.approx(sends_s, rel=1e-6) and h["push_s"] > sends_s
+    assert 0 < h["push_hidden_share"] < 1 and h["pull_hidden_share"] == 0

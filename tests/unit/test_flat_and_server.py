@@ -4,8 +4,8 @@ from torch import nn
 
 from hpcps.config.job import OptimizerConfig
 from hpcps.ps.flat import FlatModel
-from hpcps.ps.server import ServerShard, aggregation_weights
-from hpcps.ps.sharding import Shard
+from hpcps.ps.plan import Piece
+from hpcps.ps.server import ServedPiece, aggregation_weights
 
 
 def test_backward_writes_into_the_flat_gradient_buffer():
@@ -32,10 +32,13 @@ def test_aggregation_weights_by_batch_size():
 
 
 def test_server_step_is_sgd_on_the_weighted_mean():
-    shard = Shard(0, 0, 0, 3)
-    server = ServerShard(shard, np.array([1.0, 2.0, 3.0], np.float32), [1, 3], OptimizerConfig("sgd", lr=0.5))
-    server.pushes[0] = [4.0, 0.0, 0.0]
-    server.pushes[1] = [0.0, 4.0, 8.0]
+    piece = Piece(0, 0, 0, 0, 3)
+    server = ServedPiece(piece, np.array([1.0, 2.0, 3.0], np.float32), [1, 3], OptimizerConfig("sgd", lr=0.5))
+    server.wires[0][:] = [4.0, 0.0, 0.0]
+    assert not server.push_arrived(0)          # one of two pushes: not yet complete
+    server.wires[1][:] = [0.0, 4.0, 8.0]
+    assert server.push_arrived(1)
     server.aggregate_and_step()
     # mean gradient = 1/4 * row0 + 3/4 * row1 = [1, 3, 6]
     assert np.allclose(server.params, [1 - 0.5, 2 - 1.5, 3 - 3.0])
+    assert server.received == 0                # ready for the next iteration's pushes

@@ -20,7 +20,7 @@ def test_every_record_field_is_documented_with_units_and_meaning():
 
 
 def test_iteration_records_become_nested_phase_events():
-    rec = np.array([[7, 0.0, 0.1, 0.2, 0.3, 0.6, 0.61, 0.7, 0.8, 2.5]])
+    rec = np.array([[7, 0.0, 0.1, 0.2, 0.2, 0.3, 0.3, 0.6, 0.61, 0.7, 0.7, 0.8, 2.5]])
     assert rec.shape[1] == len(REC_FIELDS)
     ev = iteration_events(rec, np.array([1.0]), rank=3, batch=16, is_worker=True, is_server=True)
     by_phase = {PHASES[p]: (t0, t1, k) for p, t0, t1, k in zip(ev["phase"], ev["t_start"], ev["t_end"], ev["batch"])}
