@@ -1,6 +1,8 @@
 """The parameter exchange and aggregation on real MPI ranks. Runs at any size >= 3 (make test uses 3
 and 5: servers colocated with workers, then servers on ranks of their own)."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -63,7 +65,9 @@ def test_unequal_batches_aggregate_exactly(opt, iterations):
     from hpcps.ps.runtime import run_bsp
     comm = MPI.COMM_WORLD
     job = job_for(opt, iterations)
-    result = run_bsp(comm, job, exactness_schedule(comm.Get_size()), device="cpu")
+    # HPCPS_TEST_DEVICE=cuda runs the workers on a GPU (benchmarks/gpu_check.sh; the transport follows
+    # HPCPS_GPU_TRANSPORT); the reference stays on the CPU.
+    result = run_bsp(comm, job, exactness_schedule(comm.Get_size()), device=os.environ.get("HPCPS_TEST_DEVICE", "cpu"))
     if comm.Get_rank() == 0:
         expected = single_process_reference(job, iterations)
         assert result.final_params.shape == expected.shape
