@@ -86,7 +86,7 @@ def run(args, seconds=40):
     return outcome
 
 
-@settings(max_examples=300)
+@settings(max_examples=200)
 @given(data=st.data())
 def test_damaged_traces_summarise_or_fail_in_one_line(good, data):
     with tempfile.TemporaryDirectory() as d:

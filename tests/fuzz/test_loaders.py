@@ -41,13 +41,13 @@ def outcome(load, table):
             return e
 
 
-@settings(max_examples=1000)
+@settings(max_examples=600)
 @given(st.data())
 def test_jobs(data):
     outcome(lambda t: parse_job(t, "f.toml"), mutate(data, JOB))
 
 
-@settings(max_examples=1000)
+@settings(max_examples=600)
 @given(st.data())
 def test_clusters(data):
     outcome(lambda t: parse_cluster(t, "f.toml"), mutate(data, CLUSTER))

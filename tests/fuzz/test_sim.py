@@ -90,7 +90,7 @@ def run_sim(cluster: dict, schedule: dict | str, job_table: dict, extra: dict) -
     assert_clean(outcome, "hpcps.sim")
 
 
-@settings(max_examples=200)
+@settings(max_examples=150)
 @given(st.data())
 def test_valid_clusters_and_schedules_simulate(data):
     cluster, n_nodes = data.draw(clusters(), label="cluster")
