@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
 MPI ?= mpich
 
-.PHONY: venv demo test test-unit test-fuzz test-mpi test-e2e test-slurm slurm-deps bench clean
+.PHONY: venv demo test lint format-check test-unit test-fuzz test-mpi test-e2e test-slurm slurm-deps bench clean
 
 venv: $(STAMP)
 
@@ -33,7 +33,16 @@ demo: $(STAMP)
 	@cat $(DEMO_OUT)/best_schedule.toml
 
 test: $(STAMP) slurm-deps
-	$(MAKE) test-unit test-fuzz test-mpi test-e2e test-slurm
+	$(MAKE) lint test-unit test-fuzz test-mpi test-e2e test-slurm
+
+# Lint (ruff's rules in pyproject.toml) and type checks, first of the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hpcps
+	$(VENV)/bin/mypy hpcps
+
+# The code's layout as ruff format writes it; not yet part of make test.
+format-check: $(STAMP)
+	$(VENV)/bin/ruff format --check hpcps
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit

@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import NoReturn
 
 from hpcps.config.errors import ConfigError
 
@@ -46,7 +47,8 @@ def cluster_path(given: Path | None, job, required: bool = False) -> Path | None
         return Path(given)
     path = job.cluster_path()
     if path is None and required:
-        raise ConfigError("--cluster", None, f"no cluster: give --cluster FILE, or set cluster = \"FILE\" in {job.source}")
+        raise ConfigError("--cluster", None,
+                          f"no cluster: give --cluster FILE, or set cluster = \"FILE\" in {job.source}")
     return path
 
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcps.cli import RankAwareParser, default_job_path, fail_input
-from hpcps.config import ConfigError, default_schedule, load_job, load_schedule
 from hpcps.comm.buffers import TRANSPORTS
+from hpcps.config import ConfigError, default_schedule, load_job
 from hpcps.emulate.node import COMPUTE_MODES
 from hpcps.workloads import BUILTIN
 
@@ -244,9 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"cluster {launch.cluster.name}: ranks on nodes {', '.join(launch.placement.rank_nodes)} ({how})")
         recorder = None
         if trace_path is not None:
-            from hpcps.trace import TraceRecorder
             # Under emulation the recorder reads the dilated clock too, so traces hold emulated times.
             from hpcps.emulate.fabric import emulated_clock
+            from hpcps.trace import TraceRecorder
             clock = emulated_clock(emulation.dilation) if emulation else None
             recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s,
                                      node_name=node_name, node_type=node_type,

@@ -12,8 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hpcps.io.outputs import write_bytes  # noqa: E402
 from hpcps.analyze.stats import CATEGORIES, breakdown, compute_vs_batch, typical_iteration  # noqa: E402
+from hpcps.io.outputs import write_bytes  # noqa: E402
 from hpcps.trace.reader import Trace  # noqa: E402
 from hpcps.trace.schema import DIRECTION, PHASE, TRANSFER_KIND  # noqa: E402
 

@@ -23,7 +23,7 @@ from hpcps.config.toml_writer import dumps
 @dataclass(frozen=True)
 class NodeType:
     name: str
-    speed: float = option(ge=limits.MIN_SPEED, le=limits.MAX_SPEED)      # compute speed relative to the calibration machine
+    speed: float = option(ge=limits.MIN_SPEED, le=limits.MAX_SPEED)      # relative to the calibration machine
     cores: int = option(gt=0, le=limits.MAX_CORES)
     nic_gbps: float = option(ge=limits.MIN_NIC_GBPS, le=limits.MAX_NIC_GBPS)   # per direction
     latency_us: float = option(50.0, ge=0, le=limits.MAX_LATENCY_US)          # one-way

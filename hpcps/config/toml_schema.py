@@ -20,6 +20,7 @@ import math
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,12 +137,8 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(str(path), None, f"cannot read it: {e.strerror or e}") from None
 
 
-def _describe(spec: dict[str, Any]) -> str:
-    return ", ".join(_key(v).describe(k) for k, v in spec.items())
-
-
-def _key(entry: Key | tuple[type, Any]) -> Key:
-    return entry if isinstance(entry, Key) else Key(*entry)
+def _describe(spec: Mapping[str, Key]) -> str:
+    return ", ".join(v.describe(k) for k, v in spec.items())
 
 
 def check_type(source: str, key: str, value: Any, typ: type) -> Any:
@@ -194,9 +191,8 @@ def check_number(source: str, key: str | None, value: float | int, *, ge: float 
     return value
 
 
-def take_table(source: str, prefix: str, table: Any, spec: dict[str, Key | tuple[type, Any]]) -> dict[str, Any]:
-    """Validate one table against spec {key: Key, or (type, default or REQUIRED)}; return the values
-    with defaults filled in."""
+def take_table(source: str, prefix: str, table: Any, spec: Mapping[str, Key]) -> dict[str, Any]:
+    """Validate one table against spec {key: Key}; return the values with defaults filled in."""
     where = prefix or "<top level>"
     if not isinstance(table, dict):
         raise ConfigError(source, prefix or None, f"must be a table, got {table!r}")
@@ -205,8 +201,7 @@ def take_table(source: str, prefix: str, table: Any, spec: dict[str, Key | tuple
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(source, key, f"unknown key in {where}. Valid keys are: {_describe(spec)}")
     out = {}
-    for k, entry in spec.items():
-        spec_key = _key(entry)
+    for k, spec_key in spec.items():
         full = f"{prefix}.{k}" if prefix else k
         if k in table:
             out[k] = spec_key.check(source, full, table[k])

@@ -18,8 +18,8 @@ import contextlib
 import os
 import stat
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from hpcps.config.errors import ConfigError
 

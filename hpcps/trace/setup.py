@@ -3,8 +3,8 @@ written, so bad input leaves no file behind."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from hpcps.config.errors import ConfigError
 from hpcps.io.outputs import check_output

@@ -55,7 +55,8 @@ def test_starting_cluster_file_groups_nodes_without_features(tmp_path):
     out.write_text(text)
     c = load_cluster(out)
     assert c.name == 'site "A"'
-    assert [(n.name, n.type.name, n.type.gpus) for n in c.nodes] == [("gpu01", "a100-ib", 4), ("cpu001", "cpu128-mem268g", 0)]
+    assert [(n.name, n.type.name, n.type.gpus) for n in c.nodes] == [("gpu01", "a100-ib", 4),
+                                                                      ("cpu001", "cpu128-mem268g", 0)]
 
 
 def test_unknown_nodes_and_the_allocations_nodes():
