@@ -13,6 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from hpcps.config.toml_writer import toml_key, toml_string
 from hpcps.slurm.parse import SlurmNode
 
 _NAME_NUM = re.compile(r"^(.*?)(\d+)$")
@@ -83,11 +84,11 @@ def _type_name(key: tuple, taken: set[str]) -> str:
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return toml_string(s)
 
 
 def _toml_key(s: str) -> str:
-    return s if re.fullmatch(r"[A-Za-z0-9_-]+", s) else _toml_str(s)
+    return toml_key(s)
 
 
 def render_cluster_toml(nodes: Sequence[SlurmNode], name: str, source: str = "scontrol show node") -> str:

@@ -97,15 +97,9 @@ class Parts:
 
 
 def _cluster_path(args, job: Job) -> Path:
-    if args.cluster is not None:
-        return args.cluster
-    if job.cluster is None:
-        raise ConfigError("--cluster", None,
-                          f"no cluster: give --cluster FILE, or set cluster = \"FILE\" in {job.source}")
-    path = Path(job.cluster)
-    if not path.is_absolute() and not path.is_file():
-        beside = Path(job.source).parent / path
-        path = beside if beside.is_file() else path
+    from hpcps.cli import cluster_path
+    path = cluster_path(args.cluster, job, required=True)
+    assert path is not None
     return path
 
 

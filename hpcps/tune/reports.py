@@ -15,7 +15,6 @@ import csv
 import io
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpcps.cluster.placement import parse_node_schedule, write_node_schedule
+from hpcps.io.outputs import atomic_path
 from hpcps.tune.rundir import atomic_write
 from hpcps.tune.trials import TrialRecord
 
@@ -136,7 +136,8 @@ def draw_convergence(history: list[TrialRecord], path: Path, title: str, best_ms
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)

@@ -16,11 +16,11 @@ import hashlib
 import json
 import os
 import socket
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from hpcps.io.outputs import write_text
 from hpcps.tune import observations as obs_io
 from hpcps.tune.trials import TrialRecord
 
@@ -36,17 +36,8 @@ class RunDirError(Exception):
 
 def atomic_write(path: Path, text: str) -> None:
     """Write text to path through a temporary file in its directory and a rename: readers see the old
-    file or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    file or the new one, never a part (the project's one atomic write, hpcps.io.outputs)."""
+    write_text(path, text)
 
 
 class RunLock:
