@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
 MPI ?= mpich
 
-.PHONY: venv demo test test-unit test-mpi test-e2e test-slurm test-testbed slurm-deps testbed-deps bench clean
+.PHONY: venv demo test lint format-check test-unit test-fuzz test-mpi test-e2e test-slurm test-testbed slurm-deps testbed-deps bench clean
 
 venv: $(STAMP)
 
@@ -33,10 +33,24 @@ demo: $(STAMP)
 	@cat $(DEMO_OUT)/best_schedule.toml
 
 test: $(STAMP) slurm-deps testbed-deps
-	$(MAKE) test-unit test-mpi test-e2e test-slurm test-testbed
+	$(MAKE) lint test-unit test-fuzz test-mpi test-e2e test-slurm test-testbed
+
+# Lint (ruff's rules in pyproject.toml) and type checks, first of the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hpcps
+	$(VENV)/bin/mypy hpcps
+
+# The code's layout as ruff format writes it; not yet part of make test.
+format-check: $(STAMP)
+	$(VENV)/bin/ruff format --check hpcps
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# Generated and damaged inputs for every loader and command (hypothesis, derandomized): each ends in
+# exit status 0 or 2 with one line, never a traceback or a hang (docs/reliability.md). About a minute.
+test-fuzz: $(STAMP)
+	$(PY) -m pytest -q tests/fuzz
 
 # The MPI tests run at two communicator sizes: with servers colocated on worker ranks, and apart.
 test-mpi: $(STAMP)

@@ -11,15 +11,17 @@ Every run writes a trace (docs/trace.md) unless --no-trace is given.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcps.cli import RankAwareParser, default_job_path, fail_input
-from hpcps.config import ConfigError, default_schedule, load_job, load_schedule
 from hpcps.comm.buffers import TRANSPORTS
+from hpcps.config import ConfigError, default_schedule, load_job
 from hpcps.emulate.node import COMPUTE_MODES
+from hpcps.workloads import BUILTIN
 
 TOOL = "hpcps.train"
 
@@ -73,15 +75,9 @@ class Launch:
 
 
 def cluster_path(args, job) -> Path | None:
-    """--cluster, else the job's cluster key (relative to the working directory, then to the job file)."""
-    if args.cluster is not None:
-        return args.cluster
-    if not job.cluster:
-        return None
-    candidate = Path(job.cluster)
-    if not candidate.is_absolute() and not candidate.exists():
-        candidate = Path(job.source).parent / candidate
-    return candidate
+    """--cluster, else the job's cluster key (hpcps.cli.cluster_path)."""
+    from hpcps.cli import cluster_path as resolve
+    return resolve(args.cluster, job)
 
 
 def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None = None,
@@ -90,15 +86,19 @@ def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None 
 
     rank_names: per rank (node name, how found) from hpcps.cluster.mapping.local_node_name;
     hosts: per rank its host name; testbed_ids: per rank hpcps.testbed.ranks.rank_identity()."""
+    from hpcps.config import limits
     from hpcps.config.schedule import parse_schedule
-    from hpcps.config.toml_schema import read_toml
+    from hpcps.config.toml_schema import check_number, read_toml
+    from hpcps.workloads import check_data_size, load_factory
     job = load_job(args.job or default_job_path())
     if args.iterations is not None:
-        if args.iterations <= 0:
-            raise ConfigError("--iterations", None, f"must be > 0, got {args.iterations}")
+        check_number("--iterations", None, args.iterations, gt=0, le=limits.MAX_ITERATIONS)
         job = job.with_iterations(args.iterations)
-    if args.time_dilation is not None and not args.time_dilation >= 1:
-        raise ConfigError("--time-dilation", None, f"must be >= 1, got {args.time_dilation}")
+    if args.time_dilation is not None:
+        check_number("--time-dilation", None, args.time_dilation, ge=1, le=limits.MAX_TIME_DILATION)
+    check_gpu_transport(args)
+    load_factory(job.workload, job.source)      # a custom workload that does not import: one message
+    check_data_size(job)
     gb = job.training.global_batch
     path = cluster_path(args, job)
     table = read_toml(args.schedule) if args.schedule is not None else None
@@ -135,6 +135,7 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts, test
         for r, node in enumerate(placement.rank_nodes):
             if not cluster.has(node):
                 raise ConfigError(str(path), None, f"rank {r} runs on {node!r}, not a node of this cluster")
+        placement.check_threads(cluster)
     placement.schedule.check_against(n_ranks, gb)
     profile = _profile(job)
     if profile is not None:
@@ -165,13 +166,26 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts, test
     return Launch(job, placement.schedule, placement, cluster, emulation)
 
 
-def _profile(job):
-    """The job's calibrated compute profile, or None for a workload without one (a custom factory)."""
-    from hpcps.sim import load_profiles, profile_for_job
+def check_gpu_transport(args) -> None:
+    """--gpu-transport, or HPCPS_GPU_TRANSPORT when the flag is auto, must name a transport (checked
+    whatever the device, so a typo is caught before the run that would need it)."""
+    from hpcps.comm.buffers import TRANSPORT_ENV, TransportError, requested_transport
     try:
-        return profile_for_job(load_profiles(), job.workload, job.model, job.data)
-    except ConfigError:
+        requested_transport(args.gpu_transport)
+    except TransportError:
+        raise ConfigError(TRANSPORT_ENV, None, f"must be one of {', '.join(TRANSPORTS)}; "
+                          f"got {os.environ.get(TRANSPORT_ENV)!r}") from None
+
+
+def _profile(job):
+    """The job's calibrated compute profile: it drives the memory check and the emulation's thread
+    model. A custom workload may have none (None); for a built-in one, and for a compute profile file
+    that is missing or broken, the ConfigError stands."""
+    from hpcps.sim import load_profiles, profile_for_job
+    profiles = load_profiles()
+    if job.workload not in BUILTIN and job.workload not in {w.name for w in profiles.workloads}:
         return None
+    return profile_for_job(profiles, job.workload, job.model, job.data)
 
 
 def plan_trace(args, job, schedule, argv: list[str]):
@@ -181,12 +195,16 @@ def plan_trace(args, job, schedule, argv: list[str]):
         if args.trace is not None:
             raise ConfigError("--no-trace", None, "cannot be combined with --trace")
         return None, None
-    if args.trace_flush_s is not None and not args.trace_flush_s > 0:
-        raise ConfigError("--trace-flush-s", None, f"must be > 0, got {args.trace_flush_s}")
+    if args.trace_flush_s is not None:
+        from hpcps.config import limits
+        from hpcps.config.toml_schema import check_number
+        check_number("--trace-flush-s", None, args.trace_flush_s, gt=0, le=limits.MAX_FLUSH_S)
     cluster = cluster_path(args, job)
     info = build_run_info(job=job, schedule=schedule, argv=argv, job_path=Path(job.source),
                           schedule_path=args.schedule, cluster_path=cluster)
-    path = check_trace_path(args.trace if args.trace is not None else default_trace_path(info.run_id))
+    inputs = [job.source, args.schedule, cluster, os.environ.get("HPCPS_PROFILES")]
+    path = check_trace_path(args.trace if args.trace is not None else default_trace_path(info.run_id),
+                            inputs=inputs)
     return path, info
 
 
@@ -245,9 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"cluster {launch.cluster.name}: ranks on nodes {', '.join(launch.placement.rank_nodes)} ({how})")
         recorder = None
         if trace_path is not None:
-            from hpcps.trace import TraceRecorder
             # Under emulation the recorder reads the dilated clock too, so traces hold emulated times.
             from hpcps.emulate.fabric import emulated_clock
+            from hpcps.trace import TraceRecorder
             clock = emulated_clock(emulation.dilation) if emulation else None
             recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s,
                                      node_name=node_name, node_type=node_type,

@@ -17,6 +17,7 @@ from hpcps.emulate.node import NodeClock, fastest_cpu_time
 from hpcps.ps.plan import MessagePlan
 from hpcps.sim.profile import WorkloadProfile
 
+
 def default_dilation(cluster: Cluster, placement: RankPlacement) -> float:
     """Real seconds per emulated second: enough that the fastest node's steps, run here and sped up,
     still end after their real computation (with room for two ranks sharing one core)."""

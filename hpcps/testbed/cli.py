@@ -57,7 +57,8 @@ def build_parser() -> OneLineParser:
                        help="real seconds per emulated second: links run at nic_gbps / D with latency_us * D "
                             "(default: what this machine keeps up with for the cluster, docs/testbed.md)")
         q.add_argument("--name", default=default_name,
-                       help=f"the testbed's name, 1-9 lower-case letters or digits (default: {default_name or 'r<pid>'})")
+                       help="the testbed's name, 1-9 lower-case letters or digits "
+                            f"(default: {default_name or 'r<pid>'})")
         q.add_argument("--quiet", action="store_true", help="no progress lines")
 
     q = sub.add_parser("up", help="build a testbed and leave it up",

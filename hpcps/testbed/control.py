@@ -18,16 +18,26 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from hpcps.cluster.description import Cluster
 from hpcps.config.errors import ConfigError
-from hpcps.testbed.plan import (TestbedPlan, check_name, choose_subnet, launcher_script, mpiexec_argv,
-                                plan_testbed, queue_rules, rank_environment, setup_commands, name_of_link,
-                                name_of_netns)
+from hpcps.testbed.plan import (
+    TestbedPlan,
+    check_name,
+    choose_subnet,
+    launcher_script,
+    mpiexec_argv,
+    name_of_link,
+    name_of_netns,
+    plan_testbed,
+    queue_rules,
+    rank_environment,
+    setup_commands,
+)
 from hpcps.testbed.runner import NetRunner, TestbedError
 
 STATE_ENV = "HPCPS_TESTBED_STATE"
@@ -129,10 +139,10 @@ def down(name: str, runner: NetRunner | None = None) -> list[str]:
     namespaces = [ns for ns in runner.netns_list() if name_of_netns(ns) == name]
     pids = {p for ns in namespaces for p in runner.netns_pids(ns)}
     pids |= set(runner.processes_naming(f"{state_dir(name)}/"))      # an orphaned mpiexec on this side
-    pids = sorted(pids - {os.getpid()})
-    if pids:
-        _end(pids, runner)
-        removed.append(f"{len(pids)} process(es)")
+    ending = sorted(pids - {os.getpid()})
+    if ending:
+        _end(ending, runner)
+        removed.append(f"{len(ending)} process(es)")
     for ns in namespaces:
         runner.run(["ip", "netns", "delete", ns], check=False)
         removed.append(f"netns {ns}")
@@ -223,7 +233,7 @@ def run_on(plan: TestbedPlan, rank_nodes: Sequence[str], command: Sequence[str],
                     timed_out = True
                     _kill_group(proc, signal.SIGTERM)
                     deadline = time.monotonic() + TERM_GRACE_S
-                elif timed_out and time.monotonic() > deadline:
+                elif timed_out and deadline is not None and time.monotonic() > deadline:
                     _kill_group(proc, signal.SIGKILL)
     finally:
         for s, h in old.items():

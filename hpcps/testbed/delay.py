@@ -130,7 +130,7 @@ class DelayLine:
 
     def __init__(self, delays: dict, gain: float = 0.02):
         self.delays = dict(delays)
-        self.held = {key: collections.deque() for key in delays}
+        self.held: dict = {key: collections.deque() for key in delays}
         self.late_hist = [0] * (2 * LATE_BINS_US + 1)      # -10 ms .. +10 ms in 1 us bins
         self.packets = 0
         self.lead = 0.0
@@ -145,7 +145,7 @@ class DelayLine:
         due = min((q[0][0] for q in self.held.values() if q), default=None)
         return None if due is None else due - self.lead
 
-    def release(self, now: float) -> list[tuple[object, int]]:
+    def release(self, now: float) -> list[tuple[tuple[str, int], int]]:
         out = []
         for key, q in self.held.items():
             last = None
@@ -275,9 +275,9 @@ def serve(state_dir: Path) -> int:
             _write(state_dir / "delay.json", json.dumps(line.stats()))
             next_stats = now + 1.0
     # Let go of whatever is still held, so that a testbed being taken down does not drop packets.
-    for key, q in line.held.items():
-        if q:
-            socks[key[0]].send(verdict_batch_message(key[1], q[-1][1]))
+    for key, held in line.held.items():
+        if held:
+            socks[key[0]].send(verdict_batch_message(key[1], held[-1][1]))
     _write(state_dir / "delay.json", json.dumps(line.stats()))
     return 0
 

@@ -30,9 +30,9 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from hpcps.cluster.description import Cluster
 from hpcps.config.errors import ConfigError
@@ -90,7 +90,7 @@ def subnet(index: int) -> ipaddress.IPv4Network:
     """The index-th /24 of 198.18.0.0/15 (0 to 511)."""
     if not 0 <= index < 512:
         raise ValueError(f"subnet index {index} is outside 0..511")
-    return ipaddress.ip_network(f"198.{18 + index // 256}.{index % 256}.0/24")
+    return ipaddress.IPv4Network(f"198.{18 + index // 256}.{index % 256}.0/24")
 
 
 def choose_subnet(in_use: Iterable[str]) -> int:
@@ -198,7 +198,7 @@ class TestbedPlan:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "TestbedPlan":
+    def from_json(cls, text: str) -> TestbedPlan:
         d = json.loads(text)
         d["nodes"] = tuple(NodeLink(**n) for n in d["nodes"])
         return cls(**d)

@@ -11,12 +11,12 @@ and only compute is left to emulate.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Mapping, Sequence
 
 from hpcps.testbed.plan import TESTBED_ENV, parse_testbed_env
 
 
-def rank_identity(env: dict[str, str] | None = None) -> tuple[str, int]:
+def rank_identity(env: Mapping[str, str] | None = None) -> tuple[str, int]:
     """(HPCPS_TESTBED's value or "", the inode of this process's network namespace, 0 if unknown)."""
     env = os.environ if env is None else env
     try:

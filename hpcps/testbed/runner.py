@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from hpcps.testbed.plan import Command
 

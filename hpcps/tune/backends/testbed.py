@@ -21,9 +21,9 @@ from pathlib import Path
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import NodeSchedule
 from hpcps.config.errors import ConfigError
-from hpcps.tune.backends import TrialResult
 from hpcps.tune.backends.common import DEFAULT_ITERATIONS, SKIP, train_argv
 from hpcps.tune.backends.local import LocalBackend
+from hpcps.tune.trials import TrialResult
 
 
 def trial_name(trial: int, pid: int | None = None) -> str:
