@@ -273,8 +273,8 @@ def setup_commands(plan: TestbedPlan) -> list[Command]:
     sw, link, prefix = plan.switch_netns, plan.host_link, plan.network.prefixlen
     cmds = [_batch("ip", None, [f"netns add {ns}" for ns in plan.netns_names]),
             _batch("ip", sw, ["link set lo up", f"link add {BRIDGE} type bridge",
-                              f"link set {BRIDGE} addrgenmode none", f"addr add {plan.switch_address}/{prefix} dev {BRIDGE}",
-                              f"link set {BRIDGE} up"])]
+                              f"link set {BRIDGE} addrgenmode none",
+                              f"addr add {plan.switch_address}/{prefix} dev {BRIDGE}", f"link set {BRIDGE} up"])]
     for n in plan.nodes:
         cmds.append(_batch("ip", n.netns, [
             "link set lo up",
