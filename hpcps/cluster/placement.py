@@ -12,8 +12,9 @@ each rank stands for. Format (docs/cluster.md)::
 
     [[nodes]]
     name = "n2"
-    workers = [{batch = 16}, {batch = 16}]
+    workers = [{batch = 16}, {batch = 16, codec = "int8"}]
 
+A worker may name its own push codec (codec; default: the job's [exchange] codec).
 Nodes of the cluster that the schedule does not list run nothing.
 """
 
@@ -29,12 +30,12 @@ from typing import Any
 
 from hpcps.cluster.description import Cluster
 from hpcps.config.errors import ConfigError
-from hpcps.config.schedule import Schedule, WorkerSpec, parse_schedule, split_evenly
-from hpcps.config.toml_schema import REQUIRED, read_toml, require_positive, take_table
+from hpcps.config.schedule import CODECS, Schedule, WorkerSpec, parse_schedule, split_evenly
+from hpcps.config.toml_schema import REQUIRED, read_toml, require_choice, require_positive, take_table
 
 _TOP_SPEC = {"nodes": (list, REQUIRED)}
 _NODE_SPEC = {"name": (str, REQUIRED), "server": (bool, False), "workers": (list, [])}
-_WORKER_SPEC = {"batch": (int, REQUIRED), "threads": (int, 1)}
+_WORKER_SPEC = {"batch": (int, REQUIRED), "threads": (int, 1), "codec": (str, None)}
 
 # balanced() puts one server per this many nodes: the same ratio as the rank-level default schedule.
 NODES_PER_SERVER = 4
@@ -44,6 +45,7 @@ NODES_PER_SERVER = 4
 class NodeWorker:
     batch: int
     threads: int = 1
+    codec: str | None = None     # this worker's push codec; None: the job's
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class NodeSchedule:
         for p in self.nodes:
             first = len(rank_nodes)
             for w in p.workers:
-                workers.append(WorkerSpec(len(rank_nodes), w.batch, w.threads))
+                workers.append(WorkerSpec(len(rank_nodes), w.batch, w.threads, w.codec))
                 rank_nodes.append(p.name)
             if p.server:
                 if not p.workers:
@@ -115,13 +117,17 @@ class NodeSchedule:
         lines = []
         for p in self.nodes:
             lines += ["[[nodes]]", f"name = {json.dumps(p.name)}", f"server = {'true' if p.server else 'false'}"]
-            ws = ", ".join(f"{{batch = {w.batch}, threads = {w.threads}}}" for w in p.workers)
+            ws = ", ".join(f"{{batch = {w.batch}, threads = {w.threads}"
+                           + (f", codec = {json.dumps(w.codec)}" if w.codec is not None else "") + "}"
+                           for w in p.workers)
             lines += [f"workers = [{ws}]", ""]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"nodes": [{"name": p.name, "server": p.server,
-                           "workers": [{"batch": w.batch, "threads": w.threads} for w in p.workers]}
+                           "workers": [{"batch": w.batch, "threads": w.threads,
+                                        **({"codec": w.codec} if w.codec is not None else {})}
+                                       for w in p.workers]}
                           for p in self.nodes]}
 
 
@@ -142,7 +148,9 @@ def parse_node_schedule(table: dict[str, Any], source: str) -> NodeSchedule:
             wt = take_table(source, f"{prefix}.workers[{j}]", w, _WORKER_SPEC)
             require_positive(source, f"{prefix}.workers[{j}].batch", wt["batch"])
             require_positive(source, f"{prefix}.workers[{j}].threads", wt["threads"])
-            workers.append(NodeWorker(wt["batch"], wt["threads"]))
+            if wt["codec"] is not None:
+                require_choice(source, f"{prefix}.workers[{j}].codec", wt["codec"], CODECS)
+            workers.append(NodeWorker(wt["batch"], wt["threads"], wt["codec"]))
         plans.append(NodePlan(e["name"], e["server"], tuple(workers)))
     if not any(p.server for p in plans):
         raise ConfigError(source, "nodes.server", "no parameter server: set server = true on at least one node")

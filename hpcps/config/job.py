@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcps.config.errors import ConfigError
-from hpcps.config.schedule import Schedule, parse_schedule
+from hpcps.config.schedule import CODECS, Schedule, parse_schedule
 from hpcps.config.toml_schema import (REQUIRED, read_toml, require_choice, require_positive,
                                       take_table)
 
@@ -51,7 +51,6 @@ _EXCHANGE_SPEC = {
     "bucket_mb": (float, 4.0),
     "overlap": (bool, True),
 }
-CODECS = ("none",)   # push codecs: hpcps.ps.codec.CODECS
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ A schedule file (or the [schedule] table of a job) looks like::
     rank = 0                  # a rank may be both a server and a worker
     batch = 5                 # this worker's share of the global batch (samples per step)
     threads = 1               # intra-op threads PyTorch uses on this worker
+    codec = "int8"            # optional: this worker's push codec (default: the job's [exchange] codec)
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from hpcps.config.errors import ConfigError
-from hpcps.config.toml_schema import REQUIRED, read_toml, require_positive, take_table
+from hpcps.config.toml_schema import REQUIRED, read_toml, require_choice, require_positive, take_table
 
 _TOP_SPEC = {"servers": (list, REQUIRED), "workers": (list, REQUIRED)}
-_WORKER_SPEC = {"rank": (int, REQUIRED), "batch": (int, REQUIRED), "threads": (int, 1)}
+_WORKER_SPEC = {"rank": (int, REQUIRED), "batch": (int, REQUIRED), "threads": (int, 1), "codec": (str, None)}
+# Push codecs (hpcps.ps.codec.CODECS; kept here as names so reading a config imports no NumPy).
+CODECS = ("none", "fp16", "bf16", "int8", "sign", "topk")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class WorkerSpec:
     rank: int
     batch: int
     threads: int = 1
+    codec: str | None = None     # this worker's push codec; None: the job's [exchange] codec
 
 
 @dataclass(frozen=True)
@@ -70,12 +74,15 @@ class Schedule:
     def to_toml(self) -> str:
         lines = [f"servers = [{', '.join(str(s) for s in self.servers)}]", ""]
         for w in self.workers:
-            lines += ["[[workers]]", f"rank = {w.rank}", f"batch = {w.batch}", f"threads = {w.threads}", ""]
+            lines += ["[[workers]]", f"rank = {w.rank}", f"batch = {w.batch}", f"threads = {w.threads}"]
+            lines += [f'codec = "{w.codec}"'] if w.codec is not None else []
+            lines += [""]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {"servers": list(self.servers),
-                "workers": [{"rank": w.rank, "batch": w.batch, "threads": w.threads} for w in self.workers]}
+                "workers": [{"rank": w.rank, "batch": w.batch, "threads": w.threads,
+                             **({"codec": w.codec} if w.codec is not None else {})} for w in self.workers]}
 
 
 def parse_schedule(table: dict[str, Any], source: str, prefix: str = "") -> Schedule:
@@ -101,7 +108,9 @@ def parse_schedule(table: dict[str, Any], source: str, prefix: str = "") -> Sche
             raise ConfigError(source, key(f"workers[{i}].rank"), f"must be a rank number >= 0, got {wt['rank']}")
         require_positive(source, key(f"workers[{i}].batch"), wt["batch"])
         require_positive(source, key(f"workers[{i}].threads"), wt["threads"])
-        workers.append(WorkerSpec(wt["rank"], wt["batch"], wt["threads"]))
+        if wt["codec"] is not None:
+            require_choice(source, key(f"workers[{i}].codec"), wt["codec"], CODECS)
+        workers.append(WorkerSpec(wt["rank"], wt["batch"], wt["threads"], wt["codec"]))
     ranks = [w.rank for w in workers]
     if len(set(ranks)) != len(ranks):
         raise ConfigError(source, key("workers"), f"a rank appears in two [[workers]] tables: {ranks}")

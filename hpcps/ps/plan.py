@@ -128,6 +128,11 @@ class MessagePlan:
     def worker_row(self, rank: int) -> int | None:
         return self.workers.index(rank) if rank in self.workers else None
 
+    def push_bytes(self, raw: bool = False) -> int:
+        """Bytes of one iteration's pushes between ranks (copies to a rank's own server left out): as
+        encoded, or raw: as float32 before encoding."""
+        return sum(BYTES_PER_ELEMENT * m.elements if raw else m.nbytes for m in self.pushes() if not m.local)
+
     def network_bytes(self, node_of: Sequence[int] | None = None) -> int:
         """Bytes of one iteration that leave a rank (node_of: rank -> node; then those that leave a node)."""
         def crosses(m: Message) -> bool:

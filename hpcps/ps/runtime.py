@@ -22,7 +22,7 @@ from hpcps.comm.buffers import ExchangeBuffer, choose_transport
 from hpcps.config.job import Job
 from hpcps.config.schedule import Schedule
 from hpcps.data.partition import EpochPartition
-from hpcps.ps.codec import make_codec
+from hpcps.ps.codec import Codec, make_codec
 from hpcps.ps.exchange import Exchange
 from hpcps.ps.plan import MessagePlan
 from hpcps.ps.server import ServedPiece
@@ -90,8 +90,14 @@ class RankRun:
     compute: Callable                # batch -> (loss tensor, correct): the step, charged under emulation
 
 
+def worker_codecs(job: Job, schedule: Schedule) -> list[Codec]:
+    """Each worker's push codec, in schedule order: its own (a schedule's worker entry may name one),
+    else the job's [exchange] codec."""
+    return [make_codec(w.codec or job.exchange.codec) for w in schedule.workers]
+
+
 def build_plan(job: Job, schedule: Schedule, n_elements: int) -> MessagePlan:
-    codecs = [make_codec(job.exchange.codec) for _ in schedule.workers]
+    codecs = worker_codecs(job, schedule)
     return MessagePlan.build(n_elements, schedule.servers, [w.rank for w in schedule.workers],
                              bucket_bytes=int(job.exchange.bucket_mb * 2 ** 20),
                              push_nbytes=lambda row, n: codecs[row].wire_nbytes(n))
@@ -131,7 +137,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     if me is not None:
         transport = choose_transport(gpu_transport, flat.params.is_cuda)
         params_xb, grads_xb = _exchange_buffer(flat.params, transport), _exchange_buffer(flat.grads, transport)
-    codecs = [make_codec(job.exchange.codec) for _ in schedule.workers]
+    codecs = worker_codecs(job, schedule)
     served = {p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
               for p in plan.pieces if p.server == rank}
     encoders = ({p.index: codecs[worker_row].encoder(p.size) for p in plan.pieces if p.server != rank}
@@ -172,7 +178,9 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}")
 
     run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
-                 "codec": job.exchange.codec}
+                 "codec": job.exchange.codec, "worker_codecs": json.dumps([c.name for c in codecs]),
+                 "push_nbytes_per_iteration": plan.push_bytes(),
+                 "push_raw_nbytes_per_iteration": plan.push_bytes(raw=True)}
     if emulation is not None:
         run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute)
     if emulator is not None and emulation.compute == "reference":
