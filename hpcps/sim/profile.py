@@ -82,10 +82,17 @@ class MachineProfile:
     aggregate_s_per_byte_per_worker: float  # server: weighted sum of the pushes
     update_s_per_byte: tuple[tuple[str, float], ...]  # server: optimiser step, by optimiser name
     rank_overhead_bytes: float             # memory of one idle rank (interpreter, PyTorch)
+    # push codecs (hpcps/ps/codec.py): seconds per float32 value to encode one push on the worker
+    # (error feedback included) and to decode it on the server, by codec; none costs nothing
+    codec_s_per_element: tuple[tuple[str, tuple[float, float]], ...] = ()
 
     def update_cost(self, optimizer: str) -> float:
         table = dict(self.update_s_per_byte)
         return table.get(optimizer, max(table.values()))
+
+    def codec_cost(self, codec: str) -> tuple[float, float]:
+        """(encode, decode) seconds per value for codec; (0, 0) when not calibrated."""
+        return dict(self.codec_s_per_element).get(codec, (0.0, 0.0))
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,9 @@ def load_profiles(path: str | Path | None = None) -> Profiles:
         m = raw["machine"]
         machine = MachineProfile(float(m["memcpy_bytes_per_s"]), float(m["aggregate_s_per_byte_per_worker"]),
                                  tuple(sorted((k, float(v)) for k, v in m["update_s_per_byte"].items())),
-                                 float(m.get("rank_overhead_bytes", 0.0)))
+                                 float(m.get("rank_overhead_bytes", 0.0)),
+                                 tuple(sorted((k, (float(v[0]), float(v[1])))
+                                              for k, v in m.get("codec_s_per_element", {}).items())))
         workloads = tuple(_workload_from(name, t, int(raw["cpus"])) for name, t in raw["workloads"].items())
         return Profiles(machine, workloads, str(raw.get("command", "")), str(path))
     except FileNotFoundError:

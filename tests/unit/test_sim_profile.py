@@ -72,3 +72,14 @@ def test_hpcps_profiles_names_the_file_read_unless_a_path_is_given(tmp_path, mon
     monkeypatch.setenv("HPCPS_PROFILES", str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigError, match="missing.toml.*compute profiles not found"):
         load_profiles()
+
+
+def test_codec_costs_are_read_when_calibrated(tmp_path):
+    enc, dec = load_profiles(DEFAULT_PROFILES).machine.codec_cost("int8")   # (0, 0) until calibrated
+    assert enc >= 0 and dec >= 0
+    own = tmp_path / "p.toml"
+    own.write_text(DEFAULT_PROFILES.read_text().replace(
+        "[machine]", '[machine]\ncodec_s_per_element = {"int8" = [3e-9, 1e-9], "sign" = [4e-9, 2e-9]}'))
+    m = load_profiles(own).machine
+    assert m.codec_cost("int8") == (3e-9, 1e-9) and m.codec_cost("sign") == (4e-9, 2e-9)
+    assert m.codec_cost("none") == (0.0, 0.0)
