@@ -102,6 +102,7 @@ class Exchange:
         self._ready_to_aggregate: list[int] = []
         self._in_progress = False
         self.first_push_at = self.last_push_at = 0.0
+        self.blocked_s = 0.0                          # worker: time its forward pass waited for pieces
         self.aggregate_span = [np.inf, -np.inf]
 
     # -- set-up and the worker's side ---------------------------------------------------------------
@@ -123,9 +124,10 @@ class Exchange:
             if p.server == self.rank:
                 continue
             q = p.index
+            t0 = self.clock()
             req = self.comm.Irecv(self.params.view(p.start, p.stop), source=p.server, tag=PULL_TAG + p.index)
             meta = Transfer(PULL, "recv", p.shard, p.server, 4 * p.size, q)
-            self._post(req, iteration, meta, self._pull_arrived, (q,))
+            self._post(req, t0, iteration, meta, self._pull_arrived, (q,))
         self._deliver_local()
 
     def _pull_arrived(self, q: int) -> None:
@@ -135,9 +137,14 @@ class Exchange:
         self.arrived_at[q] = self.clock()
 
     def wait_pieces(self, pieces) -> None:
-        """Until these pieces of the awaited iteration are in the worker's parameter buffer."""
+        """Until these pieces of the awaited iteration are in the worker's parameter buffer. The time it
+        blocks adds to blocked_s (a layer waiting for its parameters is not computing)."""
         self.progress()
+        if self.arrived[pieces].all():
+            return
+        t0 = self.clock()
         self.wait_until(lambda: bool(self.arrived[pieces].all()))
+        self.blocked_s += self.clock() - t0
 
     def begin_pushes(self, iteration: int) -> None:
         self.push_iteration = iteration
@@ -178,9 +185,10 @@ class Exchange:
                 self._host_grads[q] = np.empty(p.size, dtype=np.float32)
             view = self.grads.host_array(p.start, p.stop, self._host_grads[q])
         wire = encoder.encode(view) if encoder is not None else view
+        t0 = self.clock()
         req = self.comm.Isend(wire, dest=p.server, tag=PUSH_TAG + q)
         meta = Transfer(PUSH, "send", p.shard, p.server, self.plan.push_nbytes[self.row][q], q)
-        self._post(req, iteration, meta, self._push_sent, ())
+        self._post(req, t0, iteration, meta, self._push_sent, ())
 
     def encoder_states(self) -> dict[int, np.ndarray]:
         """This worker's error-feedback residuals, piece index -> float32 values (pieces whose codec
@@ -216,9 +224,10 @@ class Exchange:
         for row, w in enumerate(self.plan.workers):
             if w == self.rank:
                 continue
+            t0 = self.clock()
             req = self.comm.Irecv(state.wires[row], source=w, tag=PUSH_TAG + q)
             meta = Transfer(PUSH, "recv", p.shard, w, self.plan.push_nbytes[row][q], q)
-            self._post(req, it, meta, self._push_received, (q, row))
+            self._post(req, t0, it, meta, self._push_received, (q, row))
 
     def _push_received(self, q: int, row: int) -> None:
         if self.served[q].push_arrived(row):
@@ -254,9 +263,10 @@ class Exchange:
         for w in self.plan.workers:
             if w == self.rank:
                 continue
+            t0 = self.clock()
             req = self.comm.Isend(state.params, dest=w, tag=PULL_TAG + q)
             self._send_reqs[q].append(req)
-            self._post(req, iteration, Transfer(PULL, "send", p.shard, w, 4 * p.size, q), None, ())
+            self._post(req, t0, iteration, Transfer(PULL, "send", p.shard, w, 4 * p.size, q), None, ())
 
     def _deliver_local(self) -> None:
         if not self.is_worker:
@@ -276,9 +286,10 @@ class Exchange:
         return all(v > iteration for v in self.version.values())
 
     # -- progress -------------------------------------------------------------------------------------
-    def _post(self, req, iteration: int, meta: Transfer, then: Callable | None, args: tuple) -> None:
+    def _post(self, req, t_post: float, iteration: int, meta: Transfer, then: Callable | None, args: tuple) -> None:
+        """t_post: read before the request was posted (a small message may arrive before the call returns)."""
         self._reqs.append(req)
-        self._done.append((self._completed, (iteration, meta, self.clock(), then, args)))
+        self._done.append((self._completed, (iteration, meta, t_post, then, args)))
         if self.emulator is not None:
             self.emulator.post(meta, iteration, self.rank)
 
