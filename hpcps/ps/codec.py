@@ -26,8 +26,9 @@ host memory.
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
-import torch
 
 BYTES_PER_FLOAT32 = 4
 FP16_MAX = 65504.0
@@ -36,8 +37,15 @@ SIGN_CHUNK = 256         # values per sign scale: 4 bytes of scale per 32 bytes 
 TOPK_FRACTION = 0.01     # share of a piece's values topk sends
 
 
+def _torch():
+    import torch     # only the 16-bit codecs need it: sizes and plans stay free of PyTorch
+    return torch
+
+
 class Encoder:
-    """Per worker and piece: turns a float32 gradient piece into the buffer to send."""
+    """Per worker and piece: turns a float32 gradient piece into the buffer to send. The buffer
+    encode() returns may be the one it returns next time: send it before encoding again (bulk-synchronous
+    iterations do: a worker's pushes are through before its next step)."""
 
     lossy = False
 
@@ -160,10 +168,12 @@ class Float16Codec(LossyCodec):
 
     def compress(self, acc, wire, scratch) -> None:
         # PyTorch's casts are vectorised (NumPy converts to half precision one value at a time)
+        torch = _torch()
         torch.clamp(torch.from_numpy(acc), -FP16_MAX, FP16_MAX, out=torch.from_numpy(scratch))
         torch.from_numpy(wire).view(torch.float16).copy_(torch.from_numpy(scratch))
 
     def decode_into(self, wire, row) -> None:
+        torch = _torch()
         torch.from_numpy(row).copy_(torch.from_numpy(wire).view(torch.float16))
 
 
@@ -175,6 +185,7 @@ class BFloat16Codec(LossyCodec):
 
     def compress(self, acc, wire, scratch) -> None:
         # NumPy has no bfloat16; PyTorch's cast rounds to nearest even
+        torch = _torch()
         torch.from_numpy(wire).view(torch.bfloat16).copy_(torch.from_numpy(acc))
 
     def decode_into(self, wire, row) -> None:
@@ -306,3 +317,16 @@ def make_codec(name: str) -> Codec:
         return CODECS[name]()
     except KeyError:
         raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}") from None
+
+
+def push_nbytes(codec_names: Sequence[str]) -> Callable[[int, int], int]:
+    """For MessagePlan.build(push_nbytes=...): (worker row, values) -> bytes on the wire of that push,
+    each worker with its codec (codec_names in schedule order)."""
+    codecs = [make_codec(name) for name in codec_names]
+    return lambda row, n: codecs[row].wire_nbytes(n)
+
+
+def worker_codec_names(job, schedule) -> list[str]:
+    """Each worker's push codec, in schedule order: its own (a schedule's worker entry may name one),
+    else the job's [exchange] codec."""
+    return [w.codec or job.exchange.codec for w in schedule.workers]

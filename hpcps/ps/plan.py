@@ -140,6 +140,15 @@ class MessagePlan:
         return sum(m.nbytes for m in self.messages() if crosses(m))
 
 
+def plan_for_job(job, schedule, n_elements: int) -> MessagePlan:
+    """The plan of a job (hpcps.config.Job: bucket size, codec) under a rank-level schedule, with each
+    worker's encoded push bytes: what the runtime exchanges, and what a model of it should read."""
+    from hpcps.ps.codec import push_nbytes, worker_codec_names
+    return MessagePlan.build(n_elements, schedule.servers, [w.rank for w in schedule.workers],
+                             bucket_bytes=int(job.exchange.bucket_mb * 2 ** 20),
+                             push_nbytes=push_nbytes(worker_codec_names(job, schedule)))
+
+
 def ready_fractions(plan: MessagePlan, forward_fraction: float) -> list[float]:
     """Per piece, the share of a worker's step after which its gradient is complete, for a model whose
     backward pass produces gradients at an even rate from the end of the flat vector to its start

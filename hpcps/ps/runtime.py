@@ -22,9 +22,9 @@ from hpcps.comm.buffers import ExchangeBuffer, choose_transport
 from hpcps.config.job import Job
 from hpcps.config.schedule import Schedule
 from hpcps.data.partition import EpochPartition
-from hpcps.ps.codec import Codec, make_codec
+from hpcps.ps.codec import Codec, make_codec, worker_codec_names
 from hpcps.ps.exchange import Exchange
-from hpcps.ps.plan import MessagePlan
+from hpcps.ps.plan import MessagePlan, plan_for_job
 from hpcps.ps.server import ServedPiece
 from hpcps.ps.sync import make_policy
 from hpcps.ps.worker import Worker
@@ -91,16 +91,11 @@ class RankRun:
 
 
 def worker_codecs(job: Job, schedule: Schedule) -> list[Codec]:
-    """Each worker's push codec, in schedule order: its own (a schedule's worker entry may name one),
-    else the job's [exchange] codec."""
-    return [make_codec(w.codec or job.exchange.codec) for w in schedule.workers]
+    """Each worker's push codec, in schedule order (hpcps.ps.codec.worker_codec_names)."""
+    return [make_codec(name) for name in worker_codec_names(job, schedule)]
 
 
-def build_plan(job: Job, schedule: Schedule, n_elements: int) -> MessagePlan:
-    codecs = worker_codecs(job, schedule)
-    return MessagePlan.build(n_elements, schedule.servers, [w.rank for w in schedule.workers],
-                             bucket_bytes=int(job.exchange.bucket_mb * 2 ** 20),
-                             push_nbytes=lambda row, n: codecs[row].wire_nbytes(n))
+build_plan = plan_for_job    # the plan with each worker's encoded push bytes (hpcps/ps/plan.py)
 
 
 def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",

@@ -283,7 +283,7 @@ def test_unknown_codec_in_a_job_is_one_line_and_exit_2(tmp_path):
 def test_plan_carries_each_workers_encoded_bytes():
     from hpcps.config.job import parse_job
     from hpcps.config.schedule import Schedule, WorkerSpec
-    from hpcps.ps.runtime import build_plan
+    from hpcps.ps.plan import plan_for_job as build_plan
     job = parse_job({"name": "t", "workload": "digits", "optimizer": {"name": "sgd", "lr": 0.1},
                      "training": {"global_batch": 3, "iterations": 1}, "exchange": {"codec": "int8"}}, "j.toml")
     schedule = Schedule((0,), (WorkerSpec(0, 1), WorkerSpec(1, 1, codec="sign"), WorkerSpec(2, 1, codec="none")))
@@ -294,3 +294,20 @@ def test_plan_carries_each_workers_encoded_bytes():
     # rank 0 serves itself: its pushes are copies, not bytes on the network
     assert plan.push_bytes() == sum(plan.push_nbytes[1]) + sum(plan.push_nbytes[2])
     assert plan.push_bytes(raw=True) == 2 * 4 * 5000
+
+
+def test_sizes_and_plans_need_no_pytorch():
+    """The simulator and tuner read encoded sizes from plan_for_job without importing PyTorch."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from hpcps.config.job import parse_job\n"
+            "from hpcps.config.schedule import default_schedule\n"
+            "from hpcps.ps.plan import plan_for_job\n"
+            "job = parse_job({'name': 't', 'workload': 'digits', 'optimizer': {'name': 'sgd', 'lr': 0.1},\n"
+            "                 'training': {'global_batch': 8, 'iterations': 1}, 'exchange': {'codec': 'fp16'}}, 'j')\n"
+            "plan = plan_for_job(job, default_schedule(4, 8), 10000)\n"
+            "assert plan.push_bytes() * 2 == plan.push_bytes(raw=True)\n"
+            "assert 'torch' not in sys.modules\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
