@@ -26,7 +26,7 @@ host memory.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ TOPK_FRACTION = 0.01     # share of a piece's values topk sends
 
 
 def _torch():
-    import torch     # only the 16-bit codecs need it: sizes and plans stay free of PyTorch
+    import torch  # only the 16-bit codecs need it: sizes and plans stay free of PyTorch
     return torch
 
 
