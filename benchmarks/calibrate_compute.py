@@ -8,8 +8,9 @@ runtime does it (gather the batch, zero the flat gradient, forward, backward) at
 with 1 and 2 PyTorch threads and with twice as many threads as this process may use cores, and fits
 time = fixed + per_sample * batch for each thread count. It also counts the model's parameters (the
 bytes every pull and push moves), estimates activation memory per sample (tensors saved for backward),
-and times what servers do (weighted sum of the pushes, optimiser update) and a memory copy (transfers
-between ranks of one node).
+and times what servers do (weighted sum of the pushes, optimiser update), a memory copy (transfers
+between ranks of one node), and each lossy push codec's encoding (with error feedback) and decoding
+per value.
 
 Times are the fastest of repeated runs (at least 15), the thread counts taking turns: the machine is
 shared, and interference only ever makes a run slower, so the fastest run best estimates the
@@ -42,6 +43,7 @@ from hpcps.config.toml_writer import dumps  # noqa: E402
 from hpcps.io.outputs import write_text  # noqa: E402
 from hpcps.ps.flat import FlatModel  # noqa: E402
 from hpcps.ps.optim import make_shard_optimizer  # noqa: E402
+from hpcps.ps.codec import CODECS, make_codec  # noqa: E402
 from hpcps.workloads import BUILTIN, build_workload, validate_options  # noqa: E402
 
 QUANTILE = 0         # percentile of repeated runs kept: 0 is the fastest run
@@ -168,8 +170,19 @@ def calibrate_machine(min_reps: int, min_s: float, idle_rank_bytes: float) -> di
         opt = make_shard_optimizer(OptimizerConfig(name, 0.01, momentum=0.9 if name == "sgd" else 0.0),
                                    params, grad)
         update[name] = timed(opt.step, min_reps, min_s) / params.nbytes
+    codecs = {}
+    m = n // 4
+    g = np.random.default_rng(0).standard_normal(m).astype(np.float32)
+    for name in CODECS:
+        codec = make_codec(name)
+        if not codec.lossy:
+            continue
+        enc, row = codec.encoder(m), np.empty(m, np.float32)
+        wire = enc.encode(g)
+        codecs[name] = [timed(lambda: enc.encode(g), min_reps, min_s) / m,
+                        timed(lambda: codec.decode_into(wire, row), min_reps, min_s) / m]
     return {"memcpy_bytes_per_s": memcpy, "aggregate_s_per_byte_per_worker": agg, "update_s_per_byte": update,
-            "rank_overhead_bytes": idle_rank_bytes}
+            "rank_overhead_bytes": idle_rank_bytes, "codec_s_per_element": codecs}
 
 
 def render(result: dict) -> str:

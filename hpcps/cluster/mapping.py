@@ -58,7 +58,7 @@ def place_on_launched(schedule: NodeSchedule, cluster: Cluster, rank_names: list
                               f"node {plan.name} needs {plan.n_ranks} rank(s) but the launcher started "
                               f"{len(ranks)} there; start the job with the schedule's task counts per node")
         for rank, w in zip(ranks, plan.workers):
-            workers.append(WorkerSpec(rank, w.batch, w.threads))
+            workers.append(WorkerSpec(rank, w.batch, w.threads, w.codec))
         if plan.server:
             servers.append(ranks[0])
     sched = Schedule(tuple(servers), tuple(sorted(workers, key=lambda w: w.rank)), schedule.source)

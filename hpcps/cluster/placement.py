@@ -12,8 +12,9 @@ each rank stands for. Format (docs/cluster.md)::
 
     [[nodes]]
     name = "n2"
-    workers = [{batch = 16}, {batch = 16}]
+    workers = [{batch = 16}, {batch = 16, codec = "int8"}]
 
+A worker may name its own push codec (codec; default: the job's [exchange] codec).
 Nodes of the cluster that the schedule does not list run nothing.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 from hpcps.cluster.description import Cluster
 from hpcps.config import limits
 from hpcps.config.errors import ConfigError
-from hpcps.config.schedule import Schedule, WorkerSpec, parse_schedule, split_evenly
+from hpcps.config.schedule import CODECS, Schedule, WorkerSpec, parse_schedule, split_evenly
 from hpcps.config.toml_schema import Key, option, read_toml, spec_of, take_table
 from hpcps.config.toml_writer import dumps
 
@@ -39,6 +40,7 @@ NODES_PER_SERVER = 4
 class NodeWorker:
     batch: int = option(gt=0, le=limits.MAX_BATCH)
     threads: int = option(1, gt=0, le=limits.MAX_THREADS)
+    codec: str | None = option(None, choices=CODECS)     # this worker's push codec; None: the job's
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class NodeSchedule:
         for p in self.nodes:
             first = len(rank_nodes)
             for w in p.workers:
-                workers.append(WorkerSpec(len(rank_nodes), w.batch, w.threads))
+                workers.append(WorkerSpec(len(rank_nodes), w.batch, w.threads, w.codec))
                 rank_nodes.append(p.name)
             if p.server:
                 if not p.workers:
@@ -135,7 +137,9 @@ class NodeSchedule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"nodes": [{"name": p.name, "server": p.server,
-                           "workers": [{"batch": w.batch, "threads": w.threads} for w in p.workers]}
+                           "workers": [{"batch": w.batch, "threads": w.threads,
+                                        **({"codec": w.codec} if w.codec is not None else {})}
+                                       for w in p.workers]}
                           for p in self.nodes]}
 
 

@@ -12,13 +12,12 @@ from typing import Any
 
 from hpcps.config import limits
 from hpcps.config.errors import ConfigError
-from hpcps.config.schedule import Schedule, parse_schedule
+from hpcps.config.schedule import CODECS, Schedule, parse_schedule
 from hpcps.config.toml_schema import option, read_toml, spec_of, take_table
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SYNC_MODES = ("bsp",)  # asynchronous and bounded-staleness modes plug in here (see hpcps/ps/runtime.py)
 
-CODECS = ("none",)   # push codecs: hpcps.ps.codec.CODECS
 
 @dataclass(frozen=True)
 class OptimizerConfig:

@@ -7,6 +7,7 @@ A schedule file (or the [schedule] table of a job) looks like::
     rank = 0                  # a rank may be both a server and a worker
     batch = 5                 # this worker's share of the global batch (samples per step)
     threads = 1               # intra-op threads PyTorch uses on this worker
+    codec = "int8"            # optional: this worker's push codec (default: the job's [exchange] codec)
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from hpcps.config.errors import ConfigError
 from hpcps.config.toml_schema import option, read_toml, spec_of, take_table
 from hpcps.config.toml_writer import dumps
 
+# Push codecs (hpcps.ps.codec.CODECS; kept here as names so reading a config imports no NumPy).
+CODECS = ("none", "fp16", "bf16", "int8", "sign", "topk")
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
     rank: int = option(ge=0, lt=limits.MAX_RANKS)
     batch: int = option(gt=0, le=limits.MAX_BATCH)
     threads: int = option(1, gt=0, le=limits.MAX_THREADS)
+    codec: str | None = option(None, choices=CODECS)   # None: the job's [exchange] codec
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class Schedule:
 
     def to_dict(self) -> dict[str, Any]:
         return {"servers": list(self.servers),
-                "workers": [{"rank": w.rank, "batch": w.batch, "threads": w.threads} for w in self.workers]}
+                "workers": [{"rank": w.rank, "batch": w.batch, "threads": w.threads,
+                             **({"codec": w.codec} if w.codec is not None else {})} for w in self.workers]}
 
 
 _TOP_SPEC = spec_of(Schedule, exclude=("source",))

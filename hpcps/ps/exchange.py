@@ -97,6 +97,7 @@ class Exchange:
         self._done: list[tuple[Callable, tuple]] = []  # what to do when it completes
         self._in_flight_pushes = 0
         self._staging: list[tuple[object, int, int]] = []     # (copy handle, piece, iteration)
+        self._host_grads: dict[int, np.ndarray] = {}          # lossy codecs on device buffers: host copies
         self._fabric: list[tuple[int, int, Callable, tuple]] = []   # (template, iteration, then, args)
         self._ready_to_aggregate: list[int] = []
         self._in_progress = False
@@ -179,11 +180,35 @@ class Exchange:
         p = self.plan.pieces[q]
         view = self.grads.view(p.start, p.stop)
         encoder = self.encoders.get(q)
+        if encoder is not None and encoder.lossy and self.grads.transport == "direct":
+            # Lossy encoders work on host memory: a gradient MPI would read on the device is copied over.
+            if q not in self._host_grads:
+                self._host_grads[q] = np.empty(p.size, dtype=np.float32)
+            view = self.grads.host_array(p.start, p.stop, self._host_grads[q])
         wire = encoder.encode(view) if encoder is not None else view
         t0 = self.clock()
         req = self.comm.Isend(wire, dest=p.server, tag=PUSH_TAG + q)
         meta = Transfer(PUSH, "send", p.shard, p.server, self.plan.push_nbytes[self.row][q], q)
         self._post(req, t0, iteration, meta, self._push_sent, ())
+
+    def encoder_states(self) -> dict[int, np.ndarray]:
+        """This worker's error-feedback residuals, piece index -> float32 values (pieces whose codec
+        keeps none are left out): what a checkpoint saves to resume a lossy codec where it was."""
+        out = {}
+        for q, enc in self.encoders.items():
+            state = enc.state()
+            if state is not None:
+                out[q] = state
+        return out
+
+    def load_encoder_states(self, states: dict[int, np.ndarray]) -> None:
+        """Restore what encoder_states() returned; pieces it does not name start from a zero residual."""
+        unknown = sorted(set(states) - set(self.encoders))
+        if unknown:
+            raise ValueError(f"residuals for pieces {unknown} that this worker does not push")
+        for q, enc in self.encoders.items():
+            if enc.lossy or q in states:
+                enc.load_state(states.get(q))
 
     def _push_sent(self) -> None:
         self._in_flight_pushes -= 1

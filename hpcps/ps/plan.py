@@ -128,11 +128,25 @@ class MessagePlan:
     def worker_row(self, rank: int) -> int | None:
         return self.workers.index(rank) if rank in self.workers else None
 
+    def push_bytes(self, raw: bool = False) -> int:
+        """Bytes of one iteration's pushes between ranks (copies to a rank's own server left out): as
+        encoded, or raw: as float32 before encoding."""
+        return sum(BYTES_PER_ELEMENT * m.elements if raw else m.nbytes for m in self.pushes() if not m.local)
+
     def network_bytes(self, node_of: Sequence[int] | None = None) -> int:
         """Bytes of one iteration that leave a rank (node_of: rank -> node; then those that leave a node)."""
         def crosses(m: Message) -> bool:
             return (m.src != m.dst) if node_of is None else node_of[m.src] != node_of[m.dst]
         return sum(m.nbytes for m in self.messages() if crosses(m))
+
+
+def plan_for_job(job, schedule, n_elements: int) -> MessagePlan:
+    """The plan of a job (hpcps.config.Job: bucket size, codec) under a rank-level schedule, with each
+    worker's encoded push bytes: what the runtime exchanges, and what a model of it should read."""
+    from hpcps.ps.codec import push_nbytes, worker_codec_names
+    return MessagePlan.build(n_elements, schedule.servers, [w.rank for w in schedule.workers],
+                             bucket_bytes=int(job.exchange.bucket_mb * 2 ** 20),
+                             push_nbytes=push_nbytes(worker_codec_names(job, schedule)))
 
 
 def ready_fractions(plan: MessagePlan, forward_fraction: float) -> list[float]:

@@ -22,9 +22,9 @@ from hpcps.comm.buffers import ExchangeBuffer, choose_transport
 from hpcps.config.job import Job
 from hpcps.config.schedule import Schedule
 from hpcps.data.partition import EpochPartition
-from hpcps.ps.codec import make_codec
+from hpcps.ps.codec import Codec, make_codec, worker_codec_names
 from hpcps.ps.exchange import Exchange
-from hpcps.ps.plan import MessagePlan
+from hpcps.ps.plan import MessagePlan, plan_for_job
 from hpcps.ps.server import ServedPiece
 from hpcps.ps.sync import make_policy
 from hpcps.ps.worker import Worker
@@ -92,11 +92,12 @@ class RankRun:
     compute: Callable                # batch -> (loss tensor, correct): the step, charged under emulation
 
 
-def build_plan(job: Job, schedule: Schedule, n_elements: int) -> MessagePlan:
-    codecs = [make_codec(job.exchange.codec) for _ in schedule.workers]
-    return MessagePlan.build(n_elements, schedule.servers, [w.rank for w in schedule.workers],
-                             bucket_bytes=int(job.exchange.bucket_mb * 2 ** 20),
-                             push_nbytes=lambda row, n: codecs[row].wire_nbytes(n))
+def worker_codecs(job: Job, schedule: Schedule) -> list[Codec]:
+    """Each worker's push codec, in schedule order (hpcps.ps.codec.worker_codec_names)."""
+    return [make_codec(name) for name in worker_codec_names(job, schedule)]
+
+
+build_plan = plan_for_job    # the plan with each worker's encoded push bytes (hpcps/ps/plan.py)
 
 
 def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
@@ -133,7 +134,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     if me is not None:
         transport = choose_transport(gpu_transport, flat.params.is_cuda)
         params_xb, grads_xb = _exchange_buffer(flat.params, transport), _exchange_buffer(flat.grads, transport)
-    codecs = [make_codec(job.exchange.codec) for _ in schedule.workers]
+    codecs = worker_codecs(job, schedule)
     served = {p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
               for p in plan.pieces if p.server == rank}
     encoders = ({p.index: codecs[worker_row].encoder(p.size) for p in plan.pieces if p.server != rank}
@@ -176,7 +177,9 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}")
 
     run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
-                 "codec": job.exchange.codec}
+                 "codec": job.exchange.codec, "worker_codecs": json.dumps([c.name for c in codecs]),
+                 "push_nbytes_per_iteration": plan.push_bytes(),
+                 "push_raw_nbytes_per_iteration": plan.push_bytes(raw=True)}
     if emulation is not None:
         run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute,
                          emulation_network=emulation.network)

@@ -83,10 +83,17 @@ class MachineProfile:
     aggregate_s_per_byte_per_worker: float  # server: weighted sum of the pushes
     update_s_per_byte: tuple[tuple[str, float], ...]  # server: optimiser step, by optimiser name
     rank_overhead_bytes: float             # memory of one idle rank (interpreter, PyTorch)
+    # push codecs (hpcps/ps/codec.py): seconds per float32 value to encode one push on the worker
+    # (error feedback included) and to decode it on the server, by codec; none costs nothing
+    codec_s_per_element: tuple[tuple[str, tuple[float, float]], ...] = ()
 
     def update_cost(self, optimizer: str) -> float:
         table = dict(self.update_s_per_byte)
         return table.get(optimizer, max(table.values()))
+
+    def codec_cost(self, codec: str) -> tuple[float, float]:
+        """(encode, decode) seconds per value for codec; (0, 0) when not calibrated."""
+        return dict(self.codec_s_per_element).get(codec, (0.0, 0.0))
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,7 @@ _MACHINE_SPEC = {
     "aggregate_s_per_byte_per_worker": Key(float, ge=0, le=limits.MAX_SECONDS_PER_BYTE),
     "update_s_per_byte": Key(dict),
     "rank_overhead_bytes": Key(float, 0.0, ge=0, le=limits.MAX_BYTES),
+    "codec_s_per_element": Key(dict, {}),     # codec -> [encode, decode] seconds per value
 }
 _WORKLOAD_SPEC = {
     "params": Key(int, gt=0, le=limits.MAX_PARAMS),
@@ -211,8 +219,14 @@ def load_profiles(path: str | Path | None = None) -> Profiles:
             key = f"machine.update_s_per_byte.{k}"
             updates[k] = check_number(source, key, check_type(source, key, v, float), ge=0,
                                       le=limits.MAX_SECONDS_PER_BYTE)
+        codecs = {}
+        for k, v in m["codec_s_per_element"].items():
+            key = f"machine.codec_s_per_element.{k}"
+            enc, dec = _numbers(source, key, v, float, 2, ge=0, le=limits.MAX_SECONDS_PER_BYTE)
+            codecs[k] = (enc, dec)
         machine = MachineProfile(m["memcpy_bytes_per_s"], m["aggregate_s_per_byte_per_worker"],
-                                 tuple(sorted(updates.items())), m["rank_overhead_bytes"])
+                                 tuple(sorted(updates.items())), m["rank_overhead_bytes"],
+                                 tuple(sorted(codecs.items())))
         if not top["workloads"]:
             raise ConfigError(source, "workloads", "must hold one table per profiled workload")
         workloads = tuple(_workload_from(name, _check_workload(source, name, t), top["cpus"])

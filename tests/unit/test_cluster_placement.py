@@ -26,7 +26,7 @@ def write(tmp_path, text, name="nodes.toml"):
 SCHED = NodeSchedule((NodePlan("n1", True, (NodeWorker(32, 2),)),
                       NodePlan("n3", False, (NodeWorker(8, 1), NodeWorker(8, 4))),
                       NodePlan("n6", True, ()),
-                      NodePlan("n7", False, (NodeWorker(16, 1),))), "s.toml")
+                      NodePlan("n7", False, (NodeWorker(16, 1, "int8"),))), "s.toml")
 
 
 def test_round_trip_through_toml(tmp_path):
@@ -35,6 +35,16 @@ def test_round_trip_through_toml(tmp_path):
     again = load_node_schedule(path)
     assert again.nodes == SCHED.nodes and again.source == str(path)
     assert [p.name for p in tmp_path.iterdir()] == ["s.toml"]      # no temporary file left behind
+
+
+def test_worker_codecs_reach_the_rank_schedule(tmp_path):
+    ranks = SCHED.to_rank_schedule().schedule
+    assert [w.codec for w in ranks.workers] == [None, None, None, "int8"]
+    assert SCHED.to_dict()["nodes"][3]["workers"] == [{"batch": 16, "threads": 1, "codec": "int8"}]
+    with pytest.raises(ConfigError) as e:
+        load_node_schedule(write(tmp_path, '[[nodes]]\nname = "n1"\nserver = true\n'
+                                           'workers = [{batch = 32, codec = "fp8"}]\n'))
+    assert e.value.key == "nodes[0].workers[0].codec" and "none, fp16, bf16, int8, sign" in str(e.value)
 
 
 def test_the_documented_example_parses(tmp_path):
@@ -51,7 +61,7 @@ def test_conversion_numbers_ranks_node_by_node():
     # n1: rank 0 (worker + server); n3: ranks 1, 2; n6: rank 3 (server only); n7: rank 4
     assert p.rank_nodes == ("n1", "n3", "n3", "n6", "n7")
     assert p.schedule.servers == (0, 3)
-    assert p.schedule.workers == (WorkerSpec(0, 32, 2), WorkerSpec(1, 8, 1), WorkerSpec(2, 8, 4), WorkerSpec(4, 16, 1))
+    assert p.schedule.workers == (WorkerSpec(0, 32, 2), WorkerSpec(1, 8, 1), WorkerSpec(2, 8, 4), WorkerSpec(4, 16, 1, "int8"))
     assert p.n_ranks == SCHED.n_ranks == 5
     assert p.schedule.global_batch == SCHED.global_batch == 64
     p.schedule.check_against(p.n_ranks, 64)

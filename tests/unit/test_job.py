@@ -46,6 +46,7 @@ def test_defaults_are_filled_in():
     (with_(model={"depth": 3}), "model.depth", "Valid keys are: hidden (default 128)"),
     (with_(data={"test_fraction": 1.5}), "data.test_fraction", "> 0 and < 1"),
     (with_(optimizer__betas=[0.9]), "optimizer.betas", "two numbers"),
+    (with_(exchange={"codec": "fp8"}), "exchange.codec", "must be one of none, fp16, bf16, int8, sign"),
     ({k: v for k, v in GOOD.items() if k != "optimizer"}, "optimizer", "required"),
 ])
 def test_bad_jobs_name_the_key(job, key, words):
@@ -130,3 +131,9 @@ def test_the_cluster_key_is_found_beside_the_job_file(tmp_path, monkeypatch):
     with pytest.raises(ConfigError) as e:
         gone.cluster_path()
     assert e.value.key == "cluster" and "'clusters/none.toml' not found" in str(e.value)
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "bf16", "int8", "sign"])
+def test_push_codecs(codec):
+    assert parse_job(with_(exchange={"codec": codec}), "j.toml").exchange.codec == codec
+    assert parse_job(GOOD, "j.toml").exchange.codec == "none"

@@ -30,9 +30,11 @@ def test_split_evenly():
 
 
 def test_schedule_file_round_trips(tmp_path):
-    s = Schedule((0, 2), (WorkerSpec(0, 5, 1), WorkerSpec(1, 17, 2), WorkerSpec(3, 42, 1)))
+    s = Schedule((0, 2), (WorkerSpec(0, 5, 1), WorkerSpec(1, 17, 2, "int8"), WorkerSpec(3, 42, 1, "sign")))
     again = load_schedule(write(tmp_path, s.to_toml()))
     assert again.servers == s.servers and again.workers == s.workers
+    assert [w.codec for w in again.workers] == [None, "int8", "sign"]
+    assert "codec" not in s.to_dict()["workers"][0] and s.to_dict()["workers"][1]["codec"] == "int8"
 
 
 @pytest.mark.parametrize("text, key, words", [
@@ -46,6 +48,8 @@ def test_schedule_file_round_trips(tmp_path):
     ("servers = [-1]\n[[workers]]\nrank = 0\nbatch = 4\n", "servers[0]", ">= 0"),
     ("servers = [0]\n[[workers]]\nrank = 0\nbatch = 4\n[[workers]]\nrank = 0\nbatch = 4\n", "workers", "two"),
     ("servers = [0]\n", "workers", "required"),
+    ("servers = [0]\n[[workers]]\nrank = 0\nbatch = 4\ncodec = 'fp8'\n", "workers[0].codec",
+     "must be one of none, fp16, bf16, int8, sign"),
 ])
 def test_bad_schedules_name_the_key(tmp_path, text, key, words):
     path = write(tmp_path, text)

@@ -108,3 +108,19 @@ def test_a_broken_hpcps_profiles_says_where_it_came_from(tmp_path, monkeypatch):
     monkeypatch.setenv("HPCPS_PROFILES", str(path))
     with pytest.raises(ConfigError, match="named by HPCPS_PROFILES"):
         load_profiles()
+
+
+def test_codec_costs_are_read_when_calibrated(tmp_path):
+    enc, dec = load_profiles(DEFAULT_PROFILES).machine.codec_cost("int8")   # (0, 0) until calibrated
+    assert enc >= 0 and dec >= 0
+    own = tmp_path / "p.toml"
+    own.write_text(DEFAULT_PROFILES.read_text().replace(
+        "[machine]", '[machine]\ncodec_s_per_element = {"int8" = [3e-9, 1e-9], "sign" = [4e-9, 2e-9]}'))
+    m = load_profiles(own).machine
+    assert m.codec_cost("int8") == (3e-9, 1e-9) and m.codec_cost("sign") == (4e-9, 2e-9)
+    assert m.codec_cost("none") == (0.0, 0.0)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(DEFAULT_PROFILES.read_text().replace(
+        "[machine]", '[machine]\ncodec_s_per_element = {"int8" = [3e-9]}'))
+    with pytest.raises(ConfigError, match="machine.codec_s_per_element.int8"):
+        load_profiles(bad)

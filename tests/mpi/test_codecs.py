@@ -1,0 +1,165 @@
+"""Lossy push codecs through real MPI: training with int8 and sign pushes moves the encoded bytes of
+the plan and still learns; device buffers are encoded from a host copy. Runs at any size >= 3."""
+
+import numpy as np
+import pytest
+
+from hpcps.comm.buffers import ExchangeBuffer, SyncCopies
+from hpcps.config.job import ExchangeConfig, Job, OptimizerConfig, TrainingConfig
+from hpcps.config.schedule import Schedule, WorkerSpec
+from hpcps.ps.codec import make_codec
+from hpcps.ps.exchange import PULL_TAG, PUSH_TAG, Exchange
+from hpcps.ps.plan import MessagePlan
+from hpcps.ps.server import ServedPiece
+from tests.fakes import FakeCudaArray, fake_to_device, fake_to_host
+
+
+class CountingComm:
+    """The communicator, with the size of every buffer handed to Isend and Irecv noted by tag."""
+
+    def __init__(self, comm):
+        self._comm = comm
+        self.sent: list[tuple[int, int, int]] = []        # (tag, peer, bytes)
+        self.received: list[tuple[int, int, int]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._comm, name)
+
+    def Isend(self, buf, dest, tag=0):
+        self.sent.append((tag, dest, memoryview(buf).nbytes))
+        return self._comm.Isend(buf, dest=dest, tag=tag)
+
+    def Irecv(self, buf, source, tag=0):
+        self.received.append((tag, source, memoryview(buf).nbytes))
+        return self._comm.Irecv(buf, source=source, tag=tag)
+
+
+class Transfers:
+    """A recorder that keeps the transfers (hpcps.trace.TraceRecorder's methods, nothing written)."""
+
+    def __init__(self):
+        self.rows = []
+        self.attrs = {}
+
+    def begin_run(self, **kw):
+        self.attrs = kw.get("attrs", {})
+
+    def transfer(self, meta, t0, t1, iteration=None):
+        self.rows.append((iteration, meta))
+
+    def __getattr__(self, name):
+        return lambda *a, **k: None
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("job_codec, worker1_codec", [("int8", "sign"), ("sign", None)])
+def test_training_with_lossy_pushes_moves_encoded_bytes_and_learns(job_codec, worker1_codec):
+    from mpi4py import MPI
+    from hpcps.ps.runtime import build_plan, run_training
+    world = MPI.COMM_WORLD
+    size, rank = world.Get_size(), world.Get_rank()
+    comm = CountingComm(world)
+    iterations = 40
+    job = Job("codecs", "digits", OptimizerConfig("sgd", lr=0.1, momentum=0.9),
+              TrainingConfig(global_batch=48, iterations=iterations, seed=3, log_every=5),
+              model={"hidden": 32}, data={"test_fraction": 0.2},
+              # small pieces: several per shard, each with chunks and a short last chunk
+              exchange=ExchangeConfig(codec=job_codec, bucket_mb=2000 * 4 / 2 ** 20))
+    schedule = Schedule((size - 2, size - 1), (WorkerSpec(0, 16), WorkerSpec(1, 16, codec=worker1_codec),
+                                               WorkerSpec(2, 16)))
+    rec = Transfers()
+    result = run_training(comm, job, schedule, device="cpu", recorder=rec)
+
+    n = int(rec.attrs["n_params"])
+    plan = build_plan(job, schedule, n)
+    codecs = [job_codec, worker1_codec or job_codec, job_codec]
+    for row in range(3):
+        for p in plan.pieces:
+            assert plan.push_nbytes[row][p.index] == make_codec(codecs[row]).wire_nbytes(p.size)
+    # Every push message, at both ends, handed MPI exactly the plan's encoded bytes (a longer message
+    # than its receive buffer is an MPI error), and the trace recorded those bytes.
+    pushes_sent = [(t - PUSH_TAG, dest, b) for t, dest, b in comm.sent if PUSH_TAG <= t < PUSH_TAG + len(plan.pieces)]
+    pushes_recv = [(t - PUSH_TAG, src, b) for t, src, b in comm.received if PUSH_TAG <= t < PUSH_TAG + len(plan.pieces)]
+    want_sent = [(m.piece, m.dst, m.nbytes) for m in plan.pushes() if m.src == rank and not m.local]
+    want_recv = [(m.piece, m.src, m.nbytes) for m in plan.pushes() if m.dst == rank and not m.local]
+    assert sorted(pushes_sent) == sorted(want_sent * iterations)
+    assert sorted(pushes_recv) == sorted(want_recv * iterations)
+    assert all(nbytes < 4 * plan.pieces[q].size / 3.9 for q, _, nbytes in pushes_sent + pushes_recv)
+    traced = sorted((m.piece, m.peer, m.nbytes) for _, m in rec.rows if m.kind == "push" and m.direction == "recv")
+    assert traced == sorted(want_recv * iterations)
+    pulls = [b for t, _, b in comm.sent if PULL_TAG <= t < PUSH_TAG]
+    assert all(b % 4 == 0 for b in pulls) and (bool(pulls) == (rank in schedule.servers))   # float32 values
+    assert rec.attrs["push_nbytes_per_iteration"] == plan.push_bytes()
+    assert rec.attrs["push_raw_nbytes_per_iteration"] == plan.push_bytes(raw=True)
+    assert plan.push_bytes(raw=True) / plan.push_bytes() > 3.9
+
+    if rank == 0:
+        losses = [h["loss"] for h in result.history]
+        assert losses[-1] < 0.6 * losses[0], losses
+        assert result.final_metrics["test_accuracy"] > 0.5, result.final_metrics   # chance: 0.1
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("transport", ["direct", "staged"])
+def test_lossy_pushes_from_device_buffers(transport):
+    """A worker whose gradients live on a device (faked over host memory) pushes int8 through MPI;
+    its residuals can be saved and restored."""
+    from mpi4py import MPI
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    n = 3000
+    servers = (0, size - 1)
+    workers = tuple(WorkerSpec(r, r + 1) for r in range(size))
+    codec = make_codec("int8")
+    plan = MessagePlan.build(n, servers, [w.rank for w in workers], bucket_bytes=4 * 512,
+                             push_nbytes=lambda _row, k: codec.wire_nbytes(k))
+    truth = np.linspace(-1, 1, n, dtype=np.float32)
+    batches = [w.batch for w in workers]
+    served = {p.index: ServedPiece(p, truth[p.start:p.stop], batches, OptimizerConfig("sgd", lr=1.0),
+                                   [codec] * size)
+              for p in plan.pieces if p.server == rank}
+    encoders = {p.index: codec.encoder(p.size) for p in plan.pieces if p.server != rank}
+
+    def device_buffer(mem):
+        kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
+        return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
+
+    params_mem = np.zeros(n, np.float32)
+    # worker r pushes r + 1 plus a ramp: int8 cannot carry it exactly, error feedback keeps the rest
+    grads_mem = (rank + 1 + np.linspace(0, 0.3, n)).astype(np.float32)
+    exchange = Exchange(comm, plan, 2, params=device_buffer(params_mem), grads=device_buffer(grads_mem),
+                        served=served, encoders=encoders)
+    exchange.start()
+    exchange.wait_pieces(slice(None))
+    exchange.begin_pushes(0)
+    for p in plan.push_order():
+        exchange.push(p.index)
+    exchange.expect_pulls(1)
+    exchange.wait_until(lambda: exchange.pushes_done() and exchange.served_through(0))
+    exchange.wait_pieces(slice(None))
+    k = np.array(batches, dtype=np.float64)[:, None]
+    pushed = np.stack([(r + 1 + np.linspace(0, 0.3, n)).astype(np.float32) for r in range(size)])
+    want = truth - (k * pushed).sum(0) / k.sum()
+    # each push is off by at most half an int8 step of its chunk
+    np.testing.assert_allclose(params_mem, want, atol=0.5 * (size + 1.3) / 127)
+
+    states = exchange.encoder_states()
+    assert set(states) == set(encoders)
+    for q, r in states.items():
+        p = plan.pieces[q]
+        assert r.shape == (p.size,) and np.abs(r).max() <= 0.5 * (rank + 1.3) / 127 * 1.0001
+        assert np.abs(r).max() > 0
+    exchange.load_encoder_states({q: np.zeros_like(r) for q, r in states.items()})
+    assert not any(r.any() for r in exchange.encoder_states().values())
+    exchange.load_encoder_states(states)
+    assert all(np.array_equal(states[q], r) for q, r in exchange.encoder_states().items())
+
+    exchange.begin_pushes(1)
+    for p in plan.push_order():
+        exchange.push(p.index)
+    exchange.wait_until(lambda: exchange.pushes_done() and exchange.served_through(1))
+    exchange.drain()
+    final = exchange.gather_params(n, root=0)
+    if rank == 0:
+        # over two iterations error feedback delivers the pushes to within one iteration's int8 step
+        np.testing.assert_allclose(final, truth - 2 * (k * pushed).sum(0) / k.sum(), atol=0.5 * (size + 1.3) / 127)
