@@ -6,11 +6,15 @@
 Rank 0 reads and checks the job and schedule and tells every rank; bad input ends every rank with
 status 2 and one message. Any exception during training ends the whole job (MPI_Abort).
 Every run writes a trace (docs/trace.md) unless --no-trace is given.
+
+    mpirun -n 5 python -m hpcps.train --job jobs/digits.toml --checkpoint ckpt/   # checkpoints (docs/checkpoints.md)
+    mpirun -n 3 python -m hpcps.train --job jobs/digits.toml --resume ckpt/ --schedule other.toml
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from dataclasses import dataclass
@@ -58,6 +62,15 @@ def build_parser(rank: int = 0) -> RankAwareParser:
     p.add_argument("--trace-flush-s", type=float, default=None, metavar="SECONDS",
                    help="write the trace's buffered events about this often: what a killed run can lose "
                         "(default: every second, or less often if flushing would take over 0.5%% of the time)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                   help="write checkpoints into DIR (created if missing): every training.checkpoint_every "
+                        "iterations, every training.checkpoint_every_s seconds (default 600), at the end, and "
+                        "on SIGUSR1 or SIGTERM, after which the run stops with exit status 75; the newest two "
+                        "are kept. DIR must not hold checkpoints already unless --resume is given")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue from the newest good checkpoint in DIR (or from the checkpoint file DIR), "
+                        "under this launch's schedule, which may differ from the one that wrote it (other "
+                        "ranks, servers, batches); checkpoints go on into DIR unless --checkpoint names another")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -162,6 +175,46 @@ def _profile(job):
         return None
 
 
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Where checkpoints go and whether the run resumes: what every rank learns from rank 0."""
+    directory: Path | None = None
+    resuming: bool = False
+    notes: tuple[str, ...] = ()          # checkpoints skipped on the way to the one resumed from
+
+
+def resolve_checkpoints(args, job):
+    """(CheckpointPlan, the checkpoint to resume from or None), read and verified on rank 0 before
+    anything is written. Raises ConfigError (a CheckpointError for an unusable checkpoint)."""
+    from hpcps.ps.checkpoint import check_resumable, list_checkpoints, load_resume
+    loaded, notes = None, ()
+    directory = args.checkpoint
+    if args.resume is not None:
+        loaded, skipped = load_resume(args.resume)
+        check_resumable(loaded, job)
+        if job.training.iterations > 0 and loaded.iteration > job.training.iterations:
+            raise ConfigError(str(loaded.path), None,
+                              f"is after iteration {loaded.iteration}, past this run's {job.training.iterations} "
+                              f"iterations (give --iterations N with N >= {loaded.iteration})")
+        notes = tuple(f"skipped {p}: {why}" for p, why in skipped)
+        if directory is None:
+            directory = args.resume if args.resume.is_dir() else args.resume.parent
+    if directory is not None:
+        if directory.exists() and not directory.is_dir():
+            raise ConfigError("--checkpoint", None, f"{directory} is not a directory")
+        held = list_checkpoints(directory)
+        if args.resume is None and held:
+            raise ConfigError("--checkpoint", None,
+                              f"{directory} already holds checkpoints (newest {held[0][1].name}); give --resume "
+                              f"{directory} to continue from them, or another directory")
+        parent = directory
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ConfigError("--checkpoint", None, f"cannot write checkpoints into {directory}: {parent} is not writable")
+    return CheckpointPlan(directory, loaded is not None, notes), loaded
+
+
 def plan_trace(args, job, schedule, argv: list[str]):
     """(trace path, RunInfo), or (None, None) with --no-trace. Raises ConfigError on bad input."""
     from hpcps.trace.setup import build_run_info, check_trace_path, default_trace_path
@@ -184,22 +237,29 @@ def main(argv: list[str] | None = None) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(rank).parse_args(argv)
+    signals = None
+    if args.checkpoint is not None or args.resume is not None:
+        # At once: SIGUSR1 (Slurm's time-limit warning) or SIGTERM must not end a rank while it starts.
+        from hpcps.ps.checkpointer import StopSignals
+        signals = StopSignals(rank).install()
 
     from hpcps.cluster.mapping import local_node_name
     rank_names = comm.allgather(local_node_name())
     hosts = comm.allgather(socket.gethostname())
     # Rank 0 alone reads the files, so every rank agrees on the outcome and exits together.
     outcome = None
+    loaded = None                    # rank 0: the checkpoint to resume from, read and verified
     if rank == 0:
         try:
             launch = resolve_inputs(args, size, rank_names, hosts)
-            outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv)))
+            ckpt_plan, loaded = resolve_checkpoints(args, launch.job)
+            outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv), ckpt_plan))
         except ConfigError as e:
             outcome = ("error", str(e))
     outcome = comm.bcast(outcome, root=0)
     if outcome[0] == "error":
         fail_input(TOOL, outcome[1], rank)
-    launch, (trace_path, run_info) = outcome[1]
+    launch, (trace_path, run_info), ckpt_plan = outcome[1]
     job, schedule, emulation = launch.job, launch.schedule, launch.emulation
 
     # Each rank checks where it computes and how its buffers reach MPI, so a GPU transport that cannot
@@ -236,14 +296,30 @@ def main(argv: list[str] | None = None) -> int:
             recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s,
                                      node_name=node_name, node_type=node_type,
                                      **({"clock": clock} if clock else {}))
+        checkpoints = None
+        if ckpt_plan.directory is not None or ckpt_plan.resuming:
+            from hpcps.ps.checkpointer import CheckpointSettings
+            checkpoints = CheckpointSettings(ckpt_plan.directory, job.training.checkpoint_every,
+                                             job.training.checkpoint_every_s, resume=loaded,
+                                             resuming=ckpt_plan.resuming, signals=signals)
+            for note in ckpt_plan.notes:
+                if log and rank == 0:
+                    log(note)
         result = run_training(comm, job, schedule, device=args.device, gpu_transport=args.gpu_transport, log=log,
-                              recorder=recorder, emulation=emulation)
+                              recorder=recorder, emulation=emulation, checkpoints=checkpoints)
+        loaded = None
         if recorder is not None:
             recorder.close(None if result is None else {
                 "wall_s": result.wall_s, "samples_per_s": result.samples_per_s,
                 "final_metrics": json.dumps(result.final_metrics)})
             if log and rank == 0:
                 log(f"trace: {trace_path}")
+        stopped = comm.bcast(result is not None and result.stopped, root=0)
+    if signals is not None:
+        signals.uninstall()
+    if stopped:
+        from hpcps.ps.checkpointer import EXIT_STOPPED
+        return EXIT_STOPPED
     return 0
 
 

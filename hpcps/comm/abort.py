@@ -35,7 +35,8 @@ def abort_on_error(comm, tool: str = "hpcps"):
         comm.Abort(e.code if isinstance(e.code, int) else EXIT_FAILURE)
     except BaseException as e:  # noqa: BLE001 - any failure must end every rank
         status = EXIT_INPUT_ERROR if isinstance(e, ConfigError) else EXIT_FAILURE
-        detail = "" if isinstance(e, ConfigError) else traceback.format_exc()
+        # A failure the program diagnosed itself (one_line = True, e.g. a diverged run) needs no traceback.
+        detail = "" if isinstance(e, ConfigError) or getattr(e, "one_line", False) else traceback.format_exc()
         sys.stderr.write(f"{detail}{tool}: error on rank {comm.Get_rank()} ({socket.gethostname()}): "
                          f"{type(e).__name__}: {e}\n")
         sys.stderr.flush()

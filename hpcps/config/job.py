@@ -45,6 +45,8 @@ _TRAIN_SPEC = {
     "log_every": (int, 10),
     "eval_every": (int, 0),
     "sync": (str, "bsp"),
+    "checkpoint_every": (int, 0),
+    "checkpoint_every_s": (float, 600.0),
 }
 _EXCHANGE_SPEC = {
     "codec": (str, "none"),
@@ -74,6 +76,8 @@ class TrainingConfig:
     log_every: int = 10
     eval_every: int = 0      # 0: evaluate at the end only
     sync: str = "bsp"
+    checkpoint_every: int = 0          # with --checkpoint: every N iterations (0: only at the end and on signals)
+    checkpoint_every_s: float = 600.0  # with --checkpoint: also every this many seconds (0: never by time)
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,8 @@ def parse_job(table: dict[str, Any], source: str) -> Job:
     require_positive(source, "training.log_every", tr["log_every"])
     require_positive(source, "training.eval_every", tr["eval_every"], allow_zero=True)
     require_choice(source, "training.sync", tr["sync"], SYNC_MODES)
+    require_positive(source, "training.checkpoint_every", tr["checkpoint_every"], allow_zero=True)
+    require_positive(source, "training.checkpoint_every_s", tr["checkpoint_every_s"], allow_zero=True)
     if (tr["iterations"] > 0) == (tr["epochs"] > 0):
         raise ConfigError(source, "training.iterations",
                           "give exactly one of training.iterations (> 0) or training.epochs (> 0)")
