@@ -205,13 +205,13 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _dataset(group, name: str, data: np.ndarray, **attrs) -> None:
+def _dataset(group, key: str, data: np.ndarray, **attrs) -> None:
     data = np.ascontiguousarray(data)
     if data.ndim == 0 or data.size == 0:
-        ds = group.create_dataset(name, data=data)
+        ds = group.create_dataset(key, data=data)
     else:
         chunks = (1,) * (data.ndim - 1) + (min(data.shape[-1], _CHUNK_ELEMENTS),)
-        ds = group.create_dataset(name, data=data, chunks=chunks, fletcher32=True)
+        ds = group.create_dataset(key, data=data, chunks=chunks, fletcher32=True)
     for k, v in attrs.items():
         ds.attrs[k] = v
 
