@@ -277,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         fail_input(TOOL, problems[0], rank)
 
     from hpcps.comm.abort import abort_on_error
+    from hpcps.comm.watch import RankWatch
+    stopped = False
+    watch = RankWatch(comm, TOOL)        # names a rank that dies without a word (SIGKILL) and ends the job
     with abort_on_error(comm, TOOL):
         log = None if args.quiet else (lambda msg: print(msg, flush=True))
         node_name = node_type = None
@@ -314,13 +317,28 @@ def main(argv: list[str] | None = None) -> int:
                 "final_metrics": json.dumps(result.final_metrics)})
             if log and rank == 0:
                 log(f"trace: {trace_path}")
-        stopped = comm.bcast(result is not None and result.stopped, root=0)
+        # Every rank waits here for rank 0 (its evaluation, the trace) without spinning, its watch off:
+        # from now on ranks end one by one.
+        watch.stop()
+        stopped = bool(_bcast_sleeping(comm, int(result is not None and result.stopped)))
     if signals is not None:
         signals.uninstall()
     if stopped:
         from hpcps.ps.checkpointer import EXIT_STOPPED
         return EXIT_STOPPED
     return 0
+
+
+def _bcast_sleeping(comm, value: int) -> int:
+    """Rank 0's value on every rank; the others sleep while they wait instead of polling a core."""
+    import time
+
+    import numpy as np
+    buf = np.array([value], dtype=np.int64)
+    req = comm.Ibcast(buf, root=0)
+    while not req.Test():
+        time.sleep(0.005)
+    return int(buf[0])
 
 
 if __name__ == "__main__":

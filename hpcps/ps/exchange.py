@@ -305,7 +305,10 @@ class Exchange:
                         still.append((handle, q, it))
                 self._staging = still
             if self._reqs:
-                finished = MPI.Request.Testsome(self._reqs)
+                try:
+                    finished = MPI.Request.Testsome(self._reqs)
+                except MPI.Exception as e:
+                    raise self._peer_failure(e) from None
                 if finished:
                     did = True
                     done = sorted(finished)
@@ -334,6 +337,15 @@ class Exchange:
             return did
         finally:
             self._in_progress = False
+
+    def _peer_failure(self, error: MPI.Exception) -> RuntimeError:
+        """An error completing this rank's messages, naming the ranks at their other end: the requests
+        that completed in error are the ones MPI released (a peer whose process died, most often)."""
+        peers = sorted({handler[1][1].peer for req, handler in zip(self._reqs, self._done)
+                        if req == MPI.REQUEST_NULL})
+        who = f"rank {', '.join(map(str, peers))}" if peers else "a peer"
+        return RuntimeError(f"messages with {who} failed ({error.Get_error_string().splitlines()[0]}); "
+                            f"its process has probably ended")
 
     def wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():

@@ -210,3 +210,30 @@ def test_identity_is_plain_json():
     ident = identity_of(job())
     assert json.loads(json.dumps(ident)) == ident and ident["model"] == {"hidden": 32}
     assert torch.get_rng_state().dtype == torch.uint8     # what /rng/torch holds
+
+
+def test_the_rank_watch_names_a_peer_that_died(capfd):
+    """hpcps.comm.watch on one process, watching a stand-in peer that is killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mpi4py import MPI
+
+    from hpcps.comm.watch import RankWatch, process_alive
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = []
+    watch = RankWatch(MPI.COMM_SELF, "hpcps.train", interval_s=0.02, abort=lambda: ended.append(time.monotonic()))
+    assert watch._thread is None                      # no peer on this node
+    watch.peers = [(2, peer.pid)]
+    watch.start()
+    time.sleep(0.1)
+    assert not ended and process_alive(peer.pid)
+    peer.send_signal(signal.SIGKILL)
+    t0 = time.monotonic()
+    peer.wait()                                       # reaped, as a launcher would
+    watch._thread.join(timeout=5)
+    assert ended and ended[0] - t0 < 1 and not process_alive(peer.pid)
+    assert f"hpcps.train: rank 2 (pid {peer.pid}) on " in capfd.readouterr().err
+    watch.stop()
