@@ -65,12 +65,15 @@ while kill -0 "$step" 2>/dev/null; do
 done
 wait "$step"   # bash keeps the status of a finished child: this is srun's own
 status=$?
-if [ "$status" -eq 75 ] && [ "$signal" = USR1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+# Warned of the time limit and not finished: the ranks stopped at a checkpoint (status 75; or 143 when
+# srun ended the last ranks itself, --kill-on-bad-exit taking the first 75 for a failure). Requeued, the
+# job resumes from the newest good checkpoint whatever happened.
+if [ "$signal" = USR1 ] && [ "$status" -ne 0 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
     if [ "$restarts" -lt "$max_requeues" ]; then
-        echo "hpcps-train: stopped at a checkpoint; requeueing the job (restart $((restarts + 1)) of at most $max_requeues)"
+        echo "hpcps-train: stopped (status $status); requeueing the job (restart $((restarts + 1)) of at most $max_requeues)"
         scontrol requeue "$SLURM_JOB_ID"
         exit 0
     fi
-    echo "hpcps-train: stopped at a checkpoint; not requeued: $restarts restart(s) already (HPCPS_MAX_REQUEUES=$max_requeues); continue with HPCPS_CHECKPOINT=$ckpt sbatch slurm/train.sh ..." >&2
+    echo "hpcps-train: stopped (status $status); not requeued: $restarts restart(s) already (HPCPS_MAX_REQUEUES=$max_requeues); continue with HPCPS_CHECKPOINT=$ckpt sbatch slurm/train.sh ..." >&2
 fi
 exit "$status"

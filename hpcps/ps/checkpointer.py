@@ -25,7 +25,6 @@ pieces), and residuals, generator states and model buffers follow the rules in d
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import time
@@ -251,6 +250,8 @@ class Checkpointer:
     def boundary(self, done: int, total: int, exchange) -> int:
         """After iteration `done` (counted from 1) on every rank: save a checkpoint if one is due, and
         return STOP when the run must end here (a signal), else NONE or SAVE."""
+        if self.settings.directory is None:      # resumed, writing no checkpoints: nothing to decide
+            return NONE
         flagged = self._take_flag()
         final = done == total
         due = (final or flagged != NONE
@@ -400,10 +401,6 @@ def _agree(metas: list[dict], n_pieces: int) -> tuple[list[str], dict[str, np.nd
         raise RuntimeError(f"pieces hold different optimiser state: {sorted(kinds)}")
     vector_keys = sorted(k for k, (shape, _) in next(iter(per_piece.values())).items() if len(shape) == 1)
     return vector_keys, scalars
-
-
-def is_finite_loss(loss: float) -> bool:
-    return math.isfinite(loss)
 
 
 def pid_line(comm: MPI.Comm) -> str | None:

@@ -3,8 +3,8 @@ batch shell, what #SBATCH --signal=B:USR1@90 sends) checkpoints, stops and reque
 requeued by scontrol while it runs checkpoints on its SIGTERM; both resume by themselves and end with
 the parameters of a run never interrupted. A rank killed with SIGKILL ends the job, named by srun.
 
-The job is digits with a 30 ms pause in each batch load (tests/fixtures/checkpoint_workloads.py): 300
-iterations take some 10-20 s here, long enough to act while it runs."""
+The job is digits with a 30 ms pause in each batch load (tests/fixtures/checkpoint_workloads.py): 150
+iterations take some 5-15 s here, long enough to act while it runs."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tests.conftest import assert_no_leftovers, processes_mentioning, run_mpi
 from tests.slurm.conftest import run_slurm, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
-ITERATIONS = 300
+ITERATIONS = 150
 
 
 def slow_job(tmp_path: Path) -> Path:
@@ -34,7 +34,7 @@ def slow_job(tmp_path: Path) -> Path:
                    '[model]\nhidden = 32\n[data]\nstep_sleep_s = 0.03\n'
                    '[optimizer]\nname = "sgd"\nlr = 0.1\nmomentum = 0.9\n'
                    f'[training]\nglobal_batch = 48\niterations = {ITERATIONS}\nlog_every = 25\n'
-                   'checkpoint_every = 25\n')
+                   'checkpoint_every = 20\n')
     return job
 
 
@@ -86,7 +86,9 @@ def restart_when_requeued(local_slurm, client, job_id: str, tmp_path: Path) -> N
         end = time.time()
     while time.time() < end + 2.5:
         time.sleep(0.1)
-    assert run_slurm(local_slurm, "scontrol", "update", f"JobId={job_id}", "StartTime=now").returncode == 0
+    r = run_slurm(local_slurm, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
+    # On a busy machine the job may have started again on its own meanwhile.
+    assert r.returncode == 0 or client.show_job(job_id)["JobState"] != "PENDING", r.stderr
 
 
 def finished_like_the_reference(client, job_id: str, tmp_path: Path, ckpt: Path, reference: np.ndarray) -> str:
@@ -109,9 +111,9 @@ def test_time_limit_signal_checkpoints_requeues_and_the_job_finishes(local_slurm
     restart_when_requeued(local_slurm, slurm_client, job_id, tmp_path)
     log = finished_like_the_reference(slurm_client, job_id, tmp_path, ckpt, reference)
     assert "hpcps-train: SIGUSR1 (time limit near): checkpoint and stop" in log
-    stop = int(re.search(r"stopped after iteration (\d+) of 300 \(SIGUSR1\)", log).group(1))
+    stop = int(re.search(r"stopped after iteration (\d+) of 150 \(SIGUSR1\)", log).group(1))
     assert f"resuming from {ckpt}/ckpt-{stop:08d}.h5 after iteration {stop}" in log, log
-    assert "requeueing the job (restart 1 of at most 3)" in log
+    assert re.search(r"hpcps-train: stopped \(status (75|143)\); requeueing the job \(restart 1 of at most 3\)", log), log
     assert_no_leftovers(str(tmp_path))
 
 
@@ -123,7 +125,7 @@ def test_requeued_while_running_checkpoints_and_the_job_finishes(local_slurm, sl
     restart_when_requeued(local_slurm, slurm_client, job_id, tmp_path)
     log = finished_like_the_reference(slurm_client, job_id, tmp_path, ckpt, reference)
     # SIGTERM, then SIGKILL after KillWait (2 s here): rank 0 had the time to checkpoint where it stood.
-    stop = int(re.search(r"stopped after iteration (\d+) of 300 \(SIGTERM\)", log).group(1))
+    stop = int(re.search(r"stopped after iteration (\d+) of 150 \(SIGTERM\)", log).group(1))
     assert f"resuming from {ckpt}/ckpt-{stop:08d}.h5 after iteration {stop}" in log, log
     assert_no_leftovers(str(tmp_path))
 

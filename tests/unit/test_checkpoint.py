@@ -237,3 +237,16 @@ def test_the_rank_watch_names_a_peer_that_died(capfd):
     assert ended and ended[0] - t0 < 1 and not process_alive(peer.pid)
     assert f"hpcps.train: rank 2 (pid {peer.pid}) on " in capfd.readouterr().err
     watch.stop()
+
+
+def test_job_checkpoint_keys():
+    from hpcps.config import ConfigError
+    from hpcps.config.job import parse_job
+    base = {"name": "j", "workload": "digits", "optimizer": {"name": "sgd", "lr": 0.1},
+            "training": {"global_batch": 8, "iterations": 5}}
+    job_ = parse_job(base, "j.toml")
+    assert job_.training.checkpoint_every == 0 and job_.training.checkpoint_every_s == 600.0
+    job_ = parse_job({**base, "training": {**base["training"], "checkpoint_every": 50, "checkpoint_every_s": 0}}, "j")
+    assert job_.training.checkpoint_every == 50 and job_.training.checkpoint_every_s == 0.0
+    with pytest.raises(ConfigError, match="'training.checkpoint_every'.*>= 0"):
+        parse_job({**base, "training": {**base["training"], "checkpoint_every": -1}}, "j.toml")
