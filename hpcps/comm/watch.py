@@ -58,13 +58,14 @@ class RankWatch:
             local.Free()
         self.peers = [(r, pid) for r, pid in peers if pid != os.getpid()]
         self._stop = threading.Event()
-        self._thread = None
+        self._thread: threading.Thread | None = None
         if watching and self.peers and os.path.isdir("/proc"):
             self.start()
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="hpcps-rank-watch", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._run, name="hpcps-rank-watch", daemon=True)
+        thread.start()
+        self._thread = thread
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

@@ -15,10 +15,11 @@ into its own pieces.
     /buffers/<i>          rank 0's model buffers (statistics that are not trained by the servers), attr name
     /rng/torch            uint8 (n_ranks, L): each rank's torch generator state
 
-Written through a temporary file in the same directory, fsynced, then renamed, so a file with a
-checkpoint's name is always whole; every dataset carries HDF5's fletcher32 checksum (checked on every
-read) and the root attribute `complete` is set last. The reader skips a file that fails any check and
-takes the newest that passes. Only the newest KEEP checkpoints are kept.
+Written through a temporary file in the same directory, fsynced, then renamed (hpcps.io.outputs'
+atomic_path), so a file with a checkpoint's name is always whole; every dataset carries HDF5's
+fletcher32 checksum (checked on every read) and the root attribute `complete` is set last. The reader
+skips a file that fails any check and takes the newest that passes. Only the newest KEEP checkpoints
+are kept.
 
 Pure file logic: no MPI here (hpcps/ps/checkpointer.py gathers the state of a running job).
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from hpcps.config.errors import ConfigError
+from hpcps.io.outputs import atomic_path
 
 FORMAT = "hpcps-checkpoint"
 VERSION = 1
@@ -168,25 +169,18 @@ def write_checkpoint(directory: str | Path, ckpt: Checkpoint, keep: int = KEEP) 
     resume never picks them. Then only the newest keep checkpoints are kept, and temporary files a
     killed writer left are removed."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(directory, ckpt.iteration)
-    tmp = directory / f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        with h5py.File(tmp, "w-", libver="latest") as f:
+    set_aside = []
+    with atomic_path(final, "--checkpoint") as tmp:       # the temporary file is fsynced, then renamed
+        with h5py.File(tmp, "w", libver="latest") as f:
             _fill(f, ckpt)
             f.attrs["complete"] = 1            # last: a file without it was never finished
-        _fsync(tmp)
-        set_aside = []
         for it, path in list_checkpoints(directory):
             if it > ckpt.iteration:
                 aside = path.with_name(path.name + SUPERSEDED)
                 os.replace(path, aside)
                 set_aside.append(aside)
-        os.replace(tmp, final)
-        _fsync(directory)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _fsync(directory)                          # the rename itself survives a crash
     removed = []
     for _, path in list_checkpoints(directory)[keep:]:
         path.unlink(missing_ok=True)

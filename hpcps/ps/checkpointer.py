@@ -28,16 +28,24 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from mpi4py import MPI
 
-from hpcps.ps.checkpoint import (Checkpoint, CheckpointError, checkpoint_path, identity_of, schedule_record,
-                                 share_residuals, write_checkpoint)
+from hpcps.ps.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    checkpoint_path,
+    identity_of,
+    schedule_record,
+    share_residuals,
+    write_checkpoint,
+)
 
 # Exit status of a run stopped by a signal after its checkpoint: "try again" (sysexits' EX_TEMPFAIL).
 # slurm/train.sh requeues the job on it.
@@ -55,9 +63,9 @@ class StopSignals:
     def __init__(self, rank: int):
         self.rank = rank
         self.received: str | None = None
-        self._old = {}
+        self._old: dict[signal.Signals, Any] = {}
 
-    def install(self) -> "StopSignals":
+    def install(self) -> StopSignals:
         for sig in STOP_SIGNALS:
             self._old[sig] = signal.signal(sig, self._handle)
         return self
@@ -93,7 +101,7 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class _Flag:
     buf: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))   # action, last good
-    req: object = None
+    req: MPI.Request | None = None
 
 
 class Checkpointer:
@@ -133,9 +141,11 @@ class Checkpointer:
     def restore(self, n_params: int) -> int:
         """Load the checkpoint rank 0 read into this rank's pieces, encoders, generator and model
         buffers (the parameters travel with the start-up broadcast). Returns the iteration to start at."""
-        ckpt = self.settings.resume if self.rank == 0 else None
+        ckpt = self.settings.resume           # rank 0's alone
+        if (ckpt is not None) != (self.rank == 0):
+            raise RuntimeError(f"rank {self.rank}: the checkpoint to resume from must be read on rank 0 only")
         header = None
-        if self.rank == 0:
+        if ckpt is not None:
             same = (ckpt.schedule.get("n_ranks") == self.record["n_ranks"]
                     and ckpt.schedule.get("servers") == self.record["servers"]
                     and ckpt.schedule.get("workers") == self.record["workers"])
@@ -156,7 +166,7 @@ class Checkpointer:
         for ki, key in enumerate(keys):
             for p in self.plan.pieces:
                 tag = ki * len(self.plan.pieces) + p.index
-                if self.rank == 0:
+                if ckpt is not None:
                     src = ckpt.optimizer_vectors[key][p.start:p.stop]
                     if p.server == 0:
                         got[p.index][key][:] = src
@@ -172,7 +182,7 @@ class Checkpointer:
         # Generators: each rank's own under the same schedule; otherwise drawn afresh from the job's seed
         # and the iteration, so that a resumed run is still a function of its inputs.
         if header["same_schedule"] and header["rng"]:
-            states = list(ckpt.rng_torch) if self.rank == 0 else None
+            states = list(ckpt.rng_torch) if ckpt is not None and ckpt.rng_torch is not None else None
             torch.set_rng_state(torch.from_numpy(np.array(self.comm.scatter(states, root=0), dtype=np.uint8)))
         else:
             seq = np.random.SeedSequence([self.job.training.seed, it, self.rank])
@@ -184,7 +194,7 @@ class Checkpointer:
                 for name, value in header["buffers"].items():
                     if name in own and tuple(own[name].shape) == tuple(np.shape(value)):
                         own[name].copy_(torch.from_numpy(np.asarray(value)))
-        if self.rank == 0:
+        if ckpt is not None:
             was = ckpt.schedule
             how = ("the same schedule" if header["same_schedule"] else
                    f"another schedule (it ran {was['n_ranks']} ranks, servers {was['servers']}, "
@@ -200,9 +210,9 @@ class Checkpointer:
         carried = {q: enc for q, enc in self.encoders.items()
                    if hasattr(enc, "load_state") and enc.state() is not None}
         carries = self.comm.gather(sorted(carried) if self.worker_row is not None else None, root=0)
-        rows = None
+        rows: np.ndarray | None = None
         note = ""
-        if self.rank == 0 and header["residuals"]:
+        if ckpt is not None and ckpt.residuals is not None and carries is not None:
             saved_workers = ckpt.schedule["workers"]
             mask = np.zeros((len(self.plan.workers), len(self.plan.pieces)), dtype=bool)
             for r, qs in enumerate(carries):
@@ -227,7 +237,8 @@ class Checkpointer:
             return note
         reqs = []
         n_pieces = len(self.plan.pieces)
-        if self.rank == 0:
+        bufs: dict[int, np.ndarray] = {}
+        if rows is not None and carries is not None:
             for r, qs in enumerate(carries):
                 row = self.plan.worker_row(r)
                 for q in qs or ():
@@ -315,13 +326,14 @@ class Checkpointer:
                             for q, st in opt.items()},
                 "residual": sorted(residual), "row": self.worker_row,
                 "rng": torch.get_rng_state().numpy().copy()}
-        metas = self.comm.gather(meta, root=0)
-        if self.rank == 0:
+        metas: list[dict] | None = self.comm.gather(meta, root=0)
+        residuals: np.ndarray | None = None
+        if metas is not None:
             vector_keys, scalars = _agree(metas, n_pieces)
             full = {"params": np.empty(n, dtype=np.float32)}
             full.update({k: np.empty(n, dtype=np.float32) for k in vector_keys})
-            any_residual = any(m["residual"] for m in metas)
-            residuals = np.zeros((len(self.plan.workers), n), dtype=np.float32) if any_residual else None
+            if any(m["residual"] for m in metas):
+                residuals = np.zeros((len(self.plan.workers), n), dtype=np.float32)
         else:
             vector_keys = None
         vector_keys = self.comm.bcast(vector_keys, root=0)
@@ -340,9 +352,10 @@ class Checkpointer:
                 elif self.rank == 0:
                     reqs.append(self.comm.Irecv(full[key][p.start:p.stop], source=p.server, tag=tag))
         res_tag = len(names) * n_pieces
-        if self.rank == 0:
+        if metas is not None:
             for r, m in enumerate(metas):
                 for q in m["residual"]:
+                    assert residuals is not None
                     p = self.plan.pieces[q]
                     dst = residuals[m["row"], p.start:p.stop]
                     if r == 0:
@@ -352,7 +365,8 @@ class Checkpointer:
         else:
             reqs += [self.comm.Isend(np.ascontiguousarray(r), dest=0, tag=res_tag + q) for q, r in residual.items()]
         self._waitall(reqs)
-        if self.rank == 0:
+        if metas is not None:
+            assert self.settings.directory is not None
             for k, v in full.items():
                 if not np.isfinite(v).all():
                     raise TrainingDiverged(f"non-finite {k} at the checkpoint after iteration {done}; "

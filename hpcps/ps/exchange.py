@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -111,7 +111,6 @@ class Exchange:
         first_iteration: where a resumed run starts (its servers' pieces have that many steps behind them)."""
         for q in self.served:
             self.version[q] = first_iteration
-        for q, state in self.served.items():
             self._post_push_receives(q)
             self._send_piece(q, first_iteration)
         if self.is_worker:
@@ -167,7 +166,8 @@ class Exchange:
             state = self.served[q]
             t0 = self.clock()
             state.rows[self.row][:] = self.grads.host_array(p.start, p.stop, state.rows[self.row])
-            self._record(self.push_iteration, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0, self.clock())
+            self._record(self.push_iteration, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0,
+                         self.clock())
             self._push_in(q)
             return
         self._in_flight_pushes += 1
