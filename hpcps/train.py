@@ -6,6 +6,9 @@
 Rank 0 reads and checks the job and schedule and tells every rank; bad input ends every rank with
 status 2 and one message. Any exception during training ends the whole job (MPI_Abort).
 Every run writes a trace (docs/trace.md) unless --no-trace is given.
+
+    mpirun -n 5 python -m hpcps.train --job jobs/digits.toml --checkpoint ckpt/   # checkpoints (docs/checkpoints.md)
+    mpirun -n 3 python -m hpcps.train --job jobs/digits.toml --resume ckpt/ --schedule other.toml
 """
 
 from __future__ import annotations
@@ -60,6 +63,15 @@ def build_parser(rank: int = 0) -> RankAwareParser:
     p.add_argument("--trace-flush-s", type=float, default=None, metavar="SECONDS",
                    help="write the trace's buffered events about this often: what a killed run can lose "
                         "(default: every second, or less often if flushing would take over 0.5%% of the time)")
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR",
+                   help="write checkpoints into DIR (created if missing): every training.checkpoint_every "
+                        "iterations, every training.checkpoint_every_s seconds (default 600), at the end, and "
+                        "on SIGUSR1 or SIGTERM, after which the run stops with exit status 75; the newest two "
+                        "are kept. DIR must not hold checkpoints already unless --resume is given")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue from the newest good checkpoint in DIR (or from the checkpoint file DIR), "
+                        "under this launch's schedule, which may differ from the one that wrote it (other "
+                        "ranks, servers, batches); checkpoints go on into DIR unless --checkpoint names another")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -188,6 +200,41 @@ def _profile(job):
     return profile_for_job(profiles, job.workload, job.model, job.data)
 
 
+@dataclass(frozen=True)
+class CheckpointPlan:
+    """Where checkpoints go and whether the run resumes: what every rank learns from rank 0."""
+    directory: Path | None = None
+    resuming: bool = False
+    notes: tuple[str, ...] = ()          # checkpoints skipped on the way to the one resumed from
+
+
+def resolve_checkpoints(args, job):
+    """(CheckpointPlan, the checkpoint to resume from or None), read and verified on rank 0 before
+    anything is written. Raises ConfigError (a CheckpointError for an unusable checkpoint)."""
+    from hpcps.ps.checkpoint import check_resumable, list_checkpoints, load_resume
+    loaded, notes = None, ()
+    directory = args.checkpoint
+    if args.resume is not None:
+        loaded, skipped = load_resume(args.resume)
+        check_resumable(loaded, job)
+        if job.training.iterations > 0 and loaded.iteration > job.training.iterations:
+            raise ConfigError(str(loaded.path), None,
+                              f"is after iteration {loaded.iteration}, past this run's {job.training.iterations} "
+                              f"iterations (give --iterations N with N >= {loaded.iteration})")
+        notes = tuple(f"skipped {p}: {why}" for p, why in skipped)
+        if directory is None:
+            directory = args.resume if args.resume.is_dir() else args.resume.parent
+    if directory is not None:
+        from hpcps.io.outputs import check_output
+        check_output(directory, "--checkpoint", inputs=[job.source, args.schedule], replace=False, directory=True)
+        held = list_checkpoints(directory)
+        if args.resume is None and held:
+            raise ConfigError("--checkpoint", None,
+                              f"{directory} already holds checkpoints (newest {held[0][1].name}); give --resume "
+                              f"{directory} to continue from them, or another directory")
+    return CheckpointPlan(directory, loaded is not None, notes), loaded
+
+
 def plan_trace(args, job, schedule, argv: list[str]):
     """(trace path, RunInfo), or (None, None) with --no-trace. Raises ConfigError on bad input."""
     from hpcps.trace.setup import build_run_info, check_trace_path, default_trace_path
@@ -214,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(rank).parse_args(argv)
+    signals = None
+    if args.checkpoint is not None or args.resume is not None:
+        # At once: SIGUSR1 (Slurm's time-limit warning) or SIGTERM must not end a rank while it starts.
+        from hpcps.ps.checkpointer import StopSignals
+        signals = StopSignals(rank).install()
 
     from hpcps.cluster.mapping import local_node_name
     from hpcps.testbed.ranks import rank_identity
@@ -222,16 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     testbed_ids = comm.allgather(rank_identity())
     # Rank 0 alone reads the files, so every rank agrees on the outcome and exits together.
     outcome = None
+    loaded = None                    # rank 0: the checkpoint to resume from, read and verified
     if rank == 0:
         try:
             launch = resolve_inputs(args, size, rank_names, hosts, testbed_ids)
-            outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv)))
+            ckpt_plan, loaded = resolve_checkpoints(args, launch.job)
+            outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv), ckpt_plan))
         except ConfigError as e:
             outcome = ("error", str(e))
     outcome = comm.bcast(outcome, root=0)
     if outcome[0] == "error":
         fail_input(TOOL, outcome[1], rank)
-    launch, (trace_path, run_info) = outcome[1]
+    launch, (trace_path, run_info), ckpt_plan = outcome[1]
     job, schedule, emulation = launch.job, launch.schedule, launch.emulation
 
     # Each rank checks where it computes and how its buffers reach MPI, so a GPU transport that cannot
@@ -249,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         fail_input(TOOL, problems[0], rank)
 
     from hpcps.comm.abort import abort_on_error
+    from hpcps.comm.watch import RankWatch
+    stopped = False
+    watch = RankWatch(comm, TOOL)        # names a rank that dies without a word (SIGKILL) and ends the job
     with abort_on_error(comm, TOOL):
         log = None if args.quiet else (lambda msg: print(msg, flush=True))
         node_name = node_type = None
@@ -270,15 +327,46 @@ def main(argv: list[str] | None = None) -> int:
             recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s,
                                      node_name=node_name, node_type=node_type,
                                      **({"clock": clock} if clock else {}))
+        checkpoints = None
+        if ckpt_plan.directory is not None or ckpt_plan.resuming:
+            from hpcps.ps.checkpointer import CheckpointSettings
+            checkpoints = CheckpointSettings(ckpt_plan.directory, job.training.checkpoint_every,
+                                             job.training.checkpoint_every_s, resume=loaded,
+                                             resuming=ckpt_plan.resuming, signals=signals)
+            for note in ckpt_plan.notes:
+                if log and rank == 0:
+                    log(note)
         result = run_training(comm, job, schedule, device=args.device, gpu_transport=args.gpu_transport, log=log,
-                              recorder=recorder, emulation=emulation)
+                              recorder=recorder, emulation=emulation, checkpoints=checkpoints)
+        loaded = None
         if recorder is not None:
             recorder.close(None if result is None else {
                 "wall_s": result.wall_s, "samples_per_s": result.samples_per_s,
                 "final_metrics": json.dumps(result.final_metrics)})
             if log and rank == 0:
                 log(f"trace: {trace_path}")
+        # Every rank waits here for rank 0 (its evaluation, the trace) without spinning, its watch off:
+        # from now on ranks end one by one.
+        watch.stop()
+        stopped = bool(_bcast_sleeping(comm, int(result is not None and result.stopped)))
+    if signals is not None:
+        signals.uninstall()
+    if stopped:
+        from hpcps.ps.checkpointer import EXIT_STOPPED
+        return EXIT_STOPPED
     return 0
+
+
+def _bcast_sleeping(comm, value: int) -> int:
+    """Rank 0's value on every rank; the others sleep while they wait instead of polling a core."""
+    import time
+
+    import numpy as np
+    buf = np.array([value], dtype=np.int64)
+    req = comm.Ibcast(buf, root=0)
+    while not req.Test():
+        time.sleep(0.005)
+    return int(buf[0])
 
 
 if __name__ == "__main__":

@@ -215,13 +215,15 @@ def throughput(trace: Trace) -> dict[str, float]:
 
 
 def typical_iteration(trace: Trace) -> int | None:
-    """A steady iteration whose time is closest to the median, avoiding ones with a report, eval or flush."""
+    """A steady iteration whose time is closest to the median, avoiding ones with a report, eval, flush or
+    checkpoint."""
     rows = trace.iterations[_in(trace.iterations["iteration"], steady_iterations(trace))]
     if rows.size == 0:
         rows = trace.iterations
     if rows.size == 0:
         return None
-    busy = trace.events[_in(trace.events["phase"], [PHASE["report"], PHASE["eval"], PHASE["trace"]])]
+    busy = trace.events[_in(trace.events["phase"], [PHASE["report"], PHASE["eval"], PHASE["trace"],
+                                                    PHASE["checkpoint"]])]
     quiet = rows[~_in(rows["iteration"], busy["iteration"])]
     pool = quiet if quiet.size else rows
     med = np.median(rows["time_s"])

@@ -44,7 +44,8 @@ def abort_on_error(comm, tool: str = "hpcps"):
         _end(comm, status)
     except BaseException as e:  # noqa: BLE001 - any failure must end every rank
         status = EXIT_INPUT_ERROR if isinstance(e, ConfigError) else EXIT_FAILURE
-        detail = "" if isinstance(e, ConfigError) else traceback.format_exc()
+        # A failure the program diagnosed itself (one_line = True, e.g. a diverged run) needs no traceback.
+        detail = "" if isinstance(e, ConfigError) or getattr(e, "one_line", False) else traceback.format_exc()
         what = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
         _say(f"{detail}{tool}: error on rank {comm.Get_rank()} ({socket.gethostname()}): {what}\n")
         _end(comm, status)

@@ -39,6 +39,10 @@ class TrainingConfig:
     log_every: int = option(10, gt=0, le=limits.MAX_LOG_EVERY)
     eval_every: int = option(0, ge=0, le=limits.MAX_LOG_EVERY)      # 0: evaluate at the end only
     sync: str = option("bsp", choices=SYNC_MODES)
+    # With --checkpoint: every N iterations (0: only at the end and on signals), and every this many
+    # seconds (0: never by time); docs/checkpoints.md.
+    checkpoint_every: int = option(0, ge=0, le=limits.MAX_ITERATIONS)
+    checkpoint_every_s: float = option(600.0, ge=0, le=limits.MAX_CHECKPOINT_EVERY_S)
 
 
 @dataclass(frozen=True)

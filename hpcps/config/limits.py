@@ -17,6 +17,7 @@ MAX_ITERATIONS = 1_000_000_000
 MAX_EPOCHS = 1_000_000.0
 MAX_SEED = 2**32 - 1                # NumPy and PyTorch seeds are unsigned 32-bit here
 MAX_LOG_EVERY = 1_000_000_000
+MAX_CHECKPOINT_EVERY_S = 1e9        # about 30 years
 MAX_LR = 1e4                        # float32 holds lr * gradient only far below 3.4e38
 MAX_WEIGHT_DECAY = 1e4
 MAX_EPS = 1.0

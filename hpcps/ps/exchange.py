@@ -106,14 +106,16 @@ class Exchange:
         self.aggregate_span = [np.inf, -np.inf]
 
     # -- set-up and the worker's side ---------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, first_iteration: int = 0) -> None:
         """Post the first iteration's pulls (every rank starts from the same values, but the pull of
-        iteration 0 is what tells a worker which values the servers hold) and the push receives."""
+        the first iteration is what tells a worker which values the servers hold) and the push receives.
+        first_iteration: where a resumed run starts (its servers' pieces have that many steps behind them)."""
         for q in self.served:
+            self.version[q] = first_iteration
             self._post_push_receives(q)
-            self._send_piece(q, 0)
+            self._send_piece(q, first_iteration)
         if self.is_worker:
-            self.expect_pulls(0)
+            self.expect_pulls(first_iteration)
 
     def expect_pulls(self, iteration: int) -> None:
         """Post the receives of iteration's parameters. Call once the backward pass no longer reads them."""
@@ -328,7 +330,10 @@ class Exchange:
                         still.append((handle, q, it))
                 self._staging = still
             if self._reqs:
-                finished = MPI.Request.Testsome(self._reqs)
+                try:
+                    finished = MPI.Request.Testsome(self._reqs)
+                except MPI.Exception as e:
+                    raise self._peer_failure(e) from None
                 if finished:
                     did = True
                     done = sorted(finished)
@@ -358,6 +363,15 @@ class Exchange:
         finally:
             self._in_progress = False
 
+    def _peer_failure(self, error: MPI.Exception) -> RuntimeError:
+        """An error completing this rank's messages, naming the ranks at their other end: the requests
+        that completed in error are the ones MPI released (a peer whose process died, most often)."""
+        peers = sorted({handler[1][1].peer for req, handler in zip(self._reqs, self._done)
+                        if req == MPI.REQUEST_NULL})
+        who = f"rank {', '.join(map(str, peers))}" if peers else "a peer"
+        return RuntimeError(f"messages with {who} failed ({error.Get_error_string().splitlines()[0]}); "
+                            f"its process has probably ended")
+
     def wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             if not self.progress():
@@ -375,6 +389,33 @@ class Exchange:
         """Complete every request still posted (the end of a run)."""
         self.wait_until(lambda: not self._reqs and not self._fabric and not self._staging
                         and not self._ready_to_aggregate)
+
+    def at_boundary(self, done: int) -> bool:
+        """Whether this rank stands at the boundary after `done` iterations: every piece it serves has
+        exactly `done` steps, this worker's pushes are all out and none is being staged or waiting for
+        its aggregation. Pulls of the next iteration may be under way: they only read the parameters.
+        True on every rank right after the synchronisation policy's iteration returns, until progress()
+        runs again (a push of the next iteration can only follow a pull of it): the point at which a
+        checkpoint reads the servers' pieces and the workers' encoders."""
+        return (all(v == done for v in self.version.values())
+                and (not self.is_worker or self.pushes_done())
+                and not self._staging and not self._ready_to_aggregate)
+
+    def stop_early(self) -> None:
+        """End the run at an iteration boundary before its planned end: cancel the receives of pushes
+        that will never come, then complete what is left (the next iteration's pulls, posted on both
+        sides)."""
+        keep_reqs, keep_done = [], []
+        for req, handler in zip(self._reqs, self._done):
+            meta = handler[1][1]
+            if meta.kind == PUSH and meta.direction == "recv":
+                req.Cancel()
+                req.Wait()
+            else:
+                keep_reqs.append(req)
+                keep_done.append(handler)
+        self._reqs, self._done = keep_reqs, keep_done
+        self.drain()
 
     # -- outside the iterations -----------------------------------------------------------------------
     def gather_params(self, n_elements: int, root: int = 0) -> np.ndarray | None:

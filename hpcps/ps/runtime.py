@@ -40,6 +40,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     sample_text: str | None = None
     final_params: np.ndarray | None = None
+    start_iteration: int = 0         # where a resumed run started (0 for a fresh one)
+    stopped: bool = False            # ended early by a signal, after its checkpoint
+    checkpoint: str | None = None    # the newest checkpoint this run wrote (or resumed from)
 
 
 def total_iterations(job: Job, per_epoch: int) -> int:
@@ -102,13 +105,15 @@ build_plan = plan_for_job    # the plan with each worker's encoded push bytes (h
 
 def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
                  log: Callable[[str], None] | None = None, recorder=None,
-                 emulation: Emulation | None = None) -> TrainResult | None:
+                 emulation: Emulation | None = None, checkpoints=None) -> TrainResult | None:
     """Train job under schedule on comm. Returns the result on rank 0, None elsewhere.
 
     recorder: a hpcps.trace.TraceRecorder (or anything with its methods) that times every phase; the
     caller closes it after this returns. It must read the same clock as this loop: the emulator's
     time() under emulation, time.perf_counter otherwise.
     emulation: run each rank as its node of a described cluster; reported times are emulated seconds.
+    checkpoints: a hpcps.ps.checkpointer.CheckpointSettings: where and when to checkpoint, and what to
+    resume from (docs/checkpoints.md).
     """
     rank = comm.Get_rank()
     log = log if (log and rank == 0) else (lambda _msg: None)
@@ -123,8 +128,14 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     dev = pick_device(device, me is not None)
     worker = Worker(workload, dev)
     flat = worker.flat
-    # Every rank starts from rank 0's initial parameters, whatever its own RNG or device did.
+    # Every rank starts from rank 0's initial parameters, whatever its own RNG or device did (or from
+    # the checkpoint's, which rank 0 alone has read).
     init = flat.params.detach().cpu().numpy().copy()
+    resume = checkpoints.resume if checkpoints is not None and rank == 0 else None
+    if resume is not None:
+        from hpcps.ps.checkpoint import check_resumable
+        check_resumable(resume, job, flat.numel)
+        init[:] = resume.params
     comm.Bcast(init, root=0)
     flat.params.copy_(torch.from_numpy(init))
     plan = build_plan(job, schedule, flat.numel)
@@ -151,6 +162,19 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     sleep_wait = True if emulation is not None and emulation.network == "real" else None
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
     total = total_iterations(job, partition.per_epoch)
+    checkpointer = None
+    if checkpoints is not None and (checkpoints.directory is not None or checkpoints.resuming):
+        from hpcps.ps.checkpointer import Checkpointer
+        from hpcps.ps.exchange import ranks_outnumber_cores
+        checkpointer = Checkpointer(comm, checkpoints, job=job, schedule=schedule, plan=plan, served=served,
+                                    encoders=encoders, worker_row=worker_row, model=flat.model,
+                                    codec_names=[c.name for c in codecs], log=log,
+                                    sleep_wait=ranks_outnumber_cores(comm))
+    start = checkpointer.restore(flat.numel) if checkpoints is not None and checkpoints.resuming else 0
+    if start > total:
+        from hpcps.config.errors import ConfigError
+        raise ConfigError("--resume", None, f"the checkpoint is after iteration {start}, past this run's "
+                                            f"{total} iterations (give --iterations N with N >= {start})")
     exchange = Exchange(comm, plan, total, params=params_xb, grads=grads_xb, served=served, encoders=encoders,
                         recorder=recorder, clock=clock, emulator=emulator, sleep_wait=sleep_wait,
                         aggregate=emulator.clock.run_aggregate if emulator is not None else None)
@@ -174,7 +198,12 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
         f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
         f"global batch {partition.global_batch}, {total} iterations ({total / partition.per_epoch:.2f} epochs), "
-        f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}")
+        f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}"
+        + (f", from iteration {start}" if start else ""))
+    from hpcps.ps.checkpointer import pid_line
+    pids = pid_line(comm)
+    if pids:
+        log(pids)
 
     run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
                  "codec": job.exchange.codec, "worker_codecs": json.dumps([c.name for c in codecs]),
@@ -202,20 +231,32 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     eval_s = 0.0
     comm.Barrier()
     t_start = t_log = clock()
-    it_log = 0
-    exchange.start()
-    for it in range(total):
+    it_log = reached = start
+    stopped = False
+    exchange.start(start)
+    for it in range(start, total):
         if tracing:
             recorder.begin_iteration(it)
         t_begin = clock()
-        times = policy.iteration(run, it, t_begin)
+        try:
+            times = policy.iteration(run, it, t_begin)
+        except FloatingPointError as e:          # a server's aggregated gradient (hpcps/ps/server.py)
+            raise _diverged(f"{e}", it, rank, checkpointer) from None
+        if me is not None and not math.isfinite(times.loss):
+            raise _diverged(f"non-finite loss ({times.loss})", it, rank, checkpointer)
         if me is not None:
             stats += (times.loss * me.batch, times.correct, me.batch, me.batch * targets)
         if tracing:
             recorder.iteration(*times.pull, *times.data, *times.compute, *times.push, *times.aggregate, times.loss)
 
-        done = it + 1
-        if done % job.training.log_every == 0 or done == total:
+        done = reached = it + 1
+        if checkpointer is not None:
+            t0 = clock()
+            action = checkpointer.boundary(done, total, exchange)
+            if tracing and action:
+                recorder.phase("checkpoint", t0, clock())
+            stopped = action == 2                # hpcps.ps.checkpointer.STOP: a signal asked to stop here
+        if done % job.training.log_every == 0 or done == total or stopped:
             t_report = clock()
             summed = np.zeros(4)
             comm.Reduce(stats, summed, op=MPI.SUM, root=0)
@@ -231,7 +272,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
             t_log, it_log = now, done
             if tracing:
                 recorder.phase("report", t_report, clock())
-        if job.training.eval_every and done % job.training.eval_every == 0 and done < total:
+        if job.training.eval_every and done % job.training.eval_every == 0 and done < total and not stopped:
             t0 = clock()
             metrics = _evaluate_on_root(exchange, worker, sync_device)
             if rank == 0:
@@ -240,7 +281,15 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
             t_log += clock() - t0
             if tracing:
                 recorder.phase("eval", t0, clock())
-    exchange.drain()
+        if stopped:
+            break
+    if stopped:
+        exchange.stop_early()
+    else:
+        exchange.drain()
+    if checkpointer is not None:
+        checkpointer.close()
+    ran = reached - start
     wall = clock() - t_start - eval_s
     if tracing:
         recorder.end_run()
@@ -252,14 +301,27 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     params = exchange.gather_params(flat.numel, root=0)
     if rank != 0:
         return None
+    rate = ran * partition.global_batch / wall if ran else 0.0
+    last = str(checkpointer.last_path) if checkpointer is not None and checkpointer.last_path else None
+    if stopped:
+        log(f"stopped after iteration {reached} of {total} ({checkpointer.settings.signals.received}): "
+            f"{checkpointer.last_good_text()}; continue with --resume {checkpointer.settings.directory}")
+        return TrainResult(reached, wall, rate, {}, history, None, params, start, True, last)
     flat.params.copy_(torch.from_numpy(params))
     metrics = worker.evaluate()
     text = workload.finish(worker.model)
-    log(f"done: {total} iterations in {wall:.2f} s, {total * partition.global_batch / wall:.1f} samples/s; "
+    what = f"{ran} iterations" + (f" ({start + 1}-{total})" if start else "")
+    log(f"done: {what} in {wall:.2f} s, {rate:.1f} samples/s; "
         + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     if text:
         log(f"sample: {text!r}")
-    return TrainResult(total, wall, total * partition.global_batch / wall, metrics, history, text, params)
+    return TrainResult(total, wall, rate, metrics, history, text, params, start, False, last)
+
+
+def _diverged(what: str, it: int, rank: int, checkpointer) -> Exception:
+    from hpcps.ps.checkpointer import TrainingDiverged
+    where = checkpointer.last_good_text() if checkpointer is not None else "no checkpoint (give --checkpoint DIR)"
+    return TrainingDiverged(f"{what} in iteration {it + 1} on rank {rank}; {where}")
 
 
 run_bsp = run_training   # the name the first version had

@@ -46,5 +46,41 @@ class ServedPiece:
     def aggregate_and_step(self) -> None:
         # torch's matrix-vector product uses the rank's intra-op threads: summation on several cores.
         torch.mm(self.weights[None], self._rows_t, out=self._grad_t[None])
+        # One sum is the cheap test: a NaN or an infinity anywhere makes it non-finite (so does a sum past
+        # float32's range, which no trainable gradient reaches). The step is not taken: the parameters
+        # stay as the last good iteration left them.
+        if not torch.isfinite(self._grad_t.sum()):
+            bad = int(np.count_nonzero(~np.isfinite(self.grad)))
+            raise FloatingPointError(f"non-finite aggregated gradient in piece {self.piece.index} "
+                                     f"(elements {self.piece.start}..{self.piece.stop - 1}, {bad} not finite)")
         self.optimizer.step()
         self.received = 0
+
+    # -- checkpoints ------------------------------------------------------------------------------------
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimiser's state of this piece: per-element arrays (shape (size,), e.g. SGD's
+        momentum_buffer, Adam's exp_avg and exp_avg_sq) and scalars (shape (), e.g. Adam's step). Views
+        of the live state: copy what must outlive the next step. Empty before the first step."""
+        param = self.optimizer.param_groups[0]["params"][0]
+        out = {}
+        for key, value in self.optimizer.state.get(param, {}).items():
+            if value is None:
+                continue
+            arr = value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if arr.shape not in ((), (self.piece.size,)):
+                raise ValueError(f"optimiser state {key!r} has shape {arr.shape}; a checkpoint takes only "
+                                 f"per-element arrays ({self.piece.size},) and scalars")
+            out[key] = arr
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the optimiser's state by state (what optimizer_state() returned, possibly for another
+        cut of the vector: any arrays of this piece's size)."""
+        param = self.optimizer.param_groups[0]["params"][0]
+        restored = {}
+        for key, value in state.items():
+            arr = np.array(value, copy=True)
+            if arr.shape not in ((), (self.piece.size,)):
+                raise ValueError(f"optimiser state {key!r} has shape {arr.shape}, expected () or ({self.piece.size},)")
+            restored[key] = torch.from_numpy(arr)
+        self.optimizer.state[param] = restored

@@ -15,7 +15,8 @@ SCHEMA_VERSION = 1
 
 # What a rank did, in the order it happens within one BSP iteration. "iteration" spans the rank's whole
 # iteration and contains the others; "wait" lies inside a pull or push window (see derive.py).
-PHASES = ("iteration", "pull", "data", "compute", "push", "aggregate", "wait", "report", "eval", "trace")
+PHASES = ("iteration", "pull", "data", "compute", "push", "aggregate", "wait", "report", "eval", "trace",
+          "checkpoint")
 PHASE = {name: code for code, name in enumerate(PHASES)}
 PHASE_MEANINGS = {
     "iteration": "the rank's whole iteration, from its start to the start of its next one",
@@ -30,6 +31,7 @@ PHASE_MEANINGS = {
     "eval": "evaluation on rank 0 during training",
     "trace": "flushing the trace: handing this rank's buffered events to the writer rank (rank 0, which also "
              "works out the waits and appends everything to this file)",
+    "checkpoint": "a checkpoint at an iteration boundary: gathering the state on rank 0 and, there, writing it",
 }
 
 TRANSFER_KINDS = ("pull", "push")

@@ -136,5 +136,6 @@ def test_a_rank_that_exits_early_with_status_0_ends_the_whole_job(tmp_path, how)
 def test_help_and_bad_flags():
     out = run_mpi(1, ["-m", "hpcps.train", "--help"], timeout=60)
     assert out.returncode == 0 and "--schedule" in out.stdout and "--iterations" in out.stdout
+    assert "--checkpoint DIR" in out.stdout and "--resume DIR" in out.stdout
     out = run_mpi(2, ["-m", "hpcps.train", "--iterations", "many"], timeout=60)
     assert out.returncode == 2 and out.stderr.count("invalid int value") == 1

@@ -210,3 +210,13 @@ def test_tune_script_forwards_sigterm_and_resumes():
     assert sbatch_header(ROOT / "slurm/tune.sh")["--signal"].startswith("B:TERM@")
     assert "trap " in text and "kill -TERM" in text
     assert "--backend slurm" in text and "--resume" in text
+
+
+def test_train_script_checkpoints_and_requeues_at_the_time_limit():
+    text = (ROOT / "slurm/train.sh").read_text()
+    header = sbatch_header(ROOT / "slurm/train.sh")
+    assert header["--signal"].startswith("B:USR1@") and "--requeue" in header
+    assert header["--open-mode"] == "append"
+    assert "trap " in text and 'kill -USR1 "$step"' in text and 'kill -TERM "$step"' in text
+    assert "--checkpoint" in text and "--resume" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text
+    assert "HPCPS_MAX_REQUEUES" in text and "--kill-on-bad-exit=1" in text

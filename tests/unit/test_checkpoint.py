@@ -1,0 +1,252 @@
+"""Checkpoint files (hpcps/ps/checkpoint.py) and the servers' optimiser state they hold, without MPI."""
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from hpcps.config.job import Job, OptimizerConfig, TrainingConfig
+from hpcps.ps.checkpoint import (Checkpoint, CheckpointError, check_resumable, checkpoint_path, identity_of,
+                                 latest_checkpoint, list_checkpoints, load_resume, read_checkpoint,
+                                 share_residuals, write_checkpoint)
+from hpcps.ps.plan import Piece, cut_pieces
+from hpcps.ps.server import ServedPiece
+from hpcps.ps.sharding import plan_shards
+
+N = 3000
+
+
+def job(**model) -> Job:
+    return Job("j", "digits", OptimizerConfig("sgd", lr=0.1, momentum=0.9),
+               TrainingConfig(global_batch=64, iterations=10), model=model or {"hidden": 32})
+
+
+def make(iteration: int, n: int = N, seed: int = 0, residuals: bool = False) -> Checkpoint:
+    rng = np.random.default_rng(seed + iteration)
+    return Checkpoint(
+        iteration, "j", identity_of(job()),
+        {"n_ranks": 3, "servers": [1, 2], "workers": [[0, 5], [1, 17], [2, 42]], "codecs": ["none"] * 3},
+        rng.standard_normal(n).astype(np.float32),
+        {"exp_avg": rng.standard_normal(n).astype(np.float32), "exp_avg_sq": rng.random(n).astype(np.float32)},
+        {"step": np.array(float(iteration), dtype=np.float32)},
+        rng.standard_normal((3, n)).astype(np.float32) if residuals else None,
+        {"norm.running_mean": np.arange(4, dtype=np.float32)},
+        rng.integers(0, 255, (3, 16), dtype=np.uint8))
+
+
+def test_a_checkpoint_reads_back_as_written(tmp_path):
+    ckpt = make(7, residuals=True)
+    written = write_checkpoint(tmp_path, ckpt)
+    assert written.path == checkpoint_path(tmp_path, 7) == tmp_path / "ckpt-00000007.h5"
+    back = read_checkpoint(written.path)
+    assert back.iteration == 7 and back.job_name == "j" and back.identity == ckpt.identity
+    assert back.schedule == ckpt.schedule and back.n_params == N
+    assert np.array_equal(back.params, ckpt.params)
+    assert sorted(back.optimizer_vectors) == ["exp_avg", "exp_avg_sq"]
+    for k, v in ckpt.optimizer_vectors.items():
+        assert np.array_equal(back.optimizer_vectors[k], v)
+    assert back.optimizer_scalars["step"].dtype == np.float32 and back.optimizer_scalars["step"] == 7.0
+    assert np.array_equal(back.residuals, ckpt.residuals)
+    assert np.array_equal(back.buffers["norm.running_mean"], np.arange(4))
+    assert np.array_equal(back.rng_torch, ckpt.rng_torch)
+    with h5py.File(written.path) as f:          # self-describing, checksummed
+        assert f["params"].fletcher32 and "meaning" in f["params"].attrs and f.attrs["complete"] == 1
+
+
+def test_the_newest_two_are_kept_and_leftovers_removed(tmp_path):
+    stale = tmp_path / ".ckpt-00000003.h5.999-abcd.tmp"      # what a writer killed mid-file leaves
+    stale.write_bytes(b"\x89HDF half")
+    for it in (2, 4, 6):
+        written = write_checkpoint(tmp_path, make(it))
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [6, 4]
+    assert written.removed == (checkpoint_path(tmp_path, 2),)
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000004.h5", "ckpt-00000006.h5"]
+
+
+def test_later_checkpoints_of_an_abandoned_run_are_set_aside(tmp_path):
+    """A run resumed from iteration 4 writes 5: the 6 of the run it branched from must not win a resume."""
+    for it in (4, 6):
+        write_checkpoint(tmp_path, make(it))
+    written = write_checkpoint(tmp_path, make(5))
+    assert written.set_aside == (tmp_path / "ckpt-00000006.h5.superseded",)
+    assert latest_checkpoint(tmp_path)[0].iteration == 5
+
+
+def test_a_truncated_checkpoint_is_skipped(tmp_path):
+    write_checkpoint(tmp_path, make(10))
+    newest = write_checkpoint(tmp_path, make(20)).path
+    data = newest.read_bytes()
+    newest.write_bytes(data[: len(data) // 2])                 # a copy cut short, say
+    ckpt, skipped = latest_checkpoint(tmp_path)
+    assert ckpt.iteration == 10
+    assert [p for p, _ in skipped] == [newest] and "unreadable" in skipped[0][1]
+
+
+def test_a_flipped_byte_fails_the_checksum(tmp_path):
+    write_checkpoint(tmp_path, make(10))
+    newest = write_checkpoint(tmp_path, make(20)).path
+    with h5py.File(newest) as f:
+        offset = f["optimizer"]["exp_avg"].id.get_chunk_info(0).byte_offset
+    raw = bytearray(newest.read_bytes())
+    raw[offset + 100] ^= 0x10
+    newest.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="unreadable"):
+        read_checkpoint(newest)
+    assert latest_checkpoint(tmp_path)[0].iteration == 10
+
+
+def test_a_file_without_its_complete_mark_is_skipped(tmp_path):
+    write_checkpoint(tmp_path, make(10))
+    newest = write_checkpoint(tmp_path, make(20)).path
+    with h5py.File(newest, "a") as f:
+        del f.attrs["complete"]
+    with pytest.raises(CheckpointError, match="incomplete"):
+        read_checkpoint(newest)
+    assert latest_checkpoint(tmp_path)[0].iteration == 10
+
+
+def test_a_dataset_of_the_wrong_size_is_refused(tmp_path):
+    path = write_checkpoint(tmp_path, make(10)).path
+    with h5py.File(path, "a") as f:
+        f.attrs["n_params"] = N + 1
+    with pytest.raises(CheckpointError, match=r"params is float32 \(3000,\), expected float32 \(3001,\)"):
+        read_checkpoint(path)
+
+
+def test_no_good_checkpoint_is_one_clear_error(tmp_path):
+    with pytest.raises(CheckpointError, match="no such directory"):
+        latest_checkpoint(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match=r"no complete checkpoint \(ckpt-NNNNNNNN.h5\)$"):
+        latest_checkpoint(tmp_path)
+    (tmp_path / "ckpt-00000005.h5").write_bytes(b"not hdf5")
+    with pytest.raises(CheckpointError) as e:
+        load_resume(tmp_path)
+    assert "ckpt-00000005.h5: unreadable" in str(e.value) and "\n" not in str(e.value)
+    assert load_resume(write_checkpoint(tmp_path, make(3)).path)[0].iteration == 3   # a file, directly
+
+
+def test_only_the_same_model_data_and_optimiser_may_resume(tmp_path):
+    ckpt = read_checkpoint(write_checkpoint(tmp_path, make(3)).path)
+    check_resumable(ckpt, job())
+    with pytest.raises(CheckpointError, match="written by another job: its model is"):
+        check_resumable(ckpt, job(hidden=64))
+    with pytest.raises(CheckpointError, match=f"holds {N} parameters, this job's model has 10"):
+        check_resumable(ckpt, job(), n_params=10)
+    other = Job("j", "digits", OptimizerConfig("adam", lr=0.1), TrainingConfig(global_batch=8, iterations=1),
+                model={"hidden": 32})
+    with pytest.raises(CheckpointError, match='its optimizer is "sgd", this job\'s is "adam"'):
+        check_resumable(ckpt, other)
+
+
+def test_shared_residuals_keep_what_the_servers_are_owed():
+    rng = np.random.default_rng(1)
+    n = 200
+    saved = rng.standard_normal((3, n)).astype(np.float32)
+    old, new = [5, 17, 42], [30, 34]
+    pieces = cut_pieces(plan_shards(n, [0, 1]), 48)
+    carries = np.ones((2, len(pieces)), dtype=bool)
+    carries[0, 0] = False                      # worker 0 serves piece 0 itself: no encoder there
+    rows, dropped = share_residuals(saved, old, new, carries, pieces)
+    owed = (np.array(old)[:, None] / 64 * saved.astype(np.float64)).sum(axis=0)
+    now = (np.array(new)[:, None] / 64 * rows.astype(np.float64)).sum(axis=0)
+    np.testing.assert_allclose(now, owed, rtol=1e-5, atol=1e-6)
+    assert dropped == 0 and not rows[0, pieces[0].start:pieces[0].stop].any()
+    carries[:, 1] = False
+    _, dropped = share_residuals(saved, old, new, carries, pieces)
+    assert dropped == pieces[1].size
+
+
+@pytest.mark.parametrize("opt", [OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=1e-3),
+                                 OptimizerConfig("adam", lr=0.01)], ids=["sgd-momentum", "adam"])
+def test_optimiser_state_moves_between_cuts_exactly(opt):
+    """Two servers' pieces stepped 3 times; their state, joined into whole vectors and cut again as
+    another schedule's three pieces, steps on exactly like one piece over the whole vector."""
+    rng = np.random.default_rng(0)
+    n = 96
+    init = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(6)]
+
+    def step(pieces, g):
+        for s in pieces:
+            s.rows[0][:] = g[s.piece.start:s.piece.stop]
+            s.aggregate_and_step()
+
+    whole = [ServedPiece(Piece(0, 0, 0, 0, n), init, [1], opt)]
+    a = [ServedPiece(Piece(0, 0, 0, 0, 32), init[:32], [1], opt), ServedPiece(Piece(1, 1, 1, 32, n), init[32:], [1], opt)]
+    for g in grads[:3]:
+        step(whole, g)
+        step(a, g)
+    vectors = {k: np.concatenate([s.optimizer_state()[k] for s in a])
+               for k, v in a[0].optimizer_state().items() if v.ndim == 1}
+    scalars = {k: v for k, v in a[0].optimizer_state().items() if v.ndim == 0}
+    assert sorted(vectors) == (["momentum_buffer"] if opt.name == "sgd" else ["exp_avg", "exp_avg_sq"])
+    params = np.concatenate([s.params for s in a])
+    cuts = [(0, 16), (16, 80), (80, n)]
+    b = [ServedPiece(Piece(i, i, i, lo, hi), params[lo:hi], [1], opt) for i, (lo, hi) in enumerate(cuts)]
+    for s in b:
+        s.load_optimizer_state({**{k: v[s.piece.start:s.piece.stop] for k, v in vectors.items()}, **scalars})
+    for g in grads[3:]:
+        step(whole, g)
+        step(b, g)
+    assert np.array_equal(np.concatenate([s.params for s in b]), whole[0].params)
+
+
+def test_a_non_finite_gradient_is_not_applied():
+    server = ServedPiece(Piece(3, 0, 0, 64, 67), np.ones(3, np.float32), [1, 1], OptimizerConfig("sgd", lr=0.5))
+    server.rows[0][:] = [1.0, np.nan, 0.0]
+    with pytest.raises(FloatingPointError, match=r"piece 3 \(elements 64..66, 1 not finite\)"):
+        server.aggregate_and_step()
+    assert np.array_equal(server.params, np.ones(3))
+    server.rows[0][:] = [1.0, np.inf, 0.0]
+    server.rows[1][:] = [1.0, -np.inf, 0.0]
+    with pytest.raises(FloatingPointError):
+        server.aggregate_and_step()
+
+
+def test_identity_is_plain_json():
+    ident = identity_of(job())
+    assert json.loads(json.dumps(ident)) == ident and ident["model"] == {"hidden": 32}
+    assert torch.get_rng_state().dtype == torch.uint8     # what /rng/torch holds
+
+
+def test_the_rank_watch_names_a_peer_that_died(capfd):
+    """hpcps.comm.watch on one process, watching a stand-in peer that is killed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mpi4py import MPI
+
+    from hpcps.comm.watch import RankWatch, process_alive
+    peer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ended = []
+    watch = RankWatch(MPI.COMM_SELF, "hpcps.train", interval_s=0.02, abort=lambda: ended.append(time.monotonic()))
+    assert watch._thread is None                      # no peer on this node
+    watch.peers = [(2, peer.pid)]
+    watch.start()
+    time.sleep(0.1)
+    assert not ended and process_alive(peer.pid)
+    peer.send_signal(signal.SIGKILL)
+    t0 = time.monotonic()
+    peer.wait()                                       # reaped, as a launcher would
+    watch._thread.join(timeout=5)
+    assert ended and ended[0] - t0 < 1 and not process_alive(peer.pid)
+    assert f"hpcps.train: rank 2 (pid {peer.pid}) on " in capfd.readouterr().err
+    watch.stop()
+
+
+def test_job_checkpoint_keys():
+    from hpcps.config import ConfigError
+    from hpcps.config.job import parse_job
+    base = {"name": "j", "workload": "digits", "optimizer": {"name": "sgd", "lr": 0.1},
+            "training": {"global_batch": 8, "iterations": 5}}
+    job_ = parse_job(base, "j.toml")
+    assert job_.training.checkpoint_every == 0 and job_.training.checkpoint_every_s == 600.0
+    job_ = parse_job({**base, "training": {**base["training"], "checkpoint_every": 50, "checkpoint_every_s": 0}}, "j")
+    assert job_.training.checkpoint_every == 50 and job_.training.checkpoint_every_s == 0.0
+    with pytest.raises(ConfigError, match="'training.checkpoint_every'.*>= 0"):
+        parse_job({**base, "training": {**base["training"], "checkpoint_every": -1}}, "j.toml")
