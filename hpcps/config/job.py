@@ -15,7 +15,8 @@ from hpcps.config.toml_schema import (REQUIRED, read_toml, require_choice, requi
                                       take_table)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SYNC_MODES = ("bsp",)  # asynchronous and bounded-staleness modes plug in here (see hpcps/ps/runtime.py)
+# bulk-synchronous, bounded staleness (training.staleness rounds), asynchronous: hpcps/ps/sync.py
+SYNC_MODES = ("bsp", "ssp", "asp")
 
 _TOP_SPEC = {
     "name": (str, REQUIRED),
@@ -45,6 +46,7 @@ _TRAIN_SPEC = {
     "log_every": (int, 10),
     "eval_every": (int, 0),
     "sync": (str, "bsp"),
+    "staleness": (int, 0),
 }
 _EXCHANGE_SPEC = {
     "codec": (str, "none"),
@@ -74,6 +76,7 @@ class TrainingConfig:
     log_every: int = 10
     eval_every: int = 0      # 0: evaluate at the end only
     sync: str = "bsp"
+    staleness: int = 0       # ssp: a worker at clock c may compute on any version >= c - staleness
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,11 @@ def parse_job(table: dict[str, Any], source: str) -> Job:
     require_positive(source, "training.log_every", tr["log_every"])
     require_positive(source, "training.eval_every", tr["eval_every"], allow_zero=True)
     require_choice(source, "training.sync", tr["sync"], SYNC_MODES)
+    require_positive(source, "training.staleness", tr["staleness"], allow_zero=True)
+    if tr["staleness"] and tr["sync"] != "ssp":
+        raise ConfigError(source, "training.staleness",
+                          f"applies to sync = \"ssp\" only; got staleness = {tr['staleness']} with "
+                          f"sync = \"{tr['sync']}\"")
     if (tr["iterations"] > 0) == (tr["epochs"] > 0):
         raise ConfigError(source, "training.iterations",
                           "give exactly one of training.iterations (> 0) or training.epochs (> 0)")

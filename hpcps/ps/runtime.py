@@ -26,6 +26,7 @@ from hpcps.ps.codec import make_codec
 from hpcps.ps.exchange import Exchange
 from hpcps.ps.plan import MessagePlan
 from hpcps.ps.server import ServedPiece
+from hpcps.ps.stale import StaleExchange, serve_pieces
 from hpcps.ps.sync import make_policy
 from hpcps.ps.worker import Worker
 from hpcps.workloads import build_workload
@@ -114,7 +115,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     # ranks sharing this machine's cores fight over them.
     torch.set_num_threads(me.threads if me and emulation is None else 1)
     torch.manual_seed(job.training.seed)
-    policy = make_policy(job.training.sync)
+    policy = make_policy(job.training.sync, job.training.staleness)
+    synchronous = policy.name == "bsp"
 
     workload = build_workload(job.workload, job.model, job.data, job.training.seed, job.source)
     dev = pick_device(device, me is not None)
@@ -132,8 +134,11 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         transport = choose_transport(gpu_transport, flat.params.is_cuda)
         params_xb, grads_xb = _exchange_buffer(flat.params, transport), _exchange_buffer(flat.grads, transport)
     codecs = [make_codec(job.exchange.codec) for _ in schedule.workers]
-    served = {p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
-              for p in plan.pieces if p.server == rank}
+    if synchronous:
+        served = {p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
+                  for p in plan.pieces if p.server == rank}
+    else:
+        served = serve_pieces(policy.name, policy.staleness, plan, rank, init, batches, job.optimizer, codecs)
     encoders = ({p.index: codecs[worker_row].encoder(p.size) for p in plan.pieces if p.server != rank}
                 if me is not None else {})
 
@@ -146,11 +151,13 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         clock = emulator.time
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
     total = total_iterations(job, partition.per_epoch)
-    exchange = Exchange(comm, plan, total, params=params_xb, grads=grads_xb, served=served, encoders=encoders,
-                        recorder=recorder, clock=clock, emulator=emulator,
-                        aggregate=emulator.clock.run_aggregate if emulator is not None else None)
+    common = dict(params=params_xb, grads=grads_xb, served=served, encoders=encoders, recorder=recorder, clock=clock,
+                  emulator=emulator, aggregate=emulator.clock.run_aggregate if emulator is not None else None)
+    exchange = (Exchange(comm, plan, total, **common) if synchronous else
+                StaleExchange(comm, plan, total, mode=policy.name, staleness=policy.staleness, **common))
     # Under emulation the node clock charges a whole step at its end, so pushes wait for it (the
-    # simulator models the same); elsewhere they go out while the backward pass runs.
+    # simulator models the same); elsewhere they go out while the backward pass runs. Under ssp and asp
+    # the parameters are in place before the step, and the forward hooks only keep messages moving.
     overlap = job.exchange.overlap and emulator is None and me is not None
     if overlap:
         def ready(q: int) -> None:
@@ -169,10 +176,11 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
         f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
         f"global batch {partition.global_batch}, {total} iterations ({total / partition.per_epoch:.2f} epochs), "
-        f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}")
+        f"{policy.name}{f' (staleness {policy.staleness})' if policy.name == 'ssp' else ''}"
+        f"{', overlapped' if job.exchange.overlap and emulator is None else ''}")
 
-    run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
-                 "codec": job.exchange.codec}
+    run_attrs = {"sync": policy.name, "staleness": int(policy.staleness), "overlap": int(overlap),
+                 "pieces": len(plan.pieces), "codec": job.exchange.codec}
     if emulation is not None:
         run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute)
     if emulator is not None and emulation.compute == "reference":
@@ -181,6 +189,10 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         run_attrs["emulated_step_cost_s"] = json.dumps(costs)
 
     tracing = recorder is not None
+    if tracing and not synchronous:
+        # Ranks wait for each other when the trace is flushed: meanwhile they keep serving (a worker
+        # behind may need this rank's pieces to get there).
+        recorder.while_waiting = exchange.progress
     if tracing:
         recorder.begin_run(device=dev, threads=me.threads if me else 1, batch=me.batch if me else 0,
                            is_server=rank in schedule.servers, is_worker=me is not None,
@@ -191,9 +203,12 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     sync_device = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     stats = np.zeros(4)                     # loss * k, correct, samples, predictions since the last log line
     history: list[dict[str, float]] = []
+    reports = None if synchronous else _DeferredReports(comm, exchange, clock, me.batch if me else 0)
     eval_s = 0.0
     comm.Barrier()
     t_start = t_log = clock()
+    if reports is not None:
+        reports.t_last = t_start
     it_log = 0
     exchange.start()
     for it in range(total):
@@ -207,7 +222,18 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
             recorder.iteration(*times.pull, *times.data, *times.compute, *times.push, *times.aggregate, times.loss)
 
         done = it + 1
-        if done % job.training.log_every == 0 or done == total:
+        if reports is not None:
+            # Ranks reach a step number at different times: the loss is summed without waiting, and
+            # rank 0 prints it once every rank has contributed.
+            if done % job.training.log_every == 0 or done == total:
+                t_report = clock()
+                reports.post(stats, done)
+                stats[:] = 0
+                if tracing:
+                    recorder.phase("report", t_report, clock())
+            for row in reports.poll():
+                _log_row(row, partition, total, history, log)
+        elif done % job.training.log_every == 0 or done == total:
             t_report = clock()
             summed = np.zeros(4)
             comm.Reduce(stats, summed, op=MPI.SUM, root=0)
@@ -233,6 +259,9 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
             if tracing:
                 recorder.phase("eval", t0, clock())
     exchange.drain()
+    if reports is not None:
+        for row in reports.finish():
+            _log_row(row, partition, total, history, log)
     wall = clock() - t_start - eval_s
     if tracing:
         recorder.end_run()
@@ -255,6 +284,50 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
 
 
 run_bsp = run_training   # the name the first version had
+
+
+class _DeferredReports:
+    """Progress lines under ssp and asp: each report is a non-blocking reduction that rank 0 prints
+    when every rank has posted it, so that no rank waits for slower ones to reach the same step.
+    Samples/s is the sum of each worker's own rate since its previous report (workers may run at
+    different paces, and their clocks need not agree)."""
+
+    def __init__(self, comm, exchange, clock, batch: int):
+        self.comm, self.exchange, self.clock, self.batch = comm, exchange, clock, batch
+        self.pending: list = []
+        self.t_last, self.it_last = clock(), 0
+
+    def post(self, stats: np.ndarray, done: int) -> None:
+        now = self.clock()
+        rate = self.batch * (done - self.it_last) / max(now - self.t_last, 1e-9)
+        self.t_last, self.it_last = now, done
+        send = np.append(stats, rate)
+        recv = np.zeros_like(send)
+        self.pending.append((self.comm.Ireduce(send, recv, op=MPI.SUM, root=0), send, recv, done))
+
+    def poll(self) -> list[tuple[int, np.ndarray]]:
+        rows = []
+        while self.pending and self.pending[0][0].Test():
+            _, _, summed, done = self.pending.pop(0)
+            if self.comm.Get_rank() == 0:
+                rows.append((done, summed))
+        return rows
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        rows = []
+        while self.pending:
+            self.exchange.wait_until(lambda: self.pending[0][0].Test())
+            rows += self.poll()
+        return rows
+
+
+def _log_row(report: tuple[int, np.ndarray], partition, total: int, history: list, log) -> None:
+    done, summed = report
+    row = {"iteration": done, "epoch": done / partition.per_epoch, "loss": summed[0] / summed[2],
+           "train_accuracy": summed[1] / summed[3], "samples_per_s": float(summed[4])}
+    history.append(row)
+    log(f"iter {done:>5}/{total}  epoch {row['epoch']:5.2f}  loss {row['loss']:.4f}  "
+        f"train-acc {row['train_accuracy']:.3f}  {row['samples_per_s']:8.1f} samples/s")
 
 
 def _step(workload, model, batch):

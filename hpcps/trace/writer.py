@@ -22,7 +22,7 @@ from hpcps.trace.schema import (DATASETS, DIRECTION, DTYPES, GROWING, PHASE, RAN
 
 # Rows per chunk: large enough that appends touch few chunks, small enough that a short run's file
 # stays small (HDF5 allocates whole chunks).
-_CHUNK_ROWS = {"events": 4096, "transfers": 4096, "iterations": 1024}
+_CHUNK_ROWS = {"events": 4096, "transfers": 4096, "iterations": 1024, "staleness": 4096}
 # Oldest format that has SWMR (HDF5 1.10), so the files open with any HDF5 from 1.10 on.
 LIBVER = ("v110", "v110")
 
@@ -94,7 +94,8 @@ class TraceWriter:
             _describe(ds, name)
         f.swmr_mode = True
 
-    def append(self, events: np.ndarray, transfers: np.ndarray, final: bool = False) -> None:
+    def append(self, events: np.ndarray, transfers: np.ndarray, final: bool = False,
+               staleness: np.ndarray | None = None) -> None:
         """Append one block (all ranks, whole iterations) and make it durable in the file."""
         summary = iteration_rows(events)
         if self._pending is not None:
@@ -107,7 +108,10 @@ class TraceWriter:
             finish_rows(summary[-1:])
         order = np.lexsort((events["t_start"], events["rank"], events["iteration"]))
         torder = np.lexsort((transfers["t_post"], transfers["rank"], transfers["iteration"]))
-        for name, rows in (("events", events[order]), ("transfers", transfers[torder]), ("iterations", summary)):
+        stale = np.zeros(0, DTYPES["staleness"]) if staleness is None else staleness
+        stale = stale[np.lexsort((stale["piece"], stale["rank"], stale["iteration"]))]
+        for name, rows in (("events", events[order]), ("transfers", transfers[torder]), ("iterations", summary),
+                           ("staleness", stale)):
             if rows.size == 0:
                 continue
             ds, n = self.file[name], self.rows[name]

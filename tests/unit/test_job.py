@@ -41,7 +41,12 @@ def test_defaults_are_filled_in():
     (with_(training__global_batch=0), "training.global_batch", "> 0"),
     (with_(training__global_batch=3.5), "training.global_batch", "integer"),
     (with_(training__epochs=2.0), "training.iterations", "exactly one"),
-    (with_(training__sync="async"), "training.sync", "bsp"),
+    (with_(training__sync="async"), "training.sync", "bsp, ssp, asp"),
+    (with_(training__sync="ssp", training__staleness=-1), "training.staleness", ">= 0"),
+    (with_(training__sync="ssp", training__staleness=1.5), "training.staleness", "must be an integer"),
+    (with_(training__sync="ssp", training__staleness=True), "training.staleness", "must be an integer"),
+    (with_(training__staleness=2), "training.staleness", 'applies to sync = "ssp" only'),
+    (with_(training__sync="asp", training__staleness=1), "training.staleness", 'sync = "asp"'),
     (with_(workload="mnist"), "workload", "built-ins are digits"),
     (with_(model={"depth": 3}), "model.depth", "Valid keys are: hidden (default 128)"),
     (with_(data={"test_fraction": 1.5}), "data.test_fraction", "(0, 1)"),
@@ -69,3 +74,9 @@ def test_embedded_schedule_is_validated():
     with pytest.raises(ConfigError) as e:
         parse_job(job, "j.toml")
     assert e.value.key == "schedule.workers[0].batch"
+
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 0), ("ssp", 3), ("asp", 0)])
+def test_sync_modes_and_staleness(sync, staleness):
+    job = parse_job(with_(training__sync=sync, training__staleness=staleness), "j.toml")
+    assert (job.training.sync, job.training.staleness) == (sync, staleness)
