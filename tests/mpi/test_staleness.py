@@ -4,6 +4,8 @@ The property tests need 5 ranks: four workers (ranks 0-3, batches 1, 2, 4, 1) an
 them on a worker's rank (3) and one alone (4), so that pieces travel both as messages and as copies.
 Worker 0 is slow and every step sleeps a seeded random time, so that the others run ahead."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -80,9 +82,10 @@ def test_ssp_with_staleness_0_is_bsp_bit_for_bit(opt, exchange):
     comm = MPI.COMM_WORLD
     job = job_for(opt, 4, exchange)
     schedule = exactness_schedule(comm.Get_size())
-    bsp = run_training(comm, job, schedule, device="cpu")
+    device = os.environ.get("HPCPS_TEST_DEVICE", "cpu")     # benchmarks/gpu_check.sh runs it on a GPU
+    bsp = run_training(comm, job, schedule, device=device)
     ssp = run_training(comm, replace(job, training=replace(job.training, sync="ssp", staleness=0)), schedule,
-                       device="cpu")
+                       device=device)
     if comm.Get_rank() == 0:
         assert bsp.final_params.tobytes() == ssp.final_params.tobytes()
         assert bsp.final_metrics == ssp.final_metrics
@@ -102,3 +105,49 @@ def test_stale_modes_train_with_evaluation_during_training(sync, staleness):
     if comm.Get_rank() == 0:
         assert [row["iteration"] for row in result.history] == [3, 6, 9, 12]
         assert np.isfinite(result.final_params).all()
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("transport", ["direct", "staged"])
+@pytest.mark.parametrize("mode", ["ssp", "asp"])
+def test_stale_exchange_with_device_buffers(transport, mode):
+    """Workers whose buffers are device arrays (faked over host memory) stage pulls and copy them in."""
+    from mpi4py import MPI
+    from hpcps.comm.buffers import ExchangeBuffer, SyncCopies
+    from hpcps.ps.plan import MessagePlan
+    from hpcps.ps.stale import StaleExchange, serve_pieces
+    from tests.fakes import FakeCudaArray, fake_to_device, fake_to_host
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    n, steps, s = 1000, 3, (1 if mode == "ssp" else 0)
+    servers = (0, size - 1)
+    batches = [r + 1 for r in range(size)]
+    plan = MessagePlan.build(n, servers, list(range(size)), bucket_bytes=256)
+    truth = np.linspace(-1, 1, n, dtype=np.float32)
+    served = serve_pieces(mode, s, plan, rank, truth, batches, OptimizerConfig("sgd", lr=1.0), None)
+
+    def device_buffer(mem):
+        kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
+        return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
+
+    params_mem, grads_mem = truth.copy(), np.full(n, float(rank + 1), np.float32)
+    ex = StaleExchange(comm, plan, steps, mode=mode, staleness=s, params=device_buffer(params_mem),
+                       grads=device_buffer(grads_mem), served=served)
+    ex.start()
+    k = np.array(batches, dtype=np.float64)
+    mean_push = float((k * np.arange(1, size + 1)).sum() / k.sum())
+    for c in range(steps):
+        ex.begin_clock(c)
+        if mode == "ssp":
+            # every piece holds a version between c - s and c
+            for p in plan.pieces:
+                v = np.rint((truth[p.start:p.stop] - params_mem[p.start:p.stop]) / mean_push)
+                assert (v == ex.have[p.index]).all() and max(0, c - s) <= ex.have[p.index] <= c
+        ex.begin_pushes(c)
+        for p in plan.push_order():
+            ex.push(p.index)
+        ex.wait_until(ex.pushes_done)
+    ex.drain()
+    final = ex.gather_params(n)
+    if rank == 0:
+        np.testing.assert_allclose(final, truth - steps * mean_push, rtol=1e-5, atol=1e-5)
