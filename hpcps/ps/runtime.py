@@ -159,6 +159,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     # simulator models the same); elsewhere they go out while the backward pass runs. Under ssp and asp
     # the parameters are in place before the step, and the forward hooks only keep messages moving.
     overlap = job.exchange.overlap and emulator is None and me is not None
+    if emulator is not None and not synchronous:
+        emulator.clock.idle = exchange.progress
     if overlap:
         def ready(q: int) -> None:
             exchange.push(q)
