@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/staleness.py                 # about 15 minutes on 2 cores
     .venv/bin/python benchmarks/staleness.py --seeds 0 --modes bsp ssp2    # a subset
+    .venv/bin/python benchmarks/staleness.py --lr 0.3 --momentum 0 --modes bsp ssp1 ssp2 ssp4 asp \
+        --out results/staleness_no_momentum.md                              # plain SGD
 
 Every run is `python -m hpcps.train` on 8 ranks emulating jobs/clusters/hetero8.toml with the naive
 schedule (one server on n1, 8 samples on every node), the digits MLP (hidden 128) with the default
-job's optimiser (SGD, lr 0.1, momentum 0.9), global batch 64, an evaluation every EVAL_EVERY steps;
-bsp-m0 and asp-m0 are the same without momentum.
+job's optimiser (SGD, lr 0.1, momentum 0.9; --lr and --momentum change them), global batch 64, an
+evaluation every EVAL_EVERY steps; bsp-m0 and asp-m0 are the same without momentum.
 Time to accuracy is emulated training time, evaluations excluded, until the first evaluation at or
 above the target (on rank 0, which is a worker and the server: under ssp and asp it evaluates the
 parameters as they are when it reaches that step). The same learning rate for every mode: asp steps
@@ -55,7 +57,7 @@ cluster = "{cluster}"
 hidden = 128
 [optimizer]
 name = "sgd"
-lr = 0.1
+lr = {lr}
 momentum = {momentum}
 [training]
 global_batch = 64
@@ -71,11 +73,12 @@ EVAL_LINE = re.compile(r"iter\s+(\d+)/\d+\s+eval\s+.*test_accuracy ([0-9.]+)")
 DONE_LINE = re.compile(r"done: \d+ iterations in ([0-9.]+) s.*test_accuracy ([0-9.]+)")
 
 
-def run(mode: str, seed: int, work: Path) -> dict:
+def run(mode: str, seed: int, work: Path, lr: float, base_momentum: float) -> dict:
     sync, staleness, momentum = MODES[mode]
+    momentum = base_momentum if momentum else 0.0
     job = work / f"{mode}-{seed}.toml"
     job.write_text(JOB.format(mode=mode, cluster=CLUSTER, iterations=ITERATIONS, seed=seed, eval_every=EVAL_EVERY,
-                              sync=sync, staleness=staleness, momentum=momentum))
+                              sync=sync, staleness=staleness, momentum=momentum, lr=lr))
     trace = work / f"{mode}-{seed}.h5"
     cmd = [mpiexec(), "-n", "8", sys.executable, "-m", "hpcps.train", "--job", str(job), "--schedule",
            str(work / "naive.toml"), "--time-dilation", str(DILATION), "--trace", str(trace)]
@@ -99,7 +102,7 @@ def run(mode: str, seed: int, work: Path) -> dict:
     hit = next((i for i, (_, acc) in enumerate(evals) if acc >= TARGET), None)
     st = tr.staleness["staleness"]
     warning = next((ln for ln in out.stdout.splitlines() + out.stderr.splitlines() if ln.startswith("warning:")), "")
-    return {"mode": mode, "sync": sync, "staleness": staleness, "momentum": momentum, "seed": seed,
+    return {"mode": mode, "sync": sync, "staleness": staleness, "lr": lr, "momentum": momentum, "seed": seed,
             "time_to_target_s": at[hit] if hit is not None else None,
             "iterations_to_target": evals[hit][0] if hit is not None else None,
             "final_accuracy": final_acc, "wall_s": wall, "samples_per_s": ITERATIONS * 64 / wall,
@@ -113,10 +116,11 @@ def _f(x, fmt="{:.3f}") -> str:
     return "not reached" if x is None else fmt.format(x)
 
 
-def report(rows: list[dict], f: dict, argv: list[str]) -> str:
+def report(rows: list[dict], f: dict, argv: list[str], lr: float, momentum: float) -> str:
     lines = ["# Time to 95% test accuracy: bsp, ssp and asp on emulated hetero8", "",
              "Reproduce: `" + command_line([".venv/bin/python", "benchmarks/staleness.py"] + argv) + "`", "",
-             f"Digits MLP (hidden 128), SGD lr 0.1 momentum 0.9 (bsp-m0, asp-m0: momentum 0), global batch 64, "
+             f"Digits MLP (hidden 128), SGD lr {lr:g} momentum {momentum:g} (bsp-m0, asp-m0: momentum 0), "
+             "global batch 64, "
              f"{ITERATIONS} steps, an evaluation "
              f"every {EVAL_EVERY} steps; 8 ranks emulating jobs/clusters/hetero8.toml at time dilation {DILATION:g} "
              "with the naive schedule (one server on n1, 8 samples on every node). Times are emulated seconds of "
@@ -156,6 +160,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES))
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9, help="for every mode but the -m0 ones")
     p.add_argument("--out", type=Path, default=ROOT / "results/staleness.md")
     args = p.parse_args()
     f = facts()
@@ -165,7 +171,7 @@ def main() -> None:
         write_node_schedule(naive(load_cluster(CLUSTER), 64), work / "naive.toml")
         for seed in args.seeds:               # seeds outermost: the machine's drift spreads over every mode
             for mode in args.modes:
-                r = run(mode, seed, work)
+                r = run(mode, seed, work, args.lr, args.momentum)
                 rows.append(r)
                 print(f"{mode:5} seed {seed}: time to 95% {_f(r['time_to_target_s'])} s "
                       f"({_f(r['iterations_to_target'], '{:.0f}')} steps), final {r['final_accuracy']:.3f}, "
@@ -173,7 +179,7 @@ def main() -> None:
                       f"[{r['real_s']:.0f} s real] {r['overrun_warning']}", flush=True)
     f["load_average_at_end"] = load_average()
     argv = sys.argv[1:]
-    args.out.write_text(report(rows, f, argv))
+    args.out.write_text(report(rows, f, argv, args.lr, args.momentum))
     args.out.with_suffix(".json").write_text(json.dumps({"machine": f, "runs": rows}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
