@@ -439,6 +439,8 @@ def comparison_row(trace: Trace) -> dict:
     workers = trace.workers
     tot = {c: float(np.mean([b[int(r)][c] for r in workers])) for c in CATEGORIES} if workers.size else {}
     it_s = sum(tot.values()) if tot else float("nan")
+    if not it_s > 0:            # a run stopped before its first iteration: no time to share out
+        tot = {}
     sg = straggler(trace)
     return {"trace": str(trace.path), "run_id": trace.run_id, "status": trace.attrs.get("status"),
             "ranks": trace.n_ranks, "servers": int(trace.servers.size), "workers": int(workers.size),

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -108,7 +108,7 @@ class Exchange:
     def start(self) -> None:
         """Post the first iteration's pulls (every rank starts from the same values, but the pull of
         iteration 0 is what tells a worker which values the servers hold) and the push receives."""
-        for q, state in self.served.items():
+        for q in self.served:
             self._post_push_receives(q)
             self._send_piece(q, 0)
         if self.is_worker:
@@ -164,7 +164,8 @@ class Exchange:
             state = self.served[q]
             t0 = self.clock()
             state.rows[self.row][:] = self.grads.host_array(p.start, p.stop, state.rows[self.row])
-            self._record(self.push_iteration, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0, self.clock())
+            self._record(self.push_iteration, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0,
+                         self.clock())
             self._push_in(q)
             return
         self._in_flight_pushes += 1

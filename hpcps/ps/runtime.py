@@ -11,8 +11,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -75,6 +75,8 @@ class Emulation:
     profile: object              # hpcps.sim.WorkloadProfile: the calibrated thread model
     dilation: float              # real seconds per emulated second
     compute: str = "reference"   # what a step costs: its time alone measured at start-up, or each its own
+    network: str = "fabric"      # "fabric": messages between nodes wait on the emulated network; "real": the
+                                 # ranks stand on a testbed's nodes (hpcps.testbed), whose links are real
 
 
 @dataclass
@@ -137,8 +139,6 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     if synchronous:
         served = {p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
                   for p in plan.pieces if p.server == rank}
-    else:
-        served = serve_pieces(policy.name, policy.staleness, plan, rank, init, batches, job.optimizer, codecs)
     encoders = ({p.index: codecs[worker_row].encoder(p.size) for p in plan.pieces if p.server != rank}
                 if me is not None else {})
 
@@ -147,12 +147,18 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     if emulation is not None:
         from hpcps.emulate.rank import RankEmulator
         emulator = RankEmulator(comm, emulation.cluster, emulation.placement, plan, emulation.profile,
-                                emulation.dilation)
+                                emulation.dilation, emulation.network)
         clock = emulator.time
+    # A testbed's nodes share this machine's cores, which MPI cannot tell: waiting ranks must sleep.
+    sleep_wait = True if emulation is not None and emulation.network == "real" else None
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
     total = total_iterations(job, partition.per_epoch)
+    if not synchronous:
+        served = serve_pieces(policy.name, policy.staleness, plan, rank, init, batches, job.optimizer, codecs,
+                              iterations=total)
     common = dict(params=params_xb, grads=grads_xb, served=served, encoders=encoders, recorder=recorder, clock=clock,
-                  emulator=emulator, aggregate=emulator.clock.run_aggregate if emulator is not None else None)
+                  emulator=emulator, sleep_wait=sleep_wait,
+                  aggregate=emulator.clock.run_aggregate if emulator is not None else None)
     exchange = (Exchange(comm, plan, total, **common) if synchronous else
                 StaleExchange(comm, plan, total, mode=policy.name, staleness=policy.staleness, **common))
     # Under emulation the node clock charges a whole step at its end, so pushes wait for it (the
@@ -184,7 +190,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     run_attrs = {"sync": policy.name, "staleness": int(policy.staleness), "overlap": int(overlap),
                  "pieces": len(plan.pieces), "codec": job.exchange.codec}
     if emulation is not None:
-        run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute)
+        run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute,
+                         emulation_network=emulation.network)
     if emulator is not None and emulation.compute == "reference":
         costs = _measure_reference(comm, emulator, workload, flat,
                                    partition.indices(0, worker_row) if me else None, log)

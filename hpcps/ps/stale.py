@@ -54,8 +54,9 @@ def _set_version(buf: np.ndarray, version: int) -> None:
 
 
 def serve_pieces(mode: str, staleness: int, plan: MessagePlan, rank: int, initial: np.ndarray, batches: list[int],
-                 optimizer, codecs) -> dict:
-    """The piece states a rank serves under mode."""
+                 optimizer, codecs, iterations: int | None = None) -> dict:
+    """The piece states a rank serves under mode, for a run of iterations steps (default: unbounded)."""
+    iterations = staleness + 1 if iterations is None else max(1, iterations)
     out = {}
     for p in plan.pieces_of_server(rank):
         values = initial[p.start:p.stop]
@@ -64,7 +65,8 @@ def serve_pieces(mode: str, staleness: int, plan: MessagePlan, rank: int, initia
             # are aggregated everywhere: the slowest round still open is c - s at the earliest, and a
             # push can belong to rounds c - s .. c, s + 1 rounds. Round r uses row set r mod (s + 1),
             # last used by round r - s - 1, which is aggregated by the time any worker pushes round r.
-            out[p.index] = RoundPiece(p, values, batches, optimizer, codecs, rounds=staleness + 1)
+            # (A run of T steps never has more than T rounds open.)
+            out[p.index] = RoundPiece(p, values, batches, optimizer, codecs, rounds=min(staleness + 1, iterations))
         elif mode == "asp":
             out[p.index] = AsyncPiece(p, values, batches, optimizer, codecs)
         else:
