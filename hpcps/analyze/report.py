@@ -46,7 +46,8 @@ def staleness_text(st: dict, columns: int = 8) -> list[str]:
     top = max(w["max"] for w in st["workers"].values())
     values = list(range(min(top, columns - 1) + 1))
     over = top > values[-1]
-    header = ["worker", "rows", "mean", "median", "p90", "max"] + [str(v) for v in values] + ([f">{values[-1]}"] if over else [])
+    header = (["worker", "rows", "mean", "median", "p90", "max"] + [str(v) for v in values]
+              + ([f">{values[-1]}"] if over else []))
     rows = []
     for rank, w in st["workers"].items():
         h = w["histogram"]

@@ -390,8 +390,11 @@ def staleness(trace: Trace) -> dict:
     """How stale the parameters of each worker's steps were (ssp and asp runs; see the trace schema's
     staleness dataset): per worker, over its steps and pieces, the count of rows, mean, median, 90th
     percentile, maximum and {staleness: share of rows}. Under bsp every step is 0 by construction."""
-    sync = str(trace.attrs.get("sync", "bsp"))
-    out = {"sync": sync, "bound": int(trace.attrs.get("staleness", 0)) if sync == "ssp" else None, "workers": {}}
+    sync = trace.attrs.get("sync", "bsp")
+    sync = sync if isinstance(sync, str) and sync in ("bsp", "ssp", "asp") else "unknown"
+    bound = trace.attrs.get("staleness")
+    bound = int(bound) if sync == "ssp" and isinstance(bound, (int, np.integer)) and not isinstance(bound, bool) else None
+    out = {"sync": sync, "bound": bound, "workers": {}}
     rows = trace.staleness
     for w in np.unique(rows["rank"]):
         v = rows["staleness"][rows["rank"] == w]

@@ -18,8 +18,8 @@ and its neighbours' threads do to the step (the simulator's calibrated thread mo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from hpcps.emulate.fabric import now
 

@@ -33,7 +33,7 @@ slots per channel allow.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -57,7 +57,7 @@ def serve_pieces(mode: str, staleness: int, plan: MessagePlan, rank: int, initia
                  optimizer, codecs, iterations: int | None = None) -> dict:
     """The piece states a rank serves under mode, for a run of iterations steps (default: unbounded)."""
     iterations = staleness + 1 if iterations is None else max(1, iterations)
-    out = {}
+    out: dict[int, RoundPiece | AsyncPiece] = {}
     for p in plan.pieces_of_server(rank):
         values = initial[p.start:p.stop]
         if mode == "ssp":
@@ -85,6 +85,8 @@ class StaleExchange(Exchange):
             raise ValueError(f"unknown stale mode {mode!r}; choose one of {', '.join(STALE_MODES)}")
         super().__init__(comm, plan, iterations, **kwargs)
         self.mode, self.staleness = mode, int(staleness)
+        self.states: dict[int, RoundPiece | AsyncPiece] = dict(kwargs.get("served") or {})
+        self._to_apply: list[tuple[int, int]] = []       # asp: (piece, worker row) pushes ready to apply
         n, nw = len(plan.pieces), len(plan.workers)
         # -- worker
         self.clock_c = -1
@@ -102,28 +104,38 @@ class StaleExchange(Exchange):
         # -- server
         remote_rows = [row for row, w in enumerate(plan.workers) if w != self.rank]
         self._remote_rows = remote_rows
-        self._next = {q: np.zeros(nw, dtype=np.int64) for q in self.served}     # next push to receive, per row
-        self._parked: dict[int, list[int]] = {q: [] for q in self.served}       # ssp: receives awaiting free rows
+        self._next = {q: np.zeros(nw, dtype=np.int64) for q in self.states}     # next push to receive, per row
+        self._parked: dict[int, list[int]] = {q: [] for q in self.states}       # ssp: receives awaiting free rows
         self._answer = {q: {row: np.zeros(s.piece.size + 1, np.float32) for row in remote_rows}
-                        for q, s in self.served.items()}
-        self._busy = {q: np.zeros(nw, dtype=bool) for q in self.served}         # a pull to row in flight
-        self._sent = {q: np.zeros(nw, dtype=np.int64) for q in self.served}     # ssp: newest version sent
-        self._send_seq = {q: np.zeros(nw, dtype=np.int64) for q in self.served}
-        self._held = {q: np.zeros(nw, dtype=bool) for q in self.served}         # asp: push awaiting its turn
+                        for q, s in self.states.items()}
+        self._busy = {q: np.zeros(nw, dtype=bool) for q in self.states}         # a pull to row in flight
+        self._sent = {q: np.zeros(nw, dtype=np.int64) for q in self.states}     # ssp: newest version sent
+        self._send_seq = {q: np.zeros(nw, dtype=np.int64) for q in self.states}
+        self._held = {q: np.zeros(nw, dtype=bool) for q in self.states}         # asp: push awaiting its turn
 
     # -- set-up ---------------------------------------------------------------------------------------
     def start(self) -> None:
         """Post the push receives and the workers' first pull receives. Every rank starts from the same
         values (version 0), so nothing is sent before the first step."""
-        for q in self.served:
+        for q in self.states:
             for row in self._remote_rows:
                 self._post_push_receive(q, row)
         for q in self.remote:
             self._post_pull_receive(q)
 
     # -- the worker's side ------------------------------------------------------------------------------
+    def _round(self, q: int) -> RoundPiece:
+        state = self.states[q]
+        assert isinstance(state, RoundPiece)
+        return state
+
+    def _async(self, q: int) -> AsyncPiece:
+        state = self.states[q]
+        assert isinstance(state, AsyncPiece)
+        return state
+
     def _available(self, q: int) -> int:
-        state = self.served.get(q)
+        state = self.states.get(q)
         return state.version if state is not None else int(self.newest[q])
 
     def ready_for(self, clock: int) -> bool:
@@ -140,16 +152,17 @@ class StaleExchange(Exchange):
         self.progress()
         if not self.ready_for(clock):
             self.wait_until(lambda: self.ready_for(clock))
-        copied = False
+        copied, params = False, self.params
+        assert params is not None
         for p in self.plan.pieces:
             q = p.index
-            state = self.served.get(q)
+            state = self.states.get(q)
             if state is not None:
                 if state.version > self.have[q]:
-                    self.params.write_from_host(p.start, p.stop, state.params)
+                    params.write_from_host(p.start, p.stop, state.params)
                     self.have[q], copied = state.version, True
             elif self.newest[q] > self.have[q]:
-                self.params.write_from_host(p.start, p.stop, self._stage[q][self._ready[q]][:-1])
+                params.write_from_host(p.start, p.stop, self._stage[q][self._ready[q]][:-1])
                 self.have[q], copied = self.newest[q], True
             if self.mode == "ssp":
                 self._staleness(clock, q, int(self.have[q]), clock - int(self.have[q]))
@@ -162,7 +175,7 @@ class StaleExchange(Exchange):
         """Copies into device parameters run on a stream of their own; a staging buffer may receive
         again only once they are done."""
         stream = getattr(getattr(self.params, "copies", None), "stream", None)
-        if self.params.transport != "host" and stream is not None:
+        if self.params is not None and self.params.transport != "host" and stream is not None:
             stream.synchronize()
 
     def wait_pieces(self, pieces) -> None:
@@ -190,21 +203,23 @@ class StaleExchange(Exchange):
         if not self.first_push_at:
             self.first_push_at = now
         self.last_push_at = now
-        state, c = self.served[q], self.push_iteration
+        c, grads, row = self.push_iteration, self.grads, self.row
+        assert grads is not None and row is not None
         t0 = self.clock()
         if self.mode == "ssp":
             # Free: this worker saw version >= c - s of the piece, so round c - s - 1 is aggregated.
-            rows = state.rows[state.row_set(c), self.row]
-            rows[:] = self.grads.host_array(p.start, p.stop, rows)
+            state = self._round(q)
+            rows = state.rows[state.row_set(c), row]
+            rows[:] = grads.host_array(p.start, p.stop, rows)
             state.push_copied(c)
             self._record(c, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0, self.clock())
             if state.round_complete():
                 self._ready_to_aggregate.append(q)
         else:
-            rows = state.rows[self.row]
-            rows[:] = self.grads.host_array(p.start, p.stop, rows)
+            rows = self._async(q).rows[row]
+            rows[:] = grads.host_array(p.start, p.stop, rows)
             self._record(c, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0, self.clock())
-            self._apply_push(q, self.row)        # at once: the row is needed again by the next step
+            self._apply_push(q, row)             # at once: the row is needed again by the next step
 
     def _post_pull_receive(self, q: int) -> None:
         p = self.plan.pieces[q]
@@ -215,10 +230,10 @@ class StaleExchange(Exchange):
         t0 = self.clock()
         req = self.comm.Irecv(self._stage[q][i], source=p.server, tag=PULL_TAG + q)
         # The iteration it belongs to is known only from the version it carries (_finish).
-        self._post(req, t0, None, Transfer(PULL, "recv", p.shard, p.server, 4 * (p.size + 1), q),
-                   self._pull_arrived, (q, i), seq=seq)
+        self._post(req, t0, -1, Transfer(PULL, "recv", p.shard, p.server, 4 * (p.size + 1), q),
+                   self._staged_arrived, (q, i), seq=seq)
 
-    def _pull_arrived(self, q: int, i: int) -> int:
+    def _staged_arrived(self, q: int, i: int) -> int:
         """Returns the iteration the pull belongs to: its version (ssp), the step whose push it answers (asp)."""
         version = _version_of(self._stage[q][i])
         self.newest[q], self._ready[q], self._receiving[q] = version, i, False
@@ -236,26 +251,26 @@ class StaleExchange(Exchange):
             self._post_pull_receive(q)
         return iteration
 
-    def _finish(self, iteration, meta: Transfer, t_post: float, then, args) -> None:
-        if iteration is not None:
+    def _finish(self, iteration: int, meta: Transfer, t_post: float, then, args) -> None:
+        if meta.kind != PULL or meta.direction != "recv":
             super()._finish(iteration, meta, t_post, then, args)
             return
         t1 = self.clock()
-        self._record(then(*args), meta, t_post, t1)
+        self._record(then(*args), meta, t_post, t1)      # a staged pull: its iteration comes from its version
 
     # -- the server's side ------------------------------------------------------------------------------
     def _post_push_receive(self, q: int, row: int) -> None:
-        state = self.served[q]
         r = int(self._next[q][row])
         if r >= self.iterations:
             return
         if self.mode == "ssp":
-            if not state.set_free(r):
+            rounds = self._round(q)
+            if not rounds.set_free(r):
                 self._parked[q].append(row)
                 return
-            wire = state.wires[state.row_set(r)][row]
+            wire = rounds.wires[rounds.row_set(r)][row]
         else:
-            wire = state.wires[row]
+            wire = self._async(q).wires[row]
         self._next[q][row] = r + 1
         w, p = self.plan.workers[row], self.plan.pieces[q]
         t0 = self.clock()
@@ -264,24 +279,21 @@ class StaleExchange(Exchange):
         self._post(req, t0, r, meta, self._stale_push_received, (q, row, r), seq=r)
 
     def _stale_push_received(self, q: int, row: int, r: int) -> None:
-        state = self.served[q]
         if self.mode == "ssp":
-            state.push_arrived(r, row)
+            rounds = self._round(q)
+            rounds.push_arrived(r, row)
             self._post_push_receive(q, row)
-            if state.round_complete():
+            if rounds.round_complete():
                 self._ready_to_aggregate.append(q)
         else:
-            state.push_arrived(row)
+            self._async(q).push_arrived(row)
             if self._busy[q][row]:
                 self._held[q][row] = True      # applied once the answer to its previous push has left
             else:
-                self._ready_to_aggregate.append((q, row))
+                self._to_apply.append((q, row))
 
-    def _aggregate_piece(self, item) -> None:
-        if self.mode == "asp":
-            self._apply_push(*item)
-            return
-        q, state = item, self.served[item]
+    def _aggregate_piece(self, q: int) -> None:
+        state = self._round(q)
         while state.version < self.iterations and state.round_complete():
             self._timed(state.aggregate_round)
             parked, self._parked[q] = self._parked[q], []
@@ -299,8 +311,8 @@ class StaleExchange(Exchange):
 
     def _apply_push(self, q: int, row: int) -> None:
         """asp: step piece q on worker row's push; answer a remote worker, record a local one's staleness."""
-        state = self.served[q]
-        box = []
+        state = self._async(q)
+        box: list[int] = []
         self._timed(lambda: box.append(state.apply(row)))
         applied_to, clock = box[0], int(state.applied[row]) - 1
         if self.plan.workers[row] == self.rank:
@@ -313,13 +325,13 @@ class StaleExchange(Exchange):
 
     def _offer(self, q: int) -> None:
         """ssp: send the piece's newest version to every remote worker whose previous pull has left."""
-        state = self.served[q]
+        state = self.states[q]
         for row in self._remote_rows:
             if not self._busy[q][row] and self._sent[q][row] < state.version:
                 self._send_values(q, row, state.version)
 
     def _send_values(self, q: int, row: int, iteration: int) -> None:
-        state, p, w = self.served[q], self.plan.pieces[q], self.plan.workers[row]
+        state, p, w = self.states[q], self.plan.pieces[q], self.plan.workers[row]
         buf = self._answer[q][row]
         buf[:-1] = state.params
         _set_version(buf, state.version)
@@ -338,13 +350,13 @@ class StaleExchange(Exchange):
             self._offer(q)
         elif self._held[q][row]:
             self._held[q][row] = False
-            self._ready_to_aggregate.append((q, row))
+            self._to_apply.append((q, row))
 
     def served_through(self, iteration: int) -> bool:
         """Every piece this rank serves has every worker's push of iteration applied."""
         if self.mode == "ssp":
-            return all(s.version > iteration for s in self.served.values())
-        return all(int(s.applied.min()) > iteration for s in self.served.values())
+            return all(s.version > iteration for s in self.states.values())
+        return all(int(self._async(q).applied.min()) > iteration for q in self.states)
 
     # -- progress and the end ---------------------------------------------------------------------------
     def _after_poll(self) -> bool:
@@ -352,21 +364,24 @@ class StaleExchange(Exchange):
         while self._ready_to_aggregate:
             self._aggregate_piece(self._ready_to_aggregate.pop(0))
             did = True
+        while self._to_apply:
+            self._apply_push(*self._to_apply.pop(0))
+            did = True
         return did
 
     def _all_done(self) -> bool:
-        if self._reqs or self._fabric or self._staging or self._ready_to_aggregate:
+        if self._reqs or self._fabric or self._staging or self._ready_to_aggregate or self._to_apply:
             return False
         if any(self._receiving.values()):
             return False
-        for q, state in self.served.items():
+        for q, state in self.states.items():
             if self._busy[q].any() or self._held[q].any():
                 return False
             if self.mode == "ssp":
                 if state.version < self.iterations or any(self._sent[q][r] < self.iterations
                                                           for r in self._remote_rows):
                     return False
-            elif int(state.applied.min()) < self.iterations:
+            elif int(self._async(q).applied.min()) < self.iterations:
                 return False
         return True
 
@@ -380,8 +395,8 @@ class StaleExchange(Exchange):
         reqs, copies = [], []
         full = np.empty(n_elements, dtype=np.float32) if self.rank == root else None
         for p in self.plan.pieces:
-            state = self.served.get(p.index)
-            if self.rank == root:
+            state = self.states.get(p.index)
+            if full is not None:
                 if state is not None:
                     full[p.start:p.stop] = state.params
                 else:

@@ -25,8 +25,15 @@ import numpy as np
 from hpcps.trace.clock import estimate_offsets
 from hpcps.trace.derive import fill_transfer_starts, wait_events
 from hpcps.trace.metadata import RunInfo, rank_info, software_versions
-from hpcps.trace.schema import (DIRECTION, EVENT_DTYPE, PHASE, SHARD_DTYPE, STALENESS_DTYPE, TRANSFER_DTYPE,
-                                TRANSFER_KIND)
+from hpcps.trace.schema import (
+    DIRECTION,
+    EVENT_DTYPE,
+    PHASE,
+    SHARD_DTYPE,
+    STALENESS_DTYPE,
+    TRANSFER_DTYPE,
+    TRANSFER_KIND,
+)
 
 SKEW_ENV = "HPCPS_TRACE_CLOCK_SKEW_S"
 _TAG_BLOCK, _TAG_NEXT = 711, 712
