@@ -63,6 +63,11 @@ else
   step "direct refused on an MPI that cannot read device memory (expect exit 2)" 120 bash -c \
     "\"$MPIEXEC\" -n 2 \"$PY\" -m hpcps.train --device cuda --gpu-transport direct --no-trace --iterations 2; test \$? -eq 2"
 fi
+# ssp with staleness 0 is bsp bit for bit with the workers on the device (pulls staged through host
+# buffers and copied in at the start of each step).
+step "ssp (staleness 0) against bsp, bit for bit, staged, 3 ranks" 200 env HPCPS_TEST_DEVICE=cuda \
+  HPCPS_GPU_TRANSPORT=staged "$MPIEXEC" -n 3 "$PY" -m pytest -q --with-mpi -p no:cacheprovider \
+  tests/mpi/test_staleness.py -k bit_for_bit
 
 # 2. Every workload trains on the device (the default command first).
 for job in jobs/default.toml jobs/cifar.toml jobs/charlm.toml; do

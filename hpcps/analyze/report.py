@@ -34,6 +34,32 @@ def _fit_text(fit: dict) -> str:
             f"(r2 {fit['r2']:.3f}, {len(fit['points'])} workers)")
 
 
+def staleness_text(st: dict, columns: int = 8) -> list[str]:
+    """The staleness distribution per worker: share of its steps' pieces at each staleness."""
+    sync = st["sync"]
+    if not st["workers"]:
+        if sync == "bsp":
+            return ["Staleness: bsp, every step computes on the parameters after the previous step's update (0)"]
+        return [f"Staleness: {sync}, no records in this trace"]
+    bound = f" s = {st['bound']}," if st["bound"] is not None else ""
+    unit = "rounds behind" if sync == "ssp" else "other workers' pushes applied between read and push"
+    top = max(w["max"] for w in st["workers"].values())
+    values = list(range(min(top, columns - 1) + 1))
+    over = top > values[-1]
+    header = (["worker", "rows", "mean", "median", "p90", "max"] + [str(v) for v in values]
+              + ([f">{values[-1]}"] if over else []))
+    rows = []
+    for rank, w in st["workers"].items():
+        h = w["histogram"]
+        cells = [_pct(h.get(v, 0.0)) for v in values]
+        if over:
+            cells.append(_pct(sum(share for k, share in h.items() if k > values[-1])))
+        rows.append([str(rank), str(w["rows"]), f"{w['mean']:.2f}", _num(w["median"]), _num(w["p90"]), str(w["max"])]
+                    + cells)
+    return [f"Staleness ({sync},{bound} per worker over its steps and pieces; {unit}): share of rows at each value",
+            table(header, rows)]
+
+
 def summary_text(s: dict) -> str:
     tp = s["throughput"]
     out = [f"trace {s['file']}", f"  run {s['run_id']}  status {s['status']}  job {s['job']} ({s['workload']})",
@@ -73,6 +99,7 @@ def summary_text(s: dict) -> str:
     out += [f"Communication hidden behind computation: {_pct(h['hidden_share'])} of message time "
             f"(push {_pct(h['push_hidden_share'])} of {_ms(h['push_s'])} ms, pull {_pct(h['pull_hidden_share'])} "
             f"of {_ms(h['pull_s'])} ms, summed over ranks and steady iterations)", ""]
+    out += staleness_text(s["staleness"]) + [""]
     sg = s["straggler"]
     if sg:
         out.append(f"Straggler: rank {sg['rank']} has the longest step of the workers in {_pct(sg['share_last'])} of "

@@ -388,6 +388,26 @@ def hidden_communication(trace: Trace, iterations: np.ndarray | None = None) -> 
     return out
 
 
+def staleness(trace: Trace) -> dict:
+    """How stale the parameters of each worker's steps were (ssp and asp runs; see the trace schema's
+    staleness dataset): per worker, over its steps and pieces, the count of rows, mean, median, 90th
+    percentile, maximum and {staleness: share of rows}. Under bsp every step is 0 by construction."""
+    sync = trace.attrs.get("sync", "bsp")
+    sync = sync if isinstance(sync, str) and sync in ("bsp", "ssp", "asp") else "unknown"
+    bound = trace.attrs.get("staleness")
+    bound = int(bound) if sync == "ssp" and isinstance(bound, (int, np.integer)) and not isinstance(bound, bool) else None
+    out = {"sync": sync, "bound": bound, "workers": {}}
+    rows = trace.staleness
+    for w in np.unique(rows["rank"]):
+        v = rows["staleness"][rows["rank"] == w]
+        values, counts = np.unique(v, return_counts=True)
+        out["workers"][int(w)] = {"rows": int(v.size), "steps": int(np.unique(rows["iteration"][rows["rank"] == w]).size),
+                                  "mean": float(v.mean()), "median": float(np.median(v)),
+                                  "p90": float(np.percentile(v, 90)), "max": int(v.max()),
+                                  "histogram": {int(a): float(c / v.size) for a, c in zip(values, counts)}}
+    return out
+
+
 def summarize(trace: Trace) -> dict:
     """Everything the text report shows, as a JSON-ready dict."""
     sg = straggler(trace)
@@ -412,7 +432,7 @@ def summarize(trace: Trace) -> dict:
         "throughput": tp, "ranks": ranks, "node_types": node_types(trace),
         "compute_fit": asdict(compute_vs_batch(trace)), "servers_traffic": server_traffic(trace),
         "straggler": asdict(sg) if sg else None, "typical_iteration": it,
-        "hidden_communication": hidden_communication(trace),
+        "hidden_communication": hidden_communication(trace), "staleness": staleness(trace),
         "critical_path": [asdict(s) | {"duration": s.duration} for s in critical_path(trace, it)],
     }
 

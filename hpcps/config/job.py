@@ -16,7 +16,8 @@ from hpcps.config.schedule import CODECS, Schedule, parse_schedule
 from hpcps.config.toml_schema import option, read_toml, spec_of, take_table
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SYNC_MODES = ("bsp",)  # asynchronous and bounded-staleness modes plug in here (see hpcps/ps/runtime.py)
+# bulk-synchronous, bounded staleness (training.staleness rounds), asynchronous: hpcps/ps/sync.py
+SYNC_MODES = ("bsp", "ssp", "asp")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class TrainingConfig:
     # seconds (0: never by time); docs/checkpoints.md.
     checkpoint_every: int = option(0, ge=0, le=limits.MAX_ITERATIONS)
     checkpoint_every_s: float = option(600.0, ge=0, le=limits.MAX_CHECKPOINT_EVERY_S)
+    # ssp: a worker at clock c may compute on any version >= c - staleness (checked in parse_job)
+    staleness: int = option(0, ge=0, le=limits.MAX_STALENESS)
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,10 @@ def parse_job(table: dict[str, Any], source: str) -> Job:
     optimizer = OptimizerConfig(**{**opt, "betas": (float(betas[0]), float(betas[1]))})
 
     tr = take_table(source, "training", top["training"], _TRAIN_SPEC)
+    if tr["staleness"] and tr["sync"] != "ssp":
+        raise ConfigError(source, "training.staleness",
+                          f"applies to sync = \"ssp\" only; got staleness = {tr['staleness']} with "
+                          f"sync = \"{tr['sync']}\"")
     if (tr["iterations"] > 0) == (tr["epochs"] > 0):
         raise ConfigError(source, "training.iterations",
                           "give exactly one of training.iterations (> 0) or training.epochs (> 0)")

@@ -20,6 +20,7 @@ MAX_LOG_EVERY = 1_000_000_000
 MAX_CHECKPOINT_EVERY_S = 1e9        # about 30 years
 MAX_LR = 1e4                        # float32 holds lr * gradient only far below 3.4e38
 MAX_WEIGHT_DECAY = 1e4
+MAX_STALENESS = 1_000               # ssp rounds; a server keeps min(s + 1, iterations) push rows per worker
 MAX_EPS = 1.0
 
 # Workload options

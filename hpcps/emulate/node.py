@@ -18,11 +18,13 @@ and its neighbours' threads do to the step (the simulator's calibrated thread mo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hpcps.emulate.fabric import now
 
 COMPUTE_MODES = ("reference", "measured")
+IDLE_POLL_S = 1e-4      # real seconds between idle() calls while a held step has nothing else to do
 
 
 @dataclass
@@ -34,6 +36,10 @@ class NodeClock:
     reference_cpu_s: float | None = None   # the step's CPU time alone here; None: charge each step's own
     lag_s: float = field(default=0.0)      # real time by which steps overran their targets
     overruns: int = field(default=0)
+    # Called while a step is held (returns whether it did anything), else the hold sleeps: under ssp and
+    # asp the exchange's progress(), so that a rank keeps serving while its worker's step is charged, as
+    # a node's other cores would. bsp leaves it unset.
+    idle: Callable[[], bool] | None = None
 
     def step_target(self, cpu_s: float) -> float:
         """Real seconds a step that used cpu_s of CPU here must last."""
@@ -46,7 +52,11 @@ class NodeClock:
     def hold(self, started: float, target_s: float) -> None:
         """Sleep until started + target_s (a shared-clock time); count an overrun if already past it."""
         remaining = started + target_s - now()
-        if remaining > 0:
+        if remaining > 0 and self.idle is not None:
+            while (left := started + target_s - now()) > 0:
+                if not self.idle():
+                    time.sleep(min(left, IDLE_POLL_S))
+        elif remaining > 0:
             time.sleep(remaining)
         else:
             self.overruns += 1

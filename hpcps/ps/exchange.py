@@ -289,18 +289,23 @@ class Exchange:
         return all(v > iteration for v in self.version.values())
 
     # -- progress -------------------------------------------------------------------------------------
-    def _post(self, req, t_post: float, iteration: int, meta: Transfer, then: Callable | None, args: tuple) -> None:
-        """t_post: read before the request was posted (a small message may arrive before the call returns)."""
+    def _post(self, req, t_post: float, iteration: int, meta: Transfer, then: Callable | None, args: tuple,
+              seq: int | None = None) -> None:
+        """t_post: read before the request was posted (a small message may arrive before the call returns).
+        seq: the message's number on its (kind, piece, worker) channel, which the emulated network pairs
+        both ends by (default: the iteration, as in bsp, where each channel carries one message an
+        iteration)."""
+        seq = iteration if seq is None else seq
         self._reqs.append(req)
-        self._done.append((self._completed, (iteration, meta, t_post, then, args)))
+        self._done.append((self._completed, (iteration, meta, t_post, then, args, seq)))
         if self.emulator is not None:
-            self.emulator.post(meta, iteration, self.rank)
+            self.emulator.post(meta, seq, self.rank)
 
-    def _completed(self, iteration: int, meta: Transfer, t_post: float, then, args) -> None:
+    def _completed(self, iteration: int, meta: Transfer, t_post: float, then, args, seq: int) -> None:
         template = self.emulator.template(meta, self.rank) if self.emulator is not None else None
         if template is not None:
             # The data is here; the emulated network decides when it may be used.
-            self._fabric.append((template, iteration, self._finish, (iteration, meta, t_post, then, args)))
+            self._fabric.append((template, seq, self._finish, (iteration, meta, t_post, then, args)))
             return
         self._finish(iteration, meta, t_post, then, args)
 
@@ -319,49 +324,59 @@ class Exchange:
             return False
         self._in_progress = True
         try:
-            did = False
-            if self._staging:
-                still = []
-                for handle, q, it in self._staging:
-                    if self.grads.ready(handle):
-                        self._send_push(q, it)
-                        did = True
-                    else:
-                        still.append((handle, q, it))
-                self._staging = still
-            if self._reqs:
-                try:
-                    finished = MPI.Request.Testsome(self._reqs)
-                except MPI.Exception as e:
-                    raise self._peer_failure(e) from None
-                if finished:
-                    did = True
-                    done = sorted(finished)
-                    handlers = [self._done[i] for i in done]
-                    keep = np.ones(len(self._reqs), dtype=bool)
-                    keep[done] = False
-                    self._reqs = [r for r, k in zip(self._reqs, keep) if k]
-                    self._done = [h for h, k in zip(self._done, keep) if k]
-                    for fn, args in handlers:
-                        fn(*args)
-            if self._fabric:
-                still = []
-                for item in self._fabric:
-                    template, it, then, args = item
-                    if self.emulator.arrived(template, it):
-                        then(*args)
-                        did = True
-                    else:
-                        still.append(item)
-                self._fabric = still
-            while self._ready_to_aggregate:
-                self._aggregate_piece(self._ready_to_aggregate.pop(0))
-                did = True
-            if self.is_worker and not self.arrived.all():
-                self._deliver_local()
-            return did
+            did = self._poll()
+            return self._after_poll() or did
         finally:
             self._in_progress = False
+
+    def _poll(self) -> bool:
+        """Start staged pushes whose copies are done and complete finished requests."""
+        did = False
+        if self._staging:
+            still = []
+            for handle, q, it in self._staging:
+                if self.grads.ready(handle):
+                    self._send_push(q, it)
+                    did = True
+                else:
+                    still.append((handle, q, it))
+            self._staging = still
+        if self._reqs:
+            try:
+                finished = MPI.Request.Testsome(self._reqs)
+            except MPI.Exception as e:
+                raise self._peer_failure(e) from None
+            if finished:
+                did = True
+                done = sorted(finished)
+                handlers = [self._done[i] for i in done]
+                keep = np.ones(len(self._reqs), dtype=bool)
+                keep[done] = False
+                self._reqs = [r for r, k in zip(self._reqs, keep) if k]
+                self._done = [h for h, k in zip(self._done, keep) if k]
+                for fn, args in handlers:
+                    fn(*args)
+        if self._fabric:
+            still = []
+            for item in self._fabric:
+                template, it, then, args = item
+                if self.emulator.arrived(template, it):
+                    then(*args)
+                    did = True
+                else:
+                    still.append(item)
+            self._fabric = still
+        return did
+
+    def _after_poll(self) -> bool:
+        """The policy's work once messages are in: aggregate complete pieces, deliver this rank's own."""
+        did = False
+        while self._ready_to_aggregate:
+            self._aggregate_piece(self._ready_to_aggregate.pop(0))
+            did = True
+        if self.is_worker and not self.arrived.all():
+            self._deliver_local()
+        return did
 
     def _peer_failure(self, error: MPI.Exception) -> RuntimeError:
         """An error completing this rank's messages, naming the ranks at their other end: the requests

@@ -26,6 +26,7 @@ from hpcps.ps.codec import Codec, make_codec, worker_codec_names
 from hpcps.ps.exchange import Exchange
 from hpcps.ps.plan import MessagePlan, plan_for_job
 from hpcps.ps.server import ServedPiece
+from hpcps.ps.stale import StaleExchange, serve_pieces
 from hpcps.ps.sync import make_policy
 from hpcps.ps.worker import Worker
 from hpcps.workloads import build_workload
@@ -122,7 +123,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     # ranks sharing this machine's cores fight over them.
     torch.set_num_threads(me.threads if me and emulation is None else 1)
     torch.manual_seed(job.training.seed)
-    policy = make_policy(job.training.sync)
+    policy = make_policy(job.training.sync, job.training.staleness)
+    synchronous = policy.name == "bsp"
 
     workload = build_workload(job.workload, job.model, job.data, job.training.seed, job.source)
     dev = pick_device(device, me is not None)
@@ -146,8 +148,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         transport = choose_transport(gpu_transport, flat.params.is_cuda)
         params_xb, grads_xb = _exchange_buffer(flat.params, transport), _exchange_buffer(flat.grads, transport)
     codecs = worker_codecs(job, schedule)
-    served = {p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
-              for p in plan.pieces if p.server == rank}
+    served = ({p.index: ServedPiece(p, init[p.start:p.stop], batches, job.optimizer, codecs)
+               for p in plan.pieces if p.server == rank} if synchronous else {})
     encoders = ({p.index: codecs[worker_row].encoder(p.size) for p in plan.pieces if p.server != rank}
                 if me is not None else {})
 
@@ -163,6 +165,13 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
     total = total_iterations(job, partition.per_epoch)
     checkpointer = None
+    if checkpoints is not None and (checkpoints.directory is not None or checkpoints.resuming) and not synchronous:
+        # A checkpoint is read at an iteration boundary that every rank shares; under ssp and asp no
+        # such boundary exists without stopping the fast workers, and the servers' row sets and clocks
+        # would have to go with it.
+        from hpcps.config.errors import ConfigError
+        raise ConfigError("training.sync", None, f"--checkpoint and --resume work with sync = 'bsp' only, "
+                                                 f"not {policy.name!r}")
     if checkpoints is not None and (checkpoints.directory is not None or checkpoints.resuming):
         from hpcps.ps.checkpointer import Checkpointer
         from hpcps.ps.exchange import ranks_outnumber_cores
@@ -175,12 +184,20 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         from hpcps.config.errors import ConfigError
         raise ConfigError("--resume", None, f"the checkpoint is after iteration {start}, past this run's "
                                             f"{total} iterations (give --iterations N with N >= {start})")
-    exchange = Exchange(comm, plan, total, params=params_xb, grads=grads_xb, served=served, encoders=encoders,
-                        recorder=recorder, clock=clock, emulator=emulator, sleep_wait=sleep_wait,
-                        aggregate=emulator.clock.run_aggregate if emulator is not None else None)
+    if not synchronous:
+        served = serve_pieces(policy.name, policy.staleness, plan, rank, init, batches, job.optimizer, codecs,
+                              iterations=total)
+    common = dict(params=params_xb, grads=grads_xb, served=served, encoders=encoders, recorder=recorder, clock=clock,
+                  emulator=emulator, sleep_wait=sleep_wait,
+                  aggregate=emulator.clock.run_aggregate if emulator is not None else None)
+    exchange = (Exchange(comm, plan, total, **common) if synchronous else
+                StaleExchange(comm, plan, total, mode=policy.name, staleness=policy.staleness, **common))
     # Under emulation the node clock charges a whole step at its end, so pushes wait for it (the
-    # simulator models the same); elsewhere they go out while the backward pass runs.
+    # simulator models the same); elsewhere they go out while the backward pass runs. Under ssp and asp
+    # the parameters are in place before the step, and the forward hooks only keep messages moving.
     overlap = job.exchange.overlap and emulator is None and me is not None
+    if emulator is not None and not synchronous:
+        emulator.clock.idle = exchange.progress
     if overlap:
         def ready(q: int) -> None:
             exchange.push(q)
@@ -198,14 +215,16 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
         f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
         f"global batch {partition.global_batch}, {total} iterations ({total / partition.per_epoch:.2f} epochs), "
-        f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}"
+        f"{policy.name}{f' (staleness {policy.staleness})' if policy.name == 'ssp' else ''}"
+        f"{', overlapped' if job.exchange.overlap and emulator is None else ''}"
         + (f", from iteration {start}" if start else ""))
     from hpcps.ps.checkpointer import pid_line
     pids = pid_line(comm)
     if pids:
         log(pids)
 
-    run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
+    run_attrs = {"sync": policy.name, "staleness": int(policy.staleness), "overlap": int(overlap),
+                 "pieces": len(plan.pieces),
                  "codec": job.exchange.codec, "worker_codecs": json.dumps([c.name for c in codecs]),
                  "push_nbytes_per_iteration": plan.push_bytes(),
                  "push_raw_nbytes_per_iteration": plan.push_bytes(raw=True)}
@@ -218,6 +237,10 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         run_attrs["emulated_step_cost_s"] = json.dumps(costs)
 
     tracing = recorder is not None
+    if tracing and not synchronous:
+        # Ranks wait for each other when the trace is flushed: meanwhile they keep serving (a worker
+        # behind may need this rank's pieces to get there).
+        recorder.while_waiting = exchange.progress
     if tracing:
         recorder.begin_run(device=dev, threads=me.threads if me else 1, batch=me.batch if me else 0,
                            is_server=rank in schedule.servers, is_worker=me is not None,
@@ -228,9 +251,12 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     sync_device = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     stats = np.zeros(4)                     # loss * k, correct, samples, predictions since the last log line
     history: list[dict[str, float]] = []
+    reports = None if synchronous else _DeferredReports(comm, exchange, clock, me.batch if me else 0)
     eval_s = 0.0
     comm.Barrier()
     t_start = t_log = clock()
+    if reports is not None:
+        reports.t_last = t_start
     it_log = reached = start
     stopped = False
     exchange.start(start)
@@ -256,7 +282,18 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
             if tracing and action:
                 recorder.phase("checkpoint", t0, clock())
             stopped = action == 2                # hpcps.ps.checkpointer.STOP: a signal asked to stop here
-        if done % job.training.log_every == 0 or done == total or stopped:
+        if reports is not None:
+            # Ranks reach a step number at different times: the loss is summed without waiting, and
+            # rank 0 prints it once every rank has contributed.
+            if done % job.training.log_every == 0 or done == total:
+                t_report = clock()
+                reports.post(stats, done)
+                stats[:] = 0
+                if tracing:
+                    recorder.phase("report", t_report, clock())
+            for row in reports.poll():
+                _log_row(row, partition, total, history, log)
+        elif done % job.training.log_every == 0 or done == total or stopped:
             t_report = clock()
             summed = np.zeros(4)
             comm.Reduce(stats, summed, op=MPI.SUM, root=0)
@@ -287,6 +324,9 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         exchange.stop_early()
     else:
         exchange.drain()
+    if reports is not None:
+        for row in reports.finish():
+            _log_row(row, partition, total, history, log)
     if checkpointer is not None:
         checkpointer.close()
     ran = reached - start
@@ -325,6 +365,50 @@ def _diverged(what: str, it: int, rank: int, checkpointer) -> Exception:
 
 
 run_bsp = run_training   # the name the first version had
+
+
+class _DeferredReports:
+    """Progress lines under ssp and asp: each report is a non-blocking reduction that rank 0 prints
+    when every rank has posted it, so that no rank waits for slower ones to reach the same step.
+    Samples/s is the sum of each worker's own rate since its previous report (workers may run at
+    different paces, and their clocks need not agree)."""
+
+    def __init__(self, comm, exchange, clock, batch: int):
+        self.comm, self.exchange, self.clock, self.batch = comm, exchange, clock, batch
+        self.pending: list = []
+        self.t_last, self.it_last = clock(), 0
+
+    def post(self, stats: np.ndarray, done: int) -> None:
+        now = self.clock()
+        rate = self.batch * (done - self.it_last) / max(now - self.t_last, 1e-9)
+        self.t_last, self.it_last = now, done
+        send = np.append(stats, rate)
+        recv = np.zeros_like(send)
+        self.pending.append((self.comm.Ireduce(send, recv, op=MPI.SUM, root=0), send, recv, done))
+
+    def poll(self) -> list[tuple[int, np.ndarray]]:
+        rows = []
+        while self.pending and self.pending[0][0].Test():
+            _, _, summed, done = self.pending.pop(0)
+            if self.comm.Get_rank() == 0:
+                rows.append((done, summed))
+        return rows
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        rows = []
+        while self.pending:
+            self.exchange.wait_until(lambda: self.pending[0][0].Test())
+            rows += self.poll()
+        return rows
+
+
+def _log_row(report: tuple[int, np.ndarray], partition, total: int, history: list, log) -> None:
+    done, summed = report
+    row = {"iteration": done, "epoch": done / partition.per_epoch, "loss": summed[0] / summed[2],
+           "train_accuracy": summed[1] / summed[3], "samples_per_s": float(summed[4])}
+    history.append(row)
+    log(f"iter {done:>5}/{total}  epoch {row['epoch']:5.2f}  loss {row['loss']:.4f}  "
+        f"train-acc {row['train_accuracy']:.3f}  {row['samples_per_s']:8.1f} samples/s")
 
 
 def _step(workload, model, batch):

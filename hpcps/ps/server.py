@@ -84,3 +84,86 @@ class ServedPiece:
                 raise ValueError(f"optimiser state {key!r} has shape {arr.shape}, expected () or ({self.piece.size},)")
             restored[key] = torch.from_numpy(arr)
         self.optimizer.state[param] = restored
+
+class _PieceState:
+    """What every policy's server holds for a piece: its parameters, version, optimiser and codecs."""
+
+    def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
+                 codecs: list[Codec] | None):
+        self.piece = piece
+        self.params = np.array(initial, dtype=np.float32, copy=True)
+        self.grad = np.zeros(piece.size, dtype=np.float32)
+        self.weights = torch.from_numpy(aggregation_weights(batches))
+        self._grad_t = torch.from_numpy(self.grad)
+        self.optimizer = make_shard_optimizer(optimizer, self.params, self.grad)
+        self.codecs = codecs or [Codec() for _ in batches]
+        self.n_workers = len(batches)
+        self.version = 0                # optimiser steps taken on the piece
+
+
+class RoundPiece(_PieceState):
+    """A piece under bounded staleness (ssp): pushes of round r land in row set r mod rounds; once every
+    worker's push of the oldest open round is in, aggregate_round() takes their weighted mean and steps,
+    exactly as ServedPiece does (the same float32 product on the same values: with one row set and
+    every worker in step, the same bits)."""
+
+    def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
+                 codecs: list[Codec] | None = None, rounds: int = 1):
+        super().__init__(piece, initial, batches, optimizer, codecs)
+        self.rounds = rounds
+        self.rows = np.zeros((rounds, len(batches), piece.size), dtype=np.float32)
+        self.wires = [[c.receive_buffer(self.rows[s, i]) for i, c in enumerate(self.codecs)] for s in range(rounds)]
+        self._sets_t = [torch.from_numpy(self.rows[s]) for s in range(rounds)]
+        self.received = np.zeros(rounds, dtype=np.int64)
+
+    def row_set(self, round_: int) -> int:
+        return round_ % self.rounds
+
+    def set_free(self, round_: int) -> bool:
+        """Whether round's rows may be written: the round that used them last is aggregated."""
+        return round_ - self.rounds < self.version
+
+    def push_arrived(self, round_: int, row: int) -> None:
+        s = self.row_set(round_)
+        self.codecs[row].decode_into(self.wires[s][row], self.rows[s, row])
+        self.received[s] += 1
+
+    def push_copied(self, round_: int) -> None:
+        """A push was written into rows[row_set(round_)] directly (a worker on this rank)."""
+        self.received[self.row_set(round_)] += 1
+
+    def round_complete(self) -> bool:
+        """Every worker's push of the round that makes the next version is in."""
+        return self.received[self.row_set(self.version)] == self.n_workers
+
+    def aggregate_round(self) -> None:
+        s = self.row_set(self.version)
+        torch.mm(self.weights[None], self._sets_t[s], out=self._grad_t[None])
+        self.optimizer.step()
+        self.received[s] = 0
+        self.version += 1
+
+
+class AsyncPiece(_PieceState):
+    """A piece under asynchronous training (asp): every push is one optimiser step on that worker's
+    gradient scaled by its weight k_i / sum(k) (SGD without momentum: a round of pushes moves the
+    parameters as one bsp step would; docs/runtime.md says what momentum and Adam do)."""
+
+    def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
+                 codecs: list[Codec] | None = None):
+        super().__init__(piece, initial, batches, optimizer, codecs)
+        self.rows = np.zeros((len(batches), piece.size), dtype=np.float32)
+        self.wires = [c.receive_buffer(self.rows[i]) for i, c in enumerate(self.codecs)]
+        self._rows_t = torch.from_numpy(self.rows)
+        self.applied = np.zeros(len(batches), dtype=np.int64)    # pushes applied, per worker
+
+    def push_arrived(self, row: int) -> None:
+        self.codecs[row].decode_into(self.wires[row], self.rows[row])
+
+    def apply(self, row: int) -> int:
+        """Step on worker row's push. Returns the version it was applied to."""
+        torch.mul(self._rows_t[row], self.weights[row], out=self._grad_t)
+        self.optimizer.step()
+        self.applied[row] += 1
+        self.version += 1
+        return self.version - 1

@@ -4,8 +4,8 @@ A policy drives one rank through one iteration of the exchange (hpcps/ps/exchang
 (hpcps/ps/worker.py); everything else about a run (building, logging, evaluation, tracing) is the
 runtime's. `bsp` is bulk-synchronous: every worker computes iteration k on the parameters after
 iteration k-1's update of every piece, exactly the single-process step on the union of the batches.
-Other policies (bounded staleness, asynchronous) answer pulls earlier; until they exist the job's
-`training.sync` accepts only `bsp`.
+`ssp` (bounded staleness s) lets a worker at clock c compute on any version >= c - s of every piece;
+`asp` never waits for parameters (hpcps/ps/stale.py has their exchange).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class IterationTimes:
 
 class BulkSynchronous:
     name = "bsp"
+    staleness = 0
 
     def iteration(self, run, it: int, t_begin: float) -> IterationTimes:
         """One iteration on one rank. run: hpcps.ps.runtime.RankRun."""
@@ -71,11 +72,73 @@ class BulkSynchronous:
         return IterationTimes(pull, data, compute, push, agg, loss, correct)
 
 
-SYNC_POLICIES = {"bsp": BulkSynchronous}
+class _Stale:
+    """One step at clock `it` under ssp or asp (the exchange is a hpcps.ps.stale.StaleExchange).
+
+    A worker loads its batch, waits only as long as the policy requires and copies the newest values
+    into its parameters (the pull phase), computes (pushing each piece as its gradient completes when
+    overlapped), and waits until its pushes have left: the next step reuses the gradient buffer.
+    Pulls are not overlapped with the forward pass: the parameters are all in place before it starts.
+    A rank that only serves ends its iteration once every worker's push of it is applied."""
+
+    name = ""
+    staleness = 0
+
+    def iteration(self, run, it: int, t_begin: float) -> IterationTimes:
+        ex, clock, worker = run.exchange, run.clock, run.worker
+        nan2 = (math.nan, math.nan)
+        data = compute = pull = push = nan2
+        loss = math.nan
+        correct = 0.0
+        if worker is not None:
+            t0 = clock()
+            batch = worker.load(run.partition.indices(it, run.worker_index))
+            data = (t0, clock())
+            ex.begin_clock(it)
+            pull = (t_begin, clock())
+            ex.begin_pushes(it)
+            t_c0 = clock()
+            loss_t, correct = run.compute(batch)
+            t_c1 = clock()
+            if not run.overlap:
+                for p in run.plan.push_order():
+                    ex.push(p.index)
+            compute = (t_c0, t_c1)
+            loss = float(loss_t.detach())
+            ex.wait_until(ex.pushes_done)
+            ex.progress()
+            push = (ex.first_push_at or t_c1, max(ex.last_push_at, ex.first_push_at or t_c1))
+        else:
+            ex.wait_until(lambda: ex.served_through(it))
+        t_end = clock()
+        agg = tuple(ex.aggregate_span) if np.isfinite(ex.aggregate_span).all() else (t_end, t_end)
+        ex.aggregate_span = [math.inf, -math.inf]
+        if worker is None:
+            pull, push = (t_begin, t_begin), (t_begin, agg[0])
+        return IterationTimes(pull, data, compute, push, agg, loss, correct)
 
 
-def make_policy(name: str):
-    try:
-        return SYNC_POLICIES[name]()
-    except KeyError:
-        raise ValueError(f"unknown synchronisation {name!r}; choose one of {', '.join(SYNC_POLICIES)}") from None
+class BoundedStaleness(_Stale):
+    name = "ssp"
+
+    def __init__(self, staleness: int = 0):
+        if not isinstance(staleness, int) or isinstance(staleness, bool) or staleness < 0:
+            raise ValueError(f"staleness must be an integer >= 0, got {staleness!r}")
+        self.staleness = staleness
+
+
+class Asynchronous(_Stale):
+    name = "asp"
+
+
+SYNC_POLICIES = {"bsp": BulkSynchronous, "ssp": BoundedStaleness, "asp": Asynchronous}
+
+
+def make_policy(name: str, staleness: int = 0):
+    if name not in SYNC_POLICIES:
+        raise ValueError(f"unknown synchronisation {name!r}; choose one of {', '.join(SYNC_POLICIES)}")
+    if name == "ssp":
+        return BoundedStaleness(staleness)
+    if staleness:
+        raise ValueError(f"staleness applies to ssp only, got {staleness!r} with {name!r}")
+    return SYNC_POLICIES[name]()

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from hpcps.trace.errors import TraceError
-from hpcps.trace.schema import (DTYPES, PHASE, PHASES, RANK_FIELDS, RANK_NUMBER_FIELDS, REQUIRED_DATASETS,
-                                REQUIRED_ROOT_ATTRS, SCHEMA_NAME, SCHEMA_VERSION, STATUS_COMPLETE, TRANSFER_KIND)
+from hpcps.trace.schema import (DTYPES, OPTIONAL_DATASETS, PHASE, PHASES, RANK_FIELDS, RANK_NUMBER_FIELDS,
+                                REQUIRED_DATASETS, REQUIRED_ROOT_ATTRS, SCHEMA_NAME, SCHEMA_VERSION, STATUS_COMPLETE,
+                                TRANSFER_KIND, empty)
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -36,6 +37,7 @@ class Trace:
     events: np.ndarray               # schema EVENT_DTYPE, sorted by iteration, rank, t_start
     transfers: np.ndarray            # schema TRANSFER_DTYPE
     iterations: np.ndarray           # schema ITERATION_DTYPE
+    staleness: np.ndarray = field(default_factory=lambda: empty("staleness"))   # ssp and asp runs; else empty
     _by_phase: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -201,7 +203,8 @@ def _read(path: Path, f) -> Trace:
         if name not in f:
             raise TraceError(path, f"missing dataset '/{name}' (schema version {SCHEMA_VERSION} needs "
                                    f"{', '.join('/' + d for d in REQUIRED_DATASETS)})")
-    arrays = {name: _records(path, f, name, DTYPES[name]) for name in DTYPES}
+    arrays = {name: _records(path, f, name, DTYPES[name]) if name in f else empty(name) for name in DTYPES
+              if name in f or name in OPTIONAL_DATASETS}
     ranks = _ranks(path, f)
     meta, versions = {}, {}
     if "meta" in f:
@@ -217,7 +220,7 @@ def _read(path: Path, f) -> Trace:
     ev = arrays["events"]
     arrays["events"] = ev[np.lexsort((ev["t_start"], ev["rank"], ev["iteration"]))]
     return Trace(path, attrs, meta, versions, ranks, arrays["shards"], arrays["events"], arrays["transfers"],
-             arrays["iterations"])
+                 arrays["iterations"], arrays["staleness"])
 
 
 # Times are seconds since the trace's time zero: a run of 30 years is beyond any trace, and past it the

@@ -25,7 +25,15 @@ import numpy as np
 from hpcps.trace.clock import estimate_offsets
 from hpcps.trace.derive import fill_transfer_starts, wait_events
 from hpcps.trace.metadata import RunInfo, rank_info, software_versions
-from hpcps.trace.schema import DIRECTION, EVENT_DTYPE, PHASE, SHARD_DTYPE, TRANSFER_DTYPE, TRANSFER_KIND
+from hpcps.trace.schema import (
+    DIRECTION,
+    EVENT_DTYPE,
+    PHASE,
+    SHARD_DTYPE,
+    STALENESS_DTYPE,
+    TRANSFER_DTYPE,
+    TRANSFER_KIND,
+)
 
 SKEW_ENV = "HPCPS_TRACE_CLOCK_SKEW_S"
 _TAG_BLOCK, _TAG_NEXT = 711, 712
@@ -93,13 +101,15 @@ def next_flush(now_iteration: int, seconds: float, iterations: int, flush_s: flo
     return now_iteration + int(min(max(round(step), min_iterations), max(max_iterations, min_iterations)))
 
 
-def _wait_polling(request, poll_s: float = 1e-4):
-    """Complete a (lowercase, pickling) mpi4py request by polling with sleeps; returns its object."""
+def _wait_polling(request, poll_s: float = 1e-4, idle=None):
+    """Complete a (lowercase, pickling) mpi4py request by polling with sleeps; returns its object.
+    idle(): called between polls (a rank that must keep serving while it waits)."""
     while True:
         done, value = request.test()
         if done:
             return value
-        time.sleep(poll_s)
+        if idle is None or not idle():
+            time.sleep(poll_s)
 
 
 class TraceRecorder:
@@ -123,6 +133,10 @@ class TraceRecorder:
         self._ends: list[float] = []
         self._phases: list[tuple[int, int, float, float]] = []
         self._transfers: list[tuple] = []
+        self._staleness: list[tuple] = []
+        # Called while this rank waits for others to flush (returns whether it did anything): under ssp
+        # and asp the exchange's progress(), since a rank behind may need this one's pieces to get here.
+        self.while_waiting = None
         self._it = -1
         self._begin = 0.0
         self._next_flush: int | None = FIRST_FLUSH
@@ -192,11 +206,15 @@ class TraceRecorder:
         belongs to (default: the current one; an overlapped run sends the next iteration's pulls early)."""
         self._transfers.append((self._it if iteration is None else iteration, meta, t0, t1))
 
+    def staleness(self, iteration: int, shard: int, piece: int, version: int, staleness: int) -> None:
+        """The version of a piece that the worker's step at iteration computed on, and its staleness."""
+        self._staleness.append((self.rank, iteration, shard, piece, version, staleness))
+
     # -- flushing --------------------------------------------------------------------------------
     def _to_common(self, t):
         return t + (self.shift - self.offset - self.t0)
 
-    def _pack(self) -> tuple[np.ndarray, np.ndarray]:
+    def _pack(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = min(len(self._records), len(self._ends))
         is_server, is_worker, batch = self._role
         parts = [phase_events(self._phases, self.rank)]
@@ -205,13 +223,15 @@ class TraceRecorder:
                                           np.array(self._ends[:n]), self.rank, batch, is_worker, is_server))
         events = np.concatenate(parts)
         transfers = transfer_rows(self._transfers, self.rank)
+        stale = np.array(self._staleness, dtype=STALENESS_DTYPE)
         del self._records[:n], self._ends[:n]
         self._phases.clear()
         self._transfers.clear()
+        self._staleness.clear()
         for arr, fields in ((events, ("t_start", "t_end")), (transfers, ("t_post", "t_start", "t_end"))):
             for f in fields:
                 arr[f] = self._to_common(arr[f])
-        return events, transfers
+        return events, transfers, stale
 
     def _flush(self, upto: int, now: float, final: bool) -> None:
         """Hand this rank's events to rank 0; on rank 0, write everyone's.
@@ -229,7 +249,7 @@ class TraceRecorder:
             self._sends = [r for r in self._sends if not r.Test()]
             if final:
                 for r in self._sends:
-                    _wait_polling(r)
+                    _wait_polling(r, idle=self.while_waiting)
                 self._sends.clear()
             else:
                 self._next_flush, self._decision_due = None, upto + _MIN_FLUSH_STEP
@@ -239,7 +259,8 @@ class TraceRecorder:
         blocks = [block]
         for peer in range(1, self.comm.Get_size()):
             while not self.comm.iprobe(source=peer, tag=_TAG_BLOCK):
-                time.sleep(_POLL_S)
+                if self.while_waiting is None or not self.while_waiting():
+                    time.sleep(_POLL_S)
             blocks.append(self.comm.recv(source=peer, tag=_TAG_BLOCK))
         if not final:
             last_it, last_t = self._last_flush
@@ -252,7 +273,7 @@ class TraceRecorder:
         events = np.concatenate([b[0] for b in blocks])
         transfers = fill_transfer_starts(np.concatenate([b[1] for b in blocks]))
         events = np.concatenate([events, wait_events(events, transfers)])
-        self.writer.append(events, transfers, final=final)
+        self.writer.append(events, transfers, final=final, staleness=np.concatenate([b[2] for b in blocks]))
         if not final:
             t_b = self.now()
             self._flush_cost = t_b - t_a
@@ -260,7 +281,7 @@ class TraceRecorder:
 
     def _receive_decision(self, wait: bool) -> None:
         if wait:
-            self._next_flush = _wait_polling(self._decision)
+            self._next_flush = _wait_polling(self._decision, idle=self.while_waiting)
             return
         done, value = self._decision.test()
         if done:

@@ -56,6 +56,10 @@ ITERATION_DTYPE = np.dtype([
     ("iteration", "<i4"), ("t_start", "<f8"), ("t_end", "<f8"), ("time_s", "<f8"),
     ("samples", "<i8"), ("samples_per_s", "<f8"), ("loss", "<f8"),
 ])
+STALENESS_DTYPE = np.dtype([
+    ("rank", "<i4"), ("iteration", "<i4"), ("shard", "<i4"), ("piece", "<i4"), ("version", "<i8"),
+    ("staleness", "<i8"),
+])
 SHARD_DTYPE = np.dtype([("shard", "<i4"), ("server", "<i4"), ("start", "<i8"), ("stop", "<i8"), ("nbytes", "<i8")])
 # Strings are variable-length UTF-8 in the file; the reader returns them as str.
 RANK_STRING_FIELDS = ("host", "node_name", "node_type", "role", "device")
@@ -103,6 +107,20 @@ DATASETS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
         "samples_per_s": ("samples/s", "samples / time_s"),
         "loss": ("", "training loss: the workers' losses weighted by their k"),
     }),
+    "staleness": ("Under ssp and asp, one row per worker, step and piece: the version of the piece the step "
+                  "computed on and how stale it was. Empty under bsp, where every step uses the parameters "
+                  "after the previous one's update (staleness 0); absent from traces written before it existed.", {
+        "rank": ("", "the worker's rank"),
+        "iteration": ("", "the worker's step (its clock), from 0"),
+        "shard": ("", "shard index (see /shards)"),
+        "piece": ("", "piece of the message plan (pieces cut each shard into messages of at most [exchange] "
+                      "bucket_mb, in flat-vector order)"),
+        "version": ("", "the piece's version the step computed on: ssp, rounds aggregated (0: the initial "
+                        "values); asp, pushes applied to the piece"),
+        "staleness": ("versions", "the version the step's update was applied to minus the version it computed "
+                                  "on: ssp, rounds (the step's clock minus version, 0 to training.staleness); asp, "
+                                  "other workers' pushes applied between the read and this worker's push"),
+    }),
     "shards": ("The sharding plan: the flat parameter vector cut into one contiguous shard per server.", {
         "shard": ("", "shard index"),
         "server": ("", "rank holding the shard"),
@@ -127,10 +145,13 @@ DATASETS: dict[str, tuple[str, dict[str, tuple[str, str]]]] = {
     }),
 }
 
-REQUIRED_DATASETS = tuple(DATASETS)
-DTYPES = {"events": EVENT_DTYPE, "transfers": TRANSFER_DTYPE, "iterations": ITERATION_DTYPE, "shards": SHARD_DTYPE}
+# Datasets added after version 1's first files: a reader takes a file without them as having none.
+OPTIONAL_DATASETS = ("staleness",)
+REQUIRED_DATASETS = tuple(d for d in DATASETS if d not in OPTIONAL_DATASETS)
+DTYPES = {"events": EVENT_DTYPE, "transfers": TRANSFER_DTYPE, "iterations": ITERATION_DTYPE, "shards": SHARD_DTYPE,
+          "staleness": STALENESS_DTYPE}
 # Appended to during the run (chunked, resizable); the others are written once at the start.
-GROWING = ("events", "transfers", "iterations")
+GROWING = ("events", "transfers", "iterations", "staleness")
 
 REQUIRED_ROOT_ATTRS = ("schema", "schema_version", "status", "run_id", "created", "t0_unix_s", "n_ranks")
 STATUS_RUNNING, STATUS_COMPLETE = "running", "complete"

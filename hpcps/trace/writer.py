@@ -24,7 +24,7 @@ from hpcps.trace.schema import (DATASETS, DIRECTION, DTYPES, GROWING, PHASE, RAN
 
 # Rows per chunk: large enough that appends touch few chunks, small enough that a short run's file
 # stays small (HDF5 allocates whole chunks).
-_CHUNK_ROWS = {"events": 4096, "transfers": 4096, "iterations": 1024}
+_CHUNK_ROWS = {"events": 4096, "transfers": 4096, "iterations": 1024, "staleness": 4096}
 # Oldest format that has SWMR (HDF5 1.10), so the files open with any HDF5 from 1.10 on.
 LIBVER = ("v110", "v110")
 
@@ -113,10 +113,11 @@ class TraceWriter:
             _describe(ds, name)
         f.swmr_mode = True
 
-    def append(self, events: np.ndarray, transfers: np.ndarray, final: bool = False) -> None:
+    def append(self, events: np.ndarray, transfers: np.ndarray, final: bool = False,
+               staleness: np.ndarray | None = None) -> None:
         """Append one block (all ranks, whole iterations) and make it durable in the file."""
         try:
-            self._append(events, transfers, final)
+            self._append(events, transfers, final, staleness)
         except (OSError, RuntimeError) as e:
             self._abandon()
             raise TraceWriteError(self.path, e, kept=True) from None
@@ -128,7 +129,8 @@ class TraceWriter:
                 self.file.close()
             self.file = None
 
-    def _append(self, events: np.ndarray, transfers: np.ndarray, final: bool) -> None:
+    def _append(self, events: np.ndarray, transfers: np.ndarray, final: bool,
+                staleness: np.ndarray | None) -> None:
         summary = iteration_rows(events)
         if self._pending is not None:
             finish_rows(self._pending, summary["t_start"][0] if summary.size else None)
@@ -140,7 +142,10 @@ class TraceWriter:
             finish_rows(summary[-1:])
         order = np.lexsort((events["t_start"], events["rank"], events["iteration"]))
         torder = np.lexsort((transfers["t_post"], transfers["rank"], transfers["iteration"]))
-        for name, rows in (("events", events[order]), ("transfers", transfers[torder]), ("iterations", summary)):
+        stale = np.zeros(0, DTYPES["staleness"]) if staleness is None else staleness
+        stale = stale[np.lexsort((stale["piece"], stale["rank"], stale["iteration"]))]
+        for name, rows in (("events", events[order]), ("transfers", transfers[torder]), ("iterations", summary),
+                           ("staleness", stale)):
             if rows.size == 0:
                 continue
             ds, n = self.file[name], self.rows[name]

@@ -251,3 +251,68 @@ def test_killing_a_worker_leaves_a_partial_trace_that_reads(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "is partial" in out.stderr and "status running" in out.stdout
     assert_no_leftovers(str(path))
+
+
+COUNTING = """
+name = "counting-{sync}"
+workload = "tests.fixtures.counting_workload:factory"
+[model]
+block = 200
+[data]
+ranks = [0, 1, 2, 3]
+batches = [1, 2, 4, 1]
+delay_ms = [30.0, 4.0, 4.0, 4.0]
+[optimizer]
+name = "sgd"
+lr = 1.0
+[training]
+global_batch = 8
+iterations = 16
+log_every = 4
+sync = "{sync}"
+staleness = {staleness}
+[exchange]
+bucket_mb = 0.0009765625   # 1 KiB: 4 pieces in two shards
+[schedule]
+servers = [3, 4]
+[[schedule.workers]]
+rank = 0
+batch = 1
+[[schedule.workers]]
+rank = 1
+batch = 2
+[[schedule.workers]]
+rank = 2
+batch = 4
+[[schedule.workers]]
+rank = 3
+batch = 1
+"""
+
+
+@pytest.mark.parametrize("sync, staleness", [("ssp", 2), ("asp", 0)])
+def test_stale_runs_trace_each_steps_staleness_and_analyze_shows_it(tmp_path, sync, staleness):
+    """Five ranks, one slow worker, flushes every 0.05 s (ranks waiting for a flush keep serving)."""
+    job = tmp_path / "job.toml"
+    job.write_text(COUNTING.format(sync=sync, staleness=staleness))
+    path = tmp_path / "trace.h5"
+    out = run_mpi(5, ["-m", "hpcps.train", "--job", str(job), "--trace", str(path), "--trace-flush-s", "0.05"],
+                  timeout=240)
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[1] for line in out.stdout.splitlines() if line.startswith("iter ")] == \
+        ["4/16", "8/16", "12/16", "16/16"]
+    tr = open_trace(path)
+    assert tr.complete and tr.attrs["sync"] == sync and tr.attrs["staleness"] == staleness
+    st = tr.staleness
+    # one row per worker, step and piece
+    assert st.size == 4 * 16 * 4
+    assert sorted(set(zip(st["rank"].tolist(), st["iteration"].tolist()))) == \
+        [(r, i) for r in range(4) for i in range(16)]
+    assert (st["staleness"] >= 0).all()
+    if sync == "ssp":
+        assert (st["staleness"] <= staleness).all() and (st["version"] == st["iteration"] - st["staleness"]).all()
+        assert st["staleness"].max() == staleness        # the fast workers ran ahead of the slow one
+    text = subprocess.run([sys.executable, "-m", "hpcps.analyze", str(path)], capture_output=True, text=True,
+                          env=mpi_env(), cwd=ROOT)
+    assert text.returncode == 0, text.stderr
+    assert f"Staleness ({sync}," in text.stdout

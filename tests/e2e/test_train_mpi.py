@@ -86,7 +86,12 @@ GOOD_JOB = ('name = "t"\nworkload = "digits"\n[optimizer]\nname = "sgd"\nlr = 0.
      ("schedule", "workers[1].rank"), "only 3 ranks were launched"),
     (GOOD_JOB, "servers = []\n[[workers]]\nrank = 0\nbatch = 16\n", ("schedule", "servers"), "no parameter server"),
     (GOOD_JOB, "servers = [0]\n[[workers]]\nrank = 0\nbatch = 0\n", ("schedule", "workers[0].batch"), "> 0"),
-], ids=["unknown-key", "wrong-type", "too-many-ranks", "no-server", "zero-batch"])
+    (GOOD_JOB + 'sync = "hogwild"\n', None, ("job", "training.sync"), "must be one of bsp, ssp, asp"),
+    (GOOD_JOB + 'sync = "ssp"\nstaleness = -1\n', None, ("job", "training.staleness"), "must be >= 0"),
+    (GOOD_JOB + 'sync = "ssp"\nstaleness = 1.5\n', None, ("job", "training.staleness"), "must be an integer"),
+    (GOOD_JOB + 'staleness = 2\n', None, ("job", "training.staleness"), 'applies to sync = "ssp" only'),
+], ids=["unknown-key", "wrong-type", "too-many-ranks", "no-server", "zero-batch", "unknown-sync",
+        "negative-staleness", "fractional-staleness", "staleness-with-bsp"])
 def test_bad_input_ends_every_rank_with_one_message(tmp_path, job_text, schedule_text, file_key, words):
     job = tmp_path / "job.toml"
     job.write_text(job_text)

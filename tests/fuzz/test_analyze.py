@@ -19,7 +19,7 @@ from tests.fuzz.harness import assert_clean, run_main
 from tests.unit.test_trace_file import write_trace
 from tests.unit.trace_synth import Model
 
-DATASETS = ("events", "transfers", "iterations", "shards", "ranks")
+DATASETS = ("events", "transfers", "iterations", "shards", "ranks", "staleness")
 NUMBERS = [0, -1, 1, 7, 2**31 - 1, -(2**31), 255, 1e300, -1e300, math.nan, math.inf, -math.inf, 1e-300, 0.5, 1e9]
 TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=6)     # HDF5 strings hold no NUL
 ATTR_VALUES = st.one_of(st.sampled_from(NUMBERS), TEXT, st.booleans(),
@@ -31,6 +31,14 @@ def good():
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "good.h5"
         write_trace(path, Model(iterations=6))
+        with h5py.File(path, "r+") as f:            # an ssp run's staleness rows, to damage too
+            rows = np.zeros(12, f["staleness"].dtype)
+            rows["rank"], rows["iteration"] = np.repeat([1, 2], 6), np.tile(np.arange(6), 2)
+            rows["staleness"] = np.tile([0, 1, 2], 4)
+            rows["version"] = np.maximum(rows["iteration"] - rows["staleness"], 0)
+            f["staleness"].resize((12,))
+            f["staleness"][...] = rows
+            f.attrs.update({"sync": "ssp", "staleness": 2})
         yield path
 
 
@@ -40,7 +48,7 @@ def damage(f: h5py.File, data) -> None:
     name = data.draw(st.sampled_from(DATASETS), label="dataset")
     if how == "attr":
         key = data.draw(st.sampled_from(["schema_version", "n_ranks", "status", "run_id", "created", "t0_unix_s",
-                                         "global_batch", "job_name"]), label="attr")
+                                         "global_batch", "job_name", "sync", "staleness"]), label="attr")
         f.attrs[key] = data.draw(ATTR_VALUES, label="attr value")
         return
     if how == "drop-attr":

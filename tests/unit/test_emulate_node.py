@@ -48,3 +48,13 @@ def test_fastest_cpu_time_stops_at_its_budget():
     t0 = time.monotonic()
     fastest_cpu_time(slow, min_repeats=100, min_s=10.0, budget_s=0.1)
     assert len(calls) < 10 and time.monotonic() - t0 < 2.0
+
+
+def test_a_held_step_calls_idle_until_its_time_is_up():
+    from hpcps.emulate.fabric import now
+    from hpcps.emulate.node import NodeClock
+    calls = []
+    clock = NodeClock(dilation=1.0, speed=1.0, idle=lambda: calls.append(now()) or False)
+    started = now()
+    clock.hold(started, 0.02)
+    assert now() >= started + 0.02 and len(calls) >= 2 and clock.overruns == 0

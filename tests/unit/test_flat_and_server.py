@@ -42,3 +42,42 @@ def test_server_step_is_sgd_on_the_weighted_mean():
     # mean gradient = 1/4 * row0 + 3/4 * row1 = [1, 3, 6]
     assert np.allclose(server.params, [1 - 0.5, 2 - 1.5, 3 - 3.0])
     assert server.received == 0                # ready for the next iteration's pushes
+
+
+def test_round_piece_aggregates_each_round_as_the_bsp_piece_does_bit_for_bit():
+    from hpcps.ps.server import RoundPiece
+    piece = Piece(0, 0, 0, 0, 37)
+    rng = np.random.default_rng(3)
+    init = rng.standard_normal(37).astype(np.float32)
+    opt = OptimizerConfig("adam", lr=0.01)
+    batches = [5, 17, 42]
+    bsp = ServedPiece(piece, init, batches, opt)
+    ssp = RoundPiece(piece, init, batches, opt, rounds=3)
+    pushes = rng.standard_normal((4, 3, 37)).astype(np.float32)     # rounds x workers
+    # Round 1 and 2 pushes arrive before round 0 is complete: each lands in its own row set.
+    for r in (1, 2):
+        assert ssp.set_free(r)
+        for row in range(3):
+            ssp.rows[ssp.row_set(r), row] = pushes[r, row]
+            ssp.push_arrived(r, row)
+    assert not ssp.set_free(3) and not ssp.round_complete()
+    for row in range(3):
+        ssp.rows[0, row] = pushes[0, row]
+        ssp.push_arrived(0, row)
+    for r in range(3):
+        bsp.rows[:] = pushes[r]
+        bsp.aggregate_and_step()
+        assert ssp.round_complete()
+        ssp.aggregate_round()
+        assert ssp.version == r + 1 and bsp.params.tobytes() == ssp.params.tobytes()
+    assert ssp.set_free(3) and not ssp.round_complete()
+
+
+def test_async_piece_steps_on_each_push_with_its_weight():
+    from hpcps.ps.server import AsyncPiece
+    piece = Piece(0, 0, 0, 0, 4)
+    a = AsyncPiece(piece, np.zeros(4, np.float32), [1, 3], OptimizerConfig("sgd", lr=1.0))
+    a.rows[1] = 8.0
+    assert a.apply(1) == 0 and np.all(a.params == -6.0)
+    a.rows[0] = 8.0
+    assert a.apply(0) == 1 and np.all(a.params == -8.0) and a.applied.tolist() == [1, 1] and a.version == 2

@@ -41,7 +41,13 @@ def test_defaults_are_filled_in():
     (with_(training__global_batch=0), "training.global_batch", "> 0"),
     (with_(training__global_batch=3.5), "training.global_batch", "integer"),
     (with_(training__epochs=2.0), "training.iterations", "exactly one"),
-    (with_(training__sync="async"), "training.sync", "bsp"),
+    (with_(training__sync="async"), "training.sync", "bsp, ssp, asp"),
+    (with_(training__sync="ssp", training__staleness=-1), "training.staleness", ">= 0"),
+    (with_(training__sync="ssp", training__staleness=10**6), "training.staleness", "<= 1000"),
+    (with_(training__sync="ssp", training__staleness=1.5), "training.staleness", "must be an integer"),
+    (with_(training__sync="ssp", training__staleness=True), "training.staleness", "must be an integer"),
+    (with_(training__staleness=2), "training.staleness", 'applies to sync = "ssp" only'),
+    (with_(training__sync="asp", training__staleness=1), "training.staleness", 'sync = "asp"'),
     (with_(workload="mnist"), "workload", "built-ins are digits"),
     (with_(model={"depth": 3}), "model.depth", "Valid keys are: hidden (default 128)"),
     (with_(data={"test_fraction": 1.5}), "data.test_fraction", "> 0 and < 1"),
@@ -137,3 +143,8 @@ def test_the_cluster_key_is_found_beside_the_job_file(tmp_path, monkeypatch):
 def test_push_codecs(codec):
     assert parse_job(with_(exchange={"codec": codec}), "j.toml").exchange.codec == codec
     assert parse_job(GOOD, "j.toml").exchange.codec == "none"
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 0), ("ssp", 3), ("asp", 0)])
+def test_sync_modes_and_staleness(sync, staleness):
+    job = parse_job(with_(training__sync=sync, training__staleness=staleness), "j.toml")
+    assert (job.training.sync, job.training.staleness) == (sync, staleness)

@@ -187,3 +187,32 @@ def test_analyze_json_on_standard_output_is_only_json(good, capsys):
     assert analyze_main([str(good), "--json", "-"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["run_id"] == "r1" and doc["critical_path"]
+
+
+def test_staleness_rows_round_trip_and_old_files_without_them_read_as_none(tmp_path):
+    from hpcps.analyze import report, stats
+    from hpcps.trace.schema import empty
+    events, transfers, _rows, shards, ranks = build(Model())
+    info = RunInfo(run_id="s1")
+    stale = empty("staleness", 6)
+    stale["rank"], stale["iteration"] = [1, 1, 1, 2, 2, 2], [0, 1, 2, 0, 1, 2]
+    stale["piece"], stale["staleness"] = 0, [0, 1, 2, 0, 0, 1]
+    stale["version"] = stale["iteration"] - stale["staleness"]
+    path = tmp_path / "s.h5"
+    w = TraceWriter(path, info, ranks=ranks, shards=shards, versions={}, t0_unix_s=0.0,
+                    attrs={"sync": "ssp", "staleness": 2})
+    w.append(events, transfers, final=True, staleness=stale)
+    w.close(complete=True)
+    tr = open_trace(path)
+    assert sorted(tr.staleness["staleness"].tolist()) == [0, 0, 0, 1, 1, 2]
+    st = stats.staleness(tr)
+    assert st["bound"] == 2 and st["workers"][1]["max"] == 2 and st["workers"][2]["histogram"] == {0: 2 / 3, 1: 1 / 3}
+    assert "s = 2" in "\n".join(report.staleness_text(st))
+    # A file written before the dataset existed
+    old = tmp_path / "old.h5"
+    write_trace(old)
+    with h5py.File(old, "r+") as f:
+        del f["staleness"]
+    tr = open_trace(old)
+    assert tr.staleness.size == 0
+    assert "bsp" in report.staleness_text(stats.staleness(tr))[0]
