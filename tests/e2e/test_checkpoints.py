@@ -102,7 +102,8 @@ def listing(root: Path) -> list[tuple[str, int]]:
     return sorted((str(p.relative_to(root)), p.stat().st_size) for p in root.rglob("*"))
 
 
-@pytest.mark.parametrize("case", ["missing-dir", "corrupt", "other-model", "dir-holds-checkpoints", "past-the-end"])
+@pytest.mark.parametrize("case", ["missing-dir", "corrupt", "other-model", "dir-holds-checkpoints", "past-the-end",
+                                  "ssp"])
 def test_bad_resume_input_is_one_line_exit_2_and_nothing_written(tmp_path, case):
     job = small_job(tmp_path)
     ckdir = tmp_path / "ck"
@@ -124,6 +125,10 @@ def test_bad_resume_input_is_one_line_exit_2_and_nothing_written(tmp_path, case)
         a_checkpoint(ckdir, job, 2410)
         args += ["--checkpoint", str(ckdir)]
         words = f"already holds checkpoints (newest ckpt-00000010.h5); give --resume {ckdir}"
+    elif case == "ssp":
+        job = small_job(tmp_path, extra='sync = "ssp"\nstaleness = 1\n')
+        args = ["-m", "hpcps.train", "--job", str(job), "--checkpoint", str(ckdir)]
+        words = "--checkpoint: works with training.sync = 'bsp' only, not 'ssp'"
     else:
         a_checkpoint(ckdir, job, 2410, iteration=50)
         args += ["--resume", str(ckdir)]
