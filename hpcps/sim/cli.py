@@ -72,7 +72,7 @@ def resolve_inputs(args):
     from hpcps.cluster import load_cluster
     from hpcps.cluster.placement import (NodeSchedule, balanced, load_any_schedule, naive, place_rank_schedule,
                                          placement_of)
-    from hpcps.sim.engine import SimOptions
+    from hpcps.sim.engine import SimOptions, job_options
     from hpcps.sim.profile import load_profiles, profile_for_job
 
     checks = [("--iterations", args.iterations >= 1, "must be >= 1"),
@@ -113,7 +113,7 @@ def resolve_inputs(args):
     profile = profile_for_job(profiles, job.workload, job.model, job.data)
     options = SimOptions(iterations=args.iterations, noise_sigma=args.noise, straggler_prob=args.straggler_prob,
                          straggler_slowdown=args.straggler_slowdown, seed=args.seed, sharing=args.sharing,
-                         resolution_s=args.resolution, optimizer=job.optimizer.name)
+                         resolution_s=args.resolution, **job_options(job))
     return job, cluster, placement, label, node_schedule, profiles, profile, options
 
 
@@ -158,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
                     "options": {"iterations": options.iterations, "noise_sigma": options.noise_sigma,
                                 "straggler_prob": options.straggler_prob,
                                 "straggler_slowdown": options.straggler_slowdown, "seed": options.seed,
-                                "sharing": options.sharing, "resolution_s": options.resolution_s}})
+                                "sharing": options.sharing, "resolution_s": options.resolution_s,
+                                "bucket_mb": options.bucket_mb, "overlap": options.overlap}})
         print(json.dumps(out))
     else:
         print(render_table(result, job, cluster, label, profile))
