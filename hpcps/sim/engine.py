@@ -66,6 +66,10 @@ class SimOptions:
     optimizer: str = "sgd"             # the server's update cost depends on it
     bucket_mb: float = 4.0             # the job's [exchange] bucket_mb: the largest piece of a shard
     overlap: bool = True               # the job's [exchange] overlap: push each piece once it is ready
+    # Simulate one iteration more before and after the ones measured, and leave them out of the
+    # result: the first starts cold (every worker pulls everything at once), and the last one's pushes
+    # and updates share no NIC with the next iteration's pulls. What a long run does in between.
+    steady_state: bool = False
 
     def check(self) -> None:
         if self.iterations < 1:
@@ -216,8 +220,9 @@ def simulate(cluster: Cluster, placement: RankPlacement, profile: WorkloadProfil
 
 
 class _Run:
-    """One simulation's state. Messages are numbered by a template (every pull and push of one
-    iteration, from the message plan) and an iteration: flow id = iteration * n_template + template.
+    """One simulation's state: options.iterations, with steady_state one more before and after them.
+    Messages are numbered by a template (every pull and push of one iteration, from the message plan)
+    and an iteration: flow id = iteration * n_template + template.
     A template's next message is never posted before its last one completed (a pull of iteration k+1
     needs the piece's update of iteration k, which needs every push of it, which each worker posted
     after its pulls of iteration k arrived), so per template one set of post times suffices."""
@@ -255,7 +260,9 @@ class _Run:
         n_w = len(self.worker_ranks)
         base = compute_times(cluster, placement, profile)
         rng = np.random.default_rng(options.seed)
-        iters = options.iterations
+        # Iterations simulated; those measured are [first, first + options.iterations).
+        self.first = 1 if options.steady_state else 0
+        self.iters = iters = options.iterations + 2 * self.first
         factor = np.ones((iters, n_w))
         if options.noise_sigma > 0:
             s = options.noise_sigma
@@ -303,7 +310,7 @@ class _Run:
     # -- the event loop -------------------------------------------------------------------------------
 
     def run(self, common: dict) -> SimResult:
-        iters, R = self.opt.iterations, self.n_ranks
+        iters, R = self.iters, self.n_ranks
         n_p, n_w = len(self.plan.pieces), len(self.worker_ranks)
         self.posted = np.full((self.n_template, 2), np.nan)     # this message's post time at each end
         self.started = np.full(self.n_template, np.nan)         # when it started moving
@@ -469,7 +476,7 @@ class _Run:
         self.busy[r] = False
         self.compute_end[k, w] = t
         self.finished[k, r] = max(self.finished[k, r], t)
-        if k + 1 < self.opt.iterations:       # the next iteration's receives, once backward is through
+        if k + 1 < self.iters:                # the next iteration's receives, once backward is through
             self.pulls_left[w] = len(self.plan.pieces)
             self._post(k + 1, self.pull_t[:, w], _DST)
         self._kick(r)
@@ -480,7 +487,7 @@ class _Run:
         self.aggregations.append((r, began, t))
         self.aggregated[k] += 1
         self.finished[k, r] = max(self.finished[k, r], t)
-        if k + 1 < self.opt.iterations:       # the new values to every worker; the next pushes awaited
+        if k + 1 < self.iters:                # the new values to every worker; the next pushes awaited
             self.pushes_left[p] = len(self.worker_ranks)
             self._post(k + 1, self.pull_t[p], _SRC)
             self._post(k + 1, self.push_t[p], _DST)
@@ -489,31 +496,32 @@ class _Run:
     # -- results --------------------------------------------------------------------------------------
 
     def _result(self, common: dict, events: int) -> SimResult:
-        iters = self.opt.iterations
+        measured = self.opt.iterations
         if np.isnan(self.compute_end).any() or (self.aggregated != len(self.plan.pieces)).any():
             raise RuntimeError("simulation ended with ranks still in an iteration (a bug in the simulator)")
         active = np.zeros(self.n_ranks, dtype=bool)
         active[self.worker_ranks] = True
         active |= self.is_server
-        ends = np.max(self.finished[:, active], axis=1)          # (iters,)
-        times = np.diff(np.concatenate([[0.0], ends]))
-        total = float(ends[-1])
-        parts = self._parts()
+        ends = np.concatenate([[0.0], np.max(self.finished[:, active], axis=1)])   # ends[k + 1]: iteration k's
+        window = ends[self.first], ends[self.first + measured]
+        times = np.diff(ends[self.first:self.first + measured + 1])
+        span = window[1] - window[0]
+        parts = self._parts(*window)
         sched = self.placement.schedule
         stats = []
         for r in np.flatnonzero(active):
             w = self.worker_of_rank[r]
             spec = sched.workers[w] if w >= 0 else None
-            compute, aggregate, push, pull = (float(x) / iters for x in parts[r])
+            compute, aggregate, push, pull = (float(x) / measured for x in parts[r])
             stats.append(RankStats(int(r), self.placement.rank_nodes[r], bool(self.is_server[r]),
                                    spec.batch if spec else 0, spec.threads if spec else 0,
                                    compute, pull, push, aggregate,
-                                   max(0.0, total / iters - compute - pull - push - aggregate)))
-        return SimResult("ok", total / iters, tuple(float(x) for x in times), tuple(stats),
+                                   max(0.0, span / measured - compute - pull - push - aggregate)))
+        return SimResult("ok", span / measured, tuple(float(x) for x in times), tuple(stats),
                          bytes_per_iteration=self.network_bytes, events=events, **common)
 
-    def _parts(self) -> np.ndarray:
-        """(n_ranks, 4) seconds of compute, aggregation, push and pull over the run (RankStats)."""
+    def _parts(self, t0: float, t1: float) -> np.ndarray:
+        """(n_ranks, 4) seconds of compute, aggregation, push and pull in [t0, t1] (RankStats)."""
         rank, start, end, kind = [], [], [], []
         w_rank = np.broadcast_to(self.worker_ranks, self.compute_start.shape)
         rank.append(w_rank.ravel())
@@ -533,8 +541,8 @@ class _Run:
             start.append(s[ok])
             end.append(e[ok])
             kind.append(np.full(int(ok.sum()), part))
-        return claimed_time(np.concatenate(rank), np.concatenate(start), np.concatenate(end),
-                            np.concatenate(kind), self.n_ranks, 4)
+        return claimed_time(np.concatenate(rank), np.clip(np.concatenate(start), t0, t1),
+                            np.clip(np.concatenate(end), t0, t1), np.concatenate(kind), self.n_ranks, 4)
 
 
 def claimed_time(rank: np.ndarray, start: np.ndarray, end: np.ndarray, kind: np.ndarray, n_ranks: int,

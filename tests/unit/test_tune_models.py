@@ -131,7 +131,8 @@ def test_composition_matches_the_simulator_with_true_constants(hetero10a, proble
     for p in points:
         s = problem.space.decode(p)
         pl = s.to_rank_schedule()
-        sim = simulate(hetero10a, pl, prof, profiles.machine, SimOptions(iterations=2, optimizer="sgd"))
+        sim = simulate(hetero10a, pl, prof, profiles.machine, SimOptions(iterations=2, optimizer="sgd",
+                                                                        steady_state=True))
         d = decode_many(problem.space, problem.space.encode(s)[None])
         comp = np.zeros(n)
         for w, t in zip(pl.schedule.workers, compute_times(hetero10a, pl, prof)):
