@@ -96,9 +96,11 @@ def test_ranks_of_one_node_copy_memory_and_leave_the_nic_alone():
     assert r.ranks[1].pull_s == pytest.approx(nbytes / MACHINE.memcpy_bytes_per_s + 1e-6, rel=1e-9)
 
 
-def test_the_breakdown_adds_up_to_the_iteration_time(hetero8):
+@pytest.mark.parametrize("steady", [False, True])
+def test_the_breakdown_adds_up_to_the_iteration_time(hetero8, steady):
     for make in (naive, balanced):
-        r = sim(hetero8, make(hetero8, 64), replace(EXACT, noise_sigma=0.2, straggler_prob=0.2))
+        r = sim(hetero8, make(hetero8, 64), replace(EXACT, noise_sigma=0.2, straggler_prob=0.2, steady_state=steady))
+        assert len(r.iteration_times_s) == EXACT.iterations
         for rank in r.ranks:
             total = rank.compute_s + rank.pull_s + rank.push_s + rank.aggregate_s + rank.wait_s
             assert total == pytest.approx(r.iteration_time_s, rel=1e-9)
@@ -196,6 +198,17 @@ def test_pushes_that_cannot_keep_up_share_the_nic():
     assert by_node(r)["a"].push_s == pytest.approx(6e-3, rel=1e-9)
     after = simulate(slow, s.to_rank_schedule(), profile, FREE_SERVER, replace(options, overlap=False))
     np.testing.assert_allclose(after.iteration_times_s[1:], 0.036, rtol=1e-9)
+
+
+def test_the_steady_state_leaves_out_the_cold_start_and_the_last_iteration():
+    """The first iteration pulls everything at once from the start; the last one's pushes share no NIC
+    with next pulls. steady_state simulates one of each around those measured."""
+    c = load_cluster(ROOT / "jobs/clusters/hetero10a.toml")
+    s = balanced(c, 64)
+    five = sim(c, s, replace(EXACT, iterations=5)).iteration_times_s
+    three = sim(c, s, replace(EXACT, steady_state=True)).iteration_times_s
+    np.testing.assert_allclose(three, five[1:4], rtol=1e-9)
+    assert five[0] != pytest.approx(five[2], rel=1e-3)
 
 
 def test_the_messages_are_the_plans():

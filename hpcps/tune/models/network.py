@@ -159,8 +159,10 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     for _ in range(max(1, rounds)):
         ready = np.where(wk > 0, start + work, 0.0)            # (S, n, N) a worker's step ends
         arrive = np.where(flow, start[:, :, None, :] + into, np.inf)       # [s, w]: a push is posted
-        # A worker's NIC sends its slices in the order they are ready: the last shard's first.
-        at_worker = np.moveaxis(_queue(np.moveaxis(arrive[:, :, ::-1, :], 2, -1), c_w_last, detail), -1, 2)[:, :, ::-1, :]
+        # A worker's NIC sends its slices in the order they are ready, the last shard's first, sharing
+        # itself among those that overlap.
+        at_worker = np.moveaxis(_queue(np.moveaxis(arrive[:, :, ::-1, :], 2, -1), c_w_last, True),
+                                -1, 2)[:, :, ::-1, :]
         if detail:
             order = np.argsort(arrive, axis=-1)
             at_server = np.empty(arrive.shape)
