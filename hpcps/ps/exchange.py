@@ -99,6 +99,7 @@ class Exchange:
         self._staging: list[tuple[object, int, int]] = []     # (copy handle, piece, iteration)
         self._fabric: list[tuple[int, int, Callable, tuple]] = []   # (template, iteration, then, args)
         self._ready_to_aggregate: list[int] = []
+        self.defer_aggregation = False                # set during an emulated step: update after it
         self._in_progress = False
         self.first_push_at = self.last_push_at = 0.0
         self.aggregate_span = [np.inf, -np.inf]
@@ -312,7 +313,7 @@ class Exchange:
                     else:
                         still.append(item)
                 self._fabric = still
-            while self._ready_to_aggregate:
+            while self._ready_to_aggregate and not self.defer_aggregation:
                 self._aggregate_piece(self._ready_to_aggregate.pop(0))
                 did = True
             if self.is_worker and not self.arrived.all():

@@ -85,7 +85,8 @@ class RankRun:
     worker_index: int
     partition: EpochPartition
     iterations: int
-    overlap: bool
+    overlap: bool                    # pieces are pushed during the step (else after it, in push order)
+    wait_per_layer: bool             # the forward pass waits per layer for its pieces (else all first)
     clock: Callable[[], float]
     compute: Callable                # batch -> (loss tensor, correct): the step, charged under emulation
 
@@ -149,27 +150,40 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     exchange = Exchange(comm, plan, total, params=params_xb, grads=grads_xb, served=served, encoders=encoders,
                         recorder=recorder, clock=clock, emulator=emulator,
                         aggregate=emulator.clock.run_aggregate if emulator is not None else None)
-    # Under emulation the node clock charges a whole step at its end, so pushes wait for it (the
-    # simulator models the same); elsewhere they go out while the backward pass runs.
-    overlap = job.exchange.overlap and emulator is None and me is not None
-    if overlap:
+    # Pieces go out while the backward pass runs. Under emulation the real step runs first and only
+    # records when each piece was complete; the node clock's hold then pushes each at its share of the
+    # emulated step, as the simulator models it (docs/emulation.md), and the forward pass waits for
+    # every piece before it starts (the simulator does not model a forward pass that starts early).
+    overlap = job.exchange.overlap and me is not None
+    pushes = None
+    if overlap and emulator is None:
         def ready(q: int) -> None:
             exchange.push(q)
             exchange.progress()
         worker.attach(plan, ready, exchange.wait_pieces)
+    elif overlap:
+        from hpcps.emulate.node import PushSchedule
+        pushes = PushSchedule(exchange.push, exchange.progress)
+        worker.attach(plan, pushes.ready, lambda _pieces: None)
 
     def step(batch):
         if emulator is None:
             return worker.step(batch)
-        return emulator.clock.run_step(lambda: worker.step(batch))
+        # A rank that also serves updates the pieces that became ready meanwhile after its step, as
+        # the simulator has it.
+        exchange.defer_aggregation = True
+        try:
+            return emulator.clock.run_step(lambda: worker.step(batch), pushes=pushes)
+        finally:
+            exchange.defer_aggregation = False
 
     run = RankRun(exchange, plan, worker if me is not None else None, worker_row if me is not None else -1,
-                  partition, total, overlap, clock, step)
+                  partition, total, overlap, overlap and emulator is None, clock, step)
     targets = workload.targets_per_sample()
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
         f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
         f"global batch {partition.global_batch}, {total} iterations ({total / partition.per_epoch:.2f} epochs), "
-        f"{policy.name}{', overlapped' if job.exchange.overlap and emulator is None else ''}")
+        f"{policy.name}{', overlapped' if job.exchange.overlap else ''}")
 
     run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
                  "codec": job.exchange.codec}
