@@ -46,7 +46,7 @@ BYTES_PER_ELEMENT = 4          # float32 parameters and gradients
 
 PULL, PUSH = 0, 1
 _SRC, _DST = 0, 1              # the two ends of a message
-_POST, _DONE, _COMPUTE_END, _AGGREGATE_END = 0, 1, 2, 3      # event kinds
+_POST, _DONE, _COMPUTE_END, _AGGREGATE_END, _POST_PUSHES = 0, 1, 2, 3, 4      # event kinds
 # Parts of a rank's time, in the order that claims an instant first (RankStats).
 _COMPUTE, _AGGREGATE, _PUSH_MOVING, _PULL_MOVING = 0, 1, 2, 3
 
@@ -329,6 +329,7 @@ class _Run:
         self.finished = np.zeros((iters, R))                     # when a rank's iteration ends
         self.heap: list = []
         self.seq = 0
+        self.pending: dict[tuple[float, int], list] = {}        # (time, iteration) -> pushes posted then
         # Flows on the NICs: id, bytes left, NIC resources, rate (kept side by side, in step).
         self.a_id = np.empty(0, np.int64)
         self.a_left = np.empty(0)
@@ -372,8 +373,10 @@ class _Run:
                     self._complete(*payload)
                 elif kind == _COMPUTE_END:
                     self._compute_end(*payload)
-                else:
+                elif kind == _AGGREGATE_END:
                     self._aggregate_end(*payload)
+                else:
+                    self._post(payload[1], np.concatenate(self.pending.pop(payload)), _SRC)
             if self.dirty and self.a_id.size:
                 self.a_rate = flow_rates(self.a_src, self.a_dst, self.capacity, self.opt.sharing)
             self.dirty = False
@@ -464,10 +467,19 @@ class _Run:
         self.busy[r] = True
         c = float(self.compute[k, w])
         self.compute_start[k, w] = t
-        # Each piece's push is posted once the backward pass has produced its gradient.
+        # Each piece's push is posted once the backward pass has produced its gradient. Posts are put
+        # on the resolution's grid (at most that early), so that workers' posts at nearly the same
+        # time are one event: thousands of workers post hundreds of pieces each.
         posts = t + c * self.fraction
+        if self.resolution > 0:
+            posts = np.maximum(t, np.floor(posts / self.resolution) * self.resolution)
         for when in np.unique(posts):
-            self._push_event(float(when), _POST, (k, self.push_t[posts == when, w], _SRC))
+            key = (float(when), k)
+            batch = self.pending.get(key)
+            if batch is None:
+                self.pending[key] = batch = []
+                self._push_event(key[0], _POST_PUSHES, key)
+            batch.append(self.push_t[posts == when, w])
         self._push_event(t + c, _COMPUTE_END, (k, int(w)))
 
     def _compute_end(self, k: int, w: int) -> None:
