@@ -59,6 +59,8 @@ class NodeClock:
     reference_cpu_s: float | None = None   # the step's CPU time alone here; None: charge each step's own
     lag_s: float = field(default=0.0)      # real time by which steps overran their targets
     overruns: int = field(default=0)
+    pushes: int = field(default=0)         # pieces an overlapped step pushed
+    late_pushes: int = field(default=0)    # of them, pushed past their time: the real step was not through
 
     def step_target(self, cpu_s: float) -> float:
         """Real seconds a step that used cpu_s of CPU here must last."""
@@ -105,6 +107,10 @@ class NodeClock:
             self.overruns += 1
             self.lag_s += late
         for piece, share in pushes.fractions(cpu0, cpu):
+            due = started + target_s * share
+            self.pushes += 1
+            if now() > due + HOLD_POLL_S:
+                self.late_pushes += 1
             self.hold(started, target_s * share, pushes.poll, count=False)
             pushes.push(piece)
         self.hold(started, target_s, pushes.poll, count=False)

@@ -304,8 +304,11 @@ def _measure_reference(comm, emulator, workload, flat, indices, log) -> list | N
 
 
 def _report_emulation(comm, emulator, iterations: int, log) -> None:
-    """Say on rank 0 how often real steps overran their emulated time: then the node looked slower."""
-    counts = comm.gather((emulator.clock.overruns, emulator.clock.lag_s), root=0)
+    """Say on rank 0 how often real steps overran their emulated time (then the node looked slower),
+    and how often an overlapped step pushed a piece later than its time (the real step was not
+    through by then: then the node's pushes looked later)."""
+    clock = emulator.clock
+    counts = comm.gather((clock.overruns, clock.lag_s, clock.pushes, clock.late_pushes), root=0)
     if comm.Get_rank() != 0:
         return
     overruns = sum(c[0] for c in counts)
@@ -314,6 +317,10 @@ def _report_emulation(comm, emulator, iterations: int, log) -> None:
         log(f"warning: {overruns} of {steps} emulated steps ran longer here than on their node "
             f"(by {sum(c[1] for c in counts) / emulator.dilation * 1e3:.1f} ms emulated in all); "
             "raise --time-dilation for a faithful emulation")
+    pushes, late = sum(c[2] for c in counts), sum(c[3] for c in counts)
+    if late > 0.05 * pushes:
+        log(f"warning: {late} of {pushes} overlapped pushes went out later than on their node (the real "
+            "step was not through by then); raise --time-dilation for a faithful overlap")
 
 
 def _evaluate_on_root(exchange: Exchange, worker: Worker, sync_device) -> dict[str, float]:

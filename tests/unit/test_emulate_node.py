@@ -70,7 +70,7 @@ def test_an_overlapped_step_pushes_each_piece_at_its_share_of_the_emulated_step(
     assert [q for q, _ in pushed] == [1, 0]
     assert pushed[0][1] - t0 == pytest.approx(0.1, abs=0.03)
     assert pushed[1][1] - t0 == pytest.approx(0.2, abs=0.03)
-    assert end - t0 >= 0.2 and clock.overruns == 0
+    assert end - t0 >= 0.2 and clock.overruns == 0 and (clock.pushes, clock.late_pushes) == (2, 0)
     assert len(polls) > 20              # the exchange kept going while the step was held
 
 
@@ -86,3 +86,4 @@ def test_an_overlapped_step_that_overruns_pushes_at_once_and_counts_once():
         schedule.ready(2)
     clock.run_step(step, pushes=schedule)
     assert pushed == [3, 2] and clock.overruns == 1 and clock.lag_s > 0.015
+    assert clock.pushes == 2 and clock.late_pushes == 2
