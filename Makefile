@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
 MPI ?= mpich
 
-.PHONY: venv demo test test-unit test-mpi test-e2e test-slurm slurm-deps bench clean
+.PHONY: venv demo test lint format-check test-unit test-fuzz test-mpi test-e2e test-slurm test-testbed slurm-deps testbed-deps bench clean
 
 venv: $(STAMP)
 
@@ -32,11 +32,25 @@ demo: $(STAMP)
 	@echo "best schedule ($(DEMO_OUT)/best_schedule.toml):"
 	@cat $(DEMO_OUT)/best_schedule.toml
 
-test: $(STAMP) slurm-deps
-	$(MAKE) test-unit test-mpi test-e2e test-slurm
+test: $(STAMP) slurm-deps testbed-deps
+	$(MAKE) lint test-unit test-fuzz test-mpi test-e2e test-slurm test-testbed
+
+# Lint (ruff's rules in pyproject.toml) and type checks, first of the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check hpcps
+	$(VENV)/bin/mypy hpcps
+
+# The code's layout as ruff format writes it; not yet part of make test.
+format-check: $(STAMP)
+	$(VENV)/bin/ruff format --check hpcps
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
+
+# Generated and damaged inputs for every loader and command (hypothesis, derandomized): each ends in
+# exit status 0 or 2 with one line, never a traceback or a hang (docs/reliability.md). About a minute.
+test-fuzz: $(STAMP)
+	$(PY) -m pytest -q tests/fuzz
 
 # The MPI tests run at two communicator sizes: with servers colocated on worker ranks, and apart.
 test-mpi: $(STAMP)
@@ -46,10 +60,16 @@ test-mpi: $(STAMP)
 test-e2e: $(STAMP)
 	$(PY) -m pytest -q tests/e2e
 
-# Real-Slurm tests on a throw-away Slurm on localhost (tests/slurm/local_cluster.py, docs/slurm.md).
-# HPCPS_REQUIRE_SLURM=1 makes a missing Slurm a failure, not a skip.
-test-slurm: $(STAMP) slurm-deps
-	HPCPS_REQUIRE_SLURM=1 $(PY) -m pytest -q tests/slurm
+# Real-Slurm tests on a throw-away Slurm on localhost (tests/slurm/local_cluster.py, docs/slurm.md), the
+# tuning test also with every slurmd on a testbed node. HPCPS_REQUIRE_SLURM=1 makes a missing Slurm a
+# failure, not a skip; HPCPS_REQUIRE_TESTBED=1 likewise a testbed that cannot be built.
+test-slurm: $(STAMP) slurm-deps testbed-deps
+	HPCPS_REQUIRE_SLURM=1 HPCPS_REQUIRE_TESTBED=1 $(PY) -m pytest -q tests/slurm
+
+# Real network namespaces, shaped links and MPI over TCP (tests/testbed, docs/testbed.md). They need
+# root: as root a testbed that cannot be built fails them (HPCPS_REQUIRE_TESTBED=1); otherwise they skip.
+test-testbed: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then export HPCPS_REQUIRE_TESTBED=1; fi; $(PY) -m pytest -q tests/testbed
 
 # Debian's Slurm and munge for the Slurm tests, installed only when slurmctld is missing (needs root).
 slurm-deps:
@@ -57,10 +77,19 @@ slurm-deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "make slurm-deps: Slurm is not installed; as root: apt-get install slurm-wlm munge" >&2; exit 1; fi; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; }
 
-# Results go to results/ (each table with the command that reproduces it). Together about 5 minutes.
+# iproute2, util-linux and iptables for the testbed (docs/testbed.md), installed only when missing and
+# only as root (without root the testbed tests skip).
+testbed-deps:
+	@PATH="$$PATH:/usr/sbin:/sbin"; command -v ip >/dev/null && command -v tc >/dev/null && command -v nsenter >/dev/null \
+	  && command -v iptables-restore >/dev/null || { \
+	  if [ "$$(id -u)" != 0 ]; then echo "make testbed-deps: not root: the testbed tests will skip" >&2; exit 0; fi; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2 util-linux iptables; }
+
+# Results go to results/ (each table with the command that reproduces it). hpcps against DDP and
+# mpi4py Allreduce at 78k and 11M parameters, three sittings each: about 15 minutes.
 bench: $(STAMP)
-	$(PY) benchmarks/exchange_bandwidth.py
 	$(PY) benchmarks/ps_vs_ddp.py
+	$(PY) benchmarks/ps_vs_ddp.py --job jobs/cifar-wide.toml --warmup 2 --iterations 6 --window 2
 
 clean:
 	rm -rf $(VENV) build *.egg-info

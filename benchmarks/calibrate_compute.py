@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -39,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hpcps.config.job import OptimizerConfig  # noqa: E402
+from hpcps.config.toml_writer import dumps  # noqa: E402
+from hpcps.io.outputs import write_text  # noqa: E402
 from hpcps.ps.flat import FlatModel  # noqa: E402
 from hpcps.ps.optim import make_shard_optimizer  # noqa: E402
 from hpcps.workloads import BUILTIN, build_workload, validate_options  # noqa: E402
@@ -172,33 +173,10 @@ def calibrate_machine(min_reps: int, min_s: float, idle_rank_bytes: float) -> di
 
 
 def render(result: dict) -> str:
-    """profiles.toml text (TOML written by hand: tomllib only reads)."""
-    def val(v):
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(val(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items()) + "}"
-        raise TypeError(type(v))
-
-    lines = ["# Compute profiles for hpcps.sim, measured on the machine that speed = 1.0 stands for.",
-             "# Written by benchmarks/calibrate_compute.py: rerun it rather than editing by hand.", ""]
-    for k in ("command", "measured_at", "host", "torch", "cpus", "quantile", "load_average_before",
-              "load_average_after"):
-        lines.append(f"{k} = {val(result[k])}")
-    lines += ["", "[machine]"]
-    for k, v in result["machine"].items():
-        lines.append(f"{k} = {val(v)}")
-    for name, w in result["workloads"].items():
-        lines += ["", f"[workloads.{json.dumps(name)}]"]
-        for k, v in w.items():
-            lines.append(f"{k} = {val(v)}")
-    return "\n".join(lines) + "\n"
+    """profiles.toml text: the notes first, then [machine] and one table per workload."""
+    return dumps(result, comment="Compute profiles for hpcps.sim, measured on the machine that speed = 1.0 "
+                                 "stands for.\nWritten by benchmarks/calibrate_compute.py: rerun it rather than "
+                                 "editing by hand.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,11 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     result["load_average_after"] = round(os.getloadavg()[0], 2)
     for w in result["workloads"].values():
         w["times_s"] = [w["times_s"][str(t)] for t in w["threads"]]   # one row per thread count
-    text = render(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(f".{args.out.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, args.out)
+    write_text(args.out, render(result))
     print(f"wrote {args.out}")
     return 0
 

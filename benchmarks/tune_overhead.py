@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n} nodes trial {r.trial}: propose {r.propose_s:.2f} s, trial {r.elapsed_s:.2f} s, "
                       f"{r.iteration_time_s}", flush=True)
             hist = run.history
-            strategy._fitted = (None, None)           # time a fit from scratch, not the remembered one
+            strategy.forget_fit()                     # time a fit from scratch, not the remembered one
             t0 = time.perf_counter()
             strategy.model(hist)
             fit_s = time.perf_counter() - t0
-            strategy._fitted = (None, None)
+            strategy.forget_fit()
             t0 = time.perf_counter()
             strategy.propose(hist, np.random.default_rng([0, len(hist) + 1]))
             total_s = time.perf_counter() - t0

@@ -11,15 +11,17 @@ Every run writes a trace (docs/trace.md) unless --no-trace is given.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcps.cli import RankAwareParser, default_job_path, fail_input
-from hpcps.config import ConfigError, default_schedule, load_job, load_schedule
 from hpcps.comm.buffers import TRANSPORTS
+from hpcps.config import ConfigError, default_schedule, load_job
 from hpcps.emulate.node import COMPUTE_MODES
+from hpcps.workloads import BUILTIN
 
 TOOL = "hpcps.train"
 
@@ -73,32 +75,30 @@ class Launch:
 
 
 def cluster_path(args, job) -> Path | None:
-    """--cluster, else the job's cluster key (relative to the working directory, then to the job file)."""
-    if args.cluster is not None:
-        return args.cluster
-    if not job.cluster:
-        return None
-    candidate = Path(job.cluster)
-    if not candidate.is_absolute() and not candidate.exists():
-        candidate = Path(job.source).parent / candidate
-    return candidate
+    """--cluster, else the job's cluster key (hpcps.cli.cluster_path)."""
+    from hpcps.cli import cluster_path as resolve
+    return resolve(args.cluster, job)
 
 
 def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None = None,
-                   hosts: list[str] | None = None) -> Launch:
+                   hosts: list[str] | None = None, testbed_ids: list[tuple[str, int]] | None = None) -> Launch:
     """Load and check the job, cluster and schedule for n_ranks. Raises ConfigError on bad input.
 
     rank_names: per rank (node name, how found) from hpcps.cluster.mapping.local_node_name;
-    hosts: per rank its host name."""
+    hosts: per rank its host name; testbed_ids: per rank hpcps.testbed.ranks.rank_identity()."""
+    from hpcps.config import limits
     from hpcps.config.schedule import parse_schedule
-    from hpcps.config.toml_schema import read_toml
+    from hpcps.config.toml_schema import check_number, read_toml
+    from hpcps.workloads import check_data_size, load_factory
     job = load_job(args.job or default_job_path())
     if args.iterations is not None:
-        if args.iterations <= 0:
-            raise ConfigError("--iterations", None, f"must be > 0, got {args.iterations}")
+        check_number("--iterations", None, args.iterations, gt=0, le=limits.MAX_ITERATIONS)
         job = job.with_iterations(args.iterations)
-    if args.time_dilation is not None and not args.time_dilation >= 1:
-        raise ConfigError("--time-dilation", None, f"must be >= 1, got {args.time_dilation}")
+    if args.time_dilation is not None:
+        check_number("--time-dilation", None, args.time_dilation, ge=1, le=limits.MAX_TIME_DILATION)
+    check_gpu_transport(args)
+    load_factory(job.workload, job.source)      # a custom workload that does not import: one message
+    check_data_size(job)
     gb = job.training.global_batch
     path = cluster_path(args, job)
     table = read_toml(args.schedule) if args.schedule is not None else None
@@ -110,10 +110,10 @@ def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None 
                     job.schedule or default_schedule(n_ranks, gb))
         schedule.check_against(n_ranks, gb)
         return Launch(job, schedule)
-    return _resolve_on_cluster(args, job, path, table, n_ranks, rank_names or [], hosts or [])
+    return _resolve_on_cluster(args, job, path, table, n_ranks, rank_names or [], hosts or [], testbed_ids or [])
 
 
-def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> Launch:
+def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts, testbed_ids) -> Launch:
     from hpcps.cluster import load_cluster
     from hpcps.cluster.mapping import choose_mode, place
     from hpcps.cluster.placement import RankPlacement, parse_node_schedule, place_rank_schedule
@@ -135,6 +135,7 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> L
         for r, node in enumerate(placement.rank_nodes):
             if not cluster.has(node):
                 raise ConfigError(str(path), None, f"rank {r} runs on {node!r}, not a node of this cluster")
+        placement.check_threads(cluster)
     placement.schedule.check_against(n_ranks, gb)
     profile = _profile(job)
     if profile is not None:
@@ -145,7 +146,19 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> L
     # One machine standing for several nodes (emulation, or a test Slurm whose nodes share a host).
     emulate = mode == "emulate" or (len(set(hosts)) == 1 and len(set(placement.rank_nodes)) > 1)
     emulation = None
-    if emulate:
+    testbed = None
+    if mode != "emulate":
+        from hpcps.testbed.ranks import on_testbed
+        testbed = on_testbed(testbed_ids, placement.rank_nodes)
+    if testbed is not None:
+        # Nodes of a testbed: real links between them, shaped for its dilation; compute is emulated.
+        from hpcps.ps.runtime import Emulation
+        name, dilation = testbed
+        if args.time_dilation is not None and args.time_dilation != dilation:
+            raise ConfigError("--time-dilation", None, f"testbed {name}'s links are shaped for time dilation "
+                                                       f"{dilation:g}; give that or leave it out")
+        emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute, network="real")
+    elif emulate:
         from hpcps.emulate.rank import default_dilation
         from hpcps.ps.runtime import Emulation
         dilation = args.time_dilation or default_dilation(cluster, placement)
@@ -153,13 +166,26 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts) -> L
     return Launch(job, placement.schedule, placement, cluster, emulation)
 
 
-def _profile(job):
-    """The job's calibrated compute profile, or None for a workload without one (a custom factory)."""
-    from hpcps.sim import load_profiles, profile_for_job
+def check_gpu_transport(args) -> None:
+    """--gpu-transport, or HPCPS_GPU_TRANSPORT when the flag is auto, must name a transport (checked
+    whatever the device, so a typo is caught before the run that would need it)."""
+    from hpcps.comm.buffers import TRANSPORT_ENV, TransportError, requested_transport
     try:
-        return profile_for_job(load_profiles(), job.workload, job.model, job.data)
-    except ConfigError:
+        requested_transport(args.gpu_transport)
+    except TransportError:
+        raise ConfigError(TRANSPORT_ENV, None, f"must be one of {', '.join(TRANSPORTS)}; "
+                          f"got {os.environ.get(TRANSPORT_ENV)!r}") from None
+
+
+def _profile(job):
+    """The job's calibrated compute profile: it drives the memory check and the emulation's thread
+    model. A custom workload may have none (None); for a built-in one, and for a compute profile file
+    that is missing or broken, the ConfigError stands."""
+    from hpcps.sim import load_profiles, profile_for_job
+    profiles = load_profiles()
+    if job.workload not in BUILTIN and job.workload not in {w.name for w in profiles.workloads}:
         return None
+    return profile_for_job(profiles, job.workload, job.model, job.data)
 
 
 def plan_trace(args, job, schedule, argv: list[str]):
@@ -169,12 +195,16 @@ def plan_trace(args, job, schedule, argv: list[str]):
         if args.trace is not None:
             raise ConfigError("--no-trace", None, "cannot be combined with --trace")
         return None, None
-    if args.trace_flush_s is not None and not args.trace_flush_s > 0:
-        raise ConfigError("--trace-flush-s", None, f"must be > 0, got {args.trace_flush_s}")
+    if args.trace_flush_s is not None:
+        from hpcps.config import limits
+        from hpcps.config.toml_schema import check_number
+        check_number("--trace-flush-s", None, args.trace_flush_s, gt=0, le=limits.MAX_FLUSH_S)
     cluster = cluster_path(args, job)
     info = build_run_info(job=job, schedule=schedule, argv=argv, job_path=Path(job.source),
                           schedule_path=args.schedule, cluster_path=cluster)
-    path = check_trace_path(args.trace if args.trace is not None else default_trace_path(info.run_id))
+    inputs = [job.source, args.schedule, cluster, os.environ.get("HPCPS_PROFILES")]
+    path = check_trace_path(args.trace if args.trace is not None else default_trace_path(info.run_id),
+                            inputs=inputs)
     return path, info
 
 
@@ -186,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(rank).parse_args(argv)
 
     from hpcps.cluster.mapping import local_node_name
+    from hpcps.testbed.ranks import rank_identity
     rank_names = comm.allgather(local_node_name())
     hosts = comm.allgather(socket.gethostname())
+    testbed_ids = comm.allgather(rank_identity())
     # Rank 0 alone reads the files, so every rank agrees on the outcome and exits together.
     outcome = None
     if rank == 0:
         try:
-            launch = resolve_inputs(args, size, rank_names, hosts)
+            launch = resolve_inputs(args, size, rank_names, hosts, testbed_ids)
             outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv)))
         except ConfigError as e:
             outcome = ("error", str(e))
@@ -224,14 +256,16 @@ def main(argv: list[str] | None = None) -> int:
             node_name = launch.placement.rank_nodes[rank]
             node_type = launch.cluster.node(node_name).type.name
             if log and rank == 0:
-                how = (f"emulated on this machine at time dilation {emulation.dilation:g}" if emulation
-                       else "as launched")
+                how = ("as launched" if emulation is None else
+                       f"on a testbed: real links, compute emulated at time dilation {emulation.dilation:g}"
+                       if emulation.network == "real" else
+                       f"emulated on this machine at time dilation {emulation.dilation:g}")
                 log(f"cluster {launch.cluster.name}: ranks on nodes {', '.join(launch.placement.rank_nodes)} ({how})")
         recorder = None
         if trace_path is not None:
-            from hpcps.trace import TraceRecorder
             # Under emulation the recorder reads the dilated clock too, so traces hold emulated times.
             from hpcps.emulate.fabric import emulated_clock
+            from hpcps.trace import TraceRecorder
             clock = emulated_clock(emulation.dilation) if emulation else None
             recorder = TraceRecorder(comm, trace_path, run_info, flush_s=args.trace_flush_s,
                                      node_name=node_name, node_type=node_type,

@@ -41,7 +41,7 @@ job="${1:-jobs/hetero8.toml}"   # a job with a cluster key (jobs/default.toml ha
 [ "$#" -gt 0 ] && shift
 out="${HPCPS_OUT:-results/runs/tune-${SLURM_JOB_ID:-local}}"
 args=(--backend slurm --job "$job" --strategy "${HPCPS_STRATEGY:-structured}" --budget "${HPCPS_BUDGET:-20}" --out "$out")
-if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ]; then
+if [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] && [ -f "$out/state.json" ]; then   # a requeued job goes on
     args+=(--resume)
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"

@@ -63,3 +63,15 @@ def assert_no_leftovers(marker: str, grace_s: float = 5.0) -> None:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Plain pytest skips the tests that need several MPI ranks: say so, and how to run them."""
+    if config.getoption("--with-mpi", default=False):
+        return
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "tests/mpi/" in r.nodeid]
+    if skipped:
+        terminalreporter.write_line(
+            f"{len(skipped)} MPI tests were skipped: they run under mpiexec, "
+            "`make test-mpi` (sizes 3 and 5) or `.venv/bin/mpiexec -n 3 .venv/bin/python -m pytest --with-mpi tests/mpi`",
+            yellow=True)

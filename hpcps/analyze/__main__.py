@@ -10,20 +10,19 @@ before anything is written.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
 from pathlib import Path
 
-from hpcps.cli import fail_input
+from hpcps.cli import RankAwareParser, run_tool
 from hpcps.config.errors import ConfigError
 
 TOOL = "hpcps.analyze"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hpcps.analyze",
+def build_parser() -> RankAwareParser:
+    p = RankAwareParser(prog="python -m hpcps.analyze",
                                 description="Summarise, compare, plot and export hpcps traces (HDF5).")
     p.add_argument("traces", nargs="+", type=Path, metavar="TRACE.h5", help="trace files written by hpcps.train")
     p.add_argument("--plot", type=Path, metavar="DIR",
@@ -62,54 +61,86 @@ def _jsonable(x):
     return x
 
 
+def _plot_folders(plot: Path, paths: list[Path]) -> list[Path]:
+    """The folder of each trace's figures: plot itself for one trace, else one named after each trace
+    (numbered when two would share a name, so that no trace's figures replace another's)."""
+    if len(paths) == 1:
+        return [plot]
+    names = [f"{p.parent.name}-{p.stem}" for p in paths]
+    return [plot / (n if names.count(n) == 1 else f"{n}-{i + 1}") for i, n in enumerate(names)]
+
+
+def check_outputs(args) -> None:
+    """Every output may be written (hpcps.io.outputs): none is one of the traces read; an existing
+    --json or --chrome file, or a figure in --plot, is replaced atomically. Raises ConfigError."""
+    from hpcps.io.outputs import check_output
+    inputs = list(args.traces)
+    if args.json is not None and str(args.json) != "-":
+        check_output(args.json, "--json", inputs=inputs, replace=True, example="analysis.json")
+    if args.chrome is not None:
+        check_output(args.chrome, "--chrome", inputs=inputs, replace=True, example="trace.json")
+    if args.plot is not None:
+        check_output(args.plot, "--plot", inputs=inputs, replace=True, directory=True)
+        from hpcps.analyze.plots import FIGURES
+        for folder in _plot_folders(args.plot, args.traces):
+            for name in FIGURES:
+                check_output(folder / f"{name}.png", "--plot", inputs=inputs, replace=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return run_tool(TOOL, lambda: analyze(args))
+
+
+def analyze(args) -> int:
+    """Read every trace, then check every output, then compute everything in memory, and write last:
+    bad input or an output that cannot be written leaves no file behind."""
     from hpcps.trace import open_trace
-    try:
-        if args.chrome is not None and len(args.traces) != 1:
-            raise ConfigError("--chrome", None, f"exports one trace, got {len(args.traces)}")
-        window = _range(args.range)
-        traces = [open_trace(p) for p in args.traces]        # every file checked before anything is written
-    except ConfigError as e:
-        fail_input(TOOL, e)
+    if args.chrome is not None and len(args.traces) != 1:
+        raise ConfigError("--chrome", None, f"exports one trace, got {len(args.traces)}")
+    window = _range(args.range)
+    traces = [open_trace(p) for p in args.traces]        # every file checked before anything is written
+    check_outputs(args)
 
     from hpcps.analyze import report, stats
     json_only = args.json is not None and str(args.json) == "-"
     say = (lambda *_a, **_k: None) if json_only else print
     if len(traces) == 1:
         summaries = [stats.summarize(traces[0])]
-        say(report.summary_text(summaries[0]))
+        text = report.summary_text(summaries[0])
         result: object = summaries[0]
     else:
         rows = [stats.comparison_row(t) for t in traces]
-        say(report.comparison_text(rows))
+        text = report.comparison_text(rows)
         summaries = [stats.summarize(t) for t in traces] if (args.detail or args.json) else []
         if args.detail:
-            for s in summaries:
-                say()
-                say(report.summary_text(s))
+            text += "".join("\n\n" + report.summary_text(s) for s in summaries)
         result = {"comparison": rows, "summaries": summaries}
+    outputs: list[tuple[Path, bytes, str]] = []       # (file, content, flag)
+    json_text = json.dumps(_jsonable(result), indent=1) if args.json is not None else None
+    if json_text is not None and not json_only:
+        outputs.append((args.json, (json_text + "\n").encode(), "--json"))
+    if args.plot is not None:
+        from hpcps.analyze import plots
+        for t, folder in zip(traces, _plot_folders(args.plot, args.traces)):
+            for name, data in plots.render_all(t, window).items():
+                outputs.append((folder / name, data, "--plot"))
+    if args.chrome is not None:
+        from hpcps.analyze.chrome import chrome_text, to_chrome
+        outputs.append((args.chrome, chrome_text(to_chrome(traces[0], window)).encode(), "--chrome"))
+
+    say(text)
     for t in traces:
         if not t.complete:
             print(f"note: {t.path} is partial (status {t.attrs.get('status')!r}): the run did not finish, the file "
                   f"holds the {t.iterations.size} iterations flushed before it stopped", file=sys.stderr)
-
-    if args.json is not None:
-        text = json.dumps(_jsonable(result), indent=1)
-        if str(args.json) == "-":
-            print(text)
-        else:
-            args.json.write_text(text + "\n")
-    if args.plot is not None:
-        from hpcps.analyze import plots
-        for t in traces:
-            folder = args.plot if len(traces) == 1 else args.plot / (t.path.parent.name + "-" + t.path.stem)
-            for png in plots.write_all(t, folder, window):
-                say(f"wrote {png}")
-    if args.chrome is not None:
-        from hpcps.analyze.chrome import to_chrome, write_chrome
-        write_chrome(to_chrome(traces[0], window), args.chrome)
-        say(f"wrote {args.chrome} (open it at https://ui.perfetto.dev)")
+    if json_only:
+        print(json_text)
+    from hpcps.io.outputs import write_bytes
+    for path, data, flag in outputs:
+        write_bytes(path, data, flag)
+        if flag != "--json":
+            say(f"wrote {path}" + (" (open it at https://ui.perfetto.dev)" if flag == "--chrome" else ""))
     return 0
 
 

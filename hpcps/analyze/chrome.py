@@ -101,9 +101,14 @@ def to_chrome(trace: Trace, iterations: tuple[int, int] | None = None) -> dict:
                           "source": str(trace.path), "time_zero_unix_s": float(trace.attrs.get("t0_unix_s", 0.0))}}
 
 
+def chrome_text(doc: dict) -> str:
+    return json.dumps(doc, separators=(",", ":"))
+
+
 def write_chrome(doc: dict, path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, separators=(",", ":"))
+    """Write the document to path atomically (hpcps.io.outputs)."""
+    from hpcps.io.outputs import write_text
+    write_text(path, chrome_text(doc))
 
 
 def validate_chrome(doc: dict, tolerance_us: float = 1e-3) -> list[str]:

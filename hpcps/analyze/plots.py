@@ -3,6 +3,7 @@ run, and compute time against batch size. Figures only: the numbers come from st
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from hpcps.analyze.stats import CATEGORIES, breakdown, compute_vs_batch, typical_iteration  # noqa: E402
+from hpcps.io.outputs import write_bytes  # noqa: E402
 from hpcps.trace.reader import Trace  # noqa: E402
 from hpcps.trace.schema import DIRECTION, PHASE, TRANSFER_KIND  # noqa: E402
 
@@ -19,9 +21,17 @@ COLORS = {"data": "#8c564b", "compute": "#2ca02c", "pull": "#1f77b4", "push": "#
           "aggregate": "#9467bd", "report": "#bcbd22", "eval": "#17becf", "trace": "#e377c2", "other": "#ffffff"}
 
 
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+def _save(fig, path):
+    """Write the figure as PNG to path (atomically) or into a binary file object; return path."""
+    try:
+        if isinstance(path, (str, Path)):
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+            write_bytes(path, buf.getvalue())
+        else:
+            fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -96,7 +106,8 @@ def breakdown_bars(trace: Trace, path: Path) -> Path:
     ax.set_xticklabels([f"rank {r}\n{role[r]}\nk={batch[r]}" for r in ranks], fontsize=8)
     ax.set_ylabel("ms per iteration (mean over steady iterations)")
     ax.set_title(f"{trace.run_id}: where each rank's iteration goes", fontsize=10)
-    ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
     return _save(fig, path)
 
 
@@ -118,7 +129,8 @@ def throughput_over_run(trace: Trace, path: Path) -> Path:
     ax.set_xlabel("iteration")
     ax.set_ylabel("samples/s")
     ax.set_title(f"{trace.run_id}: throughput over the run", fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
     return _save(fig, path)
 
 
@@ -143,13 +155,28 @@ def compute_scatter(trace: Trace, path: Path) -> Path:
     ax.set_xlabel("batch size k (samples)")
     ax.set_ylabel("compute ms (forward + backward)")
     ax.set_title(f"{trace.run_id}: compute time against batch size", fontsize=10)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
+FIGURES = ("timeline", "breakdown", "throughput", "compute_vs_batch")
+
+
+def render_all(trace: Trace, iterations: tuple[int, int] | None = None) -> dict[str, bytes]:
+    """{file name: PNG bytes} of every figure, in memory: a command writes them only once all rendered."""
+    out = {}
+    for name, draw in zip(FIGURES, (lambda p: timeline(trace, p, iterations), lambda p: breakdown_bars(trace, p),
+                                    lambda p: throughput_over_run(trace, p), lambda p: compute_scatter(trace, p))):
+        buf = io.BytesIO()
+        draw(buf)
+        out[f"{name}.png"] = buf.getvalue()
+    return out
+
+
 def write_all(trace: Trace, directory: Path, iterations: tuple[int, int] | None = None) -> list[Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    return [timeline(trace, directory / "timeline.png", iterations),
-            breakdown_bars(trace, directory / "breakdown.png"),
-            throughput_over_run(trace, directory / "throughput.png"),
-            compute_scatter(trace, directory / "compute_vs_batch.png")]
+    """Render every figure, then write each into directory (atomically)."""
+    pngs = render_all(trace, iterations)
+    for name, data in pngs.items():
+        write_bytes(directory / name, data)
+    return [directory / name for name in pngs]

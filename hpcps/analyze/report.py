@@ -75,9 +75,9 @@ def summary_text(s: dict) -> str:
             f"of {_ms(h['pull_s'])} ms, summed over ranks and steady iterations)", ""]
     sg = s["straggler"]
     if sg:
-        out.append(f"Straggler: rank {sg['rank']} is the last worker to finish its backward pass in {_pct(sg['share_last'])} of "
-                   f"iterations, median {_ms(sg['lag_vs_median_s'])} ms after the median worker and "
-                   f"{_ms(sg['lag_vs_next_s'])} ms after the next-slowest when last; its compute takes "
+        out.append(f"Straggler: rank {sg['rank']} has the longest step of the workers in {_pct(sg['share_last'])} of "
+                   f"iterations, median {_ms(sg['lag_vs_median_s'])} ms longer than the median worker's and "
+                   f"{_ms(sg['lag_vs_next_s'])} ms longer than the next-slowest when longest; its compute takes "
                    f"{_ms(sg['compute_s'])} ms against {_ms(sg['others_compute_s'])} ms for the others")
     else:
         out.append("Straggler: fewer than two workers")

@@ -161,17 +161,19 @@ def wait_share(trace: Trace, iterations: np.ndarray | None = None) -> dict[int, 
 
 @dataclass
 class Straggler:
-    rank: int                 # the worker that most often finishes its backward pass last
+    rank: int                 # the worker whose step most often takes longest
     share_last: float         # fraction of steady iterations in which it was last
-    lag_vs_median_s: float    # median over iterations: its compute end minus the median worker's
+    lag_vs_median_s: float    # median over iterations: its step time minus the median worker's
     lag_vs_next_s: float      # median over iterations where it was last: lead over the second-to-last
     compute_s: float          # its median compute time
     others_compute_s: float   # the other workers' median compute time
 
 
 def straggler(trace: Trace) -> Straggler | None:
-    """Which worker holds up the others: the one whose last gradient is ready last (its compute ends
-    last: with overlap, pushes start during the backward pass, so the push window's start says less)."""
+    """Which worker holds up the others: the one whose own step (forward and backward, the time its
+    layers waited for parameters excluded) takes longest most often. With overlap, pushes start during
+    the backward pass, and a worker's compute may end late only because its parameters came late, so
+    neither the push window's start nor the compute's end says who is slow."""
     done = trace.phase("compute")
     workers = trace.workers
     done = done[_in(done["iteration"], steady_iterations(trace)) & _in(done["rank"], workers)]
@@ -180,7 +182,7 @@ def straggler(trace: Trace) -> Straggler | None:
     its = np.unique(done["iteration"])
     col = {int(w): i for i, w in enumerate(workers)}
     ready = np.full((its.size, workers.size), np.nan)
-    ready[np.searchsorted(its, done["iteration"]), [col[int(r)] for r in done["rank"]]] = done["t_end"]
+    ready[np.searchsorted(its, done["iteration"]), [col[int(r)] for r in done["rank"]]] = done["t_end"] - done["t_start"]
     ready = ready[~np.isnan(ready).any(axis=1)]
     if ready.shape[0] == 0:
         return None
@@ -420,6 +422,8 @@ def comparison_row(trace: Trace) -> dict:
     workers = trace.workers
     tot = {c: float(np.mean([b[int(r)][c] for r in workers])) for c in CATEGORIES} if workers.size else {}
     it_s = sum(tot.values()) if tot else float("nan")
+    if not it_s > 0:            # a run stopped before its first iteration: no time to share out
+        tot = {}
     sg = straggler(trace)
     return {"trace": str(trace.path), "run_id": trace.run_id, "status": trace.attrs.get("status"),
             "ranks": trace.n_ranks, "servers": int(trace.servers.size), "workers": int(workers.size),

@@ -4,20 +4,26 @@
 
 --from-slurm writes a starting cluster file from ``scontrol show node``: node names, cores, memory,
 GPUs (from Gres) and features, with nodes of the same kind grouped into one type. Speeds and network
-bandwidths are placeholders for you to fill in (see docs/slurm.md).
+bandwidths are placeholders for you to fill in (see docs/slurm.md). What it writes always loads:
+a node that Slurm describes with values a cluster file cannot hold is an error naming the node.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+import tomllib
 from pathlib import Path
 
+from hpcps.cli import RankAwareParser, report_error, run_tool
+from hpcps.config import limits
+from hpcps.config.errors import ConfigError
+
 TOOL = "hpcps.cluster"
+EXIT_SLURM_FAILED = 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m hpcps.cluster", description="Tools for cluster files.")
+def build_parser() -> RankAwareParser:
+    p = RankAwareParser(prog="python -m hpcps.cluster", description="Tools for cluster files.")
     p.add_argument("--from-slurm", action="store_true",
                    help="write a starting cluster file from 'scontrol show node' (CPUs, memory, GPUs, features)")
     p.add_argument("--out", type=Path, default=None, help="write the file here (default: print it); never overwritten")
@@ -28,24 +34,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(message: str, status: int = 2) -> int:
-    sys.stderr.write(f"{TOOL}: error: {message}\n")
-    return status
+def _read_saved(path: Path) -> str:
+    if path.is_dir():
+        raise ConfigError(str(path), None, "is a directory, not saved 'scontrol show node -o' output")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "file not found") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), None, f"not UTF-8 text (byte {e.start}): give the output of "
+                                           "'scontrol show node -o'") from None
+    except OSError as e:
+        raise ConfigError(str(path), None, f"cannot read it: {e.strerror or e}") from None
+
+
+def check_nodes(nodes, source: str) -> None:
+    """ConfigError for a node whose CPUs or GPUs a cluster file cannot hold (Slurm reports what its
+    configuration says, CPUTot=-4 included)."""
+    for n in nodes:
+        if not 1 <= n.cpus <= limits.MAX_CORES:
+            raise ConfigError(source, None, f"node {n.name} has CPUTot={n.cpus}; a cluster file needs 1 to "
+                                            f"{limits.MAX_CORES} cores per node (fix the node in Slurm, or leave "
+                                            "it out with --partition)")
+        if not 0 <= n.gpus <= limits.MAX_GPUS:
+            raise ConfigError(source, None, f"node {n.name} has {n.gpus} GPUs in its Gres; a cluster file holds "
+                                            f"0 to {limits.MAX_GPUS}")
 
 
 def from_slurm(args) -> int:
+    from hpcps.cluster.description import parse_cluster
+    from hpcps.io.outputs import check_output, write_text
     from hpcps.slurm.client import SlurmClient, SlurmError
     from hpcps.slurm.nodes import render_cluster_toml
     from hpcps.slurm.parse import SlurmParseError, parse_nodes
 
-    if args.out is not None and args.out.exists():
-        return _fail(f"{args.out} exists; remove it or choose another --out (cluster files are never overwritten)")
+    if args.out is not None:
+        check_output(args.out, "--out", inputs=[args.scontrol_output], replace=False, example="cluster.toml")
     name = args.name
     try:
         if args.scontrol_output is not None:
-            if not args.scontrol_output.is_file():
-                return _fail(f"{args.scontrol_output}: file not found")
-            text, source = args.scontrol_output.read_text(), str(args.scontrol_output)
+            text, source = _read_saved(args.scontrol_output), str(args.scontrol_output)
         else:
             client = SlurmClient()
             text, source = client.show_nodes(), "scontrol show node"
@@ -53,32 +81,38 @@ def from_slurm(args) -> int:
                 name = client.config().get("ClusterName")
         nodes = parse_nodes(text)
     except SlurmError as e:
-        return _fail(f"cannot ask Slurm for its nodes: {e}", 1)
+        report_error(TOOL, f"cannot ask Slurm for its nodes: {e}")
+        return EXIT_SLURM_FAILED
+    except UnicodeDecodeError:
+        raise ConfigError("scontrol show node", None, "its output is not UTF-8 text") from None
     except SlurmParseError as e:
-        return _fail(str(e))
+        raise ConfigError(source, None, str(e)) from None
     if args.partition is not None:
         nodes = [n for n in nodes if args.partition in n.partitions]
         if not nodes:
-            return _fail(f"no node in partition {args.partition!r}")
+            raise ConfigError("--partition", None, f"no node in partition {args.partition!r}")
     if not nodes:
-        return _fail(f"{source} lists no node")
+        raise ConfigError(source, None, "lists no node")
+    check_nodes(nodes, source)
     toml = render_cluster_toml(nodes, name or "slurm", source=source)
+    try:
+        parse_cluster(tomllib.loads(toml), f"the cluster file made from {source}")
+    except ConfigError as e:
+        raise ConfigError(source, None, f"Slurm describes nodes that a cluster file cannot hold: {e}") from None
     if args.out is None:
         sys.stdout.write(toml)
         return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(toml)
-    tmp.rename(args.out)
+    write_text(args.out, toml, "--out")
     print(f"wrote {args.out}: {len(nodes)} nodes; fill in speed and nic_gbps of each type", file=sys.stderr)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.from_slurm:
-        return from_slurm(args)
-    build_parser().print_help(sys.stderr)
+        return run_tool(TOOL, lambda: from_slurm(args))
+    parser.print_help(sys.stderr)
     return 2
 
 

@@ -13,33 +13,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from hpcps.cluster.hostlist import HostlistError, expand_hostlist
+from hpcps.cluster.hostlist import MAX_NAMES, HostlistError, expand_hostlist
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
-from hpcps.config.toml_schema import REQUIRED, read_toml, require_positive, take_table
-
-_TOP_SPEC = {"name": (str, None), "types": (dict, REQUIRED), "nodes": (list, REQUIRED)}
-_TYPE_SPEC = {
-    "speed": (float, REQUIRED),
-    "cores": (int, REQUIRED),
-    "nic_gbps": (float, REQUIRED),
-    "latency_us": (float, 50.0),
-    "fixed_ms": (float, 0.0),
-    "memory_gb": (float, None),   # None: unlimited
-    "gpus": (int, 0),
-}
-_NODES_SPEC = {"names": (str, REQUIRED), "type": (str, REQUIRED)}
+from hpcps.config.toml_schema import Key, option, read_toml, spec_of, take_table
+from hpcps.config.toml_writer import dumps
 
 
 @dataclass(frozen=True)
 class NodeType:
     name: str
-    speed: float                     # compute speed relative to the calibration machine (1.0)
-    cores: int
-    nic_gbps: float                  # per direction
-    latency_us: float = 50.0         # one-way
-    fixed_ms: float = 0.0            # per training step
-    memory_gb: float | None = None   # None: unlimited
-    gpus: int = 0
+    speed: float = option(ge=limits.MIN_SPEED, le=limits.MAX_SPEED)      # relative to the calibration machine
+    cores: int = option(gt=0, le=limits.MAX_CORES)
+    nic_gbps: float = option(ge=limits.MIN_NIC_GBPS, le=limits.MAX_NIC_GBPS)   # per direction
+    latency_us: float = option(50.0, ge=0, le=limits.MAX_LATENCY_US)          # one-way
+    fixed_ms: float = option(0.0, ge=0, le=limits.MAX_FIXED_MS)              # per training step
+    memory_gb: float | None = option(None, gt=0, le=limits.MAX_MEMORY_GB)    # None: unlimited
+    gpus: int = option(0, ge=0, le=limits.MAX_GPUS)
 
     @property
     def nic_bytes_per_s(self) -> float:
@@ -90,46 +80,29 @@ class Cluster:
     def node(self, name: str) -> Node:
         return self.nodes[self.index(name)]
 
-    def to_toml(self) -> str:
-        """The cluster as a file load_cluster reads back to an equal Cluster (one [[nodes]] per type)."""
-        lines = [f"name = {_quote(self.name)}", ""]
-        for t in self.types:
-            lines += [f"[types.{_quote(t.name)}]", f"speed = {t.speed!r}", f"cores = {t.cores}",
-                      f"nic_gbps = {t.nic_gbps!r}", f"latency_us = {t.latency_us!r}", f"fixed_ms = {t.fixed_ms!r}"]
-            if t.memory_gb is not None:
-                lines.append(f"memory_gb = {t.memory_gb!r}")
-            lines += [f"gpus = {t.gpus}", ""]
+    def to_dict(self) -> dict[str, Any]:
+        """The cluster as a TOML table that parse_cluster reads back to an equal Cluster (one [[nodes]]
+        entry per type, types without nodes kept)."""
+        types = {t.name: {k: getattr(t, k) for k in _TYPE_SPEC if getattr(t, k) is not None} for t in self.types}
+        nodes = []
         for t in self.types:
             names = [n.name for n in self.nodes if n.type.name == t.name]
             if names:
-                lines += ["[[nodes]]", f"names = {_quote(','.join(names))}", f"type = {_quote(t.name)}", ""]
-        return "\n".join(lines)
+                nodes.append({"names": ",".join(names), "type": t.name})
+        return {"name": self.name, "types": types, "nodes": nodes}
+
+    def to_toml(self) -> str:
+        """The cluster as a file load_cluster reads back to an equal Cluster."""
+        return dumps(self.to_dict())
 
 
-def _quote(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _check_finite(source: str, key: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ConfigError(source, key, f"must be a finite number, got {value!r}")
+_TOP_SPEC = {"name": Key(str, None), "types": Key(dict), "nodes": Key(list)}
+_TYPE_SPEC = spec_of(NodeType, exclude=("name",))
+_NODES_SPEC = {"names": Key(str), "type": Key(str)}
 
 
 def parse_node_type(name: str, table: Any, source: str) -> NodeType:
-    prefix = f"types.{name}"
-    t = take_table(source, prefix, table, _TYPE_SPEC)
-    for k in ("speed", "nic_gbps", "latency_us", "fixed_ms", "memory_gb"):
-        if t[k] is not None:
-            _check_finite(source, f"{prefix}.{k}", t[k])
-    require_positive(source, f"{prefix}.speed", t["speed"])
-    require_positive(source, f"{prefix}.cores", t["cores"])
-    require_positive(source, f"{prefix}.nic_gbps", t["nic_gbps"])
-    require_positive(source, f"{prefix}.latency_us", t["latency_us"], allow_zero=True)
-    require_positive(source, f"{prefix}.fixed_ms", t["fixed_ms"], allow_zero=True)
-    if t["memory_gb"] is not None:
-        require_positive(source, f"{prefix}.memory_gb", t["memory_gb"])
-    require_positive(source, f"{prefix}.gpus", t["gpus"], allow_zero=True)
-    return NodeType(name, **t)
+    return NodeType(name, **take_table(source, f"types.{name}", table, _TYPE_SPEC))
 
 
 def parse_cluster(table: dict[str, Any], source: str) -> Cluster:
@@ -164,6 +137,8 @@ def parse_cluster(table: dict[str, Any], source: str) -> Cluster:
                                   f"node {n!r} is named twice (also {where}); node names must be unique")
             first_seen[n] = i
             nodes.append(Node(n, types[e["type"]]))
+        if len(nodes) > MAX_NAMES:
+            raise ConfigError(source, f"{prefix}.names", f"the file names more than {MAX_NAMES} nodes")
     return Cluster(name, tuple(types.values()), tuple(nodes), source)
 
 

@@ -19,22 +19,17 @@ Nodes of the cluster that the schedule does not list run nothing.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hpcps.cluster.description import Cluster
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
 from hpcps.config.schedule import Schedule, WorkerSpec, parse_schedule, split_evenly
-from hpcps.config.toml_schema import REQUIRED, read_toml, require_positive, take_table
-
-_TOP_SPEC = {"nodes": (list, REQUIRED)}
-_NODE_SPEC = {"name": (str, REQUIRED), "server": (bool, False), "workers": (list, [])}
-_WORKER_SPEC = {"batch": (int, REQUIRED), "threads": (int, 1)}
+from hpcps.config.toml_schema import Key, option, read_toml, spec_of, take_table
+from hpcps.config.toml_writer import dumps
 
 # balanced() puts one server per this many nodes: the same ratio as the rank-level default schedule.
 NODES_PER_SERVER = 4
@@ -42,8 +37,8 @@ NODES_PER_SERVER = 4
 
 @dataclass(frozen=True)
 class NodeWorker:
-    batch: int
-    threads: int = 1
+    batch: int = option(gt=0, le=limits.MAX_BATCH)
+    threads: int = option(1, gt=0, le=limits.MAX_THREADS)
 
 
 @dataclass(frozen=True)
@@ -68,6 +63,24 @@ class RankPlacement:
     def n_ranks(self) -> int:
         return len(self.rank_nodes)
 
+    def check_threads(self, cluster: Cluster) -> None:
+        """ConfigError if a worker asks for more threads than its node can sensibly run."""
+        for i, w in enumerate(self.schedule.workers):
+            node = cluster.node(self.rank_nodes[w.rank])
+            if w.threads > thread_limit(node.type.cores):
+                raise ConfigError(self.schedule.source, f"workers[{i}].threads",
+                                  _threads_message(w.threads, node.name, node.type.cores))
+
+
+def thread_limit(cores: int) -> int:
+    """The most threads one worker may ask for on a node of this many cores."""
+    return min(limits.MAX_THREADS, limits.THREADS_PER_CORE * cores)
+
+
+def _threads_message(threads: int, node: str, cores: int) -> str:
+    return (f"must be <= {thread_limit(cores)} on node {node} ({limits.THREADS_PER_CORE} per core of its {cores}, "
+            f"at most {limits.MAX_THREADS}), got {threads}")
+
 
 @dataclass(frozen=True)
 class NodeSchedule:
@@ -90,6 +103,12 @@ class NodeSchedule:
                 raise ConfigError(self.source, f"nodes[{i}].name",
                                   f"node {p.name!r} is not in cluster {cluster.name!r} ({cluster.source}); "
                                   f"its nodes are {shown}")
+        for i, p in enumerate(self.nodes):
+            cores = cluster.node(p.name).type.cores
+            for j, w in enumerate(p.workers):
+                if w.threads > thread_limit(cores):
+                    raise ConfigError(self.source, f"nodes[{i}].workers[{j}].threads",
+                                      _threads_message(w.threads, p.name, cores))
         if global_batch is not None and self.global_batch != global_batch:
             raise ConfigError(self.source, "nodes.workers.batch",
                               f"worker batches sum to {self.global_batch} but the job's training.global_batch is "
@@ -112,17 +131,17 @@ class NodeSchedule:
         return RankPlacement(Schedule(tuple(servers), tuple(workers), self.source), tuple(rank_nodes))
 
     def to_toml(self) -> str:
-        lines = []
-        for p in self.nodes:
-            lines += ["[[nodes]]", f"name = {json.dumps(p.name)}", f"server = {'true' if p.server else 'false'}"]
-            ws = ", ".join(f"{{batch = {w.batch}, threads = {w.threads}}}" for w in p.workers)
-            lines += [f"workers = [{ws}]", ""]
-        return "\n".join(lines)
+        return dumps(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"nodes": [{"name": p.name, "server": p.server,
                            "workers": [{"batch": w.batch, "threads": w.threads} for w in p.workers]}
                           for p in self.nodes]}
+
+
+_TOP_SPEC = {"nodes": Key(list)}
+_NODE_SPEC = spec_of(NodePlan)
+_WORKER_SPEC = spec_of(NodeWorker)
 
 
 def parse_node_schedule(table: dict[str, Any], source: str) -> NodeSchedule:
@@ -137,18 +156,18 @@ def parse_node_schedule(table: dict[str, Any], source: str) -> NodeSchedule:
                               f"node {e['name']!r} is listed twice (also nodes[{seen[e['name']]}]); "
                               "list each node once with all its workers")
         seen[e["name"]] = i
-        workers = []
-        for j, w in enumerate(e["workers"]):
-            wt = take_table(source, f"{prefix}.workers[{j}]", w, _WORKER_SPEC)
-            require_positive(source, f"{prefix}.workers[{j}].batch", wt["batch"])
-            require_positive(source, f"{prefix}.workers[{j}].threads", wt["threads"])
-            workers.append(NodeWorker(wt["batch"], wt["threads"]))
-        plans.append(NodePlan(e["name"], e["server"], tuple(workers)))
+        workers = tuple(NodeWorker(**take_table(source, f"{prefix}.workers[{j}]", w, _WORKER_SPEC))
+                        for j, w in enumerate(e["workers"]))
+        plans.append(NodePlan(e["name"], e["server"], workers))
     if not any(p.server for p in plans):
         raise ConfigError(source, "nodes.server", "no parameter server: set server = true on at least one node")
     if not any(p.workers for p in plans):
         raise ConfigError(source, "nodes.workers",
                           "no worker: give at least one node workers = [{batch = N}]")
+    total = sum(w.batch for p in plans for w in p.workers)
+    if total > limits.MAX_BATCH:
+        raise ConfigError(source, "nodes.workers.batch",
+                          f"worker batches sum to {total}; a global batch must be <= {limits.MAX_BATCH}")
     return NodeSchedule(tuple(plans), source)
 
 
@@ -156,17 +175,10 @@ def load_node_schedule(path: str | Path) -> NodeSchedule:
     return parse_node_schedule(read_toml(path), str(path))
 
 
-def write_node_schedule(schedule: NodeSchedule, path: str | Path) -> None:
-    """Write schedule.to_toml() to path through a temporary file, so a reader never sees half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(schedule.to_toml())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def write_node_schedule(schedule: NodeSchedule, path: str | Path, flag: str | None = None) -> None:
+    """Write schedule.to_toml() to path atomically (hpcps.io.outputs), so a reader never sees half a file."""
+    from hpcps.io.outputs import write_text
+    write_text(path, schedule.to_toml(), flag)
 
 
 def place_rank_schedule(schedule: Schedule, cluster: Cluster) -> RankPlacement:
@@ -193,7 +205,9 @@ def placement_of(schedule: NodeSchedule | Schedule, cluster: Cluster,
         return schedule.to_rank_schedule()
     if global_batch is not None:
         schedule.check_against(schedule.n_ranks_needed, global_batch)
-    return place_rank_schedule(schedule, cluster)
+    placement = place_rank_schedule(schedule, cluster)
+    placement.check_threads(cluster)
+    return placement
 
 
 def load_placement(path: str | Path, cluster: Cluster, global_batch: int | None = None) -> RankPlacement:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import sys
 import time
@@ -17,29 +18,49 @@ EXIT_FAILURE = 1
 ABORT_GRACE_S = 0.5
 
 
+def exit_status(code) -> int:
+    """The status a rank that left with SystemExit(code) ends the job with: never 0, since the job did
+    not finish (sys.exit(0), sys.exit() and sys.exit("text") all count as failures here)."""
+    if isinstance(code, int) and not isinstance(code, bool) and 0 < code < 256:
+        return code
+    return EXIT_FAILURE
+
+
 @contextlib.contextmanager
 def abort_on_error(comm, tool: str = "hpcps"):
     """Run the body; on an exception print the rank, host and error, then MPI_Abort the whole job.
 
     Abort (rather than exit) matters: the other ranks may sit in a receive that would never complete.
-    Bad input found late on one rank (a ConfigError) aborts with status 2, anything else with 1.
+    That holds for SystemExit too, whatever its status: a rank that leaves early with status 0 would
+    otherwise leave the others waiting for it forever. Bad input found late on one rank (a
+    ConfigError) aborts with status 2, anything else with 1 (or the rank's own non-zero exit status).
     """
     try:
         yield
     except SystemExit as e:
-        if e.code in (0, None) or comm.Get_size() == 1:
-            raise
-        sys.stderr.write(f"{tool}: rank {comm.Get_rank()} exited with status {e.code}; ending the job\n")
-        sys.stderr.flush()
-        time.sleep(ABORT_GRACE_S)
-        comm.Abort(e.code if isinstance(e.code, int) else EXIT_FAILURE)
+        status = exit_status(e.code)
+        _say(f"{tool}: rank {comm.Get_rank()} ({socket.gethostname()}) left the run early "
+             f"(sys.exit({e.code!r})); ending the job with status {status}\n")
+        _end(comm, status)
     except BaseException as e:  # noqa: BLE001 - any failure must end every rank
         status = EXIT_INPUT_ERROR if isinstance(e, ConfigError) else EXIT_FAILURE
         detail = "" if isinstance(e, ConfigError) else traceback.format_exc()
-        sys.stderr.write(f"{detail}{tool}: error on rank {comm.Get_rank()} ({socket.gethostname()}): "
-                         f"{type(e).__name__}: {e}\n")
-        sys.stderr.flush()
-        if comm.Get_size() == 1:
-            sys.exit(status)
+        what = str(e) if isinstance(e, ConfigError) else f"{type(e).__name__}: {e}"
+        _say(f"{detail}{tool}: error on rank {comm.Get_rank()} ({socket.gethostname()}): {what}\n")
+        _end(comm, status)
+
+
+def _say(text: str) -> None:
+    sys.stderr.write(text)
+    sys.stderr.flush()
+
+
+def _end(comm, status: int) -> None:
+    if comm.Get_size() > 1:
         time.sleep(ABORT_GRACE_S)
         comm.Abort(status)
+    # Alone, or after an Abort that returned: leave as MPI_Abort would, without the interpreter's
+    # clean-up, which can crash or block on what failed (HDF5 retries a flush that a full disk refuses).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,8 @@ def mpi_is_cuda_aware() -> bool:
     version = MPI.Get_library_version()
     if "Open MPI" in version:
         try:
-            out = subprocess.run(["ompi_info", "--parsable", "--all"], capture_output=True, text=True, timeout=20).stdout
+            out = subprocess.run(["ompi_info", "--parsable", "--all"], capture_output=True, text=True,
+                                 timeout=20).stdout
             return "mpi_built_with_cuda_support:value:true" in out
         except (OSError, subprocess.TimeoutExpired):
             return False

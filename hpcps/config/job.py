@@ -1,85 +1,51 @@
 """Jobs: what to train (workload, model and data options), how (optimiser), and for how long.
 
-See docs/jobs.md for the format; jobs/*.toml are examples.
+See docs/jobs.md for the format; jobs/*.toml are examples. The dataclasses below are the format: each
+field is a key, with its default and its allowed range (hpcps.config.toml_schema.option).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
 from hpcps.config.schedule import Schedule, parse_schedule
-from hpcps.config.toml_schema import (REQUIRED, read_toml, require_choice, require_positive,
-                                      take_table)
+from hpcps.config.toml_schema import option, read_toml, spec_of, take_table
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SYNC_MODES = ("bsp",)  # asynchronous and bounded-staleness modes plug in here (see hpcps/ps/runtime.py)
 
-_TOP_SPEC = {
-    "name": (str, REQUIRED),
-    "workload": (str, REQUIRED),
-    "model": (dict, {}),
-    "data": (dict, {}),
-    "optimizer": (dict, REQUIRED),
-    "training": (dict, REQUIRED),
-    "schedule": (dict, None),
-    "cluster": (str, None),
-    "exchange": (dict, {}),
-}
-_OPT_SPEC = {
-    "name": (str, REQUIRED),
-    "lr": (float, REQUIRED),
-    "momentum": (float, 0.0),
-    "nesterov": (bool, False),
-    "weight_decay": (float, 0.0),
-    "betas": (list, [0.9, 0.999]),
-    "eps": (float, 1e-8),
-}
-_TRAIN_SPEC = {
-    "global_batch": (int, REQUIRED),
-    "iterations": (int, 0),
-    "epochs": (float, 0.0),
-    "seed": (int, 0),
-    "log_every": (int, 10),
-    "eval_every": (int, 0),
-    "sync": (str, "bsp"),
-}
-_EXCHANGE_SPEC = {
-    "codec": (str, "none"),
-    "bucket_mb": (float, 4.0),
-    "overlap": (bool, True),
-}
 CODECS = ("none",)   # push codecs: hpcps.ps.codec.CODECS
-
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    name: str
-    lr: float
-    momentum: float = 0.0
+    name: str = option(choices=OPTIMIZERS)
+    lr: float = option(gt=0, le=limits.MAX_LR)
+    momentum: float = option(0.0, ge=0, lt=1)
     nesterov: bool = False
-    weight_decay: float = 0.0
+    weight_decay: float = option(0.0, ge=0, le=limits.MAX_WEIGHT_DECAY)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: float = option(1e-8, ge=0, le=limits.MAX_EPS)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    global_batch: int
-    iterations: int = 0      # 0: derive from epochs
-    epochs: float = 0.0
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 0      # 0: evaluate at the end only
-    sync: str = "bsp"
+    global_batch: int = option(gt=0, le=limits.MAX_BATCH)
+    iterations: int = option(0, ge=0, le=limits.MAX_ITERATIONS)     # 0: derive from epochs
+    epochs: float = option(0.0, ge=0, le=limits.MAX_EPOCHS)
+    seed: int = option(0, ge=0, le=limits.MAX_SEED)
+    log_every: int = option(10, gt=0, le=limits.MAX_LOG_EVERY)
+    eval_every: int = option(0, ge=0, le=limits.MAX_LOG_EVERY)      # 0: evaluate at the end only
+    sync: str = option("bsp", choices=SYNC_MODES)
 
 
 @dataclass(frozen=True)
 class ExchangeConfig:
-    codec: str = "none"        # what a push becomes on the wire (hpcps/ps/codec.py)
-    bucket_mb: float = 4.0     # the largest piece a shard is cut into: the unit of overlap
+    codec: str = option("none", choices=CODECS)   # what a push becomes on the wire (hpcps/ps/codec.py)
+    bucket_mb: float = 4.0     # the largest piece a shard is cut into: the unit of overlap (checked in parse_job)
     overlap: bool = True       # push during backward, start the forward on the pieces that have arrived
 
 
@@ -97,30 +63,41 @@ class Job:
     exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
 
     def with_iterations(self, iterations: int) -> "Job":
-        from dataclasses import replace
         return replace(self, training=replace(self.training, iterations=iterations, epochs=0.0))
+
+    def cluster_path(self) -> Path | None:
+        """The file the cluster key names: as given when it exists (relative to the working directory),
+        else beside the job file. ConfigError when neither exists; None without a cluster key."""
+        if not self.cluster:
+            return None
+        given = Path(self.cluster)
+        if given.is_absolute() or given.exists():
+            return given
+        beside = Path(self.source).parent / given
+        if beside.exists():
+            return beside
+        raise ConfigError(self.source, "cluster", f"file {self.cluster!r} not found (looked in the working "
+                                                  f"directory and in {Path(self.source).parent or '.'})")
+
+
+_TOP_SPEC = spec_of(Job, exclude=("source",))
+_OPT_SPEC = spec_of(OptimizerConfig)
+_TRAIN_SPEC = spec_of(TrainingConfig)
+_EXCHANGE_SPEC = spec_of(ExchangeConfig)
 
 
 def parse_job(table: dict[str, Any], source: str) -> Job:
     top = take_table(source, "", table, _TOP_SPEC)
     opt = take_table(source, "optimizer", top["optimizer"], _OPT_SPEC)
-    require_choice(source, "optimizer.name", opt["name"], OPTIMIZERS)
-    require_positive(source, "optimizer.lr", opt["lr"])
-    require_positive(source, "optimizer.momentum", opt["momentum"], allow_zero=True)
-    require_positive(source, "optimizer.weight_decay", opt["weight_decay"], allow_zero=True)
     betas = opt["betas"]
-    if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+    if len(betas) != 2 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1
+                                  for b in betas):
         raise ConfigError(source, "optimizer.betas", f"must be two numbers in [0, 1), got {betas!r}")
-    optimizer = OptimizerConfig(opt["name"], opt["lr"], opt["momentum"], opt["nesterov"], opt["weight_decay"],
-                                (float(betas[0]), float(betas[1])), opt["eps"])
+    if opt["nesterov"] and opt["momentum"] == 0:
+        raise ConfigError(source, "optimizer.nesterov", "needs optimizer.momentum > 0")
+    optimizer = OptimizerConfig(**{**opt, "betas": (float(betas[0]), float(betas[1]))})
 
     tr = take_table(source, "training", top["training"], _TRAIN_SPEC)
-    require_positive(source, "training.global_batch", tr["global_batch"])
-    require_positive(source, "training.iterations", tr["iterations"], allow_zero=True)
-    require_positive(source, "training.epochs", tr["epochs"], allow_zero=True)
-    require_positive(source, "training.log_every", tr["log_every"])
-    require_positive(source, "training.eval_every", tr["eval_every"], allow_zero=True)
-    require_choice(source, "training.sync", tr["sync"], SYNC_MODES)
     if (tr["iterations"] > 0) == (tr["epochs"] > 0):
         raise ConfigError(source, "training.iterations",
                           "give exactly one of training.iterations (> 0) or training.epochs (> 0)")
@@ -130,7 +107,6 @@ def parse_job(table: dict[str, Any], source: str) -> Job:
     model, data = validate_options(top["workload"], top["model"], top["data"], source)
 
     ex = take_table(source, "exchange", top["exchange"], _EXCHANGE_SPEC)
-    require_choice(source, "exchange.codec", ex["codec"], CODECS)
     if not 1 / 1024 <= ex["bucket_mb"] <= 1024:
         raise ConfigError(source, "exchange.bucket_mb", f"must be in [1/1024, 1024] (MiB), got {ex['bucket_mb']!r}")
     exchange = ExchangeConfig(**ex)

@@ -15,18 +15,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
-from hpcps.config.toml_schema import REQUIRED, read_toml, require_positive, take_table
-
-_TOP_SPEC = {"servers": (list, REQUIRED), "workers": (list, REQUIRED)}
-_WORKER_SPEC = {"rank": (int, REQUIRED), "batch": (int, REQUIRED), "threads": (int, 1)}
+from hpcps.config.toml_schema import option, read_toml, spec_of, take_table
+from hpcps.config.toml_writer import dumps
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    rank: int
-    batch: int
-    threads: int = 1
+    rank: int = option(ge=0, lt=limits.MAX_RANKS)
+    batch: int = option(gt=0, le=limits.MAX_BATCH)
+    threads: int = option(1, gt=0, le=limits.MAX_THREADS)
 
 
 @dataclass(frozen=True)
@@ -68,14 +67,15 @@ class Schedule:
                               f"{global_batch}; they must be equal")
 
     def to_toml(self) -> str:
-        lines = [f"servers = [{', '.join(str(s) for s in self.servers)}]", ""]
-        for w in self.workers:
-            lines += ["[[workers]]", f"rank = {w.rank}", f"batch = {w.batch}", f"threads = {w.threads}", ""]
-        return "\n".join(lines)
+        return dumps(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         return {"servers": list(self.servers),
                 "workers": [{"rank": w.rank, "batch": w.batch, "threads": w.threads} for w in self.workers]}
+
+
+_TOP_SPEC = spec_of(Schedule, exclude=("source",))
+_WORKER_SPEC = spec_of(WorkerSpec)
 
 
 def parse_schedule(table: dict[str, Any], source: str, prefix: str = "") -> Schedule:
@@ -88,23 +88,23 @@ def parse_schedule(table: dict[str, Any], source: str, prefix: str = "") -> Sche
     if not servers:
         raise ConfigError(source, key("servers"), "no parameter server: list at least one rank, e.g. servers = [0]")
     for i, s in enumerate(servers):
-        if not isinstance(s, int) or isinstance(s, bool) or s < 0:
-            raise ConfigError(source, key(f"servers[{i}]"), f"must be a rank number >= 0, got {s!r}")
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < limits.MAX_RANKS:
+            raise ConfigError(source, key(f"servers[{i}]"),
+                              f"must be a rank number >= 0 and < {limits.MAX_RANKS}, got {s!r}")
     if len(set(servers)) != len(servers):
         raise ConfigError(source, key("servers"), f"lists a rank twice: {servers}")
     if not top["workers"]:
         raise ConfigError(source, key("workers"), "no worker: add at least one [[workers]] table with rank and batch")
     workers = []
     for i, w in enumerate(top["workers"]):
-        wt = take_table(source, key(f"workers[{i}]"), w, _WORKER_SPEC)
-        if wt["rank"] < 0:
-            raise ConfigError(source, key(f"workers[{i}].rank"), f"must be a rank number >= 0, got {wt['rank']}")
-        require_positive(source, key(f"workers[{i}].batch"), wt["batch"])
-        require_positive(source, key(f"workers[{i}].threads"), wt["threads"])
-        workers.append(WorkerSpec(wt["rank"], wt["batch"], wt["threads"]))
+        workers.append(WorkerSpec(**take_table(source, key(f"workers[{i}]"), w, _WORKER_SPEC)))
     ranks = [w.rank for w in workers]
     if len(set(ranks)) != len(ranks):
         raise ConfigError(source, key("workers"), f"a rank appears in two [[workers]] tables: {ranks}")
+    total = sum(w.batch for w in workers)
+    if total > limits.MAX_BATCH:
+        raise ConfigError(source, key("workers.batch"),
+                          f"worker batches sum to {total}; a global batch must be <= {limits.MAX_BATCH}")
     return Schedule(tuple(servers), tuple(sorted(workers, key=lambda w: w.rank)), source)
 
 

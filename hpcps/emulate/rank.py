@@ -17,6 +17,7 @@ from hpcps.emulate.node import NodeClock, fastest_cpu_time
 from hpcps.ps.plan import MessagePlan
 from hpcps.sim.profile import WorkloadProfile
 
+
 def default_dilation(cluster: Cluster, placement: RankPlacement) -> float:
     """Real seconds per emulated second: enough that the fastest node's steps, run here and sped up,
     still end after their real computation (with room for two ranks sharing one core)."""
@@ -39,17 +40,19 @@ class RankEmulator:
     """Built collectively on every rank of comm (rank 0 creates the shared file)."""
 
     def __init__(self, comm, cluster: Cluster, placement: RankPlacement, plan: MessagePlan,
-                 profile: WorkloadProfile | None, dilation: float):
+                 profile: WorkloadProfile | None, dilation: float, network: str = "fabric"):
+        """network: "fabric" delays messages between nodes on the shared fluid model; "real" leaves them to
+        real links (a testbed, hpcps.testbed), which only compute is emulated for."""
         rank = comm.Get_rank()
         self.rank, self.dilation = rank, float(dilation)
         sched = placement.schedule
         node_of = [cluster.index(n) for n in placement.rank_nodes]
         self.node_of = node_of
 
-        # Message templates: the plan's messages that cross between two emulated nodes.
+        # Message templates: the plan's messages that cross between two emulated nodes (none on real links).
         templates, self._templates = [], {}
         for m in plan.messages():
-            if node_of[m.src] != node_of[m.dst]:
+            if network == "fabric" and node_of[m.src] != node_of[m.dst]:
                 worker = m.dst if m.kind == "pull" else m.src
                 self._templates[(m.kind, m.piece, worker)] = len(templates)
                 templates.append(FlowSpec(m.src, m.dst, node_of[m.src], node_of[m.dst], m.nbytes))

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from mpi4py import MPI
@@ -102,13 +102,14 @@ class Exchange:
         self.defer_aggregation = False                # set during an emulated step: update after it
         self._in_progress = False
         self.first_push_at = self.last_push_at = 0.0
+        self.blocked_s = 0.0                          # worker: time its forward pass waited for pieces
         self.aggregate_span = [np.inf, -np.inf]
 
     # -- set-up and the worker's side ---------------------------------------------------------------
     def start(self) -> None:
         """Post the first iteration's pulls (every rank starts from the same values, but the pull of
         iteration 0 is what tells a worker which values the servers hold) and the push receives."""
-        for q, state in self.served.items():
+        for q in self.served:
             self._post_push_receives(q)
             self._send_piece(q, 0)
         if self.is_worker:
@@ -123,9 +124,10 @@ class Exchange:
             if p.server == self.rank:
                 continue
             q = p.index
+            t0 = self.clock()
             req = self.comm.Irecv(self.params.view(p.start, p.stop), source=p.server, tag=PULL_TAG + p.index)
             meta = Transfer(PULL, "recv", p.shard, p.server, 4 * p.size, q)
-            self._post(req, iteration, meta, self._pull_arrived, (q,))
+            self._post(req, t0, iteration, meta, self._pull_arrived, (q,))
         self._deliver_local()
 
     def _pull_arrived(self, q: int) -> None:
@@ -135,9 +137,14 @@ class Exchange:
         self.arrived_at[q] = self.clock()
 
     def wait_pieces(self, pieces) -> None:
-        """Until these pieces of the awaited iteration are in the worker's parameter buffer."""
+        """Until these pieces of the awaited iteration are in the worker's parameter buffer. The time it
+        blocks adds to blocked_s (a layer waiting for its parameters is not computing)."""
         self.progress()
+        if self.arrived[pieces].all():
+            return
+        t0 = self.clock()
         self.wait_until(lambda: bool(self.arrived[pieces].all()))
+        self.blocked_s += self.clock() - t0
 
     def begin_pushes(self, iteration: int) -> None:
         self.push_iteration = iteration
@@ -158,7 +165,8 @@ class Exchange:
             state = self.served[q]
             t0 = self.clock()
             state.rows[self.row][:] = self.grads.host_array(p.start, p.stop, state.rows[self.row])
-            self._record(self.push_iteration, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0, self.clock())
+            self._record(self.push_iteration, Transfer(PUSH, "local", p.shard, self.rank, 4 * p.size, q), t0,
+                         self.clock())
             self._push_in(q)
             return
         self._in_flight_pushes += 1
@@ -173,9 +181,10 @@ class Exchange:
         view = self.grads.view(p.start, p.stop)
         encoder = self.encoders.get(q)
         wire = encoder.encode(view) if encoder is not None else view
+        t0 = self.clock()
         req = self.comm.Isend(wire, dest=p.server, tag=PUSH_TAG + q)
         meta = Transfer(PUSH, "send", p.shard, p.server, self.plan.push_nbytes[self.row][q], q)
-        self._post(req, iteration, meta, self._push_sent, ())
+        self._post(req, t0, iteration, meta, self._push_sent, ())
 
     def _push_sent(self) -> None:
         self._in_flight_pushes -= 1
@@ -192,9 +201,10 @@ class Exchange:
         for row, w in enumerate(self.plan.workers):
             if w == self.rank:
                 continue
+            t0 = self.clock()
             req = self.comm.Irecv(state.wires[row], source=w, tag=PUSH_TAG + q)
             meta = Transfer(PUSH, "recv", p.shard, w, self.plan.push_nbytes[row][q], q)
-            self._post(req, it, meta, self._push_received, (q, row))
+            self._post(req, t0, it, meta, self._push_received, (q, row))
 
     def _push_received(self, q: int, row: int) -> None:
         if self.served[q].push_arrived(row):
@@ -230,9 +240,10 @@ class Exchange:
         for w in self.plan.workers:
             if w == self.rank:
                 continue
+            t0 = self.clock()
             req = self.comm.Isend(state.params, dest=w, tag=PULL_TAG + q)
             self._send_reqs[q].append(req)
-            self._post(req, iteration, Transfer(PULL, "send", p.shard, w, 4 * p.size, q), None, ())
+            self._post(req, t0, iteration, Transfer(PULL, "send", p.shard, w, 4 * p.size, q), None, ())
 
     def _deliver_local(self) -> None:
         if not self.is_worker:
@@ -252,9 +263,10 @@ class Exchange:
         return all(v > iteration for v in self.version.values())
 
     # -- progress -------------------------------------------------------------------------------------
-    def _post(self, req, iteration: int, meta: Transfer, then: Callable | None, args: tuple) -> None:
+    def _post(self, req, t_post: float, iteration: int, meta: Transfer, then: Callable | None, args: tuple) -> None:
+        """t_post: read before the request was posted (a small message may arrive before the call returns)."""
         self._reqs.append(req)
-        self._done.append((self._completed, (iteration, meta, self.clock(), then, args)))
+        self._done.append((self._completed, (iteration, meta, t_post, then, args)))
         if self.emulator is not None:
             self.emulator.post(meta, iteration, self.rank)
 

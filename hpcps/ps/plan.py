@@ -21,8 +21,8 @@ with src == dst, so that every consumer sees the same list.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from hpcps.ps.sharding import ALIGN_ELEMENTS, Shard, plan_shards
 
@@ -90,7 +90,7 @@ class MessagePlan:
 
     @staticmethod
     def build(n_elements: int, servers: Sequence[int], workers: Sequence[int],
-              bucket_bytes: int = DEFAULT_BUCKET_BYTES, push_nbytes=None) -> "MessagePlan":
+              bucket_bytes: int = DEFAULT_BUCKET_BYTES, push_nbytes=None) -> MessagePlan:
         """push_nbytes(worker_row, elements) -> bytes on the wire of one push (default 4 per element)."""
         shards = tuple(plan_shards(n_elements, list(servers)))
         bucket = max(ALIGN_ELEMENTS, (int(bucket_bytes) // BYTES_PER_ELEMENT) // ALIGN_ELEMENTS * ALIGN_ELEMENTS)

@@ -11,8 +11,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -74,6 +74,8 @@ class Emulation:
     profile: object              # hpcps.sim.WorkloadProfile: the calibrated thread model
     dilation: float              # real seconds per emulated second
     compute: str = "reference"   # what a step costs: its time alone measured at start-up, or each its own
+    network: str = "fabric"      # "fabric": messages between nodes wait on the emulated network; "real": the
+                                 # ranks stand on a testbed's nodes (hpcps.testbed), whose links are real
 
 
 @dataclass
@@ -143,12 +145,14 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     if emulation is not None:
         from hpcps.emulate.rank import RankEmulator
         emulator = RankEmulator(comm, emulation.cluster, emulation.placement, plan, emulation.profile,
-                                emulation.dilation)
+                                emulation.dilation, emulation.network)
         clock = emulator.time
+    # A testbed's nodes share this machine's cores, which MPI cannot tell: waiting ranks must sleep.
+    sleep_wait = True if emulation is not None and emulation.network == "real" else None
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
     total = total_iterations(job, partition.per_epoch)
     exchange = Exchange(comm, plan, total, params=params_xb, grads=grads_xb, served=served, encoders=encoders,
-                        recorder=recorder, clock=clock, emulator=emulator,
+                        recorder=recorder, clock=clock, emulator=emulator, sleep_wait=sleep_wait,
                         aggregate=emulator.clock.run_aggregate if emulator is not None else None)
     # Pieces go out while the backward pass runs. Under emulation the real step runs first and only
     # records when each piece was complete; the node clock's hold then pushes each at its share of the
@@ -188,7 +192,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     run_attrs = {"sync": policy.name, "overlap": int(overlap), "pieces": len(plan.pieces),
                  "codec": job.exchange.codec}
     if emulation is not None:
-        run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute)
+        run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute,
+                         emulation_network=emulation.network)
     if emulator is not None and emulation.compute == "reference":
         costs = _measure_reference(comm, emulator, workload, flat,
                                    partition.indices(0, worker_row) if me else None, log)

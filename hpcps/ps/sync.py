@@ -45,9 +45,13 @@ class BulkSynchronous:
             if not run.wait_per_layer:
                 ex.wait_pieces(slice(None))
             ex.begin_pushes(it)
+            ex.blocked_s = 0.0
             t_c0 = clock()
             loss_t, correct = run.compute(batch)
             t_c1 = clock()
+            # The trace's compute phase is the worker's own work: it starts later by the time its
+            # layers waited for parameters (that waiting is the pull's, which the pull phase spans).
+            t_c0 = min(t_c1, t_c0 + ex.blocked_s)
             if not run.overlap:
                 for p in run.plan.push_order():
                     ex.push(p.index)

@@ -14,11 +14,11 @@ The runtime, not the workload, moves each batch to the worker's device.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from hpcps.ps.flat import FlatModel
 from hpcps.ps.plan import MessagePlan

@@ -12,12 +12,14 @@ fastest networks). Bad input is one line on stderr and exit status 2; nothing is
 from __future__ import annotations
 
 import json
-import math
+import os
 import sys
 from pathlib import Path
 
-from hpcps.cli import RankAwareParser, default_job_path, fail_input
-from hpcps.config import ConfigError, load_job
+from hpcps.cli import RankAwareParser, cluster_path, default_job_path, run_tool
+from hpcps.config import ConfigError, limits, load_job
+from hpcps.config.toml_schema import check_number
+from hpcps.io.outputs import check_output
 
 TOOL = "hpcps.sim"
 BUILTIN_SCHEDULES = ("naive", "balanced")
@@ -58,18 +60,6 @@ def build_parser() -> RankAwareParser:
     return p
 
 
-def _resolve_cluster_path(args, job) -> Path:
-    if args.cluster is not None:
-        return args.cluster
-    if job.cluster is None:
-        raise ConfigError("--cluster", None, f"no cluster: give --cluster FILE, or set cluster = \"FILE\" in {job.source}")
-    path = Path(job.cluster)
-    if not path.is_absolute() and not path.is_file():
-        beside = Path(job.source).parent / path
-        path = beside if beside.is_file() else path
-    return path
-
-
 def resolve_inputs(args):
     """Load and check everything; raises ConfigError on bad input. Returns what simulate needs."""
     from hpcps.cluster import load_cluster
@@ -78,18 +68,18 @@ def resolve_inputs(args):
     from hpcps.sim.engine import SimOptions, job_options
     from hpcps.sim.profile import load_profiles, profile_for_job
 
-    checks = [("--iterations", args.iterations >= 1, "must be >= 1"),
-              ("--noise", args.noise >= 0 and math.isfinite(args.noise), "must be >= 0"),
-              ("--straggler-prob", 0 <= args.straggler_prob <= 1, "must be in [0, 1]"),
-              ("--straggler-slowdown", args.straggler_slowdown >= 1 and math.isfinite(args.straggler_slowdown),
-               "must be >= 1"),
-              ("--resolution", args.resolution is None or args.resolution >= 0, "must be >= 0")]
-    for flag, ok, what in checks:
-        if not ok:
-            raise ConfigError(flag, None, f"{what}, got {getattr(args, flag[2:].replace('-', '_'))}")
+    check_number("--iterations", None, args.iterations, ge=1, le=limits.MAX_SIM_ITERATIONS)
+    check_number("--noise", None, args.noise, ge=0, le=limits.MAX_NOISE_SIGMA)
+    check_number("--straggler-prob", None, args.straggler_prob, ge=0, le=1)
+    check_number("--straggler-slowdown", None, args.straggler_slowdown, ge=1, le=limits.MAX_STRAGGLER_SLOWDOWN)
+    check_number("--seed", None, args.seed, ge=0, le=limits.MAX_SEED)
+    if args.resolution is not None:
+        check_number("--resolution", None, args.resolution, ge=0, le=limits.MAX_STEP_S)
 
-    job = load_job(args.job or default_job_path())
-    cluster = load_cluster(_resolve_cluster_path(args, job))
+    job_path = args.job or default_job_path()
+    job = load_job(job_path)
+    path = cluster_path(args.cluster, job, required=True)
+    cluster = load_cluster(path)
     gb = job.training.global_batch
     node_schedule = None
     if args.schedule in BUILTIN_SCHEDULES:
@@ -102,6 +92,7 @@ def resolve_inputs(args):
     elif job.schedule is not None:
         job.schedule.check_against(job.schedule.n_ranks_needed, gb)
         placement, label = place_rank_schedule(job.schedule, cluster), f"{job.source} [schedule]"
+        placement.check_threads(cluster)
     else:
         node_schedule = naive(cluster, gb)
         placement, label = node_schedule.to_rank_schedule(), "naive"
@@ -111,6 +102,10 @@ def resolve_inputs(args):
                               "only a node schedule can be saved: use naive, balanced or a node schedule file")
         if not args.save_schedule.parent.is_dir():
             raise ConfigError("--save-schedule", None, f"directory {args.save_schedule.parent} does not exist")
+        # Replaced atomically when it exists (docs/sim.md), but never one of this command's inputs.
+        inputs = [job_path, path, args.schedule if args.schedule not in BUILTIN_SCHEDULES else None,
+                  args.profiles or os.environ.get("HPCPS_PROFILES")]
+        check_output(args.save_schedule, "--save-schedule", inputs=inputs, replace=True, example="schedule.toml")
 
     profiles = load_profiles(args.profiles)
     profile = profile_for_job(profiles, job.workload, job.model, job.data)
@@ -142,18 +137,18 @@ def render_table(result, job, cluster, label: str, profile) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        job, cluster, placement, label, node_schedule, profiles, profile, options = resolve_inputs(args)
-    except ConfigError as e:
-        fail_input(TOOL, e)
+    return run_tool(TOOL, lambda: run(args))
 
+
+def run(args) -> int:
+    job, cluster, placement, label, node_schedule, profiles, profile, options = resolve_inputs(args)
     from hpcps.cluster.placement import write_node_schedule
     from hpcps.sim.engine import simulate
     result = simulate(cluster, placement, profile, profiles.machine, options)
     if not result.feasible:
-        fail_input(TOOL, ConfigError(label, None, f"the schedule cannot run on {cluster.source}: {result.status}"))
+        raise ConfigError(label, None, f"the schedule cannot run on {cluster.source}: {result.status}")
     if args.save_schedule is not None:
-        write_node_schedule(node_schedule, args.save_schedule)
+        write_node_schedule(node_schedule, args.save_schedule, "--save-schedule")
     if args.json:
         out = result.to_dict()
         out.update({"cluster": cluster.name, "cluster_file": cluster.source, "schedule": label, "job": job.name,

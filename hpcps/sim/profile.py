@@ -20,12 +20,13 @@ step. The calibration does not measure it (cifar-resnet measured 0.36-0.38 here,
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
+from hpcps.config.toml_schema import Key, check_number, check_type, read_toml, take_table
 
 DEFAULT_PROFILES = Path(__file__).with_name("profiles.toml")
 DEFAULT_FORWARD_FRACTION = 1.0 / 3.0     # backward about twice the forward (see above)
@@ -132,36 +133,114 @@ def _workload_from(name: str, t: dict[str, Any], cpus: int) -> WorkloadProfile:
         ratios = sorted(m / probe.step_time(b, th, cpus, th) for b, m in zip(t["batches"], t["times_s"][i]))
         oversub = max(0.0, (ratios[len(ratios) // 2] - 1.0) / (th / cpus - 1.0))
     forward = float(t.get("forward_fraction", DEFAULT_FORWARD_FRACTION))
-    if not 0.0 <= forward <= 1.0:
-        raise ValueError(f"workloads.{name}.forward_fraction must be in [0, 1], got {forward}")
     return WorkloadProfile(name, int(t["params"]), fixed[i1], per[i1], q, q, oversub,
                            float(t["activation_bytes_per_sample"]), tuple(sorted(t["model"].items())),
                            tuple(sorted(t["data"].items())), forward_fraction=forward)
 
 
+# What a profiles file must hold, with the limits that keep the simulator's arithmetic finite (a zero
+# copy rate or a NaN step time used to make it run forever). Other top-level keys are the calibration's
+# notes (host, date, load) and are not checked.
+_MACHINE_SPEC = {
+    "memcpy_bytes_per_s": Key(float, ge=limits.MIN_MEMCPY_BYTES_PER_S, le=limits.MAX_MEMCPY_BYTES_PER_S),
+    "aggregate_s_per_byte_per_worker": Key(float, ge=0, le=limits.MAX_SECONDS_PER_BYTE),
+    "update_s_per_byte": Key(dict),
+    "rank_overhead_bytes": Key(float, 0.0, ge=0, le=limits.MAX_BYTES),
+}
+_WORKLOAD_SPEC = {
+    "params": Key(int, gt=0, le=limits.MAX_PARAMS),
+    "model": Key(dict, {}),
+    "data": Key(dict, {}),
+    "activation_bytes_per_sample": Key(float, ge=0, le=limits.MAX_BYTES),
+    "batches": Key(list),
+    "threads": Key(list),
+    "times_s": Key(list),
+    "fixed_s": Key(list),
+    "per_sample_s": Key(list),
+    "forward_fraction": Key(float, DEFAULT_FORWARD_FRACTION, ge=0, le=1),
+}
+
+
+def _numbers(source: str, key: str, values: Any, typ: type, n: int | None = None, **bounds) -> list:
+    if not isinstance(values, list) or not values or (n is not None and len(values) != n):
+        size = f"{n} " if n is not None else ""
+        raise ConfigError(source, key, f"must be an array of {size}numbers, got {values!r}"[:300])
+    return [check_number(source, f"{key}[{i}]", check_type(source, f"{key}[{i}]", v, typ), **bounds)
+            for i, v in enumerate(values)]
+
+
+def _check_workload(source: str, name: str, table: Any) -> dict[str, Any]:
+    prefix = f"workloads.{name}"
+    t = take_table(source, prefix, table, _WORKLOAD_SPEC)
+    threads = _numbers(source, f"{prefix}.threads", t["threads"], int, ge=1, le=limits.MAX_THREADS)
+    if 1 not in threads or 2 not in threads or len(set(threads)) != len(threads):
+        raise ConfigError(source, f"{prefix}.threads", f"must list 1 and 2 threads, each once; got {threads}")
+    batches = _numbers(source, f"{prefix}.batches", t["batches"], int, ge=1, le=limits.MAX_BATCH)
+    times = t["times_s"]
+    if not isinstance(times, list) or len(times) != len(threads):
+        raise ConfigError(source, f"{prefix}.times_s", f"must hold one array per thread count ({len(threads)})")
+    for i, row in enumerate(times):
+        _numbers(source, f"{prefix}.times_s[{i}]", row, float, len(batches), gt=0, le=limits.MAX_STEP_S)
+    t["times_s"] = [[float(x) for x in row] for row in times]
+    for k in ("fixed_s", "per_sample_s"):
+        t[k] = _numbers(source, f"{prefix}.{k}", t[k], float, len(threads), ge=0, le=limits.MAX_STEP_S)
+    i1 = threads.index(1)
+    if t["fixed_s"][i1] + t["per_sample_s"][i1] <= 0:
+        raise ConfigError(source, f"{prefix}.per_sample_s", "a step cannot take no time: fixed_s and "
+                                                            "per_sample_s with one thread are both 0")
+    return t
+
+
+_TOP_SPEC = {"cpus": Key(int, ge=1, le=limits.MAX_CORES), "machine": Key(dict), "workloads": Key(dict),
+             "command": Key(str, "")}
+
+
 def load_profiles(path: str | Path | None = None) -> Profiles:
     """Read profiles.toml: path, else the file named by the environment variable HPCPS_PROFILES (a
-    calibration of one's own machine, docs/sim.md), else the bundled one. A missing or malformed file
-    is a ConfigError (rerun the calibration)."""
+    calibration of one's own machine, docs/sim.md), else the bundled one. A missing or malformed file,
+    or one with a value out of range, is a ConfigError naming the file and key (rerun the calibration)."""
+    from_env = path is None and bool(os.environ.get("HPCPS_PROFILES"))
     path = Path(path or os.environ.get("HPCPS_PROFILES") or DEFAULT_PROFILES)
+    source = str(path)
+    named = " (named by HPCPS_PROFILES)" if from_env else ""
     try:
-        with path.open("rb") as f:
-            raw = tomllib.load(f)
-        m = raw["machine"]
-        machine = MachineProfile(float(m["memcpy_bytes_per_s"]), float(m["aggregate_s_per_byte_per_worker"]),
-                                 tuple(sorted((k, float(v)) for k, v in m["update_s_per_byte"].items())),
-                                 float(m.get("rank_overhead_bytes", 0.0)))
-        workloads = tuple(_workload_from(name, t, int(raw["cpus"])) for name, t in raw["workloads"].items())
-        return Profiles(machine, workloads, str(raw.get("command", "")), str(path))
-    except FileNotFoundError:
-        raise ConfigError(str(path), None, "compute profiles not found; run benchmarks/calibrate_compute.py") from None
-    except (tomllib.TOMLDecodeError, KeyError, ValueError, TypeError) as e:
-        raise ConfigError(str(path), None, f"not a compute profile file ({type(e).__name__}: {e}); "
-                          "rerun benchmarks/calibrate_compute.py") from None
+        raw = read_toml(path)
+    except ConfigError as e:
+        if e.message == "file not found":
+            raise ConfigError(source, None, f"compute profiles not found{named}; run "
+                                            "benchmarks/calibrate_compute.py") from None
+        raise ConfigError(source, None, f"not a compute profile file{named}: {e.message}; rerun "
+                                        "benchmarks/calibrate_compute.py") from None
+    try:
+        # The other top-level keys are the calibration's notes (host, date, load): not checked.
+        top = take_table(source, "", {k: v for k, v in raw.items() if k in _TOP_SPEC}, _TOP_SPEC)
+        m = take_table(source, "machine", top["machine"], _MACHINE_SPEC)
+        updates = m["update_s_per_byte"]
+        if not updates:
+            raise ConfigError(source, "machine.update_s_per_byte", "must give the cost of at least one optimiser")
+        for k, v in updates.items():
+            key = f"machine.update_s_per_byte.{k}"
+            updates[k] = check_number(source, key, check_type(source, key, v, float), ge=0,
+                                      le=limits.MAX_SECONDS_PER_BYTE)
+        machine = MachineProfile(m["memcpy_bytes_per_s"], m["aggregate_s_per_byte_per_worker"],
+                                 tuple(sorted(updates.items())), m["rank_overhead_bytes"])
+        if not top["workloads"]:
+            raise ConfigError(source, "workloads", "must hold one table per profiled workload")
+        workloads = tuple(_workload_from(name, _check_workload(source, name, t), top["cpus"])
+                          for name, t in top["workloads"].items())
+    except ConfigError as e:
+        raise ConfigError(e.source, e.key, f"{e.message} (not a compute profile file{named}: rerun "
+                                           "benchmarks/calibrate_compute.py)") from None
+    return Profiles(machine, workloads, top["command"], source)
 
 
 def count_parameters(workload: str, model: dict, data: dict) -> int:
-    """Build the workload's model (this imports PyTorch and loads the workload's data) and count."""
+    """Trainable parameters of the workload's model with these options: counted from the architecture
+    for a built-in workload, else by building the model (this imports PyTorch and loads the data)."""
+    from hpcps.workloads.specs import model_parameters
+    n = model_parameters(workload, model, data)
+    if n is not None:
+        return n
     from hpcps.workloads import build_workload
     m = build_workload(workload, model, data, seed=0).build_model()
     return sum(p.numel() for p in m.parameters() if p.requires_grad)

@@ -31,6 +31,7 @@ Running trials (what the tuner's slurm backend calls)
     )
     state = launcher.poll(handle)         # never blocks for long; call it every second or so
     state = launcher.wait(handle)         # or block until the trial has ended
+    state = launcher.wait(handle, stop_requested=lambda: why_stop)   # ... cancelling it once why_stop is set
     launcher.cancel(handle, reason="...") # ends as CANCELLED with that reason
 
 ``TrialLauncher(client=None, *, mode="auto"|"step"|"job", mpi=None, partition=None, account=None,
@@ -53,11 +54,12 @@ A final state is reported only when the trial's processes are gone, so its nodes
 Inside an allocation each trial is ``srun --nodes --ntasks [--nodelist | --distribution=arbitrary with
 SLURM_HOSTFILE] --mpi=PLUGIN --overcommit --kill-on-bad-exit --time`` run in the background
 (``subprocess.Popen``); ``--kill-on-bad-exit`` ends the whole step when one rank dies (the others would
-otherwise wait for it in MPI). Its state comes from the srun process and ``scontrol show step``. Outside, each trial is an ``sbatch`` job
-(``--exclusive`` on its nodes) whose state comes from ``scontrol show job``, then ``sacct`` where
-accounting is configured, else the jobcomp/filetxt file. Slurm counts limits in minutes; the launcher
-enforces ``time_limit_s`` itself (from when the step starts, or when Slurm starts the job) with
-``scancel`` and sets Slurm's own limit a minute or more later as a backstop.
+otherwise wait for it in MPI). Its state comes from the srun process and ``scontrol show step``.
+Outside, each trial is an ``sbatch`` job (``--exclusive`` on its nodes) whose state comes from
+``scontrol show job``, then ``sacct`` where accounting is configured, else the jobcomp/filetxt file.
+Slurm counts limits in minutes; the launcher enforces ``time_limit_s`` itself (from when the step
+starts, or when Slurm starts the job) with ``scancel`` and sets Slurm's own limit a minute or more later
+as a backstop.
 
 Trial steps in one allocation take whole nodes unless they overlap; run concurrent trials on
 disjoint node sets.
@@ -70,5 +72,5 @@ from hpcps.slurm.nodes import allocation_nodes, compress_hostlist, render_cluste
 from hpcps.slurm.parse import SlurmNode, SlurmParseError, parse_nodes
 
 __all__ = ["SlurmClient", "SlurmError", "TrialHandle", "TrialLauncher", "TrialState", "TrialStatus",
-           "srun_mpi_plugin", "allocation_nodes", "compress_hostlist", "render_cluster_toml", "unknown_nodes", "SlurmNode",
-           "SlurmParseError", "parse_nodes"]
+           "srun_mpi_plugin", "allocation_nodes", "compress_hostlist", "render_cluster_toml", "unknown_nodes",
+           "SlurmNode", "SlurmParseError", "parse_nodes"]

@@ -8,11 +8,10 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
-from hpcps.slurm.parse import (SACCT_FIELDS, SacctRow, parse_job_id, parse_record, parse_records,
-                               parse_sacct)
+from hpcps.slurm.parse import SACCT_FIELDS, SacctRow, parse_job_id, parse_record, parse_records, parse_sacct
 from hpcps.slurm.script import format_command
 
 log = logging.getLogger(__name__)
@@ -77,7 +76,7 @@ class SlurmClient:
     # ---- jobs ----------------------------------------------------------------------------------------
 
     def sbatch(self, argv: Sequence[str], cwd: str | None = None) -> str:
-        """Submit with an sbatch argument list (see script.sbatch_argv); returns the job id."""
+        """Submit with an sbatch argument list (``sbatch [options] SCRIPT``); returns the job id."""
         argv = list(argv)
         if "--parsable" not in argv:
             argv.insert(1, "--parsable")
@@ -185,13 +184,13 @@ class SlurmClient:
         is the step's."""
         argv = [str(a) for a in argv]
         log.debug("starting %s", format_command(argv))
-        out = open(output, "ab") if output else subprocess.DEVNULL
+        out = open(output, "ab") if output else None
         try:
             return subprocess.Popen(argv, env=self._env(env, unset), cwd=cwd, stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
-                                    start_new_session=True)
+                                    stdout=out or subprocess.DEVNULL,
+                                    stderr=subprocess.STDOUT if out else subprocess.DEVNULL, start_new_session=True)
         except FileNotFoundError:
             raise SlurmError(argv, "srun is not installed or not on PATH") from None
         finally:
-            if output:
+            if out is not None:
                 out.close()

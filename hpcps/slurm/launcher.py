@@ -12,21 +12,32 @@ import os
 import re
 import signal as signals
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
+from hpcps.failure import error_line, output_tail, task_ended
 from hpcps.slurm.client import SlurmClient, SlurmError
-from hpcps.slurm.parse import (SlurmParseError, classify_state, format_time_limit, normalize_state,
-                               parse_duration, parse_exit_code)
-from hpcps.slurm.script import ALLOCATION_SHAPE_VARS, TrialJob, format_command, srun_argv
 from hpcps.slurm.mpi import srun_mpi_plugin
+from hpcps.slurm.parse import (
+    SlurmParseError,
+    classify_state,
+    format_time_limit,
+    normalize_state,
+    parse_duration,
+    parse_exit_code,
+)
+from hpcps.slurm.script import ALLOCATION_SHAPE_VARS, TrialJob, format_command, srun_argv
+
+if TYPE_CHECKING:
+    from subprocess import Popen  # started by the client; here only followed
 
 log = logging.getLogger(__name__)
 
 
-class TrialStatus(str, Enum):
+class TrialStatus(StrEnum):
     PENDING = "PENDING"        # waiting for nodes
     RUNNING = "RUNNING"
     COMPLETED = "COMPLETED"    # ended with exit code 0
@@ -69,7 +80,7 @@ class TrialHandle:
     submitted_at: float                # launcher clock
     job_id: str | None = None          # the batch job, or the allocation a step runs in
     step_id: str | None = None         # "12.3" once Slurm shows the step
-    process: object | None = None      # the srun Popen of a step
+    process: Popen | None = None       # the srun Popen of a step
     started_at: float | None = None    # launcher clock when first seen running
     stop_reason: str | None = None     # why we stopped it: set by cancel() or the time limit
     stop_status: TrialStatus | None = None
@@ -82,46 +93,20 @@ class TrialHandle:
     def slurm_id(self) -> str | None:
         return self.step_id if self.mode == "step" else self.job_id
 
+    @property
+    def job(self) -> str:
+        """job_id, which submit() sets: the batch job, or the allocation a step runs in."""
+        assert self.job_id is not None, "a submitted trial has a job id"
+        return self.job_id
+
+    @property
+    def srun(self) -> Popen:
+        """The srun process of a step."""
+        assert self.process is not None, "a step has its srun process"
+        return self.process
+
 
 _NAME_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def _output_tail(path: Path, max_lines: int = 40) -> list[str]:
-    try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return []
-    return [ln.strip() for ln in lines if ln.strip()][-max_lines:]
-
-
-_TASK_ENDED = re.compile(r"^srun: error: \S+: tasks? [0-9,-]+: (?!Terminated\b)")
-
-
-def _last_error_line(lines: list[str]) -> str:
-    """The line most likely to say why a run failed: the program's own last error line (a Python
-    exception, "hpcps.train: error: ..."), else srun's first line about a task that died (say "task 1:
-    Killed"; the "Terminated" ones after it are the other ranks being stopped), else Slurm's last error
-    line, else the last line."""
-    def is_error(ln: str) -> bool:
-        low = ln.lower()
-        return any(w in low for w in ("error", "exception", "cancelled", "killed", "abort"))
-
-    def from_slurm(ln: str) -> bool:
-        return ln.startswith(("srun:", "slurmstepd", "salloc:", "sbatch:"))
-
-    for ln in reversed(lines):
-        if is_error(ln) and not from_slurm(ln):
-            return ln[:300]
-    for ln in lines:
-        if _TASK_ENDED.match(ln):
-            return ln[:300]
-    for ln in reversed(lines):
-        if is_error(ln):
-            return ln[:300]
-    return lines[-1][:300] if lines else ""
 
 
 class TrialLauncher:
@@ -249,7 +234,7 @@ class TrialLauncher:
 
     def _poll_job(self, handle: TrialHandle) -> TrialState:
         try:
-            rec = self.client.show_job(handle.job_id)
+            rec = self.client.show_job(handle.job)
             if rec is None:
                 return self._forgotten_job(handle)
         except SlurmError as e:
@@ -270,11 +255,11 @@ class TrialLauncher:
 
     def _forgotten_job(self, handle: TrialHandle) -> TrialState:
         """The controller no longer shows the job (MinJobAge passed): ask accounting, then the jobcomp file."""
-        for row in self.client.sacct(handle.job_id):
+        for row in self.client.sacct(handle.job):
             if row.job_id == handle.job_id:
                 return self._final_from_record(handle, row.state, row.exit_code, row.reason,
                                                parse_duration(row.elapsed) if ":" in row.elapsed else None)
-        rec = self.client.jobcomp_record(handle.job_id)
+        rec = self.client.jobcomp_record(handle.job)
         if rec is not None:
             return self._final_from_record(handle, rec.get("JobState", ""), rec.get("ExitCode", ""), "", None)
         return TrialState(TrialStatus.FAILED, reason=f"Slurm no longer knows job {handle.job_id} and keeps no "
@@ -303,7 +288,7 @@ class TrialLauncher:
                 parts.append(f"signal {sig}")
             if reason and reason not in ("None", "(null)", "NonZeroExitCode"):
                 parts.append(reason)
-            detail = _last_error_line(_output_tail(handle.output))
+            detail = error_line(output_tail(handle.output))
             why = ", ".join(parts)
             if detail:
                 why = f"{why}: {detail}" if why else detail
@@ -324,7 +309,7 @@ class TrialLauncher:
                 return
 
     def _poll_step(self, handle: TrialHandle) -> TrialState:
-        proc = handle.process
+        proc = handle.srun
         rc = proc.poll()
         if rc is None:
             if handle.step_id is None:
@@ -339,7 +324,7 @@ class TrialLauncher:
                 proc.kill()
             status = TrialStatus.RUNNING if handle.step_id else TrialStatus.PENDING
             return TrialState(status, slurm_id=handle.step_id, elapsed_s=self._elapsed(handle))
-        tail = _output_tail(handle.output)
+        tail = output_tail(handle.output)
         elapsed = self._elapsed(handle)
         sid = handle.step_id
         if rc == 0:
@@ -349,14 +334,14 @@ class TrialLauncher:
             return TrialState(TrialStatus.TIMEOUT, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
                               reason="Slurm's step time limit")
         cancelled = next((i for i, ln in enumerate(tail) if "CANCELLED AT" in ln), None)
-        task_died = next((i for i, ln in enumerate(tail) if _TASK_ENDED.match(ln)), None)
+        task_died = next((i for i, ln in enumerate(tail) if task_ended(ln)), None)
         # A rank that died first makes srun (--kill-on-bad-exit) cancel the rest: a failure, not a cancel.
         if cancelled is not None and handle.stop_status is None and not (task_died is not None
                                                                           and task_died < cancelled):
             return TrialState(TrialStatus.CANCELLED, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
-                              reason=f"cancelled by Slurm: {_last_error_line(tail)}")
+                              reason=f"cancelled by Slurm: {error_line(tail)}")
         what = f"exit code {code}" if code is not None else f"srun killed by signal {sig}"
-        detail = _last_error_line(tail)
+        detail = error_line(tail)
         return TrialState(TrialStatus.FAILED, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
                           reason=what + (f": {detail}" if detail else ""))
 
@@ -377,9 +362,9 @@ class TrialLauncher:
         handle.stop_status, handle.stop_reason = status, reason
         handle.stop_sent_at = self.clock()
         if handle.mode == "job":
-            self.client.scancel(handle.job_id)
+            self.client.scancel(handle.job)
             return
-        if handle.process.poll() is not None:
+        if handle.srun.poll() is not None:
             return
         if handle.step_id is None:
             self._find_step(handle)
@@ -387,15 +372,23 @@ class TrialLauncher:
             self.client.scancel(handle.step_id)
         else:
             # Not a step yet (srun waits for nodes): srun ends itself and any step it starts on SIGTERM.
-            handle.process.send_signal(signals.SIGTERM)
+            handle.srun.send_signal(signals.SIGTERM)
 
-    def wait(self, handle: TrialHandle, poll_interval_s: float = 1.0, timeout_s: float | None = None) -> TrialState:
-        """poll() until the trial has ended (or timeout_s has passed: then its current state)."""
+    def wait(self, handle: TrialHandle, poll_interval_s: float = 1.0, timeout_s: float | None = None,
+             stop_requested: Callable[[], str | None] | None = None) -> TrialState:
+        """poll() until the trial has ended (or timeout_s has passed: then its current state). While it runs,
+        a reason from stop_requested() cancels it with that reason, and the wait goes on until it has ended."""
         deadline = None if timeout_s is None else self.clock() + timeout_s
         delay = min(0.2, poll_interval_s)
         while True:
             state = self.poll(handle)
             if state.done or (deadline is not None and self.clock() >= deadline):
                 return state
+            why = stop_requested() if stop_requested is not None and handle.stop_status is None else None
+            if why:
+                try:
+                    self.cancel(handle, reason=why)
+                except SlurmError as e:               # try again at the next poll
+                    log.warning("could not cancel %s: %s", handle.trial_dir, e)
             time.sleep(delay)
             delay = min(delay * 2, poll_interval_s)

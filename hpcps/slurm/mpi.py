@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 ENV_OVERRIDE = "HPCPS_SRUN_MPI"
 DEFAULT_PLUGIN = "pmi2"
@@ -37,10 +38,9 @@ def library_version() -> str | None:
         return None
 
 
-def srun_mpi_plugin(environ: dict[str, str] | None = None, version: str | None = None) -> str:
+def srun_mpi_plugin(environ: Mapping[str, str] | None = None, version: str | None = None) -> str:
     """HPCPS_SRUN_MPI if set, else the plugin for the installed (or given) MPI library."""
-    environ = os.environ if environ is None else environ
-    override = environ.get(ENV_OVERRIDE, "").strip()
+    override = (os.environ if environ is None else environ).get(ENV_OVERRIDE, "").strip()
     if override:
         return override
     version = version if version is not None else library_version()

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
+from hpcps.config.toml_writer import toml_key, toml_string
 from hpcps.slurm.parse import SlurmNode
 
 _NAME_NUM = re.compile(r"^(.*?)(\d+)$")
@@ -83,15 +84,15 @@ def _type_name(key: tuple, taken: set[str]) -> str:
 
 
 def _toml_str(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return toml_string(s)
 
 
 def _toml_key(s: str) -> str:
-    return s if re.fullmatch(r"[A-Za-z0-9_-]+", s) else _toml_str(s)
+    return toml_key(s)
 
 
 def render_cluster_toml(nodes: Sequence[SlurmNode], name: str, source: str = "scontrol show node") -> str:
-    """A starting cluster file (CONTRACTS.md section 2) for these nodes.
+    """A starting cluster file (docs/cluster.md) for these nodes.
 
     Nodes with the same CPUs, memory, GRES and features share a node type, named after the features
     (or the CPU/memory/GPU counts when there are none). Deterministic: the same nodes give the same text.

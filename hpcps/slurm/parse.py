@@ -27,7 +27,8 @@ def parse_job_id(sbatch_output: str) -> str:
     the human form "Submitted batch job 123". Warnings sbatch prints before the id are skipped."""
     for line in reversed(sbatch_output.strip().splitlines()):
         line = line.strip()
-        m = re.fullmatch(r"(\d+)(?:_\d+)?(?:;\S+)?", line) or re.fullmatch(r"Submitted batch job (\d+)(?: on cluster \S+)?", line)
+        m = (re.fullmatch(r"(\d+)(?:_\d+)?(?:;\S+)?", line)
+             or re.fullmatch(r"Submitted batch job (\d+)(?: on cluster \S+)?", line))
         if m:
             return m.group(1)
     raise SlurmParseError(f"no job id in sbatch output: {sbatch_output!r}")
@@ -181,8 +182,7 @@ def parse_gres(text: str) -> dict[str, int]:
         count = 1
         if len(parts) > 1 and parts[-1].isdigit():
             count = int(parts[-1])
-        elif len(parts) > 1 and re.fullmatch(r"\d+[KMGT]?", parts[-1]):
-            m = re.fullmatch(r"(\d+)([KMGT]?)", parts[-1])
+        elif len(parts) > 1 and (m := re.fullmatch(r"(\d+)([KMGT]?)", parts[-1])):
             count = int(m.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[m.group(2)]
         out[name] = out.get(name, 0) + count
     return out
@@ -232,13 +232,3 @@ def parse_nodes(text: str) -> list[SlurmNode]:
             partitions=parse_features(rec.get("Partitions", "")),
         ))
     return nodes
-
-
-def node_is_usable(node: SlurmNode) -> bool:
-    """Idle or allocated and not drained, down or failing: the node can run a job."""
-    if "*" in node.state:   # Slurm marks a node that does not answer with '*'
-        return False
-    flags = set(node.state.upper().replace("+", " ").split())
-    bad = {"DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING", "UNKNOWN", "FUTURE",
-           "POWERED_DOWN", "INVAL", "NO_RESPOND"}
-    return not (flags & bad) and bool(flags & {"IDLE", "ALLOCATED", "MIXED", "COMPLETING"})

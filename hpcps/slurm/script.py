@@ -1,4 +1,4 @@
-"""Pure rendering of sbatch scripts and srun/sbatch command lines from frozen parameter sets.
+"""Pure rendering of sbatch scripts and srun command lines from frozen parameter sets.
 
 The same parameters always give the same text: options are sorted by name, every value is quoted, and
 nothing reads the clock or the environment. Values go to two readers with different rules:
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Iterable, Sequence
 
 # Values that need no quoting in either reader: keeps the common case readable ("--nodes=2").
 _PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]+")
@@ -52,7 +52,7 @@ def format_command(argv: Sequence[str]) -> str:
     return " ".join(shell_quote(str(a)) for a in argv)
 
 
-def _option_pairs(options: "SlurmOptions") -> list[tuple[str, str | None]]:
+def _option_pairs(options: SlurmOptions) -> list[tuple[str, str | None]]:
     """(flag, value) pairs of the options that are set, sorted by flag. None value: a bare flag."""
     pairs: dict[str, str | None] = {}
     for f in fields(options):
@@ -124,11 +124,6 @@ class SrunOptions(SlurmOptions):
 
 def _as_args(pairs: Iterable[tuple[str, str | None]]) -> list[str]:
     return [flag if value is None else f"{flag}={value}" for flag, value in pairs]
-
-
-def sbatch_argv(options: SbatchOptions, script: str, script_args: Sequence[str] = ()) -> list[str]:
-    """``sbatch [sorted options] SCRIPT [ARGS]`` as an argument list (for subprocess, no quoting needed)."""
-    return ["sbatch", *_as_args(options.pairs()), script, *script_args]
 
 
 def srun_argv(options: SrunOptions, command: Sequence[str]) -> list[str]:

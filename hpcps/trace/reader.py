@@ -109,8 +109,19 @@ def _attrs(obj) -> dict:
     return {k: (_decode(v.item()) if isinstance(v, np.generic) else _decode(v)) for k, v in obj.attrs.items()}
 
 
-def _records(path: Path, f, name: str, dtype: np.dtype) -> np.ndarray:
+def _table(path: Path, f, name: str):
+    """The dataset /name, checked to be a one-dimensional table of records."""
+    import h5py
     ds = f[name]
+    if not isinstance(ds, h5py.Dataset):
+        raise TraceError(path, f"'/{name}' is a {type(ds).__name__.lower()}, not a dataset of records")
+    if ds.dtype.names is None or len(ds.shape) != 1:
+        raise TraceError(path, f"dataset '/{name}' is not a table of records (dtype {ds.dtype}, shape {ds.shape})")
+    return ds
+
+
+def _records(path: Path, f, name: str, dtype: np.dtype) -> np.ndarray:
+    ds = _table(path, f, name)
     names = ds.dtype.names or ()
     missing = [n for n in dtype.names if n not in names]
     if missing:
@@ -127,7 +138,7 @@ def _records(path: Path, f, name: str, dtype: np.dtype) -> np.ndarray:
 
 
 def _ranks(path: Path, f) -> np.ndarray:
-    ds = f["ranks"]
+    ds = _table(path, f, "ranks")
     names = ds.dtype.names or ()
     missing = [n for n in RANK_FIELDS if n not in names]
     if missing:
@@ -175,14 +186,17 @@ def _read(path: Path, f) -> Trace:
     if attrs.get("schema") != SCHEMA_NAME:
         raise TraceError(path, f"not an hpcps trace: the root attribute 'schema' is "
                                f"{attrs.get('schema', 'missing')!r}, expected {SCHEMA_NAME!r}")
-    version = attrs.get("schema_version")
+    version = attrs.get("schema_version")           # _attrs gave NumPy scalars as Python numbers
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise TraceError(path, f"the root attribute 'schema_version' is {version!r}, not an integer "
+                               f"(this hpcps reads version {SCHEMA_VERSION})")
     if version != SCHEMA_VERSION:
         raise TraceError(path, f"trace schema version {version}, but this hpcps reads version {SCHEMA_VERSION}"
-                               + (" (written by a newer hpcps: upgrade)" if isinstance(version, int)
-                                  and version > SCHEMA_VERSION else ""))
+                               + (" (written by a newer hpcps: upgrade)" if version > SCHEMA_VERSION else ""))
     missing_attrs = [a for a in REQUIRED_ROOT_ATTRS if a not in attrs]
     if missing_attrs:
         raise TraceError(path, f"root attribute(s) {', '.join(missing_attrs)} missing")
+    _check_root_attrs(path, attrs)
     for name in REQUIRED_DATASETS:
         if name not in f:
             raise TraceError(path, f"missing dataset '/{name}' (schema version {SCHEMA_VERSION} needs "
@@ -199,7 +213,59 @@ def _read(path: Path, f) -> Trace:
         if "versions" in f["meta"]:
             versions = _attrs(f["meta/versions"])
             versions.pop("description", None)
+    _check_values(path, arrays, ranks)
     ev = arrays["events"]
     arrays["events"] = ev[np.lexsort((ev["t_start"], ev["rank"], ev["iteration"]))]
     return Trace(path, attrs, meta, versions, ranks, arrays["shards"], arrays["events"], arrays["transfers"],
              arrays["iterations"])
+
+
+# Times are seconds since the trace's time zero: a run of 30 years is beyond any trace, and past it the
+# exports' integer nanoseconds would overflow.
+MAX_TIME_S = 1e9
+# Fields that may hold NaN: a loss that was not measured, a rate of an iteration that took no time.
+_MAY_BE_NAN = {"loss", "samples_per_s"}
+_ENUMS = {"phase": PHASE, "kind": TRANSFER_KIND}
+
+
+def _check_root_attrs(path: Path, attrs: dict) -> None:
+    n = attrs.get("n_ranks")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise TraceError(path, f"the root attribute 'n_ranks' is {n!r}, not a number of ranks")
+    for key in ("status", "run_id", "created"):
+        if not isinstance(attrs.get(key), str):
+            raise TraceError(path, f"the root attribute '{key}' is {attrs.get(key)!r}, not a string")
+    t0 = attrs.get("t0_unix_s")
+    if isinstance(t0, bool) or not isinstance(t0, (int, float, np.number)) or not np.isfinite(t0):
+        raise TraceError(path, f"the root attribute 't0_unix_s' is {t0!r}, not a finite number of seconds")
+
+
+def _check_values(path: Path, arrays: dict[str, np.ndarray], ranks: np.ndarray) -> None:
+    """Every number in range: finite times within MAX_TIME_S, enumerations known, ranks unique and
+    non-negative. Analyses and exports assume all of it. (An end may come a little before its start:
+    the clock correction moves the times of a rank's events, and of messages, by its estimate.)"""
+    from hpcps.trace.schema import DIRECTION
+    enums = dict(_ENUMS, direction=DIRECTION)
+    for name, rows in list(arrays.items()) + [("ranks", ranks)]:
+        for field_name in rows.dtype.names:
+            col = rows[field_name]
+            if col.dtype.kind == "f":
+                bad = ~np.isfinite(col) if field_name not in _MAY_BE_NAN else np.isinf(col)
+                if field_name.startswith("t_") or field_name == "time_s":
+                    bad |= np.abs(np.nan_to_num(col)) > MAX_TIME_S
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    what = f"a finite time (within {MAX_TIME_S:g} s)" if field_name.startswith("t_") else "finite"
+                    raise TraceError(path, f"dataset '/{name}' row {i}: {field_name} is {float(col[i])!r}, not {what}")
+            if field_name in enums and rows.size:
+                known = np.isin(col, list(enums[field_name].values()))
+                if not known.all():
+                    i = int(np.flatnonzero(~known)[0])
+                    raise TraceError(path, f"dataset '/{name}' row {i}: {field_name} is {int(col[i])}, not one of "
+                                           f"{', '.join(enums[field_name])}")
+        for field_name in ("rank", "iteration", "peer", "server", "shard", "batch", "threads"):
+            if field_name in (rows.dtype.names or ()) and rows.size and rows[field_name].min() < 0:
+                raise TraceError(path, f"dataset '/{name}': a negative {field_name}")
+    r = ranks["rank"]
+    if np.unique(r).size != r.size:
+        raise TraceError(path, "dataset '/ranks' lists a rank twice")

@@ -3,10 +3,11 @@ written, so bad input leaves no file behind."""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from hpcps.config.errors import ConfigError
+from hpcps.io.outputs import check_output
 from hpcps.trace.metadata import RunInfo, new_run_id
 
 RUNS_DIR = Path("results") / "runs"
@@ -16,18 +17,12 @@ def default_trace_path(run_id: str) -> Path:
     return RUNS_DIR / run_id / "trace.h5"
 
 
-def check_trace_path(path: Path, flag: str = "--trace") -> Path:
-    """Raise ConfigError unless a trace file can be created at path (its folders may not exist yet)."""
-    if path.is_dir():
-        raise ConfigError(flag, None, f"{path} is a directory; give a file name such as {path / 'trace.h5'}")
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise ConfigError(flag, None, f"cannot create {path}: {parent} is not a directory")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(flag, None, f"cannot create {path}: {parent} is not writable")
-    return path
+def check_trace_path(path: Path, flag: str = "--trace", inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Raise ConfigError unless a trace file can be created at path (its folders may not exist yet).
+
+    A trace is never written over an existing file (a trace is the record of a run; and an input of
+    the command given by mistake is never replaced), see hpcps.io.outputs."""
+    return check_output(path, flag, inputs=inputs, replace=False, example="trace.h5")
 
 
 def _read_text(path: Path, flag: str) -> str:

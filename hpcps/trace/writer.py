@@ -9,6 +9,7 @@ than hpcps.trace need `h5clear -s FILE` (or a SWMR read) to open a trace whose r
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import h5py
 import numpy as np
 
 from hpcps.trace.derive import finish_rows, iteration_rows
+from hpcps.trace.errors import TraceWriteError
 from hpcps.trace.metadata import RunInfo
 from hpcps.trace.schema import (DATASETS, DIRECTION, DTYPES, GROWING, PHASE, RANK_NUMBER_FIELDS, RANK_STRING_FIELDS,
                                 SCHEMA_NAME, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_RUNNING, TRANSFER_KIND)
@@ -60,10 +62,27 @@ class TraceWriter:
     def __init__(self, path: str | Path, info: RunInfo, *, ranks: list[dict], shards: np.ndarray,
                  versions: dict[str, str], t0_unix_s: float, attrs: dict):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows = {name: 0 for name in GROWING}
         self._pending: np.ndarray | None = None      # last iteration row: its time needs the next start
-        f = self.file = h5py.File(self.path, "w", libver=LIBVER, locking="best-effort")
+        self.file = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # "x": create, or fail if the file exists: two runs given one path never share (or truncate)
+            # one file, even when both passed the check for an existing file before either created it.
+            self.file = h5py.File(self.path, "x", libver=LIBVER, locking="best-effort")
+        except (OSError, RuntimeError, ValueError) as e:
+            raise TraceWriteError(self.path, e, kept=False) from None
+        try:
+            self._create(info, ranks, shards, versions, t0_unix_s, attrs)
+        except (OSError, RuntimeError, ValueError) as e:
+            # Nothing is left of a trace that could not even be started (a full disk, a size limit).
+            self._abandon()
+            self.path.unlink(missing_ok=True)
+            raise TraceWriteError(self.path, e, kept=False) from None
+
+    def _create(self, info: RunInfo, ranks: list[dict], shards: np.ndarray, versions: dict[str, str],
+                t0_unix_s: float, attrs: dict) -> None:
+        f = self.file
         f.attrs.update({"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "status": STATUS_RUNNING,
                         "run_id": info.run_id, "created": info.created, "t0_unix_s": t0_unix_s,
                         "n_ranks": len(ranks), "time_units": "s"})
@@ -96,6 +115,20 @@ class TraceWriter:
 
     def append(self, events: np.ndarray, transfers: np.ndarray, final: bool = False) -> None:
         """Append one block (all ranks, whole iterations) and make it durable in the file."""
+        try:
+            self._append(events, transfers, final)
+        except (OSError, RuntimeError) as e:
+            self._abandon()
+            raise TraceWriteError(self.path, e, kept=True) from None
+
+    def _abandon(self) -> None:
+        """Let go of a file that can no longer be written: HDF5 would retry its flush at every close."""
+        if self.file is not None:
+            with contextlib.suppress(Exception):
+                self.file.close()
+            self.file = None
+
+    def _append(self, events: np.ndarray, transfers: np.ndarray, final: bool) -> None:
         summary = iteration_rows(events)
         if self._pending is not None:
             finish_rows(self._pending, summary["t_start"][0] if summary.size else None)
@@ -120,10 +153,14 @@ class TraceWriter:
         """Close the file; with complete, reopen it outside SWMR and mark the run as finished."""
         if self.file is None:
             return
-        self.file.close()
-        self.file = None
-        if complete:
-            with h5py.File(self.path, "r+", locking="best-effort") as f:
-                f.attrs["status"] = STATUS_COMPLETE
-                f.attrs["iterations_flushed"] = int(f["iterations"].shape[0])
-                f.attrs.update(attrs or {})
+        try:
+            self.file.close()
+            self.file = None
+            if complete:
+                with h5py.File(self.path, "r+", locking="best-effort") as f:
+                    f.attrs["status"] = STATUS_COMPLETE
+                    f.attrs["iterations_flushed"] = int(f["iterations"].shape[0])
+                    f.attrs.update(attrs or {})
+        except (OSError, RuntimeError) as e:
+            self._abandon()
+            raise TraceWriteError(self.path, e, kept=True) from None

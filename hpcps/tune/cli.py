@@ -5,25 +5,39 @@
     python -m hpcps.tune ... --out results/runs/tune-a --resume        # after a kill: go on
 
 Backends: sim (the simulator, no MPI), local (real MPI runs emulating the cluster on this machine),
-slurm (trials as Slurm job steps). Strategies: structured, gp, random, anneal, heuristic. Bad input is
-one line on stderr and exit status 2, with nothing written. SIGTERM or Ctrl-C stops after saving what
-is finished (exit status 0); --resume continues.
+slurm (trials as Slurm job steps), testbed (real MPI runs on shaped links between network namespaces).
+Strategies: structured, gp, random, anneal, heuristic. Bad input is one line on stderr and exit status
+2, with nothing written. One tuner at a time works in an --out (a second is refused); --resume refuses
+a run whose job or cluster file has changed since it began. SIGTERM or Ctrl-C stops after saving what
+is finished (exit status 0; a second Ctrl-C interrupts at once); --resume continues.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from hpcps.cli import default_job_path
-from hpcps.config import ConfigError, load_job
+from hpcps.cluster import load_cluster
+from hpcps.cluster.description import Cluster
+from hpcps.cluster.placement import naive
+from hpcps.config import ConfigError, Job, load_job
+from hpcps.tune import rundir
+from hpcps.tune.backends import BACKENDS, make_backend
+from hpcps.tune.loop import Settings, TuningRun
+from hpcps.tune.problem import Problem, problem_for
+from hpcps.tune.space import InfeasibleSchedule
+from hpcps.tune.strategies import STRATEGIES, Strategy, make_strategy
+from hpcps.tune.trials import Backend, TrialRecord
 
 TOOL = "hpcps.tune"
-BACKEND_NAMES = ("local", "slurm", "sim")
+BACKEND_NAMES = tuple(BACKENDS)
+STOP_AFTER_ENV = "HPCPS_TUNE_STOP_AFTER"      # for tests: exit hard (137) right after recording trial k
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,7 +49,6 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> OneLineParser:
-    from hpcps.tune.strategies import STRATEGIES
     p = OneLineParser(prog="python -m hpcps.tune",
                       description="Tune a job's schedule (servers, workers, batch per worker, threads) on a "
                                   "cluster with structured Bayesian optimisation or a baseline.",
@@ -47,14 +60,15 @@ def build_parser() -> OneLineParser:
     p.add_argument("--cluster", type=Path, default=None, help="cluster TOML file (default: the job's cluster key)")
     p.add_argument("--backend", choices=BACKEND_NAMES, required=True,
                    help="where trials run: sim (simulator), local (MPI on this machine, emulating the "
-                        "cluster), slurm (Slurm job steps)")
+                        "cluster), slurm (Slurm job steps), testbed (MPI on this machine with real shaped "
+                        "links between network namespaces, root only: docs/testbed.md)")
     p.add_argument("--strategy", choices=STRATEGIES, required=True, help="search strategy")
     p.add_argument("--budget", type=int, required=True, help="number of trials")
     p.add_argument("--out", type=Path, required=True, help="directory for the run's state, table and results")
     p.add_argument("--seed", type=int, default=0, help="seed of the search (and of the sim's noise; default 0)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (which must hold one)")
     p.add_argument("--iterations", type=int, default=None,
-                   help="training iterations per trial (default: 10 for sim, 20 for local)")
+                   help="training iterations per trial (default: 10 for sim, 20 for local, slurm and testbed)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a real trial may take (default 600)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
@@ -63,8 +77,8 @@ def build_parser() -> OneLineParser:
 @dataclass(frozen=True)
 class Context:
     """What a backend factory gets."""
-    cluster: object
-    job: object
+    cluster: Cluster
+    job: Job
     job_path: Path
     cluster_path: Path
     seed: int
@@ -72,29 +86,26 @@ class Context:
     timeout_s: float
 
 
-def _cluster_path(args, job) -> Path:
-    if args.cluster is not None:
-        return args.cluster
-    if job.cluster is None:
-        raise ConfigError("--cluster", None,
-                          f"no cluster: give --cluster FILE, or set cluster = \"FILE\" in {job.source}")
-    path = Path(job.cluster)
-    if not path.is_absolute() and not path.is_file():
-        beside = Path(job.source).parent / path
-        path = beside if beside.is_file() else path
+@dataclass(frozen=True)
+class Parts:
+    """A run's parts, built and checked before anything is written."""
+    settings: Settings
+    problem: Problem
+    strategy: Strategy
+    backend: Backend
+    inputs: dict[str, str]           # the fingerprint of the job and cluster files
+
+
+def _cluster_path(args, job: Job) -> Path:
+    from hpcps.cli import cluster_path
+    path = cluster_path(args.cluster, job, required=True)
+    assert path is not None
     return path
 
 
-def prepare(args):
-    """Check everything and build the run's parts; raises ConfigError, writes nothing."""
-    from hpcps.cluster import load_cluster
-    from hpcps.cluster.placement import naive
-    from hpcps.tune.backends import make_backend
-    from hpcps.tune.loop import Settings, TuningRun
-    from hpcps.tune.problem import problem_for
-    from hpcps.tune.space import InfeasibleSchedule
-    from hpcps.tune.strategies import make_strategy
-
+def prepare(args) -> Parts:
+    """Check the arguments and inputs and build the run's parts; raises ConfigError or RunDirError,
+    writes nothing."""
     if args.budget < 1:
         raise ConfigError("--budget", None, f"must be >= 1, got {args.budget}")
     if args.seed < 0:
@@ -106,6 +117,9 @@ def prepare(args):
     out = args.out
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", None, f"{out} exists and is not a directory")
+    if args.resume and not out.exists():
+        raise ConfigError("--resume", None, f"{out} does not exist: there is no run to resume (without --resume "
+                                            "a new run starts there)")
     job_path = args.job or default_job_path()
     job = load_job(job_path)
     cluster_path = _cluster_path(args, job)
@@ -119,68 +133,113 @@ def prepare(args):
     settings = Settings(job=str(Path(job_path).resolve()), cluster=str(Path(cluster_path).resolve()),
                         backend=args.backend, strategy=args.strategy, seed=args.seed, budget=args.budget,
                         iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch)
-
-    state = TuningRun.read_state(out) if out.is_dir() else None
-    history = []
-    if state is not None:
-        n = len(state.get("trials", []))
-        if not args.resume:
-            raise ConfigError("--out", None, f"{out} already holds a tuning run ({n} trial(s)); add --resume to "
-                                             "continue it, or choose another --out")
-        old = state.get("settings", {})
-        for key in Settings.IDENTITY:
-            if old.get(key) != getattr(settings, key):
-                raise ConfigError("--resume", None,
-                                  f"the run in {out} has {key} = {old.get(key)!r}, this command {getattr(settings, key)!r}; "
-                                  "resume with the same job, cluster, backend, strategy, seed and iterations")
-        history = TuningRun.load_history(out, state, problem.space)
-    elif out.is_dir() and any(p.name != "trials" for p in out.iterdir()):
-        raise ConfigError("--out", None, f"{out} is not empty and holds no tuning run; choose a new directory")
-
+    inputs = rundir.fingerprint({"job": Path(job_path), "cluster": Path(cluster_path)})
+    if out.is_dir():                             # what can be refused before the directory is locked
+        rundir.RunLock(out).check_free()
+        _check_existing(args, rundir.read_state(out) if rundir.is_run_dir(out) else None)
     ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout)
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
-    return settings, problem, strategy, backend, history
+    return Parts(settings, problem, strategy, backend, inputs)
+
+
+def _check_existing(args, state: dict | None) -> None:
+    out = args.out
+    if state is None:
+        if args.resume:
+            raise ConfigError("--resume", None, f"{out} holds no tuning run to resume")
+        if not rundir.holds_nothing_but_trials(out):
+            raise ConfigError("--out", None, f"{out} is not empty and holds no tuning run; choose a new directory")
+    elif not args.resume:
+        raise ConfigError("--out", None, f"{out} already holds a tuning run ({len(state.get('trials', []))} trial(s)); "
+                                         "add --resume to continue it, or choose another --out")
+
+
+def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
+    """Lock --out (made for a new run) and return the lock and the records it holds. Raises ConfigError or
+    RunDirError: another tuner works there, or the run there is not this command's (other settings,
+    changed job or cluster file)."""
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    lock = rundir.RunLock(out)
+    lock.acquire()
+    try:
+        state = rundir.read_state(out)
+        _check_existing(args, state)
+        if state is None:
+            return lock, []
+        old = state.get("settings", {})
+        for key in Settings.IDENTITY:
+            if old.get(key) != getattr(parts.settings, key):
+                raise ConfigError("--resume", None,
+                                  f"the run in {out} has {key} = {old.get(key)!r}, this command "
+                                  f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
+                                  "strategy, seed and iterations")
+        changed = rundir.changed_inputs(state.get("inputs", {}), parts.inputs)
+        if changed:
+            files = " and ".join(f"{name} file {getattr(parts.settings, name)}" for name in changed)
+            raise ConfigError("--resume", None,
+                              f"the {files} changed since the run in {out} began; resume with the files it "
+                              "began with, or start a new run in another --out")
+        return lock, rundir.load_records(out, state)
+    except BaseException:
+        lock.release()
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings, problem, strategy, backend, history = prepare(args)
-    except ConfigError as e:
+        parts = prepare(args)
+        lock, history = claim(args, parts)
+    except (ConfigError, rundir.RunDirError) as e:
         sys.stderr.write(f"{TOOL}: error: {e}\n")
         return 2
-    from hpcps.tune.loop import Stop, TuningRun
     logging.basicConfig(level=logging.WARNING, format=f"{TOOL}: %(message)s")
-    args.out.mkdir(parents=True, exist_ok=True)
-    echo = (lambda s: None) if args.quiet else (lambda s: print(s, flush=True))
-    run = TuningRun(args.out, settings, problem, strategy, backend, history, echo)
-    run.save_state()
-
-    def stop(signum, frame):
-        run.request_stop(signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with lock:
+        run = TuningRun(args.out, parts.settings, parts.problem, parts.strategy, parts.backend, history,
+                        echo=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), inputs=parts.inputs)
+        run.save_state()
+        stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+        if stop_after:
+            run.trial_end.append(lambda run, rec: os._exit(137) if rec.trial == stop_after else None)
         if history and not args.quiet:
             print(f"resuming {args.out}: {len(history)} trial(s) done, {max(0, args.budget - len(history))} to go",
                   flush=True)
-        run.run(args.budget)
-    except Stop as e:
-        cancel = getattr(backend, "cancel", None)
-        if callable(cancel):
-            cancel()                                  # a trial still running (normally none is)
-        print(f"{TOOL}: {e}: stopped with {len(run.history)} trial(s) saved in {args.out}; "
+        old = _on_stop_signals(run)
+        try:
+            stopped = run.run(args.budget)
+        except KeyboardInterrupt:
+            print(f"{TOOL}: interrupted: {len(run.history)} trial(s) saved in {args.out}; continue with --resume",
+                  file=sys.stderr, flush=True)
+            return 130
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+    if stopped:
+        print(f"{TOOL}: {stopped}: stopped with {len(run.history)} trial(s) saved in {args.out}; "
               "continue with --resume", file=sys.stderr, flush=True)
         return 0
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
     print(final_report(run))
     return 0
 
 
-def final_report(run) -> str:
+def _on_stop_signals(run: TuningRun) -> dict:
+    """SIGTERM and SIGINT ask the run to stop after what it is doing; a second SIGINT interrupts at once.
+    Returns the handlers to put back."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(signum, frame):
+        run.stop_request.request(signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    for s in old:
+        signal.signal(s, stop)
+    return old
+
+
+def final_report(run: TuningRun) -> str:
     best = run.best()
     lines = [f"{len(run.history)} trial(s) in {run.out}: trials.csv, best_schedule.toml, convergence.png"]
     failed = [r for r in run.history if not r.ok]
@@ -190,9 +249,9 @@ def final_report(run) -> str:
         lines.append("no trial gave a time")
         return "\n".join(lines)
     first = run.history[0]
-    lines.append(f"best: trial {best.trial}, {best.iteration_time_s * 1e3:.3f} ms per iteration: {best.summary}")
+    lines.append(f"best: trial {best.trial}, {best.time_s * 1e3:.3f} ms per iteration: {best.summary}")
     if first.ok and first.note == "naive":
-        lines.append(f"naive schedule (trial 1): {first.iteration_time_s * 1e3:.3f} ms; speed-up "
-                     f"{first.iteration_time_s / best.iteration_time_s:.2f}x")
+        lines.append(f"naive schedule (trial 1): {first.time_s * 1e3:.3f} ms; speed-up "
+                     f"{first.time_s / best.time_s:.2f}x")
     lines.append(f"best schedule: {run.out / 'best_schedule.toml'}")
     return "\n".join(lines)

@@ -19,7 +19,7 @@ Pure data and its conversions: from the simulator's RankStats, from a trace, to 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -30,7 +30,7 @@ OBS_DTYPE = np.dtype([
     ("threads", "<i4"), ("node_threads", "<i4"), ("server", "?"),
     ("compute_s", "<f8"), ("pull_s", "<f8"), ("push_s", "<f8"), ("aggregate_s", "<f8"),
 ])
-FIELDS = OBS_DTYPE.names
+FIELDS: tuple[str, ...] = tuple(OBS_DTYPE.names or ())
 TIME_FIELDS = ("compute_s", "pull_s", "push_s", "aggregate_s")
 
 
@@ -91,8 +91,8 @@ def from_trace(cluster: Cluster, trace, skip_iterations: int = 1) -> np.ndarray:
     wait_pull, wait_push = np.zeros(len(keys)), np.zeros(len(keys))
     dur = ev["t_end"] - ev["t_start"]
     # A wait event lies inside a pull or push window: moving time is the window less its waits.
-    windows = {}
-    for e, d in zip(ev, dur):
+    windows: dict[int, list[tuple[str, float, float]]] = {}
+    for e in ev:
         name = _phase_name(int(e["phase"]), PHASE)
         key = index[(int(e["rank"]), int(e["iteration"]))]
         if name in ("pull", "push"):

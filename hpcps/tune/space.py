@@ -64,7 +64,8 @@ class ScheduleSpace:
         for plan in schedule.nodes:
             i = self.cluster.index(plan.name)
             if len(plan.workers) > 1:
-                raise ValueError(f"node {plan.name} runs {len(plan.workers)} workers; the search space has one per node")
+                raise ValueError(f"node {plan.name} runs {len(plan.workers)} workers; "
+                                 "the search space has one per node")
             point[i, 0] = 1 if plan.server else 0
             if plan.workers:
                 point[i, 1] = 1

@@ -9,9 +9,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
 from hpcps.config.toml_schema import take_table
-from hpcps.workloads.specs import DATA_SPECS, MODEL_SPECS
+from hpcps.workloads.specs import DATA_SPECS, MODEL_SPECS, model_parameters, train_samples
 
 BUILTIN = {
     "digits": "hpcps.workloads.digits:DigitsWorkload",
@@ -23,15 +24,17 @@ BUILTIN = {
 def validate_options(workload: str, model: dict, data: dict, source: str) -> tuple[dict, dict]:
     """Check a job's workload name and its [model]/[data] options; return them with defaults filled in."""
     if workload in BUILTIN:
-        m = take_table(source, "model", model, MODEL_SPECS[workload])
-        d = take_table(source, "data", data, DATA_SPECS[workload])
-        for table, values in (("model", m), ("data", d)):
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0:
-                    raise ConfigError(source, f"{table}.{k}", f"must be > 0, got {v!r}")
-        if d.get("test_fraction") is not None and not 0 < d["test_fraction"] < 1:
-            raise ConfigError(source, "data.test_fraction", f"must be in (0, 1), got {d['test_fraction']!r}")
-        return m, d
+        model = take_table(source, "model", model, MODEL_SPECS[workload])
+        data = take_table(source, "data", data, DATA_SPECS[workload])
+        if workload == "cifar-resnet" and not (model["width"] in (1, 2, 4) or model["width"] % 8 == 0):
+            # Its GroupNorms split channels (width, 2 x width, 4 x width) into min(8, channels) groups.
+            raise ConfigError(source, "model.width", f"must be 1, 2, 4 or a multiple of 8 (the GroupNorm layers "
+                                                     f"split channels into groups of 8), got {model['width']}")
+        n = model_parameters(workload, model, data)
+        if n > limits.MAX_MODEL_PARAMS:
+            raise ConfigError(source, "model", f"options {model} give a {workload} model of {n} parameters; "
+                                               f"at most {limits.MAX_MODEL_PARAMS} (4 GB a copy)")
+        return model, data
     if ":" not in workload:
         raise ConfigError(source, "workload",
                           f"unknown workload {workload!r}; built-ins are {', '.join(BUILTIN)}, "
@@ -39,11 +42,35 @@ def validate_options(workload: str, model: dict, data: dict, source: str) -> tup
     return dict(model), dict(data)  # a custom factory checks its own options
 
 
-def build_workload(workload: str, model: dict[str, Any], data: dict[str, Any], seed: int, source: str = "<job>"):
+def load_factory(workload: str, source: str = "<job>"):
+    """The factory of a workload name (a built-in, or 'package.module:factory'); ConfigError naming the
+    job file when it cannot be imported."""
     target = BUILTIN.get(workload, workload)
     module_name, _, attr = target.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(source, "workload", f"cannot load {target!r}: {e}") from None
-    return factory(model, data, seed)
+    except Exception as e:  # noqa: BLE001 - whatever importing the user's module raises is bad input
+        raise ConfigError(source, "workload", f"cannot load {target!r}: {type(e).__name__}: {e}") from None
+    if not callable(factory):
+        raise ConfigError(source, "workload", f"{target!r} is not callable")
+    return factory
+
+
+def check_data_size(job) -> None:
+    """ConfigError unless a built-in workload's training set holds at least one global batch."""
+    n = train_samples(job.workload, job.model, job.data)
+    if n is None or job.training.global_batch <= n:
+        return
+    if n == 0:
+        raise ConfigError(job.source, "data", f"workload {job.workload} has no training sample with these "
+                                              f"options ({job.data}); give it more data")
+    raise ConfigError(job.source, "training.global_batch",
+                      f"must be <= {n}, the training samples of workload {job.workload} with these options; "
+                      f"got {job.training.global_batch}")
+
+
+def build_workload(workload: str, model: dict[str, Any], data: dict[str, Any], seed: int, source: str = "<job>"):
+    return load_factory(workload, source)(model, data, seed)
+
+
+__all__ = ["BUILTIN", "build_workload", "check_data_size", "load_factory", "train_samples", "validate_options"]

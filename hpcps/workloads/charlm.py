@@ -11,12 +11,7 @@ import torch
 from torch import nn
 
 from hpcps.workloads.base import Workload, device_of
-
-
-def python_corpus(chars: int) -> str:
-    from pydoc_data.topics import topics
-    text = "\n\n".join(topics[k] for k in sorted(topics))
-    return text[:chars]
+from hpcps.workloads.specs import charlm_split, python_corpus, with_defaults
 
 
 class _CharLSTM(nn.Module):
@@ -35,18 +30,19 @@ class CharLMWorkload(Workload):
     name = "charlm"
 
     def __init__(self, model: dict, data: dict, seed: int):
+        model, data = with_defaults(self.name, model, data)
         self.opts = dict(model)
-        self.seq_len = data.get("seq_len", 64)
-        self.sample_chars = data.get("sample_chars", 200)
+        self.seq_len = data["seq_len"]
+        self.sample_chars = data["sample_chars"]
         self.seed = seed
-        text = python_corpus(data.get("corpus_chars", 200_000))
+        text = python_corpus(data["corpus_chars"])
         self.vocab = sorted(set(text))
         self.stoi = {c: i for i, c in enumerate(self.vocab)}
         codes = torch.tensor([self.stoi[c] for c in text], dtype=torch.int64)
-        n_val = max(self.seq_len + 1, len(codes) // 10)
-        self.train_codes, self.val_codes = codes[:-n_val], codes[-n_val:]
+        n_train, _ = charlm_split(len(codes), self.seq_len)
+        self.train_codes, self.val_codes = codes[:n_train], codes[n_train:]
         # A sample is the window starting at a multiple of seq_len: windows never overlap within an epoch.
-        self.starts = torch.arange(0, len(self.train_codes) - self.seq_len - 1, self.seq_len)
+        self.starts = torch.arange(0, max(0, len(self.train_codes) - self.seq_len - 1), self.seq_len)
 
     def n_train(self) -> int:
         return len(self.starts)
@@ -61,8 +57,7 @@ class CharLMWorkload(Workload):
         return windows[:, :-1], windows[:, 1:]
 
     def build_model(self) -> nn.Module:
-        return _CharLSTM(len(self.vocab), self.opts.get("embed", 32), self.opts.get("hidden", 128),
-                         self.opts.get("layers", 1))
+        return _CharLSTM(len(self.vocab), self.opts["embed"], self.opts["hidden"], self.opts["layers"])
 
     def loss(self, model, batch):
         x, y = batch

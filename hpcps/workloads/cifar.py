@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from hpcps.workloads.base import Workload
+from hpcps.workloads.specs import with_defaults
 
 
 class _Block(nn.Module):
@@ -46,9 +47,10 @@ class CifarResNetWorkload(Workload):
     name = "cifar-resnet"
 
     def __init__(self, model: dict, data: dict, seed: int):
-        self.width, self.blocks = model.get("width", 16), model.get("blocks", 1)
+        model, data = with_defaults(self.name, model, data)
+        self.width, self.blocks = model["width"], model["blocks"]
         g = torch.Generator().manual_seed(seed)
-        n, n_test = data.get("samples", 4096), data.get("test_samples", 512)
+        n, n_test = data["samples"], data["test_samples"]
         x = torch.randn(n + n_test, 3, 32, 32, generator=g)
         teacher = torch.randn(3 * 4 * 4, 10, generator=g)
         y = (nn.functional.avg_pool2d(x, 8).flatten(1) @ teacher).argmax(dim=1)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from hpcps.workloads.base import Workload
+from hpcps.workloads.specs import with_defaults
 
 
 class DigitsWorkload(Workload):
@@ -14,11 +15,12 @@ class DigitsWorkload(Workload):
 
     def __init__(self, model: dict, data: dict, seed: int):
         from sklearn.datasets import load_digits
-        self.hidden = model.get("hidden", 128)
+        model, data = with_defaults(self.name, model, data)
+        self.hidden = model["hidden"]
         x, y = load_digits(return_X_y=True)
         rng = np.random.default_rng(seed)  # the same split on every rank
         order = rng.permutation(len(x))
-        n_test = int(round(len(x) * data.get("test_fraction", 0.2)))
+        n_test = int(round(len(x) * data["test_fraction"]))
         test, train = order[:n_test], order[n_test:]
         x = torch.from_numpy((x / 16.0).astype(np.float32))
         y = torch.from_numpy(y.astype(np.int64))

@@ -119,6 +119,20 @@ def test_an_exception_on_one_worker_ends_the_whole_job(tmp_path):
     assert_no_leftovers(str(tmp_path))
 
 
+@pytest.mark.parametrize("how", ["exit0", "exit-none"])
+def test_a_rank_that_exits_early_with_status_0_ends_the_whole_job(tmp_path, how):
+    job = tmp_path / "leaves.toml"
+    job.write_text('name = "leaves"\nworkload = "tests.fixtures.faulty_workload:factory"\n'
+                   f'[data]\nfail_rank = 1\nfail_call = 4\nfail_with = "{how}"\n'
+                   '[optimizer]\nname = "sgd"\nlr = 0.1\n[training]\nglobal_batch = 24\niterations = 1000\n')
+    t0 = time.monotonic()
+    out = run_mpi(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace"], timeout=90)
+    assert out.returncode != 0, out.stderr
+    assert "rank 1" in out.stderr and "left the run early" in out.stderr
+    assert time.monotonic() - t0 < 60
+    assert_no_leftovers(str(tmp_path))
+
+
 def test_help_and_bad_flags():
     out = run_mpi(1, ["-m", "hpcps.train", "--help"], timeout=60)
     assert out.returncode == 0 and "--schedule" in out.stdout and "--iterations" in out.stdout

@@ -1,12 +1,14 @@
 """The parameter exchange and aggregation on real MPI ranks. Runs at any size >= 3 (make test uses 3
 and 5: servers colocated with workers, then servers on ranks of their own)."""
 
+import os
+
 import numpy as np
 import pytest
 import torch
 
 from hpcps.comm.buffers import ExchangeBuffer, SyncCopies
-from hpcps.config.job import Job, OptimizerConfig, TrainingConfig
+from hpcps.config.job import ExchangeConfig, Job, OptimizerConfig, TrainingConfig
 from hpcps.config.schedule import Schedule, WorkerSpec
 from hpcps.data.partition import EpochPartition
 from hpcps.ps.exchange import Exchange
@@ -26,9 +28,9 @@ def exactness_schedule(size: int) -> Schedule:
     return Schedule((size - 2, size - 1), workers)
 
 
-def job_for(opt: OptimizerConfig, iterations: int) -> Job:
+def job_for(opt: OptimizerConfig, iterations: int, exchange: ExchangeConfig = ExchangeConfig()) -> Job:
     return Job("exact", "digits", opt, TrainingConfig(global_batch=sum(BATCHES), iterations=iterations, seed=7),
-               model={"hidden": 32}, data={"test_fraction": 0.2})
+               model={"hidden": 32}, data={"test_fraction": 0.2}, exchange=exchange)
 
 
 def single_process_reference(job: Job, iterations: int) -> np.ndarray:
@@ -58,12 +60,19 @@ def single_process_reference(job: Job, iterations: int) -> np.ndarray:
                                  # comparison at float32 tolerance.
                                  OptimizerConfig("adam", lr=0.01, eps=1e-5)], ids=["sgd", "adam"])
 @pytest.mark.parametrize("iterations", [1, 3])
-def test_unequal_batches_aggregate_exactly(opt, iterations):
+# One piece a shard (the default bucket), many small pieces pushed during the backward pass and pulled
+# layer by layer (1 KiB: 256 values), and the same without overlap.
+@pytest.mark.parametrize("exchange", [ExchangeConfig(), ExchangeConfig(bucket_mb=1 / 1024),
+                                      ExchangeConfig(bucket_mb=1 / 1024, overlap=False)],
+                         ids=["one-piece", "pieces", "pieces-no-overlap"])
+def test_unequal_batches_aggregate_exactly(opt, iterations, exchange):
     from mpi4py import MPI
     from hpcps.ps.runtime import run_bsp
     comm = MPI.COMM_WORLD
-    job = job_for(opt, iterations)
-    result = run_bsp(comm, job, exactness_schedule(comm.Get_size()), device="cpu")
+    job = job_for(opt, iterations, exchange)
+    # HPCPS_TEST_DEVICE=cuda runs the workers on a GPU (benchmarks/gpu_check.sh; the transport follows
+    # HPCPS_GPU_TRANSPORT); the reference stays on the CPU.
+    result = run_bsp(comm, job, exactness_schedule(comm.Get_size()), device=os.environ.get("HPCPS_TEST_DEVICE", "cpu"))
     if comm.Get_rank() == 0:
         expected = single_process_reference(job, iterations)
         assert result.final_params.shape == expected.shape

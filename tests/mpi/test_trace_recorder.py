@@ -52,10 +52,10 @@ def test_many_flushes_bring_every_rank_into_one_file(shared_dir, monkeypatch):
         rec.begin_iteration(it)
         t = [time.perf_counter() + 1e-6 * i for i in range(10)]
         if rank != 0:
-            rec.transfer(Transfer("push", "send", 0, 0, 4000), t[4], t[5])
+            rec.transfer(Transfer("push", "send", 0, 0, 4000), t[6], t[7])   # inside the push window
         else:
             for peer in range(1, size):
-                rec.transfer(Transfer("push", "recv", 0, peer, 4000), t[4], t[5])
+                rec.transfer(Transfer("push", "recv", 0, peer, 4000), t[6], t[7])
         if it % 10 == 0:
             rec.phase("report", t[9], time.perf_counter())
         rec.iteration(*t, loss=float(it))

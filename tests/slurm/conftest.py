@@ -1,7 +1,9 @@
-"""Fixtures of the real-Slurm tests: one throw-away local Slurm for the whole session.
+"""Fixtures of the real-Slurm tests: one throw-away local Slurm for the whole session, and another whose
+slurmds stand on the nodes of a testbed (hpcps.testbed) for the tests that run there too.
 
 Without Slurm (or without root) these tests skip, unless HPCPS_REQUIRE_SLURM=1 (set by `make test`),
-which turns the skip into a failure: CI must not pass by skipping them.
+which turns the skip into a failure: CI must not pass by skipping them. The testbed's Slurm likewise
+with HPCPS_REQUIRE_TESTBED=1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 
 from hpcps.slurm import SlurmClient
 from hpcps.slurm.parse import classify_state
-from tests.slurm.local_cluster import LocalSlurm, missing_requirements, nodes_from_cluster_file
+from tests.slurm.local_cluster import DEFAULT_CLUSTER, LocalSlurm, missing_requirements, nodes_from_cluster_file
 
 _bringup: dict[str, float] = {}
 
@@ -41,6 +43,33 @@ def local_slurm():
     assert not alive, f"local Slurm daemons still running after stop: {', '.join(alive)}"
     assert not cluster.step_daemon_pids(), "slurmstepd processes of the local Slurm still running"
     assert not cluster.scratch.exists(), f"scratch directory {cluster.scratch} was not removed"
+
+
+@pytest.fixture(scope="session")
+def testbed_slurm():
+    """A local Slurm whose slurmds run in the namespaces of a testbed of hetero8 (its default dilation)."""
+    from hpcps.testbed.runner import missing_requirements as testbed_missing
+    why = missing_requirements()
+    if why:
+        if os.environ.get("HPCPS_REQUIRE_SLURM") == "1":
+            pytest.fail(f"HPCPS_REQUIRE_SLURM=1 but the local Slurm cannot start: {why}", pytrace=False)
+        pytest.skip(why)
+    why = testbed_missing(delayed=True)
+    if why:
+        if os.environ.get("HPCPS_REQUIRE_TESTBED") == "1":
+            pytest.fail(f"HPCPS_REQUIRE_TESTBED=1 but no testbed can be built here: {why}", pytrace=False)
+        pytest.skip(f"no testbed here: {why}")
+    cluster = LocalSlurm(nodes_from_cluster_file(), testbed=DEFAULT_CLUSTER)
+    cluster.start()
+    yield cluster
+    pids = dict(cluster.pids)
+    name = cluster.testbed_name
+    cluster.stop()
+    alive = [f"{n} ({pid})" for n, pid in pids.items() if _alive(pid)]
+    assert not alive, f"local Slurm daemons still running after stop: {', '.join(alive)}"
+    from hpcps.testbed import control
+    from hpcps.testbed.runner import NetRunner
+    assert name not in control.names_in_use(NetRunner()), f"testbed {name} of the local Slurm still up"
 
 
 def _alive(pid: int) -> bool:

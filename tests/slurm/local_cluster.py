@@ -8,9 +8,16 @@ The fake nodes take the names and sizes of a cluster file's nodes (CPUs from ``c
 ``memory_gb``, GPUs as a counted ``gres/gpu`` without device files, the node type as a feature), so
 ``scontrol show node`` looks like the cluster the file describes.
 
+On a testbed (``testbed=CLUSTER_FILE``, hpcps.testbed, docs/testbed.md) each slurmd runs in its
+node's network namespace, with the node's address and its name as host name, so job steps start their
+ranks on the nodes and the ranks talk through the shaped links. slurmctld and munged stay on this
+machine's side; the nodes reach slurmctld at the machine's end of the testbed's switch (an address of
+the testbed's own subnet), commands here reach it there too.
+
 Needs root and Debian's ``slurm-wlm`` and ``munge`` (``make slurm-deps``). By hand::
 
     python -m tests.slurm.local_cluster              # start, print SLURM_CONF, stop on Ctrl-C
+    python -m tests.slurm.local_cluster --testbed    # the same with every slurmd on a testbed node
     export SLURM_CONF=/tmp/hpcps-slurm-XXXX/slurm.conf UCX_TLS=self,sm,tcp
     sinfo; sbatch --nodes=2 --ntasks=4 slurm/train.sh jobs/default.toml
 """
@@ -118,9 +125,14 @@ class LocalSlurm:
     """Start with start(), stop with stop() (also as a context manager).
 
     ``env`` is os.environ plus SLURM_CONF: pass it to every Slurm command and to code under test.
+    ``testbed``: a cluster file whose testbed the daemons of the nodes run on (brought up by start(), taken
+    down by stop(); its nodes must be the fake nodes), ``testbed_name`` its name.
     """
     nodes: list[FakeNode]
     scratch: Path | None = None
+    testbed: Path | None = None
+    testbed_name: str = field(default_factory=lambda: f"s{os.getpid() % 10**8}")
+    plan: object = None                  # hpcps.testbed.plan.TestbedPlan while the testbed is up
     partition: str = "debug"
     kill_wait_s: int = 2
     env: dict[str, str] = field(default_factory=dict)
@@ -159,10 +171,11 @@ class LocalSlurm:
             (s / "tmp" / n.name).mkdir(exist_ok=True)
         ctl_port, *node_ports = _free_ports(1 + len(self.nodes))
         host = socket.gethostname()
+        ctl_addr = self.plan.host_address if self.plan is not None else "127.0.0.1"
         lines = [
             "# Written by tests/slurm/local_cluster.py: a throw-away Slurm on localhost.",
             "ClusterName=hpcps-local",
-            f"SlurmctldHost={host}(127.0.0.1)",
+            f"SlurmctldHost={host}({ctl_addr})",
             f"SlurmctldPort={ctl_port}",
             "SlurmUser=root",
             "SlurmdUser=root",
@@ -203,8 +216,9 @@ class LocalSlurm:
         if any(n.gpus for n in self.nodes):
             lines.append("GresTypes=gpu")
         for n, port in zip(self.nodes, node_ports):
-            spec = (f"NodeName={n.name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port} "
-                    f"CPUs={n.cpus} RealMemory={n.memory_mb}")
+            where = (f"NodeHostname={n.name} NodeAddr={self.plan.node(n.name).address}" if self.plan is not None
+                     else "NodeHostname=localhost NodeAddr=127.0.0.1")
+            spec = f"NodeName={n.name} {where} Port={port} CPUs={n.cpus} RealMemory={n.memory_mb}"
             if n.gpus:
                 spec += f" Gres=gpu:{n.gpus}"
             if n.features:
@@ -227,6 +241,10 @@ class LocalSlurm:
         # request at MPI_Init ("mpi/pmi2: value not properly terminated", ranks exit with 15). The fake
         # nodes share one host, so shared memory, self and TCP are all the transports they can use.
         self.env.setdefault("UCX_TLS", "self,sm,tcp")
+        if self.plan is not None:
+            # Ranks of different nodes over TCP through the links; the training sees the testbed.
+            from hpcps.testbed.plan import rank_environment
+            self.env.update(rank_environment(self.plan))
         # A Slurm command run inside a test must never fall back to another cluster's config.
         for var in ("SLURM_JOB_ID", "SLURM_JOBID", "SLURM_STEP_ID", "SLURM_NODELIST", "SLURM_JOB_NODELIST"):
             self.env.pop(var, None)
@@ -265,6 +283,14 @@ class LocalSlurm:
             self.scratch = Path(tempfile.mkdtemp(prefix="hpcps-slurm-"))
             self._own_scratch = True
         t0 = time.monotonic()
+        if self.testbed is not None:
+            from hpcps.cluster import load_cluster
+            from hpcps.testbed import control, default_dilation
+            cluster = load_cluster(self.testbed)
+            missing = sorted(set(self.node_names) - set(cluster.names))
+            if missing:
+                raise RuntimeError(f"fake nodes {', '.join(missing)} are not nodes of {self.testbed}")
+            self.plan = control.up(cluster, self.testbed_name, default_dilation(cluster))
         self.write_config()
         m = self.scratch / "munge"
         try:
@@ -276,7 +302,14 @@ class LocalSlurm:
             self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
             self._wait(self._controller_answers, timeout_s, "slurmctld to answer")
             for n in self.nodes:
-                self._spawn(f"slurmd-{n.name}", [_which("slurmd"), "-D", "-N", n.name, "-f", str(self.conf)])
+                slurmd = [_which("slurmd"), "-D", "-N", n.name, "-f", str(self.conf)]
+                if self.plan is not None:
+                    # In the node's network namespace, under the node's name (nsenter, unshare, sh and slurmd
+                    # exec each other: one process id, which stop() signals). nsenter rather than `ip netns
+                    # exec`, which mounts a /sys of its own without /sys/fs/cgroup, where slurmd will not start.
+                    slurmd = ["nsenter", f"--net=/run/netns/{self.plan.node(n.name).netns}", "unshare", "--uts",
+                              "sh", "-c", 'hostname "$1" && shift && exec "$@"', "sh", n.name, *slurmd]
+                self._spawn(f"slurmd-{n.name}", slurmd)
             self._wait(self._nodes_idle, timeout_s, f"nodes {','.join(self.node_names)} to be idle")
         except BaseException:
             self.stop()
@@ -352,6 +385,10 @@ class LocalSlurm:
                 except ProcessLookupError:
                     pass
         self._procs.clear()
+        if self.plan is not None or self.testbed is not None:
+            from hpcps.testbed import control
+            control.down(self.testbed_name)
+            self.plan = None
         if self._own_scratch and self.scratch is not None and self.scratch.exists():
             shutil.rmtree(self.scratch, ignore_errors=True)
 
@@ -379,13 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER,
                    help="cluster file whose nodes become fake Slurm nodes (default: jobs/clusters/hetero8.toml)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) after stopping")
+    p.add_argument("--testbed", action="store_true",
+                   help="run every slurmd in its node's namespace on a testbed of the cluster (docs/testbed.md)")
     args = p.parse_args(argv)
     why = missing_requirements()
     if why:
         print(f"local_cluster: error: {why}", file=sys.stderr)
         return 2
     scratch = Path(tempfile.mkdtemp(prefix="hpcps-slurm-")) if args.keep else None
-    slurm = LocalSlurm(nodes_from_cluster_file(args.cluster), scratch=scratch)
+    slurm = LocalSlurm(nodes_from_cluster_file(args.cluster), scratch=scratch,
+                       testbed=args.cluster if args.testbed else None)
     try:
         slurm.start()
         print(f"Slurm is up in {slurm.bringup_s:.2f} s with nodes {','.join(slurm.node_names)}.\n"

@@ -22,6 +22,7 @@ import pytest
 
 from hpcps.cluster import load_cluster
 from hpcps.cluster.placement import load_node_schedule
+from hpcps.slurm import SlurmClient
 from hpcps.slurm.nodes import compress_hostlist
 from hpcps.slurm.parse import classify_state
 from hpcps.slurm.script import literal_filename
@@ -124,9 +125,31 @@ def no_step_daemons(local_slurm, grace_s: float = 15.0) -> None:
     assert not local_slurm.step_daemon_pids(), "slurmstepd processes still running"
 
 
-def test_tune_script_runs_each_trial_as_a_job_step(local_slurm, slurm_client, tmp_path):
+def link_bytes(plan) -> dict[str, int]:
+    """Bytes each node's shaped NIC has sent (tc's count on the htb class of its eth0)."""
+    out = {}
+    for n in plan.nodes:
+        text = subprocess.run(["tc", "-s", "-n", n.netns, "class", "show", "dev", "eth0"], capture_output=True,
+                              text=True).stdout
+        out[n.node] = int(text.split("Sent ", 1)[1].split(" bytes", 1)[0])
+    return out
+
+
+@pytest.fixture(params=["localhost", "testbed"])
+def tune_slurm(request):
+    """The tuning test on both local Slurms: fake nodes on localhost (the network emulated) and slurmds
+    on the nodes of a testbed (ranks talk through its shaped links)."""
+    return request.getfixturevalue("local_slurm" if request.param == "localhost" else "testbed_slurm")
+
+
+def test_tune_script_runs_each_trial_as_a_job_step(tune_slurm, tmp_path):
     """sbatch slurm/tune.sh on the emulated hetero8 cluster: every trial a job step of the tuning job on
-    its schedule's nodes (seen in scontrol show step and in slurmd's log); table, traces, best schedule."""
+    its schedule's nodes (seen in scontrol show step and in slurmd's log); table, traces, best schedule.
+    On the testbed, the ranks run in their nodes' namespaces and their messages cross the shaped links."""
+    local_slurm = tune_slurm
+    slurm_client = SlurmClient(env=local_slurm.env)
+    on_testbed = local_slurm.plan is not None
+    sent_before = link_bytes(local_slurm.plan) if on_testbed else None
     job = digits_job(tmp_path, HETERO8)
     out = tmp_path / "tune out"
     job_id = submit_tune(local_slurm, tmp_path, out, job, "--iterations", "4", "--timeout", "300",
@@ -156,6 +179,16 @@ def test_tune_script_runs_each_trial_as_a_job_step(local_slurm, slurm_client, tm
         trace = open_trace(tdir / "trace.h5")
         assert len(trace.iterations) > 0
         assert sorted({r["node_name"] for r in trace.ranks}) == sorted(nodes)
+        if on_testbed:
+            assert trace.attrs["emulation_network"] == "real"
+            assert trace.attrs["emulation_dilation"] == local_slurm.plan.dilation
+            assert sorted(set(trace.rank_field("host").values())) == sorted(nodes)     # each in its namespace
+        else:
+            assert trace.attrs["emulation_network"] == "fabric"
+    if on_testbed:
+        # Every worker pushed its gradient (9,640 bytes, 4 iterations) through its node's link in trial 1 at least.
+        sent = link_bytes(local_slurm.plan)
+        assert all(sent[n] - sent_before[n] > 4 * 9640 for n in sent), (sent_before, sent)
     best = load_node_schedule(out / "best_schedule.toml")
     best.check_against(cluster, 64)
     assert slurm_client.jobcomp_record(job_id)["JobState"] == "COMPLETED"

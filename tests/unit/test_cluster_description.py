@@ -80,16 +80,23 @@ def test_bundled_cluster_shapes():
 
 BAD = [
     # (change to GOOD, key, words in the message)
-    (("speed = 0.5", "speed = 0.0"), "types.slow.speed", "> 0"),
-    (("speed = 0.5", "speed = -1.0"), "types.slow.speed", "> 0"),
+    (("speed = 0.5", "speed = 0.0"), "types.slow.speed", ">= 0.0001"),
+    (("speed = 0.5", "speed = -1.0"), "types.slow.speed", ">= 0.0001"),
     (("speed = 0.5", "speed = nan"), "types.slow.speed", "finite"),
     (("speed = 0.5", "speed = inf"), "types.slow.speed", "finite"),
     (("speed = 0.5", 'speed = "fast"'), "types.slow.speed", "must be a number"),
     (("cores = 2", "cores = 0"), "types.slow.cores", "> 0"),
     (("cores = 2", "cores = 2.5"), "types.slow.cores", "must be an integer"),
     (("cores = 2", "cores = true"), "types.slow.cores", "must be an integer"),
-    (("nic_gbps = 1\n", "nic_gbps = 0\n"), "types.slow.nic_gbps", "> 0"),
-    (("nic_gbps = 1\n", "nic_gbps = -2.5\n"), "types.slow.nic_gbps", "> 0"),
+    (("nic_gbps = 1\n", "nic_gbps = 0\n"), "types.slow.nic_gbps", ">= 0.001 and <= 100000"),
+    (("nic_gbps = 1\n", "nic_gbps = -2.5\n"), "types.slow.nic_gbps", ">= 0.001"),
+    # Past these the simulator's bandwidth sums overflowed to inf and NaN and it never finished.
+    (("nic_gbps = 1\n", "nic_gbps = 1e300\n"), "types.slow.nic_gbps", "<= 100000, got 1e+300"),
+    (("nic_gbps = 1\n", "nic_gbps = inf\n"), "types.slow.nic_gbps", "finite"),
+    (("speed = 0.5", "speed = 1e300"), "types.slow.speed", "<= 10000"),
+    (("cores = 2", "cores = 100000"), "types.slow.cores", "<= 4096"),
+    (("latency_us = 20.0", "latency_us = 1e30"), "types.fast.latency_us", "<= 1e+07"),
+    (("memory_gb = 16.0", "memory_gb = nan"), "types.fast.memory_gb", "finite"),
     (("latency_us = 20.0", "latency_us = -1.0"), "types.fast.latency_us", ">= 0"),
     (("fixed_ms = 2.0", "fixed_ms = -1.0"), "types.fast.fixed_ms", ">= 0"),
     (("memory_gb = 16.0", "memory_gb = 0.0"), "types.fast.memory_gb", "> 0"),

@@ -150,3 +150,22 @@ def test_split_proportional():
     assert sum(split_proportional(1001, [0.3, 2.2, 7.1])) == 1001
     with pytest.raises(ValueError):
         split_proportional(5, [0, 0])
+
+
+def test_threads_are_bounded_by_the_node_cores(hetero8, tmp_path):
+    # n6 is a cpu-slow node with 2 cores: at most 4 x 2 threads; 100000 used to exhaust the process limit.
+    ok = write(tmp_path, '[[nodes]]\nname = "n6"\nserver = true\nworkers = [{batch = 64, threads = 8}]\n')
+    load_placement(ok, hetero8, 64)
+    many = write(tmp_path, '[[nodes]]\nname = "n6"\nserver = true\nworkers = [{batch = 64, threads = 9}]\n')
+    with pytest.raises(ConfigError) as e:
+        load_placement(many, hetero8, 64)
+    assert e.value.key == "nodes[0].workers[0].threads" and "must be <= 8 on node n6" in str(e.value)
+    ranks = write(tmp_path, "servers = [0]\n[[workers]]\nrank = 5\nbatch = 64\nthreads = 9\n", "ranks.toml")
+    with pytest.raises(ConfigError) as e:
+        load_placement(ranks, hetero8, 64)          # rank 5 stands for n6
+    assert e.value.key == "workers[0].threads" and "on node n6" in str(e.value)
+
+
+def test_node_schedule_text_reads_back_with_tomllib():
+    import tomllib
+    assert tomllib.loads(SCHED.to_toml()) == SCHED.to_dict()

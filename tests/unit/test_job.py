@@ -44,7 +44,7 @@ def test_defaults_are_filled_in():
     (with_(training__sync="async"), "training.sync", "bsp"),
     (with_(workload="mnist"), "workload", "built-ins are digits"),
     (with_(model={"depth": 3}), "model.depth", "Valid keys are: hidden (default 128)"),
-    (with_(data={"test_fraction": 1.5}), "data.test_fraction", "(0, 1)"),
+    (with_(data={"test_fraction": 1.5}), "data.test_fraction", "> 0 and < 1"),
     (with_(optimizer__betas=[0.9]), "optimizer.betas", "two numbers"),
     ({k: v for k, v in GOOD.items() if k != "optimizer"}, "optimizer", "required"),
 ])
@@ -69,3 +69,64 @@ def test_embedded_schedule_is_validated():
     with pytest.raises(ConfigError) as e:
         parse_job(job, "j.toml")
     assert e.value.key == "schedule.workers[0].batch"
+
+
+@pytest.mark.parametrize("job, key, words", [
+    # Non-finite numbers: TOML has nan and inf, and they used to pass (a run of NaN losses, or a hang).
+    (with_(optimizer__lr=float("nan")), "optimizer.lr", "finite"),
+    (with_(optimizer__lr=float("inf")), "optimizer.lr", "finite"),
+    (with_(optimizer__momentum=float("nan")), "optimizer.momentum", "finite"),
+    (with_(optimizer__eps=float("-inf")), "optimizer.eps", "finite"),
+    (with_(optimizer__betas=[0.9, float("nan")]), "optimizer.betas", "two numbers in [0, 1)"),
+    (with_(training__epochs=float("inf"), training__iterations=0), "training.epochs", "finite"),
+    # Values that crashed the run with a traceback: float32 overflow, NumPy's seed, nesterov in torch.
+    (with_(optimizer__lr=1e308), "optimizer.lr", "<= 10000"),
+    (with_(training__seed=-1), "training.seed", ">= 0 and <= 4294967295"),
+    (with_(training__seed=2**40), "training.seed", "<= 4294967295"),
+    (with_(optimizer__momentum=1.5), "optimizer.momentum", ">= 0 and < 1"),
+    (with_(optimizer__nesterov=True), "optimizer.nesterov", "needs optimizer.momentum > 0"),
+    (with_(training__global_batch=10**9), "training.global_batch", "<= 10000000"),
+    (with_(training__iterations=10**12), "training.iterations", "<= 1000000000"),
+    (with_(model={"hidden": 10**8}), "model.hidden", "<= 65536"),
+])
+def test_numbers_out_of_range_are_bad_input(job, key, words):
+    with pytest.raises(ConfigError) as e:
+        parse_job(job, "j.toml")
+    assert e.value.key == key, str(e.value)
+    assert str(e.value).startswith("j.toml: ") and words in str(e.value)
+
+
+def test_nan_and_inf_in_a_job_file(tmp_path):
+    path = tmp_path / "j.toml"
+    path.write_text('name = "t"\nworkload = "digits"\n[optimizer]\nname = "sgd"\nlr = nan\n'
+                    '[training]\nglobal_batch = 8\niterations = 2\n')
+    with pytest.raises(ConfigError, match=r"key 'optimizer.lr': must be a finite number > 0 and <= 10000, got nan"):
+        load_job(path)
+
+
+def test_a_directory_is_not_reported_as_a_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="is a directory, not a TOML file"):
+        load_job(tmp_path)
+
+
+def test_the_dataclasses_are_the_one_source_of_defaults():
+    from dataclasses import fields
+
+    from hpcps.config.job import OptimizerConfig, TrainingConfig
+    job = parse_job(GOOD, "j.toml")
+    for cls, loaded in ((OptimizerConfig, job.optimizer), (TrainingConfig, job.training)):
+        for f in fields(cls):
+            if f.name not in GOOD["optimizer"] and f.name not in GOOD["training"]:
+                assert getattr(loaded, f.name) == f.default, f.name
+
+
+def test_the_cluster_key_is_found_beside_the_job_file(tmp_path, monkeypatch):
+    (tmp_path / "jobs" / "clusters").mkdir(parents=True)
+    (tmp_path / "jobs" / "clusters" / "c.toml").write_text("")
+    job = parse_job(with_(cluster="clusters/c.toml"), str(tmp_path / "jobs" / "j.toml"))
+    monkeypatch.chdir(tmp_path)
+    assert job.cluster_path() == tmp_path / "jobs" / "clusters" / "c.toml"
+    gone = parse_job(with_(cluster="clusters/none.toml"), str(tmp_path / "jobs" / "j.toml"))
+    with pytest.raises(ConfigError) as e:
+        gone.cluster_path()
+    assert e.value.key == "cluster" and "'clusters/none.toml' not found" in str(e.value)

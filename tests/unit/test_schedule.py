@@ -69,3 +69,23 @@ def test_schedule_batches_must_match_the_global_batch():
     s = parse_schedule({"servers": [0], "workers": [{"rank": 0, "batch": 3}]}, "s.toml")
     with pytest.raises(ConfigError, match="sum to 3 but .*global_batch is 4"):
         s.check_against(1, 4)
+
+
+@pytest.mark.parametrize("text, key, words", [
+    ("servers = [0]\n[[workers]]\nrank = 0\nbatch = 4\nthreads = 100000\n", "workers[0].threads", "<= 512"),
+    ("servers = [0]\n[[workers]]\nrank = 0\nbatch = 20000000\n", "workers[0].batch", "<= 10000000"),
+    ("servers = [0]\n" + "[[workers]]\nrank = 0\nbatch = 9000000\n[[workers]]\nrank = 1\nbatch = 9000000\n",
+     "workers.batch", "sum to 18000000"),
+    ("servers = [10000000]\n[[workers]]\nrank = 0\nbatch = 4\n", "servers[0]", "< 1000000"),
+    ("servers = [0]\n[[workers]]\nrank = 0\nbatch = 4.0\n", "workers[0].batch", "must be an integer"),
+])
+def test_limits(tmp_path, text, key, words):
+    with pytest.raises(ConfigError) as e:
+        load_schedule(write(tmp_path, text))
+    assert e.value.key == key and words in str(e.value)
+
+
+def test_to_toml_is_read_back_by_tomllib():
+    import tomllib
+    s = Schedule((0,), (WorkerSpec(0, 5, 1), WorkerSpec(1, 3, 4)))
+    assert tomllib.loads(s.to_toml()) == s.to_dict()

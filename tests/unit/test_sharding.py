@@ -16,6 +16,8 @@ def test_shards_cover_the_vector_once_and_balance_bytes(n, servers):
     assert sum(sizes) == n and min(sizes) >= 0
     assert max(sizes) - min(sizes) <= ALIGN_ELEMENTS
     assert all(s.start % ALIGN_ELEMENTS == 0 for s in shards)
+    # every shard starts on a 64-byte cache line of float32 data, whatever the module's constant says
+    assert all((4 * s.start) % 64 == 0 for s in shards)
 
 
 def test_a_large_tensor_is_split_across_servers():

@@ -106,12 +106,22 @@ def test_noise_and_stragglers_change_the_result(capsys):
     (["--cluster", HETERO8, "--job", "nojob.toml"], "nojob.toml: file not found"),
     (["--cluster", HETERO8, "--iterations", "0"], "--iterations: must be >= 1"),
     (["--cluster", HETERO8, "--noise", "-0.1"], "--noise: must be >= 0"),
-    (["--cluster", HETERO8, "--straggler-prob", "2"], "--straggler-prob: must be in [0, 1]"),
+    (["--cluster", HETERO8, "--straggler-prob", "2"], "--straggler-prob: must be >= 0 and <= 1"),
     (["--cluster", HETERO8, "--straggler-slowdown", "0.5"], "--straggler-slowdown: must be >= 1"),
     (["--cluster", HETERO8, "--profiles", "noprof.toml"], "noprof.toml: compute profiles not found"),
     (["--cluster", HETERO8, "--save-schedule", "/no/such/dir/s.toml"], "does not exist"),
     (["--schedule", "naive"], "no cluster: give --cluster FILE"),
     (["--cluster", HETERO8, "--sharing", "fifo"], "invalid choice"),
+    (["--cluster", HETERO8, "--noise", "nan"], "--noise: must be a finite number >= 0"),
+    (["--cluster", HETERO8, "--noise", "1e9"], "--noise: must be >= 0 and <= 5"),
+    (["--cluster", HETERO8, "--straggler-slowdown", "inf"], "--straggler-slowdown: must be a finite number"),
+    (["--cluster", HETERO8, "--seed", "-1"], "--seed: must be >= 0"),
+    (["--cluster", HETERO8, "--iterations", "100000000"], "--iterations: must be >= 1 and <= 10000"),
+    (["--cluster", HETERO8, "--resolution", "nan"], "--resolution: must be a finite number"),
+    (["--cluster", HETERO8, "--save-schedule", HETERO8], "is also an input of this command"),
+    (["--cluster", HETERO8, "--save-schedule", JOB], "is also an input of this command"),
+    (["--cluster", HETERO8, "--save-schedule", "/dev/full"], "not a regular file"),
+    (["--cluster", str(ROOT / "jobs")], "is a directory, not a TOML file"),
 ])
 def test_bad_arguments(capsys, args, words):
     code, out, err = sim(capsys, *args)

@@ -72,3 +72,39 @@ def test_hpcps_profiles_names_the_file_read_unless_a_path_is_given(tmp_path, mon
     monkeypatch.setenv("HPCPS_PROFILES", str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigError, match="missing.toml.*compute profiles not found"):
         load_profiles()
+
+
+def _profile_with(tmp_path, old, new, count=1):
+    text = DEFAULT_PROFILES.read_text()
+    assert old in text
+    path = tmp_path / "p.toml"
+    path.write_text(text.replace(old, new, count))
+    return path
+
+
+@pytest.mark.parametrize("key, value, words", [
+    # Each of these made hpcps.sim and the tuner's sim backend run forever.
+    ("memcpy_bytes_per_s", "0", "key 'machine.memcpy_bytes_per_s': must be >= 1000000"),
+    ("memcpy_bytes_per_s", "nan", "must be a finite number"),
+    ("per_sample_s", "[nan, nan, nan]", "key 'workloads.digits.per_sample_s[0]': must be a finite number"),
+    ("fixed_s", "[1e300, 1.0, 1.0]", "key 'workloads.digits.fixed_s[0]': must be >= 0 and <= 10000"),
+    ("params", "0", "key 'workloads.digits.params': must be > 0"),
+    ("threads", "[1, 4, 8]", "must list 1 and 2 threads"),
+    ("cpus", "0", "key 'cpus': must be >= 1"),
+])
+def test_out_of_range_profiles_are_refused(tmp_path, key, value, words):
+    import re
+    text = DEFAULT_PROFILES.read_text()
+    line = re.search(rf"^{key} = .*$", text, re.M).group(0)
+    path = _profile_with(tmp_path, line, f"{key} = {value}")
+    with pytest.raises(ConfigError) as e:
+        load_profiles(path)
+    assert str(e.value).startswith(str(path)) and words in str(e.value)
+    assert "not a compute profile file" in str(e.value)
+
+
+def test_a_broken_hpcps_profiles_says_where_it_came_from(tmp_path, monkeypatch):
+    path = _profile_with(tmp_path, "[machine]", "[machine]\nbogus = 1")
+    monkeypatch.setenv("HPCPS_PROFILES", str(path))
+    with pytest.raises(ConfigError, match="named by HPCPS_PROFILES"):
+        load_profiles()

@@ -289,7 +289,8 @@ def test_step_is_an_srun_in_the_background(slurm, clock, tmp_path):
 def test_failed_step(slurm, clock, tmp_path):
     launcher = step_launcher(slurm, clock)
     h = launcher.submit(tmp_path / "t", ["x"], ["n1"], 1, 30)
-    h.output.write_text("hpcps.train: error: jobs/x.toml: file not found\nsrun: error: n1: task 0: Exited with exit code 2\n")
+    h.output.write_text("hpcps.train: error: jobs/x.toml: file not found\n"
+                        "srun: error: n1: task 0: Exited with exit code 2\n")
     slurm.processes[0].returncode = 2
     s = launcher.poll(h)
     assert s.status is TrialStatus.FAILED and s.exit_code == 2
@@ -356,7 +357,8 @@ def test_cancel_before_the_step_exists_signals_srun(slurm, clock, tmp_path):
 def test_step_stopped_by_slurms_step_limit(slurm, clock, tmp_path):
     launcher = step_launcher(slurm, clock)
     h = launcher.submit(tmp_path / "t", ["x"], ["n1"], 1, 30)
-    h.output.write_text("slurmstepd-n1: error: *** STEP 7.0 ON n1 CANCELLED AT 2026-11-24T04:08:12 DUE TO TIME LIMIT ***\n")
+    h.output.write_text("slurmstepd-n1: error: *** STEP 7.0 ON n1 CANCELLED AT 2026-11-24T04:08:12 "
+                        "DUE TO TIME LIMIT ***\n")
     slurm.processes[0].returncode = 1
     assert launcher.poll(h).status is TrialStatus.TIMEOUT
 

@@ -55,7 +55,8 @@ def test_starting_cluster_file_groups_nodes_without_features(tmp_path):
     out.write_text(text)
     c = load_cluster(out)
     assert c.name == 'site "A"'
-    assert [(n.name, n.type.name, n.type.gpus) for n in c.nodes] == [("gpu01", "a100-ib", 4), ("cpu001", "cpu128-mem268g", 0)]
+    assert [(n.name, n.type.name, n.type.gpus) for n in c.nodes] == [("gpu01", "a100-ib", 4),
+                                                                      ("cpu001", "cpu128-mem268g", 0)]
 
 
 def test_unknown_nodes_and_the_allocations_nodes():
@@ -88,3 +89,24 @@ def test_cli_partition_filter_and_errors(tmp_path):
     assert r.returncode == 2 and "no node in partition 'nope'" in r.stderr
     r = run_cli("--from-slurm", "--scontrol-output", str(tmp_path / "missing.txt"))
     assert r.returncode == 2 and "file not found" in r.stderr
+
+
+def test_cli_refuses_what_a_cluster_file_cannot_hold(tmp_path):
+    saved = tmp_path / "nodes.txt"
+    saved.write_text(NODES_SITE.replace("CPUTot=128", "CPUTot=-4"))
+    out = tmp_path / "c.toml"
+    r = run_cli("--from-slurm", "--scontrol-output", str(saved), "--out", str(out))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "node cpu001 has CPUTot=-4" in r.stderr and not out.exists()
+
+
+def test_cli_on_input_that_is_not_utf8_or_not_a_file(tmp_path):
+    saved = tmp_path / "nodes.txt"
+    saved.write_bytes(b"NodeName=n1 CPUTot=4 \xff\xfe\n")
+    r = run_cli("--from-slurm", "--scontrol-output", str(saved))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "not UTF-8 text" in r.stderr, r.stderr
+    r = run_cli("--from-slurm", "--scontrol-output", str(tmp_path))
+    assert r.returncode == 2 and "is a directory" in r.stderr
+    r = run_cli("--from-slurm", "--scontrol-output", str(saved), "--out", str(saved))
+    assert r.returncode == 2 and "is also an input of this command" in r.stderr
+    assert saved.read_bytes().startswith(b"NodeName=n1")

@@ -6,9 +6,19 @@ from pathlib import Path
 
 import pytest
 
-from hpcps.slurm.parse import (SlurmParseError, classify_state, format_time_limit, node_is_usable, parse_duration,
-                               parse_exit_code, parse_gres, parse_job_id, parse_nodes, parse_record, parse_records,
-                               parse_sacct)
+from hpcps.slurm.parse import (
+    SlurmParseError,
+    classify_state,
+    format_time_limit,
+    parse_duration,
+    parse_exit_code,
+    parse_gres,
+    parse_job_id,
+    parse_nodes,
+    parse_record,
+    parse_records,
+    parse_sacct,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -168,7 +178,6 @@ def test_nodes_of_the_local_test_cluster():
     assert (n1.cpus, n1.gpus, n1.features, n1.memory_mb) == (8, 1, ("gpu-fast",), 15259)
     assert (n3.cpus, n3.gpus, n3.features) == (4, 0, ("cpu-mid",))
     assert (n8.cpus, n8.features, n8.partitions) == (2, ("cpu-slow",), ("debug",))
-    assert all(node_is_usable(n) for n in nodes)
 
 
 def test_nodes_of_a_site_like_cluster():
@@ -176,9 +185,8 @@ def test_nodes_of_a_site_like_cluster():
     assert (gpu.name, gpu.cpus, gpu.memory_mb, gpu.gpus, gpu.features) == ("gpu01", 64, 512000, 4, ("a100", "ib"))
     assert gpu.partitions == ("gpu", "all")
     assert (cpu.gpus, cpu.features, cpu.state) == (0, (), "IDLE+DRAIN")
-    assert node_is_usable(gpu) and not node_is_usable(cpu)
 
 
-def test_node_not_responding_is_not_usable():
+def test_unconfigured_memory_is_none():
     node = parse_nodes("NodeName=n1 CPUTot=2 RealMemory=1 State=IDLE* Gres=(null)\n")[0]
-    assert node.memory_mb is None and not node_is_usable(node)
+    assert node.memory_mb is None and node.state == "IDLE*"

@@ -8,9 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from hpcps.slurm.script import (SbatchOptions, SrunOptions, TrialJob, directive_quote, export_lines,
-                                format_command, literal_filename, render_sbatch_script, sbatch_argv,
-                                sbatch_directives, shell_quote, srun_argv)
+from hpcps.slurm.script import (
+    SbatchOptions,
+    SrunOptions,
+    TrialJob,
+    directive_quote,
+    export_lines,
+    format_command,
+    literal_filename,
+    render_sbatch_script,
+    sbatch_directives,
+    shell_quote,
+    srun_argv,
+)
 from tests.unit.golden import check_golden
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,8 +94,8 @@ def test_format_command_round_trips_through_the_shell():
 
 def test_options_are_sorted_and_unset_ones_left_out():
     opts = SbatchOptions(time="5", job_name="j", ntasks=4, nodes=2, exclusive=True, extra=(("--mem", "1G"),))
-    assert sbatch_argv(opts, "job.sh", ["a b"]) == [
-        "sbatch", "--exclusive", "--job-name=j", "--mem=1G", "--nodes=2", "--ntasks=4", "--time=5", "job.sh", "a b"]
+    assert sbatch_directives(opts) == [f"#SBATCH {flag}" for flag in (
+        "--exclusive", "--job-name=j", "--mem=1G", "--nodes=2", "--ntasks=4", "--time=5")]
 
 
 def test_an_option_given_twice_is_an_error():
@@ -144,7 +154,8 @@ def test_trial_script_body_runs_in_bash_with_exact_values(tmp_path):
     body = [ln for ln in script.splitlines() if not ln.startswith("#")]
     assert body[-1].startswith("exec srun ")
     argv_text = body[-1][len("exec "):]
-    body[-1] = ('printf "%s\\n" "$HPCPS_TRACE" "$SLURM_HOSTFILE"; for a in ' + argv_text + '; do printf "%s\\n" "$a"; done')
+    body[-1] = ('printf "%s\\n" "$HPCPS_TRACE" "$SLURM_HOSTFILE"; for a in ' + argv_text
+                + '; do printf "%s\\n" "$a"; done')
     out = subprocess.run(["bash", "-c", "\n".join(body)], capture_output=True, text=True, check=True).stdout
     lines = out.splitlines()
     assert lines[0] == dict(trial.env)["HPCPS_TRACE"]

@@ -215,3 +215,66 @@ def test_help():
     assert r.returncode == 0
     for word in ("--backend", "--strategy", "--budget", "--resume", "structured", "heuristic"):
         assert word in r.stdout
+
+
+def test_resume_refuses_a_job_file_changed_since_the_run_began(tmp_path):
+    """The same job file edited in place (global batch 64 -> 32): resuming would mix trials of both
+    problems in one run, and the best schedule (batches summing to 64) would not load for the job."""
+    job = tmp_path / "job.toml"
+    job.write_text(Path(JOB).read_text())
+    out = tmp_path / "run"
+    args = ["--job", str(job), "--cluster", CLUSTER, "--backend", "sim", "--strategy", "random", "--out", str(out),
+            "--iterations", "2"]
+    assert tune(*args, "--budget", "2").returncode == 0
+    before = (out / "state.json").read_text()
+    text = job.read_text()
+    assert "global_batch = 64" in text
+    job.write_text(text.replace("global_batch = 64", "global_batch = 32"))
+    r = tune(*args, "--budget", "4", "--resume")
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hpcps.tune: error: --resume: ")
+    assert f"the job file {job} changed since the run in {out} began" in lines[0]
+    assert (out / "state.json").read_text() == before
+    job.write_text(text)                           # put back: the run goes on
+    r = tune(*args, "--budget", "3", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert [x["trial"] for x in rows(out)] == ["1", "2", "3"]
+
+
+def test_a_second_tuner_in_the_same_out_is_refused(tmp_path):
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "hpcps.tune", *base(out, "random", 100000)], cwd=ROOT, env=env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "trials.csv").is_file():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.05)
+        for more in ((), ("--resume",)):
+            second = tune(*base(out, "random", 100000), *more)
+            assert second.returncode == 2, second.stderr
+            lines = second.stderr.strip().splitlines()
+            assert len(lines) == 1 and f"{out} is in use by another tuning run (pid {first.pid} on " in lines[0], lines
+    finally:
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 0, err
+    n = len(json.loads((out / "state.json").read_text())["trials"])
+    assert [r["trial"] for r in rows(out)] == [str(i) for i in range(1, n + 1)]
+    resumed = tune(*base(out, "random", n + 1), "--resume")        # the lock went with the first tuner
+    assert resumed.returncode == 0, resumed.stderr
+
+
+@pytest.mark.parametrize("holds", ["nothing", "an empty directory"])
+def test_resume_where_there_is_no_run_is_refused(tmp_path, capsys, holds):
+    out = tmp_path / "run"
+    if holds == "an empty directory":
+        out.mkdir()
+    from hpcps.tune.cli import main
+    rc = main([*base(out, "random", 2), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith("hpcps.tune: error: --resume: ")
+    assert ("does not exist: there is no run to resume" if holds == "nothing" else "holds no tuning run") in err[0]
+    assert (not out.exists()) if holds == "nothing" else list(out.iterdir()) == []

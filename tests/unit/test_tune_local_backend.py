@@ -1,7 +1,14 @@
-"""The local backend without MPI: a stand-in mpiexec that writes a made-up trace, fails, or hangs; and
-the trace-to-observations adapter on a trace with known phase times."""
+"""The local backend without MPI: a stand-in mpiexec that writes a made-up trace, fails, or hangs; a
+trial's processes ending with the tuner, with a stop request, and before a resumed run reruns the trial;
+and the trace-to-observations adapter on a trace with known phase times."""
 
+import json
 import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,8 +22,11 @@ from hpcps.trace import open_trace
 from hpcps.trace.metadata import RunInfo
 from hpcps.trace.schema import PHASE, empty
 from hpcps.trace.writer import TraceWriter
-from hpcps.tune.backends.local import LocalBackend
+from hpcps.tune.backends.local import TRIAL_ENV, LocalBackend
+from hpcps.tune.loop import Settings, TuningRun
 from hpcps.tune.observations import from_trace
+from hpcps.tune.problem import problem_for
+from hpcps.tune.strategies import make_strategy
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "jobs/clusters/hetero8.toml"
@@ -159,3 +169,115 @@ def test_a_trial_without_a_trace_is_an_error(tmp_path):
     r = backend(tmp_path, exe).run_trial(trial, SCHEDULE, 1)
     assert r.status.startswith("error: unusable trace")
 
+
+
+def gone(pid: int, within_s: float = 10.0) -> bool:
+    """Whether process pid has ended (or is a zombie) within within_s."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# A stand-in mpiexec that runs a "rank" in the background and, like mpiexec, ends it when told to stop.
+HANGING = '''trap 'kill $rank; exit 143' TERM
+sleep 300 &
+rank=$!
+echo $$ $rank > {pids}
+wait
+'''
+
+
+def test_command_txt_is_the_command_shell_quoted(tmp_path):
+    where = tmp_path / "my jobs; it's here"
+    where.mkdir()
+    cluster, job = shutil.copy(CLUSTER, where / "cluster.toml"), shutil.copy(JOB, where / "job.toml")
+    exe = fake_mpiexec(tmp_path, "exit 0\n")
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    b = LocalBackend(load_cluster(cluster), load_job(job), Path(job), Path(cluster), iterations=5, mpiexec=exe)
+    b.run_trial(trial, SCHEDULE, 1)
+    words = shlex.split((trial / "command.txt").read_text())
+    assert words[0] == exe and words[1:3] == ["-n", "3"]
+    assert words[words.index("--cluster") + 1] == str(Path(cluster).resolve())
+    assert words[words.index("--job") + 1] == str(Path(job).resolve())
+
+
+def test_a_stop_request_ends_the_running_trial(tmp_path):
+    pids = tmp_path / "pids"
+    b = backend(tmp_path, fake_mpiexec(tmp_path, HANGING.format(pids=pids)))
+    t0 = time.monotonic()
+    b.watch_stop(lambda: "SIGTERM" if pids.is_file() else None)
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    r = b.run_trial(trial, SCHEDULE, 1)
+    assert r.status == "cancelled: the tuner was stopped (SIGTERM)"
+    assert time.monotonic() - t0 < 15
+    assert all(gone(int(p)) for p in pids.read_text().split())
+
+
+def test_a_trial_ends_when_the_tuner_is_killed(tmp_path):
+    """kill -9 of the process running a trial: the trial's mpiexec gets SIGTERM from the kernel (and
+    ends its ranks) instead of running on with no one to stop it."""
+    pids = tmp_path / "pids"
+    exe = fake_mpiexec(tmp_path, HANGING.format(pids=pids))
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    tuner = subprocess.Popen([sys.executable, "-c", f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from tests.unit.test_tune_local_backend import SCHEDULE, backend
+backend(Path({str(tmp_path)!r}), {exe!r}, timeout_s=600).run_trial(Path({str(trial)!r}), SCHEDULE, 1)
+"""])
+    try:
+        deadline = time.monotonic() + 60
+        while not pids.is_file() or len(pids.read_text().split()) < 2:
+            assert time.monotonic() < deadline and tuner.poll() is None
+            time.sleep(0.05)
+    finally:
+        tuner.kill()
+        tuner.wait()
+    pid_list = [int(p) for p in pids.read_text().split()]
+    try:
+        assert all(gone(p) for p in pid_list)
+    finally:
+        for p in pid_list:                       # a failure leaves nothing behind
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_resumed_run_ends_what_an_earlier_attempt_at_the_trial_left(tmp_path):
+    """A tuner that died while trial 1 ran left a rank running in trials/0001 (marked with that
+    directory): before trial 1 runs again there, the rank is ended."""
+    cluster, job = load_cluster(CLUSTER), load_job(JOB)
+    problem = problem_for(cluster, job)
+    out = tmp_path / "run"
+    trial_dir = out / "trials" / "0001"
+    trial_dir.mkdir(parents=True)
+    orphan = subprocess.Popen(["sleep", "300"], env={**os.environ, TRIAL_ENV: str(trial_dir.resolve())},
+                              start_new_session=True)
+    (trial_dir / "launch.json").write_text(json.dumps({"pid": orphan.pid, "host": os.uname().nodename}))
+    made = tmp_path / "made.h5"
+    write_trace(made)
+    exe = fake_mpiexec(tmp_path, f'while [ $# -gt 0 ]; do [ "$1" = "--trace" ] && cp {made} "$2"; shift; done\n')
+    b = LocalBackend(cluster, job, JOB, CLUSTER, iterations=5, mpiexec=exe)
+    settings = Settings(job=str(JOB), cluster=str(CLUSTER), backend="local", strategy="random", seed=0, budget=1,
+                        cluster_name=cluster.name, global_batch=problem.global_batch)
+    run = TuningRun(out, settings, problem, make_strategy("random", problem), b, echo=lambda s: None)
+    try:
+        rec = run.step()
+        assert orphan.poll() == -signal.SIGTERM
+        assert rec is not None and rec.ok, rec
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()

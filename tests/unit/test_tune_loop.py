@@ -11,11 +11,12 @@ import pytest
 from hpcps.cluster import load_cluster
 from hpcps.cluster.placement import load_node_schedule
 from hpcps.config import load_job
-from hpcps.tune.backends import TrialResult
+from hpcps.tune import rundir
 from hpcps.tune.backends.sim import SimBackend
 from hpcps.tune.loop import Settings, TuningRun
 from hpcps.tune.problem import problem_for
 from hpcps.tune.strategies import STRATEGIES, make_strategy, schedule_key
+from hpcps.tune.trials import Backend, TrialResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,7 +33,7 @@ def settings(strategy: str, cluster) -> Settings:
                     budget=6, cluster_name=cluster.name, global_batch=64)
 
 
-class FlakyBackend:
+class FlakyBackend(Backend):
     """The simulator, except that trial 2 crashes and trial 3 runs out of memory."""
     name = "flaky"
 
@@ -65,7 +66,7 @@ def test_a_failing_trial_is_recorded_with_its_reason_and_the_search_goes_on(setu
     assert (tmp_path / "convergence.png").stat().st_size > 0
     state = json.loads((tmp_path / "state.json").read_text())
     assert [t["trial"] for t in state["trials"]] == [1, 2, 3, 4, 5]
-    assert state["trials"][1]["observations"] is None
+    assert state["trials"][1]["observations_file"] is None
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
@@ -105,10 +106,11 @@ def test_state_round_trips(setup, tmp_path):
     run = TuningRun(tmp_path, settings("random", cluster), problem, make_strategy("random", problem),
                     SimBackend(cluster, job, iterations=2), echo=lambda s: None)
     run.run(3)
-    state = TuningRun.read_state(tmp_path)
-    back = TuningRun.load_history(tmp_path, state, problem.space)
+    run.save_state()
+    back = rundir.load_records(tmp_path, rundir.read_state(tmp_path))
     assert [r.trial for r in back] == [1, 2, 3]
     for a, b in zip(run.history, back):
         assert a.status == b.status and a.iteration_time_s == b.iteration_time_s
         np.testing.assert_array_equal(a.point, b.point)
         np.testing.assert_array_equal(a.observations, b.observations)
+        assert a.to_state() == b.to_state()

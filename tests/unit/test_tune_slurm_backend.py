@@ -4,6 +4,7 @@ stopping (the loop's stop request cancels the running trial, which is then not r
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,12 @@ import pytest
 from hpcps.cluster import load_cluster
 from hpcps.config import ConfigError, load_job
 from hpcps.slurm import SlurmError, TrialState, TrialStatus
-from hpcps.slurm.launcher import TrialHandle
+from hpcps.slurm.launcher import TrialHandle, TrialLauncher
 from hpcps.tune.backends.slurm import SlurmBackend
-from hpcps.tune.loop import Settings, Stop, TuningRun
+from hpcps.tune.loop import Settings, TuningRun
 from hpcps.tune.problem import problem_for
 from hpcps.tune.strategies import make_strategy
+from hpcps.tune.trials import Stop
 from tests.unit.test_tune_local_backend import SCHEDULE, write_trace
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,10 +75,8 @@ class FakeLauncher:
         self.cancelled.append(reason)
         handle.stop_status, handle.stop_reason = TrialStatus.CANCELLED, reason
 
-    def wait(self, handle, poll_interval_s=1.0, timeout_s=None):
-        while not (s := self.poll(handle)).done:
-            pass
-        return s
+    clock = staticmethod(time.monotonic)
+    wait = TrialLauncher.wait             # the one wait loop, over this launcher's poll and cancel
 
 
 RUNNING = TrialState(TrialStatus.RUNNING, slurm_id="41.0")
@@ -112,7 +112,8 @@ def test_a_trial_is_a_step_on_the_schedules_nodes_and_reads_its_trace(tmp_path):
 
 
 @pytest.mark.parametrize("state, status", [
-    (TrialState(TrialStatus.FAILED, 1, reason="exit code 1: ValueError: bad batch"), "exit code 1: ValueError: bad batch"),
+    (TrialState(TrialStatus.FAILED, 1, reason="exit code 1: ValueError: bad batch"),
+     "exit code 1: ValueError: bad batch"),
     (TrialState(TrialStatus.FAILED, None, 9, reason="NODE_FAIL, signal 9"), "failed: NODE_FAIL, signal 9"),
     (TrialState(TrialStatus.TIMEOUT, reason="exceeded the trial time limit of 90 s"),
      "timeout: exceeded the trial time limit of 90 s"),
@@ -184,8 +185,8 @@ def test_a_step_cancelled_because_the_tuning_job_ends_stops_the_run(tmp_path):
 
 
 def test_the_loop_does_not_record_a_trial_cut_short_by_a_stop(tmp_path):
-    """SIGTERM while trial 2 runs: trial 1 kept, trial 2 cancelled and not recorded, Stop raised; a resumed
-    run runs trial 2 again."""
+    """SIGTERM while trial 2 runs: trial 1 kept, trial 2 cancelled and not recorded, the run stops saying
+    why."""
     cluster, job = load_cluster(CLUSTER), load_job(JOB)
     problem = problem_for(cluster, job)
     made = tmp_path / "made.h5"
@@ -203,12 +204,11 @@ def test_the_loop_does_not_record_a_trial_cut_short_by_a_stop(tmp_path):
     def poll(handle):
         polls["n"] += 1
         if handle.job_name == "hpcps-trial-0002":
-            run.request_stop("SIGTERM")      # as the signal handler does; must not raise here
+            run.stop_request.request("SIGTERM")      # as the signal handler does
             return RUNNING if handle.stop_status is None else orig_poll(handle)
         return orig_poll(handle)
     launcher.poll = poll
-    with pytest.raises(Stop, match="SIGTERM"):
-        run.run(3)
+    assert run.run(3) == "SIGTERM" and run.stopped == "SIGTERM"
     state = json.loads((out / "state.json").read_text())
     assert [t["trial"] for t in state["trials"]] == [1] and state["trials"][0]["status"] == "ok"
     assert launcher.cancelled == ["the tuner was stopped (SIGTERM)"]

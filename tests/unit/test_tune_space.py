@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hpcps.cluster import load_cluster
-from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker, balanced, naive
+from hpcps.cluster.placement import NodeSchedule, balanced, naive
 from hpcps.tune.space import InfeasibleSchedule, ScheduleSpace
 
 ROOT = Path(__file__).resolve().parents[2]

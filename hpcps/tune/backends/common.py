@@ -1,5 +1,6 @@
 """What the backends that run real training share: the `hpcps.train` command of a trial, the environment
-of its ranks, the reason a failed run gives, and the trial's time and observations read from its trace.
+of its ranks, and the trial's time and observations read from its trace. (Why a failed run failed is
+hpcps.failure's.)
 
 A real trial runs
 
@@ -13,13 +14,16 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 
 from hpcps.cluster.description import Cluster
-from hpcps.tune.backends import TrialResult
+from hpcps.failure import failure_reason
+from hpcps.tune.trials import TrialResult
+
+__all__ = ["DEFAULT_ITERATIONS", "ROOT", "SKIP", "failure_reason", "rank_env", "read_trace", "train_argv"]
 
 DEFAULT_ITERATIONS = 20
 SKIP = 2
@@ -41,23 +45,6 @@ def rank_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | N
     env.setdefault("OMP_NUM_THREADS", "1")
     env.update(extra or {})
     return env
-
-
-def last_error_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if "error" in ln.lower() or "Error" in ln or "Traceback" in ln:
-            return ln[:300]
-    return lines[-1][:300] if lines else ""
-
-
-def failure_reason(output: str) -> str:
-    """Why a run that exited non-zero failed, from its output: its last error line, marked as running out
-    of memory when the output says so."""
-    reason = last_error_line(output)
-    if ("out of memory" in output.lower() or "MemoryError" in output) and "memory" not in reason.lower():
-        reason = "out of memory: " + reason
-    return reason
 
 
 def read_trace(cluster: Cluster, trace_path: Path, skip: int, t0: float) -> TrialResult:

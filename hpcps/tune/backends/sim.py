@@ -15,14 +15,15 @@ import numpy as np
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import NodeSchedule
-from hpcps.tune.backends import TrialResult
 from hpcps.tune.observations import from_rank_stats
+from hpcps.tune.trials import Backend, TrialResult
 
 DEFAULT_ITERATIONS = 10
 DEFAULT_NOISE = 0.05
 
 
-class SimBackend:
+class SimBackend(Backend):
+    """A trial takes milliseconds: it is never cut short by a stop."""
     name = "sim"
 
     def __init__(self, cluster: Cluster, job, profiles=None, *, iterations: int = DEFAULT_ITERATIONS,
@@ -36,7 +37,7 @@ class SimBackend:
         self.noise_sigma = noise_sigma
         self.seed = seed
 
-    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int) -> TrialResult:
+    def run_trial(self, trial_dir: Path | None, schedule: NodeSchedule, trial: int) -> TrialResult:
         from hpcps.sim import SimOptions, job_options, simulate
         t0 = time.perf_counter()
         placement = schedule.to_rank_schedule()

@@ -28,17 +28,19 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import NodeSchedule, write_node_schedule
 from hpcps.config.errors import ConfigError
+from hpcps.failure import mark_out_of_memory
 from hpcps.slurm import SlurmError, TrialLauncher, TrialState, TrialStatus
 from hpcps.slurm.launcher import TrialHandle
 from hpcps.slurm.nodes import allocation_nodes, compress_hostlist, unknown_nodes
-from hpcps.tune.backends import TrialResult
-from hpcps.tune.backends.common import DEFAULT_ITERATIONS, SKIP, failure_reason, rank_env, read_trace, train_argv
+from hpcps.slurm.parse import SlurmParseError, parse_nodes
+from hpcps.tune.backends.common import DEFAULT_ITERATIONS, SKIP, rank_env, read_trace, train_argv
+from hpcps.tune.trials import Backend, Stop, StopRequested, TrialResult
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ POLL_INTERVAL_S = 1.0
 CANCEL_WAIT_S = 120.0       # how long cancel() waits for a cancelled trial's processes to be gone
 
 
-class SlurmBackend:
+class SlurmBackend(Backend):
     name = "slurm"
 
     def __init__(self, cluster: Cluster, job, job_path: Path, cluster_path: Path, *,
@@ -67,7 +69,7 @@ class SlurmBackend:
         self.poll_interval_s = poll_interval_s
         environ = dict(os.environ if environ is None else environ)
         self.launcher = launcher or TrialLauncher(environ=environ)
-        self._stop_requested: Callable[[], str | None] = lambda: None
+        self._stop_requested: StopRequested = lambda: None
         self._running: list[TrialHandle] = []
         self.check_nodes(environ)
 
@@ -82,7 +84,6 @@ class SlurmBackend:
                      f"submit the tuning job on the cluster file's nodes, e.g. sbatch --nodelist="
                      f"{compress_hostlist(names)}")
         else:
-            from hpcps.slurm.parse import SlurmParseError, parse_nodes
             try:
                 known = [n.name for n in parse_nodes(self.launcher.client.show_nodes())]
             except (SlurmError, SlurmParseError) as e:
@@ -95,7 +96,7 @@ class SlurmBackend:
                               f"{where}. The cluster file's node names must be Slurm's node names "
                               "(python -m hpcps.cluster --from-slurm writes a starting file)")
 
-    def watch_stop(self, stop_requested: Callable[[], str | None]) -> None:
+    def watch_stop(self, stop_requested: StopRequested) -> None:
         """stop_requested() says why the tuner is stopping, or None: checked at every poll of a trial."""
         self._stop_requested = stop_requested
 
@@ -120,7 +121,7 @@ class SlurmBackend:
                                elapsed_s=time.perf_counter() - t0)
         self._running.append(handle)
         try:
-            state = self._follow(handle)
+            state = self.launcher.wait(handle, self.poll_interval_s, stop_requested=self._cancel_reason)
         finally:
             if handle.final is None:                 # interrupted (an exception, a signal): end it
                 self._end(handle, "the tuner stopped while the trial ran")
@@ -132,26 +133,13 @@ class SlurmBackend:
             return TrialResult(result.status, result.iteration_time_s, result.observations, result.trace_path,
                                result.iteration_times_s, result.elapsed_s, notes)
         if not self._stop_requested() and handle.stop_status is None and self._allocation_ending():
-            from hpcps.tune.loop import Stop
             raise Stop("the tuning job is ending")   # Slurm is cancelling us too: not the trial's fault
         return TrialResult(self.status_of(state, handle), trace_path=str(trace_path) if trace_path.exists() else None,
                            elapsed_s=time.perf_counter() - t0, notes=notes)
 
-    def _follow(self, handle: TrialHandle) -> TrialState:
-        """Poll until the trial has ended; cancel it when the tuner is asked to stop."""
-        delay = min(0.2, self.poll_interval_s)
-        while True:
-            state = self.launcher.poll(handle)
-            if state.done:
-                return state
-            why = self._stop_requested()
-            if why and handle.stop_status is None:
-                try:
-                    self.launcher.cancel(handle, reason=f"the tuner was stopped ({why})")
-                except SlurmError as e:               # try again at the next poll
-                    log.warning("could not cancel %s: %s", handle.trial_dir, e)
-            time.sleep(delay)
-            delay = min(delay * 2, self.poll_interval_s)
+    def _cancel_reason(self) -> str | None:
+        why = self._stop_requested()
+        return f"the tuner was stopped ({why})" if why else None
 
     def status_of(self, state: TrialState, handle: TrialHandle) -> str:
         """trials.csv's status of a trial that did not complete."""
@@ -164,13 +152,12 @@ class SlurmBackend:
             output = handle.output.read_text(errors="replace")
         except OSError:
             output = ""
-        if failure_reason(output).startswith("out of memory: ") and "memory" not in reason.lower():
-            reason = "out of memory: " + reason
+        reason = mark_out_of_memory(reason, output)
         return reason if reason.startswith(("exit code", "out of memory")) else f"failed: {reason}"
 
     def _allocation_ending(self) -> bool:
         """Inside an allocation: whether Slurm is ending it (cancelled, past its time limit)."""
-        if self.launcher.mode != "step":
+        if self.launcher.mode != "step" or self.launcher.allocation is None:
             return False
         try:
             rec = self.launcher.client.show_job(self.launcher.allocation)

@@ -21,24 +21,19 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from scipy.optimize import least_squares
 
 from hpcps.cluster.description import Cluster
+from hpcps.tune.models.posterior import fit_residual_gp, laplace_cov, laplace_samples, signal_sd
 
 PER_TYPE = ("log_c0", "d_a", "d_b", "logit_qa", "logit_qb", "log_o")
 N_GLOBAL = 2                         # log a, log b at speed 1.0
 MIN_GP_ROWS = 6
-
-
-def quick_lbfgs(obj_func, initial_theta, bounds):
-    """Optimiser for sklearn's GaussianProcessRegressor: L-BFGS-B on the log marginal likelihood with
-    few iterations. A proposal refits every GP; a few dozen steps from the default start suffice for
-    the handful of kernel parameters here, and the full default search is most of a proposal's time."""
-    from scipy.optimize import minimize
-    res = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": 30})
-    return res.x, res.fun
+SAMPLE_JITTER = 1e-10                # on the covariance's diagonal when drawing constants
 
 
 def _amdahl(q: np.ndarray, s: np.ndarray) -> np.ndarray:
@@ -81,7 +76,7 @@ class MachineModel:
         self.theta = mean.copy()
         self.cov = np.diag(sd ** 2)
         self.noise_sd = 0.1
-        self.gps: dict[int, object] = {}
+        self.gps: dict[int, Any] = {}           # sklearn GaussianProcessRegressor per type
         self.gp_sd: dict[int, float] = {}
         self.seen = np.zeros(J, dtype=bool)
 
@@ -97,7 +92,7 @@ class MachineModel:
                 "b": np.exp(theta[:, [1]] + per[:, :, 2]) / self.speed,
                 "qa": _sigmoid(per[:, :, 3]), "qb": _sigmoid(per[:, :, 4]), "o": np.exp(per[:, :, 5])}
 
-    def form(self, theta: np.ndarray, type_idx: np.ndarray, k: np.ndarray, t: np.ndarray,
+    def form(self, theta: np.ndarray, type_idx: npt.ArrayLike, k: npt.ArrayLike, t: npt.ArrayLike,
              node_threads: np.ndarray) -> np.ndarray:
         """Seconds of one step under the parametric form: (S,) + the broadcast shape of the inputs."""
         c = self.constants(theta)
@@ -145,30 +140,20 @@ class MachineModel:
             warnings.simplefilter("ignore", RuntimeWarning)
             best = least_squares(residuals, theta0, method="trf", max_nfev=400)
         self.theta = best.x
-        self.cov = np.linalg.pinv(best.jac.T @ best.jac + 1e-9 * np.eye(len(best.x)))
+        self.cov = laplace_cov(best.jac)
         self._fit_gps(ti, k, t, T, mean_log, count)
 
-
     def _fit_gps(self, ti, k, t, T, mean_log, count) -> None:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
         resid = mean_log - np.log(self.form(self.theta, ti, k, t, T)[0])
         self.gps, self.gp_sd = {}, {}
         for j in np.unique(ti):
             sel = ti == j
             if sel.sum() < MIN_GP_ROWS:
                 continue
-            X = self._features(j, k[sel], t[sel], T[sel])
-            kernel = (ConstantKernel(0.01, (1e-5, 1.0)) * RBF(np.ones(3), (0.05, 20.0))
-                      + WhiteKernel(1e-4, (1e-6, 1e-1)))
-            gp = GaussianProcessRegressor(kernel, alpha=self.noise_sd ** 2 / count[sel], normalize_y=False,
-                                          optimizer=quick_lbfgs, random_state=0)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                gp.fit(X, resid[sel])
+            gp = fit_residual_gp(self._features(j, k[sel], t[sel], T[sel]), resid[sel], max_lengthscale=20.0,
+                                 white=1e-4, alpha=self.noise_sd ** 2 / count[sel])
             self.gps[int(j)] = gp
-            self.gp_sd[int(j)] = float(np.sqrt(gp.kernel_.k1.k1.constant_value))
+            self.gp_sd[int(j)] = signal_sd(gp)
 
     def _features(self, j, k, t, T) -> np.ndarray:
         cores = self.cores[j]
@@ -179,10 +164,7 @@ class MachineModel:
 
     def samples(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n, P) draws of the constants from the Laplace posterior; the first is the fit itself."""
-        z = rng.standard_normal((n, len(self.theta)))
-        z[0] = 0.0
-        chol = np.linalg.cholesky(self.cov + 1e-10 * np.eye(len(self.theta)))
-        return self.theta[None, :] + z @ chol.T
+        return laplace_samples(self.theta, self.cov, n, rng, SAMPLE_JITTER)
 
     def linearized(self, theta: np.ndarray, type_idx, k, t, node_threads) -> np.ndarray:
         """Seconds of one step, (S,) + input shape, for constants theta (S, P) drawn around the fit, with

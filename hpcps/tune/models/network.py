@@ -46,9 +46,11 @@ from scipy.optimize import least_squares
 
 from hpcps.cluster.description import Cluster
 from hpcps.sim.profile import DEFAULT_FORWARD_FRACTION
+from hpcps.tune.models.posterior import laplace_cov, laplace_samples
 
 _BIG = 1e30
 ROUNDS = 2          # iterations the composition follows from the cold start (see above)
+SAMPLE_JITTER = 1e-12                # on the covariance's diagonal when drawing constants
 
 
 @dataclass
@@ -260,10 +262,7 @@ class NetworkModel:
 
     def samples(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """(n, P) draws from the Laplace posterior; the first is the fit itself."""
-        z = rng.standard_normal((n, len(self.theta)))
-        z[0] = 0.0
-        chol = np.linalg.cholesky(self.cov + 1e-12 * np.eye(len(self.theta)))
-        return self.theta[None, :] + z @ chol.T
+        return laplace_samples(self.theta, self.cov, n, rng, SAMPLE_JITTER)
 
     def fit(self, trials: list[tuple[np.ndarray, np.ndarray, np.ndarray]], model_bytes: float) -> None:
         """trials: per trial (servers (N,) bool, workers (N,) bool, observations). Observed compute
@@ -302,7 +301,7 @@ class NetworkModel:
         res_fun = residuals(theta)
         jac = _numeric_jacobian(residuals, theta, res_fun)
         self.theta = theta
-        self.cov = _laplace_cov(jac)
+        self.cov = laplace_cov(jac)
 
 
 def _stack(trials, n_nodes: int, max_rows: int | None = None):
@@ -352,10 +351,3 @@ def _numeric_jacobian(fun, x: np.ndarray, f0: np.ndarray, step: float = 1e-4) ->
         dx[i] = step
         jac[:, i] = (fun(x + dx) - f0) / step
     return jac
-
-
-def _laplace_cov(jac: np.ndarray) -> np.ndarray:
-    """(J^T J)^-1 for residuals already scaled by their standard deviations."""
-    h = jac.T @ jac
-    return np.linalg.pinv(h + 1e-9 * np.eye(h.shape[0]))
-

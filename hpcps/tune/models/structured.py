@@ -14,17 +14,27 @@ iteration of every trial is a data point for the constants; only the correction 
 from __future__ import annotations
 
 import math
-import warnings
+from collections.abc import Callable
+from typing import TypeVar, cast
 
 import numpy as np
+from emukit.core.interfaces import IModel
 
-from hpcps.tune.models.machine import MachineModel, quick_lbfgs
-from hpcps.tune.models.network import NetworkModel, iteration_times
+from hpcps.tune.models.machine import MachineModel
+from hpcps.tune.models.network import Exchange, NetworkModel, iteration_times
+from hpcps.tune.models.posterior import fit_residual_gp
 from hpcps.tune.problem import Problem
-from hpcps.tune.space import decode_many
+from hpcps.tune.space import DecodedBatch, decode_many
 
 CHUNK_ELEMENTS = 4e6             # candidates are scored in chunks of about this many (sample, server, node) cells
 PRIOR_CORRECTION_SD = 0.15        # how far off the composition may be before any trial says so
+# What a schedule that cannot run (its workers' memory cannot hold the global batch) is predicted to take:
+INFEASIBLE_S = 1e9               # seconds: far slower than anything that runs, finite for Emukit's arithmetic
+INFEASIBLE_LOG_S = 30.0          # log seconds (about 1e13 s)
+MIN_VARIANCE_S2 = 1e-18          # floor of the predicted variance of seconds (expected improvement divides by it)
+MIN_VARIANCE_LOG = 1e-12         # floor of the predicted variance of log seconds
+
+T = TypeVar("T")
 
 
 class AggregateModel:
@@ -50,12 +60,12 @@ class AggregateModel:
         return (shard_bytes[:, None] * (self.coef[0] * workers[:, None] + self.coef[1])) / self.speed[None, :]
 
 
-class LogTime:
+class LogTime(IModel):
     """The structured model seen in log seconds, as an Emukit IModel: expected improvement on log time
     weighs a 10% gain the same on a fast schedule as on a slow one, and does not chase the wide absolute
     spread of schedules predicted to be many times slower than the best."""
 
-    def __init__(self, model: "StructuredModel"):
+    def __init__(self, model: StructuredModel):
         self.model = model
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +86,7 @@ class LogTime:
         return np.log(self.model.Y)
 
 
-class StructuredModel:
+class StructuredModel(IModel):
     """Emukit IModel of iteration time from the machine and network models. Give it every trial's
     observations with set_observations() before optimize()."""
 
@@ -93,8 +103,8 @@ class StructuredModel:
         self._X = np.zeros((0, self.space.n_dims))
         self._Y = np.zeros((0, 1))
         self._trials: list[tuple[np.ndarray, np.ndarray]] = []     # (point, observations)
-        self._draws = None
-        self._noise = None
+        self._draws: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._noise = np.zeros((n_samples, 1, len(problem.cluster)))
         self._iterations = 1
         self._corr = None
         self._corr_mean = 0.0
@@ -114,11 +124,12 @@ class StructuredModel:
         """X (n_points, n_dims) schedules measured, Y (n_points, 1) their iteration seconds."""
         X, Y = np.atleast_2d(X), np.asarray(Y, dtype=float).reshape(-1, 1)
         if X.shape[0] != Y.shape[0] or X.shape[1] != self.space.n_dims:
-            raise ValueError(f"X must be (n_points, {self.space.n_dims}) and Y (n_points, 1); got {X.shape} and {Y.shape}")
+            raise ValueError(f"X must be (n_points, {self.space.n_dims}) and Y (n_points, 1); "
+                             f"got {X.shape} and {Y.shape}")
         self._X, self._Y = X, Y
 
-    def set_observations(self, trials: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        """Per trial that ran (ok or not): (point (n_dims,), observations rows)."""
+    def set_observations(self, trials: list[tuple[np.ndarray, np.ndarray | None]]) -> None:
+        """Per trial that ran (ok or not): (point (n_dims,), observations rows or None)."""
         self._trials = [(np.asarray(p, float), o) for p, o in trials if o is not None and len(o)]
 
     def optimize(self) -> None:
@@ -154,17 +165,9 @@ class StructuredModel:
         self._fit_correction()
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance of iteration seconds, each (n_points, 1)."""
-        X = np.atleast_2d(X)
-        mean, var = np.empty(len(X)), np.empty(len(X))
-        step = self._chunk(self.n_samples)
-        for i in range(0, len(X), step):
-            mean[i:i + step], var[i:i + step] = self._predict_chunk(X[i:i + step])
-        return mean[:, None], var[:, None]
-
-    def _chunk(self, samples: int) -> int:
-        N = len(self.problem.cluster)
-        return int(max(4, min(1024, CHUNK_ELEMENTS / (samples * N * N))))
+        """Mean and variance of iteration seconds, each (n_points, 1), for X (n_points, n_dims)."""
+        parts = self._by_chunk(X, self.n_samples, self._moments)
+        return _joined([m for m, _ in parts])[:, None], _joined([v for _, v in parts])[:, None]
 
     # -- beyond IModel ------------------------------------------------------------------------------
 
@@ -174,49 +177,44 @@ class StructuredModel:
         return self._iterations
 
     def predict_log(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance of log iteration seconds, each (n_points, 1)."""
-        X = np.atleast_2d(X)
-        mean, var = np.empty(len(X)), np.empty(len(X))
-        step = self._chunk(self.n_samples)
-        for i in range(0, len(X), step):
-            it, feats = self._compose(X[i:i + step], samples=self.n_samples)
-            mu, sd = self._correction(feats)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                logs = np.log(it)
-            bad = ~np.isfinite(logs).all(0)
-            logs = np.where(np.isfinite(logs), logs, 30.0)
-            mean[i:i + step] = np.where(bad, 30.0, logs.mean(0) + mu)
-            var[i:i + step] = np.where(bad, 1e-12, logs.var(0) + sd ** 2)
-        return mean[:, None], np.maximum(var, 1e-12)[:, None]
+        """Mean and variance of log iteration seconds, each (n_points, 1), for X (n_points, n_dims)."""
+        parts = self._by_chunk(X, self.n_samples, self._log_moments)
+        mean = _joined([m for m, _ in parts])
+        var = _joined([v for _, v in parts])
+        return mean[:, None], np.maximum(var, MIN_VARIANCE_LOG)[:, None]
 
     def predict_mean(self, X: np.ndarray) -> np.ndarray:
         """(n_points,) the composition under the fitted constants with the correction, without the excess
         of noisy steps (a few percent): fast screening."""
-        X = np.atleast_2d(X)
-        out = np.empty(len(X))
-        step = self._chunk(1)
-        for i in range(0, len(X), step):
-            base, feats = self._compose(X[i:i + step], samples=1)
+        def mean(chunk: np.ndarray) -> np.ndarray:
+            base, feats = self._compose(chunk, samples=1)
             mu, _ = self._correction(feats)
-            out[i:i + step] = base[0] * np.exp(mu)
-        return out
+            return base[0] * np.exp(mu)
+        return _joined(self._by_chunk(X, 1, mean))
 
     def compose_parts(self, X: np.ndarray) -> dict[str, np.ndarray]:
         """Per node under the fitted constants: compute, pull, push seconds and the iteration, for reports."""
-        X = np.atleast_2d(X)
-        parts = {"compute": [], "pull": [], "push": [], "iteration": []}
-        step = self._chunk(2)
-        for i in range(0, len(X), step):
-            d = decode_many(self.space, X[i:i + step])
+        def parts(chunk: np.ndarray) -> tuple[np.ndarray, ...]:
+            d = decode_many(self.space, chunk)
             comp, bw, lat, agg = self._node_times(d, samples=1)
             ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True)
-            for k, v in (("compute", comp), ("pull", ex.pull), ("push", ex.push), ("iteration", ex.iteration)):
-                parts[k].append(v[0])
-        return {k: np.concatenate(v) for k, v in parts.items()}
+            assert isinstance(ex, Exchange)
+            return comp[0], ex.pull[0], ex.push[0], ex.iteration[0]
+        # The detailed composition keeps several arrays per cell: chunks sized as for two samples.
+        chunks = self._by_chunk(X, 2, parts)
+        return {k: _joined([c[i] for c in chunks]) for i, k in enumerate(("compute", "pull", "push", "iteration"))}
 
-    def _node_times(self, d, samples: int):
+    def _by_chunk(self, X: np.ndarray, samples: int, fn: Callable[[np.ndarray], T]) -> list[T]:
+        """fn over consecutive chunks of X's rows, sized for `samples` posterior samples."""
+        X = np.atleast_2d(X)
+        N = len(self.problem.cluster)
+        step = int(max(4, min(1024, CHUNK_ELEMENTS / (samples * N * N))))
+        return [fn(X[i:i + step]) for i in range(0, len(X), step)]
+
+    def _node_times(self, d: DecodedBatch, samples: int):
         if self._draws is None:
             self.optimize()
+        assert self._draws is not None
         th_m, th_n, z = (a[:samples] for a in self._draws)
         k = d.batches
         t = d.threads
@@ -237,21 +235,22 @@ class StructuredModel:
         d = decode_many(self.space, X)
         comp, bw, lat, agg = self._node_times(d, samples)
         mb = self.problem.model_bytes
-        it = iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb)
+        it = cast(np.ndarray, iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb))
         sigma = self.machine.noise_sd
         if noisy and samples > 1 and sigma > 0:
             factor = np.exp(sigma * self._noise[:samples] - sigma ** 2 / 2)
-            excess = iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb) - it
+            excess = cast(np.ndarray, iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb)) - it
             mean_excess = excess.mean(0, keepdims=True)
             it = it + mean_excess + (excess - mean_excess) / math.sqrt(self._iterations)
         it = np.where(d.feasible[None], it, np.inf)
         return it, self._summary(d, it.mean(0))
 
-    def _summary(self, d, base: np.ndarray) -> np.ndarray:
+    def _summary(self, d: DecodedBatch, base: np.ndarray) -> np.ndarray:
         N = len(self.problem.cluster)
         return np.column_stack([np.log(np.maximum(base, 1e-9)), d.servers.sum(1) / N, d.workers.sum(1) / N])
 
-    def _predict_chunk(self, X: np.ndarray):
+    def _moments(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) mean and variance of seconds over the samples, the correction applied (log-normal)."""
         it, feats = self._compose(X, samples=self.n_samples)
         mu, sd = self._correction(feats)
         with np.errstate(over="ignore", invalid="ignore"):
@@ -260,9 +259,20 @@ class StructuredModel:
             mean = m1 * np.exp(mu + sd ** 2 / 2)
             var = m2 * np.exp(2 * mu + 2 * sd ** 2) - mean ** 2
         bad = ~np.isfinite(mean)
-        mean[bad] = 1e9
-        var = np.where(bad | ~np.isfinite(var), 1e-18, np.maximum(var, 1e-18))
+        mean[bad] = INFEASIBLE_S
+        var = np.where(bad | ~np.isfinite(var), MIN_VARIANCE_S2, np.maximum(var, MIN_VARIANCE_S2))
         return mean, var
+
+    def _log_moments(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) mean and variance of log seconds over the samples, the correction added."""
+        it, feats = self._compose(X, samples=self.n_samples)
+        mu, sd = self._correction(feats)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(it)
+        bad = ~np.isfinite(logs).all(0)
+        logs = np.where(np.isfinite(logs), logs, INFEASIBLE_LOG_S)
+        return (np.where(bad, INFEASIBLE_LOG_S, logs.mean(0) + mu),
+                np.where(bad, MIN_VARIANCE_LOG, logs.var(0) + sd ** 2))
 
     # -- the correction on whole trials -------------------------------------------------------------
 
@@ -278,16 +288,7 @@ class StructuredModel:
         if len(r) < 3:
             self._corr_sd = float(math.sqrt(PRIOR_CORRECTION_SD ** 2 / (1 + len(r)) + np.var(r)))
             return
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
-        kernel = (ConstantKernel(0.01, (1e-5, 1.0)) * RBF(np.ones(feats.shape[1]), (0.05, 50.0))
-                  + WhiteKernel(1e-3, (1e-6, 1e-1)))
-        gp = GaussianProcessRegressor(kernel, normalize_y=False, optimizer=quick_lbfgs, random_state=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gp.fit(feats, r - self._corr_mean)
-        self._corr = gp
+        self._corr = fit_residual_gp(feats, r - self._corr_mean, max_lengthscale=50.0, white=1e-3)
 
     def _correction(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._corr is None:
@@ -300,3 +301,8 @@ class StructuredModel:
             mu[finite] += m
             sd[finite] = s
         return mu, sd
+
+
+def _joined(chunks: list[np.ndarray]) -> np.ndarray:
+    """The chunks' results end to end (no chunks: no points)."""
+    return np.concatenate(chunks) if chunks else np.zeros(0)

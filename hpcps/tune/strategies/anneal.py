@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from hpcps.tune.strategies import Proposal, Strategy, TrialRecord, neighbour
+from hpcps.tune.strategies.base import Strategy, neighbour
+from hpcps.tune.trials import Proposal, TrialRecord
 
 T0, T1 = 0.3, 0.01                  # in units of log iteration time
 BUDGET_HINT = 30
@@ -30,11 +31,11 @@ class AnnealStrategy(Strategy):
         for rec in history:
             if not rec.ok:
                 continue
-            if cur is None or rec.iteration_time_s <= cur.iteration_time_s:
+            if cur is None or rec.time_s <= cur.time_s:
                 cur = rec
                 continue
             u = np.random.default_rng([self.seed, rec.trial, 7]).random()
-            delta = math.log(rec.iteration_time_s) - math.log(cur.iteration_time_s)
+            delta = math.log(rec.time_s) - math.log(cur.time_s)
             if u < math.exp(-delta / temperature(rec.trial)):
                 cur = rec
         return cur

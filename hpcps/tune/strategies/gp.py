@@ -11,34 +11,41 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from emukit.bayesian_optimization.acquisitions import ExpectedImprovement
+from emukit.core.interfaces import IModel
+from emukit.core.loop import SequentialPointCalculator
+from emukit.core.loop.loop_state import create_loop_state
+from emukit.core.optimization import LocalSearchAcquisitionOptimizer
 
-from hpcps.tune.strategies import Proposal, Strategy, TrialRecord
+from hpcps.tune.strategies.base import Strategy
+from hpcps.tune.trials import Proposal, TrialRecord
 
 INITIAL = 3
 
 
-class ScaledInputs:
-    """An Emukit IModel that scales inputs by `scale` before the wrapped model sees them."""
+class ScaledInputs(IModel):
+    """An Emukit IModel that scales inputs, (n_points, n_dims), by `scale` (n_dims,) before the wrapped
+    model sees them."""
 
-    def __init__(self, inner, scale: np.ndarray):
+    def __init__(self, inner: IModel, scale: np.ndarray):
         self.inner = inner
         self.scale = scale
 
-    def predict(self, X):
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.inner.predict(np.atleast_2d(X) / self.scale)
 
-    def set_data(self, X, Y):
+    def set_data(self, X: np.ndarray, Y: np.ndarray) -> None:
         self.inner.set_data(np.atleast_2d(X) / self.scale, Y)
 
-    def optimize(self):
+    def optimize(self) -> None:
         self.inner.optimize()
 
     @property
-    def X(self):
+    def X(self) -> np.ndarray:
         return self.inner.X * self.scale
 
     @property
-    def Y(self):
+    def Y(self) -> np.ndarray:
         return self.inner.Y
 
 
@@ -51,17 +58,13 @@ class GPStrategy(Strategy):
         ok = [r for r in history if r.ok]
         if len(history) < INITIAL or len(ok) < 2:
             return Proposal(self.fresh(self.space.random_points(1, rng)[0], history, rng), note="initial design")
-        import GPy
-        from emukit.bayesian_optimization.acquisitions import ExpectedImprovement
-        from emukit.core.loop import SequentialPointCalculator
-        from emukit.core.loop.loop_state import create_loop_state
-        from emukit.core.optimization import LocalSearchAcquisitionOptimizer
+        import GPy  # slow to import: only when a GP is fitted
         from emukit.model_wrappers import GPyModelWrapper
 
         # GPy and Emukit's local search draw from NumPy's global generator: seed it per proposal.
         np.random.seed(int(rng.integers(2 ** 31)))
         X = np.array([r.point for r in ok])
-        Y = np.log([[r.iteration_time_s] for r in ok])
+        Y = np.log([[r.time_s] for r in ok])
         scale = np.ones(self.space.n_dims)
         for i, node in enumerate(self.problem.cluster.nodes):
             scale[4 * i + 3] = 2 * node.type.cores

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hpcps.tune.strategies import Proposal, Strategy, TrialRecord
+from hpcps.tune.strategies.base import Strategy
+from hpcps.tune.trials import Proposal, TrialRecord
 
 
 class RandomStrategy(Strategy):

@@ -13,22 +13,33 @@ The acquisition optimiser scores a pool of candidates and refines the best with 
 - random points of the space, and random neighbours of the best measured schedules.
 
 The pool is screened with the model's mean (cheap), the best few hundred are scored by expected
-improvement under posterior samples, and the best two start a local search (Emukit's
-LocalSearchAcquisitionOptimizer neighbourhoods; a sampled neighbourhood on big clusters). The ends
-of the searches and the best of the pool are then repaired into the schedules that would run, those
-already measured are dropped, and the one with the highest expected improvement wins (when nothing
-promises an improvement: the one predicted fastest).
+improvement under posterior samples, and the best two start a local search: hill climbing over the
+one-exchange neighbourhood of Emukit's LocalSearchAcquisitionOptimizer (every other value next to a
+discrete parameter's, a few Gaussian draws of a continuous one), or over a sample of random neighbours
+on big clusters. The ends of the searches and the best of the pool are then repaired into the
+schedules that would run, those already measured are dropped, and the one with the highest expected
+improvement wins (when nothing promises an improvement: the one predicted fastest).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from emukit.bayesian_optimization.acquisitions import ExpectedImprovement
+from emukit.core import ContinuousParameter, DiscreteParameter, Parameter
+from emukit.core.acquisition import Acquisition
+from emukit.core.loop import SequentialPointCalculator
+from emukit.core.loop.loop_state import create_loop_state
+from emukit.core.optimization.acquisition_optimizer import AcquisitionOptimizerBase
+from emukit.core.optimization.context_manager import ContextManager
 
 from hpcps.tune.models.structured import LogTime, StructuredModel
-from hpcps.tune.space import FIELDS, decode_many, max_threads
-from hpcps.tune.strategies import Proposal, Strategy, TrialRecord, neighbour, schedule_key
+from hpcps.tune.space import FIELDS, ScheduleSpace, decode_many, max_threads
+from hpcps.tune.strategies.balance import equalise
+from hpcps.tune.strategies.base import Strategy, neighbour, schedule_key
+from hpcps.tune.trials import Proposal, TrialRecord
 
 SCREEN_TOP = 160
 SCREEN_RANDOM = 40
@@ -38,6 +49,8 @@ LOCAL_STARTS = 2
 LOCAL_STEPS = 5
 EMUKIT_LOCAL_MAX_NODES = 16      # larger clusters: a sampled neighbourhood (SAMPLED_NEIGHBOURS points a step)
 SAMPLED_NEIGHBOURS = 48
+CONTINUOUS_NEIGHBOURS = 2        # Gaussian draws per continuous parameter in the one-exchange neighbourhood
+CONTINUOUS_SD = 0.02             # their standard deviation, as a fraction of the parameter's range (Emukit's)
 TIE = 0.03                       # measured times this close to the best may be noise apart
 FINALISTS = 40                   # best pool candidates repaired and scored again with the local searches' ends
 
@@ -45,11 +58,19 @@ FINALISTS = 40                   # best pool candidates repaired and scored agai
 class StructuredStrategy(Strategy):
     name = "structured"
 
+    def __init__(self, problem, seed: int = 0):
+        super().__init__(problem, seed)
+        self._fitted: tuple[tuple, StructuredModel] | None = None
+
+    def forget_fit(self) -> None:
+        """Fit the model afresh at the next call (benchmarks time a fit)."""
+        self._fitted = None
+
     def model(self, history: list[TrialRecord]) -> StructuredModel:
         """The structured model fitted to history (remembered for the same history: the loop asks for
         the incumbent after a trial, then for the next proposal)."""
         key = tuple((r.trial, r.status, r.iteration_time_s) for r in history)
-        if getattr(self, "_fitted", (None,))[0] == key:
+        if self._fitted is not None and self._fitted[0] == key:
             return self._fitted[1]
         ok = [r for r in history if r.ok]
         model = StructuredModel(self.problem, seed=self.seed)
@@ -68,13 +89,13 @@ class StructuredStrategy(Strategy):
         ok = [r for r in history if r.ok]
         if len(ok) < 3:
             return super().incumbent(history)
-        best = min(r.iteration_time_s for r in ok)
-        close = [r for r in ok if r.iteration_time_s <= best * (1 + TIE)]
+        best = min(r.time_s for r in ok)
+        close = [r for r in ok if r.time_s <= best * (1 + TIE)]
         if len(close) == 1:
             return close[0]
         model = self.model(history)
         pred, pvar = model.predict_log(np.array([r.point for r in close]))
-        meas = np.log([r.iteration_time_s for r in close])
+        meas = np.log([r.time_s for r in close])
         mvar = max(model.machine.noise_sd ** 2 / model.iterations, 1e-6)
         both = (meas / mvar + pred[:, 0] / pvar[:, 0]) / (1 / mvar + 1 / pvar[:, 0])
         return close[int(np.argmin(both))]
@@ -87,12 +108,10 @@ class StructuredStrategy(Strategy):
             p = self.fresh(self.design_point(), history, rng)
             note = "design point"
         else:
-            from emukit.bayesian_optimization.acquisitions import ExpectedImprovement
-            from emukit.core.loop import SequentialPointCalculator
-            from emukit.core.loop.loop_state import create_loop_state
-            np.random.seed(int(rng.integers(2 ** 31)))     # Emukit's local search draws from it
-            acquisition = _Tabu(ExpectedImprovement(LogTime(model)), self.space, history)
-            optimizer = ScheduleAcquisitionOptimizer(self.space, model, history, rng)
+            # The local search's Gaussian draws come from their own (legacy) generator, seeded from rng.
+            draws = np.random.RandomState(int(rng.integers(2 ** 31)))
+            acquisition = Tabu(ExpectedImprovement(LogTime(model)), self.space, history)
+            optimizer = ScheduleAcquisitionOptimizer(self.space, model, history, rng, draws)
             calc = SequentialPointCalculator(acquisition, optimizer)
             x = calc.compute_next_points(create_loop_state(model.X, np.log(model.Y)))[0]
             p = self.fresh(x, history, rng)
@@ -113,20 +132,19 @@ class StructuredStrategy(Strategy):
         return self.space.repair(p.reshape(-1))
 
 
-class _Tabu:
-    """An Emukit acquisition that is zero on schedules already measured."""
+class Tabu(Acquisition):
+    """An acquisition that is zero on schedules already measured (and `inner` elsewhere)."""
 
-    def __init__(self, inner, space, history: list[TrialRecord]):
+    def __init__(self, inner: Acquisition, space: ScheduleSpace, history: list[TrialRecord]):
         self.inner = inner
         self.space = space
         self.seen = {_row_key(space, r.point[None])[0] for r in history}
 
     def evaluate(self, x: np.ndarray) -> np.ndarray:
+        """(n_points, 1) values at x (n_points, n_dims)."""
         v = self.inner.evaluate(x)
-        keys = _row_key(self.space, x)
-        hit = np.array([k in self.seen for k in keys])
-        v = np.where(hit[:, None], 0.0, v)
-        return v
+        hit = np.array([k in self.seen for k in _row_key(self.space, x)])
+        return np.where(hit[:, None], 0.0, v)
 
     @property
     def has_gradients(self) -> bool:
@@ -136,31 +154,31 @@ class _Tabu:
         self.inner.update_parameters()
 
 
-def _row_key(space, X: np.ndarray) -> list[bytes]:
+def _row_key(space: ScheduleSpace, X: np.ndarray) -> list[bytes]:
     d = decode_many(space, np.atleast_2d(X))
     key = np.concatenate([d.servers.astype(np.int64), np.rint(d.batches).astype(np.int64),
                           np.where(d.workers, d.threads, 0).astype(np.int64)], axis=1)
     return [row.tobytes() for row in key]
 
 
-def _acquisition_optimizer_base():
-    from emukit.core.optimization.acquisition_optimizer import AcquisitionOptimizerBase
-    return AcquisitionOptimizerBase
+class ScheduleAcquisitionOptimizer(AcquisitionOptimizerBase):
+    """Emukit acquisition optimiser for schedule spaces, guided by a structured model (see module doc).
+    rng draws the pool and the sampled neighbourhoods; draws (a legacy generator) the Gaussian
+    neighbours of continuous parameters."""
 
-
-class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
-    """Emukit acquisition optimiser for schedule spaces, guided by a structured model (see module doc)."""
-
-    def __init__(self, space, model: StructuredModel, history: list[TrialRecord], rng: np.random.Generator):
+    def __init__(self, space: ScheduleSpace, model: StructuredModel, history: list[TrialRecord],
+                 rng: np.random.Generator, draws: np.random.RandomState):
         super().__init__(space.parameter_space())
         self.schedule_space = space
         self.model = model
         self.history = history
         self.rng = rng
+        self.draws = draws
         self.best_value = 0.0
 
-    def _optimize(self, acquisition, context_manager):
-        from emukit.core.optimization import LocalSearchAcquisitionOptimizer
+    def _optimize(self, acquisition: Acquisition, context_manager: ContextManager) -> tuple[np.ndarray, np.ndarray]:
+        if context_manager.context:
+            raise ValueError(f"a schedule space takes no context, got {dict(context_manager.context)}")
         pool = self.pool()
         mean = self.model.predict_mean(pool)
         order = np.argsort(mean, kind="stable")
@@ -172,10 +190,17 @@ class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
         values = acquisition.evaluate(cand)[:, 0]
         starts = np.argsort(-values, kind="stable")[:LOCAL_STARTS]
         if len(self.schedule_space.cluster) <= EMUKIT_LOCAL_MAX_NODES:
-            local = LocalSearchAcquisitionOptimizer(self.space, num_steps=LOCAL_STEPS, num_continuous=2)
-            found = [local._one_local_search(acquisition, cand[i], context_manager) for i in starts]
+            params = self.space.parameters
+
+            def one_exchange(x: np.ndarray) -> np.ndarray:
+                return one_exchange_neighbours(x, params, self.draws)
+            found = [hill_climb(acquisition, cand[i], acquisition.evaluate(cand[i][None]).item(), one_exchange,
+                                moves_on_ties=True) for i in starts]
         else:
-            found = [self._sampled_local_search(acquisition, cand[i], values[i]) for i in starts]
+            def sampled(x: np.ndarray) -> np.ndarray:
+                return np.array([neighbour(self.schedule_space, x, self.rng, moves=1)
+                                 for _ in range(SAMPLED_NEIGHBOURS)])
+            found = [hill_climb(acquisition, cand[i], float(values[i]), sampled, moves_on_ties=False) for i in starts]
         # The search runs on raw points, whose batches need not be whole: the schedule that would run is
         # the repaired one, which may be one measured already or score differently. So the finalists
         # (the local searches' ends and the best of the pool) are repaired, measured ones dropped, and
@@ -193,34 +218,22 @@ class ScheduleAcquisitionOptimizer(_acquisition_optimizer_base()):
         if not fresh:
             self.best_value = 0.0
             return finalists[:1], np.array([[0.0]])
-        fresh = np.array(fresh)
-        v = acquisition.evaluate(fresh)[:, 0]
+        points = np.array(fresh)
+        v = acquisition.evaluate(points)[:, 0]
         if v.max() > 1e-12:
             i = int(np.argmax(v))
         else:
             # Nothing promises an improvement: take the schedule predicted fastest.
-            i = int(np.argmin(self.model.predict_mean(fresh)))
+            i = int(np.argmin(self.model.predict_mean(points)))
         self.best_value = float(v[i])
-        return fresh[i][None, :], np.array([[v[i]]])
-
-    def _sampled_local_search(self, acquisition, x: np.ndarray, value: float):
-        """Hill climbing on a sample of the neighbourhood: on big clusters Emukit's full one-exchange
-        neighbourhood (every parameter of every node) is too many points to score at each step."""
-        for _ in range(LOCAL_STEPS):
-            nbrs = np.array([neighbour(self.schedule_space, x, self.rng, moves=1) for _ in range(SAMPLED_NEIGHBOURS)])
-            v = acquisition.evaluate(nbrs)[:, 0]
-            i = int(np.argmax(v))
-            if v[i] <= value:
-                break
-            x, value = nbrs[i], float(v[i])
-        return x, value
+        return points[i][None, :], np.array([[v[i]]])
 
     # -- the candidate pool -------------------------------------------------------------------------
 
     def pool(self) -> np.ndarray:
         space, rng = self.schedule_space, self.rng
         parts = [informed_candidates(self.model), space.random_points(RANDOM_POOL, rng)]
-        ok = sorted((r for r in self.history if r.ok), key=lambda r: r.iteration_time_s)[:3]
+        ok = sorted((r for r in self.history if r.ok), key=lambda r: r.time_s)[:3]
         for r in ok:
             parts.append(np.array([neighbour(space, r.point, rng) for _ in range(NEIGHBOURS)]))
             parts.append(r.point[None, :])
@@ -264,21 +277,21 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
         for servers in server_sets:
             for j in sizes:
                 combos.append((servers, fast[:j], threads, uu, vv))
-    X = np.zeros((len(combos), n, len(FIELDS)))
+    X3 = np.zeros((len(combos), n, len(FIELDS)))
     for c, (servers, workers, threads, uu, vv) in enumerate(combos):
-        X[c, servers, 0] = 1
-        X[c, :, 3] = threads
-        k = _equalise(G, uu, vv, np.isin(np.arange(n), workers), caps)
-        X[c, :, 1] = k > 0
-        X[c, :, 2] = k / max(k.sum(), 1e-12)
-    X = X.reshape(len(combos), -1)
+        X3[c, servers, 0] = 1
+        X3[c, :, 3] = threads
+        k = equalise(G, uu, vv, np.isin(np.arange(n), workers), caps)
+        X3[c, :, 1] = k > 0
+        X3[c, :, 2] = k / max(k.sum(), 1e-12)
+    X = X3.reshape(len(combos), -1)
     # Second pass: equalise pull + compute + push, the network times taken from the first pass.
     parts = model.compose_parts(X)
     net = parts["pull"] + parts["push"]
     X2 = X.reshape(len(combos), n, len(FIELDS)).copy()
-    for c, (servers, workers, threads, uu, vv) in enumerate(combos):
+    for c, (_, _, _, uu, vv) in enumerate(combos):
         use = X2[c, :, 1] > 0
-        k = _equalise(G, uu + net[c], vv, use, caps)
+        k = equalise(G, uu + net[c], vv, use, caps)
         X2[c, :, 1] = k > 0
         X2[c, :, 2] = k / max(k.sum(), 1e-12)
     # Not repaired: the model reads shares as batches exactly, and repairing thousands of points one by
@@ -293,26 +306,48 @@ def _grid(n: int, most: int) -> list[int]:
     return sorted({int(round(x)) for x in np.geomspace(1, n, most)})
 
 
-def _equalise(total: float, fixed: np.ndarray, per_sample: np.ndarray, use: np.ndarray,
-              caps: np.ndarray | None = None) -> np.ndarray:
-    """k_i with fixed_i + per_sample_i * k_i equal over the used nodes, summing to total: nodes that
-    would get less than one sample are dropped, nodes whose memory holds less get what it holds."""
-    use = use.copy()
-    caps = np.full(len(use), np.inf) if caps is None else np.asarray(caps, dtype=float)
-    capped = np.zeros(len(use), dtype=bool)
-    for _ in range(2 * len(use)):
-        free = use & ~capped
-        left = total - caps[capped & use].sum()
-        if not free.any() or left <= 0:
+def hill_climb(acquisition: Acquisition, x: np.ndarray, value: float, neighbours: Callable[[np.ndarray], np.ndarray],
+               moves_on_ties: bool, steps: int = LOCAL_STEPS) -> tuple[np.ndarray, float]:
+    """Local maximum of acquisition from x (n_dims,) whose value is given: at most `steps` moves to the best
+    of neighbours(x) (n_neighbours, n_dims), while that is better (or as good, with moves_on_ties, as
+    Emukit's LocalSearchAcquisitionOptimizer does). Returns the point and its value."""
+    for _ in range(steps):
+        nbrs = neighbours(x)
+        v = acquisition.evaluate(nbrs)[:, 0]
+        i = int(np.argmax(v))
+        if v[i] < value or (v[i] == value and not moves_on_ties):
             break
-        inv = np.where(free, 1.0 / per_sample, 0.0)
-        tau = (left + np.sum(np.where(free, fixed / per_sample, 0.0))) / inv.sum()
-        k = np.where(free, (tau - fixed) / per_sample, 0.0)
-        over = free & (k > caps)
-        if over.any():
-            capped |= over
-            continue
-        if (k[free] >= 1.0).all() or free.sum() == 1:
-            return np.where(capped & use, caps, np.maximum(k, 0.0))
-        use &= ~(free & (k < 1.0))
-    return np.where(capped & use, caps, use.astype(float))
+        x, value = nbrs[i], float(v[i])
+    return x, value
+
+
+def one_exchange_neighbours(x: np.ndarray, parameters: Sequence[Parameter], draws: np.random.RandomState,
+                            num_continuous: int = CONTINUOUS_NEIGHBOURS, std_dev: float = CONTINUOUS_SD) -> np.ndarray:
+    """The one-exchange neighbourhood of x (n_dims,) as Emukit's LocalSearchAcquisitionOptimizer defines it,
+    (n_neighbours, n_dims): x with one parameter changed, to each value next to it for a discrete
+    parameter, to num_continuous Gaussian draws (std_dev of the range, inside it) for a continuous one."""
+    blocks = []
+    col = 0
+    for param in parameters:
+        value = param.round(x[col:col + param.dimension].reshape(1, -1)).ravel()
+        if isinstance(param, DiscreteParameter):
+            at = int(np.argmin(np.abs(np.subtract(param.domain, value.item()))))
+            near = [param.domain[j] for j in (at - 1, at + 1) if 0 <= j < len(param.domain)]
+            new = np.asarray(near, dtype=float).reshape(-1, 1)
+        elif isinstance(param, ContinuousParameter):
+            samples: list[float] = []
+            while len(samples) < num_continuous:
+                d = float(draws.normal(value.item(), std_dev * (param.max - param.min), (1, 1))[0, 0])
+                if param.min <= d <= param.max:
+                    samples.append(d)
+            new = np.array(samples).reshape(-1, 1)
+        else:
+            raise TypeError(f"no one-exchange neighbourhood for {type(param).__name__} {param.name!r}")
+        blocks.append((col, new))
+        col += param.dimension
+    out = np.repeat(x[None, :].astype(float), sum(len(b) for _, b in blocks), axis=0)
+    row = 0
+    for col, new in blocks:
+        out[row:row + len(new), col:col + new.shape[1]] = new
+        row += len(new)
+    return out

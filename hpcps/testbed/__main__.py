@@ -1,0 +1,5 @@
+import sys
+
+from hpcps.testbed.cli import main
+
+sys.exit(main())

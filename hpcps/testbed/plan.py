@@ -1,0 +1,387 @@
+"""The pure part of a testbed: names, addresses, the default dilation and every command that builds it.
+
+Nothing here runs a program, reads the clock or looks at the machine; hpcps.testbed.runner does that.
+
+A testbed called NAME for a cluster of N nodes is
+
+    netns hpcps-NAME-sw               the switch: bridge br0, one port pI per node, port `host`
+    netns hpcps-NAME-node-<node>      one per node: eth0 (a veth whose peer is pI in the switch)
+    link  hpcps-NAME                  in the machine's own namespace: a veth to the switch's port `host`,
+                                      the only way in (for mpiexec's proxies and Slurm's daemons)
+
+on one /24 of 198.18.0.0/15 (RFC 2544's range for testing network equipment): node i is .(i+1), the
+machine's end of hpcps-NAME is .254. Nothing is joined to the machine's real interfaces and there is
+no default route, so traffic between nodes never leaves the namespaces.
+
+Each node's NIC is shaped in both directions: egress by an htb class on its eth0, ingress by the same
+on its switch port (whose egress is the node's ingress), each at nic_gbps / dilation. Each NIC also
+delays what passes it by half its dilated latency_us on the way out and half on the way in (the delay
+line of hpcps.testbed.delay, fed through netfilter queues), so a message between two nodes of one type
+takes latency_us * dilation, and between two types the mean of their latencies.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import shlex
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hpcps.cluster.description import Cluster
+from hpcps.config.errors import ConfigError
+
+PREFIX = "hpcps-"
+NAME_PATTERN = re.compile(r"[a-z0-9]{1,9}")     # hpcps-NAME must fit a 15-character interface name
+DEFAULT_NAME = "tb"
+SUBNETS = ipaddress.ip_network("198.18.0.0/15")
+MAX_NODES = 253                                  # .1 to .253 of a /24; .254 is the machine's end
+BRIDGE, NODE_IF, HOST_PORT = "br0", "eth0", "host"
+EGRESS_QUEUE, INGRESS_QUEUE = 0, 1               # netfilter queue numbers in each node's namespace
+TESTBED_ENV = "HPCPS_TESTBED"                    # "NAME:DILATION" in the environment of the ranks
+
+# What this kind of machine (2 cores, measured 2026-12, docs/testbed.md) keeps up with. The default
+# dilation keeps every figure of a cluster inside them.
+LINK_GBPS_MAX = 1.0        # real rate of one shaped link: TCP through the links and the delay line
+AGGREGATE_GBPS_MAX = 2.0   # real traffic of all links together
+COMPUTE_CORES = 0.75       # cores the emulated compute of all nodes may take together; the rest is for
+                           # the network stack, the delay line, Python and MPI (hetero10a, a loaded
+                           # machine: 16% of steps overran at 1.0, 12% by a tenth as much at 0.75)
+DELAY_MIN_S = 100e-6       # shortest delay per NIC and direction: the delay line wakes some 20-30 us late
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise ConfigError("--name", None, f"{name!r} is not a testbed name: use 1 to 9 lower-case letters "
+                                          "or digits (it becomes part of namespace and interface names)")
+    return name
+
+
+def switch_netns(name: str) -> str:
+    return f"{PREFIX}{name}-sw"
+
+
+def node_netns(name: str, node: str) -> str:
+    return f"{PREFIX}{name}-node-{node}"
+
+
+def host_link(name: str) -> str:
+    return f"{PREFIX}{name}"
+
+
+def name_of_netns(netns: str) -> str | None:
+    """The testbed a namespace belongs to, from its name (None: not a testbed's)."""
+    m = re.fullmatch(rf"{re.escape(PREFIX)}([a-z0-9]{{1,9}})-(sw|node-.+)", netns)
+    return m.group(1) if m else None
+
+
+def name_of_link(link: str) -> str | None:
+    m = re.fullmatch(rf"{re.escape(PREFIX)}([a-z0-9]{{1,9}})", link)
+    return m.group(1) if m else None
+
+
+def subnet(index: int) -> ipaddress.IPv4Network:
+    """The index-th /24 of 198.18.0.0/15 (0 to 511)."""
+    if not 0 <= index < 512:
+        raise ValueError(f"subnet index {index} is outside 0..511")
+    return ipaddress.IPv4Network(f"198.{18 + index // 256}.{index % 256}.0/24")
+
+
+def choose_subnet(in_use: Iterable[str]) -> int:
+    """The first /24 of 198.18.0.0/15 that overlaps none of in_use (networks or addresses with a prefix,
+    as `ip -4 -o addr` and `ip -4 route` list them). Raises ConfigError when all 512 are taken."""
+    taken = []
+    for text in in_use:
+        try:
+            taken.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            continue
+    taken = [n for n in taken if n.version == 4 and n.prefixlen > 0]     # a default route takes nothing
+    for index in range(512):
+        net = subnet(index)
+        if not any(net.overlaps(t) for t in taken):
+            return index
+    raise ConfigError("--name", None, "every /24 of 198.18.0.0/15 is in use on this machine; "
+                                      "remove stale testbeds with: python -m hpcps.testbed down --all")
+
+
+def default_dilation(cluster: Cluster) -> float:
+    """Real seconds per emulated second such that this machine keeps up with the whole cluster: the
+    fastest node's steps still end after their real computation (twice its speed, as emulation does),
+    all nodes computing at once take at most COMPUTE_CORES, no link runs above LINK_GBPS_MAX and half of
+    all NICs busy at once stay under AGGREGATE_GBPS_MAX, and the shortest latency gives the delay line
+    at least DELAY_MIN_S each way. Rounded up to a half."""
+    types = [n.type for n in cluster.nodes]
+    latencies = [t.latency_us * 1e-6 for t in types if t.latency_us > 0]
+    need = max(1.0,
+               2 * DELAY_MIN_S / min(latencies) if latencies else 1.0,
+               2.0 * max(t.speed for t in types),
+               sum(t.speed for t in types) / COMPUTE_CORES,
+               max(t.nic_gbps for t in types) / LINK_GBPS_MAX,
+               sum(t.nic_gbps for t in types) / 2.0 / AGGREGATE_GBPS_MAX)
+    return math.ceil(need * 2 - 1e-9) / 2
+
+
+@dataclass(frozen=True)
+class NodeLink:
+    """One node of a testbed: its namespace, address, switch port and shaped NIC (real units)."""
+    node: str
+    netns: str
+    address: str
+    port: str                # the node's port on the switch (in the switch's namespace)
+    rate_bps: int            # bits per second, each direction
+    delay_s: float           # one-way latency of this NIC; half on the way out, half on the way in
+
+    @property
+    def hook_delay_s(self) -> float:
+        return self.delay_s / 2
+
+
+@dataclass(frozen=True)
+class TestbedPlan:
+    name: str
+    cluster_name: str
+    cluster_source: str
+    dilation: float
+    subnet_index: int
+    nodes: tuple[NodeLink, ...]
+
+    @property
+    def switch_netns(self) -> str:
+        return switch_netns(self.name)
+
+    @property
+    def host_link(self) -> str:
+        return host_link(self.name)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return subnet(self.subnet_index)
+
+    @property
+    def host_address(self) -> str:
+        return str(self.network.network_address + 254)
+
+    @property
+    def netns_names(self) -> tuple[str, ...]:
+        return (self.switch_netns,) + tuple(n.netns for n in self.nodes)
+
+    @property
+    def delayed(self) -> bool:
+        """Whether any link delays packets (then the delay line runs)."""
+        return any(n.delay_s > 0 for n in self.nodes)
+
+    @property
+    def env_value(self) -> str:
+        return f"{self.name}:{self.dilation:g}"
+
+    def node(self, name: str) -> NodeLink:
+        for n in self.nodes:
+            if n.node == name:
+                return n
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TestbedPlan:
+        d = json.loads(text)
+        d["nodes"] = tuple(NodeLink(**n) for n in d["nodes"])
+        return cls(**d)
+
+
+def plan_testbed(cluster: Cluster, name: str, dilation: float, subnet_index: int) -> TestbedPlan:
+    """The testbed of cluster at dilation on the subnet_index-th /24. Raises ConfigError on bad input."""
+    check_name(name)
+    if not (isinstance(dilation, (int, float)) and math.isfinite(dilation) and dilation >= 1):
+        raise ConfigError("--dilation", None, f"must be a number >= 1, got {dilation}")
+    if len(cluster) > MAX_NODES:
+        raise ConfigError(cluster.source, "nodes", f"a testbed holds at most {MAX_NODES} nodes; this cluster has "
+                                                   f"{len(cluster)}")
+    net = subnet(subnet_index)
+    nodes = []
+    for i, n in enumerate(cluster.nodes):
+        nodes.append(NodeLink(node=n.name, netns=node_netns(name, n.name), address=str(net.network_address + i + 1),
+                              port=f"p{i}", rate_bps=max(1, round(n.type.nic_gbps * 1e9 / dilation)),
+                              delay_s=n.type.latency_us * 1e-6 * dilation))
+    return TestbedPlan(name, cluster.name, cluster.source, float(dilation), subnet_index, tuple(nodes))
+
+
+# ---- commands --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Command:
+    """One program run: argv, and the lines it reads on stdin (ip, tc and iptables-restore batches)."""
+    argv: tuple[str, ...]
+    input: str | None = None
+
+    def text(self) -> str:
+        line = " ".join(shlex.quote(a) for a in self.argv)
+        return line if self.input is None else f"{line} <<EOF\n{self.input}EOF"
+
+
+def _batch(tool: str, netns: str | None, lines: list[str]) -> Command:
+    argv = (tool,) + (("-n", netns) if netns else ()) + ("-batch", "-")
+    return Command(argv, "".join(line + "\n" for line in lines))
+
+
+def shaping_lines(dev: str, rate_bps: int, match: str = "dst", peers: Sequence[str] = ()) -> list[str]:
+    """tc lines that cap dev's egress at rate_bps and share it fairly among the peers.
+
+    An htb class 1:1 at rate = ceil (it never borrows), with a burst of half a millisecond at that rate but
+    at least 64 KiB (one TCP segmentation-offload packet: less and htb falls short of its rate; more lets
+    the start of each message through faster than the link: 2 ms gave +4% on 2.5 MB at 1 Gbit/s). Below
+    it one class per peer address (u32 on the IP `match` address: dst on a node's egress, src on its
+    ingress) and one for anything else, each guaranteed an equal part and allowed the whole, with equal
+    quanta: htb's deficit round robin then gives every busy peer the same share, the max-min sharing the
+    cluster file means by a NIC shared by every flow through it. With one FIFO instead, TCP flows into a
+    NIC split it by their congestion windows (0.7 : 0.3 measured for two pushes started together)."""
+    burst = max(65536, math.ceil(rate_bps / 8 * 0.0005))
+    share = max(8, rate_bps // (len(peers) + 1))
+    lines = [f"qdisc add dev {dev} root handle 1: htb default 2",
+             f"class add dev {dev} parent 1: classid 1:1 htb rate {rate_bps}bit ceil {rate_bps}bit "
+             f"burst {burst}b cburst {burst}b"]
+    for minor, peer in [(2, None)] + [(16 + i, p) for i, p in enumerate(peers)]:
+        lines += [f"class add dev {dev} parent 1:1 classid 1:{minor:x} htb rate {share}bit ceil {rate_bps}bit "
+                  f"burst {burst}b cburst {burst}b quantum 60000",
+                  f"qdisc add dev {dev} parent 1:{minor:x} handle {minor:x}: pfifo limit 10000"]
+        if peer is not None:
+            lines.append(f"filter add dev {dev} parent 1: protocol ip prio 1 u32 match ip {match} {peer}/32 "
+                         f"flowid 1:{minor:x}")
+    return lines
+
+
+def setup_commands(plan: TestbedPlan) -> list[Command]:
+    """The ip and tc batches that build the testbed, in order (the delay line's rules come later:
+    queue_rules). Interfaces get no IPv6 address (addrgenmode none): only IPv4 moves, nothing unasked."""
+    sw, link, prefix = plan.switch_netns, plan.host_link, plan.network.prefixlen
+    cmds = [_batch("ip", None, [f"netns add {ns}" for ns in plan.netns_names]),
+            _batch("ip", sw, ["link set lo up", f"link add {BRIDGE} type bridge",
+                              f"link set {BRIDGE} addrgenmode none", f"link set {BRIDGE} up"])]
+    for n in plan.nodes:
+        cmds.append(_batch("ip", n.netns, [
+            "link set lo up",
+            f"link add {NODE_IF} type veth peer name {n.port} netns {sw}",
+            f"link set {NODE_IF} addrgenmode none",
+            f"addr add {n.address}/{prefix} dev {NODE_IF}",
+            f"link set {NODE_IF} up"]))
+    cmds.append(_batch("ip", None, [f"link add {link} type veth peer name {HOST_PORT} netns {sw}",
+                                    f"link set {link} addrgenmode none",
+                                    f"addr add {plan.host_address}/{prefix} dev {link}",
+                                    f"link set {link} up"]))
+    ports = [n.port for n in plan.nodes] + [HOST_PORT]
+    cmds.append(_batch("ip", sw, [line for p in ports for line in
+                                  (f"link set {p} addrgenmode none", f"link set {p} master {BRIDGE}",
+                                   f"link set {p} up")]))
+    for n in plan.nodes:
+        others = [m.address for m in plan.nodes if m is not n]
+        cmds.append(_batch("tc", n.netns, shaping_lines(NODE_IF, n.rate_bps, "dst", others)))   # egress
+    cmds.append(_batch("tc", sw, [line for n in plan.nodes                                     # ingress
+                                  for line in shaping_lines(n.port, n.rate_bps, "src",
+                                                            [m.address for m in plan.nodes if m is not n])]))
+    return cmds
+
+
+def queue_rules(plan: TestbedPlan) -> list[Command]:
+    """iptables-restore runs that hand every IPv4 packet leaving or entering a node's eth0 to the delay
+    line (queue 0 out, queue 1 in). Without --queue-bypass: should the delay line die, traffic stops
+    rather than silently losing its latency."""
+    cmds = []
+    for n in plan.nodes:
+        if n.delay_s > 0:
+            rules = (f"*filter\n-A OUTPUT -o {NODE_IF} -j NFQUEUE --queue-num {EGRESS_QUEUE}\n"
+                     f"-A INPUT -i {NODE_IF} -j NFQUEUE --queue-num {INGRESS_QUEUE}\nCOMMIT\n")
+            cmds.append(Command(("ip", "netns", "exec", n.netns, "iptables-restore", "--noflush"), rules))
+    return cmds
+
+
+def delay_lines(plan: TestbedPlan) -> list[tuple[str, int, float]]:
+    """(namespace, queue, seconds each packet is held) for every queue the delay line serves."""
+    out = []
+    for n in plan.nodes:
+        if n.delay_s > 0:
+            out += [(n.netns, EGRESS_QUEUE, n.hook_delay_s), (n.netns, INGRESS_QUEUE, n.hook_delay_s)]
+    return out
+
+
+# ---- launching ranks on the nodes ---------------------------------------------------------------------
+
+def hosts_argument(rank_nodes: Sequence[str]) -> str:
+    """hydra's -hosts value that puts rank r on rank_nodes[r]: consecutive ranks of one node as NODE:COUNT,
+    in rank order (hydra keeps a repeated host's entries apart and in order)."""
+    if not rank_nodes:
+        raise ValueError("no ranks to place")
+    parts: list[list] = []
+    for node in rank_nodes:
+        if parts and parts[-1][0] == node:
+            parts[-1][1] += 1
+        else:
+            parts.append([node, 1])
+    return ",".join(f"{node}:{count}" for node, count in parts)
+
+
+def launcher_script(plan: TestbedPlan) -> str:
+    """The script hydra calls as `-launcher ssh -launcher-exec SCRIPT`: it receives [ssh options] HOST
+    COMMAND... and runs COMMAND (a shell command line, as ssh would) in HOST's namespace, with the node's
+    name as host name (a UTS namespace of its own), so that ranks find their node as on a real cluster."""
+    cases = "\n".join(f"    {shlex.quote(n.node)}) ns={shlex.quote(n.netns)} ;;" for n in plan.nodes)
+    return f"""#!/bin/sh
+# hpcps testbed {plan.name} ({plan.cluster_name}): hydra's launcher into the node namespaces.
+# Called as: SCRIPT [ssh options] HOST COMMAND...
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -[bcDEeFIiJLlmOopQRSWw]) shift 2 ;;
+        -*) shift ;;
+        *) break ;;
+    esac
+done
+host=$1
+shift
+case "$host" in
+{cases}
+    *) echo "hpcps testbed {plan.name}: no node named '$host'" >&2; exit 255 ;;
+esac
+exec ip netns exec "$ns" unshare --uts sh -c 'hostname "$1" && exec sh -c "$2"' sh "$host" "$*"
+"""
+
+
+def rank_environment(plan: TestbedPlan) -> dict[str, str]:
+    """What the ranks on the testbed need in their environment: the testbed's name and dilation for
+    hpcps.train, and MPI between nodes over TCP on eth0 (ranks of one node still share memory).
+
+    MPICH's OFI netmod with libfabric's tcp provider rather than its UCX netmod (which moves as fast
+    and as soon through the links here): UCX's business cards are exchanged as 4 KB blocks, which
+    PMI cuts into segments whose requests overflow the line Slurm's pmi2 plugin reads, so that ranks
+    launched by srun on several nodes failed at MPI_Init for some command-line lengths (1 in 12
+    measured); OFI exchanges just its address."""
+    return {TESTBED_ENV: plan.env_value, "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp",
+            "FI_TCP_IFACE": NODE_IF}
+
+
+def mpiexec_argv(plan: TestbedPlan, mpiexec: str, launcher: str | Path, rank_nodes: Sequence[str],
+                 command: Sequence[str]) -> list[str]:
+    """hydra's command line running command as len(rank_nodes) ranks, rank r on node rank_nodes[r]. The
+    proxies reach mpiexec through the machine's end of the switch (-localhost)."""
+    unknown = sorted(set(rank_nodes) - {n.node for n in plan.nodes})
+    if unknown:
+        raise ValueError(f"nodes {', '.join(unknown)} are not on testbed {plan.name}")
+    return [mpiexec, "-localhost", plan.host_address, "-launcher", "ssh", "-launcher-exec", str(launcher),
+            "-hosts", hosts_argument(rank_nodes), "-n", str(len(rank_nodes)), *command]
+
+
+def parse_testbed_env(value: str | None) -> tuple[str, float] | None:
+    """(name, dilation) from HPCPS_TESTBED's value, or None when unset or malformed."""
+    if not value:
+        return None
+    name, _, dil = value.rpartition(":")
+    try:
+        d = float(dil)
+    except ValueError:
+        return None
+    if not NAME_PATTERN.fullmatch(name) or not (math.isfinite(d) and d >= 1):
+        return None
+    return name, d

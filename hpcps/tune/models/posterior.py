@@ -1,0 +1,59 @@
+"""What the structured model's parts share to describe their uncertainty: the Laplace approximation
+around a least-squares fit, and a Gaussian process on what a parametric fit leaves unexplained."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+RIDGE = 1e-9          # added to J^T J before inverting: directions the data do not constrain stay finite
+
+
+def laplace_cov(jac: np.ndarray) -> np.ndarray:
+    """(P, P) covariance of the constants: (J^T J)^-1 for the Jacobian (n_residuals, P) of residuals
+    already scaled by their standard deviations (priors included as residuals)."""
+    h = jac.T @ jac
+    return np.linalg.pinv(h + RIDGE * np.eye(h.shape[0]))
+
+
+def laplace_samples(theta: np.ndarray, cov: np.ndarray, n: int, rng: np.random.Generator,
+                    jitter: float) -> np.ndarray:
+    """(n, P) draws from N(theta, cov); the first is theta itself. jitter is added to the diagonal so
+    that the Cholesky factor exists for a covariance that is singular in some direction."""
+    z = rng.standard_normal((n, len(theta)))
+    z[0] = 0.0
+    chol = np.linalg.cholesky(cov + jitter * np.eye(len(theta)))
+    return theta[None, :] + z @ chol.T
+
+
+def quick_lbfgs(obj_func, initial_theta, bounds):
+    """Optimiser for sklearn's GaussianProcessRegressor: L-BFGS-B on the log marginal likelihood with
+    few iterations. A proposal refits every GP; a few dozen steps from the default start suffice for
+    the handful of kernel parameters here, and the full default search is most of a proposal's time."""
+    from scipy.optimize import minimize
+    res = minimize(obj_func, initial_theta, method="L-BFGS-B", jac=True, bounds=bounds, options={"maxiter": 30})
+    return res.x, res.fun
+
+
+def fit_residual_gp(X: np.ndarray, y: np.ndarray, *, max_lengthscale: float, white: float,
+                    alpha: float | np.ndarray = 1e-10):
+    """A GP regression of residuals y (n,) on features X (n, d): a scaled RBF (signal variance from 1e-5
+    to 1, starting at 0.01; lengthscales from 0.05 to max_lengthscale) plus white noise (starting at
+    `white`), alpha added to the diagonal (a variance per point, or one for all). Returns the fitted
+    sklearn GaussianProcessRegressor."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+    kernel = (ConstantKernel(0.01, (1e-5, 1.0)) * RBF(np.ones(X.shape[1]), (0.05, max_lengthscale))
+              + WhiteKernel(white, (1e-6, 1e-1)))
+    gp = GaussianProcessRegressor(kernel, alpha=alpha, normalize_y=False, optimizer=quick_lbfgs, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        gp.fit(X, y)
+    return gp
+
+
+def signal_sd(gp) -> float:
+    """The fitted GP's signal standard deviation: its typical spread on the data."""
+    return float(np.sqrt(gp.kernel_.k1.k1.constant_value))

@@ -1,0 +1,154 @@
+"""A tuning run's directory (--out): its lock, its state file, and the fingerprint of its inputs.
+
+    tune.lock       held (flock) by the tuner working in the directory: a second tuner is refused
+    state.json      version, settings, the fingerprint of the job and cluster files, every finished trial
+                    (TrialRecord.to_state); written through a temporary file and a rename
+    trials/NNNN/    a trial's own directory; observations.json holds the observations of its record
+
+The fingerprint is the SHA-256 of each input file's bytes: a resumed run whose job or cluster file has
+changed since it began would mix trials of two problems, so it is refused.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from hpcps.io.outputs import write_text
+from hpcps.tune import observations as obs_io
+from hpcps.tune.trials import TrialRecord
+
+STATE_VERSION = 2
+STATE_FILE = "state.json"
+LOCK_FILE = "tune.lock"
+TRIALS_DIR = "trials"
+
+
+class RunDirError(Exception):
+    """The directory cannot be used as asked (in use, another run, changed inputs): one line says why."""
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write text to path through a temporary file in its directory and a rename: readers see the old
+    file or the new one, never a part (the project's one atomic write, hpcps.io.outputs)."""
+    write_text(path, text)
+
+
+class RunLock:
+    """An exclusive flock on out/tune.lock for as long as the tuner works in out (released when the
+    process ends, however it ends). The file says who holds it."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / LOCK_FILE
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        """Raises RunDirError when another process holds the lock."""
+        f = self.path.open("a+")
+        self._take(f)
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        self._file = f
+
+    def check_free(self) -> None:
+        """RunDirError if another process holds the lock; writes nothing (nor takes the lock)."""
+        try:
+            f = self.path.open("r")
+        except FileNotFoundError:
+            return
+        with f:
+            self._take(f)
+
+    def _take(self, f: IO[str]) -> None:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise RunDirError(f"{self.path.parent} is in use by another tuning run ({holder}); wait for it to end, "
+                              "or choose another --out") from None
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RunLock:
+        if self._file is None:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def is_run_dir(out: Path) -> bool:
+    return (Path(out) / STATE_FILE).is_file()
+
+
+def holds_nothing_but_trials(out: Path) -> bool:
+    """Whether a directory without state could become a run's: empty, or only what a run starting there
+    leaves before its state file (its lock, its trials directory)."""
+    return all(p.name in (TRIALS_DIR, LOCK_FILE) for p in Path(out).iterdir())
+
+
+def fingerprint(inputs: Mapping[str, Path]) -> dict[str, str]:
+    """{name: "sha256:<hex>"} of each input file's bytes."""
+    return {name: "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest() for name, path in inputs.items()}
+
+
+def changed_inputs(recorded: Mapping[str, str], now: Mapping[str, str]) -> list[str]:
+    """Names of inputs whose fingerprint differs from the recorded one (a missing record counts)."""
+    return [name for name in now if recorded.get(name) != now[name]]
+
+
+def read_state(out: Path) -> dict[str, Any] | None:
+    """The state file's content; None when there is none. RunDirError for one this version cannot read."""
+    path = Path(out) / STATE_FILE
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        state = json.load(f)
+    if state.get("version") != STATE_VERSION:
+        raise RunDirError(f"{path} has state version {state.get('version')!r}, this hpcps reads version "
+                          f"{STATE_VERSION}; start a new run in another --out")
+    return state
+
+
+def write_state(out: Path, settings: Mapping[str, Any], inputs: Mapping[str, str],
+                records: list[TrialRecord]) -> None:
+    state = {"version": STATE_VERSION, "settings": dict(settings), "inputs": dict(inputs),
+             "trials": [r.to_state() for r in records]}
+    atomic_write(Path(out) / STATE_FILE, json.dumps(state, indent=1))
+
+
+def write_observations(out: Path, trial: int, observations) -> str:
+    """Save a trial's observations; returns their path relative to out (TrialRecord.observations_file)."""
+    rel = str(Path(TRIALS_DIR) / f"{trial:04d}" / "observations.json")
+    atomic_write(Path(out) / rel, json.dumps(obs_io.to_json(observations)))
+    return rel
+
+
+def load_records(out: Path, state: Mapping[str, Any]) -> list[TrialRecord]:
+    """The finished trials of a state, each with its observations read back."""
+    records = []
+    for t in state["trials"]:
+        obs = None
+        if t.get("observations_file"):
+            with (Path(out) / t["observations_file"]).open() as f:
+                obs = obs_io.from_json(json.load(f))
+        records.append(TrialRecord.from_state(t, obs))
+    return records
+
+
+def trial_dir(out: Path, trial: int) -> Path:
+    return Path(out) / TRIALS_DIR / f"{trial:04d}"

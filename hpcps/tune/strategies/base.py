@@ -1,0 +1,83 @@
+"""What every strategy shares: the Strategy interface, what identifies a schedule, and random neighbours."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hpcps.cluster.placement import naive
+from hpcps.tune.problem import Problem
+from hpcps.tune.space import FIELDS, ScheduleSpace, max_threads
+from hpcps.tune.trials import Proposal, TrialRecord, fastest
+
+
+class Strategy:
+    name = "?"
+
+    def __init__(self, problem: Problem, seed: int = 0):
+        self.problem = problem
+        self.space = problem.space
+        self.seed = seed
+
+    def propose(self, history: list[TrialRecord], rng: np.random.Generator) -> Proposal:
+        raise NotImplementedError
+
+    def incumbent(self, history: list[TrialRecord]) -> TrialRecord | None:
+        """The run's best schedule so far: by default the one measured fastest."""
+        return fastest(history)
+
+    # -- shared helpers -----------------------------------------------------------------------------
+
+    def naive_point(self) -> np.ndarray:
+        return self.space.repair(self.space.encode(naive(self.problem.cluster, self.problem.global_batch)))
+
+    def key(self, point: np.ndarray) -> bytes:
+        return schedule_key(self.space, point)
+
+    def measured(self, history: list[TrialRecord]) -> set[bytes]:
+        return {self.key(r.point) for r in history}
+
+    def fresh(self, point: np.ndarray, history: list[TrialRecord], rng: np.random.Generator,
+              tries: int = 200) -> np.ndarray:
+        """point repaired, or a random neighbour of it when that schedule was measured already."""
+        seen = self.measured(history)
+        p = self.space.repair(point)
+        for _ in range(tries):
+            if self.key(p) not in seen:
+                return p
+            p = self.space.repair(neighbour(self.space, p, rng))
+        return p
+
+
+def schedule_key(space: ScheduleSpace, point: np.ndarray) -> bytes:
+    """What identifies the schedule a point runs: its repaired servers, batches and threads."""
+    p = np.asarray(space.repair(point)).reshape(len(space.cluster), len(FIELDS)).copy()
+    p[:, 2] = np.rint(p[:, 2] * space.global_batch)
+    p[p[:, 1] < 0.5, 3] = 0
+    return np.rint(p).astype(np.int64).tobytes()
+
+
+def neighbour(space: ScheduleSpace, point: np.ndarray, rng: np.random.Generator,
+              moves: int | None = None) -> np.ndarray:
+    """A random nearby point: one to three changes among flipping a server or a worker, moving part of
+    one worker's batch to another, and changing one node's threads."""
+    n = len(space.cluster)
+    p = np.asarray(point, dtype=float).reshape(n, len(FIELDS)).copy()
+    for _ in range(moves or int(rng.integers(1, 4))):
+        i = int(rng.integers(n))
+        kind = int(rng.integers(4))
+        if kind == 0:
+            p[i, 0] = 1 - p[i, 0]
+        elif kind == 1:
+            p[i, 1] = 1 - p[i, 1]
+            if p[i, 1] > 0.5 and p[i, 2] <= 0:
+                p[i, 2] = 1.0 / space.global_batch
+        elif kind == 2:
+            j = int(rng.integers(n))
+            moved = p[i, 2] * rng.uniform(0.1, 0.6)
+            p[i, 2] -= moved
+            p[j, 2] += moved
+            p[j, 1] = 1.0
+        else:
+            top = max_threads(space.cluster.nodes[i].type.cores)
+            p[i, 3] = int(np.clip(p[i, 3] + rng.choice([-2, -1, 1, 2]), 1, top))
+    return p.reshape(-1)

@@ -1,0 +1,123 @@
+"""The testbed's links measured for real: training runs whose ranks talk TCP between network namespaces
+through shaped links, read back from their hpcps traces; an MPI ping-pong for latency.
+
+Rates are after dilation: a 1 Gb/s NIC at dilation 10 is a 100 Mbit/s link, a 10 Gb/s one a 1 Gbit/s
+link. Traced times are emulated (divided by the dilation), so a traced bandwidth compares with the
+cluster file's nic_gbps. A received message's time runs from when both ends had posted it to when the
+receiver had it all (docs/trace.md), which is what the link decides; a send completes as soon as its
+bytes sit in the sender's socket buffer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hpcps.trace import open_trace
+from hpcps.trace.schema import DIRECTION
+from tests.testbed.conftest import PY, ROOT, namespaces_of, bed_cli
+
+DILATION = 10.0
+# A digits MLP with 8192 hidden units: 614,410 parameters, a 2.46 MB message each way per iteration,
+# 197 ms at 100 Mbit/s and 20 ms at 1 Gbit/s (real); its step is a few milliseconds here.
+JOB = ('name = "wide"\nworkload = "digits"\n[model]\nhidden = 8192\n[optimizer]\nname = "sgd"\nlr = 0.05\n'
+       '[training]\nglobal_batch = 32\niterations = 6\nlog_every = 100\n')
+
+
+def cluster_file(tmp_path, nodes: dict[str, tuple[float, float]]):
+    """A cluster of one type per node: name -> (nic_gbps, latency_us)."""
+    text = 'name = "links"\n'
+    for i, (name, (gbps, lat)) in enumerate(nodes.items()):
+        text += f"[types.t{i}]\nspeed = 1.0\ncores = 2\nnic_gbps = {gbps}\nlatency_us = {lat}\n"
+    for i, name in enumerate(nodes):
+        text += f'[[nodes]]\nnames = "{name}"\ntype = "t{i}"\n'
+    path = tmp_path / "cluster.toml"
+    path.write_text(text)
+    return path
+
+
+def train_on_testbed(tmp_path, name, cluster, schedule_text, job=JOB, dilation=DILATION):
+    job_path, sched, trace = tmp_path / "job.toml", tmp_path / "schedule.toml", tmp_path / "trace.h5"
+    job_path.write_text(job)
+    sched.write_text(schedule_text)
+    r = bed_cli("run", "--cluster", str(cluster), "--dilation", str(dilation), "--name", name, "--",
+                    PY, "-m", "hpcps.train", "--job", str(job_path), "--cluster", str(cluster), "--schedule",
+                    str(sched), "--trace", str(trace), cwd=tmp_path, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "on a testbed: real links, compute emulated at time dilation" in r.stdout, r.stdout
+    assert namespaces_of(name) == []
+    return open_trace(trace)
+
+
+def received_gbps(trace, kind: str) -> dict[int, np.ndarray]:
+    """Per receiving rank, the emulated Gb/s of each message of kind past the first iteration."""
+    tr = trace.transfers_of(kind)
+    tr = tr[(tr["direction"] == DIRECTION["recv"]) & (tr["iteration"] >= 1)]
+    rate = tr["nbytes"] * 8 / (tr["t_end"] - tr["t_start"]) / 1e9
+    return {int(peer): rate[tr["peer"] == peer] for peer in np.unique(tr["peer"])}
+
+
+@pytest.mark.parametrize("nic_gbps,real", [(1.0, "100 Mbit/s"), (10.0, "1 Gbit/s")])
+def test_traced_bandwidth_is_the_link_rate(tmp_path, bed_name, nic_gbps, real):
+    cluster = cluster_file(tmp_path, {"a1": (nic_gbps, 20.0), "a2": (nic_gbps, 20.0)})
+    trace = train_on_testbed(tmp_path, bed_name, cluster, '[[nodes]]\nname = "a1"\nserver = true\n'
+                                                          '[[nodes]]\nname = "a2"\nworkers = [{batch = 32}]\n')
+    assert trace.attrs["emulation_network"] == "real" and trace.attrs["emulation_dilation"] == DILATION
+    assert sorted(trace.rank_field("host").values()) == ["a1", "a2"]      # each rank on its node
+    push = received_gbps(trace, "push")[1]          # the worker's (rank 1) pushes, received by the server
+    pull = received_gbps(trace, "pull")[0]          # the server's (rank 0) shard, received by the worker
+    for what, rates in (("push", push), ("pull", pull)):
+        assert len(rates) == 5
+        assert abs(np.median(rates) / nic_gbps - 1) < 0.15, (what, real, rates)
+
+
+def test_two_flows_into_one_nic_each_get_about_half(tmp_path, bed_name):
+    """Two workers push to one server at once: the server's ingress is shared; its egress likewise
+    carries both pulls."""
+    cluster = cluster_file(tmp_path, {"s": (1.0, 20.0), "w1": (1.0, 20.0), "w2": (1.0, 20.0)})
+    trace = train_on_testbed(tmp_path, bed_name, cluster, '[[nodes]]\nname = "s"\nserver = true\n'
+                                                          '[[nodes]]\nname = "w1"\nworkers = [{batch = 16}]\n'
+                                                          '[[nodes]]\nname = "w2"\nworkers = [{batch = 16}]\n')
+    push = received_gbps(trace, "push")
+    assert sorted(push) == [1, 2]
+    for rank, rates in push.items():
+        assert 0.4 < np.median(rates) < 0.6, (rank, rates)
+    # Together they fill the link.
+    assert abs(np.median(push[1] + push[2]) - 1.0) < 0.15, push
+    pull = received_gbps(trace, "pull")[0]
+    assert 0.4 < np.median(pull) < 0.6, pull
+
+
+def test_latency_is_the_mean_of_both_nics_dilated(tmp_path, bed_name):
+    """One-way latency rank 0 to each other rank: half of each NIC's latency_us on its way out, half
+    on its way in, times the dilation."""
+    cluster = cluster_file(tmp_path, {"a1": (1.0, 100.0), "a2": (1.0, 100.0), "b1": (1.0, 300.0)})
+    r = bed_cli("run", "--cluster", str(cluster), "--dilation", str(DILATION), "--name", bed_name, "-n", "3",
+                    "--", PY, str(ROOT / "tests" / "testbed" / "pingpong.py"), "40", cwd=tmp_path, timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["nodes"] == ["a1", "a2", "b1"]
+    expected = {"a2": 100e-6 * DILATION, "b1": (100e-6 + 300e-6) / 2 * DILATION}
+    for pair in out["pairs"].values():
+        assert abs(pair["one_way_s"] / expected[pair["node"]] - 1) < 0.20, (pair, expected)
+
+
+def test_messages_follow_the_links_not_the_emulated_network(tmp_path, bed_name):
+    """On a testbed the emulated network (hpcps.emulate.fabric) must not hold messages as well. Here the
+    training reads a cluster file whose NICs are ten times slower than the links the testbed built
+    (same nodes, 0.1 Gb/s against 1 Gb/s): the traced bandwidth is the links', not the file's."""
+    cluster = cluster_file(tmp_path, {"a1": (1.0, 20.0), "a2": (1.0, 20.0)})
+    slow = tmp_path / "slow.toml"
+    slow.write_text(cluster.read_text().replace("nic_gbps = 1.0", "nic_gbps = 0.1"))
+    job_path, sched, trace_path = tmp_path / "job.toml", tmp_path / "schedule.toml", tmp_path / "trace.h5"
+    job_path.write_text(JOB)
+    sched.write_text('[[nodes]]\nname = "a1"\nserver = true\n[[nodes]]\nname = "a2"\nworkers = [{batch = 32}]\n')
+    r = bed_cli("run", "--cluster", str(cluster), "--dilation", str(DILATION), "--name", bed_name, "--",
+                PY, "-m", "hpcps.train", "--job", str(job_path), "--cluster", str(slow), "--schedule", str(sched),
+                "--trace", str(trace_path), cwd=tmp_path, timeout=400)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trace = open_trace(trace_path)
+    assert trace.attrs["emulation_network"] == "real"
+    push = received_gbps(trace, "push")[1]
+    assert abs(np.median(push) - 1.0) < 0.15, push

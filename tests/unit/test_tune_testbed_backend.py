@@ -1,0 +1,52 @@
+"""The testbed backend without a testbed: the command a trial runs, its testbed's name, the dilation
+shared by all trials, and the refusal on a machine that cannot build a testbed."""
+
+from pathlib import Path
+
+import pytest
+
+from hpcps.cluster import load_cluster
+from hpcps.config import load_job
+from hpcps.config.errors import ConfigError
+from hpcps.testbed import runner as runner_mod
+from hpcps.testbed.plan import NAME_PATTERN
+from hpcps.tune.backends import BACKENDS
+from hpcps.tune.backends.testbed import TestbedBackend as Backend, trial_name
+from hpcps.tune.cli import BACKEND_NAMES
+
+ROOT = Path(__file__).resolve().parents[2]
+CLUSTER = ROOT / "jobs/clusters/hetero8.toml"
+JOB = ROOT / "jobs/hetero8.toml"
+
+
+def backend(**kw):
+    return Backend(load_cluster(CLUSTER), load_job(JOB), JOB, CLUSTER, python="/v/bin/python", check_machine=False, **kw)
+
+
+def test_registered():
+    assert "testbed" in BACKENDS and "testbed" in BACKEND_NAMES
+
+
+def test_a_trial_is_train_under_testbed_run():
+    b = backend(iterations=7)
+    assert b.dilation == 16.0                               # the testbed's default for hetero8
+    b._testbed = trial_name(3, pid=12345)
+    cmd = b.command(Path("/t/schedule.toml"), Path("/t/trace.h5"), 5)
+    assert cmd[:14] == ["/v/bin/python", "-m", "hpcps.testbed", "run", "--cluster", str(CLUSTER.resolve()),
+                        "--dilation", "16", "--name", "t23450003", "--schedule", "/t/schedule.toml", "--quiet", "--"]
+    assert cmd[14:] == ["/v/bin/python", "-m", "hpcps.train", "--job", str(JOB.resolve()), "--cluster",
+                        str(CLUSTER.resolve()), "--schedule", "/t/schedule.toml", "--trace", "/t/trace.h5",
+                        "--iterations", "7", "--quiet"]
+    assert backend(dilation=30).command(Path("s"), Path("t"), 1)[7] == "30"
+
+
+def test_trial_names_are_testbed_names():
+    for trial in (0, 1, 9999, 123456):
+        assert NAME_PATTERN.fullmatch(trial_name(trial))
+    assert trial_name(1, pid=7) != trial_name(2, pid=7) != trial_name(1, pid=8)
+
+
+def test_refused_where_no_testbed_can_be_built(monkeypatch):
+    monkeypatch.setattr(runner_mod.os, "geteuid", lambda: 1000)
+    with pytest.raises(ConfigError, match="--backend.*testbed: a testbed needs root"):
+        Backend(load_cluster(CLUSTER), load_job(JOB), JOB, CLUSTER)
