@@ -35,13 +35,14 @@ import numpy as np
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
 from hpcps.ps.plan import MessagePlan, ready_fractions
-from hpcps.ps.sharding import plan_shards
+from hpcps.ps.sharding import ALIGN_ELEMENTS, plan_shards
 from hpcps.sim.network import SHARING, flow_rates
 from hpcps.sim.profile import MachineProfile, WorkloadProfile
 
 # A message between two ranks of one node: shared-memory latency, not the NIC's.
 LOCAL_LATENCY_S = 1e-6
 AUTO_RESOLUTION = 1e-3         # of the median worker step, when SimOptions.resolution_s is None
+MAX_RESOLUTION = 0.1           # of the shortest step, whatever SimOptions.resolution_s says
 BYTES_PER_ELEMENT = 4          # float32 parameters and gradients
 
 PULL, PUSH = 0, 1
@@ -214,9 +215,26 @@ def simulate(cluster: Cluster, placement: RankPlacement, profile: WorkloadProfil
     status = check_memory(cluster, placement, profile, machine)
     common = dict(global_batch=sched.global_batch, n_servers=len(sched.servers), n_workers=len(sched.workers),
                   notes=(profile.note,) if profile.note else ())
+    if status == "ok":
+        status = check_pieces(profile.params, sched.servers, options.bucket_mb)
     if status != "ok":
         return SimResult(status, math.inf, **common)
     return _Run(cluster, placement, profile, machine, options).run(common)
+
+
+# The most pieces a message plan may have: the exchange's message tags hold 8191 per kind
+# (hpcps.ps.exchange: MPI promises tags up to 32767).
+MAX_PIECES = (1 << 13) - 1
+
+
+def check_pieces(params: int, servers, bucket_mb: float) -> str:
+    """'ok', or why the exchange could not run a plan of this many pieces (counted without building it)."""
+    bucket = max(ALIGN_ELEMENTS, (int(bucket_mb * 2 ** 20) // BYTES_PER_ELEMENT) // ALIGN_ELEMENTS * ALIGN_ELEMENTS)
+    pieces = sum(-(-s.size // bucket) for s in plan_shards(params, list(servers)) if s.size > 0)
+    if pieces > MAX_PIECES:
+        return (f"{pieces} pieces of at most {bucket_mb:g} MiB ([exchange] bucket_mb) are more than the "
+                f"{MAX_PIECES} the exchange's message tags allow; raise bucket_mb")
+    return "ok"
 
 
 class _Run:
@@ -270,8 +288,9 @@ class _Run:
         if options.straggler_prob > 0:
             factor *= np.where(rng.random((iters, n_w)) < options.straggler_prob, options.straggler_slowdown, 1.0)
         self.compute = base[None, :] * factor
-        self.resolution = (AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
-                           else options.resolution_s)
+        # At most a tenth of the shortest step: events handled early must not swallow steps whole.
+        self.resolution = min(AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
+                              else options.resolution_s, MAX_RESOLUTION * float(np.min(self.compute)))
         per_byte = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost(options.optimizer))
         self.aggregate = np.array([per_byte * BYTES_PER_ELEMENT * p.size / speed[node_of[p.server]]
                                    for p in plan.pieces])

@@ -319,3 +319,10 @@ def test_a_thousand_nodes(hetero8):
 def test_bad_options(hetero8, bad):
     with pytest.raises(ValueError):
         sim(hetero8, naive(hetero8, 8), SimOptions(**bad))
+
+
+def test_more_pieces_than_the_exchange_can_tag_cannot_run():
+    c = cluster_of((NodeType("t", 1.0, 2, 10.0), ["a", "b"]))
+    r = sim(c, naive(c, 8), replace(EXACT, bucket_mb=1 / 1024), replace(TOY, params=10_000_000))
+    assert not r.feasible and "bucket_mb" in r.status and "8191" in r.status
+    assert sim(c, naive(c, 8), replace(EXACT, bucket_mb=4.0), replace(TOY, params=10_000_000)).feasible
