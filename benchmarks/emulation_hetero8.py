@@ -93,7 +93,9 @@ def run(schedule: NodeSchedule, workdir: Path, tag: str) -> dict:
 
 
 def simulate(cluster, job, schedule: NodeSchedule, profiles=None) -> tuple[float, dict]:
-    res = simulate_job(cluster, schedule.to_rank_schedule(), job, SimOptions(iterations=10), profiles=profiles)
+    # In the steady state, as the runs' first iterations are left out (docs/sim.md).
+    res = simulate_job(cluster, schedule.to_rank_schedule(), job, SimOptions(iterations=10, steady_state=True),
+                       profiles=profiles)
     return res.iteration_time_s, {r.node: r.compute_s for r in res.ranks if r.batch > 0}
 
 

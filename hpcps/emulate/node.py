@@ -13,6 +13,11 @@ What a step costs here comes in two kinds (docs/emulation.md):
 Either way the cost is thread CPU time with one PyTorch thread: unlike wall time, it does not grow
 when other ranks merely wait for the cores. The node takes cpu / speed, scaled by what its threads
 and its neighbours' threads do to the step (the simulator's calibrated thread model), plus fixed_ms.
+
+An overlapped step (PushSchedule) pushes each piece at its share of the emulated step: the real step
+runs first and records, in thread CPU time, when the backward pass completed each piece; the hold
+that follows sleeps until start + target x that share, pushes the piece, and so on to the step's end,
+keeping the exchange going (progress) while it sleeps.
 """
 
 from __future__ import annotations
@@ -24,7 +29,26 @@ from dataclasses import dataclass, field
 from hpcps.emulate.fabric import now
 
 COMPUTE_MODES = ("reference", "measured")
-IDLE_POLL_S = 1e-4      # real seconds between idle() calls while a held step has nothing else to do
+# How long a hold that keeps the exchange going sleeps between polls (real seconds): a message that
+# completes meanwhile is seen that much late, a fraction of one on the fabric once dilated.
+HOLD_POLL_S = 5e-4
+
+
+class PushSchedule:
+    """The pieces an emulated step's backward pass made ready, and when: Worker.attach's on_ready
+    records (ready), NodeClock.run_step pushes them at their share of the emulated step (push) and
+    keeps the exchange going while it waits (poll)."""
+
+    def __init__(self, push, poll):
+        self.push, self.poll = push, poll
+        self.marks: list[tuple[int, float]] = []      # (piece, thread CPU time when it was complete)
+
+    def ready(self, piece: int) -> None:
+        self.marks.append((piece, time.thread_time()))
+
+    def fractions(self, cpu0: float, cpu_s: float) -> list[tuple[int, float]]:
+        """(piece, share of the step after which it was complete), in the order they became ready."""
+        return [(q, min(1.0, max(0.0, (t - cpu0) / cpu_s)) if cpu_s > 0 else 1.0) for q, t in self.marks]
 
 
 @dataclass
@@ -36,9 +60,11 @@ class NodeClock:
     reference_cpu_s: float | None = None   # the step's CPU time alone here; None: charge each step's own
     lag_s: float = field(default=0.0)      # real time by which steps overran their targets
     overruns: int = field(default=0)
-    # Called while a step is held (returns whether it did anything), else the hold sleeps: under ssp and
-    # asp the exchange's progress(), so that a rank keeps serving while its worker's step is charged, as
-    # a node's other cores would. bsp leaves it unset.
+    pushes: int = field(default=0)         # pieces an overlapped step pushed
+    late_pushes: int = field(default=0)    # of them, pushed past their time: the real step was not through
+    # Called while a step is held when no poll is given (returns whether it did anything): under ssp
+    # and asp the exchange's progress(), so that a rank keeps serving while its worker's step is
+    # charged, as a node's other cores would. bsp leaves it unset.
     idle: Callable[[], bool] | None = None
 
     def step_target(self, cpu_s: float) -> float:
@@ -49,24 +75,52 @@ class NodeClock:
     def aggregate_target(self, cpu_s: float) -> float:
         return self.dilation * cpu_s / self.speed
 
-    def hold(self, started: float, target_s: float) -> None:
-        """Sleep until started + target_s (a shared-clock time); count an overrun if already past it."""
-        remaining = started + target_s - now()
-        if remaining > 0 and self.idle is not None:
-            while (left := started + target_s - now()) > 0:
-                if not self.idle():
-                    time.sleep(min(left, IDLE_POLL_S))
-        elif remaining > 0:
+    def hold(self, started: float, target_s: float, poll=None, count: bool = True) -> None:
+        """Sleep until started + target_s (a shared-clock time), calling poll() (else idle(), if set)
+        and sleeping up to HOLD_POLL_S whenever it did nothing; count an overrun if already past it
+        (unless count is False)."""
+        poll = poll if poll is not None else self.idle
+        until = started + target_s
+        remaining = until - now()
+        if remaining <= 0:
+            if count:
+                self.overruns += 1
+                self.lag_s -= remaining
+            return
+        if poll is None:
             time.sleep(remaining)
-        else:
-            self.overruns += 1
-            self.lag_s -= remaining
+            return
+        while remaining > 0:
+            did = poll()
+            remaining = until - now()
+            if remaining > 0 and not did:
+                time.sleep(min(remaining, HOLD_POLL_S))
+                remaining = until - now()
 
-    def run_step(self, fn, target=None):
-        """Run fn() as a training step on this node; returns its result."""
+    def run_step(self, fn, target=None, pushes: PushSchedule | None = None):
+        """Run fn() as a training step on this node; returns its result. With pushes, push each piece
+        the step made ready at its share of the emulated step."""
+        if pushes is not None:
+            pushes.marks.clear()
         started, cpu0 = now(), time.thread_time()
         out = fn()
-        self.hold(started, (target or self.step_target)(time.thread_time() - cpu0))
+        cpu = time.thread_time() - cpu0
+        target_s = (target or self.step_target)(cpu)
+        if pushes is None:
+            self.hold(started, target_s)
+            return out
+        late = now() - (started + target_s)
+        if late >= 0:                  # the real step alone overran: pieces go at once
+            self.overruns += 1
+            self.lag_s += late
+        for piece, share in pushes.fractions(cpu0, cpu):
+            due = started + target_s * share
+            self.pushes += 1
+            if now() > due + HOLD_POLL_S:
+                self.late_pushes += 1
+            self.hold(started, target_s * share, pushes.poll, count=False)
+            pushes.push(piece)
+        self.hold(started, target_s, pushes.poll, count=False)
         return out
 
     def run_aggregate(self, fn):

@@ -100,6 +100,7 @@ class Exchange:
         self._host_grads: dict[int, np.ndarray] = {}          # lossy codecs on device buffers: host copies
         self._fabric: list[tuple[int, int, Callable, tuple]] = []   # (template, iteration, then, args)
         self._ready_to_aggregate: list[int] = []
+        self.defer_aggregation = False                # set during an emulated step: update after it
         self._in_progress = False
         self.first_push_at = self.last_push_at = 0.0
         self.blocked_s = 0.0                          # worker: time its forward pass waited for pieces
@@ -371,7 +372,7 @@ class Exchange:
     def _after_poll(self) -> bool:
         """The policy's work once messages are in: aggregate complete pieces, deliver this rank's own."""
         did = False
-        while self._ready_to_aggregate:
+        while self._ready_to_aggregate and not self.defer_aggregation:
             self._aggregate_piece(self._ready_to_aggregate.pop(0))
             did = True
         if self.is_worker and not self.arrived.all():

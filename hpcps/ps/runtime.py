@@ -91,7 +91,8 @@ class RankRun:
     worker_index: int
     partition: EpochPartition
     iterations: int
-    overlap: bool
+    overlap: bool                    # pieces are pushed during the step (else after it, in push order)
+    wait_per_layer: bool             # the forward pass waits per layer for its pieces (else all first)
     clock: Callable[[], float]
     compute: Callable                # batch -> (loss tensor, correct): the step, charged under emulation
 
@@ -192,25 +193,41 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
                   aggregate=emulator.clock.run_aggregate if emulator is not None else None)
     exchange = (Exchange(comm, plan, total, **common) if synchronous else
                 StaleExchange(comm, plan, total, mode=policy.name, staleness=policy.staleness, **common))
-    # Under emulation the node clock charges a whole step at its end, so pushes wait for it (the
-    # simulator models the same); elsewhere they go out while the backward pass runs. Under ssp and asp
-    # the parameters are in place before the step, and the forward hooks only keep messages moving.
-    overlap = job.exchange.overlap and emulator is None and me is not None
+    # Pieces go out while the backward pass runs. Under emulation the real step runs first and only
+    # records when each piece was complete; the node clock's hold then pushes each at its share of the
+    # emulated step, as the simulator models it (docs/emulation.md), and the forward pass waits for
+    # every piece before it starts (the simulator does not model a forward pass that starts early).
+    # Under ssp and asp the parameters are in place before the step, and the forward hooks only keep
+    # messages moving; emulated, their steps push after the step and keep serving while held.
+    overlap = job.exchange.overlap and me is not None and (emulator is None or synchronous)
     if emulator is not None and not synchronous:
         emulator.clock.idle = exchange.progress
-    if overlap:
+    pushes = None
+    if overlap and emulator is None:
         def ready(q: int) -> None:
             exchange.push(q)
             exchange.progress()
         worker.attach(plan, ready, exchange.wait_pieces)
+    elif overlap:
+        from hpcps.emulate.node import PushSchedule
+        pushes = PushSchedule(exchange.push, exchange.progress)
+        worker.attach(plan, pushes.ready, lambda _pieces: None)
 
     def step(batch):
         if emulator is None:
             return worker.step(batch)
-        return emulator.clock.run_step(lambda: worker.step(batch))
+        # A rank that also serves updates the pieces that became ready meanwhile after its step, as
+        # the simulator has it.
+        if not synchronous:
+            return emulator.clock.run_step(lambda: worker.step(batch))
+        exchange.defer_aggregation = True
+        try:
+            return emulator.clock.run_step(lambda: worker.step(batch), pushes=pushes)
+        finally:
+            exchange.defer_aggregation = False
 
     run = RankRun(exchange, plan, worker if me is not None else None, worker_row if me is not None else -1,
-                  partition, total, overlap, clock, step)
+                  partition, total, overlap, overlap and emulator is None, clock, step)
     targets = workload.targets_per_sample()
     log(f"{job.name}: {comm.Get_size()} ranks, {len(schedule.servers)} servers, {len(schedule.workers)} workers, "
         f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
@@ -444,8 +461,11 @@ def _measure_reference(comm, emulator, workload, flat, indices, log) -> list | N
 
 
 def _report_emulation(comm, emulator, iterations: int, log) -> None:
-    """Say on rank 0 how often real steps overran their emulated time: then the node looked slower."""
-    counts = comm.gather((emulator.clock.overruns, emulator.clock.lag_s), root=0)
+    """Say on rank 0 how often real steps overran their emulated time (then the node looked slower),
+    and how often an overlapped step pushed a piece later than its time (the real step was not
+    through by then: then the node's pushes looked later)."""
+    clock = emulator.clock
+    counts = comm.gather((clock.overruns, clock.lag_s, clock.pushes, clock.late_pushes), root=0)
     if comm.Get_rank() != 0:
         return
     overruns = sum(c[0] for c in counts)
@@ -454,6 +474,10 @@ def _report_emulation(comm, emulator, iterations: int, log) -> None:
         log(f"warning: {overruns} of {steps} emulated steps ran longer here than on their node "
             f"(by {sum(c[1] for c in counts) / emulator.dilation * 1e3:.1f} ms emulated in all); "
             "raise --time-dilation for a faithful emulation")
+    pushes, late = sum(c[2] for c in counts), sum(c[3] for c in counts)
+    if late > 0.05 * pushes:
+        log(f"warning: {late} of {pushes} overlapped pushes went out later than on their node (the real "
+            "step was not through by then); raise --time-dilation for a faithful overlap")
 
 
 def _evaluate_on_root(exchange: Exchange, worker: Worker, sync_device) -> dict[str, float]:

@@ -43,7 +43,7 @@ class BulkSynchronous:
             t0 = clock()
             batch = worker.load(run.partition.indices(it, run.worker_index))   # while the pulls arrive
             data = (t0, clock())
-            if not run.overlap:
+            if not run.wait_per_layer:
                 ex.wait_pieces(slice(None))
             ex.begin_pushes(it)
             ex.blocked_s = 0.0

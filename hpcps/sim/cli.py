@@ -37,6 +37,9 @@ def build_parser() -> RankAwareParser:
                         "(default: the job's [schedule], else naive)")
     p.add_argument("--job", type=Path, default=None, help="job TOML file (default: jobs/default.toml)")
     p.add_argument("--iterations", type=int, default=5, help="iterations to simulate (default 5)")
+    p.add_argument("--steady-state", action="store_true",
+                   help="simulate one iteration more before and after those measured and leave them out: the "
+                        "first starts cold, the last has no next pulls to share NICs with (docs/sim.md)")
     p.add_argument("--noise", type=float, default=0.0, metavar="SIGMA",
                    help="run-to-run noise: lognormal sigma of a mean-one factor on every step (default 0)")
     p.add_argument("--straggler-prob", type=float, default=0.0, metavar="P",
@@ -62,7 +65,7 @@ def resolve_inputs(args):
     from hpcps.cluster import load_cluster
     from hpcps.cluster.placement import (NodeSchedule, balanced, load_any_schedule, naive, place_rank_schedule,
                                          placement_of)
-    from hpcps.sim.engine import SimOptions
+    from hpcps.sim.engine import SimOptions, job_options
     from hpcps.sim.profile import load_profiles, profile_for_job
 
     check_number("--iterations", None, args.iterations, ge=1, le=limits.MAX_SIM_ITERATIONS)
@@ -108,7 +111,7 @@ def resolve_inputs(args):
     profile = profile_for_job(profiles, job.workload, job.model, job.data)
     options = SimOptions(iterations=args.iterations, noise_sigma=args.noise, straggler_prob=args.straggler_prob,
                          straggler_slowdown=args.straggler_slowdown, seed=args.seed, sharing=args.sharing,
-                         resolution_s=args.resolution, optimizer=job.optimizer.name)
+                         resolution_s=args.resolution, steady_state=args.steady_state, **job_options(job))
     return job, cluster, placement, label, node_schedule, profiles, profile, options
 
 
@@ -153,7 +156,9 @@ def run(args) -> int:
                     "options": {"iterations": options.iterations, "noise_sigma": options.noise_sigma,
                                 "straggler_prob": options.straggler_prob,
                                 "straggler_slowdown": options.straggler_slowdown, "seed": options.seed,
-                                "sharing": options.sharing, "resolution_s": options.resolution_s}})
+                                "sharing": options.sharing, "resolution_s": options.resolution_s,
+                                "bucket_mb": options.bucket_mb, "overlap": options.overlap,
+                                "steady_state": options.steady_state}})
         print(json.dumps(out))
     else:
         print(render_table(result, job, cluster, label, profile))

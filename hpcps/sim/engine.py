@@ -1,12 +1,21 @@
 """A discrete-event simulation of synchronous (BSP) parameter-server training on a cluster.
 
-It follows what hpcps.ps.runtime and hpcps.ps.exchange do, rank by rank:
+It follows what hpcps.ps.runtime and hpcps.ps.exchange do with an overlapped run, message by message.
+The messages are those of the run's message plan (hpcps.ps.plan.MessagePlan): the flat parameter
+vector cut into one shard per server and each shard into pieces of at most the job's bucket size,
+one pull and one push per piece and worker.
 
-    pull     every server sends its shard to every worker; a rank waits for all it posted, as sender
-             and as receiver (a server that is also a worker computes only after its sends are done)
+    pull     a server sends a piece's new values to every worker as soon as it has updated the piece;
+             a worker posts its receives of the next iteration's pieces when its step ends, and
+             starts the next step once every piece has arrived
     compute  workers only: the calibrated step time on their node
-    push     every worker sends each shard's slice of its gradient to that shard's server
-    update   servers only: weighted sum of the pushes and the optimiser step, then the next pull
+    push     a worker posts a piece's push as soon as the backward pass has produced its gradient:
+             at step start + step time x the piece's ready fraction (hpcps.ps.plan.ready_fractions,
+             with the workload profile's forward fraction), so pieces go out from the end of the
+             vector to its start while the step goes on
+    update   a server aggregates a piece and steps the optimiser on it as soon as every worker's push
+             of it is in; one piece at a time, and on a rank that is also a worker, never during its
+             step (pieces that become ready then wait for the step to end), as the emulation does
 
 A message starts moving when both sides have posted it (the rendezvous of large MPI messages), moves
 as a fluid flow that shares its source NIC's outbound and its destination NIC's inbound bandwidth with
@@ -25,17 +34,22 @@ import numpy as np
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
-from hpcps.ps.sharding import plan_shards
+from hpcps.ps.plan import MessagePlan, ready_fractions
+from hpcps.ps.sharding import ALIGN_ELEMENTS, plan_shards
 from hpcps.sim.network import SHARING, flow_rates
 from hpcps.sim.profile import MachineProfile, WorkloadProfile
 
 # A message between two ranks of one node: shared-memory latency, not the NIC's.
 LOCAL_LATENCY_S = 1e-6
 AUTO_RESOLUTION = 1e-3         # of the median worker step, when SimOptions.resolution_s is None
+MAX_RESOLUTION = 0.1           # of the shortest step, whatever SimOptions.resolution_s says
 BYTES_PER_ELEMENT = 4          # float32 parameters and gradients
 
 PULL, PUSH = 0, 1
-_POST, _DONE = 0, 1            # event kinds
+_SRC, _DST = 0, 1              # the two ends of a message
+_POST, _DONE, _COMPUTE_END, _AGGREGATE_END, _POST_PUSHES = 0, 1, 2, 3, 4      # event kinds
+# Parts of a rank's time, in the order that claims an instant first (RankStats).
+_COMPUTE, _AGGREGATE, _PUSH_MOVING, _PULL_MOVING = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,12 @@ class SimOptions:
     # thousandth of the median worker step; 0: exact.
     resolution_s: float | None = None
     optimizer: str = "sgd"             # the server's update cost depends on it
+    bucket_mb: float = 4.0             # the job's [exchange] bucket_mb: the largest piece of a shard
+    overlap: bool = True               # the job's [exchange] overlap: push each piece once it is ready
+    # Simulate one iteration more before and after the ones measured, and leave them out of the
+    # result: the first starts cold (every worker pulls everything at once), and the last one's pushes
+    # and updates share no NIC with the next iteration's pulls. What a long run does in between.
+    steady_state: bool = False
 
     def check(self) -> None:
         if self.iterations < 1:
@@ -65,13 +85,32 @@ class SimOptions:
             raise ValueError(f"sharing must be one of {', '.join(SHARING)}, got {self.sharing!r}")
         if self.resolution_s is not None and not self.resolution_s >= 0:
             raise ValueError(f"resolution_s must be >= 0, got {self.resolution_s}")
+        if not (self.bucket_mb > 0 and math.isfinite(self.bucket_mb)):
+            raise ValueError(f"bucket_mb must be > 0, got {self.bucket_mb}")
+
+
+def job_options(job) -> dict:
+    """The SimOptions fields a job (hpcps.config.Job) decides: its optimiser, and its exchange's bucket
+    size and overlap."""
+    return {"optimizer": job.optimizer.name, "bucket_mb": job.exchange.bucket_mb, "overlap": job.exchange.overlap}
 
 
 @dataclass(frozen=True)
 class RankStats:
-    """Seconds per iteration, averaged over the simulated iterations. pull_s and push_s are the time a
-    rank's messages were moving once every peer had posted; waiting for peers to post, and idling after
-    the rank's last iteration until the slowest rank's, is wait_s. The five add up to the iteration time."""
+    """Seconds per iteration, averaged over the simulated iterations; the five add up to the iteration
+    time. Each instant of a rank's run counts once, for the first of these that holds then:
+
+    compute_s     the worker's step
+    aggregate_s   the server's updates of its pieces
+    push_s        inside the rank's push window of an iteration: from the moment the last of its push
+                  messages could start (both ends posted) to the end of the last one
+    pull_s        the same for its pull messages
+    wait_s        the rest: waiting for peers to post, and idling after the rank's last iteration until
+                  the slowest rank's
+
+    So messages that move while the rank computes count as compute (hidden), and push_s and pull_s are
+    what the exchange adds once the rank has nothing else to do, as a trace's push and pull windows
+    less their waits (hpcps.tune.observations.from_trace)."""
     rank: int
     node: str
     server: bool
@@ -176,14 +215,35 @@ def simulate(cluster: Cluster, placement: RankPlacement, profile: WorkloadProfil
     status = check_memory(cluster, placement, profile, machine)
     common = dict(global_batch=sched.global_batch, n_servers=len(sched.servers), n_workers=len(sched.workers),
                   notes=(profile.note,) if profile.note else ())
+    if status == "ok":
+        status = check_pieces(profile.params, sched.servers, options.bucket_mb)
     if status != "ok":
         return SimResult(status, math.inf, **common)
     return _Run(cluster, placement, profile, machine, options).run(common)
 
 
+# The most pieces a message plan may have: the exchange's message tags hold 8191 per kind
+# (hpcps.ps.exchange: MPI promises tags up to 32767).
+MAX_PIECES = (1 << 13) - 1
+
+
+def check_pieces(params: int, servers, bucket_mb: float) -> str:
+    """'ok', or why the exchange could not run a plan of this many pieces (counted without building it)."""
+    bucket = max(ALIGN_ELEMENTS, (int(bucket_mb * 2 ** 20) // BYTES_PER_ELEMENT) // ALIGN_ELEMENTS * ALIGN_ELEMENTS)
+    pieces = sum(-(-s.size // bucket) for s in plan_shards(params, list(servers)) if s.size > 0)
+    if pieces > MAX_PIECES:
+        return (f"{pieces} pieces of at most {bucket_mb:g} MiB ([exchange] bucket_mb) are more than the "
+                f"{MAX_PIECES} the exchange's message tags allow; raise bucket_mb")
+    return "ok"
+
+
 class _Run:
-    """One simulation's state. Flows are numbered by a template (every pull and push message of one
-    iteration) and an iteration: flow id = iteration * n_template + template index."""
+    """One simulation's state: options.iterations, with steady_state one more before and after them.
+    Messages are numbered by a template (every pull and push of one iteration, from the message plan)
+    and an iteration: flow id = iteration * n_template + template.
+    A template's next message is never posted before its last one completed (a pull of iteration k+1
+    needs the piece's update of iteration k, which needs every push of it, which each worker posted
+    after its pulls of iteration k arrived), so per template one set of post times suffices."""
 
     def __init__(self, cluster: Cluster, placement: RankPlacement, profile: WorkloadProfile,
                  machine: MachineProfile, options: SimOptions):
@@ -205,40 +265,22 @@ class _Run:
         self.is_server = np.zeros(n_ranks, dtype=bool)
         self.is_server[list(sched.servers)] = True
 
-        # Messages of one iteration. Empty shards move nothing, as in the exchange.
-        shards = [s for s in plan_shards(profile.params, sched.servers) if s.size > 0]
-        n_w, n_s = len(self.worker_ranks), len(shards)
-        srv = np.repeat(np.array([s.server for s in shards], dtype=np.int64), n_w)
-        nbytes = np.repeat(np.array([BYTES_PER_ELEMENT * s.size for s in shards], dtype=np.float64), n_w)
-        wrk = np.tile(self.worker_ranks, n_s)
-        self.src = np.concatenate([srv, wrk])
-        self.dst = np.concatenate([wrk, srv])
-        self.bytes = np.concatenate([nbytes, nbytes])
-        self.phase = np.concatenate([np.full(n_w * n_s, PULL), np.full(n_w * n_s, PUSH)])
-        self.n_template = len(self.src)
-        sn, dn = node_of[self.src], node_of[self.dst]
-        self.local = sn == dn
-        self.local_time = np.where(self.src == self.dst, 0.0, LOCAL_LATENCY_S) + self.bytes / machine.memcpy_bytes_per_s
-        self.latency = np.maximum(latency[sn], latency[dn])
-        self.res_src, self.res_dst = sn, self.n_nodes + dn
-
-        # For each phase and rank, the messages it takes part in (a copy to itself counts once).
-        self.by_rank = []
-        self.requests = np.zeros((2, n_ranks), dtype=np.int64)
-        for ph in (PULL, PUSH):
-            idx = np.flatnonzero(self.phase == ph)
-            self_copy = self.src[idx] == self.dst[idx]
-            ends = np.concatenate([self.src[idx], self.dst[idx][~self_copy]])
-            flows = np.concatenate([idx, idx[~self_copy]])
-            order = np.argsort(ends, kind="stable")
-            bounds = np.searchsorted(ends[order], np.arange(n_ranks + 1))
-            self.by_rank.append((flows[order], bounds))
-            self.requests[ph] = np.diff(bounds)
+        # The run's message plan; empty shards have no pieces and move nothing, as in the exchange.
+        plan = MessagePlan.build(profile.params, sched.servers, self.worker_ranks.tolist(),
+                                 bucket_bytes=int(options.bucket_mb * 2 ** 20))
+        self.plan = plan
+        self._build_templates(plan, node_of, latency, machine)
+        fractions = (ready_fractions(plan, profile.forward_fraction) if options.overlap
+                     else [1.0] * len(plan.pieces))
+        self.fraction = np.array(fractions, dtype=np.float64)
 
         # Work: steps per (iteration, worker) with noise and stragglers drawn up front, seeded.
+        n_w = len(self.worker_ranks)
         base = compute_times(cluster, placement, profile)
         rng = np.random.default_rng(options.seed)
-        iters = options.iterations
+        # Iterations simulated; those measured are [first, first + options.iterations).
+        self.first = 1 if options.steady_state else 0
+        self.iters = iters = options.iterations + 2 * self.first
         factor = np.ones((iters, n_w))
         if options.noise_sigma > 0:
             s = options.noise_sigma
@@ -246,25 +288,67 @@ class _Run:
         if options.straggler_prob > 0:
             factor *= np.where(rng.random((iters, n_w)) < options.straggler_prob, options.straggler_slowdown, 1.0)
         self.compute = base[None, :] * factor
-        self.resolution = (AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
-                           else options.resolution_s)
+        # At most a tenth of the shortest step: events handled early must not swallow steps whole.
+        self.resolution = min(AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
+                              else options.resolution_s, MAX_RESOLUTION * float(np.min(self.compute)))
         per_byte = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost(options.optimizer))
-        self.aggregate = np.zeros(n_ranks)
-        for s in shards:
-            self.aggregate[s.server] += per_byte * BYTES_PER_ELEMENT * s.size / speed[node_of[s.server]]
+        self.aggregate = np.array([per_byte * BYTES_PER_ELEMENT * p.size / speed[node_of[p.server]]
+                                   for p in plan.pieces])
         self.network_bytes = float(self.bytes[~self.local].sum())
+
+    def _build_templates(self, plan: MessagePlan, node_of: np.ndarray, latency: np.ndarray,
+                         machine: MachineProfile) -> None:
+        """Arrays of plan.messages() (pulls piece by piece in forward order, then pushes piece by piece
+        in backward order, each for every worker), built from the plan's tables without a Python object
+        per message: half a million messages an iteration at 1024 nodes."""
+        n_p, n_w = len(plan.pieces), len(plan.workers)
+        workers = np.array(plan.workers, dtype=np.int64)
+        server = np.array([p.server for p in plan.pieces], dtype=np.int64)
+        elements = np.array([p.size for p in plan.pieces], dtype=np.int64)
+        pull_piece, pull_row = np.repeat(np.arange(n_p), n_w), np.tile(np.arange(n_w), n_p)
+        push_piece, push_row = np.repeat(np.arange(n_p)[::-1], n_w), np.tile(np.arange(n_w), n_p)
+        push_nbytes = np.array(plan.push_nbytes, dtype=np.float64).reshape(n_w, n_p)
+        self.kind = np.concatenate([np.full(n_p * n_w, PULL), np.full(n_p * n_w, PUSH)])
+        self.piece = np.concatenate([pull_piece, push_piece])
+        self.row = np.concatenate([pull_row, push_row])
+        self.src = np.concatenate([server[pull_piece], workers[push_row]])
+        self.dst = np.concatenate([workers[pull_row], server[push_piece]])
+        self.bytes = np.concatenate([BYTES_PER_ELEMENT * elements[pull_piece].astype(np.float64),
+                                     push_nbytes[push_row, push_piece]])
+        self.n_template = len(self.src)
+        self.pull_t = np.empty((n_p, n_w), dtype=np.int64)          # [piece, worker row] -> template
+        self.pull_t[pull_piece, pull_row] = np.arange(n_p * n_w)
+        self.push_t = np.empty((n_p, n_w), dtype=np.int64)
+        self.push_t[push_piece, push_row] = n_p * n_w + np.arange(n_p * n_w)
+        sn, dn = node_of[self.src], node_of[self.dst]
+        self.local = sn == dn
+        self.local_time = np.where(self.src == self.dst, 0.0, LOCAL_LATENCY_S) + self.bytes / machine.memcpy_bytes_per_s
+        self.latency = np.maximum(latency[sn], latency[dn])
+        self.res_src, self.res_dst = sn, self.n_nodes + dn
 
     # -- the event loop -------------------------------------------------------------------------------
 
     def run(self, common: dict) -> SimResult:
-        iters, R = self.opt.iterations, self.n_ranks
-        self.posted = np.full((iters, 2, R), np.nan)
-        self.ended = np.full((iters, 2, R), np.nan)
-        self.last_start = np.full((iters, 2, R), -np.inf)
-        self.outstanding = np.repeat(self.requests[None, :, :], iters, axis=0).copy()
-        self.finished = np.full((iters, R), np.nan)
+        iters, R = self.iters, self.n_ranks
+        n_p, n_w = len(self.plan.pieces), len(self.worker_ranks)
+        self.posted = np.full((self.n_template, 2), np.nan)     # this message's post time at each end
+        self.started = np.full(self.n_template, np.nan)         # when it started moving
+        self.pulls_left = np.full(n_w, n_p, dtype=np.int64)     # of the iteration a worker awaits
+        self.pushes_left = np.full(n_p, n_w, dtype=np.int64)    # of the iteration a piece's server awaits
+        self.queue = [[] for _ in range(R)]                     # pieces ready to aggregate, per rank
+        self.busy = np.zeros(R, dtype=bool)                     # computing or aggregating
+        self.can_compute = np.full(n_w, -1, dtype=np.int64)     # iteration whose pulls are all in
+        self.compute_start = np.full((iters, n_w), np.nan)
+        self.compute_end = np.full((iters, n_w), np.nan)
+        self.aggregations: list[tuple[int, float, float]] = []  # (rank, start, end)
+        self.aggregated = np.zeros(iters, dtype=np.int64)       # pieces aggregated per iteration
+        # A rank's push and pull window per iteration: the last start and the last end of its messages.
+        self.win_start = np.full((iters, 2, R), -np.inf)
+        self.win_end = np.full((iters, 2, R), -np.inf)
+        self.finished = np.zeros((iters, R))                     # when a rank's iteration ends
         self.heap: list = []
         self.seq = 0
+        self.pending: dict[tuple[float, int], list] = {}        # (time, iteration) -> pushes posted then
         # Flows on the NICs: id, bytes left, NIC resources, rate (kept side by side, in step).
         self.a_id = np.empty(0, np.int64)
         self.a_left = np.empty(0)
@@ -272,10 +356,14 @@ class _Run:
         self.a_dst = np.empty(0, np.int64)
         self.a_rate = np.empty(0)
         self.now = 0.0
+        self.dirty = False
         events = 0
-        ranks = set(self.worker_ranks.tolist()) | set(np.flatnonzero(self.is_server).tolist())
-        for r in sorted(ranks):
-            self._push_event(0.0, _POST, (0, PULL, r))
+        # Iteration 0: every server sends its pieces' values and awaits every push; every worker awaits
+        # every piece.
+        pulls, pushes = self.pull_t.ravel(), self.push_t.ravel()
+        self._push_event(0.0, _POST, (0, pulls, _SRC))
+        self._push_event(0.0, _POST, (0, pulls, _DST))
+        self._push_event(0.0, _POST, (0, pushes, _DST))
 
         while self.heap or self.a_id.size:
             t_event = self.heap[0][0] if self.heap else math.inf
@@ -287,7 +375,6 @@ class _Run:
                 self.a_left -= self.a_rate * (t - self.now)
             self.now = t
             tol = max(self.resolution, 1e-9 * t, 1e-15)
-            changed = False
             if self.a_id.size:
                 done = self.a_left <= self.a_rate * tol
                 if done.any():
@@ -295,39 +382,39 @@ class _Run:
                     keep = ~done
                     self.a_id, self.a_left = self.a_id[keep], self.a_left[keep]
                     self.a_src, self.a_dst = self.a_src[keep], self.a_dst[keep]
-                    changed = True
+                    self.dirty = True
             while self.heap and self.heap[0][0] <= self.now + tol:
                 _, _, kind, payload = heapq.heappop(self.heap)
                 events += 1
                 if kind == _POST:
-                    changed |= self._post(*payload)
-                else:
+                    self._post(*payload)
+                elif kind == _DONE:
                     self._complete(*payload)
-            if changed and self.a_id.size:
+                elif kind == _COMPUTE_END:
+                    self._compute_end(*payload)
+                elif kind == _AGGREGATE_END:
+                    self._aggregate_end(*payload)
+                else:
+                    self._post(payload[1], np.concatenate(self.pending.pop(payload)), _SRC)
+            if self.dirty and self.a_id.size:
                 self.a_rate = flow_rates(self.a_src, self.a_dst, self.capacity, self.opt.sharing)
+            self.dirty = False
         return self._result(common, events)
 
     def _push_event(self, t: float, kind: int, payload) -> None:
         heapq.heappush(self.heap, (t, self.seq, kind, payload))
         self.seq += 1
 
-    def _post(self, k: int, ph: int, r: int) -> bool:
-        """Rank r enters phase ph of iteration k. Returns whether flows joined the NICs."""
-        t = self.now
-        self.posted[k, ph, r] = t
-        if self.outstanding[k, ph, r] == 0:         # nothing to move (a server of an empty shard)
-            self._phase_end(k, ph, r)
-            return False
-        flows, bounds = self.by_rank[ph]
-        idx = flows[bounds[r]:bounds[r + 1]]
-        other = self.src[idx] + self.dst[idx] - r
-        ready = ~np.isnan(self.posted[k, ph, other])
-        idx, other = idx[ready], other[ready]
+    def _post(self, k: int, tmpl: np.ndarray, side: int) -> None:
+        """One end of these messages of iteration k posted now; those whose other end has posted start."""
+        if not np.isnan(self.posted[tmpl, side]).all():
+            raise RuntimeError("a message was posted again before it completed (a bug in the simulator)")
+        self.posted[tmpl, side] = self.now
+        idx = tmpl[~np.isnan(self.posted[tmpl, 1 - side])]
         if idx.size == 0:
-            return False
-        # r posted last, so these start now: r waited for nobody, each peer waited for r.
-        self.last_start[k, ph, r] = t
-        np.maximum.at(self.last_start[k, ph], other, t)
+            return
+        t = self.now
+        self.started[idx] = t
         local = self.local[idx]
         if local.any():
             li = idx[local]
@@ -340,8 +427,7 @@ class _Run:
             self.a_left = np.concatenate([self.a_left, self.bytes[net]])
             self.a_src = np.concatenate([self.a_src, self.res_src[net]])
             self.a_dst = np.concatenate([self.a_dst, self.res_dst[net]])
-            return True
-        return False
+            self.dirty = True
 
     def _drained(self, ids: np.ndarray) -> None:
         """Flows whose last byte left now: they complete one latency later."""
@@ -353,54 +439,163 @@ class _Run:
                 self._push_event(float(end), _DONE, (int(k), tmpl[sel & (ids // self.n_template == k)]))
 
     def _complete(self, k: int, tmpl: np.ndarray) -> None:
-        """Messages done: each end has one request fewer; a rank with none left ends its phase."""
-        for ph in (PULL, PUSH):
-            sel = tmpl[self.phase[tmpl] == ph]
-            if sel.size == 0:
-                continue
-            ends = np.concatenate([self.src[sel], self.dst[sel][self.src[sel] != self.dst[sel]]])
-            touched, counts = np.unique(ends, return_counts=True)
-            self.outstanding[k, ph, touched] -= counts
-            for r in touched[self.outstanding[k, ph, touched] == 0]:
-                self._phase_end(k, ph, int(r))
-
-    def _phase_end(self, k: int, ph: int, r: int) -> None:
+        """Messages of iteration k done: windows, then what each completion lets happen."""
         t = self.now
-        self.ended[k, ph, r] = t
-        if ph == PULL:
-            w = self.worker_of_rank[r]
-            self._push_event(t + (self.compute[k, w] if w >= 0 else 0.0), _POST, (k, PUSH, r))
-        else:
-            done = t + self.aggregate[r]
-            self.finished[k, r] = done
-            if k + 1 < self.opt.iterations:
-                self._push_event(done, _POST, (k + 1, PULL, r))
+        kind, src, dst = self.kind[tmpl], self.src[tmpl], self.dst[tmpl]
+        other = src != dst
+        ends = np.concatenate([src, dst[other]])
+        kinds = np.concatenate([kind, kind[other]])
+        starts = np.concatenate([self.started[tmpl], self.started[tmpl][other]])
+        np.maximum.at(self.win_start[k], (kinds, ends), starts)
+        self.win_end[k][kinds, ends] = t
+        self.posted[tmpl] = np.nan
+        self.started[tmpl] = np.nan
+        pull = kind == PULL
+        if pull.any():
+            rows, counts = np.unique(self.row[tmpl[pull]], return_counts=True)
+            self.pulls_left[rows] -= counts
+            for w in rows[self.pulls_left[rows] == 0]:
+                self.can_compute[w] = k
+                self._kick(int(self.worker_ranks[w]))
+        if (~pull).any():
+            pushed = tmpl[~pull]
+            senders = self.src[pushed]
+            self.finished[k, senders] = np.maximum(self.finished[k, senders], t)
+            pieces, counts = np.unique(self.piece[pushed], return_counts=True)
+            self.pushes_left[pieces] -= counts
+            for p in pieces[self.pushes_left[pieces] == 0]:
+                r = self.plan.pieces[p].server
+                self.queue[r].append((int(p), k))
+                self._kick(r)
+
+    def _kick(self, r: int) -> None:
+        """Rank r, if idle, aggregates the next ready piece, else starts a step whose pulls are in."""
+        if self.busy[r]:
+            return
+        t = self.now
+        if self.queue[r]:
+            p, k = self.queue[r].pop(0)
+            self.busy[r] = True
+            self._push_event(t + float(self.aggregate[p]), _AGGREGATE_END, (r, p, k, t))
+            return
+        w = self.worker_of_rank[r]
+        if w < 0 or self.can_compute[w] < 0:
+            return
+        k = int(self.can_compute[w])
+        self.can_compute[w] = -1
+        self.busy[r] = True
+        c = float(self.compute[k, w])
+        self.compute_start[k, w] = t
+        # Each piece's push is posted once the backward pass has produced its gradient. Posts are put
+        # on the resolution's grid (at most that early), so that workers' posts at nearly the same
+        # time are one event: thousands of workers post hundreds of pieces each.
+        posts = t + c * self.fraction
+        if self.resolution > 0:
+            posts = np.maximum(t, np.floor(posts / self.resolution) * self.resolution)
+        for when in np.unique(posts):
+            key = (float(when), k)
+            batch = self.pending.get(key)
+            if batch is None:
+                self.pending[key] = batch = []
+                self._push_event(key[0], _POST_PUSHES, key)
+            batch.append(self.push_t[posts == when, w])
+        self._push_event(t + c, _COMPUTE_END, (k, int(w)))
+
+    def _compute_end(self, k: int, w: int) -> None:
+        r = int(self.worker_ranks[w])
+        t = self.now
+        self.busy[r] = False
+        self.compute_end[k, w] = t
+        self.finished[k, r] = max(self.finished[k, r], t)
+        if k + 1 < self.iters:                # the next iteration's receives, once backward is through
+            self.pulls_left[w] = len(self.plan.pieces)
+            self._post(k + 1, self.pull_t[:, w], _DST)
+        self._kick(r)
+
+    def _aggregate_end(self, r: int, p: int, k: int, began: float) -> None:
+        t = self.now
+        self.busy[r] = False
+        self.aggregations.append((r, began, t))
+        self.aggregated[k] += 1
+        self.finished[k, r] = max(self.finished[k, r], t)
+        if k + 1 < self.iters:                # the new values to every worker; the next pushes awaited
+            self.pushes_left[p] = len(self.worker_ranks)
+            self._post(k + 1, self.pull_t[p], _SRC)
+            self._post(k + 1, self.push_t[p], _DST)
+        self._kick(r)
 
     # -- results --------------------------------------------------------------------------------------
 
     def _result(self, common: dict, events: int) -> SimResult:
-        iters = self.opt.iterations
-        active = ~np.isnan(self.finished[0])
-        if np.isnan(self.finished[:, active]).any():
+        measured = self.opt.iterations
+        if np.isnan(self.compute_end).any() or (self.aggregated != len(self.plan.pieces)).any():
             raise RuntimeError("simulation ended with ranks still in an iteration (a bug in the simulator)")
-        ends = np.nanmax(self.finished, axis=1)                 # (iters,)
-        times = np.diff(np.concatenate([[0.0], ends]))
-        total = float(ends[-1])
+        active = np.zeros(self.n_ranks, dtype=bool)
+        active[self.worker_ranks] = True
+        active |= self.is_server
+        ends = np.concatenate([[0.0], np.max(self.finished[:, active], axis=1)])   # ends[k + 1]: iteration k's
+        window = ends[self.first], ends[self.first + measured]
+        times = np.diff(ends[self.first:self.first + measured + 1])
+        span = window[1] - window[0]
+        parts = self._parts(*window)
         sched = self.placement.schedule
         stats = []
         for r in np.flatnonzero(active):
             w = self.worker_of_rank[r]
             spec = sched.workers[w] if w >= 0 else None
-            phase_s = np.nan_to_num(self.ended[:, :, r] - self.posted[:, :, r])             # (iters, 2)
-            waited = np.clip(self.last_start[:, :, r] - self.posted[:, :, r], 0, phase_s)
-            moving = phase_s - waited
-            compute = float(self.compute[:, w].sum()) if w >= 0 else 0.0
-            aggregate = float(self.aggregate[r]) * iters
-            busy = compute + moving.sum() + aggregate
+            compute, aggregate, push, pull = (float(x) / measured for x in parts[r])
             stats.append(RankStats(int(r), self.placement.rank_nodes[r], bool(self.is_server[r]),
                                    spec.batch if spec else 0, spec.threads if spec else 0,
-                                   compute / iters, float(moving[:, PULL].sum()) / iters,
-                                   float(moving[:, PUSH].sum()) / iters, aggregate / iters,
-                                   max(0.0, float(total - busy)) / iters))
-        return SimResult("ok", total / iters, tuple(float(x) for x in times), tuple(stats),
+                                   compute, pull, push, aggregate,
+                                   max(0.0, span / measured - compute - pull - push - aggregate)))
+        return SimResult("ok", span / measured, tuple(float(x) for x in times), tuple(stats),
                          bytes_per_iteration=self.network_bytes, events=events, **common)
+
+    def _parts(self, t0: float, t1: float) -> np.ndarray:
+        """(n_ranks, 4) seconds of compute, aggregation, push and pull in [t0, t1] (RankStats)."""
+        rank, start, end, kind = [], [], [], []
+        w_rank = np.broadcast_to(self.worker_ranks, self.compute_start.shape)
+        rank.append(w_rank.ravel())
+        start.append(self.compute_start.ravel())
+        end.append(self.compute_end.ravel())
+        kind.append(np.full(w_rank.size, _COMPUTE))
+        if self.aggregations:
+            a = np.array(self.aggregations)
+            rank.append(a[:, 0].astype(np.int64))
+            start.append(a[:, 1])
+            end.append(a[:, 2])
+            kind.append(np.full(len(a), _AGGREGATE))
+        for ph, part in ((PUSH, _PUSH_MOVING), (PULL, _PULL_MOVING)):
+            s, e = self.win_start[:, ph, :], self.win_end[:, ph, :]
+            ok = np.isfinite(s) & np.isfinite(e)
+            rank.append(np.broadcast_to(np.arange(self.n_ranks), s.shape)[ok])
+            start.append(s[ok])
+            end.append(e[ok])
+            kind.append(np.full(int(ok.sum()), part))
+        return claimed_time(np.concatenate(rank), np.clip(np.concatenate(start), t0, t1),
+                            np.clip(np.concatenate(end), t0, t1), np.concatenate(kind), self.n_ranks, 4)
+
+
+def claimed_time(rank: np.ndarray, start: np.ndarray, end: np.ndarray, kind: np.ndarray, n_ranks: int,
+                 n_kinds: int) -> np.ndarray:
+    """(n_ranks, n_kinds): per rank, how long intervals of each kind cover its time line, each instant
+    counted once, for the lowest-numbered kind covering it."""
+    out = np.zeros((n_ranks, n_kinds))
+    keep = end > start
+    rank, start, end, kind = rank[keep], start[keep], end[keep], kind[keep]
+    if rank.size == 0:
+        return out
+    t = np.concatenate([start, end])
+    r = np.concatenate([rank, rank])
+    k = np.concatenate([kind, kind])
+    d = np.concatenate([np.ones(rank.size, np.int64), -np.ones(rank.size, np.int64)])
+    order = np.lexsort((-d, t, r))          # per rank by time; at one time, intervals open before they close
+    t, r, k, d = t[order], r[order], k[order], d[order]
+    delta = np.zeros((t.size, n_kinds), dtype=np.int64)
+    delta[np.arange(t.size), k] = d
+    covering = np.cumsum(delta, axis=0)[:-1] > 0           # after each event, until the next
+    seg = t[1:] - t[:-1]
+    top = np.argmax(covering, axis=1)
+    valid = (r[1:] == r[:-1]) & covering.any(axis=1) & (seg > 0)
+    np.add.at(out, (r[:-1][valid], top[valid]), seg[valid])
+    return out

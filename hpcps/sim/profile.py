@@ -9,6 +9,12 @@ A step of b samples with t threads on c free cores takes
 where both terms follow Amdahl's law with the parallel fraction measured between 1 and 2 threads
 (the median over batch sizes), and threads past the node's cores add the
 oversubscription cost measured with twice as many threads as the calibration machine has cores.
+
+A profile may also give `forward_fraction`, the share of a step before the backward pass starts
+producing gradients (the simulator's and tuner's model of when pushes can start: hpcps.ps.plan
+.ready_fractions). Without it, 1/3: a layer's backward pass computes the gradients of both its input
+and its weights, each about the work of its forward pass, so the forward pass is about a third of a
+step. The calibration does not measure it (cifar-resnet measured 0.36-0.38 here, batch 8, docs/sim.md).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from hpcps.config.errors import ConfigError
 from hpcps.config.toml_schema import Key, check_number, check_type, read_toml, take_table
 
 DEFAULT_PROFILES = Path(__file__).with_name("profiles.toml")
+DEFAULT_FORWARD_FRACTION = 1.0 / 3.0     # backward about twice the forward (see above)
 
 
 def _parallel_fraction(t1: float, t2: float) -> float:
@@ -50,6 +57,7 @@ class WorkloadProfile:
     model: tuple[tuple[str, Any], ...] = ()
     data: tuple[tuple[str, Any], ...] = ()
     note: str = ""                     # how the profile was derived, when not measured as is
+    forward_fraction: float = DEFAULT_FORWARD_FRACTION   # share of a step before gradients appear
 
     def step_time(self, batch: int, threads: int, cores: int, node_threads: int) -> float:
         """Seconds for one step at speed 1.0: batch samples, this worker's threads, the node's cores and
@@ -74,7 +82,8 @@ class WorkloadProfile:
                                self.per_sample_parallel, self.oversubscription,
                                self.activation_bytes_per_sample * f, tuple(sorted(model.items())),
                                tuple(sorted(data.items())),
-                               f"scaled from the calibrated options ({self.params} parameters) by a factor {f:.3g}")
+                               f"scaled from the calibrated options ({self.params} parameters) by a factor {f:.3g}",
+                               self.forward_fraction)
 
 
 @dataclass(frozen=True)
@@ -130,9 +139,10 @@ def _workload_from(name: str, t: dict[str, Any], cpus: int) -> WorkloadProfile:
         probe = WorkloadProfile(name, 1, fixed[i1], per[i1], q, q, 0.0, 0.0)
         ratios = sorted(m / probe.step_time(b, th, cpus, th) for b, m in zip(t["batches"], t["times_s"][i]))
         oversub = max(0.0, (ratios[len(ratios) // 2] - 1.0) / (th / cpus - 1.0))
+    forward = float(t.get("forward_fraction", DEFAULT_FORWARD_FRACTION))
     return WorkloadProfile(name, int(t["params"]), fixed[i1], per[i1], q, q, oversub,
                            float(t["activation_bytes_per_sample"]), tuple(sorted(t["model"].items())),
-                           tuple(sorted(t["data"].items())))
+                           tuple(sorted(t["data"].items())), forward_fraction=forward)
 
 
 # What a profiles file must hold, with the limits that keep the simulator's arithmetic finite (a zero
@@ -155,6 +165,7 @@ _WORKLOAD_SPEC = {
     "times_s": Key(list),
     "fixed_s": Key(list),
     "per_sample_s": Key(list),
+    "forward_fraction": Key(float, DEFAULT_FORWARD_FRACTION, ge=0, le=1),
 }
 
 

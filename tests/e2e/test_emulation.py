@@ -161,3 +161,67 @@ def test_a_node_schedule_needs_a_cluster(tmp_path):
     sched = write(tmp_path, "schedule.toml", '[[nodes]]\nname = "a1"\nserver = true\nworkers = [{batch = 64}]\n')
     out = run_mpi(1, ["-m", "hpcps.train", "--schedule", str(sched)], timeout=60)
     assert out.returncode == 2 and "needs a cluster" in out.stderr
+
+
+ONE_SERVER_SLOW_NICS = """
+name = "one-server-slow-nics"
+[types.slow-nic]
+speed = 1.0
+cores = 2
+nic_gbps = 0.1
+latency_us = 0.0
+[[nodes]]
+names = "s1"
+type = "slow-nic"
+[[nodes]]
+names = "w1"
+type = "slow-nic"
+"""
+
+
+def test_an_emulated_step_pushes_during_the_backward_pass_as_the_simulator_models(tmp_path):
+    """A server alone on one node, a worker on another, 0.1 Gb/s NICs, the model in pieces of 10 KiB.
+    The worker pushes most pieces before its emulated step ends, and the run's iteration time is the
+    simulator's for that step time (charged, from the trace) within 10%; pushing after the step
+    would make it over a fifth slower, so the comparison tells the two apart."""
+    import json
+    from dataclasses import replace
+
+    from hpcps.cluster import load_cluster
+    from hpcps.cluster.placement import load_node_schedule
+    from hpcps.sim import SimOptions, load_profiles, simulate
+    from hpcps.sim.profile import WorkloadProfile
+    from hpcps.trace.schema import DIRECTION
+
+    cluster = write(tmp_path, "cluster.toml", ONE_SERVER_SLOW_NICS)
+    sched = write(tmp_path, "schedule.toml", '[[nodes]]\nname = "s1"\nserver = true\nworkers = []\n'
+                                             '[[nodes]]\nname = "w1"\nworkers = [{batch = 16}]\n')
+    job = write(tmp_path, "job.toml", CIFAR_SMALL.replace("global_batch = 32", "global_batch = 16")
+                + "[exchange]\nbucket_mb = 0.01\n")
+    # A generous dilation: on a loaded machine the real step must still end well before its pushes are due.
+    out = run_mpi(2, ["-m", "hpcps.train", "--job", str(job), "--cluster", str(cluster), "--schedule", str(sched),
+                      "--trace", str(tmp_path / "t.h5"), "--time-dilation", "30"])
+    assert out.returncode == 0, out.stderr
+    assert "overlapped" in out.stdout and "warning" not in out.stdout, out.stdout
+    trace = open_trace(tmp_path / "t.h5")
+    comp = trace.phase("compute")
+    push = trace.transfers_of("push")
+    sent = push[(push["direction"] == DIRECTION["send"]) & (push["rank"] == 1)]
+    early = []
+    for it in range(2, 12):
+        c = comp[(comp["rank"] == 1) & (comp["iteration"] == it)][0]
+        posts = sent["t_post"][sent["iteration"] == it]
+        early.append(np.mean(posts < c["t_end"] - 0.1 * (c["t_end"] - c["t_start"])))
+    assert len(sent) > 2 * 10 and np.median(early) >= 0.5, early
+
+    cost = [c for c in json.loads(trace.attrs["emulated_step_cost_s"]) if c is not None][0]
+    profile = WorkloadProfile("charged", int(trace.attrs["n_params"]), cost, 0.0, 0.5, 0.5, 0.0, 1e5)
+    options = SimOptions(iterations=5, steady_state=True, bucket_mb=0.01)
+    c, placement = load_cluster(cluster), load_node_schedule(sched).to_rank_schedule()
+    machine = load_profiles().machine
+    simulated = simulate(c, placement, profile, machine, options).iteration_time_s
+    after_step = simulate(c, placement, profile, machine, replace(options, overlap=False)).iteration_time_s
+    it = trace.iterations
+    emulated = float(np.median(it["time_s"][it["iteration"] >= 3]))
+    assert after_step > 1.2 * simulated
+    assert emulated == pytest.approx(simulated, rel=0.10), (emulated, simulated, after_step)

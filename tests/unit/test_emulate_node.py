@@ -58,3 +58,42 @@ def test_a_held_step_calls_idle_until_its_time_is_up():
     started = now()
     clock.hold(started, 0.02)
     assert now() >= started + 0.02 and len(calls) >= 2 and clock.overruns == 0
+
+
+def test_an_overlapped_step_pushes_each_piece_at_its_share_of_the_emulated_step():
+    """The real step (10 ms of CPU) completes piece 1 halfway through and piece 0 at its end; charged
+    200 ms, it pushes piece 1 at 100 ms and piece 0 at 200 ms, polling the exchange meanwhile."""
+    from hpcps.emulate.fabric import now
+    from hpcps.emulate.node import PushSchedule
+    clock = NodeClock(dilation=1.0, speed=1.0, reference_cpu_s=0.2)
+    pushed, polls = [], []
+    schedule = PushSchedule(lambda q: pushed.append((q, now())), lambda: polls.append(now()))
+
+    def step():
+        spin(0.005)
+        schedule.ready(1)
+        spin(0.005)
+        schedule.ready(0)
+    t0 = now()
+    clock.run_step(step, pushes=schedule)
+    end = now()
+    assert [q for q, _ in pushed] == [1, 0]
+    assert pushed[0][1] - t0 == pytest.approx(0.1, abs=0.03)
+    assert pushed[1][1] - t0 == pytest.approx(0.2, abs=0.03)
+    assert end - t0 >= 0.2 and clock.overruns == 0 and (clock.pushes, clock.late_pushes) == (2, 0)
+    assert len(polls) > 20              # the exchange kept going while the step was held
+
+
+def test_an_overlapped_step_that_overruns_pushes_at_once_and_counts_once():
+    from hpcps.emulate.node import PushSchedule
+    clock = NodeClock(dilation=1.0, speed=1.0, reference_cpu_s=0.001)
+    pushed = []
+    schedule = PushSchedule(pushed.append, lambda: None)
+
+    def step():
+        schedule.ready(3)
+        spin(0.02)
+        schedule.ready(2)
+    clock.run_step(step, pushes=schedule)
+    assert pushed == [3, 2] and clock.overruns == 1 and clock.lag_s > 0.015
+    assert clock.pushes == 2 and clock.late_pushes == 2

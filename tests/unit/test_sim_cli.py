@@ -31,6 +31,17 @@ def test_json_output():
     assert {"compute_s", "pull_s", "push_s", "aggregate_s", "wait_s", "node"} <= set(out["ranks"][0])
 
 
+def test_the_jobs_exchange_settings_reach_the_simulator(capsys, tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(Path(JOB).read_text() + "\n[exchange]\nbucket_mb = 0.01\noverlap = false\n")
+    code, out, _ = sim(capsys, "--cluster", HETERO8, "--schedule", "naive", "--job", str(job), "--json",
+                       "--steady-state", "--iterations", "2")
+    assert code == 0
+    got = json.loads(out)
+    assert got["options"]["bucket_mb"] == 0.01 and got["options"]["overlap"] is False
+    assert got["options"]["steady_state"] is True and len(got["iteration_times_s"]) == 2
+
+
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(Path(HETERO8).read_text().replace("cores = 8", "cores = 8\nturbo = true"))

@@ -131,7 +131,8 @@ def test_composition_matches_the_simulator_with_true_constants(hetero10a, proble
     for p in points:
         s = problem.space.decode(p)
         pl = s.to_rank_schedule()
-        sim = simulate(hetero10a, pl, prof, profiles.machine, SimOptions(iterations=2, optimizer="sgd"))
+        sim = simulate(hetero10a, pl, prof, profiles.machine, SimOptions(iterations=2, optimizer="sgd",
+                                                                        steady_state=True))
         d = decode_many(problem.space, problem.space.encode(s)[None])
         comp = np.zeros(n)
         for w, t in zip(pl.schedule.workers, compute_times(hetero10a, pl, prof)):
@@ -172,3 +173,35 @@ def test_structured_model_is_an_emukit_model_that_learns_from_trials(hetero10a, 
     np.testing.assert_allclose(np.exp(lm[:, 0]), mean[:, 0], rtol=0.1)
     with pytest.raises(ValueError, match="n_points"):
         model.set_data(np.zeros((2, 3)), np.zeros((2, 1)))
+
+
+def test_the_composition_overlaps_pushes_with_the_backward_pass_as_the_simulator_does():
+    """One worker, two servers on nodes of their own, 1 ms a shard on every NIC, a 12 ms step, free
+    updates. The second shard (the vector's end) is ready two thirds into the step and its push is
+    through long before the step ends; the first shard's push (1 ms) comes back while the second
+    shard's next values come in (1 ms), then it comes in itself: 14 ms an iteration. Pushing both at
+    the end of the step: 2 ms of pushes sharing the NIC, then 2 ms of pulls, 16 ms."""
+    from dataclasses import replace
+
+    from hpcps.cluster import Cluster, Node, NodeType
+    from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker
+    from hpcps.sim import SimOptions, simulate
+    from hpcps.sim.profile import MachineProfile, WorkloadProfile
+
+    shard_bytes = 2 ** 19
+    t = NodeType("t", 1.0, 2, shard_bytes * 8 / 1e-3 / 1e9, latency_us=0.0)
+    cluster = Cluster("c", (t,), (Node("w", t), Node("s1", t), Node("s2", t)))
+    profile = WorkloadProfile("p", 2 ** 18, 1e-3, 5e-4, 0.5, 0.9, 0.25, 1e6)
+    machine = MachineProfile(5e9, 0.0, (("sgd", 0.0),), 3e8)
+    schedule = NodeSchedule((NodePlan("w", False, (NodeWorker(22),)), NodePlan("s1", True, ()),
+                             NodePlan("s2", True, ())))
+    servers, workers = np.array([[False, True, True]]), np.array([[True, False, False]])
+    bw = np.full((1, 1, 3), t.nic_bytes_per_s)
+    compute = np.array([[[0.012, 0.0, 0.0]]])
+    for forward, expected in ((1 / 3, 0.014), (1.0, 0.016)):
+        it = iteration_times(servers, workers, compute, bw, np.zeros((1, 1, 3)), np.zeros((1, 1, 3)),
+                             2.0 * shard_bytes, forward_fraction=forward)
+        assert it[0, 0] == pytest.approx(expected, rel=1e-9)
+        sim = simulate(cluster, schedule.to_rank_schedule(), replace(profile, forward_fraction=forward), machine,
+                       SimOptions(iterations=2, resolution_s=0.0, steady_state=True))
+        assert sim.iteration_time_s == pytest.approx(expected, rel=1e-9)

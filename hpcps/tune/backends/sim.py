@@ -1,7 +1,9 @@
 """The simulator as a backend: a trial is `iterations` simulated BSP iterations with run-to-run noise.
 
-Each iteration is simulated on its own (a one-iteration run with its own noise seed), so that a trial
-gives per-rank, per-iteration observations as a trace does; the trial's time is their mean.
+Each iteration is simulated on its own (a one-iteration run with its own noise seed, in the steady
+state: an iteration before and after it are simulated and left out, as a trace leaves out a run's
+first), so that a trial gives per-rank, per-iteration observations as a trace does; the trial's time
+is their mean.
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ class SimBackend(Backend):
         self.seed = seed
 
     def run_trial(self, trial_dir: Path | None, schedule: NodeSchedule, trial: int) -> TrialResult:
-        from hpcps.sim import SimOptions, simulate
+        from hpcps.sim import SimOptions, job_options, simulate
         t0 = time.perf_counter()
         placement = schedule.to_rank_schedule()
         times, obs = [], []
         for it in range(self.iterations):
             # Seeds from (run seed, trial, iteration): a resumed run measures what an unbroken one would.
             seed = int(np.random.SeedSequence([self.seed, trial, it]).generate_state(1)[0])
-            opts = SimOptions(iterations=1, noise_sigma=self.noise_sigma, seed=seed, optimizer=self.job.optimizer.name)
+            opts = SimOptions(iterations=1, noise_sigma=self.noise_sigma, seed=seed, steady_state=True,
+                              **job_options(self.job))
             r = simulate(self.cluster, placement, self.profile, self.profiles.machine, opts)
             if not r.feasible:
                 return TrialResult(r.status, elapsed_s=time.perf_counter() - t0)
@@ -54,7 +57,7 @@ class SimBackend(Backend):
 
     def true_time(self, schedule: NodeSchedule, iterations: int = 3) -> float:
         """The noise-free simulated iteration time (inf if it cannot run): what benchmarks score."""
-        from hpcps.sim import SimOptions, simulate
-        opts = SimOptions(iterations=iterations, optimizer=self.job.optimizer.name)
+        from hpcps.sim import SimOptions, job_options, simulate
+        opts = SimOptions(iterations=iterations, steady_state=True, **job_options(self.job))
         return simulate(self.cluster, schedule.to_rank_schedule(), self.profile, self.profiles.machine,
                         opts).iteration_time_s

@@ -3,16 +3,33 @@ composition of those with compute and server updates into the time of one synchr
 
 Per node type two constants: the NIC's effective bandwidth (bytes/s, per direction) and the message
 latency. A message between two nodes completes one latency (the larger of its ends') after its last
-byte; messages between ranks of one node are copies and cost nothing here. Flows share NICs:
+byte; messages between ranks of one node are copies and cost nothing here. A slice is one worker's
+share of one server's shard. It follows the overlapped runtime (docs/runtime.md), shard by shard:
 
-pull      every server sends its shard to every remote worker at once. A flow can go no faster than
-          the busier of its two NICs lets it, so a rank's pull ends when the busiest NIC it exchanges
-          with has moved its load: latency + max(own load, its peers' loads) / bandwidth.
-push      worker w's slice for server s can move once both have posted (w after its compute, s after
-          its own compute if it also works). Each server's NIC serves the slices as they arrive, first
-          come first served, which gives the same last finish as fair sharing for equal slices; a
-          worker's NIC carries all its slices.
-update    then each server aggregates; the iteration ends with the last server's update.
+push      worker w's slice for server s is posted once its gradient is complete, at the step's
+          start + compute_w * r_s, where r_s is the ready fraction (hpcps.ps.plan.ready_fractions) of
+          the piece at the start of s's shard: servers holding the end of the flat vector get their
+          slices first, the first shard's at the end of the step. A server's receives are posted long
+          before. Each server's NIC serves its slices as they arrive, and each worker's NIC sends its
+          own in the order they are ready, first come first served (the same last finish as fair
+          sharing for equal slices).
+update    each server updates its shard once all of its slices are in, and, if it also works, after
+          its own step.
+pull      a server sends its shard to every worker once updated; a worker posts its receives when its
+          step ends, and starts its next step when every shard is in. Each slice moves from the later
+          of the two; the server's NIC takes the workers in the order their steps end, the worker's
+          the shards in the order they are updated, and under fair sharing every slice of a busy spell
+          ends with it.
+
+The first iteration is different: every server sends at once at the start. A flow can go no faster
+than the busier of its two NICs lets it, so a worker has its shards when the busiest NIC it takes
+them from has moved its load. The composition follows ROUNDS iterations from there and answers the
+last one's time (from one step's start to the next, the longest of any worker's): one round is the
+cold start, the second already what a long run settles to on the clusters tried.
+
+What it leaves out: the pushes of one iteration and the pulls of the next share the NICs of a node
+that both serves and works, and a rank's pulls its NIC's other direction; the simulator has them
+(hpcps.sim), and schedules whose servers work on slow NICs come out up to a fifth faster here.
 
 Everything is vectorised over (samples, candidates, nodes) so that the acquisition can score
 thousands of schedules under many posterior samples at once. `NetworkModel` fits the two constants
@@ -28,9 +45,11 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from hpcps.cluster.description import Cluster
+from hpcps.sim.profile import DEFAULT_FORWARD_FRACTION
 from hpcps.tune.models.posterior import laplace_cov, laplace_samples
 
 _BIG = 1e30
+ROUNDS = 2          # iterations the composition follows from the cold start (see above)
 SAMPLE_JITTER = 1e-12                # on the covariance's diagonal when drawing constants
 
 
@@ -38,20 +57,52 @@ SAMPLE_JITTER = 1e-12                # on the covariance's diagonal when drawing
 class Exchange:
     """Times of one iteration, shapes (S, n) or (S, n, N); rank-level ones are 0 where a node does nothing."""
     iteration: np.ndarray          # (S, n) seconds
-    pull: np.ndarray               # (S, n, N) seconds a node's pull messages moved
-    push: np.ndarray               # (S, n, N) seconds a node's push messages moved once its peers had posted
-    ready: np.ndarray              # (S, n, N) when a node posted its push (pull + compute)
-    done: np.ndarray               # (S, n, N) when a server had all its pushes (before its update)
+    pull: np.ndarray               # (S, n, N) a node's pull_s as the simulator counts it (RankStats), cold start
+    push: np.ndarray               # (S, n, N) its push_s: its last push moving once posted, past its step
+    ready: np.ndarray              # (S, n, N) when a node's step ended, last round, from its first step start
+    done: np.ndarray               # (S, n, N) when a server had all its pushes (before its update), likewise
+
+
+def _max_of_others(values: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """Per node, the largest of values over the other nodes where `where` holds (0 if none); along -1."""
+    v = np.where(where, values, 0.0)
+    top = v.max(-1, keepdims=True)
+    first = np.arange(v.shape[-1]) == v.argmax(-1)[..., None]
+    second = np.where(first, 0.0, v).max(-1, keepdims=True)
+    return np.where(first, second, top)
+
+
+def _queue(a: np.ndarray, cost: np.ndarray, spells: bool = False) -> np.ndarray:
+    """A NIC per row serving slices that arrive in the order of the last axis (inf: no slice there),
+    each taking cost: when each slice is through (-inf where there is none). First come first served
+    gives the same last finish as fair sharing for equal slices; with spells, every slice of a busy
+    spell (a run of slices each arriving before the one ahead of it is through) ends with the spell,
+    as under fair sharing."""
+    valid = np.isfinite(a)
+    count = np.cumsum(valid, axis=-1)
+    # Through times only grow along the row (a place without a slice keeps the one before it's).
+    fifo = np.maximum.accumulate(np.where(valid, a - (count - 1) * cost, -_BIG), axis=-1) + count * cost
+    if spells:
+        prev = np.concatenate([np.full(fifo.shape[:-1] + (1,), -np.inf), fifo[..., :-1]], axis=-1)
+        starts = valid & (a > prev)
+        last = np.concatenate([starts[..., 1:], np.ones(starts.shape[:-1] + (1,), dtype=bool)], axis=-1)
+        # A spell's end is the first spell end from here on, the least as they only grow.
+        fifo = np.minimum.accumulate(np.where(last, fifo, np.inf)[..., ::-1], axis=-1)[..., ::-1]
+    return np.where(valid, fifo, -np.inf)
 
 
 def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarray, bandwidth: np.ndarray,
                     latency: np.ndarray, aggregate: np.ndarray, model_bytes: float,
-                    detail: bool = False) -> np.ndarray | Exchange:
-    """Time of one BSP iteration.
+                    detail: bool = False, forward_fraction: float = DEFAULT_FORWARD_FRACTION,
+                    rounds: int = ROUNDS) -> np.ndarray | Exchange:
+    """Time of one BSP iteration in the steady state.
 
     servers, workers: (n, N) bool, per candidate and node. compute, aggregate: (S, n, N) seconds of each
     node's worker step and server update (ignored where the node is not one). bandwidth (bytes/s) and
-    latency (s): (S, 1, N) or (S, n, N). Returns (S, n) seconds, or an Exchange with per-node times.
+    latency (s): (S, 1, N) or (S, n, N). forward_fraction: the share of a step before gradients appear
+    (1: pushes wait for the end of the step). rounds: iterations followed from a start where every
+    worker pulls at once; the last one's time is the answer. Returns (S, n) seconds, or an Exchange with
+    per-node times (of the last round).
     """
     sv = servers.astype(float)[None]                       # (1, n, N)
     wk = workers.astype(float)[None]
@@ -60,8 +111,14 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     shard = model_bytes / np.maximum(m, 1.0)
     B = np.broadcast_to(bandwidth, compute.shape)
     L = np.broadcast_to(latency, compute.shape)
+    S = B.shape[0]
+    N = servers.shape[-1]
+    n = servers.shape[0]
 
-    # Pull: loads on each NIC, and the busiest NIC each rank exchanges with.
+    # The first pull: every server sends its shard to every remote worker at once. A flow can go no
+    # faster than the busier of its two NICs lets it, so a rank's pull ends when the busiest NIC it
+    # exchanges with has moved its load. A worker waits only for the shards it receives (its own
+    # server's it copies), not for its server's sends.
     remote_servers = wk * (m - sv)                          # shards a worker receives over its NIC
     remote_workers = sv * (w_count - wk)                    # copies a server sends over its NIC
     t_in = remote_servers * shard / B
@@ -74,69 +131,104 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     pull_lat = np.maximum(L, np.maximum(wk * lat_servers, sv * lat_workers))
     pull = np.where(has_pull, pull_lat + np.maximum(np.maximum(t_in, t_out),
                                                     np.maximum(wk * max_out, sv * max_in)), 0.0)
-    ready = pull + np.where(wk > 0, compute, 0.0)           # (S, n, N)
+    pull_in = np.where(remote_servers > 0, np.maximum(L, lat_servers)
+                       + np.maximum(t_in, _max_of_others(t_out, sv > 0)), 0.0)
+    work = np.where(wk > 0, compute, 0.0)
 
-    # Push: flow (server s, worker w) for w != s, on arrays (S, n, M, N) over each candidate's servers
+    # Slices: (server s, worker w) for w != s, on arrays (S, n, M, N) over each candidate's servers
     # (M: the most servers of any candidate here), which is far smaller than N x N on big clusters.
-    N = servers.shape[-1]
-    n = servers.shape[0]
     M = max(1, int(servers.sum(-1).max()))
     srv_idx = np.argsort(~servers, axis=-1, kind="stable")[:, :M]          # (n, M) servers first
     srv_ok = np.take_along_axis(servers, srv_idx, axis=-1)                 # (n, M)
-    flow = srv_ok[:, :, None] & workers[:, None, :] & (srv_idx[:, :, None] != np.arange(N)[None, None, :])
+    own_server = srv_idx[:, :, None] == np.arange(N)[None, None, :]        # (n, M, N)
+    flow = (srv_ok[:, :, None] & workers[:, None, :] & ~own_server)[None]
+    local = (srv_ok[:, :, None] & workers[:, None, :] & own_server)[None]
     gather = lambda a: np.take_along_axis(a, np.broadcast_to(srv_idx[None], a.shape[:1] + srv_idx.shape), axis=-1)  # noqa: E731
-    ready_s, B_s, L_s = gather(ready), gather(B), gather(L)                # (S, n, M)
-    arrive = np.maximum(ready_s[..., None], ready[:, :, None, :])          # [s, w]
-    arrive = np.where(flow[None], arrive, np.inf)
-    c = (np.broadcast_to(shard, B.shape[:2] + (1,)) / B_s)[..., None]      # (S, n, M, 1): a slice through s's NIC
-    order = np.argsort(arrive, axis=-1, kind="stable")
-    a_sorted = np.take_along_axis(arrive, order, axis=-1)
-    valid = np.isfinite(a_sorted)
-    idx = np.arange(N, dtype=float)
-    fifo = np.maximum.accumulate(np.where(valid, a_sorted - idx * c, -_BIG), axis=-1) + (idx + 1) * c
-    # Each worker's own NIC carries one slice per remote server.
-    w_out = (remote_servers * shard / B)[:, :, None, :]                   # (S, n, 1, N_w)
+    B_s, L_s = gather(B), gather(L)                                        # (S, n, M)
+    # Shard i of m starts at i / m of the flat vector; its slice is complete at that point's fraction.
+    position = np.arange(M)[None, :] / np.maximum(servers.sum(-1, keepdims=True), 1)      # (n, M)
+    r = forward_fraction + (1.0 - forward_fraction) * (1.0 - position)
+    into = work[:, :, None, :] * r[None, :, :, None]                       # (S, n, M, N) from a step's start
+    sh = np.broadcast_to(shard, B.shape[:2] + (1,))
+    c = (sh / B_s)[..., None]                                              # (S, n, M, 1): a slice through s's NIC
+    c_w_last = (sh / B)[..., None]                                         # (S, n, N, 1): a slice through w's NIC
     lat_pair = np.maximum(L_s[..., None], L[:, :, None, :])
-    own = arrive + w_out
-    if detail:
-        # Fair sharing slows the early slices of a busy spell down to its end: a slice ends with the
-        # busy spell (the run of slices each arriving before the one ahead of it is through) it is in.
-        prev = np.concatenate([np.full(fifo.shape[:-1] + (1,), -np.inf), fifo[..., :-1]], axis=-1)
-        starts = (a_sorted > prev) | ~valid
-        pos = np.where(starts, idx, N)
-        next_start = np.minimum.accumulate(np.concatenate([pos[..., 1:], np.full(pos.shape[:-1] + (1,), N)],
-                                                          axis=-1)[..., ::-1], axis=-1)[..., ::-1]
-        spell_end = np.take_along_axis(fifo, (next_start - 1).astype(int), axis=-1)
-        rank_in_queue = np.argsort(order, axis=-1)
-        finish = np.maximum(np.take_along_axis(spell_end, rank_in_queue, axis=-1), own) + lat_pair
-        finish = np.where(flow[None], finish, -np.inf)
-        done_slot = finish.max(-1)                          # (S, n, M)
-    else:
-        # The queue's last slice ends last (fifo only grows), as does the latest worker's own NIC.
-        last = np.maximum(np.where(valid, fifo, -np.inf).max(-1), np.where(flow[None], own, -np.inf).max(-1))
-        done_slot = last + np.where(flow[None], lat_pair, -np.inf).max(-1)
-    done_remote = np.full(ready.shape, -np.inf)
-    S = ready.shape[0]
-    np.put_along_axis(done_remote, np.broadcast_to(srv_idx[None], (S, n, M)),
-                      np.where(srv_ok[None], done_slot, -np.inf), axis=-1)
-    done = np.where(sv > 0, np.maximum(ready, done_remote), 0.0)
     agg = np.where(sv > 0, aggregate, 0.0)
-    iteration = np.where(sv > 0, done + agg, 0.0).max(-1)   # (S, n)
+
+    # Follow `rounds` iterations from a start where every worker pulls at once. start: when each
+    # worker's step starts.
+    start = pull_in
+    for _ in range(max(1, rounds)):
+        ready = np.where(wk > 0, start + work, 0.0)            # (S, n, N) a worker's step ends
+        arrive = np.where(flow, start[:, :, None, :] + into, np.inf)       # [s, w]: a push is posted
+        # A worker's NIC sends its slices in the order they are ready, the last shard's first, sharing
+        # itself among those that overlap.
+        at_worker = np.moveaxis(_queue(np.moveaxis(arrive[:, :, ::-1, :], 2, -1), c_w_last, True),
+                                -1, 2)[:, :, ::-1, :]
+        if detail:
+            order = np.argsort(arrive, axis=-1)
+            at_server = np.empty(arrive.shape)
+            np.put_along_axis(at_server, order, _queue(np.take_along_axis(arrive, order, -1), c, True), axis=-1)
+            finish = np.where(flow, np.maximum(at_server, at_worker) + lat_pair, -np.inf)
+            done_slot = finish.max(-1)
+        else:     # only each server's last slice matters: the queue's last, and the workers' NICs
+            done_slot = np.maximum(_queue(np.sort(arrive, axis=-1), c).max(-1), at_worker.max(-1)) + \
+                np.where(flow, lat_pair, -np.inf).max(-1)
+        done_remote = _scatter(done_slot, srv_idx, srv_ok, (S, n, N))
+        # A server that also works updates after its own step.
+        done = np.where(sv > 0, np.maximum(ready, done_remote), 0.0)
+        updated = gather(np.where(sv > 0, done + agg, -np.inf))[..., None]  # (S, n, M, 1)
+        # The next pulls: a worker posts its receives when its step ends, and a server sends its shard
+        # to every worker once updated: each slice moves from the later of the two. A server's NIC
+        # takes the workers in the order their steps end, a worker's the shards in the order they are
+        # updated: the slices are laid out in those orders (rather than gathered, which is slow).
+        by_ready = np.argsort(ready, axis=-1)                               # (S, n, N)
+        node = by_ready[:, :, None, :]
+        rows = np.arange(n)[None, :, None]
+        sent = np.where(srv_ok[None, :, :, None] & workers[rows, by_ready][:, :, None, :]
+                        & (srv_idx[None, :, :, None] != node),
+                        np.maximum(np.take_along_axis(ready, by_ready, -1)[:, :, None, :], updated), np.inf)
+        lat_w = np.take_along_axis(L, by_ready, -1)[:, :, None, :]
+        at_server = _queue(sent, c, True) + np.maximum(L_s[..., None], lat_w)
+        from_servers = np.full((S, n, N), -np.inf)                          # per worker, its last shard
+        np.put_along_axis(from_servers, by_ready, at_server.max(-2), axis=-1)
+        by_update = np.argsort(updated[..., 0], axis=-1)                    # (S, n, M)
+        slot = np.take_along_axis(np.broadcast_to(srv_idx[None], by_update.shape), by_update, -1)
+        ok = np.take_along_axis(np.broadcast_to(srv_ok[None], by_update.shape), by_update, -1)
+        upd = np.take_along_axis(updated[..., 0], by_update, -1)
+        got = np.where(ok[..., None] & workers[None, :, None, :] & (slot[..., None] != np.arange(N)),
+                       np.maximum(ready[:, :, None, :], upd[..., None]), np.inf)            # (S, n, M, N)
+        lat_s = np.take_along_axis(L_s, by_update, -1)
+        into_worker = _queue(np.moveaxis(got, 2, -1), c_w_last).max(-1) + \
+            np.where(np.isfinite(got), np.maximum(lat_s[..., None], L[:, :, None, :]), -np.inf).max(-2)
+        pulled = np.maximum(from_servers, into_worker)
+        copied = np.where(local, np.maximum(ready[:, :, None, :], updated), -np.inf)
+        previous, start = start, np.maximum(pulled, copied.max(-2))
+        start = np.where(wk > 0, np.maximum(start, ready), 0.0)
+    iteration = np.where(wk > 0, start - previous, 0.0).max(-1)             # (S, n)
     if not detail:
         return iteration
 
-    # Per rank: push moving time = its last message's end less its last peer's post.
-    started_w = np.where(flow[None], arrive, -np.inf).max(-2)      # as worker: (S, n, N_w)
-    ended_w = finish.max(-2)
-    started_s = np.full(ready.shape, -np.inf)                     # as server
-    np.put_along_axis(started_s, np.broadcast_to(srv_idx[None], (S, n, M)),
-                      np.where(srv_ok[None], np.where(flow[None], arrive, -np.inf).max(-1), -np.inf), axis=-1)
-    ended_s = done_remote
-    start = np.maximum(started_w, started_s)
-    end = np.maximum(ended_w, ended_s)
+    # Per node, what a rank's breakdown calls pull and push: the time its messages moved once their
+    # last one could start, less what its step hides (hpcps.sim RankStats). Pull: the first one.
+    pull_seen = np.where(wk > 0, pull_in + np.maximum(pull - pull_in - work, 0.0), pull)
+    started_w = np.where(flow, arrive, -np.inf).max(-2)             # as worker: (S, n, N)
+    started_s = _scatter(np.where(flow, arrive, -np.inf).max(-1), srv_idx, srv_ok, (S, n, N))   # as server
+    begun = np.maximum(np.maximum(started_w, started_s), np.where(wk > 0, ready, -np.inf))
+    end = np.maximum(finish.max(-2), done_remote)
     with np.errstate(invalid="ignore"):
-        push = np.where(np.isfinite(start) & np.isfinite(end), np.maximum(end - start, 0.0), 0.0)
-    return Exchange(iteration, pull, push, ready, done)
+        push = np.where(np.isfinite(begun) & np.isfinite(end), np.maximum(end - begun, 0.0), 0.0)
+    origin = np.where(wk > 0, previous, np.inf).min(-1, keepdims=True)
+    return Exchange(iteration, pull_seen, push, np.where(wk > 0, ready - origin, 0.0),
+                    np.where(sv > 0, done - origin, 0.0))
+
+
+def _scatter(values: np.ndarray, srv_idx: np.ndarray, srv_ok: np.ndarray, shape: tuple) -> np.ndarray:
+    """(S, n, M) per server slot -> (S, n, N) per node (-inf where a node serves nothing)."""
+    out = np.full(shape, -np.inf)
+    np.put_along_axis(out, np.broadcast_to(srv_idx[None], values.shape), np.where(srv_ok[None], values, -np.inf),
+                      axis=-1)
+    return out
 
 
 class NetworkModel:
