@@ -233,7 +233,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
         f"global batch {partition.global_batch}, {total} iterations ({total / partition.per_epoch:.2f} epochs), "
         f"{policy.name}{f' (staleness {policy.staleness})' if policy.name == 'ssp' else ''}"
-        f"{', overlapped' if job.exchange.overlap and emulator is None else ''}"
+        f"{', overlapped' if job.exchange.overlap and (emulator is None or synchronous) else ''}"
         + (f", from iteration {start}" if start else ""))
     from hpcps.ps.checkpointer import pid_line
     pids = pid_line(comm)
