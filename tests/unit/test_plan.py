@@ -55,3 +55,21 @@ def test_pieces_are_ready_from_the_end_of_the_vector():
     plan = MessagePlan.build(4096, servers=[0], workers=[0], bucket_bytes=4 * 1024)
     f = ready_fractions(plan, forward_fraction=1 / 3)
     assert f == sorted(f, reverse=True) and f[0] == pytest.approx(1.0) and f[-1] > 1 / 3
+
+
+@pytest.mark.parametrize("n,servers,bucket_bytes", [(1000, [0, 1, 2], 1000), (123_457, [3, 1], 10_000),
+                                                    (99_999, [0, 1, 2, 4, 5, 6, 7], 4 * 1024 * 1024)])
+def test_every_shard_and_piece_starts_on_a_64_byte_boundary(n, servers, bucket_bytes):
+    """The exchange receives each piece into a slice of the float32 flat buffer: every shard and piece
+    starts on a cache line (16 float32 elements, 64 bytes), and every piece but a shard's last is a
+    whole number of cache lines, whatever the model size, servers or bucket size."""
+    plan = MessagePlan.build(n, servers=servers, workers=[9], bucket_bytes=bucket_bytes)
+    for s in plan.shards:
+        assert s.start % 16 == 0 and (4 * s.start) % 64 == 0, s
+    last = {p.shard: p.index for p in plan.pieces}
+    for p in plan.pieces:
+        assert p.start % 16 == 0 and (4 * p.start) % 64 == 0, p
+        assert p.size <= max(bucket_bytes // 4, 16)
+        if p.index != last[p.shard]:
+            assert p.size % 16 == 0, p
+    assert sum(p.size for p in plan.pieces) == n

@@ -85,6 +85,51 @@ def test_latency_is_added_once_per_message():
     assert slow.pull_s - fast.pull_s == pytest.approx(500e-6, rel=1e-9)
 
 
+def test_max_min_gives_the_leftover_to_the_flow_not_held_back_elsewhere():
+    """A server's NIC sends the first pulls to two workers at once; worker a's NIC takes a quarter of
+    the server's bandwidth. Max-min sharing holds a's pull to that quarter and lets b's pull use the
+    other three quarters; equal shares give b only half, and the rest of the server's NIC idles."""
+    srv, wide = NodeType("srv", 1.0, 2, 8.0, latency_us=0.0), NodeType("wide", 1.0, 2, 8.0, latency_us=0.0)
+    narrow = NodeType("narrow", 1.0, 2, 2.0, latency_us=0.0)
+    c = cluster_of((srv, ["s"]), (narrow, ["a"]), (wide, ["b"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4),)),
+                      NodePlan("b", False, (NodeWorker(4),))))
+    nbytes = BYTES_PER_ELEMENT * TOY.params
+    full = 8e9 / 8
+    one = replace(EXACT, iterations=1)                     # the cold start: both pulls begin together
+    fair = by_node(sim(c, s, one))
+    assert fair["a"].pull_s == pytest.approx(nbytes / (full / 4), rel=1e-9)
+    assert fair["b"].pull_s == pytest.approx(nbytes / (3 * full / 4), rel=1e-9)
+    equal = by_node(sim(c, s, replace(one, sharing="equal")))
+    assert equal["a"].pull_s == pytest.approx(nbytes / (full / 4), rel=1e-9)
+    assert equal["b"].pull_s == pytest.approx(nbytes / (full / 2), rel=1e-9)
+
+
+def test_each_direction_of_a_nic_has_its_own_bandwidth():
+    """Two nodes that each serve a shard and work: the first pulls cross between them in both
+    directions at once, each at the full bandwidth of one direction of the NICs (full duplex)."""
+    t = NodeType("t", 1.0, 2, 8.0, latency_us=0.0)
+    c = cluster_of((t, ["a", "b"]))
+    s = NodeSchedule((NodePlan("a", True, (NodeWorker(4),)), NodePlan("b", True, (NodeWorker(4),))))
+    r = sim(c, s, replace(EXACT, iterations=1), QUARTERS)
+    shard = BYTES_PER_ELEMENT * QUARTERS.params / 2
+    for rank in r.ranks:
+        assert rank.pull_s == pytest.approx(shard / (8e9 / 8), rel=1e-9)
+    assert r.bytes_per_iteration == pytest.approx(4 * shard)
+
+
+@pytest.mark.parametrize("server_us,worker_us", [(0.0, 700.0), (700.0, 0.0), (200.0, 700.0)])
+def test_a_message_waits_for_the_larger_latency_of_its_two_ends(server_us, worker_us):
+    """Nodes of unequal latency: every message pays the larger of its two ends', whichever end has it."""
+    free = NodeType("free", 1.0, 2, 8.0, latency_us=0.0)
+    st, wt = NodeType("st", 1.0, 2, 8.0, latency_us=server_us), NodeType("wt", 1.0, 2, 8.0, latency_us=worker_us)
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4),))))
+    base = by_node(sim(cluster_of((free, ["s", "a"])), s))["a"]
+    slow = by_node(sim(cluster_of((st, ["s"]), (wt, ["a"])), s))["a"]
+    assert slow.pull_s - base.pull_s == pytest.approx(700e-6, rel=1e-9)
+    assert slow.push_s - base.push_s == pytest.approx(700e-6, rel=1e-9)
+
+
 def test_ranks_of_one_node_copy_memory_and_leave_the_nic_alone():
     slow_net = NodeType("t", 1.0, 8, 0.001)      # 1 Mb/s: a network transfer would take seconds
     c = cluster_of((slow_net, ["a"]))

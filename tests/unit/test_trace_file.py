@@ -160,6 +160,7 @@ def test_analyze_command_line_usage_errors(good, tmp_path, capsys):
 
 def test_analyze_writes_plots_chrome_and_json(good, tmp_path, capsys):
     import json
+
     from hpcps.analyze.chrome import validate_chrome
     assert analyze_main([str(good), "--plot", str(tmp_path / "p"), "--chrome", str(tmp_path / "c.json"),
                          "--json", str(tmp_path / "s.json")]) == 0
@@ -216,3 +217,29 @@ def test_staleness_rows_round_trip_and_old_files_without_them_read_as_none(tmp_p
     tr = open_trace(old)
     assert tr.staleness.size == 0
     assert "bsp" in report.staleness_text(stats.staleness(tr))[0]
+
+
+def test_rows_appended_are_on_disk_for_another_process_while_the_writer_is_open(tmp_path):
+    """Each append ends with a flush: a reader in another process (analyze on a running job, or what a
+    killed run leaves) sees every row appended so far, not what HDF5 still holds in its caches."""
+    path = tmp_path / "t.h5"
+    events, transfers, _rows, shards, ranks = build(Model())
+    w = TraceWriter(path, RunInfo(run_id="live"), ranks=ranks, shards=shards, versions={}, t0_unix_s=0.0, attrs={})
+    try:
+        first = np.isin(events["iteration"], [0, 1, 2, 3])
+        w.append(events[first], transfers[np.isin(transfers["iteration"], [0, 1, 2, 3])])
+        code = textwrap.dedent(f"""
+            import sys
+            sys.path.insert(0, {str(ROOT)!r})
+            from hpcps.trace import open_trace
+            tr = open_trace({str(path)!r})
+            print(tr.events.size, tr.transfers.size, tr.iterations.size, tr.attrs["status"])
+        """)
+        out = subprocess.run([sys.executable, "-c", code], check=True, timeout=120, capture_output=True, text=True)
+        n_events, n_transfers, n_iterations, status = out.stdout.split()
+        assert int(n_events) == int(first.sum()) > 0
+        assert int(n_transfers) == int(np.isin(transfers["iteration"], [0, 1, 2, 3]).sum()) > 0
+        assert int(n_iterations) == 3           # the fourth row waits for the next block's first start
+        assert status == "running"
+    finally:
+        w.close(complete=False)

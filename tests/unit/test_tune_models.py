@@ -205,3 +205,138 @@ def test_the_composition_overlaps_pushes_with_the_backward_pass_as_the_simulator
         sim = simulate(cluster, schedule.to_rank_schedule(), replace(profile, forward_fraction=forward), machine,
                        SimOptions(iterations=2, resolution_s=0.0, steady_state=True))
         assert sim.iteration_time_s == pytest.approx(expected, rel=1e-9)
+
+
+def tiny_problem(server_type, worker_types, params=2 ** 20, global_batch=8):
+    """A dedicated server on node 's' and worker nodes 'w0', 'w1', ...; no memory limit."""
+    from hpcps.cluster import Cluster, Node
+    from hpcps.tune.problem import Problem
+    from hpcps.tune.space import ScheduleSpace
+    types = tuple({t.name: t for t in (server_type, *worker_types)}.values())
+    nodes = (Node("s", server_type),) + tuple(Node(f"w{i}", t) for i, t in enumerate(worker_types))
+    cl = Cluster("tiny", types, nodes)
+    return Problem(cl, global_batch, params, ScheduleSpace(cl, global_batch, None))
+
+
+def point(*nodes):
+    """An encoded point from (server, worker, share, threads) per node."""
+    return np.array(nodes, dtype=float).reshape(-1)
+
+
+@pytest.mark.parametrize("server_nic,worker_nic,server_us,worker_us", [(10.0, 4.0, 300.0, 40.0),
+                                                                       (4.0, 10.0, 40.0, 300.0)])
+def test_the_composition_by_hand_for_one_server_and_one_worker(server_nic, worker_nic, server_us, worker_us):
+    """One dedicated server, one worker, one shard (ready at the end of the step). An iteration is the
+    step, the push (the shard over the slower of the two NICs, then the larger latency), the server's
+    update (shard bytes x (alpha x workers + beta) / speed), and the pull back the same way. Under the
+    prior constants (the cluster file's bandwidth; its latency plus 1 us, kept positive for the log)
+    and no trials, so no correction."""
+    from hpcps.cluster import NodeType
+    st = NodeType("st", 2.0, 2, server_nic, latency_us=server_us)
+    wt = NodeType("wt", 1.0, 2, worker_nic, latency_us=worker_us)
+    problem = tiny_problem(st, [wt])
+    model = StructuredModel(problem, seed=0)
+    model.aggregate.coef = np.array([2e-10, 1e-10])
+    model.optimize()
+    x = point((1, 0, 0.0, 1), (0, 1, 1.0, 1))
+    step = model.machine.form(model.machine.theta, 1, 8, 1, 1)[0]
+    shard = 4.0 * 2 ** 20
+    update = shard * (2e-10 * 1 + 1e-10) / 2.0
+    wire = shard / (min(server_nic, worker_nic) * 1e9 / 8) + max(server_us, worker_us) * 1e-6 + 1e-6
+    expected = step + wire + update + wire
+    assert model.predict_mean(x[None])[0] == pytest.approx(expected, rel=1e-9)
+    parts = model.compose_parts(x[None])
+    assert parts["iteration"][0] == pytest.approx(expected, rel=1e-9)
+    assert parts["compute"][0, 1] == pytest.approx(step, rel=1e-9)
+
+
+def test_the_update_cost_is_fitted_to_the_servers_observed_updates():
+    """Servers' update seconds follow shard bytes x (alpha x workers + beta) / node speed; trials with
+    one and two workers and one and two servers pin down both constants."""
+    from hpcps.cluster import NodeType
+    st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
+    problem = tiny_problem(st, [wt, wt])
+    model = StructuredModel(problem, seed=0)
+    alpha, beta = 4e-10, 3e-10
+    trials = []
+    for p in (point((1, 0, 0, 1), (0, 1, 1.0, 1), (0, 0, 0, 1)), point((1, 0, 0, 1), (0, 1, 0.5, 1), (0, 1, 0.5, 1)),
+              point((1, 0, 0, 1), (1, 1, 0.5, 1), (0, 1, 0.5, 1))):
+        d = decode_many(problem.space, p[None])
+        m, w = int(d.servers.sum()), int(d.workers.sum())
+        rows = []
+        for it in range(3):
+            for node in range(3):
+                k = int(round(d.batches[0, node]))
+                update = problem.model_bytes / m * (alpha * w + beta) / (2.0 if node == 0 else 1.0)
+                if k or d.servers[0, node]:
+                    rows.append((it, node, node, 0 if node == 0 else 1, k, 1, 1, bool(d.servers[0, node]),
+                                 1e-3 * (1 + k) if k else 0.0, 0.0, 0.0, update if d.servers[0, node] else 0.0))
+        trials.append((p, np.array(rows, dtype=obs_io.OBS_DTYPE)))
+    model.set_observations(trials)
+    model.optimize()
+    np.testing.assert_allclose(model.aggregate.coef, [alpha, beta], rtol=1e-6)
+
+
+def test_the_correction_learns_what_the_composition_misses_across_schedules():
+    """Measured times off the composition by a factor that grows with the servers and shrinks with
+    the workers: the correction (a mean and a Gaussian process over the schedule's summary) brings the
+    prediction to the measurement on the trials and between them, where one mean factor is off by up
+    to a fifth."""
+    from hpcps.cluster import NodeType
+    st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
+    problem = tiny_problem(st, [wt, wt, wt], global_batch=24)
+
+    def pt(servers, workers):
+        return point(*[(i in servers, i in workers, 1.0, 1) for i in range(4)])
+
+    X = np.array([pt([0], [1]), pt([0], [1, 2]), pt([0], [1, 2, 3]), pt([0, 1], [1, 2]), pt([0, 1], [1, 2, 3]),
+                  pt([0, 1, 2], [1, 2, 3]), pt([0, 1, 2, 3], [1, 2, 3]), pt([0, 1, 2], [1])])
+    between = np.array([pt([0, 1], [1]), pt([0, 1, 2], [1, 2])])
+
+    def factor(points):
+        d = decode_many(problem.space, points)
+        return np.exp(0.2 + 0.8 * d.servers.sum(1) / 4 - 0.4 * d.workers.sum(1) / 4)
+
+    # One sample: the composition under the fitted constants, no step noise, so that the measured
+    # times are known multiples of it.
+    bare = StructuredModel(problem, n_samples=1, seed=0)
+    bare.optimize()
+    Y = bare.predict_mean(X) * factor(X)
+    model = StructuredModel(problem, n_samples=1, seed=0)
+    model.set_data(X, Y[:, None])
+    model.optimize()
+    np.testing.assert_allclose(model.predict_mean(X), Y, rtol=0.01)
+    np.testing.assert_allclose(model.predict(X)[0][:, 0], Y, rtol=0.01)
+    np.testing.assert_allclose(np.exp(model.predict_log(X)[0][:, 0]), Y, rtol=0.01)
+    np.testing.assert_allclose(model.predict_mean(between), bare.predict_mean(between) * factor(between), rtol=0.02)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noisy_steps_add_the_expected_excess_of_the_slowest_worker(seed):
+    """Four equal workers whose steps vary by a mean-one log-normal factor (sigma 0.3), a network too
+    fast to matter: an iteration waits for the slowest, on average E[max of 4] - 1 = 33% of a step
+    longer than a step (integrated here), which the prediction adds to the noiseless composition. Its
+    16 stratified draws of the noise estimate that excess to within a quarter."""
+    from scipy.stats import norm
+
+    from hpcps.cluster import NodeType
+    from hpcps.tune.models.structured import PRIOR_CORRECTION_SD
+    st, wt = NodeType("st", 2.0, 2, 400.0, latency_us=0.0), NodeType("wt", 1.0, 2, 400.0, latency_us=0.0)
+    problem = tiny_problem(st, [wt] * 4, params=2 ** 10, global_batch=400)
+    x = point((1, 0, 0, 1), *[(0, 1, 1.0, 1)] * 4)[None]
+    model = StructuredModel(problem, seed=seed)
+    # The constants' samples all at the fit: only the step noise varies between samples.
+    model.machine.cov[:] = 0.0
+    model.network.cov[:] = 0.0
+    model.optimize()
+    sigma = 0.3
+    model.machine.noise_sd = sigma
+    noiseless = model.predict_mean(x)[0]
+    step = model.compose_parts(x)["compute"][0, 1]
+    assert noiseless == pytest.approx(step, rel=0.01)
+    mean, _ = model.predict(x)
+    excess = mean[0, 0] / np.exp(PRIOR_CORRECTION_SD ** 2 / 2) - noiseless     # no trials: the prior correction
+    z = np.linspace(-8, 8, 20001)
+    slowest = np.trapezoid(np.exp(sigma * z - sigma ** 2 / 2) * 4 * norm.cdf(z) ** 3 * norm.pdf(z), z)
+    assert slowest - 1 == pytest.approx(0.33, abs=0.01)
+    assert excess / step == pytest.approx(slowest - 1, rel=0.25)
