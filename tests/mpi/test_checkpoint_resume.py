@@ -19,11 +19,11 @@ SGD = OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)
 ADAM = OptimizerConfig("adam", lr=0.01, eps=1e-5)
 
 
-def job_for(opt: OptimizerConfig, iterations: int, batches=(5, 17, 42)) -> Job:
+def job_for(opt: OptimizerConfig, iterations: int, batches=(5, 17, 42), codec: str = "none") -> Job:
     # Pieces of 256 values: the digits MLP (hidden 32, 2410 parameters) is cut into 10 or more pieces.
     return Job("ckpt", "digits", opt, TrainingConfig(global_batch=sum(batches), iterations=iterations, seed=3),
                model={"hidden": 32}, data={"test_fraction": 0.2},
-               exchange=ExchangeConfig(bucket_mb=1 / 1024))
+               exchange=ExchangeConfig(codec=codec, bucket_mb=1 / 1024))
 
 
 def schedule_a(size: int) -> Schedule:
@@ -53,15 +53,18 @@ def run(comm, job, schedule, directory=None, resume_from=None, every=0):
 
 
 @pytest.mark.mpi(min_size=3)
-@pytest.mark.parametrize("opt", [SGD, ADAM], ids=["sgd-momentum", "adam"])
-def test_cut_in_two_ends_bit_for_bit_where_the_straight_run_ends(opt):
+@pytest.mark.parametrize("opt, codec", [(SGD, "none"), (ADAM, "none"), (SGD, "int8"), (ADAM, "sign")],
+                         ids=["sgd-momentum", "adam", "sgd-momentum-int8", "adam-sign"])
+def test_cut_in_two_ends_bit_for_bit_where_the_straight_run_ends(opt, codec):
+    """With a lossy codec the workers' error-feedback residuals must come back too: without them the
+    resumed pushes differ from the straight run's."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     sched = schedule_a(comm.Get_size())
     d = shared_dir(comm)
-    straight = run(comm, job_for(opt, 60), sched, d / "straight", every=20)
-    first = run(comm, job_for(opt, 30), sched, d / "cut")
-    second = run(comm, job_for(opt, 60), sched, d / "cut", resume_from=d / "cut", every=20)
+    straight = run(comm, job_for(opt, 60, codec=codec), sched, d / "straight", every=20)
+    first = run(comm, job_for(opt, 30, codec=codec), sched, d / "cut")
+    second = run(comm, job_for(opt, 60, codec=codec), sched, d / "cut", resume_from=d / "cut", every=20)
     if comm.Get_rank() == 0:
         assert first.iterations == 30 and second.start_iteration == 30 and second.iterations == 60
         assert np.array_equal(second.final_params, straight.final_params)
@@ -74,6 +77,9 @@ def test_cut_in_two_ends_bit_for_bit_where_the_straight_run_ends(opt):
             assert np.array_equal(b.optimizer_vectors[k], v), k
         assert a.optimizer_scalars == b.optimizer_scalars
         assert np.array_equal(a.rng_torch, b.rng_torch)
+        if codec != "none":
+            assert a.residuals is not None and np.any(a.residuals != 0)
+            assert np.array_equal(a.residuals, b.residuals)
 
 
 @pytest.mark.mpi(min_size=3)
