@@ -272,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         signals = StopSignals(rank).install()
 
     from hpcps.cluster.mapping import local_node_name
+    from hpcps.comm.waits import sleeping_barrier
     from hpcps.testbed.ranks import rank_identity
+    # Ranks that finished their imports wait asleep for the others (hpcps/comm/waits.py).
+    sleeping_barrier(comm)
     rank_names = comm.allgather(local_node_name())
     hosts = comm.allgather(socket.gethostname())
     testbed_ids = comm.allgather(rank_identity())
@@ -286,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
             outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv), ckpt_plan))
         except ConfigError as e:
             outcome = ("error", str(e))
+    sleeping_barrier(comm)                 # while rank 0 reads the inputs
     outcome = comm.bcast(outcome, root=0)
     if outcome[0] == "error":
         fail_input(TOOL, outcome[1], rank)

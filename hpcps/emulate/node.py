@@ -77,8 +77,8 @@ class NodeClock:
 
     def hold(self, started: float, target_s: float, poll=None, count: bool = True) -> None:
         """Sleep until started + target_s (a shared-clock time), calling poll() (else idle(), if set)
-        and sleeping up to HOLD_POLL_S whenever it did nothing; count an overrun if already past it
-        (unless count is False)."""
+        every HOLD_POLL_S; count an overrun if already past it (unless count is False). Always
+        sleeping between polls: ranks that outnumber the cores must not spin."""
         poll = poll if poll is not None else self.idle
         until = started + target_s
         remaining = until - now()
@@ -91,9 +91,9 @@ class NodeClock:
             time.sleep(remaining)
             return
         while remaining > 0:
-            did = poll()
+            poll()
             remaining = until - now()
-            if remaining > 0 and not did:
+            if remaining > 0:
                 time.sleep(min(remaining, HOLD_POLL_S))
                 remaining = until - now()
 

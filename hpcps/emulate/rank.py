@@ -6,12 +6,12 @@ import fcntl
 import os
 import shutil
 import tempfile
-import time
 
 import numpy as np
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
+from hpcps.comm.waits import sleeping_barrier
 from hpcps.emulate.fabric import FlowSpec, SharedFabric, emulated_clock
 from hpcps.emulate.node import NodeClock, fastest_cpu_time
 from hpcps.ps.plan import MessagePlan
@@ -23,12 +23,6 @@ def default_dilation(cluster: Cluster, placement: RankPlacement) -> float:
     still end after their real computation (with room for two ranks sharing one core)."""
     used = {cluster.index(n) for n in placement.rank_nodes}
     return max(1.0, 2.0 * max(cluster.nodes[i].type.speed for i in used))
-
-
-def _sleeping_barrier(comm, poll_s: float = 1e-3) -> None:
-    req = comm.Ibarrier()
-    while not req.Test():
-        time.sleep(poll_s)
 
 
 def _fabric_dir() -> str:
@@ -90,7 +84,7 @@ class RankEmulator:
         timings differ between processes by 10-60% here. Ranks that wait sleep: in a lock, then in a
         polled barrier, not in MPI's spinning one."""
         ref = None
-        _sleeping_barrier(comm)        # no rank still starting up (importing, loading data) meanwhile
+        sleeping_barrier(comm)        # no rank still starting up (importing, loading data) meanwhile
         if step is not None:
             with open(self._turns, "r+") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
@@ -98,7 +92,7 @@ class RankEmulator:
                     ref = fastest_cpu_time(step)
                 finally:
                     fcntl.flock(f, fcntl.LOCK_UN)
-        _sleeping_barrier(comm)
+        sleeping_barrier(comm)
         everyone = comm.allgather((key, ref))
         if ref is not None:
             ref = min(r for k, r in everyone if r is not None and k == key)

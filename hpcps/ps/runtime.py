@@ -19,6 +19,7 @@ import torch
 from mpi4py import MPI
 
 from hpcps.comm.buffers import ExchangeBuffer, choose_transport
+from hpcps.comm.waits import sleeping_barrier
 from hpcps.config.job import Job
 from hpcps.config.schedule import Schedule
 from hpcps.data.partition import EpochPartition
@@ -139,6 +140,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         from hpcps.ps.checkpoint import check_resumable
         check_resumable(resume, job, flat.numel)
         init[:] = resume.params
+    sleeping_barrier(comm)                # ranks still importing or loading data are not starved
     comm.Bcast(init, root=0)
     flat.params.copy_(torch.from_numpy(init))
     plan = build_plan(job, schedule, flat.numel)

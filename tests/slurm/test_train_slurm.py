@@ -84,6 +84,9 @@ def restart_when_requeued(local_slurm, client, job_id: str, tmp_path: Path) -> N
         end = datetime.strptime(rec["EndTime"], "%Y-%m-%dT%H:%M:%S").timestamp()
     except (KeyError, ValueError):
         end = time.time()
+    # A pending job's EndTime can be its expected end (start plus time limit), minutes ahead, rather
+    # than its last run's: then that run has ended already.
+    end = min(end, time.time())
     while time.time() < end + 2.5:
         time.sleep(0.1)
     r = run_slurm(local_slurm, "scontrol", "update", f"JobId={job_id}", "StartTime=now")
