@@ -160,11 +160,15 @@ def _chunks(x: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     return x[:full].reshape(-1, chunk), x[full:]
 
 
-class Float16Codec(LossyCodec):
-    name = "fp16"
+class _SixteenBitCodec(LossyCodec):
+    """Two bytes a value on the wire."""
 
     def wire_nbytes(self, n: int) -> int:
         return 2 * n
+
+
+class Float16Codec(_SixteenBitCodec):
+    name = "fp16"
 
     def compress(self, acc, wire, scratch) -> None:
         # PyTorch's casts are vectorised (NumPy converts to half precision one value at a time)
@@ -177,11 +181,8 @@ class Float16Codec(LossyCodec):
         torch.from_numpy(row).copy_(torch.from_numpy(wire).view(torch.float16))
 
 
-class BFloat16Codec(LossyCodec):
+class BFloat16Codec(_SixteenBitCodec):
     name = "bf16"
-
-    def wire_nbytes(self, n: int) -> int:
-        return 2 * n
 
     def compress(self, acc, wire, scratch) -> None:
         # NumPy has no bfloat16; PyTorch's cast rounds to nearest even

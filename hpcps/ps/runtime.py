@@ -201,7 +201,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     # every piece before it starts (the simulator does not model a forward pass that starts early).
     # Under ssp and asp the parameters are in place before the step, and the forward hooks only keep
     # messages moving; emulated, their steps push after the step and keep serving while held.
-    overlap = job.exchange.overlap and me is not None and (emulator is None or synchronous)
+    overlapping = job.exchange.overlap and (emulator is None or synchronous)     # the run's mode
+    overlap = overlapping and me is not None                                      # this rank's
     if emulator is not None and not synchronous:
         emulator.clock.idle = exchange.progress
     pushes = None
@@ -218,10 +219,10 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     def step(batch):
         if emulator is None:
             return worker.step(batch)
-        # A rank that also serves updates the pieces that became ready meanwhile after its step, as
-        # the simulator has it.
         if not synchronous:
             return emulator.clock.run_step(lambda: worker.step(batch))
+        # A rank that also serves updates the pieces that became ready meanwhile after its step, as
+        # the simulator has it.
         exchange.defer_aggregation = True
         try:
             return emulator.clock.run_step(lambda: worker.step(batch), pushes=pushes)
@@ -235,7 +236,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
         f"{flat.numel} parameters in {len(plan.shards)} shards of {len(plan.pieces)} pieces, "
         f"global batch {partition.global_batch}, {total} iterations ({total / partition.per_epoch:.2f} epochs), "
         f"{policy.name}{f' (staleness {policy.staleness})' if policy.name == 'ssp' else ''}"
-        f"{', overlapped' if job.exchange.overlap and (emulator is None or synchronous) else ''}"
+        f"{', overlapped' if overlapping else ''}"
         + (f", from iteration {start}" if start else ""))
     from hpcps.ps.checkpointer import pid_line
     pids = pid_line(comm)

@@ -28,6 +28,19 @@ class IterationTimes:
     correct: float = 0.0
 
 
+def _push_all(run) -> None:
+    """Push every piece after the step, in push order (without overlap)."""
+    for p in run.plan.push_order():
+        run.exchange.push(p.index)
+
+
+def _take_aggregate_span(ex, t_end: float) -> tuple[float, float]:
+    """The span of this iteration's aggregations on this rank (t_end, t_end if none), reset for the next."""
+    agg = tuple(ex.aggregate_span) if np.isfinite(ex.aggregate_span).all() else (t_end, t_end)
+    ex.aggregate_span = [math.inf, -math.inf]
+    return agg
+
+
 class BulkSynchronous:
     name = "bsp"
     staleness = 0
@@ -54,8 +67,7 @@ class BulkSynchronous:
             # layers waited for parameters (that waiting is the pull's, which the pull phase spans).
             t_c0 = min(t_c1, t_c0 + ex.blocked_s)
             if not run.overlap:
-                for p in run.plan.push_order():
-                    ex.push(p.index)
+                _push_all(run)
             compute = (t_c0, t_c1)
             loss = float(loss_t.detach())
             pull = (t_begin, max(t_begin, float(np.max(ex.arrived_at))) if len(ex.arrived_at) else t_begin)
@@ -63,8 +75,7 @@ class BulkSynchronous:
                 ex.expect_pulls(it + 1)
         ex.wait_until(lambda: (worker is None or ex.pushes_done()) and ex.served_through(it))
         t_end = clock()
-        agg = tuple(ex.aggregate_span) if np.isfinite(ex.aggregate_span).all() else (t_end, t_end)
-        ex.aggregate_span = [math.inf, -math.inf]
+        agg = _take_aggregate_span(ex, t_end)
         if worker is not None:
             push = (ex.first_push_at or t_c1, max(ex.last_push_at, ex.first_push_at or t_c1))
         else:               # a server alone: its pull is sending, its push waiting for every worker's
@@ -101,8 +112,7 @@ class _Stale:
             loss_t, correct = run.compute(batch)
             t_c1 = clock()
             if not run.overlap:
-                for p in run.plan.push_order():
-                    ex.push(p.index)
+                _push_all(run)
             compute = (t_c0, t_c1)
             loss = float(loss_t.detach())
             ex.wait_until(ex.pushes_done)
@@ -111,8 +121,7 @@ class _Stale:
         else:
             ex.wait_until(lambda: ex.served_through(it))
         t_end = clock()
-        agg = tuple(ex.aggregate_span) if np.isfinite(ex.aggregate_span).all() else (t_end, t_end)
-        ex.aggregate_span = [math.inf, -math.inf]
+        agg = _take_aggregate_span(ex, t_end)
         if worker is None:
             pull, push = (t_begin, t_begin), (t_begin, agg[0])
         return IterationTimes(pull, data, compute, push, agg, loss, correct)

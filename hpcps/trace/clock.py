@@ -17,6 +17,8 @@ from typing import Callable
 
 import numpy as np
 
+from hpcps.comm.waits import sleeping_barrier, wait_sleeping
+
 _TAG_GO, _TAG_PING, _TAG_PONG = 701, 702, 703
 
 
@@ -33,11 +35,6 @@ def best_sample(t1: np.ndarray, t_ref: np.ndarray, t2: np.ndarray) -> ClockEstim
     return ClockEstimate(float((t1[i] + t2[i]) / 2 - t_ref[i]), float(rtt[i]))
 
 
-def _wait_polling(req, poll_s: float = 2e-4) -> None:
-    while not req.Test():
-        time.sleep(poll_s)
-
-
 def estimate_offsets(comm, clock: Callable[[], float] = time.perf_counter, rounds: int = 12) -> ClockEstimate:
     """Collective over comm: every rank's offset against rank 0 (rank 0 gets offset 0, rtt 0)."""
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -51,7 +48,7 @@ def estimate_offsets(comm, clock: Callable[[], float] = time.perf_counter, round
                 comm.Send(buf, dest=peer, tag=_TAG_PONG)
         estimate = ClockEstimate(0.0, 0.0)
     else:
-        _wait_polling(comm.Irecv(buf, source=0, tag=_TAG_GO))
+        wait_sleeping(comm.Irecv(buf, source=0, tag=_TAG_GO), 2e-4)
         t1, t_ref, t2 = np.zeros(rounds), np.zeros(rounds), np.zeros(rounds)
         for i in range(rounds):
             t1[i] = clock()
@@ -61,5 +58,5 @@ def estimate_offsets(comm, clock: Callable[[], float] = time.perf_counter, round
             t_ref[i] = buf[0]
         estimate = best_sample(t1, t_ref, t2)
     # Nobody leaves before the last rank is done, so the estimate is not disturbed by training traffic.
-    _wait_polling(comm.Ibarrier())
+    sleeping_barrier(comm, 2e-4)
     return estimate
