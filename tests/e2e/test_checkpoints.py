@@ -285,7 +285,16 @@ def test_a_writer_killed_mid_file_never_leaves_a_checkpoint_to_resume_from(tmp_p
             assert time.monotonic() < deadline and proc.poll() is None, "the writer never started iteration 2"
             time.sleep(0.005)
         time.sleep(delay_s)
-        busy = [p.name for p in d.iterdir() if p.name.endswith(".tmp")]
+        # Freeze the writer, look, and go on until it is caught with a temporary file open: on a fast disk a
+        # 96 MB file can be renamed within the delay, and a kill between two files tests nothing.
+        while True:
+            proc.send_signal(signal.SIGSTOP)
+            busy = [p.name for p in d.iterdir() if p.name.endswith(".tmp")]
+            if busy:
+                break
+            proc.send_signal(signal.SIGCONT)
+            assert time.monotonic() < deadline and proc.poll() is None, "the writer was never caught mid-file"
+            time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
