@@ -10,6 +10,14 @@ the runs, into results/emulation_hetero8_profiles.toml, which the runs' thread m
 simulator then both use (HPCPS_PROFILES); it is calibrated again after the runs to show the drift.
 The bundled calibration (hpcps/sim/profiles.toml) is compared too.
 
+What the comparison is: a consistency check of two implementations of one model. The emulation charges
+compute from the same kind of profile and moves bytes through an emulated network that follows the
+simulator's network model, so agreement says the two implementations agree, not that the model is
+right about real hardware (benchmarks/testbed_fidelity.py compares the simulator with real links).
+The verdict is the unadjusted error: the simulator under the one calibration of the sitting, taken
+before the runs (one factor for the whole sitting), with the random schedules reported apart from the
+hand-made ones. The error at each run's own machine speed is shown beside it as a diagnostic only.
+
 Writes results/emulation_hetero8.md, .json, _profiles.toml and results/emulation_fidelity.png.
 """
 
@@ -189,22 +197,24 @@ def write_results(runs, speedup, sweep, best_t, rows, errors, med_err, cluster, 
     res = ROOT / "results"
     (res / "emulation_hetero8.json").write_text(json.dumps(
         {"runs": runs, "speedup_balanced_over_naive": speedup, "thread_sweep": sweep,
-         "fidelity_median_abs_error": med_err, "context": context}, indent=1))
+         # The verdict: unadjusted (the sitting's one calibration); the per-run-speed figure is a diagnostic.
+         "fidelity_median_abs_error": float(np.median(context["sitting_errors"])),
+         "fidelity_median_abs_error_at_run_speed": med_err, "context": context}, indent=1))
     fig, ax = plt.subplots(figsize=(5, 5))
     emu = np.array([r[1] for r in rows]) * 1e3
     sim = np.array([r[3] for r in rows]) * 1e3
-    ax.scatter(emu, sim, label="at the machine's speed during the run")
-    ax.scatter(emu, np.array([r[2] for r in rows]) * 1e3, marker="x", s=18, c="grey",
-               label="calibration before the runs")
-    for (k, e, _, s, _) in rows:
-        ax.annotate(k, (e * 1e3, s * 1e3), fontsize=6)
-    lim = [0, max(emu.max(), sim.max()) * 1.1]
+    sim_before = np.array([r[2] for r in rows]) * 1e3
+    ax.scatter(emu, sim_before, label="calibration before the runs (verdict)")
+    ax.scatter(emu, sim, marker="x", s=18, c="grey", label="at each run's machine speed (diagnostic)")
+    for (k, e, s0, _, _) in rows:
+        ax.annotate(k, (e * 1e3, s0 * 1e3), fontsize=6)
+    lim = [0, max(emu.max(), sim.max(), sim_before.max()) * 1.1]
     ax.plot(lim, lim, "k--", lw=0.8, label="equal")
     ax.plot(lim, [v * 1.1 for v in lim], "k:", lw=0.6, label="±10%")
     ax.plot(lim, [v * 0.9 for v in lim], "k:", lw=0.6)
     ax.set_xlabel("emulated iteration time, real MPI (ms)")
     ax.set_ylabel("simulated iteration time (ms)")
-    ax.set_title(f"hetero8, cifar-resnet: median |error| {med_err:.1%}")
+    ax.set_title(f"hetero8, cifar-resnet: unadjusted median |error| {np.median(context['sitting_errors']):.1%}")
     ax.legend()
     fig.tight_layout()
     fig.savefig(res / "emulation_fidelity.png", dpi=120)
@@ -236,23 +246,27 @@ def write_results(runs, speedup, sweep, best_t, rows, errors, med_err, cluster, 
     lines += ["", f"Fastest: {best_t} thread(s), not the largest ({max(SWEEP_THREADS)}): "
               f"{'as required' if best_t != max(SWEEP_THREADS) else 'NOT as required'}. The thread model is the "
               "calibration's (the one taken in this sitting), measured on this 2-core machine.", "",
-              f"## Simulated against emulated, {len(rows)} schedules", "",
-              "Two comparisons. Unadjusted: the simulator with the calibration taken before the runs. At the "
-              "run's speed: each run's trace records the step times it charged, timed alone at its start-up "
-              "(`emulated_step_cost_s`); their median ratio to the calibration (the machine slowdown column) "
-              "takes in this machine's drift (tens of percent within minutes on some days), the noise of "
-              "those short timings, and the calibration's straight-line fit at the run's batch sizes; the "
-              "simulator is given the calibration times that factor. That comparison tests what the simulator "
-              "adds to compute: thread and node sharing, the network, contention for NICs and servers, "
-              "synchronisation.", "",
-              "| schedule | emulated (ms) | machine slowdown | simulated at that speed (ms) | error | "
-              "simulated, calibration before the runs (ms) | error |",
+              f"## Simulated against emulated, {len(rows)} schedules: a consistency check", "",
+              "The emulation and the simulator are two implementations of one model (the emulated network "
+              "follows the simulator's network model; both charge compute from a calibrated profile), so this "
+              "checks that they agree, not that the model is right about real links (for that: "
+              "benchmarks/testbed_fidelity.py). Verdict: the simulator with the one calibration of this "
+              "sitting, taken before the runs, unadjusted; the random schedules apart from the hand-made "
+              "ones. Beside it, as a diagnostic and not a verdict: the simulator given each run's own "
+              "machine speed (the median ratio of the step times the run charged, timed alone at its "
+              "start-up, to the calibration).", "",
+              "| schedule | emulated (ms) | simulated, calibration before the runs (ms) | error (verdict) | "
+              "machine slowdown | simulated at that speed (ms) | error (diagnostic) |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for (k, e, s0, s1, f), err, err0 in zip(rows, errors, context["sitting_errors"]):
-        lines.append(f"| {k} | {e * 1e3:.2f} | {f:.2f} | {s1 * 1e3:.2f} | {err:.1%} | {s0 * 1e3:.2f} | {err0:.1%} |")
-    lines += ["", f"Median absolute error at the machine's speed during each run **{med_err:.1%}** (target: at "
-              f"most 10%: {'met' if med_err <= 0.10 else 'not met'}); with the calibration taken before the "
-              f"runs, unadjusted: {float(np.median(context['sitting_errors'])):.1%}. "
+        lines.append(f"| {k} | {e * 1e3:.2f} | {s0 * 1e3:.2f} | {err0:.1%} | {f:.2f} | {s1 * 1e3:.2f} | {err:.1%} |")
+    unadjusted = float(np.median(context["sitting_errors"]))
+    made = [e for (k, *_), e in zip(rows, context["sitting_errors"]) if not k.startswith("random")]
+    rand = [e for (k, *_), e in zip(rows, context["sitting_errors"]) if k.startswith("random")]
+    lines += ["", f"Median absolute error, unadjusted, **{unadjusted:.1%}** over all {len(rows)} schedules "
+              f"(target: at most 10%: {'met' if unadjusted <= 0.10 else 'not met'}); hand-made schedules "
+              f"{float(np.median(made)):.1%} ({len(made)}), random schedules {float(np.median(rand)):.1%} "
+              f"({len(rand)}). Diagnostic, at each run's machine speed: {med_err:.1%}. "
               "Scatter: `emulation_fidelity.png`.", "",
               "With the bundled calibration (hpcps/sim/profiles.toml, taken at another time) instead: median "
               f"absolute error {float(np.median(context['bundled_errors'])):.1%} ("

@@ -245,8 +245,8 @@ def report(data: dict, out_md: Path, out_png: Path, command: str) -> str:
     if targets:
         lines += ["", "## Targets (medians over seeds)", "",
                   f"| cluster | structured after {early} within 5% of best known | after {budget}: best of "
-                  f"{', '.join(BASELINES)} / structured (target >= 1.5) | heuristic / structured (target >= 1) | naive / structured "
-                  "(target >= 2) |",
+                  f"{', '.join(BASELINES)} / structured (target >= 1.5) | heuristic / structured (target >= 1) | "
+                  "naive / structured (target >= 2) |",
                   "| --- | --- | --- | --- | --- |"]
         def cell(x, fmt, ok):
             return "-" if x is None else f"{fmt.format(x)} ({'met' if ok(x) else 'NOT met'})"
