@@ -1,6 +1,6 @@
 """How long the simulator takes per simulated iteration at 16, 128 and 1024 nodes.
 
-    .venv/bin/python benchmarks/sim_scaling.py                    # writes results/sim_scaling.md
+    .venv/bin/python benchmarks/sim_scaling.py        # writes results/sim_scaling.md and .json
 
 The clusters repeat the node types of jobs/clusters/large128.toml in its proportions; the job is the
 charlm workload with a global batch of 8 samples per node. Each configuration runs the naive schedule
@@ -13,14 +13,14 @@ iterations; on a shared machine the CPU time is the steadier measure of the simu
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import json
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from hpcps.cluster import Cluster, Node, load_cluster  # noqa: E402
 from hpcps.cluster.placement import balanced, naive  # noqa: E402
@@ -47,8 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     profiles = load_profiles()
     profile = profiles.workload(args.workload)
     template = load_cluster(ROOT / "jobs/clusters/large128.toml")
+    from _machine import facts, facts_markdown, load_average
+    machine = facts()
     rows = []
-    load_before = os.getloadavg()[0]
     for n in [int(s) for s in args.sizes.split(",")]:
         cluster = cluster_like(template, n)
         for make in (naive, balanced):
@@ -68,19 +69,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{n:>5} nodes  {make.__name__:8s} noise {noise:.1f}: simulated {result.iteration_time_s * 1e3:8.2f} ms"
                       f"/iteration, {best / args.iterations:7.3f} s wall, {best_cpu / args.iterations:7.3f} s CPU "
                       "per iteration", flush=True)
-    load_after = os.getloadavg()[0]
+    machine["load_average_at_end"] = load_average()
 
-    command = "python benchmarks/sim_scaling.py"
-    if argv:
-        command += " " + " ".join(argv)
+    command = " ".join(["python", "benchmarks/sim_scaling.py", *(sys.argv[1:] if argv is None else argv)])
     lines = [
         "# Simulator wall time per simulated iteration",
         "",
         f"Command: `{command}` (from the repository root, with `.venv` active).",
         "",
-        f"Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} cores shared with other work "
-        f"(load average {load_before:.1f} before, {load_after:.1f} after); one Python process, NumPy "
-        f"{__import__('numpy').__version__}.",
+        "One Python process on a machine shared with other work:",
+        "",
+        facts_markdown(machine),
         "",
         f"Workload `{args.workload}` ({profile.params} parameters), global batch 8 per node, "
         f"{args.iterations} iterations per simulation, best of {args.repeats} runs; clusters with the "
@@ -104,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines))
-    print(f"wrote {args.out}")
+    keys = ("nodes", "schedule", "servers", "messages_per_iteration", "noise_sigma", "simulated_iteration_s",
+            "events_per_iteration", "wall_s_per_iteration", "cpu_s_per_iteration")
+    args.out.with_suffix(".json").write_text(json.dumps(
+        {"command": command, "facts": machine, "workload": args.workload, "iterations": args.iterations,
+         "repeats": args.repeats, "rows": [dict(zip(keys, r)) for r in rows]}, indent=1))
+    print(f"wrote {args.out} and {args.out.with_suffix('.json').name}")
     return 0
 
 

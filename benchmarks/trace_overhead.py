@@ -119,14 +119,14 @@ def machine() -> dict:
     import h5py
     import mpi4py
     import torch
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-    except OSError:
-        commit = ""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _machine import facts
+    f = facts()
+    commit = (f["commit"] or "unknown") + (f" plus uncommitted changes to {', '.join(f['uncommitted_changes'])}"
+                                           if f["uncommitted_changes"] else "")
     return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "mpi4py": mpi4py.__version__, "h5py": h5py.__version__,
-            "hdf5": h5py.version.hdf5_version, "commit": commit or "unknown",
+            "hdf5": h5py.version.hdf5_version, "commit": commit,
             "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
@@ -204,6 +204,8 @@ def main() -> int:
     text = markdown(results, facts, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": facts, "results": results},
+                                                        indent=1))
     print(text)
     return 0
 
