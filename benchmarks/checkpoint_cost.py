@@ -298,7 +298,11 @@ def main(argv=None) -> int:
     p.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.ranks_side:
-        ranks_side(args)
+        from mpi4py import MPI
+
+        from hpcps.comm.abort import abort_on_error
+        with abort_on_error(MPI.COMM_WORLD, "benchmarks/" + Path(__file__).name):   # one rank's error ends the job
+            ranks_side(args)
         return 0
     if args.quick:
         args.rounds, args.pairs, args.iterations, args.every = 1, 1, 2, 1

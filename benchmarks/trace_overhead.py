@@ -69,14 +69,14 @@ def ranks_side(args) -> None:
             recorder.close()
         return result, comm.reduce(time.process_time() - cpu0, root=0)
 
-    one("off", short, Path(args.scratch) / "warm-up.h5")        # imports and first-touch costs, untimed
+    one("off", short, Path(args.scratch) / f"{args.name}-warm-up.h5")        # imports and first-touch costs, untimed
     rows = []
     for pair in range(args.pairs):
         order = ("off", "on") if pair % 2 == 0 else ("on", "off")
         row = {"pair": pair + 1, "first": order[0]}
         for side in order:
-            result, cpu_long = one(side, args.iterations, Path(args.scratch) / f"pair{pair}.h5")
-            _, cpu_short = one(side, short, Path(args.scratch) / f"short{pair}.h5")
+            result, cpu_long = one(side, args.iterations, Path(args.scratch) / f"{args.name}-pair{pair}.h5")
+            _, cpu_short = one(side, short, Path(args.scratch) / f"{args.name}-short{pair}.h5")
             if comm.Get_rank() == 0:
                 row[side] = result.samples_per_s
                 row[f"{side}_wall_s"] = result.wall_s
@@ -84,7 +84,7 @@ def ranks_side(args) -> None:
         if comm.Get_rank() == 0:
             row["ratio"] = row["on"] / row["off"]
             row["cpu_ratio"] = row["on_cpu_ms"] / row["off_cpu_ms"]
-            row.update(flush_facts(Path(args.scratch) / f"pair{pair}.h5", row["on_wall_s"]))
+            row.update(flush_facts(Path(args.scratch) / f"{args.name}-pair{pair}.h5", row["on_wall_s"]))
             rows.append(row)
             print(f"{args.name} pair {pair + 1}/{args.pairs}: off {row['off']:10.1f}  on {row['on']:10.1f} "
                   f"samples/s  ratio {row['ratio']:.3f}  CPU ratio {row['cpu_ratio']:.3f}", flush=True)
@@ -195,7 +195,11 @@ def main() -> int:
     p.add_argument("--scratch", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.ranks_side:
-        ranks_side(args)
+        from mpi4py import MPI
+
+        from hpcps.comm.abort import abort_on_error
+        with abort_on_error(MPI.COMM_WORLD, "benchmarks/" + Path(__file__).name):   # one rank's error ends the job
+            ranks_side(args)
         return 0
     command = shlex.join(["python", "benchmarks/trace_overhead.py", *sys.argv[1:]])
     facts = machine()
