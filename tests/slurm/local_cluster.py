@@ -18,7 +18,7 @@ Needs root and Debian's ``slurm-wlm`` and ``munge`` (``make slurm-deps``). By ha
 
     python -m tests.slurm.local_cluster              # start, print SLURM_CONF, stop on Ctrl-C
     python -m tests.slurm.local_cluster --testbed    # the same with every slurmd on a testbed node
-    export SLURM_CONF=/tmp/hpcps-slurm-XXXX/slurm.conf UCX_TLS=self,sm,tcp
+    export SLURM_CONF=/tmp/hpcps-slurm-XXXX/slurm.conf MPIR_CVAR_CH4_NETMOD=ofi FI_PROVIDER=tcp
     sinfo; sbatch --nodes=2 --ntasks=4 slurm/train.sh jobs/default.toml
 """
 
@@ -236,11 +236,14 @@ class LocalSlurm:
                 gres.append(f"NodeName={n.name} Name=gpu File={s / 'dev' / n.name}-gpu[0-{n.gpus - 1}]")
         (s / "gres.conf").write_text("\n".join(gres) + "\n")
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
-        # Jobs inherit this environment. With every UCX transport, the MPICH wheel's UCX address is long
-        # enough that, for some lengths of the command line, Slurm's pmi2 plugin gets a malformed
-        # request at MPI_Init ("mpi/pmi2: value not properly terminated", ranks exit with 15). The fake
-        # nodes share one host, so shared memory, self and TCP are all the transports they can use.
-        self.env.setdefault("UCX_TLS", "self,sm,tcp")
+        # Jobs inherit this environment. MPICH's UCX netmod exchanges 4 KB business cards at MPI_Init,
+        # which PMI cuts into segments whose requests can overflow the line Slurm's pmi2 plugin reads:
+        # for some lengths of the command line (the test's temporary path) every trial of a test failed
+        # at MPI_Init ("mpi/pmi2: value not properly terminated in client request", exit 15 or 134),
+        # even with UCX limited to self, sm and tcp. OFI exchanges just its address (docs/slurm.md).
+        self.env.setdefault("MPIR_CVAR_CH4_NETMOD", "ofi")
+        self.env.setdefault("FI_PROVIDER", "tcp")
+        self.env.setdefault("UCX_TLS", "self,sm,tcp")        # for an MPI built with UCX only
         if self.plan is not None:
             # Ranks of different nodes over TCP through the links; the training sees the testbed.
             from hpcps.testbed.plan import rank_environment
@@ -429,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         slurm.start()
         print(f"Slurm is up in {slurm.bringup_s:.2f} s with nodes {','.join(slurm.node_names)}.\n"
-              f"    export SLURM_CONF={slurm.conf} UCX_TLS={slurm.env['UCX_TLS']}\n"
+              f"    export SLURM_CONF={slurm.conf} MPIR_CVAR_CH4_NETMOD={slurm.env['MPIR_CVAR_CH4_NETMOD']} "
+              f"FI_PROVIDER={slurm.env['FI_PROVIDER']}\n"
               f"Logs and the jobcomp file are under {slurm.scratch}. Ctrl-C stops it.", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
