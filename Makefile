@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # The MPI wheel to install; MPI=none uses the mpicc/mpiexec already on PATH (a cluster's own MPI).
 MPI ?= mpich
 
-.PHONY: venv demo test lint format-check test-unit test-fuzz test-mpi test-e2e test-slurm test-testbed slurm-deps testbed-deps bench clean
+.PHONY: venv demo test lint format-check test-unit test-fuzz test-mpi test-e2e test-slurm test-testbed slurm-deps testbed-deps bench mutation clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,16 @@ demo: $(STAMP)
 
 test: $(STAMP) slurm-deps testbed-deps
 	$(MAKE) lint test-unit test-fuzz test-mpi test-e2e test-slurm test-testbed
+
+# Mutation testing of hpcps/ps, sim, emulate, comm and tune/models against the unit tests ([tool.mutmut] in
+# pyproject.toml); not part of make test: hours on 2 cores. MUTANTS='hpcps.sim.*' runs one package's.
+# Writes results/mutation.md (benchmarks/mutation_report.py).
+MUTANTS ?=
+mutation: $(STAMP)
+	$(VENV)/bin/pip install -q 'mutmut>=3.3'
+	rm -rf mutants
+	$(VENV)/bin/mutmut run --max-children $$(nproc) $(MUTANTS) || true
+	$(PY) benchmarks/mutation_report.py --command "make mutation$(if $(MUTANTS), MUTANTS='$(MUTANTS)')"
 
 # Lint (ruff's rules in pyproject.toml) and type checks, first of the tests.
 lint: $(STAMP)
