@@ -54,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, survivors = [], {}
     for pkg in PACKAGES:
         mine = {k: v for k, v in status.items() if package_of(k) == pkg}
-        killed = sum(v == "killed" for v in mine.values())
+        # A mutant whose tests ran past mutmut's timeout (an endless loop) was detected: it counts as killed.
+        killed = sum(v in ("killed", "timeout") for v in mine.values())
         survived = sorted(k for k, v in mine.items() if v in ("survived", "no tests"))
-        not_run = sum(v not in ("killed", "survived", "no tests") for v in mine.values())
+        not_run = sum(v not in ("killed", "timeout", "survived", "no tests") for v in mine.values())
         judged = killed + len(survived)
         rows.append({"package": pkg, "mutants": len(mine), "killed": killed, "survived": len(survived),
                      "no_tests": sum(v == "no tests" for v in mine.values()), "not_run": not_run,
+                     "timeouts": sum(v == "timeout" for v in mine.values()),
                      "score": killed / judged if judged else None})
         survivors[pkg] = survived
     lines = ["# Mutation testing", "", f"Command: `{args.command}` (mutmut, config in `pyproject.toml`), then "
@@ -69,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
              "reaches counts as surviving (`no tests`). Only tests in the pytest process see a mutant: code "
              f"that only the MPI and end-to-end suites run survives here. Target: at least {TARGET:.0%} per "
              "package.", "",
-             "| package | mutants | killed | survived (of which no test reaches) | not run | score |",
+             "| package | mutants | killed (of which timed out) | survived (of which no test reaches) | not run "
+             "| score |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         score = "-" if r["score"] is None else f"{r['score']:.1%} ({'met' if r['score'] >= TARGET else 'not met'})"
-        lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} | {r['survived']} ({r['no_tests']}) | "
+        lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} ({r['timeouts']}) | {r['survived']} "
+                     f"({r['no_tests']}) | "
                      f"{r['not_run']} | {score} |")
     lines += ["", "Surviving mutants (`mutmut show NAME` prints the change), not yet reviewed one by one:", ""]
     for pkg, names in survivors.items():
