@@ -244,6 +244,11 @@ def _batch(tool: str, netns: str | None, lines: list[str]) -> Command:
 PEER_BURST = 1600          # bytes: one MTU-sized packet (a peer class's own bucket, see shaping_lines)
 
 
+def nic_burst_bytes(rate_bps: int) -> int:
+    """The burst of a NIC's htb class (see shaping_lines): half a millisecond at its rate, at least 64 KiB."""
+    return max(65536, math.ceil(rate_bps / 8 * 0.0005))
+
+
 def shaping_lines(dev: str, rate_bps: int, match: str = "dst", peers: Sequence[str] = ()) -> list[str]:
     """tc lines that cap dev's egress at rate_bps and share it fairly among the peers.
 
@@ -251,8 +256,8 @@ def shaping_lines(dev: str, rate_bps: int, match: str = "dst", peers: Sequence[s
     at least 64 KiB (one TCP segmentation-offload packet: less and htb falls short of its rate; more lets
     the start of each message through faster than the link: 2 ms gave +4% on 2.5 MB at 1 Gbit/s). Below
     it one class per peer address (u32 on the IP `match` address: dst on a node's egress, src on its
-    ingress) and one for anything else, each guaranteed an equal part and allowed the whole, with equal
-    quanta: htb's deficit round robin then gives every busy peer the same share, the max-min sharing the
+    ingress) and one for anything else, each allowed the whole rate, with equal quanta: htb's deficit
+    round robin then gives every busy peer the same share, the max-min sharing the
     cluster file means by a NIC shared by every flow through it. With one FIFO instead, TCP flows into a
     NIC split it by their congestion windows (0.7 : 0.3 measured for two pushes started together).
 
@@ -260,7 +265,7 @@ def shaping_lines(dev: str, rate_bps: int, match: str = "dst", peers: Sequence[s
     borrowed from 1:1, so 1:1's bucket is the NIC's only burst. With a share and a 64 KiB burst each, every
     peer class let its first 64 KiB through at once: on a server NIC taking nine 104 KB pushes an
     iteration, more than half of the bytes passed unshaped, and the traced rate was 2.2-2.6x the NIC's."""
-    burst = max(65536, math.ceil(rate_bps / 8 * 0.0005))
+    burst = nic_burst_bytes(rate_bps)
     lines = [f"qdisc add dev {dev} root handle 1: htb default 2",
              f"class add dev {dev} parent 1: classid 1:1 htb rate {rate_bps}bit ceil {rate_bps}bit "
              f"burst {burst}b cburst {burst}b"]
