@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _calibration import calibrate, machine_slowdown, with_speed  # noqa: E402
+
 from hpcps.cluster import load_cluster  # noqa: E402
 from hpcps.cluster.placement import NodeSchedule, balanced, naive, write_node_schedule  # noqa: E402
 from hpcps.config import load_job  # noqa: E402
@@ -63,15 +65,6 @@ def with_threads(s: NodeSchedule, node: str, threads: int) -> NodeSchedule:
 
 
 PROFILES = ROOT / "results/emulation_hetero8_profiles.toml"
-
-
-def calibrate(out: Path) -> dict:
-    """Calibrate cifar-resnet into out; its one-thread step times by batch size."""
-    subprocess.run([sys.executable, str(ROOT / "benchmarks/calibrate_compute.py"), "--workload", "cifar-resnet",
-                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, text=True, timeout=600)
-    p = load_profiles(out).workload("cifar-resnet")
-    return {"path": str(out), "fixed_s": p.fixed_s, "per_sample_s": p.per_sample_s,
-            "step_s": {b: p.step_time(b, 1, 1, 1) for b in (1, 8, 22)}}
 
 
 def run(schedule: NodeSchedule, workdir: Path, tag: str) -> dict:
@@ -107,19 +100,6 @@ def simulate(cluster, job, schedule: NodeSchedule, profiles=None) -> tuple[float
     return res.iteration_time_s, {r.node: r.compute_s for r in res.ranks if r.batch > 0}
 
 
-def speed_now(profiles, run: dict) -> float:
-    """How much slower this machine was during the run than at calibration: the median over the run's
-    workers of the step time it charged (timed alone at start-up) over the calibrated one."""
-    p = profiles.workload("cifar-resnet")
-    return float(np.median([c / p.step_time(b, 1, 1, 1) for b, c in run["step_cost_s_by_batch"].items()]))
-
-
-def with_speed(profiles, factor: float):
-    """The profiles with every compute time multiplied by factor."""
-    return replace(profiles, workloads=tuple(replace(w, fixed_s=w.fixed_s * factor, per_sample_s=w.per_sample_s * factor)
-                                             for w in profiles.workloads))
-
-
 def main() -> int:
     cluster, job = load_cluster(CLUSTER), load_job(JOB)
     gb = job.training.global_batch
@@ -146,7 +126,7 @@ def main() -> int:
             r["key"] = key
             r["sim_iteration_s"], r["sim_compute_s_by_node"] = simulate(cluster, job, schedules[key], sitting)
             r["sim_bundled_iteration_s"], _ = simulate(cluster, job, schedules[key])
-            r["machine_slowdown"] = speed_now(sitting, r)
+            r["machine_slowdown"] = machine_slowdown(sitting, r)
             r["sim_corrected_iteration_s"], _ = simulate(cluster, job, schedules[key],
                                                          with_speed(sitting, r["machine_slowdown"]))
             runs.append(r)
@@ -190,8 +170,8 @@ def main() -> int:
 
 
 def write_results(runs, speedup, sweep, best_t, rows, errors, med_err, cluster, context):
-    from _machine import facts_markdown
     import matplotlib
+    from _machine import facts_markdown
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     res = ROOT / "results"

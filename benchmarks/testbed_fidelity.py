@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from _calibration import calibrate, machine_slowdown, with_speed  # noqa: E402
+
 from hpcps.cluster import load_cluster  # noqa: E402
 from hpcps.cluster.placement import NodeSchedule, balanced, naive, write_node_schedule  # noqa: E402
 from hpcps.config import load_job  # noqa: E402
@@ -119,22 +121,13 @@ def run(cluster_path: Path, schedule: NodeSchedule, workdir: Path, tag: str, dil
             "warnings": [ln.strip() for ln in (out.stdout + out.stderr).splitlines() if "warning" in ln]}
 
 
-def machine_slowdown(profiles, r: dict) -> float:
-    p = profiles.workload("cifar-resnet")
-    return float(np.median([c / p.step_time(b, 1, 1, 1) for b, c in r["step_cost_s_by_batch"].items()]))
-
-
-def with_speed(profiles, factor: float):
-    return replace(profiles, workloads=tuple(replace(w, fixed_s=w.fixed_s * factor, per_sample_s=w.per_sample_s * factor)
-                                             for w in profiles.workloads))
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="two schedules per cluster (a smoke test; writes nothing)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random schedules (default 0)")
     args = p.parse_args(argv)
     from _machine import command_line, facts, facts_markdown, load_average
+
     from hpcps.testbed.runner import missing_requirements
     why = missing_requirements()
     if why:
@@ -146,7 +139,6 @@ def main(argv=None) -> int:
     global PROFILES
     if args.quick:                   # a smoke test writes nothing under results/
         PROFILES = Path(tempfile.mkdtemp(prefix="hpcps-testbed-fidelity-")) / "profiles.toml"
-    from emulation_hetero8 import calibrate
     print("calibrating cifar-resnet on this machine ...", flush=True)
     machine["calibration"] = calibrate(PROFILES)
     profiles, bundled = load_profiles(PROFILES), load_profiles()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -116,18 +115,11 @@ def mpiexec() -> str:
 
 
 def machine() -> dict:
+    """benchmarks/_machine.py's facts, with h5py's and HDF5's versions (the trace writer's)."""
     import h5py
-    import mpi4py
-    import torch
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _machine import facts
-    f = facts()
-    commit = (f["commit"] or "unknown") + (f" plus uncommitted changes to {', '.join(f['uncommitted_changes'])}"
-                                           if f["uncommitted_changes"] else "")
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "mpi4py": mpi4py.__version__, "h5py": h5py.__version__,
-            "hdf5": h5py.version.hdf5_version, "commit": commit,
-            "load": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    return {**facts(), "h5py": h5py.__version__, "hdf5": h5py.version.hdf5_version}
 
 
 def run_config(name: str, cfg: dict, ranks: int, quick: bool, scratch: Path) -> dict:
@@ -147,15 +139,15 @@ def run_config(name: str, cfg: dict, ranks: int, quick: bool, scratch: Path) -> 
 
 
 def markdown(results: list[dict], facts: dict, command: str) -> str:
+    from _machine import facts_markdown
     lines = ["# Tracing overhead", "",
              "Training throughput with a trace recorder against without, identical trainings alternating inside "
              "one MPI job (see the docstring of `benchmarks/trace_overhead.py`). Throughput: run_bsp's samples/s "
              "over the training loop, as hpcps.train reports it. Target: traced / untraced >= "
              f"{TARGET} (at most 3% lower throughput), judged on the median of the per-pair ratios.", "",
              f"Command: `{command}`", "",
-             f"Machine: {facts['cores']} cores, load average at start {facts['load']} (the machine is shared), "
-             f"Python {facts['python']}, torch {facts['torch']}, mpi4py {facts['mpi4py']}, h5py {facts['h5py']} "
-             f"(HDF5 {facts['hdf5']}), commit {facts['commit']}, {facts['date']}. The ranks outnumber the cores, "
+             facts_markdown(facts), "",
+             f"h5py {facts['h5py']} (HDF5 {facts['hdf5']}). The ranks outnumber the cores, "
              "and other jobs shared the machine: single runs vary by several times, so only neighbouring runs "
              "are compared.", ""]
     for r in results:
@@ -205,6 +197,8 @@ def main() -> int:
     facts = machine()
     with tempfile.TemporaryDirectory() as scratch:
         results = [run_config(name, CONFIGS[name], args.ranks, args.quick, Path(scratch)) for name in args.configs]
+    from _machine import load_average
+    facts["load_average_at_end"] = load_average()
     text = markdown(results, facts, command)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
