@@ -75,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
              "| score |",
              "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        score = "-" if r["score"] is None else f"{r['score']:.1%} ({'met' if r['score'] >= TARGET else 'not met'})"
+        if r["score"] is None:
+            score = "-"
+        elif r["not_run"]:                  # no verdict on a package whose mutants did not all run
+            score = f"{r['score']:.1%} of those run (no verdict: {r['not_run']} not run)"
+        else:
+            score = f"{r['score']:.1%} ({'met' if r['score'] >= TARGET else 'not met'})"
         lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} ({r['timeouts']}) | {r['survived']} "
                      f"({r['no_tests']}) | "
                      f"{r['not_run']} | {score} |")
