@@ -241,7 +241,7 @@ def _batch(tool: str, netns: str | None, lines: list[str]) -> Command:
     return Command(argv, "".join(line + "\n" for line in lines))
 
 
-PEER_BURST = 1600          # bytes: one MTU-sized packet (a peer class's own bucket, see shaping_lines)
+PEER_BURST = 1600          # bytes: one MTU-sized packet (a peer class's own rate bucket, see shaping_lines)
 
 
 def nic_burst_bytes(rate_bps: int) -> int:
@@ -261,17 +261,20 @@ def shaping_lines(dev: str, rate_bps: int, match: str = "dst", peers: Sequence[s
     cluster file means by a NIC shared by every flow through it. With one FIFO instead, TCP flows into a
     NIC split it by their congestion windows (0.7 : 0.3 measured for two pushes started together).
 
-    The peer classes hold no rate and no burst of their own (8 bit/s, one MTU): everything they send is
+    The peer classes hold no rate of their own (8 bit/s, a one-MTU rate bucket): everything they send is
     borrowed from 1:1, so 1:1's bucket is the NIC's only burst. With a share and a 64 KiB burst each, every
-    peer class let its first 64 KiB through at once: on a server NIC taking nine 104 KB pushes an
-    iteration, more than half of the bytes passed unshaped, and the traced rate was 2.2-2.6x the NIC's."""
+    peer class let its first 64 KiB through at once (a class within its own rate sends whatever its
+    parent holds): on a server NIC taking nine 104 KB pushes an iteration, more than half of the bytes
+    passed unshaped, and the traced rate was 2.2-2.6x the NIC's. Their ceil bucket (cburst) is 1:1's
+    burst: it only lets a class borrow as much as 1:1 could give at once; with one MTU there, a single
+    flow waited for tokens after every offloaded 64 KB packet and reached 0.65-0.84 of the rate."""
     burst = nic_burst_bytes(rate_bps)
     lines = [f"qdisc add dev {dev} root handle 1: htb default 2",
              f"class add dev {dev} parent 1: classid 1:1 htb rate {rate_bps}bit ceil {rate_bps}bit "
              f"burst {burst}b cburst {burst}b"]
     for minor, peer in [(2, None)] + [(16 + i, p) for i, p in enumerate(peers)]:
         lines += [f"class add dev {dev} parent 1:1 classid 1:{minor:x} htb rate 8bit ceil {rate_bps}bit "
-                  f"burst {PEER_BURST}b cburst {PEER_BURST}b quantum 60000",
+                  f"burst {PEER_BURST}b cburst {burst}b quantum 60000",
                   f"qdisc add dev {dev} parent 1:{minor:x} handle {minor:x}: pfifo limit 10000"]
         if peer is not None:
             lines.append(f"filter add dev {dev} parent 1: protocol ip prio 1 u32 match ip {match} {peer}/32 "

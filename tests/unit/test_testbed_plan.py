@@ -124,9 +124,10 @@ def test_shaping_caps_the_rate_and_gives_each_peer_a_class():
     assert "classid 1:1 htb rate 100000000bit ceil 100000000bit burst 65536b" in lines[1]    # 0.5 ms < 64 KiB
     leaves = [ln for ln in lines if "parent 1:1 classid" in ln]
     assert len(leaves) == 3                                        # two peers and everything else
-    # The peer classes borrow everything from 1:1: no rate and no burst of their own beyond one packet,
-    # so that the NIC's burst is 1:1's alone (not 64 KiB more per peer).
-    assert all("rate 8bit ceil 100000000bit burst 1600b cburst 1600b" in ln and "quantum 60000" in ln
+    # The peer classes borrow everything from 1:1: no rate of their own (a one-packet rate bucket), so
+    # that the NIC's burst is 1:1's alone (not 64 KiB more per peer); their ceiling bucket is 1:1's
+    # burst, so that a lone flow is not held back after each offloaded packet.
+    assert all("rate 8bit ceil 100000000bit burst 1600b cburst 65536b" in ln and "quantum 60000" in ln
                for ln in leaves)
     assert "u32 match ip dst 10.0.0.2/32 flowid 1:10" in lines[6] and "match ip dst 10.0.0.3/32 flowid 1:11" in lines[9]
     assert "burst 625000b" in shaping_lines("p0", 10_000_000_000)[1]                          # 0.5 ms at 10 Gbit/s
