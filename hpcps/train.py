@@ -214,10 +214,6 @@ def resolve_checkpoints(args, job):
     from hpcps.ps.checkpoint import check_resumable, list_checkpoints, load_resume
     loaded, notes = None, ()
     directory = args.checkpoint
-    if (directory is not None or args.resume is not None) and job.training.sync != "bsp":
-        # hpcps/ps/runtime.py: a checkpoint needs an iteration boundary every rank shares
-        raise ConfigError("--checkpoint" if directory is not None else "--resume", None,
-                          f"works with training.sync = 'bsp' only, not {job.training.sync!r}")
     if args.resume is not None:
         loaded, skipped = load_resume(args.resume)
         check_resumable(loaded, job)

@@ -90,9 +90,12 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def schedule_record(schedule, n_ranks: int, codecs: list[str]) -> dict[str, Any]:
+def schedule_record(schedule, n_ranks: int, codecs: list[str], sync: str = "bsp", staleness: int = 0) -> dict[str, Any]:
+    """How the run that writes a checkpoint ran. sync and staleness say what was; a checkpoint is taken
+    where every clock is its iteration (docs/checkpoints.md), so any mode may continue from it."""
     return {"n_ranks": int(n_ranks), "servers": [int(s) for s in schedule.servers],
-            "workers": [[int(w.rank), int(w.batch)] for w in schedule.workers], "codecs": list(codecs)}
+            "workers": [[int(w.rank), int(w.batch)] for w in schedule.workers], "codecs": list(codecs),
+            "sync": sync, "staleness": int(staleness)}
 
 
 def check_resumable(ckpt: Checkpoint, job, n_params: int | None = None) -> None:

@@ -14,9 +14,14 @@ arrays and writes one file (hpcps/ps/checkpoint.py). One file written by one ran
 
 When: every training.checkpoint_every iterations (every rank knows), every training.checkpoint_every_s
 seconds and on SIGUSR1 or SIGTERM (rank 0 alone decides: it reads the clock and takes the signals).
-Rank 0 tells the others at the next boundary through a one-integer broadcast posted without blocking at
-every boundary and completed at the next, long after it arrived; the decision so takes effect one
-iteration later. A signal means: checkpoint, then stop (exit status EXIT_STOPPED).
+Rank 0 tells the others through a one-integer broadcast posted without blocking at every boundary and
+completed `lag` boundaries later (flag_lag), long after it arrived; the decision so takes effect that
+many iterations later, at the same boundary on every rank (the k-th broadcast is the same one
+everywhere). A signal means: checkpoint, then stop (exit status EXIT_STOPPED).
+
+Under ssp and asp ranks reach a boundary at different times: each rank first settles there
+(hpcps.ps.stale.StaleExchange.settle: every push of the steps before applied, every answer arrived,
+serving the ranks behind meanwhile), after which the state is the one bsp has at that boundary.
 
 Resuming: rank 0 reads the checkpoint; the parameters reach every rank through the start-up broadcast
 of the initial parameters, the optimiser state goes to each piece's server (cut to the new plan's
@@ -104,20 +109,39 @@ class _Flag:
     req: MPI.Request | None = None
 
 
+# Under asp no rank waits for another, so a decision of rank 0's needs a bound on how far ahead the
+# others may be when it reaches them: with checkpoints, no rank passes boundary k + ASP_FLAG_LAG before
+# rank 0 has passed boundary k.
+ASP_FLAG_LAG = 16
+
+
+def flag_lag(sync: str, staleness: int = 0) -> int:
+    """How many boundaries after rank 0 posts a decision every rank acts on it. bsp: the next one (every
+    rank is at most one boundary ahead of another). ssp: s + 2, by when bounded staleness has already
+    made every rank wait for rank 0 to pass that boundary (a worker at clock c needs every worker's
+    push of c - s - 1), so the flag never holds a rank back further than the policy does. asp:
+    ASP_FLAG_LAG, the one bound checkpoints add to asynchronous training."""
+    if sync == "bsp":
+        return 1
+    if sync == "ssp":
+        return staleness + 2
+    return ASP_FLAG_LAG
+
+
 class Checkpointer:
     """One per rank of a run with checkpoints or a resume. Call restore() once before the exchange
     starts, boundary() after every iteration, close() at the end."""
 
     def __init__(self, comm: MPI.Comm, settings: CheckpointSettings, *, job, schedule, plan, served: dict,
                  encoders: dict, worker_row: int | None, model: torch.nn.Module, codec_names: list[str],
-                 log: Callable[[str], None], sleep_wait: bool = False):
+                 log: Callable[[str], None], sleep_wait: bool = False, lag: int = 1):
         self.comm = comm.Dup()               # its own tags and collectives, apart from the exchange's
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.settings = settings
         self.job, self.schedule, self.plan = job, schedule, plan
         self.served, self.encoders, self.worker_row = served, encoders, worker_row
         self.model = model
-        self.record = schedule_record(schedule, self.size, codec_names)
+        self.record = schedule_record(schedule, self.size, codec_names, job.training.sync, job.training.staleness)
         self.log = log
         self.sleep_wait = sleep_wait
         self.start_iteration = 0
@@ -125,7 +149,8 @@ class Checkpointer:
         self.last_path: Path | None = None
         self.saved_s = 0.0                   # time spent in checkpoints, this rank
         self.saves = 0
-        self._flag = _Flag()
+        self.lag = lag
+        self._flags: list[_Flag] = []        # posted, oldest first: at most lag
         self._last_save_t = time.monotonic()
         self._stop_reason: str | None = None
 
@@ -199,6 +224,8 @@ class Checkpointer:
             how = ("the same schedule" if header["same_schedule"] else
                    f"another schedule (it ran {was['n_ranks']} ranks, servers {was['servers']}, "
                    f"{len(was['workers'])} workers)")
+            if was.get("sync", "bsp") != self.record["sync"] or was.get("staleness", 0) != self.record["staleness"]:
+                how += f", written under sync {_mode(was)}, going on under {_mode(self.record)}"
             self.log(f"resuming from {ckpt.path} after iteration {it}, under {how}"
                      + "".join(f"; {n}" for n in notes if n))
         return it
@@ -263,7 +290,7 @@ class Checkpointer:
         return STOP when the run must end here (a signal), else NONE or SAVE."""
         if self.settings.directory is None:      # resumed, writing no checkpoints: nothing to decide
             return NONE
-        flagged = self._take_flag()
+        flagged = self._take_flag(exchange)
         final = done == total
         due = (final or flagged != NONE
                or (self.settings.every > 0 and done % self.settings.every == 0))
@@ -276,42 +303,49 @@ class Checkpointer:
         self._post_flag()
         return SAVE if due else NONE
 
-    def _take_flag(self) -> int:
-        f = self._flag
-        if f.req is None:
+    def _take_flag(self, exchange) -> int:
+        """The decision rank 0 posted lag boundaries ago (NONE before the first lag boundaries). A rank
+        waiting for it keeps serving: under ssp and asp rank 0 may need it to get there."""
+        if len(self._flags) < self.lag:
             return NONE
-        while not f.req.Test():
-            if self.sleep_wait:
-                time.sleep(20e-6)
+        f = self._flags.pop(0)
+        assert f.req is not None
+        req = f.req
+        exchange.wait_until(lambda: bool(req.Test()))
         f.req = None
         if self.rank != 0 and f.buf[1] >= 0:
             self.last_good = int(f.buf[1])
         return int(f.buf[0])
 
     def _post_flag(self) -> None:
-        f = self._flag
+        f = _Flag()
         if self.rank == 0:
             action = NONE
             if self.settings.signals is not None and self.settings.signals.received:
                 action = STOP
                 if self._stop_reason is None:
                     self._stop_reason = self.settings.signals.received
-                    self.log(f"{self._stop_reason}: checkpoint at the next iteration boundary, then stop")
+                    when = "the next iteration boundary" if self.lag == 1 else f"the boundary {self.lag} iterations on"
+                    self.log(f"{self._stop_reason}: checkpoint at {when}, then stop")
             elif (self.settings.every_s > 0 and self.settings.directory is not None
                   and time.monotonic() - self._last_save_t >= self.settings.every_s):
                 action = SAVE
+                self._last_save_t = time.monotonic()      # one request an interval, whatever the lag
             f.buf[:] = (action, -1 if self.last_good is None else self.last_good)
         f.req = self.comm.Ibcast(f.buf, root=0)
+        self._flags.append(f)
 
     def close(self) -> None:
-        if self._flag.req is not None:
-            self._flag.req.Wait()
-            self._flag.req = None
+        for f in self._flags:
+            if f.req is not None:
+                f.req.Wait()
+        self._flags.clear()
         self.comm.Free()
 
     # -- saving ------------------------------------------------------------------------------------------
     def save(self, done: int, exchange) -> None:
         """Gather this boundary's state on rank 0 and write it there (collective over the ranks)."""
+        exchange.settle(done)
         if not exchange.at_boundary(done):
             raise RuntimeError(f"checkpoint after iteration {done} outside an iteration boundary "
                                f"(pieces at {sorted(set(exchange.version.values()))})")
@@ -415,6 +449,11 @@ def _agree(metas: list[dict], n_pieces: int) -> tuple[list[str], dict[str, np.nd
         raise RuntimeError(f"pieces hold different optimiser state: {sorted(kinds)}")
     vector_keys = sorted(k for k, (shape, _) in next(iter(per_piece.values())).items() if len(shape) == 1)
     return vector_keys, scalars
+
+
+def _mode(record: dict) -> str:
+    sync = record.get("sync", "bsp")
+    return f"{sync} (staleness {record.get('staleness', 0)})" if sync == "ssp" else sync
 
 
 def pid_line(comm: MPI.Comm) -> str | None:

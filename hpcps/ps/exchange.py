@@ -417,6 +417,10 @@ class Exchange:
                 and (not self.is_worker or self.pushes_done())
                 and not self._staging and not self._ready_to_aggregate)
 
+    def settle(self, done: int) -> None:
+        """Bring this rank to the boundary after `done` iterations, where a checkpoint reads it. Under bsp
+        the policy's iteration has just brought it there (at_boundary)."""
+
     def stop_early(self) -> None:
         """End the run at an iteration boundary before its planned end: cancel the receives of pushes
         that will never come, then complete what is left (the next iteration's pulls, posted on both

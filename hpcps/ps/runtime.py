@@ -167,29 +167,24 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     sleep_wait = True if emulation is not None and emulation.network == "real" else None
     partition = EpochPartition(workload.n_train(), batches, job.training.seed)
     total = total_iterations(job, partition.per_epoch)
+    if not synchronous:
+        served = serve_pieces(policy.name, policy.staleness, plan, rank, init, batches, job.optimizer, codecs,
+                              iterations=total)
     checkpointer = None
-    if checkpoints is not None and (checkpoints.directory is not None or checkpoints.resuming) and not synchronous:
-        # A checkpoint is read at an iteration boundary that every rank shares; under ssp and asp no
-        # such boundary exists without stopping the fast workers, and the servers' row sets and clocks
-        # would have to go with it.
-        from hpcps.config.errors import ConfigError
-        raise ConfigError("training.sync", None, f"--checkpoint and --resume work with sync = 'bsp' only, "
-                                                 f"not {policy.name!r}")
     if checkpoints is not None and (checkpoints.directory is not None or checkpoints.resuming):
-        from hpcps.ps.checkpointer import Checkpointer
+        # Under ssp and asp every rank settles at a checkpoint's boundary first (hpcps/ps/checkpointer.py).
+        from hpcps.ps.checkpointer import Checkpointer, flag_lag
         from hpcps.ps.exchange import ranks_outnumber_cores
         checkpointer = Checkpointer(comm, checkpoints, job=job, schedule=schedule, plan=plan, served=served,
                                     encoders=encoders, worker_row=worker_row, model=flat.model,
                                     codec_names=[c.name for c in codecs], log=log,
-                                    sleep_wait=ranks_outnumber_cores(comm))
+                                    sleep_wait=ranks_outnumber_cores(comm),
+                                    lag=flag_lag(policy.name, policy.staleness))
     start = checkpointer.restore(flat.numel) if checkpoints is not None and checkpoints.resuming else 0
     if start > total:
         from hpcps.config.errors import ConfigError
         raise ConfigError("--resume", None, f"the checkpoint is after iteration {start}, past this run's "
                                             f"{total} iterations (give --iterations N with N >= {start})")
-    if not synchronous:
-        served = serve_pieces(policy.name, policy.staleness, plan, rank, init, batches, job.optimizer, codecs,
-                              iterations=total)
     common = dict(params=params_xb, grads=grads_xb, served=served, encoders=encoders, recorder=recorder, clock=clock,
                   emulator=emulator, sleep_wait=sleep_wait,
                   aggregate=emulator.clock.run_aggregate if emulator is not None else None)

@@ -18,7 +18,43 @@ def aggregation_weights(batches: list[int]) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-class ServedPiece:
+class _OptimizerStateIO:
+    """What a checkpoint reads from and writes into a piece's optimiser, under every policy (needs
+    self.piece and self.optimizer)."""
+
+    piece: Piece
+    optimizer: torch.optim.Optimizer
+
+    def optimizer_state(self) -> dict[str, np.ndarray]:
+        """The optimiser's state of this piece: per-element arrays (shape (size,), e.g. SGD's
+        momentum_buffer, Adam's exp_avg and exp_avg_sq) and scalars (shape (), e.g. Adam's step). Views
+        of the live state: copy what must outlive the next step. Empty before the first step."""
+        param = self.optimizer.param_groups[0]["params"][0]
+        out = {}
+        for key, value in self.optimizer.state.get(param, {}).items():
+            if value is None:
+                continue
+            arr = value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            if arr.shape not in ((), (self.piece.size,)):
+                raise ValueError(f"optimiser state {key!r} has shape {arr.shape}; a checkpoint takes only "
+                                 f"per-element arrays ({self.piece.size},) and scalars")
+            out[key] = arr
+        return out
+
+    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
+        """Replace the optimiser's state by state (what optimizer_state() returned, possibly for another
+        cut of the vector: any arrays of this piece's size)."""
+        param = self.optimizer.param_groups[0]["params"][0]
+        restored = {}
+        for key, value in state.items():
+            arr = np.array(value, copy=True)
+            if arr.shape not in ((), (self.piece.size,)):
+                raise ValueError(f"optimiser state {key!r} has shape {arr.shape}, expected () or ({self.piece.size},)")
+            restored[key] = torch.from_numpy(arr)
+        self.optimizer.state[param] = restored
+
+
+class ServedPiece(_OptimizerStateIO):
     """One piece of a shard. Pushes land in rows[worker] (decoded by that worker's codec); once every
     worker's push is in, aggregate_and_step() takes the weighted mean of the rows and steps the
     optimiser on the piece. SGD, Adam and AdamW act element by element, so stepping per piece is the
@@ -56,36 +92,7 @@ class ServedPiece:
         self.optimizer.step()
         self.received = 0
 
-    # -- checkpoints ------------------------------------------------------------------------------------
-    def optimizer_state(self) -> dict[str, np.ndarray]:
-        """The optimiser's state of this piece: per-element arrays (shape (size,), e.g. SGD's
-        momentum_buffer, Adam's exp_avg and exp_avg_sq) and scalars (shape (), e.g. Adam's step). Views
-        of the live state: copy what must outlive the next step. Empty before the first step."""
-        param = self.optimizer.param_groups[0]["params"][0]
-        out = {}
-        for key, value in self.optimizer.state.get(param, {}).items():
-            if value is None:
-                continue
-            arr = value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
-            if arr.shape not in ((), (self.piece.size,)):
-                raise ValueError(f"optimiser state {key!r} has shape {arr.shape}; a checkpoint takes only "
-                                 f"per-element arrays ({self.piece.size},) and scalars")
-            out[key] = arr
-        return out
-
-    def load_optimizer_state(self, state: dict[str, np.ndarray]) -> None:
-        """Replace the optimiser's state by state (what optimizer_state() returned, possibly for another
-        cut of the vector: any arrays of this piece's size)."""
-        param = self.optimizer.param_groups[0]["params"][0]
-        restored = {}
-        for key, value in state.items():
-            arr = np.array(value, copy=True)
-            if arr.shape not in ((), (self.piece.size,)):
-                raise ValueError(f"optimiser state {key!r} has shape {arr.shape}, expected () or ({self.piece.size},)")
-            restored[key] = torch.from_numpy(arr)
-        self.optimizer.state[param] = restored
-
-class _PieceState:
+class _PieceState(_OptimizerStateIO):
     """What every policy's server holds for a piece: its parameters, version, optimiser and codecs."""
 
     def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,

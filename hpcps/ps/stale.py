@@ -116,14 +116,27 @@ class StaleExchange(Exchange):
     # -- set-up ---------------------------------------------------------------------------------------
     def start(self, first_iteration: int = 0) -> None:
         """Post the push receives and the workers' first pull receives. Every rank starts from the same
-        values (version 0), so nothing is sent before the first step."""
-        if first_iteration != 0:
-            raise ValueError("ssp and asp runs start at iteration 0 (they are not resumed from checkpoints)")
+        values, so nothing is sent before the first step. A run resumed after first_iteration steps
+        (a checkpoint) starts as a settled run goes on (settle()): every clock at first_iteration, every
+        worker's pushes through it applied, every piece at the version that makes (ssp: one a round;
+        asp: one a push, first_iteration of every worker's, whichever workers wrote the checkpoint)."""
+        n = first_iteration
+        version = n if self.mode == "ssp" else n * len(self.plan.workers)
+        for q, state in self.states.items():
+            state.version = version
+            if isinstance(state, AsyncPiece):
+                state.applied[:] = n
+            self._next[q][:] = n
+            self._sent[q][:] = version
+        self.have[:] = version
+        self.newest[:] = version
+        self._replies[:] = n
         for q in self.states:
             for row in self._remote_rows:
                 self._post_push_receive(q, row)
-        for q in self.remote:
-            self._post_pull_receive(q)
+        if n < self.iterations:                          # a run resumed at its end expects no pull
+            for q in self.remote:
+                self._post_pull_receive(q)
 
     # -- the worker's side ------------------------------------------------------------------------------
     def _round(self, q: int) -> RoundPiece:
@@ -353,6 +366,48 @@ class StaleExchange(Exchange):
         elif self._held[q][row]:
             self._held[q][row] = False
             self._to_apply.append((q, row))
+
+    def settled(self, done: int) -> bool:
+        """Whether this rank stands where every rank of the run stops for a checkpoint after `done`
+        steps: its pushes of steps 0 .. done - 1 are out, every piece it serves has every worker's
+        pushes of them applied (and no later one: no worker pushes step `done` before every rank has
+        settled) with its answers and offers sent, and every piece it reads from another rank has
+        arrived at that version. All clocks are then `done`, whatever the staleness allowed before:
+        the state is the one a bsp run has at that boundary, and a run resumed from it starts there
+        (start())."""
+        if self._staging or self._ready_to_aggregate or self._to_apply:
+            return False
+        if self.is_worker and not self.pushes_done():
+            return False
+        for q, state in self.states.items():
+            if self._busy[q].any() or self._held[q].any():
+                return False
+            if self.mode == "ssp":
+                if state.version != done or any(self._sent[q][r] < done for r in self._remote_rows):
+                    return False
+            elif (self._async(q).applied != done).any():
+                return False
+        if self.mode == "ssp":
+            return all(self.newest[q] >= done for q in self.remote)
+        return all(self._replies[q] >= done for q in self.remote)
+
+    def settle(self, done: int) -> None:
+        """Serve until settled(done): a rank that gets there first keeps serving the ones behind."""
+        self.wait_until(lambda: self.settled(done))
+
+    def at_boundary(self, done: int) -> bool:
+        return self.settled(done)
+
+    def stop_early(self) -> None:
+        """End a settled run before its planned end: cancel the receives posted for pushes and pulls
+        that will never come (nothing else is in flight once settled)."""
+        for req, handler in zip(self._reqs, self._done):
+            if handler[1][1].direction != "recv":
+                raise RuntimeError("stop_early on a rank that is not settled: a send is still in flight")
+            req.Cancel()
+            req.Wait()
+        self._reqs, self._done = [], []
+        self._receiving = {q: False for q in self._receiving}
 
     def served_through(self, iteration: int) -> bool:
         """Every piece this rank serves has every worker's push of iteration applied."""

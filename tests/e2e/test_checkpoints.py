@@ -125,10 +125,6 @@ def test_bad_resume_input_is_one_line_exit_2_and_nothing_written(tmp_path, case)
         a_checkpoint(ckdir, job, 2410)
         args += ["--checkpoint", str(ckdir)]
         words = f"already holds checkpoints (newest ckpt-00000010.h5); give --resume {ckdir}"
-    elif case == "ssp":
-        job = small_job(tmp_path, extra='sync = "ssp"\nstaleness = 1\n')
-        args = ["-m", "hpcps.train", "--job", str(job), "--checkpoint", str(ckdir)]
-        words = "--checkpoint: works with training.sync = 'bsp' only, not 'ssp'"
     else:
         a_checkpoint(ckdir, job, 2410, iteration=50)
         args += ["--resume", str(ckdir)]
@@ -166,13 +162,13 @@ def test_a_non_finite_loss_ends_the_job_naming_iteration_rank_and_checkpoint(tmp
     assert_no_leftovers(str(tmp_path))
 
 
-def slow_job(tmp_path: Path, iterations: int, every: int, sleep_s: float = 0.02) -> Path:
+def slow_job(tmp_path: Path, iterations: int, every: int, sleep_s: float = 0.02, sync: str = "bsp") -> Path:
     job = tmp_path / "slow.toml"
     job.write_text('name = "slow"\nworkload = "tests.fixtures.checkpoint_workloads:slow"\n'
                    f'[model]\nhidden = 32\n[data]\nstep_sleep_s = {sleep_s}\n'
                    '[optimizer]\nname = "adam"\nlr = 0.003\n'
                    f'[training]\nglobal_batch = 48\niterations = {iterations}\nlog_every = 5\n'
-                   f'checkpoint_every = {every}\n')
+                   f'checkpoint_every = {every}\nsync = "{sync}"\n')
     return job
 
 
@@ -262,6 +258,32 @@ def test_sigusr1_checkpoints_and_stops_and_the_resumed_run_ends_bit_for_bit(tmp_
     b = read_checkpoint(ckdir / "ckpt-00000120.h5")
     assert np.array_equal(a.params, b.params)
     assert all(np.array_equal(a.optimizer_vectors[k], b.optimizer_vectors[k]) for k in a.optimizer_vectors)
+    assert_no_leftovers(str(tmp_path))
+
+
+def test_sigusr1_under_asp_checkpoints_where_every_rank_settles_and_the_run_resumes(tmp_path):
+    """Under asp ranks reach a boundary at different times: rank 0's decision reaches every rank 16
+    boundaries on (ASP_FLAG_LAG), where every rank settles (every push before applied) and the
+    checkpoint is written; resumed, the run trains to its end."""
+    job = slow_job(tmp_path, iterations=120, every=0, sleep_s=0.03, sync="asp")
+    ckdir = tmp_path / "ck"
+    run = Follow(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace", "--checkpoint", str(ckdir)], tmp_path)
+    run.until(r"iter\s+20/120")
+    os.kill(run.pid_of(0), signal.SIGUSR1)
+    out = run.finish()
+    assert run.proc.returncode == 75, out
+    assert "SIGUSR1: checkpoint at the boundary 16 iterations on, then stop" in out
+    stop = int(re.search(r"stopped after iteration (\d+) of 120 \(SIGUSR1\): last good checkpoint: "
+                         + re.escape(str(ckdir)) + r"/ckpt-(\d+)\.h5", out).group(1))
+    assert 36 < stop < 120 and [it for it, _ in list_checkpoints(ckdir)] == [stop]
+    kept = read_checkpoint(ckdir / f"ckpt-{stop:08d}.h5")
+    assert kept.schedule["sync"] == "asp"
+    assert int(kept.optimizer_scalars["step"]) == len(kept.schedule["workers"]) * stop    # every push, once
+    resumed = run_mpi(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace", "--resume", str(ckdir)], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"done: {120 - stop} iterations ({stop + 1}-120)" in resumed.stdout
+    assert accuracy(resumed.stdout) > 0.8, resumed.stdout
+    assert [it for it, _ in list_checkpoints(ckdir)] == [120, stop]
     assert_no_leftovers(str(tmp_path))
 
 

@@ -19,9 +19,10 @@ SGD = OptimizerConfig("sgd", lr=0.1, momentum=0.9, weight_decay=1e-3)
 ADAM = OptimizerConfig("adam", lr=0.01, eps=1e-5)
 
 
-def job_for(opt: OptimizerConfig, iterations: int, batches=(5, 17, 42), codec: str = "none") -> Job:
+def job_for(opt: OptimizerConfig, iterations: int, batches=(5, 17, 42), codec: str = "none", sync: str = "bsp") -> Job:
     # Pieces of 256 values: the digits MLP (hidden 32, 2410 parameters) is cut into 10 or more pieces.
-    return Job("ckpt", "digits", opt, TrainingConfig(global_batch=sum(batches), iterations=iterations, seed=3),
+    return Job("ckpt", "digits", opt, TrainingConfig(global_batch=sum(batches), iterations=iterations, seed=3,
+                                                     sync=sync),
                model={"hidden": 32}, data={"test_fraction": 0.2},
                exchange=ExchangeConfig(codec=codec, bucket_mb=1 / 1024))
 
@@ -53,18 +54,20 @@ def run(comm, job, schedule, directory=None, resume_from=None, every=0):
 
 
 @pytest.mark.mpi(min_size=3)
-@pytest.mark.parametrize("opt, codec", [(SGD, "none"), (ADAM, "none"), (SGD, "int8"), (ADAM, "sign")],
-                         ids=["sgd-momentum", "adam", "sgd-momentum-int8", "adam-sign"])
-def test_cut_in_two_ends_bit_for_bit_where_the_straight_run_ends(opt, codec):
+@pytest.mark.parametrize("opt, codec, sync", [(SGD, "none", "bsp"), (ADAM, "none", "bsp"), (SGD, "int8", "bsp"),
+                                              (ADAM, "sign", "bsp"), (SGD, "int8", "ssp")],
+                         ids=["sgd-momentum", "adam", "sgd-momentum-int8", "adam-sign", "ssp0-sgd-momentum-int8"])
+def test_cut_in_two_ends_bit_for_bit_where_the_straight_run_ends(opt, codec, sync):
     """With a lossy codec the workers' error-feedback residuals must come back too: without them the
-    resumed pushes differ from the straight run's."""
+    resumed pushes differ from the straight run's. ssp with staleness 0 is bsp bit for bit, through
+    its own exchange, settling at each checkpoint and resuming from it."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
     sched = schedule_a(comm.Get_size())
     d = shared_dir(comm)
-    straight = run(comm, job_for(opt, 60, codec=codec), sched, d / "straight", every=20)
-    first = run(comm, job_for(opt, 30, codec=codec), sched, d / "cut")
-    second = run(comm, job_for(opt, 60, codec=codec), sched, d / "cut", resume_from=d / "cut", every=20)
+    straight = run(comm, job_for(opt, 60, codec=codec, sync=sync), sched, d / "straight", every=20)
+    first = run(comm, job_for(opt, 30, codec=codec, sync=sync), sched, d / "cut")
+    second = run(comm, job_for(opt, 60, codec=codec, sync=sync), sched, d / "cut", resume_from=d / "cut", every=20)
     if comm.Get_rank() == 0:
         assert first.iterations == 30 and second.start_iteration == 30 and second.iterations == 60
         assert np.array_equal(second.final_params, straight.final_params)

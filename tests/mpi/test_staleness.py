@@ -151,3 +151,81 @@ def test_stale_exchange_with_device_buffers(transport, mode):
     final = ex.gather_params(n)
     if rank == 0:
         np.testing.assert_allclose(final, truth - steps * mean_push, rtol=1e-5, atol=1e-5)
+
+
+def _checkpointed_counting(comm, sync, staleness, seed, directory, *, every=0, every_s=0.0, resume_from=None,
+                           steps=STEPS):
+    from dataclasses import replace
+    from hpcps.ps.checkpoint import latest_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    from hpcps.ps.runtime import run_training
+    from tests.fixtures import counting_workload
+    job = counting_job(sync, staleness, seed)
+    job = replace(job, training=replace(job.training, iterations=steps))
+    resume = latest_checkpoint(resume_from)[0] if resume_from is not None and comm.Get_rank() == 0 else None
+    settings = CheckpointSettings(directory, every, every_s, resume=resume, resuming=resume_from is not None,
+                                  keep=1000)
+    result = run_training(comm, job, counting_schedule(), device="cpu", checkpoints=settings)
+    return result, list(counting_workload.OBSERVED)
+
+
+def _bound_problems(sync, staleness, seen, start, rank):
+    """The pull property of test_every_pull_reflects_the_updates_the_mode_promises, for clocks from start."""
+    problems, previous = [], np.full(len(COUNT_BATCHES), float(start))
+    for step, lo, hi in seen:
+        clock = start + step
+        if sync == "ssp" and (lo.min() < clock - staleness or hi.max() > clock):
+            problems.append(f"rank {rank} step {clock}: blocks between {lo} and {hi}")
+        if sync == "asp" and ((lo < previous).any() or hi.max() > clock + STEPS):
+            problems.append(f"rank {rank} step {clock}: blocks between {lo} and {hi} after {previous}")
+        previous = lo if sync == "asp" else previous
+    return problems
+
+
+@pytest.mark.mpi(min_size=5)
+@pytest.mark.parametrize("sync, staleness", [("ssp", 0), ("ssp", 2), ("asp", 0)])
+def test_stale_checkpoints_hold_exactly_the_pushes_before_them_and_resume(sync, staleness):
+    """Checkpoints under ssp and asp, while worker 0 lags: each is taken where every worker's pushes of
+    the steps before it are applied and none after (every block counts exactly its iteration), both
+    at a fixed interval and when rank 0 asks for one (its clock, here at every boundary: the request
+    reaches every rank flag_lag boundaries on, the same boundary everywhere, while the ranks waiting
+    for it keep serving the others). A run resumed from the middle one ends with every push applied
+    exactly once (the servers' clocks and the workers' versions restored, or the run hangs or counts
+    wrong), the pulls keeping the mode's bound across the resume."""
+    from mpi4py import MPI
+    from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import flag_lag
+    from tests.mpi.test_checkpoint_resume import shared_dir
+    comm = MPI.COMM_WORLD
+    rank = comm.Get_rank()
+    d = shared_dir(comm)
+    lag = flag_lag(sync, staleness)
+    steps = lag + 12                             # asp's lag (16) needs a longer run to see asked-for checkpoints
+    runs = {"interval": dict(every=5), "asked": dict(every_s=1e-9)}
+    for name, how in runs.items():
+        result, seen = _checkpointed_counting(comm, sync, staleness, 1, d / name, steps=steps, **how)
+        problems = sum(comm.allgather(_bound_problems(sync, staleness, seen, 0, rank)), [])
+        assert not problems, problems[:5]
+        if rank == 0:
+            held = sorted(it for it, _ in list_checkpoints(d / name))
+            want = (list(range(5, steps, 5)) + [steps] if name == "interval" else list(range(lag + 1, steps + 1)))
+            assert held == want, (name, held)
+            for it, path in list_checkpoints(d / name):
+                ckpt = read_checkpoint(path)
+                assert np.array_equal(ckpt.params, np.full(ckpt.params.shape, it, np.float32)), (name, it)
+                assert ckpt.schedule["sync"] == sync and ckpt.schedule["staleness"] == staleness
+            np.testing.assert_array_equal(result.final_params, np.full(result.final_params.shape, steps, np.float32))
+    # Resume from the checkpoint after 10 (the newer ones set aside), and run to the end again.
+    if rank == 0:
+        for it, path in list_checkpoints(d / "interval"):
+            if it > 10:
+                path.unlink()
+    resumed, seen = _checkpointed_counting(comm, sync, staleness, 1, d / "interval", every=5,
+                                           resume_from=d / "interval", steps=steps)
+    problems = sum(comm.allgather(_bound_problems(sync, staleness, seen, 10, rank)), [])
+    assert not problems, problems[:5]
+    if rank < len(COUNT_BATCHES):
+        assert [s for s, _, _ in seen] == list(range(steps - 10))
+    if rank == 0:
+        assert resumed.start_iteration == 10
+        np.testing.assert_array_equal(resumed.final_params, np.full(resumed.final_params.shape, steps, np.float32))
