@@ -275,70 +275,74 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     it_log = reached = start
     stopped = False
     exchange.start(start)
-    for it in range(start, total):
-        if tracing:
-            recorder.begin_iteration(it)
-        t_begin = clock()
-        try:
+    it = start
+    try:
+        for it in range(start, total):
+            if tracing:
+                recorder.begin_iteration(it)
+            t_begin = clock()
             times = policy.iteration(run, it, t_begin)
-        except FloatingPointError as e:          # a server's aggregated gradient (hpcps/ps/server.py)
-            raise _diverged(f"{e}", it, rank, checkpointer) from None
-        if me is not None and not math.isfinite(times.loss):
-            raise _diverged(f"non-finite loss ({times.loss})", it, rank, checkpointer)
-        if me is not None:
-            stats += (times.loss * me.batch, times.correct, me.batch, me.batch * targets)
-        if tracing:
-            recorder.iteration(*times.pull, *times.data, *times.compute, *times.push, *times.aggregate, times.loss)
+            if me is not None and not math.isfinite(times.loss):
+                raise _diverged(f"non-finite loss ({times.loss})", it, rank, checkpointer)
+            if me is not None:
+                stats += (times.loss * me.batch, times.correct, me.batch, me.batch * targets)
+            if tracing:
+                recorder.iteration(*times.pull, *times.data, *times.compute, *times.push, *times.aggregate, times.loss)
 
-        done = reached = it + 1
-        if checkpointer is not None:
-            t0 = clock()
-            action = checkpointer.boundary(done, total, exchange)
-            if tracing and action:
-                recorder.phase("checkpoint", t0, clock())
-            stopped = action == 2                # hpcps.ps.checkpointer.STOP: a signal asked to stop here
-        if reports is not None:
-            # Ranks reach a step number at different times: the loss is summed without waiting, and
-            # rank 0 prints it once every rank has contributed.
-            if done % job.training.log_every == 0 or done == total:
+            done = reached = it + 1
+            if checkpointer is not None:
+                t0 = clock()
+                action = checkpointer.boundary(done, total, exchange)
+                if tracing and action:
+                    recorder.phase("checkpoint", t0, clock())
+                stopped = action == 2                # hpcps.ps.checkpointer.STOP: a signal asked to stop here
+            if reports is not None:
+                # Ranks reach a step number at different times: the loss is summed without waiting, and
+                # rank 0 prints it once every rank has contributed.
+                if done % job.training.log_every == 0 or done == total:
+                    t_report = clock()
+                    reports.post(stats, done)
+                    stats[:] = 0
+                    if tracing:
+                        recorder.phase("report", t_report, clock())
+                for row in reports.poll():
+                    _log_row(row, partition, total, history, log)
+            elif done % job.training.log_every == 0 or done == total or stopped:
                 t_report = clock()
-                reports.post(stats, done)
+                summed = np.zeros(4)
+                comm.Reduce(stats, summed, op=MPI.SUM, root=0)
                 stats[:] = 0
+                now = clock()
+                if rank == 0:
+                    rate = (done - it_log) * partition.global_batch / max(now - t_log, 1e-9)
+                    row = {"iteration": done, "epoch": done / partition.per_epoch, "loss": summed[0] / summed[2],
+                           "train_accuracy": summed[1] / summed[3], "samples_per_s": rate}
+                    history.append(row)
+                    log(f"iter {done:>5}/{total}  epoch {row['epoch']:5.2f}  loss {row['loss']:.4f}  "
+                        f"train-acc {row['train_accuracy']:.3f}  {rate:8.1f} samples/s")
+                t_log, it_log = now, done
                 if tracing:
                     recorder.phase("report", t_report, clock())
-            for row in reports.poll():
-                _log_row(row, partition, total, history, log)
-        elif done % job.training.log_every == 0 or done == total or stopped:
-            t_report = clock()
-            summed = np.zeros(4)
-            comm.Reduce(stats, summed, op=MPI.SUM, root=0)
-            stats[:] = 0
-            now = clock()
-            if rank == 0:
-                rate = (done - it_log) * partition.global_batch / max(now - t_log, 1e-9)
-                row = {"iteration": done, "epoch": done / partition.per_epoch, "loss": summed[0] / summed[2],
-                       "train_accuracy": summed[1] / summed[3], "samples_per_s": rate}
-                history.append(row)
-                log(f"iter {done:>5}/{total}  epoch {row['epoch']:5.2f}  loss {row['loss']:.4f}  "
-                    f"train-acc {row['train_accuracy']:.3f}  {rate:8.1f} samples/s")
-            t_log, it_log = now, done
-            if tracing:
-                recorder.phase("report", t_report, clock())
-        if job.training.eval_every and done % job.training.eval_every == 0 and done < total and not stopped:
-            t0 = clock()
-            metrics = _evaluate_on_root(exchange, worker, sync_device)
-            if rank == 0:
-                log(f"iter {done:>5}/{total}  eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            eval_s += clock() - t0
-            t_log += clock() - t0
-            if tracing:
-                recorder.phase("eval", t0, clock())
+            if job.training.eval_every and done % job.training.eval_every == 0 and done < total and not stopped:
+                t0 = clock()
+                metrics = _evaluate_on_root(exchange, worker, sync_device)
+                if rank == 0:
+                    log(f"iter {done:>5}/{total}  eval  " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                eval_s += clock() - t0
+                t_log += clock() - t0
+                if tracing:
+                    recorder.phase("eval", t0, clock())
+            if stopped:
+                break
         if stopped:
-            break
-    if stopped:
-        exchange.stop_early()
-    else:
-        exchange.drain()
+            exchange.stop_early()
+        else:
+            exchange.drain()
+    except FloatingPointError as e:
+        # A server's aggregated gradient (hpcps/ps/server.py), found wherever this rank serves: under
+        # ssp and asp that is also between its own steps, and the step it belongs to is the piece's.
+        step = getattr(e, "iteration", None)
+        raise _diverged(f"{e}", it if step is None else step, rank, checkpointer) from None
     if reports is not None:
         for row in reports.finish():
             _log_row(row, partition, total, history, log)

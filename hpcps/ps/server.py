@@ -18,6 +18,27 @@ def aggregation_weights(batches: list[int]) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
+class NonFiniteGradient(FloatingPointError):
+    """A server's gradient for a piece holds a NaN or an infinity; iteration: the step (counted from 0)
+    it belongs to, where the server knows it (ssp, asp), else None (bsp: the rank's own iteration)."""
+
+    def __init__(self, message: str, iteration: int | None = None):
+        super().__init__(message)
+        self.iteration = iteration
+
+
+def check_finite(grad: torch.Tensor, piece: Piece, iteration: int | None = None,
+                 what: str = "aggregated gradient") -> None:
+    """Raise NonFiniteGradient unless every value of grad is finite. One sum is the cheap test: a NaN or
+    an infinity anywhere makes it non-finite (so does a sum past float32's range, which no trainable
+    gradient reaches). Called before the step, which is then not taken: the parameters stay as the
+    last good step left them."""
+    if not torch.isfinite(grad.sum()):
+        bad = int((~torch.isfinite(grad)).sum())
+        raise NonFiniteGradient(f"non-finite {what} in piece {piece.index} "
+                                f"(elements {piece.start}..{piece.stop - 1}, {bad} not finite)", iteration)
+
+
 class _OptimizerStateIO:
     """What a checkpoint reads from and writes into a piece's optimiser, under every policy (needs
     self.piece and self.optimizer)."""
@@ -82,13 +103,7 @@ class ServedPiece(_OptimizerStateIO):
     def aggregate_and_step(self) -> None:
         # torch's matrix-vector product uses the rank's intra-op threads: summation on several cores.
         torch.mm(self.weights[None], self._rows_t, out=self._grad_t[None])
-        # One sum is the cheap test: a NaN or an infinity anywhere makes it non-finite (so does a sum past
-        # float32's range, which no trainable gradient reaches). The step is not taken: the parameters
-        # stay as the last good iteration left them.
-        if not torch.isfinite(self._grad_t.sum()):
-            bad = int(np.count_nonzero(~np.isfinite(self.grad)))
-            raise FloatingPointError(f"non-finite aggregated gradient in piece {self.piece.index} "
-                                     f"(elements {self.piece.start}..{self.piece.stop - 1}, {bad} not finite)")
+        check_finite(self._grad_t, self.piece)
         self.optimizer.step()
         self.received = 0
 
@@ -146,6 +161,7 @@ class RoundPiece(_PieceState):
     def aggregate_round(self) -> None:
         s = self.row_set(self.version)
         torch.mm(self.weights[None], self._sets_t[s], out=self._grad_t[None])
+        check_finite(self._grad_t, self.piece, self.version)
         self.optimizer.step()
         self.received[s] = 0
         self.version += 1
@@ -170,6 +186,7 @@ class AsyncPiece(_PieceState):
     def apply(self, row: int) -> int:
         """Step on worker row's push. Returns the version it was applied to."""
         torch.mul(self._rows_t[row], self.weights[row], out=self._grad_t)
+        check_finite(self._grad_t, self.piece, int(self.applied[row]), f"gradient of worker {row}")
         self.optimizer.step()
         self.applied[row] += 1
         self.version += 1

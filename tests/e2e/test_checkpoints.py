@@ -162,6 +162,33 @@ def test_a_non_finite_loss_ends_the_job_naming_iteration_rank_and_checkpoint(tmp
     assert_no_leftovers(str(tmp_path))
 
 
+@pytest.mark.parametrize("sync", ["ssp", "asp"])
+def test_a_non_finite_gradient_under_ssp_and_asp_ends_the_job_naming_its_step(tmp_path, sync):
+    """Only the gradient is NaN (the loss stays finite): the server finds it before the step, names the
+    step the push belongs to (not where the server's own loop was) and the last good checkpoint."""
+    job = tmp_path / "nan.toml"
+    job.write_text('name = "nan"\nworkload = "tests.fixtures.checkpoint_workloads:nan"\n'
+                   '[data]\nnan_rank = 2\nnan_call = 25\nnan_in = "gradient"\n[optimizer]\nname = "sgd"\nlr = 0.1\n'
+                   '[training]\nglobal_batch = 48\niterations = 1000\ncheckpoint_every = 10\n'
+                   f'sync = "{sync}"\n' + ('staleness = 1\n' if sync == "ssp" else ""))
+    ckdir = tmp_path / "ck"
+    out = run_mpi(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace", "--checkpoint", str(ckdir)], timeout=120)
+    assert out.returncode != 0
+    lines = [ln for ln in out.stderr.splitlines() if "TrainingDiverged" in ln]
+    assert lines, out.stderr
+    what = "aggregated gradient" if sync == "ssp" else "gradient of worker 2"
+    pattern = (rf"error on rank (\d) .*: TrainingDiverged: non-finite {what} in piece \d+ .* in iteration 25 on "
+               r"rank (\d); last good checkpoint: " + re.escape(str(ckdir / "ckpt-00000020.h5"))
+               + r" \(after iteration 20\)$")
+    for ln in lines:
+        m = re.search(pattern, ln)
+        assert m and m.group(1) == m.group(2), ln
+    assert "Traceback" not in out.stderr
+    ckpt, skipped = latest_checkpoint(ckdir)
+    assert ckpt.iteration == 20 and not skipped and np.isfinite(ckpt.params).all()
+    assert_no_leftovers(str(tmp_path))
+
+
 def slow_job(tmp_path: Path, iterations: int, every: int, sleep_s: float = 0.02, sync: str = "bsp") -> Path:
     job = tmp_path / "slow.toml"
     job.write_text('name = "slow"\nworkload = "tests.fixtures.checkpoint_workloads:slow"\n'
