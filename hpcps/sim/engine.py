@@ -34,6 +34,7 @@ import numpy as np
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
+from hpcps.ps.codec import CODECS, push_nbytes
 from hpcps.ps.plan import MessagePlan, ready_fractions
 from hpcps.ps.sharding import ALIGN_ELEMENTS, plan_shards
 from hpcps.sim.network import SHARING, flow_rates
@@ -67,6 +68,7 @@ class SimOptions:
     optimizer: str = "sgd"             # the server's update cost depends on it
     bucket_mb: float = 4.0             # the job's [exchange] bucket_mb: the largest piece of a shard
     overlap: bool = True               # the job's [exchange] overlap: push each piece once it is ready
+    codec: str = "none"                # the job's [exchange] codec: a worker's own in the schedule wins
     # Simulate one iteration more before and after the ones measured, and leave them out of the
     # result: the first starts cold (every worker pulls everything at once), and the last one's pushes
     # and updates share no NIC with the next iteration's pulls. What a long run does in between.
@@ -87,12 +89,15 @@ class SimOptions:
             raise ValueError(f"resolution_s must be >= 0, got {self.resolution_s}")
         if not (self.bucket_mb > 0 and math.isfinite(self.bucket_mb)):
             raise ValueError(f"bucket_mb must be > 0, got {self.bucket_mb}")
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
 
 
 def job_options(job) -> dict:
     """The SimOptions fields a job (hpcps.config.Job) decides: its optimiser, and its exchange's bucket
-    size and overlap."""
-    return {"optimizer": job.optimizer.name, "bucket_mb": job.exchange.bucket_mb, "overlap": job.exchange.overlap}
+    size, overlap and push codec."""
+    return {"optimizer": job.optimizer.name, "bucket_mb": job.exchange.bucket_mb, "overlap": job.exchange.overlap,
+            "codec": job.exchange.codec}
 
 
 @dataclass(frozen=True)
@@ -265,9 +270,11 @@ class _Run:
         self.is_server = np.zeros(n_ranks, dtype=bool)
         self.is_server[list(sched.servers)] = True
 
-        # The run's message plan; empty shards have no pieces and move nothing, as in the exchange.
+        # The run's message plan, each worker's pushes at its codec's encoded size (hpcps.ps.plan.plan_for_job);
+        # empty shards have no pieces and move nothing, as in the exchange.
+        codecs = [w.codec or options.codec for w in sched.workers]
         plan = MessagePlan.build(profile.params, sched.servers, self.worker_ranks.tolist(),
-                                 bucket_bytes=int(options.bucket_mb * 2 ** 20))
+                                 bucket_bytes=int(options.bucket_mb * 2 ** 20), push_nbytes=push_nbytes(codecs))
         self.plan = plan
         self._build_templates(plan, node_of, latency, machine)
         fractions = (ready_fractions(plan, profile.forward_fraction) if options.overlap
@@ -277,6 +284,11 @@ class _Run:
         # Work: steps per (iteration, worker) with noise and stragglers drawn up front, seeded.
         n_w = len(self.worker_ranks)
         base = compute_times(cluster, placement, profile)
+        # A lossy codec encodes every push on the worker (with its error feedback) and decodes it on the
+        # server, at the calibrated cost per value (machine.codec_s_per_element; none when not calibrated).
+        encode = np.array([machine.codec_cost(c)[0] for c in codecs])
+        decode = np.array([machine.codec_cost(c)[1] for c in codecs])
+        base = base + encode * profile.params / speed[node_of[self.worker_ranks]]
         rng = np.random.default_rng(options.seed)
         # Iterations simulated; those measured are [first, first + options.iterations).
         self.first = 1 if options.steady_state else 0
@@ -292,7 +304,7 @@ class _Run:
         self.resolution = min(AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
                               else options.resolution_s, MAX_RESOLUTION * float(np.min(self.compute)))
         per_byte = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost(options.optimizer))
-        self.aggregate = np.array([per_byte * BYTES_PER_ELEMENT * p.size / speed[node_of[p.server]]
+        self.aggregate = np.array([(per_byte * BYTES_PER_ELEMENT + decode.sum()) * p.size / speed[node_of[p.server]]
                                    for p in plan.pieces])
         self.network_bytes = float(self.bytes[~self.local].sum())
 

@@ -371,3 +371,46 @@ def test_more_pieces_than_the_exchange_can_tag_cannot_run():
     r = sim(c, naive(c, 8), replace(EXACT, bucket_mb=1 / 1024), replace(TOY, params=10_000_000))
     assert not r.feasible and "bucket_mb" in r.status and "8191" in r.status
     assert sim(c, naive(c, 8), replace(EXACT, bucket_mb=4.0), replace(TOY, params=10_000_000)).feasible
+
+
+def test_the_messages_are_the_runtimes_with_each_workers_codec():
+    """Pushes at each worker's encoded size, as the runtime's plan has them (hpcps.ps.plan.plan_for_job):
+    the job's codec, and a worker's own from the schedule where it names one."""
+    from hpcps.config.job import ExchangeConfig, Job, OptimizerConfig, TrainingConfig
+    from hpcps.ps.plan import plan_for_job
+    from hpcps.sim.engine import _Run, job_options
+    c = load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+    nodes = [n.name for n in c.nodes]
+    own = ["sign", None, "fp16", None, "none", "int8", None, "topk"]
+    s = NodeSchedule(tuple(NodePlan(n, i < 2, (NodeWorker(8, 1, codec),))
+                           for i, (n, codec) in enumerate(zip(nodes, own))))
+    pl = s.to_rank_schedule()
+    job = Job("j", "digits", OptimizerConfig("sgd", lr=0.1), TrainingConfig(global_batch=64, iterations=1),
+              exchange=ExchangeConfig(codec="int8", bucket_mb=0.1))
+    run = _Run(c, pl, QUARTERS, MACHINE, replace(EXACT, **job_options(job)))
+    plan = plan_for_job(job, pl.schedule, QUARTERS.params)
+    assert run.bytes.astype(int).tolist() == [m.nbytes for m in plan.messages()]
+    raw = BYTES_PER_ELEMENT * QUARTERS.params
+    pushed = [sum(m.nbytes for m in plan.messages() if m.kind == "push" and m.src == w.rank)
+              for w in pl.schedule.workers]
+    assert pushed[4] == raw and pushed[0] < raw / 25 and pushed[1] < raw / 3.9 and pushed[2] == raw // 2
+
+
+def test_a_lossy_codec_shortens_a_push_bound_iteration_and_costs_its_calibrated_time():
+    """Four workers push into one server's 1 Gbit/s NIC: int8 cuts the pushes' bytes to about a quarter
+    (the pulls stay float32) and the iteration with them; the calibrated encode cost per value
+    lengthens every worker's step by that cost times the parameters."""
+    t = NodeType("t", 1.0, 2, 1.0, latency_us=0.0)
+    c = cluster_of((t, ["s", "a", "b", "c", "d"]))
+    s = NodeSchedule((NodePlan("s", True, ()),) + tuple(NodePlan(n, False, (NodeWorker(4),)) for n in "abcd"))
+    plain = sim(c, s, replace(EXACT, iterations=1))
+    int8 = sim(c, s, replace(EXACT, iterations=1, codec="int8"))
+    raw = BYTES_PER_ELEMENT * TOY.params
+    assert plain.bytes_per_iteration == pytest.approx(8 * raw)
+    assert int8.bytes_per_iteration == pytest.approx(4 * raw + 4 * raw / 4, rel=0.01)
+    assert int8.iteration_time_s < plain.iteration_time_s
+    costly = replace(MACHINE, codec_s_per_element=(("int8", (1e-8, 0.0)),))
+    slow = simulate(c, s.to_rank_schedule(), TOY, costly, replace(EXACT, iterations=1, codec="int8"))
+    step = {r.node: r.compute_s for r in slow.ranks}
+    base = {r.node: r.compute_s for r in int8.ranks}
+    assert step["a"] == pytest.approx(base["a"] + 1e-8 * TOY.params, rel=1e-6)
