@@ -261,6 +261,22 @@ def test_a_killed_worker_ends_the_job_and_resume_loses_at_most_one_interval(tmp_
     assert_no_leftovers(str(tmp_path))
 
 
+def stopped_by_sigusr1(job: Path, ckdir: Path, tmp_path: Path, when: str, also_rank_1: bool = False) -> int:
+    """Run job on 3 ranks with checkpoints into ckdir, send rank 0 SIGUSR1 after iteration 20 (and rank 1,
+    which must ignore it), and return the iteration the run stopped after: status 75, the stop announced
+    for `when`, the last good checkpoint named."""
+    run = Follow(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace", "--checkpoint", str(ckdir)], tmp_path)
+    run.until(r"iter\s+20/120")
+    os.kill(run.pid_of(0), signal.SIGUSR1)
+    if also_rank_1:
+        os.kill(run.pid_of(1), signal.SIGUSR1)      # ignored: only rank 0 acts on it
+    out = run.finish()
+    assert run.proc.returncode == 75, out
+    assert f"SIGUSR1: checkpoint at {when}, then stop" in out
+    return int(re.search(r"stopped after iteration (\d+) of 120 \(SIGUSR1\): last good checkpoint: "
+                         + re.escape(str(ckdir)) + r"/ckpt-(\d+)\.h5", out).group(1))
+
+
 def test_sigusr1_checkpoints_and_stops_and_the_resumed_run_ends_bit_for_bit(tmp_path):
     """SIGUSR1 to rank 0 (what slurm/train.sh forwards at the time limit): a checkpoint at the next
     boundary, status 75; resumed, the run ends with the parameters of a run never stopped."""
@@ -269,15 +285,7 @@ def test_sigusr1_checkpoints_and_stops_and_the_resumed_run_ends_bit_for_bit(tmp_
                   cwd=tmp_path)
     assert ref.returncode == 0, ref.stderr
     ckdir = tmp_path / "ck"
-    run = Follow(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace", "--checkpoint", str(ckdir)], tmp_path)
-    run.until(r"iter\s+20/120")
-    os.kill(run.pid_of(0), signal.SIGUSR1)
-    os.kill(run.pid_of(1), signal.SIGUSR1)          # ignored: only rank 0 acts on it
-    out = run.finish()
-    assert run.proc.returncode == 75, out
-    assert "SIGUSR1: checkpoint at the next iteration boundary, then stop" in out
-    stop = int(re.search(r"stopped after iteration (\d+) of 120 \(SIGUSR1\): last good checkpoint: "
-                         + re.escape(str(ckdir)) + r"/ckpt-(\d+)\.h5", out).group(1))
+    stop = stopped_by_sigusr1(job, ckdir, tmp_path, "the next iteration boundary", also_rank_1=True)
     assert 20 < stop < 120 and [it for it, _ in list_checkpoints(ckdir)] == [stop]
     resumed = run_mpi(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace", "--resume", str(ckdir)], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
@@ -294,14 +302,7 @@ def test_sigusr1_under_asp_checkpoints_where_every_rank_settles_and_the_run_resu
     checkpoint is written; resumed, the run trains to its end."""
     job = slow_job(tmp_path, iterations=120, every=0, sleep_s=0.03, sync="asp")
     ckdir = tmp_path / "ck"
-    run = Follow(3, ["-m", "hpcps.train", "--job", str(job), "--no-trace", "--checkpoint", str(ckdir)], tmp_path)
-    run.until(r"iter\s+20/120")
-    os.kill(run.pid_of(0), signal.SIGUSR1)
-    out = run.finish()
-    assert run.proc.returncode == 75, out
-    assert "SIGUSR1: checkpoint at the boundary 16 iterations on, then stop" in out
-    stop = int(re.search(r"stopped after iteration (\d+) of 120 \(SIGUSR1\): last good checkpoint: "
-                         + re.escape(str(ckdir)) + r"/ckpt-(\d+)\.h5", out).group(1))
+    stop = stopped_by_sigusr1(job, ckdir, tmp_path, "the boundary 16 iterations on")
     assert 36 < stop < 120 and [it for it, _ in list_checkpoints(ckdir)] == [stop]
     kept = read_checkpoint(ckdir / f"ckpt-{stop:08d}.h5")
     assert kept.schedule["sync"] == "asp"
