@@ -39,12 +39,21 @@ def check_finite(grad: torch.Tensor, piece: Piece, iteration: int | None = None,
                                 f"(elements {piece.start}..{piece.stop - 1}, {bad} not finite)", iteration)
 
 
-class _OptimizerStateIO:
-    """What a checkpoint reads from and writes into a piece's optimiser, under every policy (needs
-    self.piece and self.optimizer)."""
+class _PieceState:
+    """What every policy's server holds for a piece: its parameters, the optimiser stepping them on
+    `grad`, the workers' aggregation weights and push codecs, and what a checkpoint reads and writes
+    of the optimiser."""
 
-    piece: Piece
-    optimizer: torch.optim.Optimizer
+    def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
+                 codecs: list[Codec] | None):
+        self.piece = piece
+        self.params = np.array(initial, dtype=np.float32, copy=True)
+        self.grad = np.zeros(piece.size, dtype=np.float32)
+        self.weights = torch.from_numpy(aggregation_weights(batches))
+        self._grad_t = torch.from_numpy(self.grad)
+        self.optimizer = make_shard_optimizer(optimizer, self.params, self.grad)
+        self.codecs = codecs or [Codec() for _ in batches]
+        self.n_workers = len(batches)
 
     def optimizer_state(self) -> dict[str, np.ndarray]:
         """The optimiser's state of this piece: per-element arrays (shape (size,), e.g. SGD's
@@ -75,23 +84,18 @@ class _OptimizerStateIO:
         self.optimizer.state[param] = restored
 
 
-class ServedPiece(_OptimizerStateIO):
-    """One piece of a shard. Pushes land in rows[worker] (decoded by that worker's codec); once every
-    worker's push is in, aggregate_and_step() takes the weighted mean of the rows and steps the
+class ServedPiece(_PieceState):
+    """One piece of a shard under bsp. Pushes land in rows[worker] (decoded by that worker's codec); once
+    every worker's push is in, aggregate_and_step() takes the weighted mean of the rows and steps the
     optimiser on the piece. SGD, Adam and AdamW act element by element, so stepping per piece is the
     whole-vector step."""
 
     def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
                  codecs: list[Codec] | None = None):
-        self.piece = piece
-        self.params = np.array(initial, dtype=np.float32, copy=True)
+        super().__init__(piece, initial, batches, optimizer, codecs)
         self.rows = np.zeros((len(batches), piece.size), dtype=np.float32)
-        self.codecs = codecs or [Codec() for _ in batches]
         self.wires = [c.receive_buffer(self.rows[i]) for i, c in enumerate(self.codecs)]
-        self.grad = np.zeros(piece.size, dtype=np.float32)
-        self.weights = torch.from_numpy(aggregation_weights(batches))
-        self._rows_t, self._grad_t = torch.from_numpy(self.rows), torch.from_numpy(self.grad)
-        self.optimizer = make_shard_optimizer(optimizer, self.params, self.grad)
+        self._rows_t = torch.from_numpy(self.rows)
         self.received = 0               # pushes of the current iteration that are in
 
     def push_arrived(self, row: int) -> bool:
@@ -107,21 +111,6 @@ class ServedPiece(_OptimizerStateIO):
         self.optimizer.step()
         self.received = 0
 
-class _PieceState(_OptimizerStateIO):
-    """What every policy's server holds for a piece: its parameters, version, optimiser and codecs."""
-
-    def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
-                 codecs: list[Codec] | None):
-        self.piece = piece
-        self.params = np.array(initial, dtype=np.float32, copy=True)
-        self.grad = np.zeros(piece.size, dtype=np.float32)
-        self.weights = torch.from_numpy(aggregation_weights(batches))
-        self._grad_t = torch.from_numpy(self.grad)
-        self.optimizer = make_shard_optimizer(optimizer, self.params, self.grad)
-        self.codecs = codecs or [Codec() for _ in batches]
-        self.n_workers = len(batches)
-        self.version = 0                # optimiser steps taken on the piece
-
 
 class RoundPiece(_PieceState):
     """A piece under bounded staleness (ssp): pushes of round r land in row set r mod rounds; once every
@@ -132,6 +121,7 @@ class RoundPiece(_PieceState):
     def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
                  codecs: list[Codec] | None = None, rounds: int = 1):
         super().__init__(piece, initial, batches, optimizer, codecs)
+        self.version = 0                # rounds aggregated: optimiser steps taken on the piece
         self.rounds = rounds
         self.rows = np.zeros((rounds, len(batches), piece.size), dtype=np.float32)
         self.wires = [[c.receive_buffer(self.rows[s, i]) for i, c in enumerate(self.codecs)] for s in range(rounds)]
@@ -175,6 +165,7 @@ class AsyncPiece(_PieceState):
     def __init__(self, piece: Piece, initial: np.ndarray, batches: list[int], optimizer: OptimizerConfig,
                  codecs: list[Codec] | None = None):
         super().__init__(piece, initial, batches, optimizer, codecs)
+        self.version = 0                # pushes applied: optimiser steps taken on the piece
         self.rows = np.zeros((len(batches), piece.size), dtype=np.float32)
         self.wires = [c.receive_buffer(self.rows[i]) for i, c in enumerate(self.codecs)]
         self._rows_t = torch.from_numpy(self.rows)
