@@ -169,14 +169,15 @@ def _checkpointed_counting(comm, sync, staleness, seed, directory, *, every=0, e
     return result, list(counting_workload.OBSERVED)
 
 
-def _bound_problems(sync, staleness, seen, start, rank):
-    """The pull property of test_every_pull_reflects_the_updates_the_mode_promises, for clocks from start."""
+def _bound_problems(sync, staleness, seen, start, rank, steps):
+    """The pull property of test_every_pull_reflects_the_updates_the_mode_promises, for clocks from start
+    in a run of `steps` steps in all."""
     problems, previous = [], np.full(len(COUNT_BATCHES), float(start))
     for step, lo, hi in seen:
         clock = start + step
         if sync == "ssp" and (lo.min() < clock - staleness or hi.max() > clock):
             problems.append(f"rank {rank} step {clock}: blocks between {lo} and {hi}")
-        if sync == "asp" and ((lo < previous).any() or hi.max() > clock + STEPS):
+        if sync == "asp" and ((lo < previous).any() or hi.max() > steps):
             problems.append(f"rank {rank} step {clock}: blocks between {lo} and {hi} after {previous}")
         previous = lo if sync == "asp" else previous
     return problems
@@ -204,7 +205,7 @@ def test_stale_checkpoints_hold_exactly_the_pushes_before_them_and_resume(sync, 
     runs = {"interval": dict(every=5), "asked": dict(every_s=1e-9)}
     for name, how in runs.items():
         result, seen = _checkpointed_counting(comm, sync, staleness, 1, d / name, steps=steps, **how)
-        problems = sum(comm.allgather(_bound_problems(sync, staleness, seen, 0, rank)), [])
+        problems = sum(comm.allgather(_bound_problems(sync, staleness, seen, 0, rank, steps)), [])
         assert not problems, problems[:5]
         if rank == 0:
             held = sorted(it for it, _ in list_checkpoints(d / name))
@@ -222,7 +223,7 @@ def test_stale_checkpoints_hold_exactly_the_pushes_before_them_and_resume(sync, 
                 path.unlink()
     resumed, seen = _checkpointed_counting(comm, sync, staleness, 1, d / "interval", every=5,
                                            resume_from=d / "interval", steps=steps)
-    problems = sum(comm.allgather(_bound_problems(sync, staleness, seen, 10, rank)), [])
+    problems = sum(comm.allgather(_bound_problems(sync, staleness, seen, 10, rank, steps)), [])
     assert not problems, problems[:5]
     if rank < len(COUNT_BATCHES):
         assert [s for s, _, _ in seen] == list(range(steps - 10))
