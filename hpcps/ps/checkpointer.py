@@ -309,10 +309,9 @@ class Checkpointer:
         if len(self._flags) < self.lag:
             return NONE
         f = self._flags.pop(0)
-        assert f.req is not None
         req = f.req
+        assert req is not None
         exchange.wait_until(lambda: bool(req.Test()))
-        f.req = None
         if self.rank != 0 and f.buf[1] >= 0:
             self.last_good = int(f.buf[1])
         return int(f.buf[0])
