@@ -284,11 +284,16 @@ class _Run:
         # Work: steps per (iteration, worker) with noise and stragglers drawn up front, seeded.
         n_w = len(self.worker_ranks)
         base = compute_times(cluster, placement, profile)
-        # A lossy codec encodes every push on the worker (with its error feedback) and decodes it on the
-        # server, at the calibrated cost per value (machine.codec_s_per_element; none when not calibrated).
+        # A lossy codec encodes each push to another rank on the worker (with its error feedback) and the
+        # server decodes it, at the calibrated cost per value (machine.codec_s_per_element; none when not
+        # calibrated). A push to the worker's own rank is a plain copy, as in the exchange.
         encode = np.array([machine.codec_cost(c)[0] for c in codecs])
         decode = np.array([machine.codec_cost(c)[1] for c in codecs])
-        base = base + encode * profile.params / speed[node_of[self.worker_ranks]]
+        sizes = np.array([p.size for p in plan.pieces], dtype=np.float64)
+        servers = np.array([p.server for p in plan.pieces], dtype=np.int64)
+        remote = self.worker_ranks[:, None] != servers[None, :]
+        base = base + encode * (remote @ sizes) / speed[node_of[self.worker_ranks]]
+        decode_per_value = decode @ remote          # per piece: the decodes of its remote pushes
         rng = np.random.default_rng(options.seed)
         # Iterations simulated; those measured are [first, first + options.iterations).
         self.first = 1 if options.steady_state else 0
@@ -304,8 +309,7 @@ class _Run:
         self.resolution = min(AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
                               else options.resolution_s, MAX_RESOLUTION * float(np.min(self.compute)))
         per_byte = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost(options.optimizer))
-        self.aggregate = np.array([(per_byte * BYTES_PER_ELEMENT + decode.sum()) * p.size / speed[node_of[p.server]]
-                                   for p in plan.pieces])
+        self.aggregate = (per_byte * BYTES_PER_ELEMENT + decode_per_value) * sizes / speed[node_of[servers]]
         self.network_bytes = float(self.bytes[~self.local].sum())
 
     def _build_templates(self, plan: MessagePlan, node_of: np.ndarray, latency: np.ndarray,

@@ -414,3 +414,10 @@ def test_a_lossy_codec_shortens_a_push_bound_iteration_and_costs_its_calibrated_
     step = {r.node: r.compute_s for r in slow.ranks}
     base = {r.node: r.compute_s for r in int8.ranks}
     assert step["a"] == pytest.approx(base["a"] + 1e-8 * TOY.params, rel=1e-6)
+    # A worker on the server's own rank copies its pushes there: nothing to encode.
+    own = NodeSchedule((NodePlan("s", True, (NodeWorker(4),)),) + s.nodes[1:])
+    cheap = simulate(c, own.to_rank_schedule(), TOY, MACHINE, replace(EXACT, iterations=1, codec="int8"))
+    costly_own = simulate(c, own.to_rank_schedule(), TOY, costly, replace(EXACT, iterations=1, codec="int8"))
+    assert by_node(costly_own)["s"].compute_s == pytest.approx(by_node(cheap)["s"].compute_s, rel=1e-9)
+    assert by_node(costly_own)["a"].compute_s == pytest.approx(by_node(cheap)["a"].compute_s + 1e-8 * TOY.params,
+                                                               rel=1e-6)
