@@ -338,7 +338,10 @@ class _Run:
         self.push_t[push_piece, push_row] = n_p * n_w + np.arange(n_p * n_w)
         sn, dn = node_of[self.src], node_of[self.dst]
         self.local = sn == dn
-        self.local_time = np.where(self.src == self.dst, 0.0, LOCAL_LATENCY_S) + self.bytes / machine.memcpy_bytes_per_s
+        # A rank serving itself copies float32 values, never encoded ones; ranks of one node send messages.
+        own = self.src == self.dst
+        copied = np.where(own, BYTES_PER_ELEMENT * elements[self.piece].astype(np.float64), self.bytes)
+        self.local_time = np.where(own, 0.0, LOCAL_LATENCY_S) + copied / machine.memcpy_bytes_per_s
         self.latency = np.maximum(latency[sn], latency[dn])
         self.res_src, self.res_dst = sn, self.n_nodes + dn
 

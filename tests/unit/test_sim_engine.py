@@ -141,6 +141,22 @@ def test_ranks_of_one_node_copy_memory_and_leave_the_nic_alone():
     assert r.ranks[1].pull_s == pytest.approx(nbytes / MACHINE.memcpy_bytes_per_s + 1e-6, rel=1e-9)
 
 
+def test_a_rank_serving_itself_copies_float32_and_its_neighbour_sends_encoded():
+    """With int8 pushes, rank 0 (server and worker) copies its own push as float32 values, as the
+    exchange does; rank 1 on the same node sends it encoded, a message through memory."""
+    from hpcps.sim.engine import LOCAL_LATENCY_S, _Run
+    c = cluster_of((NodeType("t", 1.0, 8, 1.0), ["a"]))
+    s = NodeSchedule((NodePlan("a", True, (NodeWorker(4), NodeWorker(4))),))
+    run = _Run(c, s.to_rank_schedule(), TOY, MACHINE, replace(EXACT, codec="int8"))
+    push = run.kind == 1
+    own, other = push & (run.src == 0), push & (run.src == 1)
+    raw = BYTES_PER_ELEMENT * run.plan.pieces[0].size
+    assert run.local_time[own][0] == pytest.approx(raw / MACHINE.memcpy_bytes_per_s, rel=1e-12)
+    assert run.bytes[other][0] < raw / 3.9
+    assert run.local_time[other][0] == pytest.approx(LOCAL_LATENCY_S + run.bytes[other][0] / MACHINE.memcpy_bytes_per_s,
+                                                     rel=1e-12)
+
+
 @pytest.mark.parametrize("steady", [False, True])
 def test_the_breakdown_adds_up_to_the_iteration_time(hetero8, steady):
     for make in (naive, balanced):
