@@ -12,7 +12,7 @@ from typing import Any
 
 from hpcps.config import limits
 from hpcps.config.errors import ConfigError
-from hpcps.config.schedule import CODECS, Schedule, parse_schedule
+from hpcps.config.schedule import CODECS, PULL_CODECS, Schedule, parse_schedule
 from hpcps.config.toml_schema import option, read_toml, spec_of, take_table
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -51,6 +51,7 @@ class TrainingConfig:
 @dataclass(frozen=True)
 class ExchangeConfig:
     codec: str = option("none", choices=CODECS)   # what a push becomes on the wire (hpcps/ps/codec.py)
+    pull_codec: str = option("none", choices=PULL_CODECS)   # what a pull becomes on the wire (the same file)
     bucket_mb: float = 4.0     # the largest piece a shard is cut into: the unit of overlap (checked in parse_job)
     overlap: bool = True       # push during backward, start the forward on the pieces that have arrived
 

@@ -23,6 +23,8 @@ from hpcps.config.toml_writer import dumps
 
 # Push codecs (hpcps.ps.codec.CODECS; kept here as names so reading a config imports no NumPy).
 CODECS = ("none", "fp16", "bf16", "int8", "sign", "topk")
+# Pull codecs (hpcps.ps.codec.PULL_CODECS): what a server's values become on their way to the workers.
+PULL_CODECS = ("none", "fp16", "bf16")
 
 
 @dataclass(frozen=True)

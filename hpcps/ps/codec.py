@@ -19,6 +19,9 @@ travelled). docs/codecs.md describes each codec.
 Every lossy codec runs with error feedback (EF-SGD): each worker's encoder of a piece keeps what
 compression dropped (the residual, float32) and adds it to the next gradient before encoding, so
 over iterations the decoded pushes add up to the raw gradients: sum(decoded) + residual = sum(raw).
+
+Pulls (server to worker) may travel as fp16 or bf16 (PULL_CODECS, the job's [exchange] pull_codec),
+encoded once per new version of a piece and without error feedback (make_pull_codec says why).
 Wire buffers are byte arrays (np.uint8) of exactly wire_nbytes(n), so MPI moves only those bytes.
 Encoding and decoding are vectorised NumPy, and PyTorch for the casts to and from 16-bit floats, on
 host memory.
@@ -84,6 +87,19 @@ class Codec:
         if wire is not row:
             row[:] = wire
 
+    # -- values without error feedback (pulls) --------------------------------------------------------
+    def pack(self, values: np.ndarray, wire: np.ndarray, scratch: np.ndarray | None) -> None:
+        """values (float32, n) encoded once into the byte buffer wire (at least wire_nbytes(n) bytes;
+        its first wire_nbytes(n) are written), without error feedback. scratch: float32, n, free to use
+        (a lossy codec needs it; float32 takes None)."""
+        n = values.shape[0]
+        wire[:BYTES_PER_FLOAT32 * n].view(np.float32)[:] = values
+
+    def unpack(self, wire: np.ndarray, out: np.ndarray) -> None:
+        """What pack() wrote into wire, as float32 values in out."""
+        n = out.shape[0]
+        out[:] = wire[:BYTES_PER_FLOAT32 * n].view(np.float32)
+
 
 class _Identity(Encoder):
     def encode(self, grad: np.ndarray) -> np.ndarray:
@@ -107,6 +123,13 @@ class LossyCodec(Codec):
 
     def compress(self, acc: np.ndarray, wire: np.ndarray, scratch: np.ndarray) -> None:
         raise NotImplementedError
+
+    def pack(self, values: np.ndarray, wire: np.ndarray, scratch: np.ndarray | None) -> None:
+        assert scratch is not None
+        self.compress(values, wire[:self.wire_nbytes(values.shape[0])], scratch)
+
+    def unpack(self, wire: np.ndarray, out: np.ndarray) -> None:
+        self.decode_into(wire[:self.wire_nbytes(out.shape[0])], out)
 
     def roundtrip(self, x: np.ndarray) -> np.ndarray:
         """x encoded and decoded once, without error feedback (for tests and measurements)."""
@@ -318,6 +341,27 @@ def make_codec(name: str) -> Codec:
         return CODECS[name]()
     except KeyError:
         raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}") from None
+
+
+# Pull codecs: what a server's values of a piece become on their way to the workers. Only the 16-bit
+# floats: a pull carries weights, not gradients, and has no error feedback (below), so it must keep
+# each value close on its own.
+PULL_CODECS = ("none", "fp16", "bf16")
+
+
+def make_pull_codec(name: str) -> Codec:
+    """The pull codec called name. A server encodes each new version of a piece once, with pack(), and
+    every worker, its own included, computes on the same decoded values; the server steps its float32
+    values (the master copy), so a pull's rounding never builds up over iterations, as in
+    mixed-precision training's float32 master weights: nothing to feed back."""
+    if name not in PULL_CODECS:
+        raise ValueError(f"unknown pull codec {name!r}; choose one of {', '.join(PULL_CODECS)}")
+    return make_codec(name)
+
+
+def pull_nbytes(codec_name: str) -> Callable[[int], int]:
+    """For MessagePlan.build(pull_nbytes=...): values -> bytes on the wire of one pull."""
+    return make_pull_codec(codec_name).wire_nbytes
 
 
 def push_nbytes(codec_names: Sequence[str]) -> Callable[[int, int], int]:

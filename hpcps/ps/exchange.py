@@ -24,7 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcps.comm.buffers import ExchangeBuffer
-from hpcps.ps.codec import Encoder
+from hpcps.ps.codec import Codec, Encoder
 from hpcps.ps.plan import PULL, PUSH, MessagePlan
 from hpcps.ps.server import ServedPiece
 
@@ -61,13 +61,15 @@ class Transfer:
 class Exchange:
     """Built on every rank. params/grads: the worker's flat buffers (None on a rank that only serves);
     served: piece index -> ServedPiece for the pieces this rank serves; encoders: piece index -> this
-    worker's encoder. iterations: how many the run has (no pull is sent after the last)."""
+    worker's encoder; pull_codec: what pulls travel as (hpcps.ps.codec.make_pull_codec; default
+    float32). iterations: how many the run has (no pull is sent after the last)."""
 
     def __init__(self, comm: MPI.Comm, plan: MessagePlan, iterations: int, *,
                  params: ExchangeBuffer | None = None, grads: ExchangeBuffer | None = None,
                  served: dict[int, ServedPiece] | None = None, encoders: dict[int, Encoder] | None = None,
                  recorder=None, clock: Callable[[], float] = time.perf_counter, emulator=None,
-                 sleep_wait: bool | None = None, aggregate: Callable[[Callable[[], None]], None] | None = None):
+                 sleep_wait: bool | None = None, aggregate: Callable[[Callable[[], None]], None] | None = None,
+                 pull_codec: Codec | None = None):
         self.comm, self.rank = comm, comm.Get_rank()
         self.plan, self.iterations = plan, iterations
         if GATHER_TAG + len(plan.pieces) > comm.Get_attr(MPI.TAG_UB):
@@ -78,6 +80,7 @@ class Exchange:
         self.params, self.grads = params, grads
         self.served = served or {}
         self.encoders = encoders or {}
+        self.pull_codec = pull_codec or Codec()
         self.recorder = recorder
         self.clock = clock
         self.emulator = emulator
@@ -105,6 +108,19 @@ class Exchange:
         self.first_push_at = self.last_push_at = 0.0
         self.blocked_s = 0.0                          # worker: time its forward pass waited for pieces
         self.aggregate_span = [np.inf, -np.inf]
+        # A lossy pull codec: a server encodes each new version of a piece once into its pull wire, and
+        # workers receive into a byte buffer per piece and decode it into their parameters.
+        self._pull_wires: dict[int, np.ndarray] = {}   # server: the piece's current version, encoded
+        self._pull_scratch: dict[int, np.ndarray] = {}
+        self._pull_recv: dict[int, np.ndarray] = {}    # worker: where a remote piece's pull arrives
+        self._pull_host: dict[int, np.ndarray] = {}    # worker on a device ("direct"): decoded values
+        if self.pull_codec.lossy:
+            for q in self.served:
+                self._pull_wires[q] = np.empty(plan.pull_nbytes[q], dtype=np.uint8)
+                self._pull_scratch[q] = np.empty(plan.pieces[q].size, dtype=np.float32)
+            if self.is_worker:
+                self._pull_recv = {p.index: np.empty(plan.pull_nbytes[p.index], dtype=np.uint8)
+                                   for p in plan.pieces if p.server != self.rank}
 
     # -- set-up and the worker's side ---------------------------------------------------------------
     def start(self, first_iteration: int = 0) -> None:
@@ -128,16 +144,35 @@ class Exchange:
                 continue
             q = p.index
             t0 = self.clock()
-            req = self.comm.Irecv(self.params.view(p.start, p.stop), source=p.server, tag=PULL_TAG + p.index)
-            meta = Transfer(PULL, "recv", p.shard, p.server, 4 * p.size, q)
+            into = self._pull_recv[q] if self.pull_codec.lossy else self.params.view(p.start, p.stop)
+            req = self.comm.Irecv(into, source=p.server, tag=PULL_TAG + p.index)
+            meta = Transfer(PULL, "recv", p.shard, p.server, self.plan.pull_nbytes[q], q)
             self._post(req, t0, iteration, meta, self._pull_arrived, (q,))
         self._deliver_local()
 
     def _pull_arrived(self, q: int) -> None:
         p = self.plan.pieces[q]
-        self.params.after_recv(p.start, p.stop)
+        if self.pull_codec.lossy:
+            self._write_decoded(q, self._pull_recv[q])
+        else:
+            self.params.after_recv(p.start, p.stop)
         self.arrived[q] = True
         self.arrived_at[q] = self.clock()
+
+    def _write_decoded(self, q: int, wire: np.ndarray) -> None:
+        """Piece q's values as the pull codec encoded them in wire, decoded into the worker's parameters:
+        in place where MPI would have received them (host memory, or the host mirror of a staged device
+        buffer), through a host buffer of the piece's own onto a device MPI writes directly."""
+        p = self.plan.pieces[q]
+        if self.params.transport == "direct":
+            out = self._pull_host.get(q)
+            if out is None:
+                out = self._pull_host[q] = np.empty(p.size, dtype=np.float32)
+            self.pull_codec.unpack(wire, out)
+            self.params.write_from_host(p.start, p.stop, out)
+        else:
+            self.pull_codec.unpack(wire, self.params.view(p.start, p.stop))
+            self.params.after_recv(p.start, p.stop)
 
     def wait_pieces(self, pieces) -> None:
         """Until these pieces of the awaited iteration are in the worker's parameter buffer. The time it
@@ -264,13 +299,17 @@ class Exchange:
         takes them by a copy once it expects them: _deliver_local)."""
         state = self.served[q]
         p = self.plan.pieces[q]
+        values = state.params
+        if self.pull_codec.lossy:     # once for every worker (the last sends of this wire are through)
+            self.pull_codec.pack(state.params, self._pull_wires[q], self._pull_scratch[q])
+            values = self._pull_wires[q]
         for w in self.plan.workers:
             if w == self.rank:
                 continue
             t0 = self.clock()
-            req = self.comm.Isend(state.params, dest=w, tag=PULL_TAG + q)
+            req = self.comm.Isend(values, dest=w, tag=PULL_TAG + q)
             self._send_reqs[q].append(req)
-            self._post(req, t0, iteration, Transfer(PULL, "send", p.shard, w, 4 * p.size, q), None, ())
+            self._post(req, t0, iteration, Transfer(PULL, "send", p.shard, w, self.plan.pull_nbytes[q], q), None, ())
 
     def _deliver_local(self) -> None:
         if not self.is_worker:
@@ -279,7 +318,10 @@ class Exchange:
             if not self.arrived[q] and self.version[q] >= self.pull_iteration >= 0:
                 p = self.plan.pieces[q]
                 t0 = self.clock()
-                self.params.write_from_host(p.start, p.stop, state.params)
+                if self.pull_codec.lossy:         # the values every other worker gets
+                    self._write_decoded(q, self._pull_wires[q])
+                else:
+                    self.params.write_from_host(p.start, p.stop, state.params)
                 self.arrived[q] = True
                 self.arrived_at[q] = self.clock()
                 self._record(self.pull_iteration, Transfer(PULL, "local", p.shard, self.rank, 4 * p.size, q),

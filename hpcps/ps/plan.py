@@ -51,7 +51,7 @@ class Message:
     src: int             # rank
     dst: int             # rank
     elements: int
-    nbytes: int          # bytes on the wire (a push's codec may make it fewer than 4 per element)
+    nbytes: int          # bytes on the wire (a codec may make it fewer than 4 per element)
 
     @property
     def local(self) -> bool:
@@ -87,17 +87,21 @@ class MessagePlan:
     pieces: tuple[Piece, ...]
     workers: tuple[int, ...]             # worker ranks, schedule order
     push_nbytes: tuple[tuple[int, ...], ...]   # [worker row][piece]: encoded bytes of that push
+    pull_nbytes: tuple[int, ...]               # [piece]: encoded bytes of each pull of it
 
     @staticmethod
     def build(n_elements: int, servers: Sequence[int], workers: Sequence[int],
-              bucket_bytes: int = DEFAULT_BUCKET_BYTES, push_nbytes=None) -> MessagePlan:
-        """push_nbytes(worker_row, elements) -> bytes on the wire of one push (default 4 per element)."""
+              bucket_bytes: int = DEFAULT_BUCKET_BYTES, push_nbytes=None, pull_nbytes=None) -> MessagePlan:
+        """push_nbytes(worker_row, elements) -> bytes on the wire of one push; pull_nbytes(elements) -> of
+        one pull (default 4 per element, float32)."""
         shards = tuple(plan_shards(n_elements, list(servers)))
         bucket = max(ALIGN_ELEMENTS, (int(bucket_bytes) // BYTES_PER_ELEMENT) // ALIGN_ELEMENTS * ALIGN_ELEMENTS)
         pieces = tuple(cut_pieces(shards, bucket))
         size = push_nbytes or (lambda _row, n: BYTES_PER_ELEMENT * n)
         table = tuple(tuple(int(size(row, p.size)) for p in pieces) for row in range(len(workers)))
-        return MessagePlan(n_elements, shards, pieces, tuple(workers), table)
+        pull_size = pull_nbytes or (lambda n: BYTES_PER_ELEMENT * n)
+        pulls = tuple(int(pull_size(p.size)) for p in pieces)
+        return MessagePlan(n_elements, shards, pieces, tuple(workers), table, pulls)
 
     # -- orders -----------------------------------------------------------------------------------------
     def pull_order(self) -> list[Piece]:
@@ -111,7 +115,7 @@ class MessagePlan:
     # -- messages -----------------------------------------------------------------------------------------
     def pulls(self) -> list[Message]:
         """Every pull of one iteration, in the order servers send them: piece by piece in forward order."""
-        return [Message(PULL, p.index, p.server, w, p.size, BYTES_PER_ELEMENT * p.size)
+        return [Message(PULL, p.index, p.server, w, p.size, self.pull_nbytes[p.index])
                 for p in self.pull_order() for w in self.workers]
 
     def pushes(self) -> list[Message]:
@@ -133,6 +137,11 @@ class MessagePlan:
         encoded, or raw: as float32 before encoding."""
         return sum(BYTES_PER_ELEMENT * m.elements if raw else m.nbytes for m in self.pushes() if not m.local)
 
+    def pull_bytes(self, raw: bool = False) -> int:
+        """Bytes of one iteration's pulls between ranks (a rank's own worker left out): as encoded, or
+        raw: as float32."""
+        return sum(BYTES_PER_ELEMENT * m.elements if raw else m.nbytes for m in self.pulls() if not m.local)
+
     def network_bytes(self, node_of: Sequence[int] | None = None) -> int:
         """Bytes of one iteration that leave a rank (node_of: rank -> node; then those that leave a node)."""
         def crosses(m: Message) -> bool:
@@ -141,12 +150,14 @@ class MessagePlan:
 
 
 def plan_for_job(job, schedule, n_elements: int) -> MessagePlan:
-    """The plan of a job (hpcps.config.Job: bucket size, codec) under a rank-level schedule, with each
-    worker's encoded push bytes: what the runtime exchanges, and what a model of it should read."""
-    from hpcps.ps.codec import push_nbytes, worker_codec_names
+    """The plan of a job (hpcps.config.Job: bucket size, codecs) under a rank-level schedule, with each
+    worker's encoded push bytes and the encoded pull bytes: what the runtime exchanges, and what a
+    model of it should read."""
+    from hpcps.ps.codec import pull_nbytes, push_nbytes, worker_codec_names
     return MessagePlan.build(n_elements, schedule.servers, [w.rank for w in schedule.workers],
                              bucket_bytes=int(job.exchange.bucket_mb * 2 ** 20),
-                             push_nbytes=push_nbytes(worker_codec_names(job, schedule)))
+                             push_nbytes=push_nbytes(worker_codec_names(job, schedule)),
+                             pull_nbytes=pull_nbytes(job.exchange.pull_codec))
 
 
 def ready_fractions(plan: MessagePlan, forward_fraction: float) -> list[float]:

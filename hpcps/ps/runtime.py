@@ -23,7 +23,7 @@ from hpcps.comm.waits import sleeping_barrier
 from hpcps.config.job import Job
 from hpcps.config.schedule import Schedule
 from hpcps.data.partition import EpochPartition
-from hpcps.ps.codec import Codec, make_codec, worker_codec_names
+from hpcps.ps.codec import Codec, make_codec, make_pull_codec, worker_codec_names
 from hpcps.ps.exchange import Exchange
 from hpcps.ps.plan import MessagePlan, plan_for_job
 from hpcps.ps.server import ServedPiece
@@ -187,7 +187,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
                                             f"{total} iterations (give --iterations N with N >= {start})")
     common = dict(params=params_xb, grads=grads_xb, served=served, encoders=encoders, recorder=recorder, clock=clock,
                   emulator=emulator, sleep_wait=sleep_wait,
-                  aggregate=emulator.clock.run_aggregate if emulator is not None else None)
+                  aggregate=emulator.clock.run_aggregate if emulator is not None else None,
+                  pull_codec=make_pull_codec(job.exchange.pull_codec))
     exchange = (Exchange(comm, plan, total, **common) if synchronous else
                 StaleExchange(comm, plan, total, mode=policy.name, staleness=policy.staleness, **common))
     # Pieces go out while the backward pass runs. Under emulation the real step runs first and only
@@ -242,7 +243,9 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
                  "pieces": len(plan.pieces),
                  "codec": job.exchange.codec, "worker_codecs": json.dumps([c.name for c in codecs]),
                  "push_nbytes_per_iteration": plan.push_bytes(),
-                 "push_raw_nbytes_per_iteration": plan.push_bytes(raw=True)}
+                 "push_raw_nbytes_per_iteration": plan.push_bytes(raw=True),
+                 "pull_codec": job.exchange.pull_codec, "pull_nbytes_per_iteration": plan.pull_bytes(),
+                 "pull_raw_nbytes_per_iteration": plan.pull_bytes(raw=True)}
     if emulation is not None:
         run_attrs.update(emulation_dilation=float(emulation.dilation), emulation_compute=emulation.compute,
                          emulation_network=emulation.network)

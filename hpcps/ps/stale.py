@@ -5,10 +5,10 @@ the emulated network, the trace) and change what a pull is and when a worker may
 
 - A worker never receives into its parameters. Each piece a server holds elsewhere has two host
   staging buffers: one always has a receive posted, the other holds the newest values that arrived.
-  Every pull message carries, after the piece's values, its version (an int32 in one more float32
-  slot). At the start of its step at clock c the worker copies the newest values of every piece into
-  its parameters (never while it computes), waiting first, under ssp, until every piece has a
-  version >= c - s.
+  Every pull message carries, after the piece's values (as the pull codec encodes them: float32 by
+  default), its version (an int32 in 4 more bytes). At the start of its step at clock c the worker
+  copies the newest values of every piece into its parameters (never while it computes), waiting
+  first, under ssp, until every piece has a version >= c - s.
 - ssp: servers aggregate per round as bsp does (every worker's push of round r, weighted k_i / sum(k),
   one optimiser step: version r + 1), so s = 0 is bsp, bit for bit. A server offers each new version
   to every worker; while a worker's previous pull is still in flight, only the newest version goes
@@ -45,12 +45,15 @@ from hpcps.ps.server import AsyncPiece, RoundPiece
 STALE_MODES = ("ssp", "asp")
 
 
+VERSION_NBYTES = 4     # a pull's version, an int32 after its values
+
+
 def _version_of(buf: np.ndarray) -> int:
-    return int(buf[-1:].view(np.int32)[0])
+    return int(buf[-VERSION_NBYTES:].view(np.int32)[0])
 
 
 def _set_version(buf: np.ndarray, version: int) -> None:
-    buf[-1:].view(np.int32)[0] = version
+    buf[-VERSION_NBYTES:].view(np.int32)[0] = version
 
 
 def serve_pieces(mode: str, staleness: int, plan: MessagePlan, rank: int, initial: np.ndarray, batches: list[int],
@@ -93,8 +96,7 @@ class StaleExchange(Exchange):
         self.have = np.zeros(n, dtype=np.int64)          # version of each piece in the parameters
         self.newest = np.zeros(n, dtype=np.int64)        # newest version staged (remote pieces)
         self.remote = [p.index for p in plan.pieces if p.server != self.rank] if self.is_worker else []
-        self._stage = {q: (np.zeros(plan.pieces[q].size + 1, np.float32),
-                           np.zeros(plan.pieces[q].size + 1, np.float32)) for q in self.remote}
+        self._stage = {q: (self._pull_buffer(q), self._pull_buffer(q)) for q in self.remote}
         self._ready = {q: -1 for q in self.remote}       # which staging buffer holds the newest values
         self._receiving = {q: False for q in self.remote}
         self._recv_seq = np.zeros(n, dtype=np.int64)
@@ -106,12 +108,15 @@ class StaleExchange(Exchange):
         self._remote_rows = remote_rows
         self._next = {q: np.zeros(nw, dtype=np.int64) for q in self.states}     # next push to receive, per row
         self._parked: dict[int, list[int]] = {q: [] for q in self.states}       # ssp: receives awaiting free rows
-        self._answer = {q: {row: np.zeros(s.piece.size + 1, np.float32) for row in remote_rows}
-                        for q, s in self.states.items()}
+        self._answer = {q: {row: self._pull_buffer(q) for row in remote_rows} for q in self.states}
         self._busy = {q: np.zeros(nw, dtype=bool) for q in self.states}         # a pull to row in flight
         self._sent = {q: np.zeros(nw, dtype=np.int64) for q in self.states}     # ssp: newest version sent
         self._send_seq = {q: np.zeros(nw, dtype=np.int64) for q in self.states}
         self._held = {q: np.zeros(nw, dtype=bool) for q in self.states}         # asp: push awaiting its turn
+
+    def _pull_buffer(self, q: int) -> np.ndarray:
+        """Bytes of one pull of piece q: its values as the pull codec encodes them, then its version."""
+        return np.zeros(self.plan.pull_nbytes[q] + VERSION_NBYTES, dtype=np.uint8)
 
     # -- set-up ---------------------------------------------------------------------------------------
     def start(self, first_iteration: int = 0) -> None:
@@ -131,12 +136,26 @@ class StaleExchange(Exchange):
         self.have[:] = version
         self.newest[:] = version
         self._replies[:] = n
+        if self.is_worker and self.pull_codec.lossy:
+            self._round_own_values()
         for q in self.states:
             for row in self._remote_rows:
                 self._post_push_receive(q, row)
         if n < self.iterations:                          # a run resumed at its end expects no pull
             for q in self.remote:
                 self._post_pull_receive(q)
+
+    def _round_own_values(self) -> None:
+        """A lossy pull codec: a worker's first step reads no pull but its own copy of the values every
+        rank started (or resumed) from, rounded here as its server's pull would be (bsp's first pull
+        is), so every step of every worker computes on decoded values."""
+        assert self.params is not None
+        for p in self.plan.pieces:
+            values = self.params.host_array(p.start, p.stop, np.empty(p.size, np.float32)).copy()
+            wire = np.empty(self.plan.pull_nbytes[p.index], dtype=np.uint8)
+            self.pull_codec.pack(values, wire, np.empty(p.size, np.float32))
+            self._write_decoded(p.index, wire)
+        self._settle_copies()
 
     # -- the worker's side ------------------------------------------------------------------------------
     def _round(self, q: int) -> RoundPiece:
@@ -174,10 +193,14 @@ class StaleExchange(Exchange):
             state = self.states.get(q)
             if state is not None:
                 if state.version > self.have[q]:
-                    params.write_from_host(p.start, p.stop, state.params)
+                    if self.pull_codec.lossy:      # the values the other workers get of this version
+                        self.pull_codec.pack(state.params, self._pull_wires[q], self._pull_scratch[q])
+                        self._write_decoded(q, self._pull_wires[q])
+                    else:
+                        params.write_from_host(p.start, p.stop, state.params)
                     self.have[q], copied = state.version, True
             elif self.newest[q] > self.have[q]:
-                params.write_from_host(p.start, p.stop, self._stage[q][self._ready[q]][:-1])
+                self._write_decoded(q, self._stage[q][self._ready[q]])
                 self.have[q], copied = self.newest[q], True
             if self.mode == "ssp":
                 self._staleness(clock, q, int(self.have[q]), clock - int(self.have[q]))
@@ -245,7 +268,7 @@ class StaleExchange(Exchange):
         t0 = self.clock()
         req = self.comm.Irecv(self._stage[q][i], source=p.server, tag=PULL_TAG + q)
         # The iteration it belongs to is known only from the version it carries (_finish).
-        self._post(req, t0, -1, Transfer(PULL, "recv", p.shard, p.server, 4 * (p.size + 1), q),
+        self._post(req, t0, -1, Transfer(PULL, "recv", p.shard, p.server, len(self._stage[q][i]), q),
                    self._staged_arrived, (q, i), seq=seq)
 
     def _staged_arrived(self, q: int, i: int) -> int:
@@ -348,7 +371,7 @@ class StaleExchange(Exchange):
     def _send_values(self, q: int, row: int, iteration: int) -> None:
         state, p, w = self.states[q], self.plan.pieces[q], self.plan.workers[row]
         buf = self._answer[q][row]
-        buf[:-1] = state.params
+        self.pull_codec.pack(state.params, buf, self._pull_scratch.get(q))
         _set_version(buf, state.version)
         self._busy[q][row] = True
         self._sent[q][row] = state.version
@@ -356,7 +379,7 @@ class StaleExchange(Exchange):
         self._send_seq[q][row] += 1
         t0 = self.clock()
         req = self.comm.Isend(buf, dest=w, tag=PULL_TAG + q)
-        self._post(req, t0, iteration, Transfer(PULL, "send", p.shard, w, 4 * (p.size + 1), q),
+        self._post(req, t0, iteration, Transfer(PULL, "send", p.shard, w, len(buf), q),
                    self._values_sent, (q, row), seq=seq)
 
     def _values_sent(self, q: int, row: int) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
-from hpcps.ps.codec import CODECS, push_nbytes
+from hpcps.ps.codec import CODECS, PULL_CODECS, pull_nbytes, push_nbytes
 from hpcps.ps.plan import MessagePlan, ready_fractions
 from hpcps.ps.sharding import ALIGN_ELEMENTS, plan_shards
 from hpcps.sim.network import SHARING, flow_rates
@@ -69,6 +69,7 @@ class SimOptions:
     bucket_mb: float = 4.0             # the job's [exchange] bucket_mb: the largest piece of a shard
     overlap: bool = True               # the job's [exchange] overlap: push each piece once it is ready
     codec: str = "none"                # the job's [exchange] codec: a worker's own in the schedule wins
+    pull_codec: str = "none"           # the job's [exchange] pull_codec
     # Simulate one iteration more before and after the ones measured, and leave them out of the
     # result: the first starts cold (every worker pulls everything at once), and the last one's pushes
     # and updates share no NIC with the next iteration's pulls. What a long run does in between.
@@ -91,13 +92,15 @@ class SimOptions:
             raise ValueError(f"bucket_mb must be > 0, got {self.bucket_mb}")
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
+        if self.pull_codec not in PULL_CODECS:
+            raise ValueError(f"pull_codec must be one of {', '.join(PULL_CODECS)}, got {self.pull_codec!r}")
 
 
 def job_options(job) -> dict:
     """The SimOptions fields a job (hpcps.config.Job) decides: its optimiser, and its exchange's bucket
-    size, overlap and push codec."""
+    size, overlap and push and pull codecs."""
     return {"optimizer": job.optimizer.name, "bucket_mb": job.exchange.bucket_mb, "overlap": job.exchange.overlap,
-            "codec": job.exchange.codec}
+            "codec": job.exchange.codec, "pull_codec": job.exchange.pull_codec}
 
 
 @dataclass(frozen=True)
@@ -270,11 +273,12 @@ class _Run:
         self.is_server = np.zeros(n_ranks, dtype=bool)
         self.is_server[list(sched.servers)] = True
 
-        # The run's message plan, each worker's pushes at its codec's encoded size (hpcps.ps.plan.plan_for_job);
-        # empty shards have no pieces and move nothing, as in the exchange.
+        # The run's message plan, each worker's pushes at its codec's encoded size and the pulls at the pull
+        # codec's (hpcps.ps.plan.plan_for_job); empty shards have no pieces and move nothing, as in the exchange.
         codecs = [w.codec or options.codec for w in sched.workers]
         plan = MessagePlan.build(profile.params, sched.servers, self.worker_ranks.tolist(),
-                                 bucket_bytes=int(options.bucket_mb * 2 ** 20), push_nbytes=push_nbytes(codecs))
+                                 bucket_bytes=int(options.bucket_mb * 2 ** 20), push_nbytes=push_nbytes(codecs),
+                                 pull_nbytes=pull_nbytes(options.pull_codec))
         self.plan = plan
         self._build_templates(plan, node_of, latency, machine)
         fractions = (ready_fractions(plan, profile.forward_fraction) if options.overlap
@@ -293,7 +297,13 @@ class _Run:
         servers = np.array([p.server for p in plan.pieces], dtype=np.int64)
         remote = self.worker_ranks[:, None] != servers[None, :]
         base = base + encode * (remote @ sizes) / speed[node_of[self.worker_ranks]]
-        decode_per_value = decode @ remote          # per piece: the decodes of its remote pushes
+        server_codec = decode @ remote              # per piece and value: the decodes of its remote pushes
+        # A lossy pull codec: the server encodes each new version of a piece once, and every worker (its
+        # own included) decodes every piece. Charged at the codec's calibrated push costs, which include
+        # error feedback that pulls do not have: an upper bound.
+        pull_encode, pull_decode = machine.codec_cost(options.pull_codec)
+        server_codec = server_codec + pull_encode
+        base = base + pull_decode * sizes.sum() / speed[node_of[self.worker_ranks]]
         rng = np.random.default_rng(options.seed)
         # Iterations simulated; those measured are [first, first + options.iterations).
         self.first = 1 if options.steady_state else 0
@@ -309,7 +319,7 @@ class _Run:
         self.resolution = min(AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
                               else options.resolution_s, MAX_RESOLUTION * float(np.min(self.compute)))
         per_byte = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost(options.optimizer))
-        self.aggregate = (per_byte * BYTES_PER_ELEMENT + decode_per_value) * sizes / speed[node_of[servers]]
+        self.aggregate = (per_byte * BYTES_PER_ELEMENT + server_codec) * sizes / speed[node_of[servers]]
         self.network_bytes = float(self.bytes[~self.local].sum())
 
     def _build_templates(self, plan: MessagePlan, node_of: np.ndarray, latency: np.ndarray,
@@ -329,8 +339,8 @@ class _Run:
         self.row = np.concatenate([pull_row, push_row])
         self.src = np.concatenate([server[pull_piece], workers[push_row]])
         self.dst = np.concatenate([workers[pull_row], server[push_piece]])
-        self.bytes = np.concatenate([BYTES_PER_ELEMENT * elements[pull_piece].astype(np.float64),
-                                     push_nbytes[push_row, push_piece]])
+        pull_nbytes = np.array(plan.pull_nbytes, dtype=np.float64)
+        self.bytes = np.concatenate([pull_nbytes[pull_piece], push_nbytes[push_row, push_piece]])
         self.n_template = len(self.src)
         self.pull_t = np.empty((n_p, n_w), dtype=np.int64)          # [piece, worker row] -> template
         self.pull_t[pull_piece, pull_row] = np.arange(n_p * n_w)

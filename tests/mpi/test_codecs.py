@@ -163,3 +163,107 @@ def test_lossy_pushes_from_device_buffers(transport):
     if rank == 0:
         # over two iterations error feedback delivers the pushes to within one iteration's int8 step
         np.testing.assert_allclose(final, truth - 2 * (k * pushed).sum(0) / k.sum(), atol=0.5 * (size + 1.3) / 127)
+
+
+@pytest.mark.mpi(min_size=3)
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 1), ("asp", 0)])
+def test_training_with_16_bit_pulls_moves_half_the_bytes_and_learns(sync, staleness):
+    """Every pull message carries exactly the plan's encoded bytes (and 4 more, the version, under ssp and
+    asp), at both ends and in the trace, and the job still learns."""
+    from mpi4py import MPI
+    from hpcps.ps.runtime import build_plan, run_training
+    world = MPI.COMM_WORLD
+    size, rank = world.Get_size(), world.Get_rank()
+    comm = CountingComm(world)
+    iterations = 40
+    # asp applies every push with momentum, three times an iteration: 0.9 diverges there, codecs or not
+    momentum = 0.7 if sync == "asp" else 0.9
+    job = Job("pulls", "digits", OptimizerConfig("sgd", lr=0.1, momentum=momentum),
+              TrainingConfig(global_batch=48, iterations=iterations, seed=3, log_every=5, sync=sync,
+                             staleness=staleness),
+              model={"hidden": 32}, data={"test_fraction": 0.2},
+              exchange=ExchangeConfig(codec="int8", pull_codec="bf16", bucket_mb=2000 * 4 / 2 ** 20))
+    schedule = Schedule((size - 2, size - 1), (WorkerSpec(0, 16), WorkerSpec(1, 16), WorkerSpec(size - 1, 16)))
+    rec = Transfers()
+    result = run_training(comm, job, schedule, device="cpu", recorder=rec)
+
+    plan = build_plan(job, schedule, int(rec.attrs["n_params"]))
+    assert plan.pull_nbytes == tuple(2 * p.size for p in plan.pieces)
+    extra = 0 if sync == "bsp" else 4
+    pulls_sent = [(t - PULL_TAG, dest, b) for t, dest, b in comm.sent if PULL_TAG <= t < PUSH_TAG]
+    pulls_recv = [(t - PULL_TAG, src, b) for t, src, b in comm.received if PULL_TAG <= t < PUSH_TAG]
+    want_sent = {(m.piece, m.dst, m.nbytes + extra) for m in plan.pulls() if m.src == rank and not m.local}
+    want_recv = {(m.piece, m.src, m.nbytes + extra) for m in plan.pulls() if m.dst == rank and not m.local}
+    assert set(pulls_sent) == want_sent and set(pulls_recv) == want_recv
+    if sync == "bsp":       # one pull per iteration and worker (ssp and asp send fewer or more: their policy)
+        assert sorted(pulls_sent) == sorted(list(want_sent) * iterations)
+    traced = {(m.piece, m.peer, m.nbytes) for _, m in rec.rows if m.kind == "pull" and m.direction == "recv"}
+    assert traced == want_recv
+    assert rec.attrs["pull_codec"] == "bf16"
+    assert 2 * rec.attrs["pull_nbytes_per_iteration"] == rec.attrs["pull_raw_nbytes_per_iteration"] > 0
+    if rank == 0:
+        losses = [h["loss"] for h in result.history]
+        assert losses[-1] < (0.75 if sync == "asp" else 0.6) * losses[0], losses
+        assert result.final_metrics["test_accuracy"] > 0.5, result.final_metrics   # chance: 0.1
+
+
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("transport", ["host", "direct", "staged"])
+@pytest.mark.parametrize("pull_codec", ["fp16", "bf16"])
+def test_every_worker_computes_on_the_decoded_pull_and_the_server_keeps_float32(transport, pull_codec):
+    """With a lossy pull codec every worker's parameters, the serving rank's own included, are exactly
+    the codec's decoding of the server's float32 values, after the first pull and after an update; the
+    server's values (gather_params, checkpoints) stay float32."""
+    from mpi4py import MPI
+    from hpcps.ps.codec import make_pull_codec
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    n = 3000
+    servers = (0, size - 1)
+    workers = tuple(WorkerSpec(r, r + 1) for r in range(size))
+    codec = make_pull_codec(pull_codec)
+    plan = MessagePlan.build(n, servers, [w.rank for w in workers], bucket_bytes=4 * 512,
+                             pull_nbytes=codec.wire_nbytes)
+    rng = np.random.default_rng(0)
+    truth = (rng.standard_normal(n) * 0.7).astype(np.float32)
+    batches = [w.batch for w in workers]
+    served = {p.index: ServedPiece(p, truth[p.start:p.stop], batches, OptimizerConfig("sgd", lr=0.01),
+                                   [make_codec("none")] * size)
+              for p in plan.pieces if p.server == rank}
+
+    def buffer(mem):
+        if transport == "host":
+            return ExchangeBuffer(mem, "host")
+        kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
+        return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
+
+    def decoded(x):
+        wire = np.empty(codec.wire_nbytes(n), np.uint8)
+        codec.pack(x, wire, np.empty(n, np.float32))
+        out = np.empty(n, np.float32)
+        codec.unpack(wire, out)
+        return out
+
+    params_mem = np.zeros(n, np.float32)
+    grads_mem = (np.sin(np.arange(n)) * (rank + 1)).astype(np.float32)
+    exchange = Exchange(comm, plan, 2, params=buffer(params_mem), grads=buffer(grads_mem), served=served,
+                        pull_codec=codec)
+    exchange.start()
+    exchange.wait_pieces(slice(None))
+    assert params_mem.tobytes() == decoded(truth).tobytes()
+    assert not np.array_equal(params_mem, truth)          # the values did travel rounded
+    exchange.begin_pushes(0)
+    for p in plan.push_order():
+        exchange.push(p.index)
+    exchange.expect_pulls(1)
+    exchange.wait_until(lambda: exchange.pushes_done() and exchange.served_through(0))
+    exchange.wait_pieces(slice(None))
+    master = comm.bcast(exchange.gather_params(n, root=0), root=0)
+    k = np.array(batches, dtype=np.float64)[:, None]
+    pushed = np.stack([(np.sin(np.arange(n)) * (r + 1)).astype(np.float32) for r in range(size)])
+    np.testing.assert_allclose(master, truth - 0.01 * (k * pushed).sum(0) / k.sum(), rtol=1e-6, atol=1e-6)
+    assert params_mem.tobytes() == decoded(master).tobytes()
+    exchange.begin_pushes(1)
+    for p in plan.push_order():
+        exchange.push(p.index)
+    exchange.drain()

@@ -73,8 +73,9 @@ def test_every_pull_reflects_the_updates_the_mode_promises(sync, staleness, seed
 @pytest.mark.parametrize("opt", [OptimizerConfig("sgd", lr=0.2, momentum=0.9, weight_decay=1e-3),
                                  OptimizerConfig("adam", lr=0.01, eps=1e-5)], ids=["sgd", "adam"])
 @pytest.mark.parametrize("exchange", [ExchangeConfig(), ExchangeConfig(bucket_mb=1 / 1024),
-                                      ExchangeConfig(bucket_mb=1 / 1024, overlap=False)],
-                         ids=["one-piece", "pieces", "pieces-no-overlap"])
+                                      ExchangeConfig(bucket_mb=1 / 1024, overlap=False),
+                                      ExchangeConfig(bucket_mb=1 / 1024, codec="int8", pull_codec="bf16")],
+                         ids=["one-piece", "pieces", "pieces-no-overlap", "pieces-int8-bf16-pulls"])
 def test_ssp_with_staleness_0_is_bsp_bit_for_bit(opt, exchange):
     from dataclasses import replace
     from mpi4py import MPI

@@ -311,3 +311,75 @@ def test_sizes_and_plans_need_no_pytorch():
             "assert 'torch' not in sys.modules\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+
+
+# -- pull codecs ----------------------------------------------------------------------------------------
+def test_the_config_knows_every_pull_codec():
+    from hpcps.config.schedule import PULL_CODECS as CONFIG_PULL_CODECS
+    from hpcps.ps.codec import PULL_CODECS
+    assert PULL_CODECS == CONFIG_PULL_CODECS == ("none", "fp16", "bf16")
+
+
+@pytest.mark.parametrize("name", ["none", "fp16", "bf16"])
+@pytest.mark.parametrize("n", SIZES)
+def test_a_pull_is_the_reference_without_error_feedback(name, n):
+    """pack() encodes the values as they are (no residual), into the first wire_nbytes(n) bytes of a
+    longer buffer (the stale exchange's version follows them), and unpack() gives the reference's values;
+    packing twice gives the same bytes (nothing carried over)."""
+    from hpcps.ps.codec import make_pull_codec
+    codec = make_pull_codec(name)
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
+    x[0] = 1e6                         # past fp16's range: saturated, not inf
+    wire = np.full(codec.wire_nbytes(n) + 4, 0xAB, np.uint8)
+    for _ in range(2):
+        codec.pack(x, wire, np.empty(n, np.float32) if codec.lossy else None)
+        want_wire, want = REFERENCES[name](x) if name != "none" else (x.tobytes(), x)
+        assert wire[:codec.wire_nbytes(n)].tobytes() == want_wire
+        assert (wire[codec.wire_nbytes(n):] == 0xAB).all()
+        out = np.empty(n, np.float32)
+        codec.unpack(wire, out)
+        np.testing.assert_array_equal(out, want)
+        assert np.isfinite(out).all()
+
+
+def test_pulls_take_only_16_bit_floats():
+    from hpcps.ps.codec import make_pull_codec
+    for name in ("int8", "sign", "topk", "fp8"):
+        with pytest.raises(ValueError, match="pull codec.*none, fp16, bf16"):
+            make_pull_codec(name)
+
+
+def test_bad_pull_codec_in_a_job_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    bad = tmp_path / "bad.toml"
+    bad.write_text((root / "jobs/default.toml").read_text() + '\n[exchange]\npull_codec = "int8"\n')
+    p = subprocess.run([sys.executable, "-m", "hpcps.train", "--job", str(bad)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert "exchange.pull_codec" in p.stderr and "none, fp16, bf16" in p.stderr
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+@pytest.mark.parametrize("pull_codec, per_value", [("none", 4), ("fp16", 2), ("bf16", 2)])
+def test_plan_carries_the_encoded_pull_bytes(pull_codec, per_value):
+    from hpcps.config.job import parse_job
+    from hpcps.config.schedule import Schedule, WorkerSpec
+    from hpcps.ps.plan import plan_for_job
+    job = parse_job({"name": "t", "workload": "digits", "optimizer": {"name": "sgd", "lr": 0.1},
+                     "training": {"global_batch": 3, "iterations": 1},
+                     "exchange": {"codec": "int8", "pull_codec": pull_codec, "bucket_mb": 4096 / 2 ** 20}}, "j.toml")
+    schedule = Schedule((0, 3), (WorkerSpec(0, 1), WorkerSpec(1, 1), WorkerSpec(2, 1)))
+    plan = plan_for_job(job, schedule, 5000)
+    assert len(plan.pieces) > 2
+    assert plan.pull_nbytes == tuple(per_value * p.size for p in plan.pieces)
+    for m in plan.pulls():
+        assert m.nbytes == per_value * m.elements
+    # rank 0's own pieces go to its worker by a copy: 3 workers get rank 3's, 2 get rank 0's
+    own = sum(p.size for p in plan.pieces if p.server == 0)
+    assert plan.pull_bytes(raw=True) == 4 * (3 * 5000 - own)
+    assert plan.pull_bytes() == per_value * (3 * 5000 - own)
+    assert plan.push_nbytes[1] == tuple(make_codec("int8").wire_nbytes(p.size) for p in plan.pieces)

@@ -402,7 +402,7 @@ def test_the_messages_are_the_runtimes_with_each_workers_codec():
                            for i, (n, codec) in enumerate(zip(nodes, own))))
     pl = s.to_rank_schedule()
     job = Job("j", "digits", OptimizerConfig("sgd", lr=0.1), TrainingConfig(global_batch=64, iterations=1),
-              exchange=ExchangeConfig(codec="int8", bucket_mb=0.1))
+              exchange=ExchangeConfig(codec="int8", pull_codec="bf16", bucket_mb=0.1))
     run = _Run(c, pl, QUARTERS, MACHINE, replace(EXACT, **job_options(job)))
     plan = plan_for_job(job, pl.schedule, QUARTERS.params)
     assert run.bytes.astype(int).tolist() == [m.nbytes for m in plan.messages()]
@@ -410,6 +410,7 @@ def test_the_messages_are_the_runtimes_with_each_workers_codec():
     pushed = [sum(m.nbytes for m in plan.messages() if m.kind == "push" and m.src == w.rank)
               for w in pl.schedule.workers]
     assert pushed[4] == raw and pushed[0] < raw / 25 and pushed[1] < raw / 3.9 and pushed[2] == raw // 2
+    assert all(m.nbytes == 2 * m.elements for m in plan.pulls())     # bf16 pulls
 
 
 def test_a_lossy_codec_shortens_a_push_bound_iteration_and_costs_its_calibrated_time():
@@ -437,3 +438,25 @@ def test_a_lossy_codec_shortens_a_push_bound_iteration_and_costs_its_calibrated_
     assert by_node(costly_own)["s"].compute_s == pytest.approx(by_node(cheap)["s"].compute_s, rel=1e-9)
     assert by_node(costly_own)["a"].compute_s == pytest.approx(by_node(cheap)["a"].compute_s + 1e-8 * TOY.params,
                                                                rel=1e-6)
+
+
+def test_16_bit_pulls_shorten_an_iteration_the_pulls_bound_and_cost_their_calibrated_time():
+    """One server's 1 Gbit/s NIC sends four workers their pulls: with int8 pushes the iteration is
+    bounded by the float32 pulls, and bf16 pulls halve their bytes and shorten it. The calibrated
+    decode cost lengthens each worker's step by that cost times the parameters (every worker decodes
+    every piece); the server's encode adds to its update."""
+    t = NodeType("t", 1.0, 2, 1.0, latency_us=0.0)
+    c = cluster_of((t, ["s", "a", "b", "c", "d"]))
+    s = NodeSchedule((NodePlan("s", True, ()),) + tuple(NodePlan(n, False, (NodeWorker(4),)) for n in "abcd"))
+    int8 = sim(c, s, replace(EXACT, iterations=3, codec="int8"))
+    both = sim(c, s, replace(EXACT, iterations=3, codec="int8", pull_codec="bf16"))
+    raw = BYTES_PER_ELEMENT * TOY.params
+    assert int8.bytes_per_iteration == pytest.approx(4 * raw + 4 * raw / 4, rel=0.01)
+    assert both.bytes_per_iteration == pytest.approx(4 * raw / 2 + 4 * raw / 4, rel=0.01)
+    assert both.iteration_time_s < 0.8 * int8.iteration_time_s
+    costly = replace(MACHINE, codec_s_per_element=(("bf16", (1e-8, 2e-8)),))
+    slow = simulate(c, s.to_rank_schedule(), TOY, costly, replace(EXACT, iterations=3, codec="int8", pull_codec="bf16"))
+    assert by_node(slow)["a"].compute_s == pytest.approx(by_node(both)["a"].compute_s + 2e-8 * TOY.params, rel=1e-6)
+    assert by_node(slow)["s"].aggregate_s > by_node(both)["s"].aggregate_s + 0.9e-8 * TOY.params
+    with pytest.raises(ValueError, match="pull_codec must be one of none, fp16, bf16"):
+        replace(EXACT, pull_codec="int8").check()
