@@ -6,10 +6,12 @@
 
 Backends: sim (the simulator, no MPI), local (real MPI runs emulating the cluster on this machine),
 slurm (trials as Slurm job steps), testbed (real MPI runs on shaped links between network namespaces).
-Strategies: structured, gp, random, anneal, heuristic. Bad input is one line on stderr and exit status
-2, with nothing written. One tuner at a time works in an --out (a second is refused); --resume refuses
-a run whose job or cluster file has changed since it began. SIGTERM or Ctrl-C stops after saving what
-is finished (exit status 0; a second Ctrl-C interrupts at once); --resume continues.
+Strategies: structured, gp, random, anneal, heuristic. --codecs none,int8 lets the search give each
+worker one of these push codecs (default: the job's [exchange] codec for every worker, as the job
+says). Bad input is one line on stderr and exit status 2, with nothing written. One tuner at a time
+works in an --out (a second is refused); --resume refuses a run whose job or cluster file has changed
+since it began. SIGTERM or Ctrl-C stops after saving what is finished (exit status 0; a second Ctrl-C
+interrupts at once); --resume continues.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hpcps.cluster import load_cluster
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import naive
 from hpcps.config import ConfigError, Job, load_job
+from hpcps.config.schedule import CODECS
 from hpcps.tune import rundir
 from hpcps.tune.backends import BACKENDS, make_backend
 from hpcps.tune.loop import Settings, TuningRun
@@ -70,6 +73,10 @@ def build_parser() -> OneLineParser:
     p.add_argument("--iterations", type=int, default=None,
                    help="training iterations per trial (default: 10 for sim, 20 for local, slurm and testbed)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a real trial may take (default 600)")
+    p.add_argument("--codecs", default=None, metavar="LIST",
+                   help="push codecs the search may give each worker, comma-separated, the job's own among them "
+                        f"(from {', '.join(CODECS)}; lossy ones change convergence: allow only those you "
+                        "accept). Default: the job's [exchange] codec for every worker, nothing else tried")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -122,9 +129,10 @@ def prepare(args) -> Parts:
                                             "a new run starts there)")
     job_path = args.job or default_job_path()
     job = load_job(job_path)
+    codecs = parse_codecs(args.codecs, job)
     cluster_path = _cluster_path(args, job)
     cluster = load_cluster(cluster_path)
-    problem = problem_for(cluster, job, require_profile=args.backend == "sim")
+    problem = problem_for(cluster, job, require_profile=args.backend == "sim", codecs=codecs)
     try:
         problem.space.decode(problem.space.encode(naive(cluster, problem.global_batch)))
     except InfeasibleSchedule as e:
@@ -132,7 +140,8 @@ def prepare(args) -> Parts:
                           f"the job's global batch {problem.global_batch} fits on no schedule: {e}") from None
     settings = Settings(job=str(Path(job_path).resolve()), cluster=str(Path(cluster_path).resolve()),
                         backend=args.backend, strategy=args.strategy, seed=args.seed, budget=args.budget,
-                        iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch)
+                        iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch,
+                        codecs=",".join(problem.codecs))
     inputs = rundir.fingerprint({"job": Path(job_path), "cluster": Path(cluster_path)})
     if out.is_dir():                             # what can be refused before the directory is locked
         rundir.RunLock(out).check_free()
@@ -141,6 +150,28 @@ def prepare(args) -> Parts:
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
     return Parts(settings, problem, strategy, backend, inputs)
+
+
+def parse_codecs(text: str | None, job: Job) -> tuple[str, ...]:
+    """--codecs as a tuple of codec names (None: not given, the job's codec alone). Raises ConfigError
+    naming what is wrong and what is allowed."""
+    if text is None:
+        return (job.exchange.codec,)
+    names = [c.strip() for c in text.split(",")]
+    allowed = ", ".join(CODECS)
+    if not text.strip() or any(not c for c in names):
+        raise ConfigError("--codecs", None, f"give codec names separated by commas, from {allowed}; got {text!r}")
+    for c in names:
+        if c not in CODECS:
+            raise ConfigError("--codecs", None, f"unknown codec {c!r}; allowed: {allowed}")
+        if names.count(c) > 1:
+            raise ConfigError("--codecs", None, f"lists {c!r} more than once; give each codec once")
+    if job.exchange.codec not in names:
+        raise ConfigError("--codecs", None,
+                          f"must include the job's own codec {job.exchange.codec!r} ([exchange] codec of "
+                          f"{job.source}), which the naive schedule and every worker without a codec of its own "
+                          f"push with; got {text!r}")
+    return tuple(names)
 
 
 def _check_existing(args, state: dict | None) -> None:
@@ -170,11 +201,13 @@ def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
             return lock, []
         old = state.get("settings", {})
         for key in Settings.IDENTITY:
-            if old.get(key) != getattr(parts.settings, key):
+            # A run from before codecs were tuned gave every worker the job's codec.
+            recorded = old.get(key, parts.problem.codecs[0] if key == "codecs" else None)
+            if recorded != getattr(parts.settings, key):
                 raise ConfigError("--resume", None,
-                                  f"the run in {out} has {key} = {old.get(key)!r}, this command "
+                                  f"the run in {out} has {key} = {recorded!r}, this command "
                                   f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
-                                  "strategy, seed and iterations")
+                                  "strategy, seed, iterations and codecs")
         changed = rundir.changed_inputs(state.get("inputs", {}), parts.inputs)
         if changed:
             files = " and ".join(f"{name} file {getattr(parts.settings, name)}" for name in changed)

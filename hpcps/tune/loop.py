@@ -58,15 +58,19 @@ class Settings:
     iterations: int | None = None
     cluster_name: str = ""
     global_batch: int = 0
+    # The push codecs the run may give workers, comma-separated, the job's own first ("": the job's
+    # alone, as a run without --codecs; a state file from before codecs were tuned has none either).
+    codecs: str = ""
 
     # What must match for --resume to continue a run (the budget may grow).
-    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations")
+    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations", "codecs")
 
 
 def summarize(schedule: NodeSchedule) -> str:
-    """servers=a+b; workers=a:32/2,c:16/1 (batch/threads)."""
+    """servers=a+b; workers=a:32/2,c:16/1/int8 (batch/threads, and /codec for a worker with its own)."""
     servers = "+".join(p.name for p in schedule.nodes if p.server)
-    workers = ",".join(f"{p.name}:{w.batch}/{w.threads}" for p in schedule.nodes for w in p.workers)
+    workers = ",".join(f"{p.name}:{w.batch}/{w.threads}" + (f"/{w.codec}" if w.codec else "")
+                       for p in schedule.nodes for w in p.workers)
     return f"servers={servers}; workers={workers}"
 
 

@@ -1,11 +1,15 @@
-"""What a tuning run is about: a cluster, a job's global batch and model size, and the search space."""
+"""What a tuning run is about: a cluster, a job's global batch and model size, the push codecs its workers
+may use, and the search space."""
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hpcps.cluster.description import Cluster
+from hpcps.ps.plan import DEFAULT_BUCKET_BYTES
 from hpcps.tune.space import ScheduleSpace
 
 BYTES_PER_ELEMENT = 4
@@ -17,10 +21,46 @@ class Problem:
     global_batch: int
     params: int                      # float32 elements every pull and push moves in total
     space: ScheduleSpace
+    bucket_bytes: int = DEFAULT_BUCKET_BYTES     # the job's [exchange] bucket_mb: how shards are cut into pieces
+    # Per codec of space.codecs: (encode, decode) seconds per value at speed 1.0, the simulator's calibration
+    # (hpcps.sim MachineProfile.codec_s_per_element); empty: codecs cost no time.
+    codec_costs: tuple[tuple[float, float], ...] = ()
 
     @property
     def model_bytes(self) -> float:
         return float(BYTES_PER_ELEMENT * self.params)
+
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        return self.space.codecs
+
+    def codec_cost(self, index: int) -> tuple[float, float]:
+        """(encode, decode) seconds per value at speed 1.0 of space.codecs[index]."""
+        return self.codec_costs[index] if self.codec_costs else (0.0, 0.0)
+
+    def push_slice_bytes(self, index: int, servers: int) -> float:
+        """Bytes on the wire of one worker's push to one of `servers` servers under space.codecs[index]."""
+        return shard_push_bytes(self.params, self.bucket_bytes, self.codecs[index], servers)
+
+
+@functools.lru_cache(maxsize=4096)
+def shard_push_bytes(params: int, bucket_bytes: int, codec: str, servers: int) -> float:
+    """Bytes on the wire of one worker's push of one shard when `servers` servers share the model, averaged
+    over the shards: the message plan's encoded sizes (hpcps.ps.plan, hpcps.ps.codec.push_nbytes), as the
+    exchange sends them."""
+    from hpcps.ps.codec import push_nbytes
+    from hpcps.ps.plan import MessagePlan
+    plan = MessagePlan.build(params, list(range(servers)), [servers], bucket_bytes=bucket_bytes,
+                             push_nbytes=push_nbytes([codec]))
+    return plan.push_bytes() / servers
+
+
+def space_codecs(job_codec: str, allowed: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The codecs of a search space: the job's own first, then the other allowed ones in the order of
+    hpcps.ps.codec.CODECS (so that the same set gives the same space). None: the job's codec alone."""
+    from hpcps.config.schedule import CODECS
+    allowed = set(allowed or ()) | {job_codec}
+    return (job_codec,) + tuple(c for c in CODECS if c in allowed and c != job_codec)
 
 
 def max_batches(cluster: Cluster, global_batch: int, params: int, activation_bytes_per_sample: float,
@@ -38,13 +78,18 @@ def max_batches(cluster: Cluster, global_batch: int, params: int, activation_byt
     return tuple(caps)
 
 
-def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = True) -> Problem:
-    """The problem of tuning job on cluster, with sizes and memory from hpcps.sim's profiles. A workload
-    without a profile (a custom one) is a ConfigError unless require_profile is False: then its model is
-    built to count parameters, and memory sets no limit on batches."""
+def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = True,
+                codecs: Iterable[str] | None = None) -> Problem:
+    """The problem of tuning job on cluster, with sizes, memory and codec costs from hpcps.sim's profiles.
+    codecs: the push codecs a worker may be given besides the job's own ([exchange] codec; None: that
+    one alone, and no codec parameter in the space). A workload without a profile (a custom one) is a
+    ConfigError unless require_profile is False: then its model is built to count parameters, memory
+    sets no limit on batches, and codecs cost no time."""
     from hpcps.config.errors import ConfigError
     from hpcps.sim import load_profiles, profile_for_job
     gb = job.training.global_batch
+    names = space_codecs(job.exchange.codec, codecs)
+    bucket = int(job.exchange.bucket_mb * 2 ** 20)
     try:
         profiles = profiles or load_profiles()
         profile = profile_for_job(profiles, job.workload, job.model, job.data)
@@ -53,7 +98,8 @@ def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = Tr
             raise
         from hpcps.sim.profile import count_parameters
         params = count_parameters(job.workload, job.model, job.data)
-        return Problem(cluster, gb, params, ScheduleSpace(cluster, gb, None))
+        return Problem(cluster, gb, params, ScheduleSpace(cluster, gb, None, names), bucket)
     caps = max_batches(cluster, gb, profile.params, profile.activation_bytes_per_sample,
                        profiles.machine.rank_overhead_bytes)
-    return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps))
+    costs = tuple(profiles.machine.codec_cost(c) for c in names)
+    return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps, names), bucket, costs)

@@ -8,12 +8,20 @@ Per node (in cluster order) four parameters:
     threads_<i>  1..2*cores the worker's threads (past the node's cores is allowed: it is slower,
                             and the tuner should learn that rather than be told)
 
+and, when the run may choose among more than one push codec (ScheduleSpace.codecs), a fifth:
+
+    codec_<i>    0..K-1     the worker's push codec, an index into codecs; 0 is the job's own
+                            ([exchange] codec), which a schedule leaves unnamed (a worker without a codec
+                            of its own); the others are named in its worker entry
+
 A point decodes to a NodeSchedule through repair(), which makes any point runnable: at least one
 server (the best-connected node), at least one worker (the fastest node), more workers (the fastest
 nodes with room) when the chosen ones cannot hold the global batch, integer batches summing to the
 global batch, none empty, none over its node's memory. A point that cannot be repaired (the global
 batch does not fit in the memory of all nodes together) raises InfeasibleSchedule before it costs a
 trial.
+
+With one codec (the default: the job's own) the space is exactly the four parameters per node.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import numpy as np
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker, split_proportional
 
-FIELDS = ("server", "worker", "share", "threads")
+FIELDS = ("server", "worker", "share", "threads")          # per node in every space
+CODEC_FIELD = "codec"                                        # per node where the codec is tuned
 
 
 class InfeasibleSchedule(ValueError):
@@ -41,24 +50,60 @@ class ScheduleSpace:
     cluster: Cluster
     global_batch: int
     max_batch: tuple[int, ...] | None = None   # per node: the largest batch its memory holds (None: no limit)
+    # The push codecs a worker may use, the job's own first (what a worker without a codec of its own
+    # pushes with); with more than one, each node's worker gets a codec parameter.
+    codecs: tuple[str, ...] = ("none",)
+
+    def __post_init__(self):
+        if not self.codecs or len(set(self.codecs)) != len(self.codecs):
+            raise ValueError(f"codecs must be distinct names, the job's first; got {self.codecs!r}")
+
+    @property
+    def tunes_codecs(self) -> bool:
+        return len(self.codecs) > 1
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The parameters of one node, in the order a point holds them."""
+        return FIELDS + ((CODEC_FIELD,) if self.tunes_codecs else ())
+
+    @property
+    def n_fields(self) -> int:
+        return len(self.fields)
 
     @property
     def n_dims(self) -> int:
-        return len(FIELDS) * len(self.cluster)
+        return self.n_fields * len(self.cluster)
 
     def parameter_space(self):
-        """The Emukit ParameterSpace: (n_dims,) points, four parameters per node."""
+        """The Emukit ParameterSpace: (n_dims,) points, n_fields parameters per node."""
         from emukit.core import ContinuousParameter, DiscreteParameter, ParameterSpace
         params = []
         for i, node in enumerate(self.cluster.nodes):
             params += [DiscreteParameter(f"server_{i}", [0, 1]), DiscreteParameter(f"worker_{i}", [0, 1]),
                        ContinuousParameter(f"share_{i}", 0.0, 1.0),
                        DiscreteParameter(f"threads_{i}", list(range(1, max_threads(node.type.cores) + 1)))]
+            if self.tunes_codecs:
+                params.append(DiscreteParameter(f"codec_{i}", list(range(len(self.codecs)))))
         return ParameterSpace(params)
 
+    def codec_index(self, codec: str | None) -> int:
+        """The codec parameter's value for a worker's codec (None: the job's)."""
+        name = self.codecs[0] if codec is None else codec
+        if name not in self.codecs:
+            raise ValueError(f"codec {name!r} is not one this run may choose ({', '.join(self.codecs)})")
+        return self.codecs.index(name)
+
+    def codec_name(self, index: float) -> str | None:
+        """A worker's codec for a codec parameter's value, as its schedule entry names it: None for the
+        job's own."""
+        k = int(np.clip(round(float(index)), 0, len(self.codecs) - 1))
+        return None if k == 0 else self.codecs[k]
+
     def encode(self, schedule: NodeSchedule) -> np.ndarray:
-        """A point (n_dims,) for a schedule with at most one worker per node."""
-        point = np.zeros((len(self.cluster), len(FIELDS)))
+        """A point (n_dims,) for a schedule with at most one worker per node. Without a codec parameter a
+        worker's codec is not encoded; with one, a codec this space does not offer is a ValueError."""
+        point = np.zeros((len(self.cluster), self.n_fields))
         point[:, 2] = 0.0
         point[:, 3] = 1
         for plan in schedule.nodes:
@@ -71,11 +116,13 @@ class ScheduleSpace:
                 point[i, 1] = 1
                 point[i, 2] = plan.workers[0].batch / self.global_batch
                 point[i, 3] = min(plan.workers[0].threads, max_threads(self.cluster.nodes[i].type.cores))
+                if self.tunes_codecs:
+                    point[i, 4] = self.codec_index(plan.workers[0].codec)
         return point.reshape(-1)
 
     def decode(self, point: np.ndarray) -> NodeSchedule:
         """The repaired schedule of a point (n_dims,). Raises InfeasibleSchedule."""
-        p = np.asarray(point, dtype=float).reshape(len(self.cluster), len(FIELDS))
+        p = np.asarray(point, dtype=float).reshape(len(self.cluster), self.n_fields)
         nodes = self.cluster.nodes
         servers = p[:, 0] >= 0.5
         workers = p[:, 1] >= 0.5
@@ -95,7 +142,8 @@ class ScheduleSpace:
         batches = self._batches(workers, shares)
         plans = []
         for i, node in enumerate(nodes):
-            ws = (NodeWorker(int(batches[i]), threads[i]),) if batches[i] > 0 else ()
+            codec = self.codec_name(p[i, 4]) if self.tunes_codecs else None
+            ws = (NodeWorker(int(batches[i]), threads[i], codec),) if batches[i] > 0 else ()
             if ws or servers[i]:
                 plans.append(NodePlan(node.name, bool(servers[i]), ws))
         return NodeSchedule(tuple(plans), f"<{self.cluster.name} schedule>")
@@ -142,13 +190,15 @@ class ScheduleSpace:
         return self.encode(self.decode(point))
 
     def random_points(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, n_dims) random points, before repair."""
-        pts = np.zeros((n, len(self.cluster), len(FIELDS)))
+        """(n, n_dims) random points, before repair (codecs uniform over those offered)."""
+        pts = np.zeros((n, len(self.cluster), self.n_fields))
         pts[:, :, 0] = rng.random((n, len(self.cluster))) < 0.3
         pts[:, :, 1] = rng.random((n, len(self.cluster))) < 0.8
         pts[:, :, 2] = rng.random((n, len(self.cluster)))
         for i, node in enumerate(self.cluster.nodes):
             pts[:, i, 3] = rng.integers(1, max_threads(node.type.cores) + 1, size=n)
+        if self.tunes_codecs:          # drawn last: a space without codecs draws what it always drew
+            pts[:, :, 4] = rng.integers(0, len(self.codecs), size=(n, len(self.cluster)))
         return pts.reshape(n, -1)
 
 
@@ -161,6 +211,7 @@ class DecodedBatch:
     batches: np.ndarray      # float, 0 where no worker
     threads: np.ndarray      # int
     feasible: np.ndarray     # (n_points,) bool: the workers' memory holds the global batch
+    codecs: np.ndarray       # int: index into the space's codecs (0, the job's, where no worker)
 
     @property
     def workers(self) -> np.ndarray:
@@ -170,7 +221,7 @@ class DecodedBatch:
 def decode_many(space: ScheduleSpace, points: np.ndarray) -> DecodedBatch:
     """decode() for (n_points, n_dims) points at once, without rounding batches to integers."""
     n_nodes = len(space.cluster)
-    p = np.asarray(points, dtype=float).reshape(-1, n_nodes, len(FIELDS))
+    p = np.asarray(points, dtype=float).reshape(-1, n_nodes, space.n_fields)
     n = p.shape[0]
     nodes = space.cluster.nodes
     servers = p[:, :, 0] >= 0.5
@@ -203,4 +254,7 @@ def decode_many(space: ScheduleSpace, points: np.ndarray) -> DecodedBatch:
             room = np.where(batches < caps, weights, 0.0)
             total = room.sum(axis=1, keepdims=True)
             batches = batches + np.divide(over[:, None] * room, total, out=np.zeros_like(room), where=total > 0)
-    return DecodedBatch(servers, batches, threads, feasible)
+    codecs = np.zeros(batches.shape, dtype=int)
+    if space.tunes_codecs:
+        codecs = np.where(batches > 0, np.clip(np.rint(p[:, :, 4]), 0, len(space.codecs) - 1), 0).astype(int)
+    return DecodedBatch(servers, batches, threads, feasible, codecs)

@@ -82,6 +82,8 @@ def test_every_strategy_proposes_runnable_schedules_it_has_not_measured(setup, t
         assert r.ok, r.status
         s = problem.space.decode(r.point)
         s.check_against(cluster, 64)
+        # Without --codecs every worker pushes with the job's codec: no schedule names one.
+        assert all("codec" not in w for node in r.schedule["nodes"] for w in node["workers"])
     if strategy in ("structured", "gp"):
         assert all(r.predicted_s is not None and r.predicted_s > 0 for r in run.history[3:])
 
@@ -114,3 +116,78 @@ def test_state_round_trips(setup, tmp_path):
         np.testing.assert_array_equal(a.point, b.point)
         np.testing.assert_array_equal(a.observations, b.observations)
         assert a.to_state() == b.to_state()
+
+
+# -- codecs as a knob ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def codec_setup():
+    cluster = load_cluster(ROOT / "jobs/clusters/hetero10b.toml")
+    job = load_job(ROOT / "jobs/cifar.toml")
+    return cluster, job, problem_for(cluster, job, codecs=("int8", "fp16"))
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_with_codecs_every_strategy_proposes_runnable_schedules_with_allowed_codecs_only(codec_setup, tmp_path,
+                                                                                         strategy):
+    cluster, job, problem = codec_setup
+    assert problem.space.codecs == ("none", "fp16", "int8") and problem.space.n_dims == 50
+    run = TuningRun(tmp_path, settings(strategy, cluster), problem, make_strategy(strategy, problem, seed=1),
+                    SimBackend(cluster, job, iterations=3), echo=lambda s: None)
+    run.run(6 if strategy in ("structured", "gp") else 10)
+    assert run.history[0].note == "naive"
+    keys = [schedule_key(problem.space, r.point) for r in run.history]
+    assert len(set(keys)) == len(keys)
+    named = set()
+    for r in run.history:
+        assert r.ok, r.status
+        s = problem.space.decode(r.point)
+        s.check_against(cluster, 64)
+        codecs = {w.codec for p in s.nodes for w in p.workers}
+        assert codecs <= {None, "fp16", "int8"}
+        assert codecs == {w.get("codec") for node in r.schedule["nodes"] for w in node["workers"]}
+        assert load_node_schedule(tmp_path / "trials" / f"{r.trial:04d}" / "schedule.toml").nodes == s.nodes
+        named |= codecs - {None}
+    if strategy in ("random", "anneal", "gp"):
+        assert named, "no trial tried a codec"
+    back = rundir.load_records(tmp_path, rundir.read_state(tmp_path))
+    assert [list(r.point) for r in back] == [list(r.point) for r in run.history]
+
+
+def test_without_codecs_a_job_with_its_own_codec_keeps_it_everywhere(tmp_path):
+    """A job whose [exchange] codec is int8: the space has no codec parameter and no schedule names a
+    codec, so every worker pushes int8, as the job says."""
+    cluster = load_cluster(ROOT / "jobs/clusters/hetero10b.toml")
+    job_file = tmp_path / "job.toml"
+    job_file.write_text((ROOT / "jobs/cifar.toml").read_text() + '\n[exchange]\ncodec = "int8"\n')
+    job = load_job(job_file)
+    problem = problem_for(cluster, job)
+    assert problem.space.codecs == ("int8",) and not problem.space.tunes_codecs
+    run = TuningRun(tmp_path / "run", settings("anneal", cluster), problem, make_strategy("anneal", problem),
+                    SimBackend(cluster, job, iterations=2), echo=lambda s: None)
+    run.run(6)
+    assert all(r.ok for r in run.history)
+    assert all("codec" not in w for r in run.history for node in r.schedule["nodes"] for w in node["workers"])
+
+
+def test_the_heuristic_gives_the_smallest_allowed_codec_to_workers_behind_the_slowest_nics(tmp_path):
+    cluster = load_cluster(ROOT / "jobs/clusters/slownet5.toml")
+    job = load_job(ROOT / "jobs/cifar-wide.toml")
+    problem = problem_for(cluster, job, codecs=("int8", "fp16"))
+    strategy = make_strategy("heuristic", problem)
+    assert strategy.smallest_codec() == problem.space.codecs.index("int8")
+    run = TuningRun(tmp_path, settings("heuristic", cluster), problem, strategy,
+                    SimBackend(cluster, job, iterations=2), echo=lambda s: None)
+    while not any("compress" in r.note for r in run.history):
+        assert len(run.history) < 12, [r.note for r in run.history]
+        run.step()
+    rec = run.history[-1]
+    assert rec.note.endswith(" compress=1") and rec.setting["compress"] == 1
+    before = [r for r in run.history[:-1] if r.setting is not None]
+    assert all("compress" not in r.note and "compress" not in r.setting for r in before)
+    s = problem.space.decode(rec.point)
+    codecs = {p.name: p.workers[0].codec for p in s.nodes if p.workers}
+    slow = {n.name for n in cluster.nodes if n.type.nic_gbps == 1.0}
+    assert codecs and all(c == ("int8" if name in slow else None) for name, c in codecs.items())
+    # On this network-bound cluster it pays.
+    assert rec.time_s < min(r.time_s for r in before)

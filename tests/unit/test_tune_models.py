@@ -340,3 +340,131 @@ def test_noisy_steps_add_the_expected_excess_of_the_slowest_worker(seed):
     slowest = np.trapezoid(np.exp(sigma * z - sigma ** 2 / 2) * 4 * norm.cdf(z) ** 3 * norm.pdf(z), z)
     assert slowest - 1 == pytest.approx(0.33, abs=0.01)
     assert excess / step == pytest.approx(slowest - 1, rel=0.25)
+
+
+# -- push codecs -------------------------------------------------------------------------------------
+
+# Ten times the calibrated seconds per value (results/emulation_hetero8_profiles.toml), so that encoding
+# and decoding weigh as much as the bytes they save.
+CODEC_COSTS = (("int8", (2e-8, 4e-9)), ("sign", (3e-8, 6e-9)))
+
+
+@pytest.fixture(scope="module")
+def slownet():
+    """The network-bound cluster, the 11M-parameter job, profiles with codec costs, and the problem
+    with none, int8 and sign allowed."""
+    from dataclasses import replace
+
+    from hpcps.sim import load_profiles
+    cluster = load_cluster(ROOT / "jobs/clusters/slownet5.toml")
+    job = load_job(ROOT / "jobs/cifar-wide.toml")
+    profiles = load_profiles()
+    profiles = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=CODEC_COSTS))
+    return cluster, job, profiles, problem_for(cluster, job, profiles, codecs=("sign", "int8"))
+
+
+def spread(problem, codecs, servers=(0, 1, 2, 3, 4)):
+    """Servers on the given nodes, equal workers on the four fast nodes (g1-g4) with these codec indices."""
+    p = np.zeros((5, 5))
+    p[list(servers), 0] = 1
+    p[1:, 1] = 1
+    p[1:, 2] = 0.25
+    p[:, 3] = 8
+    p[:, 4] = codecs
+    return problem.space.repair(p.reshape(-1))
+
+
+def test_push_sizes_and_costs_are_the_message_plans_and_the_calibration(slownet):
+    from hpcps.config.schedule import Schedule, WorkerSpec
+    from hpcps.ps.plan import plan_for_job
+    cluster, job, profiles, problem = slownet
+    assert problem.codecs == ("none", "int8", "sign")         # the job's first, then hpcps.ps.codec's order
+    for k, codec in enumerate(problem.codecs):
+        for m in (1, 3):
+            plan = plan_for_job(job, Schedule(tuple(range(m)), (WorkerSpec(m, 8, 1, codec),)), problem.params)
+            assert problem.push_slice_bytes(k, m) * m == pytest.approx(plan.push_bytes(), rel=1e-12)
+    assert problem.push_slice_bytes(1, 1) < problem.model_bytes / 3.9
+    assert [problem.codec_cost(k) for k in range(3)] == [(0.0, 0.0), (2e-8, 4e-9), (3e-8, 6e-9)]
+
+
+def test_composition_with_codecs_matches_the_simulator_with_true_constants(slownet):
+    """Each worker's push at its codec's bytes, its encoding on its step and the servers' decoding on
+    their updates: on schedules whose float32 composition follows the simulator (a server on the 10 Gb/s
+    node), so does the one with codecs, where leaving the codecs out is a fifth or more off. (Servers
+    only on the 1 Gb/s workers come out up to a tenth slow with int8: the composition leaves out both that
+    the next forward pass starts on the pulls that have arrived and that pushes and pulls share those
+    NICs, which for float32 pushes about cancel.)"""
+    from hpcps.sim import SimOptions, compute_times, job_options, profile_for_job, simulate
+    cluster, job, profiles, problem = slownet
+    prof = profile_for_job(profiles, job.workload, job.model, job.data)
+    codecs = StructuredModel(problem).codecs
+    bw = np.array([nd.type.nic_bytes_per_s for nd in cluster.nodes])[None, None, :]
+    lat = np.array([nd.type.latency_us * 1e-6 for nd in cluster.nodes])[None, None, :]
+    speed = np.array([nd.type.speed for nd in cluster.nodes])
+    machine = profiles.machine
+    for choice in ([0] * 5, [1] * 5, [2] * 5, [0, 1, 1, 2, 2], [0, 0, 1, 1, 1]):
+        for servers in ((0, 1, 2, 3, 4), (0, 1)):
+            p = spread(problem, choice, servers)
+            pl = problem.space.decode(p).to_rank_schedule()
+            sim = simulate(cluster, pl, prof, machine, SimOptions(iterations=2, steady_state=True,
+                                                                  **job_options(job))).iteration_time_s
+            d = decode_many(problem.space, p[None])
+            comp = np.zeros(len(cluster))
+            for w, t in zip(pl.schedule.workers, compute_times(cluster, pl, prof)):
+                comp[cluster.index(pl.rank_nodes[w.rank])] += t
+            per_byte = machine.aggregate_s_per_byte_per_worker * d.workers.sum() + machine.update_cost("sgd")
+            agg = per_byte * problem.model_bytes / d.servers.sum() / speed
+            it = iteration_times(d.servers, d.workers, (comp + codecs.encode_s(d)[0])[None, None], bw, lat,
+                                 (agg + codecs.decode_s(d)[0])[None, None], problem.model_bytes,
+                                 push_bytes=codecs.push_bytes(d))[0, 0]
+            plain = iteration_times(d.servers, d.workers, comp[None, None], bw, lat, agg[None, None],
+                                    problem.model_bytes)[0, 0]
+            assert it == pytest.approx(sim, rel=0.03), (choice, servers)
+            if choice[1:] in ([1] * 4, [2] * 4):
+                assert plain > 1.2 * sim, (choice, servers)
+
+
+def test_the_structured_model_predicts_what_a_codec_changes(slownet):
+    """Fitted to five simulated trials (two of them with codecs), the model's prediction moves with each
+    worker's codec as the simulator's time does. With the network known (the cluster file's constants,
+    exactly: the trials' pull and push times left out), the predictions follow the simulator's within a
+    few percent; fitted to them, the network puts the 1 Gb/s NICs at about 1.8 Gb/s on this job (as it
+    does without codecs: the simulator's pull windows in the steady state are shorter than the
+    composition's), which shrinks every saving on the wire, but int8 is still predicted faster."""
+    from hpcps.tune.backends.sim import SimBackend
+    cluster, job, profiles, problem = slownet
+    backend = SimBackend(cluster, job, profiles, iterations=3, seed=2)
+    space = problem.space
+    trials = [space.encode(naive(cluster, 64)), spread(problem, [0] * 5), spread(problem, [0, 1, 1, 2, 2])]
+    trials += [space.repair(p) for p in space.random_points(2, np.random.default_rng(7))]
+    X, Y, obs = [], [], []
+    for i, p in enumerate(trials):
+        r = backend.run_trial(None, space.decode(p), i + 1)
+        X.append(p)
+        Y.append([r.iteration_time_s])
+        obs.append((p, r.observations))
+    test = np.array([spread(problem, c) for c in ([0] * 5, [1] * 5, [2] * 5, [0, 0, 1, 1, 1])])
+    truth = np.array([backend.true_time(space.decode(p)) for p in test])
+    assert truth[1] < 0.8 * truth[0] and truth[2] < 0.8 * truth[0]
+
+    def fitted(observations, network_known=False):
+        model = StructuredModel(problem, seed=0)
+        if network_known:
+            model.network.cov[:] = 0.0
+        model.set_data(np.array(X), np.array(Y))
+        model.set_observations(observations)
+        model.optimize()
+        return model
+
+    no_wire = []
+    for p, o in obs:
+        o = o.copy()
+        o["pull_s"] = o["push_s"] = 0.0
+        no_wire.append((p, o))
+    model = fitted(no_wire, network_known=True)
+    np.testing.assert_allclose(model.network.theta, model.network.prior_mean)
+    pred = model.predict_mean(test)
+    np.testing.assert_allclose(pred, truth, rtol=0.08)
+    np.testing.assert_allclose(pred[1:] / pred[0], truth[1:] / truth[0], rtol=0.05)
+    pred = fitted(obs).predict_mean(test)
+    assert pred[1] < 0.97 * pred[0]

@@ -110,3 +110,77 @@ def test_workers_that_cannot_hold_the_batch_get_help_from_the_fastest_nodes_with
     d = decode_many(space, point.reshape(1, -1))
     assert d.feasible[0] and d.batches[0].sum() == pytest.approx(64)
     assert (d.batches[0] <= np.array(caps) + 1e-9).all()
+
+
+# -- codecs as a knob (hpcps.tune --codecs) ----------------------------------------------------------
+
+CODECS = ("none", "fp16", "int8")
+
+
+def test_a_space_without_codec_choice_has_four_parameters_a_node_and_names_no_codec(hetero8):
+    space = ScheduleSpace(hetero8, 64)
+    assert not space.tunes_codecs and space.n_fields == 4 and space.n_dims == 32
+    for point in space.random_points(50, np.random.default_rng(3)):
+        assert all(w.codec is None for p in space.decode(point).nodes for w in p.workers)
+
+
+def test_codecs_round_trip_through_points(hetero8):
+    from hpcps.cluster.placement import NodePlan, NodeWorker
+    space = ScheduleSpace(hetero8, 64, codecs=CODECS)
+    assert space.tunes_codecs and space.n_fields == 5 and space.n_dims == 40
+    schedule = NodeSchedule((NodePlan("n1", True, (NodeWorker(32, 2, "int8"),)),
+                             NodePlan("n2", False, (NodeWorker(16, 1),)),
+                             NodePlan("n6", True, (NodeWorker(16, 1, "fp16"),))))
+    point = space.encode(schedule)
+    assert list(point.reshape(8, 5)[[0, 1, 5], 4]) == [2, 0, 1]
+    back = space.decode(point)
+    assert canonical(back) == canonical(schedule)
+    # The job's own codec is left unnamed, as in a schedule without codecs: naming it encodes the same.
+    named = NodeSchedule((NodePlan("n1", True, (NodeWorker(64, 1, "none"),)),))
+    assert space.decode(space.encode(named)).nodes[0].workers[0].codec is None
+    ps = space.parameter_space()
+    assert ps.dimensionality == space.n_dims
+    assert [p.name for p in ps.parameters[:5]] == ["server_0", "worker_0", "share_0", "threads_0", "codec_0"]
+    assert ps.check_points_in_domain(point[None, :]).all()
+
+
+def test_a_codec_the_space_does_not_offer_is_refused(hetero8):
+    from hpcps.cluster.placement import NodePlan, NodeWorker
+    space = ScheduleSpace(hetero8, 64, codecs=("none", "int8"))
+    with pytest.raises(ValueError, match="codec 'sign' is not one this run may choose"):
+        space.encode(NodeSchedule((NodePlan("n1", True, (NodeWorker(64, 1, "sign"),)),)))
+    with pytest.raises(ValueError, match="distinct"):
+        ScheduleSpace(hetero8, 64, codecs=("none", "none"))
+
+
+def test_random_codec_points_repair_and_decode_many_as_decode_does(hetero8):
+    from hpcps.tune.space import decode_many
+    space = ScheduleSpace(hetero8, 64, max_batch=(64, 64, 64, 64, 64, 6, 6, 6), codecs=CODECS)
+    points = space.random_points(200, np.random.default_rng(4))
+    used = set()
+    for p in points:
+        s = space.decode(p)
+        assert canonical(space.decode(space.repair(p))) == canonical(s)
+        used |= {w.codec for plan in s.nodes for w in plan.workers}
+    assert used == {None, "fp16", "int8"}
+    repaired = np.array([space.repair(p) for p in points])
+    d = decode_many(space, repaired)
+    for row, p in enumerate(repaired):
+        want = np.zeros(8, int)
+        for plan in space.decode(p).nodes:
+            if plan.workers:
+                want[hetero8.index(plan.name)] = CODECS.index(plan.workers[0].codec or "none")
+        assert (d.codecs[row] == want).all()
+
+
+def test_neighbours_change_codecs_only_where_the_space_has_them(hetero8):
+    from hpcps.tune.strategies import neighbour
+    rng = np.random.default_rng(5)
+    plain = ScheduleSpace(hetero8, 64)
+    start = plain.encode(naive(hetero8, 64))
+    assert all(neighbour(plain, start, rng).shape == start.shape for _ in range(50))
+    space = ScheduleSpace(hetero8, 64, codecs=CODECS)
+    start = space.encode(naive(hetero8, 64))
+    codecs = {w.codec for _ in range(200) for p in space.decode(neighbour(space, start, rng)).nodes
+              for w in p.workers}
+    assert codecs == {None, "fp16", "int8"}

@@ -12,7 +12,8 @@ push      worker w's slice for server s is posted once its gradient is complete,
           slices first, the first shard's at the end of the step. A server's receives are posted long
           before. Each server's NIC serves its slices as they arrive, and each worker's NIC sends its
           own in the order they are ready, first come first served (the same last finish as fair
-          sharing for equal slices).
+          sharing for equal slices). A slice is as many bytes as the worker's codec puts on the wire
+          (push_bytes: hpcps.ps.plan's encoded sizes); pulls are always float32.
 update    each server updates its shard once all of its slices are in, and, if it also works, after
           its own step.
 pull      a server sends its shard to every worker once updated; a worker posts its receives when its
@@ -74,14 +75,19 @@ def _max_of_others(values: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 def _queue(a: np.ndarray, cost: np.ndarray, spells: bool = False) -> np.ndarray:
     """A NIC per row serving slices that arrive in the order of the last axis (inf: no slice there),
-    each taking cost: when each slice is through (-inf where there is none). First come first served
-    gives the same last finish as fair sharing for equal slices; with spells, every slice of a busy
-    spell (a run of slices each arriving before the one ahead of it is through) ends with the spell,
-    as under fair sharing."""
+    each taking cost (one per row: last axis of length 1; or one per slice, a's shape): when each slice
+    is through (-inf where there is none). First come first served gives the same last finish as fair
+    sharing for equal slices; with spells, every slice of a busy spell (a run of slices each arriving
+    before the one ahead of it is through) ends with the spell, as under fair sharing."""
     valid = np.isfinite(a)
-    count = np.cumsum(valid, axis=-1)
-    # Through times only grow along the row (a place without a slice keeps the one before it's).
-    fifo = np.maximum.accumulate(np.where(valid, a - (count - 1) * cost, -_BIG), axis=-1) + count * cost
+    # Through times only grow along the row (a place without a slice keeps the one before it's):
+    # slice k is through at max over j <= k of (a_j + the costs of slices j..k).
+    if np.shape(cost)[-1] == 1:
+        count = np.cumsum(valid, axis=-1)
+        fifo = np.maximum.accumulate(np.where(valid, a - (count - 1) * cost, -_BIG), axis=-1) + count * cost
+    else:
+        total = np.cumsum(np.where(valid, cost, 0.0), axis=-1)
+        fifo = np.maximum.accumulate(np.where(valid, a - (total - cost), -_BIG), axis=-1) + total
     if spells:
         prev = np.concatenate([np.full(fifo.shape[:-1] + (1,), -np.inf), fifo[..., :-1]], axis=-1)
         starts = valid & (a > prev)
@@ -94,15 +100,17 @@ def _queue(a: np.ndarray, cost: np.ndarray, spells: bool = False) -> np.ndarray:
 def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarray, bandwidth: np.ndarray,
                     latency: np.ndarray, aggregate: np.ndarray, model_bytes: float,
                     detail: bool = False, forward_fraction: float = DEFAULT_FORWARD_FRACTION,
-                    rounds: int = ROUNDS) -> np.ndarray | Exchange:
+                    rounds: int = ROUNDS, push_bytes: np.ndarray | None = None) -> np.ndarray | Exchange:
     """Time of one BSP iteration in the steady state.
 
     servers, workers: (n, N) bool, per candidate and node. compute, aggregate: (S, n, N) seconds of each
-    node's worker step and server update (ignored where the node is not one). bandwidth (bytes/s) and
-    latency (s): (S, 1, N) or (S, n, N). forward_fraction: the share of a step before gradients appear
-    (1: pushes wait for the end of the step). rounds: iterations followed from a start where every
-    worker pulls at once; the last one's time is the answer. Returns (S, n) seconds, or an Exchange with
-    per-node times (of the last round).
+    node's worker step and server update (ignored where the node is not one; a codec's encoding and
+    decoding included). bandwidth (bytes/s) and latency (s): (S, 1, N) or (S, n, N). forward_fraction:
+    the share of a step before gradients appear (1: pushes wait for the end of the step). rounds:
+    iterations followed from a start where every worker pulls at once; the last one's time is the
+    answer. push_bytes: (n, N) bytes on the wire of each worker's push to one server, as its codec
+    encodes it (None: the shard's float32 bytes, model_bytes / servers). Returns (S, n) seconds, or an
+    Exchange with per-node times (of the last round).
     """
     sv = servers.astype(float)[None]                       # (1, n, N)
     wk = workers.astype(float)[None]
@@ -152,6 +160,12 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     sh = np.broadcast_to(shard, B.shape[:2] + (1,))
     c = (sh / B_s)[..., None]                                              # (S, n, M, 1): a slice through s's NIC
     c_w_last = (sh / B)[..., None]                                         # (S, n, N, 1): a slice through w's NIC
+    if push_bytes is None:          # pushes as big as pulls
+        c_push, c_w_push = c, c_w_last
+    else:
+        pb = np.asarray(push_bytes, dtype=float)[None]                     # (1, n, N)
+        c_push = np.broadcast_to(pb[:, :, None, :] / B_s[..., None], B_s.shape + (N,))   # (S, n, M, N): w's slice at s
+        c_w_push = (pb / B)[..., None]                                     # (S, n, N, 1)
     lat_pair = np.maximum(L_s[..., None], L[:, :, None, :])
     agg = np.where(sv > 0, aggregate, 0.0)
 
@@ -163,17 +177,23 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
         arrive = np.where(flow, start[:, :, None, :] + into, np.inf)       # [s, w]: a push is posted
         # A worker's NIC sends its slices in the order they are ready, the last shard's first, sharing
         # itself among those that overlap.
-        at_worker = np.moveaxis(_queue(np.moveaxis(arrive[:, :, ::-1, :], 2, -1), c_w_last, True),
+        at_worker = np.moveaxis(_queue(np.moveaxis(arrive[:, :, ::-1, :], 2, -1), c_w_push, True),
                                 -1, 2)[:, :, ::-1, :]
         if detail:
             order = np.argsort(arrive, axis=-1)
             at_server = np.empty(arrive.shape)
-            np.put_along_axis(at_server, order, _queue(np.take_along_axis(arrive, order, -1), c, True), axis=-1)
+            cost = c if push_bytes is None else np.take_along_axis(c_push, order, -1)
+            np.put_along_axis(at_server, order, _queue(np.take_along_axis(arrive, order, -1), cost, True), axis=-1)
             finish = np.where(flow, np.maximum(at_server, at_worker) + lat_pair, -np.inf)
             done_slot = finish.max(-1)
         else:     # only each server's last slice matters: the queue's last, and the workers' NICs
-            done_slot = np.maximum(_queue(np.sort(arrive, axis=-1), c).max(-1), at_worker.max(-1)) + \
-                np.where(flow, lat_pair, -np.inf).max(-1)
+            if push_bytes is None:
+                at_server_last = _queue(np.sort(arrive, axis=-1), c).max(-1)
+            else:
+                order = np.argsort(arrive, axis=-1)
+                at_server_last = _queue(np.take_along_axis(arrive, order, -1),
+                                        np.take_along_axis(c_push, order, -1)).max(-1)
+            done_slot = np.maximum(at_server_last, at_worker.max(-1)) + np.where(flow, lat_pair, -np.inf).max(-1)
         done_remote = _scatter(done_slot, srv_idx, srv_ok, (S, n, N))
         # A server that also works updates after its own step.
         done = np.where(sv > 0, np.maximum(ready, done_remote), 0.0)
@@ -264,14 +284,15 @@ class NetworkModel:
         """(n, P) draws from the Laplace posterior; the first is the fit itself."""
         return laplace_samples(self.theta, self.cov, n, rng, SAMPLE_JITTER)
 
-    def fit(self, trials: list[tuple[np.ndarray, np.ndarray, np.ndarray]], model_bytes: float) -> None:
-        """trials: per trial (servers (N,) bool, workers (N,) bool, observations). Observed compute
-        and update times go in as they were measured, per iteration; pull and push are fitted."""
+    def fit(self, trials: list[tuple], model_bytes: float) -> None:
+        """trials: per trial (servers (N,) bool, workers (N,) bool, observations), and where workers push
+        encoded (a codec), a fourth: push bytes (N,) per worker and server as in iteration_times. Observed
+        compute and update times go in as they were measured, per iteration; pull and push are fitted."""
         N = len(self.cluster)
         batch = _stack(trials, N, max_rows=max(8, int(2e6 / (N * N))))
         if batch is None:
             return
-        servers, workers, compute, aggregate, pull_obs, push_obs = batch
+        servers, workers, compute, aggregate, pull_obs, push_obs, push_bytes = batch
         use_pull = pull_obs > 1e-7
         use_push = push_obs > 1e-7
         if not (use_pull.any() or use_push.any()):
@@ -280,7 +301,7 @@ class NetworkModel:
         def predict(theta):
             bw, lat = self.node_params(theta)
             ex = iteration_times(servers, workers, compute[None], bw, lat, aggregate[None], model_bytes,
-                                 detail=True)
+                                 detail=True, push_bytes=push_bytes)
             return ex.pull[0], ex.push[0]
 
         def residuals(theta):
@@ -305,12 +326,14 @@ class NetworkModel:
 
 
 def _stack(trials, n_nodes: int, max_rows: int | None = None):
-    """Per (trial, iteration) rows of the observed schedule and times, as (n, N) arrays; on a cluster so
-    big that these would be too many for the fit, per trial (times averaged over its iterations)."""
-    per_iteration = max_rows is None or sum(len(np.unique(o["iteration"])) for _, _, o in trials
+    """Per (trial, iteration) rows of the observed schedule and times, as (n, N) arrays, and the push
+    bytes per node where the trials give them (else None); on a cluster so big that these would be too
+    many for the fit, per trial (times averaged over its iterations)."""
+    trials = [tuple(t) + (None,) * (4 - len(t)) for t in trials]
+    per_iteration = max_rows is None or sum(len(np.unique(o["iteration"])) for _, _, o, _ in trials
                                             if o is not None and len(o)) <= max_rows
     rows = []
-    for servers, workers, obs in trials:
+    for servers, workers, obs, push_bytes in trials:
         if obs is None or len(obs) == 0:
             continue
         groups = [obs[obs["iteration"] == it] for it in np.unique(obs["iteration"])] if per_iteration else \
@@ -325,12 +348,16 @@ def _stack(trials, n_nodes: int, max_rows: int | None = None):
             np.add.at(aggregate, o["node"], o["aggregate_s"])
             np.maximum.at(pull, o["node"], o["pull_s"])
             np.maximum.at(push, o["node"], o["push_s"])
-            rows.append((servers, workers, compute, aggregate, pull, push))
+            rows.append((servers, workers, compute, aggregate, pull, push, push_bytes))
     if not rows:
         return None
     if max_rows is not None and len(rows) > max_rows:
         rows = rows[-max_rows:]
-    return tuple(np.array([r[i] for r in rows]) for i in range(6))
+    given = [r[6] is not None for r in rows]
+    if any(given) and not all(given):
+        raise ValueError("give push bytes for every trial or for none")
+    return tuple(np.array([r[i] for r in rows]) for i in range(6)) + \
+        (np.array([r[6] for r in rows]) if all(given) else None,)
 
 
 def _mean_over_iterations(obs: np.ndarray) -> np.ndarray:

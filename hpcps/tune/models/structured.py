@@ -6,9 +6,11 @@ composed into the time of one synchronous iteration, wrapped as an Emukit IModel
 For each posterior sample of the constants (Laplace, see machine.py and network.py) every node's step
 time and NIC are predicted and composed (network.iteration_times): the slowest worker's pull, compute
 and push, with server contention, then the last server's update. Servers' update times are linear in
-bytes and workers (fitted). What the composition still misses on whole trials is a Gaussian process
-over a few summary features of the schedule, on the log of measured / composed time. Every rank and
-iteration of every trial is a data point for the constants; only the correction works per trial.
+bytes and workers (fitted). Each worker's push codec sets its push bytes and adds its calibrated encode
+and decode times (codecs.py); the machine and update fits see the measured times less those. What the
+composition still misses on whole trials is a Gaussian process over a few summary features of the
+schedule, on the log of measured / composed time. Every rank and iteration of every trial is a data
+point for the constants; only the correction works per trial.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TypeVar, cast
 import numpy as np
 from emukit.core.interfaces import IModel
 
+from hpcps.tune.models.codecs import CodecModel
 from hpcps.tune.models.machine import MachineModel
 from hpcps.tune.models.network import Exchange, NetworkModel, iteration_times
 from hpcps.tune.models.posterior import fit_residual_gp
@@ -98,6 +101,7 @@ class StructuredModel(IModel):
         self.machine = MachineModel(cl)
         self.network = NetworkModel(cl)
         self.aggregate = AggregateModel(cl)
+        self.codecs = CodecModel(problem)
         self.n_samples = n_samples
         self.seed = seed
         self._X = np.zeros((0, self.space.n_dims))
@@ -136,12 +140,15 @@ class StructuredModel(IModel):
         """Fit the constants to every observation, then the correction to the measured trials."""
         obs = [o for _, o in self._trials]
         if obs:
+            decoded = [decode_many(self.space, p[None]) for p, _ in self._trials]
+            if self.codecs.has_costs:
+                obs = [self._less_codec_costs(d, o) for d, (_, o) in zip(decoded, self._trials)]
             all_obs = np.concatenate(obs)
             self.machine.fit(all_obs)
             net_trials, agg_rows = [], []
-            for p, o in self._trials:
-                d = decode_many(self.space, p[None])
-                net_trials.append((d.servers[0], d.workers[0], o))
+            for d, (_, measured), o in zip(decoded, self._trials, obs):
+                push = self.codecs.push_bytes(d)
+                net_trials.append((d.servers[0], d.workers[0], measured) + ((push[0],) if push is not None else ()))
                 m = int(d.servers[0].sum())
                 w = int(d.workers[0].sum())
                 for row in o[o["server"] & (o["aggregate_s"] > 0)]:
@@ -163,6 +170,17 @@ class StructuredModel(IModel):
         its = [len(np.unique(o["iteration"])) for _, o in self._trials]
         self._iterations = max(1, int(np.median(its))) if its else 1
         self._fit_correction()
+
+    def _less_codec_costs(self, d: DecodedBatch, obs: np.ndarray) -> np.ndarray:
+        """A trial's observations with the modelled encode time taken off each worker's step and the
+        decode time off each server's update (what the machine and update models fit), kept positive."""
+        out = obs.copy()
+        enc, dec = self.codecs.encode_s(d)[0], self.codecs.decode_s(d)[0]
+        for field, rows, cost in (("compute_s", out["batch"] > 0, enc),
+                                  ("aggregate_s", out["server"] & (out["aggregate_s"] > 0), dec)):
+            t = out[field][rows]
+            out[field][rows] = np.maximum(t - cost[out["node"][rows]], 0.05 * t)
+        return out
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Mean and variance of iteration seconds, each (n_points, 1), for X (n_points, n_dims)."""
@@ -197,7 +215,8 @@ class StructuredModel(IModel):
         def parts(chunk: np.ndarray) -> tuple[np.ndarray, ...]:
             d = decode_many(self.space, chunk)
             comp, bw, lat, agg = self._node_times(d, samples=1)
-            ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True)
+            ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True,
+                                 push_bytes=self.codecs.push_bytes(d))
             assert isinstance(ex, Exchange)
             return comp[0], ex.pull[0], ex.push[0], ex.iteration[0]
         # The detailed composition keeps several arrays per cell: chunks sized as for two samples.
@@ -224,6 +243,9 @@ class StructuredModel(IModel):
         bw, lat = self.network.node_params(th_n)
         m = d.servers.sum(1)
         agg = self.aggregate.predict(self.problem.model_bytes / np.maximum(m, 1), d.workers.sum(1))[None]
+        if self.codecs.has_costs:
+            comp = comp + self.codecs.encode_s(d)[None]
+            agg = agg + self.codecs.decode_s(d)[None]
         return comp, bw, lat, agg
 
     def _compose(self, X: np.ndarray, samples: int, noisy: bool = True):
@@ -235,11 +257,13 @@ class StructuredModel(IModel):
         d = decode_many(self.space, X)
         comp, bw, lat, agg = self._node_times(d, samples)
         mb = self.problem.model_bytes
-        it = cast(np.ndarray, iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb))
+        push = self.codecs.push_bytes(d)
+        it = cast(np.ndarray, iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb, push_bytes=push))
         sigma = self.machine.noise_sd
         if noisy and samples > 1 and sigma > 0:
             factor = np.exp(sigma * self._noise[:samples] - sigma ** 2 / 2)
-            excess = cast(np.ndarray, iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb)) - it
+            excess = cast(np.ndarray, iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb,
+                                                      push_bytes=push)) - it
             mean_excess = excess.mean(0, keepdims=True)
             it = it + mean_excess + (excess - mean_excess) / math.sqrt(self._iterations)
         it = np.where(d.feasible[None], it, np.inf)

@@ -6,7 +6,7 @@ import numpy as np
 
 from hpcps.cluster.placement import naive
 from hpcps.tune.problem import Problem
-from hpcps.tune.space import FIELDS, ScheduleSpace, max_threads
+from hpcps.tune.space import ScheduleSpace, max_threads
 from hpcps.tune.trials import Proposal, TrialRecord, fastest
 
 
@@ -49,8 +49,8 @@ class Strategy:
 
 
 def schedule_key(space: ScheduleSpace, point: np.ndarray) -> bytes:
-    """What identifies the schedule a point runs: its repaired servers, batches and threads."""
-    p = np.asarray(space.repair(point)).reshape(len(space.cluster), len(FIELDS)).copy()
+    """What identifies the schedule a point runs: its repaired servers, batches, threads (and codecs)."""
+    p = np.asarray(space.repair(point)).reshape(len(space.cluster), space.n_fields).copy()
     p[:, 2] = np.rint(p[:, 2] * space.global_batch)
     p[p[:, 1] < 0.5, 3] = 0
     return np.rint(p).astype(np.int64).tobytes()
@@ -59,12 +59,13 @@ def schedule_key(space: ScheduleSpace, point: np.ndarray) -> bytes:
 def neighbour(space: ScheduleSpace, point: np.ndarray, rng: np.random.Generator,
               moves: int | None = None) -> np.ndarray:
     """A random nearby point: one to three changes among flipping a server or a worker, moving part of
-    one worker's batch to another, and changing one node's threads."""
+    one worker's batch to another, changing one node's threads, and (where the space tunes codecs)
+    giving one node's worker another codec."""
     n = len(space.cluster)
-    p = np.asarray(point, dtype=float).reshape(n, len(FIELDS)).copy()
+    p = np.asarray(point, dtype=float).reshape(n, space.n_fields).copy()
     for _ in range(moves or int(rng.integers(1, 4))):
         i = int(rng.integers(n))
-        kind = int(rng.integers(4))
+        kind = int(rng.integers(5 if space.tunes_codecs else 4))
         if kind == 0:
             p[i, 0] = 1 - p[i, 0]
         elif kind == 1:
@@ -77,7 +78,10 @@ def neighbour(space: ScheduleSpace, point: np.ndarray, rng: np.random.Generator,
             p[i, 2] -= moved
             p[j, 2] += moved
             p[j, 1] = 1.0
-        else:
+        elif kind == 3:
             top = max_threads(space.cluster.nodes[i].type.cores)
             p[i, 3] = int(np.clip(p[i, 3] + rng.choice([-2, -1, 1, 2]), 1, top))
+        else:
+            others = [k for k in range(len(space.codecs)) if k != int(round(p[i, 4]))]
+            p[i, 4] = others[int(rng.integers(len(others)))]
     return p.reshape(-1)

@@ -2,7 +2,8 @@
 regression with a Matern 5/2 kernel) straight over the encoded space, on log iteration time, with
 expected improvement maximised by Emukit's local search for mixed spaces.
 
-Inputs are scaled to [0, 1] per dimension (threads run to 2 x cores, the rest already lie in [0, 1]).
+Inputs are scaled to [0, 1] per dimension (threads run to 2 x cores, a codec index to the number of
+codecs less one, the rest already lie in [0, 1]).
 The first trials are the naive schedule and INITIAL - 1 random points.
 """
 
@@ -66,8 +67,11 @@ class GPStrategy(Strategy):
         X = np.array([r.point for r in ok])
         Y = np.log([[r.time_s] for r in ok])
         scale = np.ones(self.space.n_dims)
+        F = self.space.n_fields
         for i, node in enumerate(self.problem.cluster.nodes):
-            scale[4 * i + 3] = 2 * node.type.cores
+            scale[F * i + 3] = 2 * node.type.cores
+            if self.space.tunes_codecs:
+                scale[F * i + 4] = len(self.space.codecs) - 1
         kernel = GPy.kern.Matern52(self.space.n_dims, variance=1.0, lengthscale=1.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -5,6 +5,9 @@ batches in proportion to it, put servers on the best-connected nodes, and then t
     2. more servers (2, 3, ...) on the next best-connected nodes, while that helps;
     3. batches that equalise measured step times, fixed costs included (an affine fit per node);
     4. leaving out the slowest kind of node, then the next slowest too, while that helps;
+    5. where the run may choose push codecs (tune --codecs): the allowed codec that puts the fewest
+       bytes on the wire (if it is not the job's own) for the workers on the slowest NICs, then on the
+       next slowest too, while that helps: a slow NIC is where a push takes longest;
 
 and after that keep re-balancing the best setting with the latest measurements, or try small changes
 around it. Each trial's Proposal.setting records its Setting, which is how the next call knows where
@@ -18,7 +21,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hpcps.tune.space import FIELDS
 from hpcps.tune.strategies.balance import ANY_SHARE, equalise
 from hpcps.tune.strategies.base import Strategy, neighbour
 from hpcps.tune.trials import Proposal, TrialRecord, fastest
@@ -29,10 +31,19 @@ class Setting(NamedTuple):
     servers: int            # on the best-connected nodes
     drop: int               # node types left out, slowest first
     balance: str            # "prop": batches in proportion to speed; "affine": equal step times
+    compress: int = 0       # NIC speeds, slowest first, whose workers push with the smallest allowed codec
 
     @property
     def note(self) -> str:
-        return "heuristic threads={} servers={} drop={} balance={}".format(*self)
+        return "heuristic threads={} servers={} drop={} balance={}".format(*self) + \
+            (f" compress={self.compress}" if self.compress else "")
+
+    def to_json(self) -> dict:
+        """What Proposal.setting keeps (compress only when set: a run without codecs keeps what it kept)."""
+        d = self._asdict()
+        if not self.compress:
+            del d["compress"]
+        return d
 
 
 START = Setting("one", 1, 0, "prop")
@@ -67,7 +78,19 @@ class HeuristicStrategy(Strategy):
 
     @staticmethod
     def _proposal(point: np.ndarray, cfg: Setting) -> Proposal:
-        return Proposal(point, note=cfg.note, setting=cfg._asdict())
+        return Proposal(point, note=cfg.note, setting=cfg.to_json())
+
+    def smallest_codec(self) -> int:
+        """The allowed codec (index) with the fewest bytes on the wire; 0 (the job's) when the space has
+        no other or none smaller."""
+        if not self.space.tunes_codecs:
+            return 0
+        wire = [self.problem.push_slice_bytes(k, 1) for k in range(len(self.space.codecs))]
+        return int(np.argmin(wire))
+
+    def nic_speeds(self) -> list[float]:
+        """The cluster's distinct NIC bandwidths, slowest first."""
+        return sorted({node.type.nic_gbps for node in self.problem.cluster.nodes})
 
     def _next_configs(self, results: dict[Setting, float]) -> Iterator[Setting]:
         """The plan, in order; a stage's choice depends on the results of the stages before it."""
@@ -99,6 +122,16 @@ class HeuristicStrategy(Strategy):
                 d += 1
             else:
                 break
+        if self.smallest_codec() == 0:
+            return
+        c = 0
+        while c < len(self.nic_speeds()):
+            cfg = Setting(th, m, d, bal, c + 1)
+            yield cfg
+            if t(cfg) < t(Setting(th, m, d, bal, c)):
+                c += 1
+            else:
+                break
 
     # -- building a schedule from a setting ---------------------------------------------------------
 
@@ -119,11 +152,14 @@ class HeuristicStrategy(Strategy):
         else:
             share = np.where(use, speed, 0.0)
         by_network = sorted(range(n), key=lambda i: (-cl.nodes[i].type.nic_gbps, i))
-        p = np.zeros((n, len(FIELDS)))
+        p = np.zeros((n, self.space.n_fields))
         p[by_network[:cfg.servers], 0] = 1
         p[:, 1] = share > 0
         p[:, 2] = share / share.sum()
         p[:, 3] = threads
+        if cfg.compress and self.space.tunes_codecs:
+            behind = np.array([node.type.nic_gbps for node in cl.nodes]) <= self.nic_speeds()[cfg.compress - 1]
+            p[behind, 4] = self.smallest_codec()
         return self.space.repair(p.reshape(-1))
 
     def _speeds(self, obs: np.ndarray | None, threads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

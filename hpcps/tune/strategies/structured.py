@@ -10,6 +10,9 @@ The acquisition optimiser scores a pool of candidates and refines the best with 
 - schedules built from the fitted model: for each of many server sets (the k best-connected nodes,
   each node alone, the incumbent's) and worker sets (the k fastest nodes), threads at the model's
   best per node or one, and batches that equalise the predicted pull + compute + push of the workers;
+  where the run may choose codecs, each of these with the job's codec on every worker, each other
+  allowed codec on every worker, and per worker the codec whose encoding and push over its NIC are
+  predicted shortest (on every node, and on the nodes slower than the best-connected only);
 - random points of the space, and random neighbours of the best measured schedules.
 
 The pool is screened with the model's mean (cheap), the best few hundred are scored by expected
@@ -36,7 +39,7 @@ from emukit.core.optimization.acquisition_optimizer import AcquisitionOptimizerB
 from emukit.core.optimization.context_manager import ContextManager
 
 from hpcps.tune.models.structured import LogTime, StructuredModel
-from hpcps.tune.space import FIELDS, ScheduleSpace, decode_many, max_threads
+from hpcps.tune.space import ScheduleSpace, decode_many, max_threads
 from hpcps.tune.strategies.balance import equalise
 from hpcps.tune.strategies.base import Strategy, neighbour, schedule_key
 from hpcps.tune.trials import Proposal, TrialRecord
@@ -122,7 +125,7 @@ class StructuredStrategy(Strategy):
     def design_point(self) -> np.ndarray:
         cl = self.problem.cluster
         n = len(cl)
-        p = np.zeros((n, len(FIELDS)))
+        p = np.zeros((n, self.space.n_fields))
         by_network = sorted(range(n), key=lambda i: (-cl.nodes[i].type.nic_gbps, i))
         p[by_network[: max(1, math.ceil(n / 4))], 0] = 1
         p[:, 1] = 1
@@ -157,7 +160,8 @@ class Tabu(Acquisition):
 def _row_key(space: ScheduleSpace, X: np.ndarray) -> list[bytes]:
     d = decode_many(space, np.atleast_2d(X))
     key = np.concatenate([d.servers.astype(np.int64), np.rint(d.batches).astype(np.int64),
-                          np.where(d.workers, d.threads, 0).astype(np.int64)], axis=1)
+                          np.where(d.workers, d.threads, 0).astype(np.int64)]
+                         + ([d.codecs.astype(np.int64)] if space.tunes_codecs else []), axis=1)
     return [row.tobytes() for row in key]
 
 
@@ -269,18 +273,26 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
     server_sets += [[i] for i in range(n)][: max_sets]
     sizes = _grid(n, max_sets)
 
-    combos = []      # (servers, workers, threads)
+    codec_sets = codec_options(model, bw) if space.tunes_codecs else [np.zeros(n, dtype=int)]
+    speed = np.array([node.type.speed for node in cl.nodes])
+    combos = []      # (servers, workers, threads, fixed step seconds, seconds per sample, codecs)
     for threads in thread_options:
         uu = u[np.arange(n), threads - 1]
         vv = v[np.arange(n), threads - 1]
         fast = np.argsort(vv + uu / max(k_typ, 1.0), kind="stable")
         for servers in server_sets:
             for j in sizes:
-                combos.append((servers, fast[:j], threads, uu, vv))
-    X3 = np.zeros((len(combos), n, len(FIELDS)))
-    for c, (servers, workers, threads, uu, vv) in enumerate(combos):
+                for codecs in codec_sets:
+                    # Encoding (all of a worker's values, near enough) lengthens the step by a fixed time.
+                    enc = model.codecs.encode[codecs] * model.problem.params / speed
+                    combos.append((servers, fast[:j], threads, uu + enc, vv, codecs))
+    F = space.n_fields
+    X3 = np.zeros((len(combos), n, F))
+    for c, (servers, workers, threads, uu, vv, codecs) in enumerate(combos):
         X3[c, servers, 0] = 1
         X3[c, :, 3] = threads
+        if space.tunes_codecs:
+            X3[c, :, 4] = codecs
         k = equalise(G, uu, vv, np.isin(np.arange(n), workers), caps)
         X3[c, :, 1] = k > 0
         X3[c, :, 2] = k / max(k.sum(), 1e-12)
@@ -288,8 +300,8 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
     # Second pass: equalise pull + compute + push, the network times taken from the first pass.
     parts = model.compose_parts(X)
     net = parts["pull"] + parts["push"]
-    X2 = X.reshape(len(combos), n, len(FIELDS)).copy()
-    for c, (_, _, _, uu, vv) in enumerate(combos):
+    X2 = X.reshape(len(combos), n, F).copy()
+    for c, (_, _, _, uu, vv, _) in enumerate(combos):
         use = X2[c, :, 1] > 0
         k = equalise(G, uu + net[c], vv, use, caps)
         X2[c, :, 1] = k > 0
@@ -297,6 +309,25 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
     # Not repaired: the model reads shares as batches exactly, and repairing thousands of points one by
     # one in Python would cost more than scoring them; the point chosen is repaired before it runs.
     return np.concatenate([X, X2.reshape(len(combos), -1)])
+
+
+def codec_options(model: StructuredModel, bandwidth: np.ndarray) -> list[np.ndarray]:
+    """Codec indices per node (n_nodes,) for informed candidates: the job's codec everywhere, each other
+    allowed codec everywhere, and per node the codec whose encoding and push of the whole model over the
+    node's NIC (bandwidth, bytes/s per node) take least, on every node and on the nodes slower than the
+    best-connected only. Distinct, in that order."""
+    problem, codecs = model.problem, model.codecs
+    n, K = len(problem.cluster), len(problem.codecs)
+    options = [np.full(n, k, dtype=int) for k in range(K)]
+    wire = np.array([problem.push_slice_bytes(k, 1) for k in range(K)])
+    cost = codecs.encode[None, :] * problem.params / codecs.speed[:, None] + wire[None, :] / bandwidth[:, None]
+    cheapest = np.argmin(cost, axis=1)
+    options += [cheapest, np.where(bandwidth < bandwidth.max(), cheapest, 0)]
+    out: list[np.ndarray] = []
+    for o in options:
+        if not any(np.array_equal(o, x) for x in out):
+            out.append(o)
+    return out
 
 
 def _grid(n: int, most: int) -> list[int]:
