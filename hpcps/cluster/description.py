@@ -81,14 +81,16 @@ class Cluster:
         return self.nodes[self.index(name)]
 
     def to_dict(self) -> dict[str, Any]:
-        """The cluster as a TOML table that parse_cluster reads back to an equal Cluster (one [[nodes]]
-        entry per type, types without nodes kept)."""
+        """The cluster as a TOML table that parse_cluster reads back to an equal Cluster: one [[nodes]]
+        entry per run of consecutive nodes of one type, so the nodes keep their order (a node's index is
+        what schedules and placements refer to) whatever order the types are in; types without nodes kept."""
         types = {t.name: {k: getattr(t, k) for k in _TYPE_SPEC if getattr(t, k) is not None} for t in self.types}
-        nodes = []
-        for t in self.types:
-            names = [n.name for n in self.nodes if n.type.name == t.name]
-            if names:
-                nodes.append({"names": ",".join(names), "type": t.name})
+        nodes: list[dict[str, str]] = []
+        for n in self.nodes:
+            if nodes and nodes[-1]["type"] == n.type.name:
+                nodes[-1]["names"] += "," + n.name
+            else:
+                nodes.append({"names": n.name, "type": n.type.name})
         return {"name": self.name, "types": types, "nodes": nodes}
 
     def to_toml(self) -> str:
