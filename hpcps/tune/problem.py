@@ -25,6 +25,8 @@ class Problem:
     # Per codec of space.codecs: (encode, decode) seconds per value at speed 1.0, the simulator's calibration
     # (hpcps.sim MachineProfile.codec_s_per_element); empty: codecs cost no time.
     codec_costs: tuple[tuple[float, float], ...] = ()
+    pull_codec: str = "none"         # the job's [exchange] pull_codec (one for every worker: not a knob)
+    pull_codec_cost: tuple[float, float] = (0.0, 0.0)    # its (encode, decode) seconds per value at speed 1.0
 
     @property
     def model_bytes(self) -> float:
@@ -33,6 +35,11 @@ class Problem:
     @property
     def codecs(self) -> tuple[str, ...]:
         return self.space.codecs
+
+    @property
+    def pull_bytes(self) -> float:
+        """Bytes on the wire of the whole model's values as pulls carry them (the pull codec's)."""
+        return model_pull_bytes(self.params, self.bucket_bytes, self.pull_codec)
 
     def codec_cost(self, index: int) -> tuple[float, float]:
         """(encode, decode) seconds per value at speed 1.0 of space.codecs[index]."""
@@ -53,6 +60,16 @@ def shard_push_bytes(params: int, bucket_bytes: int, codec: str, servers: int) -
     plan = MessagePlan.build(params, list(range(servers)), [servers], bucket_bytes=bucket_bytes,
                              push_nbytes=push_nbytes([codec]))
     return plan.push_bytes() / servers
+
+
+@functools.lru_cache(maxsize=64)
+def model_pull_bytes(params: int, bucket_bytes: int, pull_codec: str) -> float:
+    """Bytes on the wire of one worker's pulls of the whole model from servers elsewhere: the message
+    plan's encoded sizes (hpcps.ps.codec.pull_nbytes)."""
+    from hpcps.ps.codec import pull_nbytes
+    from hpcps.ps.plan import MessagePlan
+    plan = MessagePlan.build(params, [0], [1], bucket_bytes=bucket_bytes, pull_nbytes=pull_nbytes(pull_codec))
+    return float(plan.pull_bytes())
 
 
 def space_codecs(job_codec: str, allowed: Iterable[str] | None = None) -> tuple[str, ...]:
@@ -98,8 +115,10 @@ def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = Tr
             raise
         from hpcps.sim.profile import count_parameters
         params = count_parameters(job.workload, job.model, job.data)
-        return Problem(cluster, gb, params, ScheduleSpace(cluster, gb, None, names), bucket)
+        return Problem(cluster, gb, params, ScheduleSpace(cluster, gb, None, names), bucket,
+                       pull_codec=job.exchange.pull_codec)
     caps = max_batches(cluster, gb, profile.params, profile.activation_bytes_per_sample,
                        profiles.machine.rank_overhead_bytes)
     costs = tuple(profiles.machine.codec_cost(c) for c in names)
-    return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps, names), bucket, costs)
+    return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps, names), bucket, costs,
+                   job.exchange.pull_codec, profiles.machine.codec_cost(job.exchange.pull_codec))

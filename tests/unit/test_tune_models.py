@@ -468,3 +468,56 @@ def test_the_structured_model_predicts_what_a_codec_changes(slownet):
     np.testing.assert_allclose(pred[1:] / pred[0], truth[1:] / truth[0], rtol=0.05)
     pred = fitted(obs).predict_mean(test)
     assert pred[1] < 0.97 * pred[0]
+
+
+def test_the_model_composes_the_jobs_pull_codec_as_the_simulator_does(slownet):
+    """With bf16 pulls (the job's pull_codec) the problem's pull bytes are the plan's, half of float32;
+    each worker is charged the decoding of the whole model and each server the encoding of its shard, at
+    the calibrated costs; and the composition with true constants comes close to the simulator, where
+    one with float32 pulls is a fifth to a third off. Close, not within the 3% of float32 pulls: with
+    pushes and pulls of different sizes the composition is 4.5% under (float32 pushes) and 5.7% over
+    (int8 pushes) here, 3.8% and 0.9% without codec costs. The composition leaves out that a node's
+    pushes and pulls share its NIC and that the next forward pass starts on the pulls that have
+    arrived, which for pushes as large as pulls about cancel (test_composition_with_codecs_matches_...);
+    where the costs' further 5% with int8 pushes comes from is not isolated: a known gap, bounded here."""
+    from dataclasses import replace
+
+    from hpcps.config.schedule import Schedule, WorkerSpec
+    from hpcps.ps.plan import plan_for_job
+    from hpcps.sim import SimOptions, compute_times, job_options, profile_for_job, simulate
+    cluster, job, profiles, _ = slownet
+    job = replace(job, exchange=replace(job.exchange, pull_codec="bf16"))
+    profiles = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=tuple(
+        sorted({**dict(CODEC_COSTS), "bf16": (1e-8, 2e-9)}.items()))))
+    problem = problem_for(cluster, job, profiles, codecs=("int8",))
+    plan = plan_for_job(job, Schedule((0,), (WorkerSpec(1, 8),)), problem.params)
+    assert problem.pull_bytes == plan.pull_bytes() == problem.model_bytes / 2
+    assert problem.pull_codec_cost == (1e-8, 2e-9)
+    prof = profile_for_job(profiles, job.workload, job.model, job.data)
+    codecs = StructuredModel(problem).codecs
+    bw = np.array([nd.type.nic_bytes_per_s for nd in cluster.nodes])[None, None, :]
+    lat = np.array([nd.type.latency_us * 1e-6 for nd in cluster.nodes])[None, None, :]
+    speed = np.array([nd.type.speed for nd in cluster.nodes])
+    machine = profiles.machine
+    for choice in ([0] * 5, [1] * 5):
+        p = spread(problem, choice, (0, 1, 2, 3, 4))
+        pl = problem.space.decode(p).to_rank_schedule()
+        sim = simulate(cluster, pl, prof, machine, SimOptions(iterations=2, steady_state=True,
+                                                              **job_options(job))).iteration_time_s
+        d = decode_many(problem.space, p[None])
+        comp = np.zeros(len(cluster))
+        for w, t in zip(pl.schedule.workers, compute_times(cluster, pl, prof)):
+            comp[cluster.index(pl.rank_nodes[w.rank])] += t
+        enc, dec = codecs.encode_s(d)[0], codecs.decode_s(d)[0]
+        push_encode = codecs.encode[d.codecs[0]] * codecs.remote_values(d)[0]
+        np.testing.assert_allclose(enc, np.where(d.workers[0], push_encode + 2e-9 * problem.params, 0) / speed)
+        push_decode = np.where(d.workers[0], codecs.decode[d.codecs[0]], 0.0)
+        others = push_decode.sum() - push_decode          # every server is here a node of its own
+        np.testing.assert_allclose(dec, (others + 1e-8) * problem.params / 5 / speed, rtol=1e-9)
+        per_byte = machine.aggregate_s_per_byte_per_worker * d.workers.sum() + machine.update_cost("sgd")
+        agg = per_byte * problem.model_bytes / d.servers.sum() / speed
+        it, float32_pulls = (iteration_times(d.servers, d.workers, (comp + enc)[None, None], bw, lat,
+                                             (agg + dec)[None, None], pull_bytes,
+                                             push_bytes=codecs.push_bytes(d))[0, 0]
+                             for pull_bytes in (problem.pull_bytes, problem.model_bytes))
+        assert abs(it / sim - 1) < 0.06 and abs(float32_pulls / sim - 1) > 0.19, (choice, it / sim, float32_pulls / sim)

@@ -13,7 +13,7 @@ push      worker w's slice for server s is posted once its gradient is complete,
           before. Each server's NIC serves its slices as they arrive, and each worker's NIC sends its
           own in the order they are ready, first come first served (the same last finish as fair
           sharing for equal slices). A slice is as many bytes as the worker's codec puts on the wire
-          (push_bytes: hpcps.ps.plan's encoded sizes); pulls are always float32.
+          (push_bytes: hpcps.ps.plan's encoded sizes); pulls are as the job's pull codec encodes them.
 update    each server updates its shard once all of its slices are in, and, if it also works, after
           its own step.
 pull      a server sends its shard to every worker once updated; a worker posts its receives when its
@@ -108,8 +108,9 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     decoding included). bandwidth (bytes/s) and latency (s): (S, 1, N) or (S, n, N). forward_fraction:
     the share of a step before gradients appear (1: pushes wait for the end of the step). rounds:
     iterations followed from a start where every worker pulls at once; the last one's time is the
-    answer. push_bytes: (n, N) bytes on the wire of each worker's push to one server, as its codec
-    encodes it (None: the shard's float32 bytes, model_bytes / servers). Returns (S, n) seconds, or an
+    answer. model_bytes: the whole model's bytes as pulls carry them (the pull codec's; float32 by
+    default). push_bytes: (n, N) bytes on the wire of each worker's push to one server, as its codec
+    encodes it (None: as big as the pulls, model_bytes / servers). Returns (S, n) seconds, or an
     Exchange with per-node times (of the last round).
     """
     sv = servers.astype(float)[None]                       # (1, n, N)

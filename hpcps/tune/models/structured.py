@@ -153,7 +153,7 @@ class StructuredModel(IModel):
                 w = int(d.workers[0].sum())
                 for row in o[o["server"] & (o["aggregate_s"] > 0)]:
                     agg_rows.append((self.problem.model_bytes / m, w, int(row["node"]), float(row["aggregate_s"])))
-            self.network.fit(net_trials, self.problem.model_bytes)
+            self.network.fit(net_trials, self.problem.pull_bytes)
             self.aggregate.fit(agg_rows)
         rng = np.random.default_rng(self.seed)
         self._draws = (self.machine.samples(self.n_samples, rng), self.network.samples(self.n_samples, rng),
@@ -215,7 +215,7 @@ class StructuredModel(IModel):
         def parts(chunk: np.ndarray) -> tuple[np.ndarray, ...]:
             d = decode_many(self.space, chunk)
             comp, bw, lat, agg = self._node_times(d, samples=1)
-            ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.model_bytes, detail=True,
+            ex = iteration_times(d.servers, d.workers, comp, bw, lat, agg, self.problem.pull_bytes, detail=True,
                                  push_bytes=self.codecs.push_bytes(d))
             assert isinstance(ex, Exchange)
             return comp[0], ex.pull[0], ex.push[0], ex.iteration[0]
@@ -256,7 +256,7 @@ class StructuredModel(IModel):
         of the iterations a trial averages."""
         d = decode_many(self.space, X)
         comp, bw, lat, agg = self._node_times(d, samples)
-        mb = self.problem.model_bytes
+        mb = self.problem.pull_bytes
         push = self.codecs.push_bytes(d)
         it = cast(np.ndarray, iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb, push_bytes=push))
         sigma = self.machine.noise_sd
