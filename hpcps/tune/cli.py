@@ -70,6 +70,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--iterations", type=int, default=None,
                    help="training iterations per trial (default: 10 for sim, 20 for local, slurm and testbed)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds a real trial may take (default 600)")
+    p.add_argument("--dilation", type=float, default=None, metavar="D",
+                   help="testbed backend only: the time dilation of every trial (default: the testbed's default for "
+                        "the cluster, which counts each node at one thread: docs/testbed.md)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -84,6 +87,7 @@ class Context:
     seed: int
     iterations: int | None
     timeout_s: float
+    dilation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,11 @@ def prepare(args) -> Parts:
         raise ConfigError("--iterations", None, f"must be >= 1, got {args.iterations}")
     if not args.timeout > 0:
         raise ConfigError("--timeout", None, f"must be > 0, got {args.timeout}")
+    if args.dilation is not None:
+        if args.backend != "testbed":
+            raise ConfigError("--dilation", None, f"only the testbed backend has one, not {args.backend}")
+        if not 1 <= args.dilation < float("inf"):
+            raise ConfigError("--dilation", None, f"must be a number >= 1, got {args.dilation}")
     out = args.out
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", None, f"{out} exists and is not a directory")
@@ -132,12 +141,14 @@ def prepare(args) -> Parts:
                           f"the job's global batch {problem.global_batch} fits on no schedule: {e}") from None
     settings = Settings(job=str(Path(job_path).resolve()), cluster=str(Path(cluster_path).resolve()),
                         backend=args.backend, strategy=args.strategy, seed=args.seed, budget=args.budget,
-                        iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch)
+                        iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch,
+                        dilation=args.dilation)
     inputs = rundir.fingerprint({"job": Path(job_path), "cluster": Path(cluster_path)})
     if out.is_dir():                             # what can be refused before the directory is locked
         rundir.RunLock(out).check_free()
         _check_existing(args, rundir.read_state(out) if rundir.is_run_dir(out) else None)
-    ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout)
+    ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout,
+                  args.dilation)
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
     return Parts(settings, problem, strategy, backend, inputs)
@@ -174,7 +185,7 @@ def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
                 raise ConfigError("--resume", None,
                                   f"the run in {out} has {key} = {old.get(key)!r}, this command "
                                   f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
-                                  "strategy, seed and iterations")
+                                  "strategy, seed, iterations and dilation")
         changed = rundir.changed_inputs(state.get("inputs", {}), parts.inputs)
         if changed:
             files = " and ".join(f"{name} file {getattr(parts.settings, name)}" for name in changed)

@@ -58,9 +58,10 @@ class Settings:
     iterations: int | None = None
     cluster_name: str = ""
     global_batch: int = 0
+    dilation: float | None = None        # the testbed backend's, when given
 
     # What must match for --resume to continue a run (the budget may grow).
-    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations")
+    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations", "dilation")
 
 
 def summarize(schedule: NodeSchedule) -> str:

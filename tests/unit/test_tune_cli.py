@@ -146,6 +146,8 @@ BAD = {
     "batch fits nowhere": (["--cluster", "<tiny>"], "fits on no schedule"),
     "out is a file": (["--out", "<file>"], "exists and is not a directory"),
     "out not empty": (["--out", "<full>"], "is not empty and holds no tuning run"),
+    "dilation off the testbed": (["--dilation", "30"], "--dilation: only the testbed backend has one, not sim"),
+    "dilation below 1": (["--backend", "testbed", "--dilation", "0.5"], "--dilation: must be a number >= 1"),
 }
 
 
