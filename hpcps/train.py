@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
                 if log and rank == 0:
                     log(note)
         result = run_training(comm, job, schedule, device=args.device, gpu_transport=args.gpu_transport, log=log,
+                              warn=lambda msg: print(f"{TOOL}: {msg}", file=sys.stderr, flush=True),
                               recorder=recorder, emulation=emulation, checkpoints=checkpoints)
         loaded = None
         if recorder is not None:

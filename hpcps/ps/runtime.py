@@ -107,9 +107,12 @@ build_plan = plan_for_job    # the plan with each worker's encoded push bytes (h
 
 
 def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = "auto", gpu_transport: str = "auto",
-                 log: Callable[[str], None] | None = None, recorder=None,
-                 emulation: Emulation | None = None, checkpoints=None) -> TrainResult | None:
+                 log: Callable[[str], None] | None = None, warn: Callable[[str], None] | None = None,
+                 recorder=None, emulation: Emulation | None = None, checkpoints=None) -> TrainResult | None:
     """Train job under schedule on comm. Returns the result on rank 0, None elsewhere.
+
+    log: progress lines (rank 0). warn: what makes the run's times doubtful, such as an emulation that
+    could not keep up (rank 0; default: log). A caller that wants no progress lines still wants those.
 
     recorder: a hpcps.trace.TraceRecorder (or anything with its methods) that times every phase; the
     caller closes it after this returns. It must read the same clock as this loop: the emulator's
@@ -120,6 +123,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     """
     rank = comm.Get_rank()
     log = log if (log and rank == 0) else (lambda _msg: None)
+    warn = warn if (warn and rank == 0) else log
     me = schedule.worker(rank)
     # Emulated threads are accounted for by the node clock; really running them would only make the
     # ranks sharing this machine's cores fight over them.
@@ -358,7 +362,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     worker.detach()
 
     if emulator is not None:
-        _report_emulation(comm, emulator, total, log)
+        _report_emulation(comm, emulator, total, warn)
         emulator.close(comm)
     params = exchange.gather_params(flat.numel, root=0)
     if rank != 0:

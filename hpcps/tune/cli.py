@@ -77,6 +77,9 @@ def build_parser() -> OneLineParser:
                    help="push codecs the search may give each worker, comma-separated, the job's own among them "
                         f"(from {', '.join(CODECS)}; lossy ones change convergence: allow only those you "
                         "accept). Default: the job's [exchange] codec for every worker, nothing else tried")
+    p.add_argument("--dilation", type=float, default=None, metavar="D",
+                   help="testbed backend only: the time dilation of every trial (default: the testbed's default for "
+                        "the cluster, which counts each node at one thread: docs/testbed.md)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
 
@@ -91,6 +94,7 @@ class Context:
     seed: int
     iterations: int | None
     timeout_s: float
+    dilation: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,11 @@ def prepare(args) -> Parts:
         raise ConfigError("--iterations", None, f"must be >= 1, got {args.iterations}")
     if not args.timeout > 0:
         raise ConfigError("--timeout", None, f"must be > 0, got {args.timeout}")
+    if args.dilation is not None:
+        if args.backend != "testbed":
+            raise ConfigError("--dilation", None, f"only the testbed backend has one, not {args.backend}")
+        if not 1 <= args.dilation < float("inf"):
+            raise ConfigError("--dilation", None, f"must be a number >= 1, got {args.dilation}")
     out = args.out
     if out.exists() and not out.is_dir():
         raise ConfigError("--out", None, f"{out} exists and is not a directory")
@@ -141,12 +150,13 @@ def prepare(args) -> Parts:
     settings = Settings(job=str(Path(job_path).resolve()), cluster=str(Path(cluster_path).resolve()),
                         backend=args.backend, strategy=args.strategy, seed=args.seed, budget=args.budget,
                         iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch,
-                        codecs=",".join(problem.codecs))
+                        codecs=",".join(problem.codecs), dilation=args.dilation)
     inputs = rundir.fingerprint({"job": Path(job_path), "cluster": Path(cluster_path)})
     if out.is_dir():                             # what can be refused before the directory is locked
         rundir.RunLock(out).check_free()
         _check_existing(args, rundir.read_state(out) if rundir.is_run_dir(out) else None)
-    ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout)
+    ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout,
+                  args.dilation)
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
     return Parts(settings, problem, strategy, backend, inputs)
@@ -207,7 +217,7 @@ def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
                 raise ConfigError("--resume", None,
                                   f"the run in {out} has {key} = {recorded!r}, this command "
                                   f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
-                                  "strategy, seed, iterations and codecs")
+                                  "strategy, seed, iterations, codecs and dilation")
         changed = rundir.changed_inputs(state.get("inputs", {}), parts.inputs)
         if changed:
             files = " and ".join(f"{name} file {getattr(parts.settings, name)}" for name in changed)

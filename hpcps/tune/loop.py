@@ -61,9 +61,10 @@ class Settings:
     # The push codecs the run may give workers, comma-separated, the job's own first ("": the job's
     # alone, as a run without --codecs; a state file from before codecs were tuned has none either).
     codecs: str = ""
+    dilation: float | None = None        # the testbed backend's, when given
 
     # What must match for --resume to continue a run (the budget may grow).
-    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations", "codecs")
+    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations", "codecs", "dilation")
 
 
 def summarize(schedule: NodeSchedule) -> str:

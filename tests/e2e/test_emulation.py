@@ -245,3 +245,18 @@ def test_an_emulated_overlapped_iteration_takes_the_simulators_time(overlapped_e
     emulated = float(np.median(it["time_s"][it["iteration"] >= 3]))
     assert after_step > 1.2 * simulated
     assert emulated == pytest.approx(simulated, rel=0.10), (emulated, simulated, after_step)
+
+
+def test_a_run_that_cannot_keep_up_says_so_also_when_quiet(tmp_path):
+    """Nodes 50x this machine at dilation 1: every real step overruns its emulated time. --quiet drops
+    the progress lines, not the warning that the run's times are not the cluster's."""
+    cluster = write(tmp_path, "cluster.toml", TWO_SPEEDS.replace("speed = 1.0", "speed = 50.0")
+                    .replace("speed = 0.25", "speed = 50.0"))
+    sched = write(tmp_path, "schedule.toml", '[[nodes]]\nname = "a1"\nserver = true\nworkers = [{batch = 16}]\n'
+                                             '[[nodes]]\nname = "b1"\nworkers = [{batch = 16}]\n')
+    job = write(tmp_path, "job.toml", CIFAR_SMALL)
+    out = run_mpi(2, ["-m", "hpcps.train", "--job", str(job), "--cluster", str(cluster), "--schedule", str(sched),
+                      "--time-dilation", "1", "--quiet"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == ""
+    assert re.search(r"hpcps\.train: warning: \d+ of \d+ emulated steps ran longer here", out.stderr), out.stderr

@@ -152,6 +152,8 @@ BAD = {
     "empty codec name": (["--codecs", "none,,int8"], "--codecs: give codec names separated by commas"),
     "codec twice": (["--codecs", "none,int8,int8"], "--codecs: lists 'int8' more than once"),
     "codecs without the job's": (["--codecs", "int8,sign"], "--codecs: must include the job's own codec 'none'"),
+    "dilation off the testbed": (["--dilation", "30"], "--dilation: only the testbed backend has one, not sim"),
+    "dilation below 1": (["--backend", "testbed", "--dilation", "0.5"], "--dilation: must be a number >= 1"),
 }
 
 

@@ -50,3 +50,13 @@ def test_refused_where_no_testbed_can_be_built(monkeypatch):
     monkeypatch.setattr(runner_mod.os, "geteuid", lambda: 1000)
     with pytest.raises(ConfigError, match="--backend.*testbed: a testbed needs root"):
         Backend(load_cluster(CLUSTER), load_job(JOB), JOB, CLUSTER)
+
+
+def test_the_command_lines_dilation_reaches_every_trial(monkeypatch):
+    from hpcps.tune.cli import Context
+    monkeypatch.setattr(runner_mod, "missing_requirements", lambda **kw: None)
+    ctx = Context(load_cluster(CLUSTER), load_job(JOB), JOB, CLUSTER, seed=0, iterations=None, timeout_s=60.0,
+                  dilation=32.0)
+    b = BACKENDS["testbed"](ctx)
+    assert b.dilation == 32.0 and b.command(Path("s"), Path("t"), 1)[7] == "32"
+    assert BACKENDS["testbed"](Context(**{**ctx.__dict__, "dilation": None})).dilation == 16.0
