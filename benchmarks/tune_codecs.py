@@ -101,7 +101,6 @@ def main() -> int:
              f"{JOB} (11M parameters, global batch 64) on {CLUSTER} (four speed-4 nodes behind 1 Gb/s NICs, one "
              f"weak node on 10 Gb/s), {args.budget} trials a run on the sim backend, seeds 0-{args.seeds - 1}. "
              "Score: the noise-free simulated iteration time of the run's best schedule; `none` is the default "
-             "(float32 pushes only), `none,int8` is `--codecs none,int8`.", "",
              "(float32 pushes only), `int8` the job's codec int8 (int8 pushes only), `none,int8` is "
              "`--codecs none,int8`.", "",
              "| strategy | best, none only (ms) | best, int8 only (ms) | best, none,int8 (ms) "
