@@ -173,7 +173,7 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts, test
     elif emulate:
         from hpcps.emulate.rank import default_dilation
         from hpcps.ps.runtime import Emulation
-        dilation = args.time_dilation or default_dilation(cluster, placement)
+        dilation = args.time_dilation or default_dilation(cluster, placement, profile)
         emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute)
     return Launch(job, placement.schedule, placement, cluster, emulation)
 

@@ -18,11 +18,20 @@ from hpcps.ps.plan import MessagePlan
 from hpcps.sim.profile import WorkloadProfile
 
 
-def default_dilation(cluster: Cluster, placement: RankPlacement) -> float:
+def default_dilation(cluster: Cluster, placement: RankPlacement, profile: WorkloadProfile | None = None) -> float:
     """Real seconds per emulated second: enough that the fastest node's steps, run here and sped up,
-    still end after their real computation (with room for two ranks sharing one core)."""
+    still end after their real computation (with room for two ranks sharing one core). With the job's
+    profile, each worker's step counts as its threads make it (the thread model), not at one thread:
+    its real step here, on one thread at speed 1.0 (what the profile is calibrated to), over its
+    emulated one, doubled."""
     used = {cluster.index(n) for n in placement.rank_nodes}
-    return max(1.0, 2.0 * max(cluster.nodes[i].type.speed for i in used))
+    need = 2.0 * max(cluster.nodes[i].type.speed for i in used)
+    if profile is not None and placement.schedule.workers:
+        from hpcps.sim.engine import compute_times
+        emulated = compute_times(cluster, placement, profile)
+        real = [profile.step_time(w.batch, 1, 1, 1) for w in placement.schedule.workers]
+        need = max(need, 2.0 * max(r / e for r, e in zip(real, emulated)))
+    return max(1.0, need)
 
 
 def _fabric_dir() -> str:

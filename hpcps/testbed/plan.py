@@ -111,9 +111,11 @@ def choose_subnet(in_use: Iterable[str]) -> int:
                                       "remove stale testbeds with: python -m hpcps.testbed down --all")
 
 
-def default_dilation(cluster: Cluster) -> float:
+def default_dilation(cluster: Cluster, profile=None) -> float:
     """Real seconds per emulated second such that this machine keeps up with the whole cluster: the
-    fastest node's steps still end after their real computation (twice its speed, as emulation does),
+    fastest node's steps still end after their real computation (twice its speed, as emulation does;
+    with a workload's profile (hpcps.sim WorkloadProfile), twice its speed-up on all its cores as the
+    thread model has it, since a schedule may give a worker every core, and the same for the sum below),
     all nodes computing at once take at most COMPUTE_CORES, no link runs above LINK_GBPS_MAX and half of
     all NICs busy at once stay under AGGREGATE_GBPS_MAX, and the shortest latency gives the delay line
     at least DELAY_MIN_S each way. Rounded up to a half."""
@@ -125,7 +127,16 @@ def default_dilation(cluster: Cluster) -> float:
                sum(t.speed for t in types) / COMPUTE_CORES,
                max(t.nic_gbps for t in types) / LINK_GBPS_MAX,
                sum(t.nic_gbps for t in types) / 2.0 / AGGREGATE_GBPS_MAX)
+    if profile is not None:         # the same two bounds with every node's cores busy
+        fast = [t.speed * thread_speedup(profile, t.cores) for t in types]
+        need = max(need, 2.0 * max(fast), sum(fast) / COMPUTE_CORES)
     return math.ceil(need * 2 - 1e-9) / 2
+
+
+def thread_speedup(profile, cores: int) -> float:
+    """How much faster the thread model makes one worker's step with every one of a node's cores than
+    with one thread, at the batch where threads help most (one sample or many)."""
+    return max(profile.step_time(b, 1, cores, 1) / profile.step_time(b, cores, cores, cores) for b in (1, 1024))
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,23 @@ def test_default_dilation_keeps_every_figure_within_what_the_machine_sustains():
     assert default_dilation(TWO) == 4.0           # 2 * 100 us / 50 us
 
 
+def test_with_a_workload_the_default_dilation_counts_every_core_as_the_thread_model_does():
+    """A schedule may give a worker all of its node's cores: the thread model makes hetero8's fast nodes
+    (speed 4, 8 cores) about 8x this machine's one thread, so the fastest node's steps and the sum of
+    all nodes' need about twice the dilation that counting one thread gives (on hetero8, a schedule with
+    8 threads on the fast nodes ran 33% slow at dilation 16 and the same at 24 and 32)."""
+    from hpcps.config import load_job
+    from hpcps.sim import load_profiles, profile_for_job
+    from hpcps.testbed.plan import thread_speedup
+    job = load_job(ROOT / "jobs/hetero8.toml")
+    profile = profile_for_job(load_profiles(), job.workload, job.model, job.data)
+    d = default_dilation(HETERO8, profile)
+    fast = [n.type.speed * thread_speedup(profile, n.type.cores) for n in HETERO8.nodes]
+    assert d >= 2 * max(fast) and sum(fast) / d <= COMPUTE_CORES and d * 2 == int(d * 2)
+    assert d >= 24 and d == default_dilation(HETERO8, profile) > default_dilation(HETERO8)
+    assert 1 < thread_speedup(profile, 8) <= 8 and thread_speedup(profile, 1) == 1
+
+
 def test_plan_addresses_rates_and_delays():
     plan = plan_testbed(TWO, "tb", 4.0, 3)
     assert plan.network == ipaddress.ip_network("198.18.3.0/24")

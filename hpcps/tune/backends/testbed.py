@@ -50,7 +50,7 @@ class TestbedBackend(LocalBackend):
         if len(cluster) > MAX_NODES:
             raise ConfigError(str(cluster_path), "nodes", f"a testbed holds at most {MAX_NODES} nodes; this "
                                                           f"cluster has {len(cluster)}")
-        self.dilation = float(dilation) if dilation is not None else default_dilation(cluster)
+        self.dilation = float(dilation) if dilation is not None else default_dilation(cluster, _profile(job))
         self._testbed = trial_name(0)
 
     def command(self, schedule_path: Path, trace_path: Path, n_ranks: int) -> list[str]:
@@ -67,3 +67,14 @@ class TestbedBackend(LocalBackend):
         finally:
             # `run` takes its testbed down itself, unless it was killed first (a timeout past the grace).
             control.down(self._testbed)
+
+
+def _profile(job):
+    """The job's calibrated compute profile, or None for a workload without one (then the testbed's
+    default dilation counts each node at one thread)."""
+    from hpcps.config.errors import ConfigError
+    from hpcps.sim import load_profiles, profile_for_job
+    try:
+        return profile_for_job(load_profiles(), job.workload, job.model, job.data)
+    except ConfigError:
+        return None
