@@ -9,9 +9,9 @@ from hpcps.cluster import load_cluster
 from hpcps.config import load_job
 from hpcps.config.errors import ConfigError
 from hpcps.testbed import runner as runner_mod
-from hpcps.testbed.plan import NAME_PATTERN
+from hpcps.testbed.plan import NAME_PATTERN, default_dilation
 from hpcps.tune.backends import BACKENDS
-from hpcps.tune.backends.testbed import TestbedBackend as Backend, trial_name
+from hpcps.tune.backends.testbed import TestbedBackend as Backend, _profile, trial_name
 from hpcps.tune.cli import BACKEND_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,11 +29,12 @@ def test_registered():
 
 def test_a_trial_is_train_under_testbed_run():
     b = backend(iterations=7)
-    assert b.dilation == 16.0                               # the testbed's default for hetero8
+    # the testbed's default for hetero8 with the job's thread model (every node's cores busy)
+    assert b.dilation == default_dilation(load_cluster(CLUSTER), _profile(load_job(JOB))) == 32.5
     b._testbed = trial_name(3, pid=12345)
     cmd = b.command(Path("/t/schedule.toml"), Path("/t/trace.h5"), 5)
     assert cmd[:14] == ["/v/bin/python", "-m", "hpcps.testbed", "run", "--cluster", str(CLUSTER.resolve()),
-                        "--dilation", "16", "--name", "t23450003", "--schedule", "/t/schedule.toml", "--quiet", "--"]
+                        "--dilation", "32.5", "--name", "t23450003", "--schedule", "/t/schedule.toml", "--quiet", "--"]
     assert cmd[14:] == ["/v/bin/python", "-m", "hpcps.train", "--job", str(JOB.resolve()), "--cluster",
                         str(CLUSTER.resolve()), "--schedule", "/t/schedule.toml", "--trace", "/t/trace.h5",
                         "--iterations", "7", "--quiet"]
@@ -59,4 +60,4 @@ def test_the_command_lines_dilation_reaches_every_trial(monkeypatch):
                   dilation=32.0)
     b = BACKENDS["testbed"](ctx)
     assert b.dilation == 32.0 and b.command(Path("s"), Path("t"), 1)[7] == "32"
-    assert BACKENDS["testbed"](Context(**{**ctx.__dict__, "dilation": None})).dilation == 16.0
+    assert BACKENDS["testbed"](Context(**{**ctx.__dict__, "dilation": None})).dilation == 32.5
