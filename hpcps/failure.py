@@ -41,6 +41,20 @@ def task_ended(line: str) -> bool:
     return bool(_TASK_ENDED.match(line))
 
 
+_TASK_EXIT_CODE = re.compile(r"^srun: error: \S+: tasks? [0-9,-]+: Exited with exit code (\d+)")
+
+
+def first_task_exit_code(lines: Sequence[str]) -> int | None:
+    """The exit code srun reports for the first task that exited by itself with one, or None. srun's own
+    status is the highest of all its tasks', those it stopped after the first had died included (143
+    for a rank that took SIGTERM): the first task's code is the run's."""
+    for ln in lines:
+        m = _TASK_EXIT_CODE.match(ln.strip())
+        if m:
+            return int(m.group(1))
+    return None
+
+
 def error_line(lines: Sequence[str]) -> str:
     """The program's own last error line; else srun's first line about a task that died (the
     "Terminated" ones after it are the other ranks being stopped); else the launcher's last error line;

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hpcps.failure import error_line, output_tail, task_ended
+from hpcps.failure import error_line, first_task_exit_code, output_tail, task_ended
 from hpcps.slurm.client import SlurmClient, SlurmError
 from hpcps.slurm.mpi import srun_mpi_plugin
 from hpcps.slurm.parse import (
@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     from subprocess import Popen  # started by the client; here only followed
 
 log = logging.getLogger(__name__)
+
+
+def _first_task_code(code: int | None, tail: Sequence[str]) -> int | None:
+    """A failed run's exit code: that of the task that exited first with one, where srun's output names
+    it (srun's own status, and so the batch job's, is the highest of all tasks', the ones it stopped
+    after the first had died included); else code."""
+    first = first_task_exit_code(tail)
+    return first if code and first else code
 
 
 class TrialStatus(StrEnum):
@@ -281,6 +289,8 @@ class TrialLauncher:
         elif status is TrialStatus.CANCELLED:
             why = f"cancelled by Slurm ({state.strip()})"
         else:
+            tail = output_tail(handle.output)
+            code = _first_task_code(code, tail)
             parts = [] if word == "FAILED" else [word]
             if code:
                 parts.append(f"exit code {code}")
@@ -288,7 +298,7 @@ class TrialLauncher:
                 parts.append(f"signal {sig}")
             if reason and reason not in ("None", "(null)", "NonZeroExitCode"):
                 parts.append(reason)
-            detail = error_line(output_tail(handle.output))
+            detail = error_line(tail)
             why = ", ".join(parts)
             if detail:
                 why = f"{why}: {detail}" if why else detail
@@ -340,6 +350,7 @@ class TrialLauncher:
                                                                           and task_died < cancelled):
             return TrialState(TrialStatus.CANCELLED, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,
                               reason=f"cancelled by Slurm: {error_line(tail)}")
+        code = _first_task_code(code, tail)
         what = f"exit code {code}" if code is not None else f"srun killed by signal {sig}"
         detail = error_line(tail)
         return TrialState(TrialStatus.FAILED, exit_code=code, signal=sig, slurm_id=sid, elapsed_s=elapsed,

@@ -78,8 +78,11 @@ def test_crashing_trial_is_failed_with_its_exit_code(local_slurm, slurm_client, 
     h = launcher.submit(odd_dir / "crash", [PY, RANKS, "--exit-code", "3"], ["n4", "n5"], 2, 60)
     state = launcher.wait(h, poll_interval_s=0.2, timeout_s=120)
     assert state.status is TrialStatus.FAILED, f"{state}\n{h.output.read_text()}"
-    assert state.exit_code == 3
-    assert state.reason == "exit code 3: rank 0: error: exiting with status 3 as asked"
+    assert state.exit_code == 3        # not srun's 143 when it stopped rank 1 with SIGTERM first
+    # The rank's own line, or, when srun stopped the job before forwarding that rank's last output
+    # (seen once in several runs), srun's line for it: both name the task's status.
+    assert state.reason in ("exit code 3: rank 0: error: exiting with status 3 as asked",
+                            "exit code 3: srun: error: n4: task 0: Exited with exit code 3"), state.reason
 
 
 def test_trial_past_its_time_limit_is_stopped_as_timeout(local_slurm, slurm_client, odd_dir):

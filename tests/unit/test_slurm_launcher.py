@@ -387,3 +387,20 @@ def test_nothing_else_touches_a_subprocess():
         if path.name != "client.py":
             text = path.read_text()
             assert "import subprocess" not in text and "os.system" not in text, f"{path.name} runs processes"
+
+
+@pytest.mark.parametrize("kind", ["step", "job"])
+def test_the_exit_code_is_the_first_failed_tasks_not_sruns_highest(slurm, clock, tmp_path, kind):
+    """Rank 0 exits 3; srun stops rank 1, which ends on SIGTERM (143), and returns the highest status of
+    its tasks: the trial failed with 3, as srun's line for the first task says."""
+    launcher = (step_launcher if kind == "step" else job_launcher)(slurm, clock)
+    h = launcher.submit(tmp_path / "t", ["x"], ["n4", "n5"], 2, 30)
+    h.output.write_text("srun: error: n4: task 0: Exited with exit code 3\n"
+                        "srun: error: n5: task 1: Exited with exit code 143\n")
+    if kind == "step":
+        slurm.processes[0].returncode = 143
+    else:
+        slurm.set_job(h.job_id, JobState="FAILED", Reason="NonZeroExitCode", ExitCode="143:0")
+    s = launcher.poll(h)
+    assert s.status is TrialStatus.FAILED and s.exit_code == 3
+    assert s.reason == "exit code 3: srun: error: n4: task 0: Exited with exit code 3"
