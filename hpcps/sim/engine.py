@@ -759,6 +759,9 @@ class _StaleRun(_Run):
         self.held = np.full((n_p, n_w), -1, dtype=np.int64)  # asp: clock of a push awaiting its turn
         self.applied = np.zeros(iters, dtype=np.int64)       # asp: pushes applied, per clock
         self.worker_end = np.full((iters, n_w), np.nan)      # a worker's iteration: its pushes through
+        self.enqueued = np.zeros(R, dtype=np.int64)          # updates a rank has had to do so far
+        self.updated = np.zeros(R, dtype=np.int64)           # and has done
+        self.ready_mark = np.full(R, -1, dtype=np.int64)     # updates to be done before its worker's step
         self.readable: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
         self.update_log: list[tuple[float, float, int, int, int, int]] = []
         self.pull_log: list[np.ndarray] = []
@@ -773,26 +776,34 @@ class _StaleRun(_Run):
             self._kick(int(r))
 
     def _kick(self, r: int) -> None:
-        """Rank r, if not updating, updates the next piece waiting; with none, and its worker not in a
-        step, the worker starts its next step if the policy allows."""
-        if self.busy[r]:
-            return
+        """Rank r, if not updating, updates the next piece waiting. Its worker, not in a step, starts
+        the next one if the policy allows and the rank has done the updates that were waiting when the
+        policy first allowed it (the exchange's progress() before the step applies what has arrived,
+        and what arrives meanwhile is applied during the step)."""
         t = self.now
-        if self.queue[r]:
+        if not self.busy[r] and self.queue[r]:
             item = self.queue[r].pop(0)
             self.busy[r] = True
             cost = self.aggregate[item[0]] if self.ssp else self.apply_cost[item[0], item[1]]
             self._push_event(t + float(cost), _AGGREGATE_END, (r, item, t))
-            return
         w = int(self.worker_of_rank[r])
         if w < 0 or self.stepping[r]:
             return
         c = int(self.clock[w])
         if c >= self.iters or self.pushes_out[w] or (self.ssp and self.behind[w]):
             return
+        if self.ready_mark[r] < 0:        # updates queued or under way now go first
+            self.ready_mark[r] = self.enqueued[r]
+        if self.updated[r] < self.ready_mark[r]:
+            return
+        self.ready_mark[r] = -1
         self.stepping[r] = True
         self.compute_start[c, w] = t
         self._push_event(t + float(self.compute[c, w]), _COMPUTE_END, (c, w))
+
+    def _enqueue(self, r: int, item: tuple) -> None:
+        self.queue[r].append(item)
+        self.enqueued[r] += 1
 
     def _compute_end(self, k: int, w: int) -> None:
         r = int(self.worker_ranks[w])
@@ -879,7 +890,7 @@ class _StaleRun(_Run):
                 clocks = self.held[pieces, rows]
                 for p, w, c in zip(pieces[clocks >= 0], rows[clocks >= 0], clocks[clocks >= 0]):
                     self.held[p, w] = -1
-                    self.queue[int(self.server_of[p])].append((int(p), int(w), int(c)))
+                    self._enqueue(int(self.server_of[p]), (int(p), int(w), int(c)))
                     kick.add(int(self.server_of[p]))
         if (~pull).any():
             pushed = tmpl[~pull]
@@ -896,13 +907,13 @@ class _StaleRun(_Run):
                 ps, counts = np.unique(pieces, return_counts=True)
                 got[ps] += counts
                 for p in ps[got[ps] == n_w]:
-                    self.queue[int(self.server_of[p])].append((int(p), k))
+                    self._enqueue(int(self.server_of[p]), (int(p), k))
                     kick.add(int(self.server_of[p]))
             else:
                 wait = self.in_flight[pieces, rows]
                 self.held[pieces[wait], rows[wait]] = k
                 for p, w in zip(pieces[~wait], rows[~wait]):
-                    self.queue[int(self.server_of[p])].append((int(p), int(w), k))
+                    self._enqueue(int(self.server_of[p]), (int(p), int(w), k))
                     kick.add(int(self.server_of[p]))
         for r in sorted(kick):
             self._kick(r)
@@ -910,6 +921,7 @@ class _StaleRun(_Run):
     def _aggregate_end(self, r: int, item: tuple, began: float) -> None:
         t = self.now
         self.busy[r] = False
+        self.updated[r] += 1
         self.aggregations.append((r, began, t))
         p, k = item[0], item[-1]
         self.update_log.append((began, t, r, p, item[1] if len(item) == 3 else -1, k))

@@ -183,28 +183,82 @@ def test_no_worker_starts_clock_c_before_every_piece_has_a_version_of_at_least_c
     assert (tl.step_start[1:] >= tl.iteration_end[:-1]).all() and (tl.iteration_end >= tl.step_end).all()
 
 
-def test_asp_applies_a_workers_next_push_only_after_the_answer_to_its_previous_has_left(hetero8):
-    """On hetero8 naive (one server on n1, which also works) with the slow nodes' answers on 1 Gb/s."""
-    placement = naive(hetero8, 64).to_rank_schedule()
-    _, tl = run(hetero8, placement, SimOptions(iterations=8, sync="asp"), TOY)
+def thin_link():
+    """A server, a fast worker behind a 0.1 Gb/s link (a) and one on a good link (b)."""
+    srv, slow_link = NodeType("srv", 1.0, 2, 10.0, latency_us=0.0), NodeType("thin", 4.0, 2, 0.1, latency_us=0.0)
+    c = cluster_of((srv, ["s", "b"]), (slow_link, ["a"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(8),)),
+                      NodePlan("b", False, (NodeWorker(8),))))
+    return c, s.to_rank_schedule()
+
+
+def test_asp_applies_a_workers_next_push_only_after_the_answer_to_its_previous_has_left():
+    """A fast worker behind a slow link that pushes int8 (a quarter of the bytes it pulls back): its next
+    push arrives while the answer to the previous one is still on its way, and waits for it to leave."""
+    c, placement = thin_link()
+    _, tl = run(c, placement, SimOptions(iterations=8, sync="asp", codec="int8", resolution_s=0.0))
     upd, pulls = tl.updates, tl.pulls
     assert (upd[:, 4] >= 0).all()
-    server = placement.schedule.servers[0]
-    checked = 0
-    for p, w, c, start in zip(upd[:, 3], upd[:, 4], upd[:, 5], upd[:, 0]):
-        if placement.schedule.workers[int(w)].rank == server or c == 0:
+    held = 0
+    for p, w, clock, start in zip(upd[:, 3], upd[:, 4], upd[:, 5], upd[:, 0]):
+        if clock == 0:
             continue
-        answer = pulls[(pulls[:, 2] == p) & (pulls[:, 3] == w) & (pulls[:, 4] == c - 1)]
+        answer = pulls[(pulls[:, 2] == p) & (pulls[:, 3] == w) & (pulls[:, 4] == clock - 1)]
         assert answer.shape[0] == 1 and start >= answer[0, 1]
-        checked += 1
-    assert checked > 0
-    # Every push is applied once, and answered once unless it came from the server's own rank.
-    n_w, iters = len(placement.schedule.workers), tl.step_start.shape[0]
-    assert upd.shape[0] == iters * n_w * (int(upd[:, 3].max()) + 1)
-    remote = sum(w.rank != server for w in placement.schedule.workers)
-    assert pulls.shape[0] == iters * remote * (int(upd[:, 3].max()) + 1)
-    # asp bounds nothing: the gpu-fast workers run far ahead of the cpu-slow ones.
-    assert tl.step_start[-1].min() < tl.step_start[-1].max() / 4
+        held += start == answer[0, 1]
+    assert held >= 6
+    # Every push is applied once and answered once; the fast worker does not wait for its answers: it
+    # starts each step before the answer to its last push has arrived.
+    n_pieces = int(upd[:, 3].max()) + 1
+    assert upd.shape[0] == pulls.shape[0] == 8 * 2 * n_pieces
+    for clock in range(7):
+        answers = pulls[(pulls[:, 3] == 0) & (pulls[:, 4] == clock)]
+        assert tl.step_start[clock + 1, 0] < answers[:, 1].min()
+
+
+def test_ssp_sends_a_slow_receiver_only_the_newest_version():
+    """Worker a pushes int8 (a quarter of what it pulls), so rounds end faster than its pulls arrive:
+    whenever a pull arrives and a newer version exists, the newest goes at once; versions are skipped,
+    never sent out of order."""
+    c, placement = thin_link()
+    _, tl = run(c, placement, SimOptions(iterations=12, sync="ssp", staleness=3, codec="int8", resolution_s=0.0))
+    made = tl.updates[:, [1, 3, 5]]                 # (end, piece, round): version round + 1 exists from end
+    skipped = 0
+    for piece in np.unique(tl.pulls[:, 2]):
+        mine = tl.pulls[(tl.pulls[:, 2] == piece) & (tl.pulls[:, 3] == 0)]
+        mine = mine[np.argsort(mine[:, 0])]
+        ver = made[made[:, 1] == piece]
+
+        def newest(t):
+            return int(ver[ver[:, 0] <= t + 1e-12, 2].max()) + 1
+
+        assert (np.diff(mine[:, 4]) > 0).all() and (mine[1:, 0] >= mine[:-1, 1]).all()
+        for (start, _, _, _, version), (_, prev_end, _, _, prev_version) in zip(mine[1:], mine[:-1]):
+            assert version == newest(start)
+            if newest(prev_end) > prev_version:          # already newer when the last one arrived
+                assert start == prev_end
+            skipped += version > prev_version + 1
+    assert skipped > 0
+
+
+def test_a_step_that_ends_while_its_rank_updates_a_piece_ends_with_the_update():
+    """The emulated step polls the exchange while it is held; an update begun then runs to its end
+    before the hold returns. Updates made slow here: a colocated server's asp steps outlast the gaps."""
+    c = cluster_of((NodeType("t", 1.0, 2, 10.0, latency_us=0.0), ["a", "b", "d"]))
+    s = NodeSchedule((NodePlan("a", True, (NodeWorker(4),)), NodePlan("b", False, (NodeWorker(4),)),
+                      NodePlan("d", False, (NodeWorker(4),))))
+    placement = s.to_rank_schedule()
+    slow = replace(MACHINE, update_s_per_byte=(("sgd", 2e-9),))
+    _, tl = run(c, placement, SimOptions(iterations=10, sync="asp", resolution_s=0.0), TOY, slow)
+    step = TOY.step_time(4, 1, 2, 1)
+    late = 0
+    for start, end in zip(tl.step_start[:, 0], tl.step_end[:, 0]):
+        assert end >= start + step - 1e-12
+        if end > start + step + 1e-12:
+            ups = tl.updates[(tl.updates[:, 2] == 0) & (tl.updates[:, 0] < start + step) & (tl.updates[:, 1] == end)]
+            assert ups.shape[0] == 1
+            late += 1
+    assert late > 0
 
 
 def test_a_rank_that_serves_and_works_updates_during_its_own_step_under_asp(hetero8):
