@@ -289,8 +289,10 @@ def simulate_run(cluster: Cluster, placement: RankPlacement, profile: WorkloadPr
     return result, run.timeline()
 
 
-# At most this many times the staleness bound: clocks a fast worker may take to get that far ahead.
+# At most this many times the staleness bound, and at most MAX_WARM_UP in all: clocks a fast worker may
+# take to get that far ahead.
 MAX_LEAD_CLOCKS = 20
+MAX_WARM_UP = 200
 
 
 def warm_up(options: SimOptions, steps: np.ndarray) -> int:
@@ -300,13 +302,14 @@ def warm_up(options: SimOptions, steps: np.ndarray) -> int:
     up to s clocks before the bound holds it to the slowest one's pace; with steps (noise-free, per
     worker) of ratio q = slowest / fastest, that takes s q / (q - 1) of its clocks (none when all
     steps are alike; at most MAX_LEAD_CLOCKS x s: a worker that gains less than a twentieth of a clock
-    per clock differs that little in pace anyway)."""
+    per clock differs that little in pace anyway; and at most MAX_WARM_UP clocks in all, which binds
+    from s = 10 on)."""
     if options.sync == "bsp":
         return 1
     s = options.staleness if options.sync == "ssp" else 0
     q = float(np.max(steps) / np.min(steps)) if steps.size else 1.0
     lead = math.ceil(s * q / (q - 1)) if q > 1 + 1e-9 else 0
-    return 2 + min(lead, MAX_LEAD_CLOCKS * s)
+    return 2 + min(lead, MAX_LEAD_CLOCKS * s, MAX_WARM_UP)
 
 
 # The most pieces a message plan may have: the exchange's message tags hold 8191 per kind
