@@ -28,8 +28,8 @@ MAX_TABLE_ROWS = 64
 
 def build_parser() -> RankAwareParser:
     p = RankAwareParser(prog="python -m hpcps.sim",
-                        description="Simulate synchronous parameter-server training of a job under a schedule on a "
-                                    "described cluster and print the iteration time (no MPI needed).")
+                        description="Simulate parameter-server training of a job under a schedule on a described "
+                                    "cluster (bsp, ssp or asp) and print the iteration time (no MPI needed).")
     p.add_argument("--cluster", type=Path, default=None,
                    help="cluster TOML file (default: the job's cluster key)")
     p.add_argument("--schedule", default=None, metavar="{FILE,naive,balanced}",
@@ -47,6 +47,12 @@ def build_parser() -> RankAwareParser:
     p.add_argument("--straggler-slowdown", type=float, default=3.0, metavar="X",
                    help="how much slower a straggling step is (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and stragglers (default 0)")
+    p.add_argument("--sync", choices=("bsp", "ssp", "asp"), default=None,
+                   help="synchronisation simulated (default: the job's training.sync): bsp, ssp (bounded "
+                        "staleness), asp (asynchronous)")
+    p.add_argument("--staleness", type=int, default=None, metavar="S",
+                   help="ssp's bound: a worker may run S clocks ahead of the slowest (default: the job's "
+                        "training.staleness when the mode is the job's, else 0)")
     p.add_argument("--sharing", choices=("maxmin", "equal"), default="maxmin",
                    help="how flows share a NIC: max-min fair or equal shares (default maxmin)")
     p.add_argument("--resolution", type=float, default=None, metavar="SECONDS",
@@ -75,6 +81,8 @@ def resolve_inputs(args):
     check_number("--seed", None, args.seed, ge=0, le=limits.MAX_SEED)
     if args.resolution is not None:
         check_number("--resolution", None, args.resolution, ge=0, le=limits.MAX_STEP_S)
+    if args.staleness is not None:
+        check_number("--staleness", None, args.staleness, ge=0, le=limits.MAX_STALENESS)
 
     job_path = args.job or default_job_path()
     job = load_job(job_path)
@@ -109,27 +117,53 @@ def resolve_inputs(args):
 
     profiles = load_profiles(args.profiles)
     profile = profile_for_job(profiles, job.workload, job.model, job.data)
+    settings = job_options(job)
+    settings.update(sync_options(args, job))
     options = SimOptions(iterations=args.iterations, noise_sigma=args.noise, straggler_prob=args.straggler_prob,
                          straggler_slowdown=args.straggler_slowdown, seed=args.seed, sharing=args.sharing,
-                         resolution_s=args.resolution, steady_state=args.steady_state, **job_options(job))
+                         resolution_s=args.resolution, steady_state=args.steady_state, **settings)
     return job, cluster, placement, label, node_schedule, profiles, profile, options
 
 
-def render_table(result, job, cluster, label: str, profile) -> str:
+def sync_options(args, job) -> dict:
+    """sync and staleness: --sync and --staleness over the job's training.sync and staleness (a mode
+    other than the job's starts from staleness 0). Raises ConfigError for a staleness without ssp."""
+    sync = args.sync or job.training.sync
+    staleness = args.staleness
+    if staleness is None:
+        staleness = job.training.staleness if sync == job.training.sync else 0
+    if staleness and sync != "ssp":
+        where = "--sync" if args.sync else f"{job.source}: training.sync"
+        raise ConfigError("--staleness", None, f"applies to ssp only, got --staleness {staleness} with sync "
+                                               f"{sync!r} ({where})")
+    return {"sync": sync, "staleness": staleness}
+
+
+def render_table(result, job, cluster, label: str, profile, options=None) -> str:
+    stale = options is not None and options.sync != "bsp"
     lines = [f"cluster {cluster.name} ({len(cluster)} nodes), job {job.name} (workload {job.workload}, "
              f"{profile.params} parameters), schedule {label}: {result.n_servers} server(s), "
-             f"{result.n_workers} worker(s), global batch {result.global_batch}",
-             f"iteration time {result.iteration_time_s * 1e3:.3f} ms (mean of {len(result.iteration_times_s)}), "
-             f"{result.samples_per_s:.1f} samples/s, {result.bytes_per_iteration / 1e6:.3f} MB over NICs per iteration"]
+             f"{result.n_workers} worker(s), global batch {result.global_batch}"]
+    if stale:
+        mode = options.sync + (f" (staleness {options.staleness})" if options.sync == "ssp" else "")
+        lines.append(f"{mode}: iteration time {result.iteration_time_s * 1e3:.3f} ms (a global batch at the "
+                     f"workers' own rates, over {len(result.iteration_times_s)} iterations each; iter_ms: each "
+                     f"rank's own), {result.samples_per_s:.1f} samples/s, "
+                     f"{result.bytes_per_iteration / 1e6:.3f} MB over NICs per iteration")
+    else:
+        lines.append(f"iteration time {result.iteration_time_s * 1e3:.3f} ms (mean of {len(result.iteration_times_s)}), "
+                     f"{result.samples_per_s:.1f} samples/s, {result.bytes_per_iteration / 1e6:.3f} MB over NICs "
+                     "per iteration")
     for note in result.notes:
         lines.append(f"note: compute profile {note}")
     header = f"{'rank':>5} {'node':<12} {'server':>6} {'batch':>6} {'thr':>3} " \
              f"{'compute_ms':>10} {'pull_ms':>8} {'push_ms':>8} {'update_ms':>9} {'wait_ms':>8}"
-    lines.append(header)
+    lines.append(header + (f" {'iter_ms':>8}" if stale else ""))
     for r in result.ranks[:MAX_TABLE_ROWS]:
         lines.append(f"{r.rank:>5} {r.node:<12} {'yes' if r.server else '':>6} {r.batch or '':>6} "
                      f"{r.threads or '':>3} {r.compute_s * 1e3:>10.3f} {r.pull_s * 1e3:>8.3f} "
-                     f"{r.push_s * 1e3:>8.3f} {r.aggregate_s * 1e3:>9.3f} {r.wait_s * 1e3:>8.3f}")
+                     f"{r.push_s * 1e3:>8.3f} {r.aggregate_s * 1e3:>9.3f} {r.wait_s * 1e3:>8.3f}"
+                     + (f" {r.iteration_s * 1e3:>8.3f}" if stale else ""))
     if len(result.ranks) > MAX_TABLE_ROWS:
         lines.append(f"... {len(result.ranks) - MAX_TABLE_ROWS} more ranks (--json lists all)")
     return "\n".join(lines)
@@ -158,10 +192,11 @@ def run(args) -> int:
                                 "straggler_slowdown": options.straggler_slowdown, "seed": options.seed,
                                 "sharing": options.sharing, "resolution_s": options.resolution_s,
                                 "bucket_mb": options.bucket_mb, "overlap": options.overlap,
-                                "steady_state": options.steady_state}})
+                                "steady_state": options.steady_state, "sync": options.sync,
+                                "staleness": options.staleness}})
         print(json.dumps(out))
     else:
-        print(render_table(result, job, cluster, label, profile))
+        print(render_table(result, job, cluster, label, profile, options))
     return 0
 
 

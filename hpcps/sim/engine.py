@@ -1,4 +1,5 @@
-"""A discrete-event simulation of synchronous (BSP) parameter-server training on a cluster.
+"""A discrete-event simulation of parameter-server training on a cluster: bulk-synchronous (bsp), as
+below, and with bounded staleness (ssp) or asynchronous (asp) as the emulation runs them (_StaleRun).
 
 It follows what hpcps.ps.runtime and hpcps.ps.exchange do with an overlapped run, message by message.
 The messages are those of the run's message plan (hpcps.ps.plan.MessagePlan): the flat parameter
@@ -34,6 +35,8 @@ import numpy as np
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import RankPlacement
+from hpcps.config.job import SYNC_MODES
+from hpcps.config.limits import MAX_STALENESS
 from hpcps.ps.codec import CODECS, PULL_CODECS, pull_nbytes, push_nbytes
 from hpcps.ps.plan import MessagePlan, ready_fractions
 from hpcps.ps.sharding import ALIGN_ELEMENTS, plan_shards
@@ -48,7 +51,7 @@ BYTES_PER_ELEMENT = 4          # float32 parameters and gradients
 
 PULL, PUSH = 0, 1
 _SRC, _DST = 0, 1              # the two ends of a message
-_POST, _DONE, _COMPUTE_END, _AGGREGATE_END, _POST_PUSHES = 0, 1, 2, 3, 4      # event kinds
+_POST, _DONE, _COMPUTE_END, _AGGREGATE_END, _POST_PUSHES, _COPIED = 0, 1, 2, 3, 4, 5      # event kinds
 # Parts of a rank's time, in the order that claims an instant first (RankStats).
 _COMPUTE, _AGGREGATE, _PUSH_MOVING, _PULL_MOVING = 0, 1, 2, 3
 
@@ -73,7 +76,12 @@ class SimOptions:
     # Simulate one iteration more before and after the ones measured, and leave them out of the
     # result: the first starts cold (every worker pulls everything at once), and the last one's pushes
     # and updates share no NIC with the next iteration's pulls. What a long run does in between.
+    # Under ssp and asp more iterations before those measured: see warm_up().
     steady_state: bool = False
+    # The job's training.sync and training.staleness: "bsp", "ssp" (a worker may run up to staleness
+    # clocks ahead of the slowest) or "asp" (servers apply each push as it arrives).
+    sync: str = "bsp"
+    staleness: int = 0
 
     def check(self) -> None:
         if self.iterations < 1:
@@ -94,19 +102,29 @@ class SimOptions:
             raise ValueError(f"codec must be one of {', '.join(CODECS)}, got {self.codec!r}")
         if self.pull_codec not in PULL_CODECS:
             raise ValueError(f"pull_codec must be one of {', '.join(PULL_CODECS)}, got {self.pull_codec!r}")
+        if self.sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, got {self.sync!r}")
+        s = self.staleness
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s <= MAX_STALENESS:
+            raise ValueError(f"staleness must be an integer from 0 to {MAX_STALENESS}, got {s!r}")
+        if s and self.sync != "ssp":
+            raise ValueError(f"staleness applies to sync = 'ssp' only, got staleness = {s} with sync = {self.sync!r}")
 
 
 def job_options(job) -> dict:
-    """The SimOptions fields a job (hpcps.config.Job) decides: its optimiser, and its exchange's bucket
-    size, overlap and push and pull codecs."""
+    """The SimOptions fields a job (hpcps.config.Job) decides: its optimiser, its exchange's bucket
+    size, overlap and push and pull codecs, and its synchronisation (training.sync and staleness)."""
     return {"optimizer": job.optimizer.name, "bucket_mb": job.exchange.bucket_mb, "overlap": job.exchange.overlap,
-            "codec": job.exchange.codec, "pull_codec": job.exchange.pull_codec}
+            "codec": job.exchange.codec, "pull_codec": job.exchange.pull_codec, "sync": job.training.sync,
+            "staleness": job.training.staleness}
 
 
 @dataclass(frozen=True)
 class RankStats:
-    """Seconds per iteration, averaged over the simulated iterations; the five add up to the iteration
-    time. Each instant of a rank's run counts once, for the first of these that holds then:
+    """Seconds per iteration, averaged over the simulated iterations; the five add up to iteration_s,
+    which under bsp is the iteration time and under ssp and asp the rank's own time per iteration (a
+    worker's per clock; SimResult). Each instant of a rank's run counts once, for the first of these
+    that holds then:
 
     compute_s     the worker's step
     aggregate_s   the server's updates of its pieces
@@ -129,12 +147,20 @@ class RankStats:
     push_s: float
     aggregate_s: float
     wait_s: float
+    iteration_s: float = math.nan      # this rank's seconds per iteration, over the measured ones
 
 
 @dataclass(frozen=True)
 class SimResult:
+    """iteration_time_s under bsp: the mean time from the end of one iteration (the latest of any rank's
+    step, push or update of it) to the end of the next. Under ssp and asp workers do not keep in step:
+    each worker's time per iteration is its own (from the end of one of its iterations, its pushes out,
+    to the end of the next), and iteration_time_s is the time the workers take, each at its own rate,
+    for a global batch of samples: global_batch / sum over workers of batch / its mean time per
+    iteration. So samples_per_s is the sum of the workers' own rates, as the runtime's progress lines
+    report them under ssp and asp; iteration_times_s are the same per iteration (not averaging to it)."""
     status: str                        # "ok", or why the schedule cannot run
-    iteration_time_s: float            # mean over iterations; inf when status is not "ok"
+    iteration_time_s: float            # inf when status is not "ok"
     iteration_times_s: tuple[float, ...] = ()
     ranks: tuple[RankStats, ...] = ()
     global_batch: int = 0
@@ -211,10 +237,41 @@ def compute_times(cluster: Cluster, placement: RankPlacement, profile: WorkloadP
     return out
 
 
+@dataclass(frozen=True)
+class Timeline:
+    """What one simulation did (simulate_run), every simulated iteration included (with steady_state,
+    the one before and the one after those measured); workers in schedule order.
+
+    step_start, step_end   (iterations, workers): seconds at which each worker's step began and ended
+    iteration_end          (iterations, workers): under ssp and asp, when the worker's iteration ended
+                           (its step over and its pushes out); nan under bsp
+    readable               (events, 4): under ssp and asp, rows (time, worker, piece, version): from that
+                           time on the worker could read that version of the piece (its pull arrived,
+                           or the worker's own rank updated it); empty under bsp
+    updates                (updates, 6): under ssp and asp, rows (start, end, rank, piece, worker, clock):
+                           an aggregation of the piece's round `clock` (worker -1) or an asp step on that
+                           worker's push of that clock; empty under bsp
+    pulls                  (pulls, 5): under ssp and asp, rows (start, end, piece, worker, number): a pull
+                           from when it began moving to its arrival, numbered by the version it carries
+                           (ssp) or the clock of the push it answers (asp); empty under bsp"""
+    step_start: np.ndarray
+    step_end: np.ndarray
+    iteration_end: np.ndarray
+    readable: np.ndarray
+    updates: np.ndarray
+    pulls: np.ndarray
+
+
 def simulate(cluster: Cluster, placement: RankPlacement, profile: WorkloadProfile, machine: MachineProfile,
              options: SimOptions = SimOptions()) -> SimResult:
-    """Simulate options.iterations BSP iterations of placement on cluster. Infeasible schedules (a node
-    out of memory) come back with status saying why and an infinite iteration time."""
+    """Simulate options.iterations iterations of placement on cluster under options.sync. Infeasible
+    schedules (a node out of memory) come back with status saying why and an infinite iteration time."""
+    return simulate_run(cluster, placement, profile, machine, options)[0]
+
+
+def simulate_run(cluster: Cluster, placement: RankPlacement, profile: WorkloadProfile, machine: MachineProfile,
+                 options: SimOptions = SimOptions()) -> tuple[SimResult, Timeline | None]:
+    """simulate(), and the run's Timeline (None for an infeasible schedule)."""
     options.check()
     sched = placement.schedule
     if len(placement.rank_nodes) < sched.n_ranks_needed:
@@ -226,8 +283,33 @@ def simulate(cluster: Cluster, placement: RankPlacement, profile: WorkloadProfil
     if status == "ok":
         status = check_pieces(profile.params, sched.servers, options.bucket_mb)
     if status != "ok":
-        return SimResult(status, math.inf, **common)
-    return _Run(cluster, placement, profile, machine, options).run(common)
+        return SimResult(status, math.inf, **common), None
+    run = (_Run if options.sync == "bsp" else _StaleRun)(cluster, placement, profile, machine, options)
+    result = run.run(common)
+    return result, run.timeline()
+
+
+# At most this many times the staleness bound, and at most MAX_WARM_UP in all: clocks a fast worker may
+# take to get that far ahead.
+MAX_LEAD_CLOCKS = 20
+MAX_WARM_UP = 200
+
+
+def warm_up(options: SimOptions, steps: np.ndarray) -> int:
+    """Iterations a steady-state simulation leaves out before those it measures. bsp: the cold start
+    (every piece pulled at once). ssp and asp send nothing before the first step, so the second
+    iteration still differs from a long run's: two. Under ssp the fastest worker then gets ahead by
+    up to s clocks before the bound holds it to the slowest one's pace; with steps (noise-free, per
+    worker) of ratio q = slowest / fastest, that takes s q / (q - 1) of its clocks (none when all
+    steps are alike; at most MAX_LEAD_CLOCKS x s: a worker that gains less than a twentieth of a clock
+    per clock differs that little in pace anyway; and at most MAX_WARM_UP clocks in all, which binds
+    from s = 10 on)."""
+    if options.sync == "bsp":
+        return 1
+    s = options.staleness if options.sync == "ssp" else 0
+    q = float(np.max(steps) / np.min(steps)) if steps.size else 1.0
+    lead = math.ceil(s * q / (q - 1)) if q > 1 + 1e-9 else 0
+    return 2 + min(lead, MAX_LEAD_CLOCKS * s, MAX_WARM_UP)
 
 
 # The most pieces a message plan may have: the exchange's message tags hold 8191 per kind
@@ -306,8 +388,8 @@ class _Run:
         base = base + pull_decode * sizes.sum() / speed[node_of[self.worker_ranks]]
         rng = np.random.default_rng(options.seed)
         # Iterations simulated; those measured are [first, first + options.iterations).
-        self.first = 1 if options.steady_state else 0
-        self.iters = iters = options.iterations + 2 * self.first
+        self.first = warm_up(options, base) if options.steady_state else 0
+        self.iters = iters = options.iterations + self.first + (1 if options.steady_state else 0)
         factor = np.ones((iters, n_w))
         if options.noise_sigma > 0:
             s = options.noise_sigma
@@ -320,6 +402,12 @@ class _Run:
                               else options.resolution_s, MAX_RESOLUTION * float(np.min(self.compute)))
         per_byte = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost(options.optimizer))
         self.aggregate = (per_byte * BYTES_PER_ELEMENT + server_codec) * sizes / speed[node_of[servers]]
+        if options.sync == "asp":
+            # Each push is applied on its own: one row's share of the aggregation, the optimiser step and,
+            # for a push from another rank, its decoding and the encoding of the answer. [piece, worker row]
+            one = machine.aggregate_s_per_byte_per_worker + machine.update_cost(options.optimizer)
+            codec = (decode[:, None] + pull_encode) * remote
+            self.apply_cost = ((one * BYTES_PER_ELEMENT + codec) * sizes / speed[node_of[servers]]).T
         self.network_bytes = float(self.bytes[~self.local].sum())
 
     def _build_templates(self, plan: MessagePlan, node_of: np.ndarray, latency: np.ndarray,
@@ -358,6 +446,12 @@ class _Run:
     # -- the event loop -------------------------------------------------------------------------------
 
     def run(self, common: dict) -> SimResult:
+        self._init_state()
+        self._begin()
+        events = self._loop()
+        return self._result(common, events)
+
+    def _init_state(self) -> None:
         iters, R = self.iters, self.n_ranks
         n_p, n_w = len(self.plan.pieces), len(self.worker_ranks)
         self.posted = np.full((self.n_template, 2), np.nan)     # this message's post time at each end
@@ -386,14 +480,18 @@ class _Run:
         self.a_rate = np.empty(0)
         self.now = 0.0
         self.dirty = False
-        events = 0
-        # Iteration 0: every server sends its pieces' values and awaits every push; every worker awaits
-        # every piece.
+
+    def _begin(self) -> None:
+        """Iteration 0: every server sends its pieces' values and awaits every push; every worker awaits
+        every piece."""
         pulls, pushes = self.pull_t.ravel(), self.push_t.ravel()
         self._push_event(0.0, _POST, (0, pulls, _SRC))
         self._push_event(0.0, _POST, (0, pulls, _DST))
         self._push_event(0.0, _POST, (0, pushes, _DST))
 
+    def _loop(self) -> int:
+        """Handle events and move flows until nothing is left to happen; returns the events handled."""
+        events = 0
         while self.heap or self.a_id.size:
             t_event = self.heap[0][0] if self.heap else math.inf
             t_flow = math.inf
@@ -423,12 +521,17 @@ class _Run:
                     self._compute_end(*payload)
                 elif kind == _AGGREGATE_END:
                     self._aggregate_end(*payload)
+                elif kind == _COPIED:
+                    self._copied(*payload)
                 else:
                     self._post(payload[1], np.concatenate(self.pending.pop(payload)), _SRC)
             if self.dirty and self.a_id.size:
                 self.a_rate = flow_rates(self.a_src, self.a_dst, self.capacity, self.opt.sharing)
             self.dirty = False
-        return self._result(common, events)
+        return events
+
+    def _copied(self, r: int, rows: np.ndarray, pieces: np.ndarray, versions: np.ndarray) -> None:
+        raise NotImplementedError("bsp reads pulls, never copies of its own rank's pieces")
 
     def _push_event(self, t: float, kind: int, payload) -> None:
         heapq.heappush(self.heap, (t, self.seq, kind, payload))
@@ -576,12 +679,17 @@ class _Run:
             stats.append(RankStats(int(r), self.placement.rank_nodes[r], bool(self.is_server[r]),
                                    spec.batch if spec else 0, spec.threads if spec else 0,
                                    compute, pull, push, aggregate,
-                                   max(0.0, span / measured - compute - pull - push - aggregate)))
+                                   max(0.0, span / measured - compute - pull - push - aggregate), span / measured))
         return SimResult("ok", span / measured, tuple(float(x) for x in times), tuple(stats),
                          bytes_per_iteration=self.network_bytes, events=events, **common)
 
-    def _parts(self, t0: float, t1: float) -> np.ndarray:
-        """(n_ranks, 4) seconds of compute, aggregation, push and pull in [t0, t1] (RankStats)."""
+    def timeline(self) -> Timeline:
+        return Timeline(self.compute_start, self.compute_end, np.full_like(self.compute_end, np.nan),
+                        np.empty((0, 4)), np.empty((0, 6)), np.empty((0, 5)))
+
+    def _parts(self, t0, t1) -> np.ndarray:
+        """(n_ranks, 4) seconds of compute, aggregation, push and pull in [t0, t1] (RankStats): floats, or
+        arrays of shape (n_ranks,) for a window per rank."""
         rank, start, end, kind = [], [], [], []
         w_rank = np.broadcast_to(self.worker_ranks, self.compute_start.shape)
         rank.append(w_rank.ravel())
@@ -601,8 +709,294 @@ class _Run:
             start.append(s[ok])
             end.append(e[ok])
             kind.append(np.full(int(ok.sum()), part))
-        return claimed_time(np.concatenate(rank), np.clip(np.concatenate(start), t0, t1),
+        ranks = np.concatenate(rank)
+        if isinstance(t0, np.ndarray):
+            t0, t1 = t0[ranks], t1[ranks]
+        return claimed_time(ranks, np.clip(np.concatenate(start), t0, t1),
                             np.clip(np.concatenate(end), t0, t1), np.concatenate(kind), self.n_ranks, 4)
+
+
+class _StaleRun(_Run):
+    """ssp and asp, as the emulation runs them (hpcps/ps/stale.py, hpcps/ps/sync.py, docs/sim.md):
+
+    step     a worker at clock c starts its step once its pushes of clock c - 1 are through (the next
+             step reuses the gradient buffer), its rank is neither updating a piece nor has one waiting,
+             and under ssp every piece it reads has a version >= c - s (pieces its own rank serves are
+             read there); asp waits for no version
+    push     every piece at the step's end: emulated ssp and asp steps push after the step
+    update   ssp: a piece's round r is aggregated once every worker's push of round r is in, round by
+             round, at bsp's cost; asp: each push is applied as it arrives, a worker's next push of a
+             piece only once the answer to its previous one has left. A rank keeps updating during its
+             own worker's step (it serves while the step is held); a step that ends during an update
+             ends with it
+    pull     ssp: after an aggregation the server offers the new version to every worker of another rank
+             whose previous pull of the piece has arrived; the others get the newest version once it
+             has. asp: the server answers the pushing worker right after applying its push. A worker
+             always has a receive posted, so a pull moves as soon as it is sent
+    No pull comes before the first step: every rank starts from the same values.
+
+    Messages keep the bsp numbering by template and iteration: a push by the worker's clock, an ssp
+    pull by the version it carries (up to iterations: the last version is offered too), an asp answer
+    by the clock of the push it answers. Each template still has one message in flight at a time.
+    """
+
+    def _init_state(self) -> None:
+        super()._init_state()
+        iters, R = self.iters, self.n_ranks
+        n_p, n_w = len(self.plan.pieces), len(self.worker_ranks)
+        self.ssp = self.opt.sync == "ssp"
+        self.s = int(self.opt.staleness)
+        self.server_of = np.array([p.server for p in self.plan.pieces], dtype=np.int64)
+        self.own = self.server_of[None, :] == self.worker_ranks[:, None]   # [worker, piece]: its rank serves it
+        self.remote_rows = [np.flatnonzero(~self.own[:, p]) for p in range(n_p)]
+        self.clock = np.zeros(n_w, dtype=np.int64)           # the worker's step under way, else its next
+        self.stepping = np.zeros(R, dtype=bool)              # busy (from _Run) is the rank's updates alone
+        self.deferred: dict[int, tuple[int, int]] = {}       # rank -> (clock, worker): step over, update not
+        self.pushes_out = np.zeros(n_w, dtype=np.int64)      # of the worker's last step, not yet through
+        self.version = np.zeros(n_p, dtype=np.int64)         # ssp: rounds aggregated; asp: pushes applied
+        self.avail = np.zeros((n_w, n_p), dtype=np.int64)    # the newest version each worker can read
+        self.behind = np.zeros(n_w, dtype=np.int64)          # ssp: pieces below the worker's next clock - s
+        self.round_in: dict[int, np.ndarray] = {}            # ssp: round -> pushes in, per piece
+        self.in_flight = np.zeros((n_p, n_w), dtype=bool)    # a pull of the piece to the worker under way
+        self.sent = np.zeros((n_p, n_w), dtype=np.int64)     # the version of the last pull sent
+        self.held = np.full((n_p, n_w), -1, dtype=np.int64)  # asp: clock of a push awaiting its turn
+        self.applied = np.zeros(iters, dtype=np.int64)       # asp: pushes applied, per clock
+        self.worker_end = np.full((iters, n_w), np.nan)      # a worker's iteration: its pushes through
+        self.enqueued = np.zeros(R, dtype=np.int64)          # updates a rank has had to do so far
+        self.updated = np.zeros(R, dtype=np.int64)           # and has done
+        self.ready_mark = np.full(R, -1, dtype=np.int64)     # updates to be done before its worker's step
+        self.readable: list[tuple[float, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.update_log: list[tuple[float, float, int, int, int, int]] = []
+        self.pull_log: list[np.ndarray] = []
+
+    def _begin(self) -> None:
+        """asp servers await every remote worker's first push of each piece (ssp servers post a round's
+        receive once the previous round's push arrived, which is before the worker sends it: posted
+        with the push here); every worker may start."""
+        if not self.ssp:
+            self._post(0, self.push_t[~self.own.T], _DST)
+        for r in np.unique(self.worker_ranks):
+            self._kick(int(r))
+
+    def _kick(self, r: int) -> None:
+        """Rank r, if not updating, updates the next piece waiting. Its worker, not in a step, starts
+        the next one if the policy allows and the rank has done the updates that were waiting when the
+        policy first allowed it (the exchange's progress() before the step applies what has arrived,
+        and what arrives meanwhile is applied during the step)."""
+        t = self.now
+        if not self.busy[r] and self.queue[r]:
+            item = self.queue[r].pop(0)
+            self.busy[r] = True
+            cost = self.aggregate[item[0]] if self.ssp else self.apply_cost[item[0], item[1]]
+            self._push_event(t + float(cost), _AGGREGATE_END, (r, item, t))
+        w = int(self.worker_of_rank[r])
+        if w < 0 or self.stepping[r]:
+            return
+        c = int(self.clock[w])
+        if c >= self.iters or self.pushes_out[w] or (self.ssp and self.behind[w]):
+            return
+        if self.ready_mark[r] < 0:        # updates queued or under way now go first
+            self.ready_mark[r] = self.enqueued[r]
+        if self.updated[r] < self.ready_mark[r]:
+            return
+        self.ready_mark[r] = -1
+        self.stepping[r] = True
+        self.compute_start[c, w] = t
+        self._push_event(t + float(self.compute[c, w]), _COMPUTE_END, (c, w))
+
+    def _enqueue(self, r: int, item: tuple) -> None:
+        self.queue[r].append(item)
+        self.enqueued[r] += 1
+
+    def _compute_end(self, k: int, w: int) -> None:
+        r = int(self.worker_ranks[w])
+        if self.busy[r]:                  # the hold polls the exchange: it returns once the update is done
+            self.deferred[r] = (k, w)
+            return
+        self._end_step(k, w)
+
+    def _end_step(self, k: int, w: int) -> None:
+        """Worker w's step k is over: it pushes every piece (a push to its own rank is a copy, which no
+        receive waits for), and its next clock needs version k + 1 - s."""
+        r = int(self.worker_ranks[w])
+        t = self.now
+        self.stepping[r] = False
+        self.compute_end[k, w] = t
+        self.finished[k, r] = max(self.finished[k, r], t)
+        self.clock[w] = k + 1
+        self.pushes_out[w] = len(self.plan.pieces)
+        pushes = self.push_t[:, w]
+        self._post(k, pushes if self.ssp else pushes[self.own[w]], _DST)
+        self._post(k, pushes, _SRC)
+        if self.ssp:
+            need = k + 1 - self.s
+            self.behind[w] = int(np.count_nonzero(self.avail[w] < need)) if need > 0 else 0
+        self._kick(r)
+
+    def _send(self, pieces: np.ndarray, rows: np.ndarray, k: int) -> None:
+        """Pulls of pieces to worker rows (arrays, pairwise) with each piece's current version, numbered k."""
+        if pieces.size == 0:
+            return
+        self.in_flight[pieces, rows] = True
+        self.sent[pieces, rows] = self.version[pieces]
+        tmpl = self.pull_t[pieces, rows]
+        self._post(k, tmpl, _DST)
+        self._post(k, tmpl, _SRC)
+
+    def _copied(self, r: int, rows: np.ndarray, pieces: np.ndarray, versions: np.ndarray) -> None:
+        """Rank r's worker has copied the new version of a piece the rank serves."""
+        self._readable(rows, pieces, versions)
+        self._kick(r)
+
+    def _readable(self, rows: np.ndarray, pieces: np.ndarray, versions: np.ndarray) -> None:
+        """Workers rows may read these versions of pieces from now on (pairs appear once per call)."""
+        old = self.avail[rows, pieces]
+        new = np.maximum(old, versions)
+        if self.ssp:
+            need = self.clock[rows] - self.s
+            crossed = (old < need) & (new >= need)
+            np.subtract.at(self.behind, rows[crossed], 1)
+        self.avail[rows, pieces] = new
+        self.readable.append((self.now, rows.copy(), pieces.copy(), new))
+
+    def _complete(self, k: int, tmpl: np.ndarray) -> None:
+        """Messages numbered k done: windows, then what each completion lets happen; ranks act once every
+        completion is in (as the exchange handles a poll's completions before the policy goes on)."""
+        t = self.now
+        n_p, n_w = len(self.plan.pieces), len(self.worker_ranks)
+        kind, src, dst = self.kind[tmpl], self.src[tmpl], self.dst[tmpl]
+        if k < self.iters:                # the last version's pulls belong to no iteration
+            other = src != dst
+            ends = np.concatenate([src, dst[other]])
+            kinds = np.concatenate([kind, kind[other]])
+            starts = np.concatenate([self.started[tmpl], self.started[tmpl][other]])
+            np.maximum.at(self.win_start[k], (kinds, ends), starts)
+            self.win_end[k][kinds, ends] = t
+        began = self.started[tmpl].copy()
+        self.posted[tmpl] = np.nan
+        self.started[tmpl] = np.nan
+        kick: set[int] = set()
+        pull = kind == PULL
+        if pull.any():
+            pieces, rows = self.piece[tmpl[pull]], self.row[tmpl[pull]]
+            self.pull_log.append(np.column_stack([began[pull], np.full(pieces.size, t), pieces, rows,
+                                                  np.full(pieces.size, k)]))
+            self.in_flight[pieces, rows] = False
+            self._readable(rows, pieces, self.sent[pieces, rows])
+            kick.update(self.worker_ranks[rows].tolist())
+            if self.ssp:                  # only the newest version goes next
+                newer = self.version[pieces] > self.sent[pieces, rows]
+                for v in np.unique(self.version[pieces[newer]]):
+                    sel = newer & (self.version[pieces] == v)
+                    self._send(pieces[sel], rows[sel], int(v))
+            else:                         # a push held for this answer to leave may be applied now
+                clocks = self.held[pieces, rows]
+                for p, w, c in zip(pieces[clocks >= 0], rows[clocks >= 0], clocks[clocks >= 0]):
+                    self.held[p, w] = -1
+                    self._enqueue(int(self.server_of[p]), (int(p), int(w), int(c)))
+                    kick.add(int(self.server_of[p]))
+        if (~pull).any():
+            pushed = tmpl[~pull]
+            pieces, rows = self.piece[pushed], self.row[pushed]
+            senders = self.src[pushed]
+            self.finished[k, senders] = np.maximum(self.finished[k, senders], t)
+            ws, counts = np.unique(rows, return_counts=True)
+            self.pushes_out[ws] -= counts
+            for w in ws[self.pushes_out[ws] == 0]:
+                self.worker_end[k, w] = t
+                kick.add(int(self.worker_ranks[w]))
+            if self.ssp:
+                got = self.round_in.setdefault(k, np.zeros(n_p, dtype=np.int64))
+                ps, counts = np.unique(pieces, return_counts=True)
+                got[ps] += counts
+                for p in ps[got[ps] == n_w]:
+                    self._enqueue(int(self.server_of[p]), (int(p), k))
+                    kick.add(int(self.server_of[p]))
+            else:
+                wait = self.in_flight[pieces, rows]
+                self.held[pieces[wait], rows[wait]] = k
+                for p, w in zip(pieces[~wait], rows[~wait]):
+                    self._enqueue(int(self.server_of[p]), (int(p), int(w), k))
+                    kick.add(int(self.server_of[p]))
+        for r in sorted(kick):
+            self._kick(r)
+
+    def _aggregate_end(self, r: int, item: tuple, began: float) -> None:
+        t = self.now
+        self.busy[r] = False
+        self.updated[r] += 1
+        self.aggregations.append((r, began, t))
+        p, k = item[0], item[-1]
+        self.update_log.append((began, t, r, p, item[1] if len(item) == 3 else -1, k))
+        if self.ssp:
+            if self.version[p] != k:
+                raise RuntimeError("a round was aggregated out of order (a bug in the simulator)")
+            self.version[p] = k + 1
+            self.aggregated[k] += 1
+            if self.aggregated[k] == len(self.plan.pieces):
+                del self.round_in[k]
+            rows = self.remote_rows[p]
+            rows = rows[~self.in_flight[p, rows]]
+            self._send(np.full(rows.size, p), rows, k + 1)
+        else:
+            w = item[1]
+            self.version[p] += 1
+            self.applied[k] += 1
+            if not self.own[w, p]:        # the next push's receive, and the answer
+                if k + 1 < self.iters:
+                    self._post(k + 1, self.push_t[p, w:w + 1], _DST)
+                self._send(np.array([p]), np.array([w]), k)
+        self.finished[k, r] = max(self.finished[k, r], t)
+        mine = self.worker_of_rank[r]
+        if mine >= 0 and self.own[mine, p]:       # its worker copies the new values, as bsp's local pull
+            copied = t + float(self.local_time[self.pull_t[p, mine]])
+            self._push_event(copied, _COPIED, (r, np.array([mine]), np.array([p]), self.version[p:p + 1].copy()))
+        if r in self.deferred:
+            self._end_step(*self.deferred.pop(r))
+        self._kick(r)
+
+    # -- results --------------------------------------------------------------------------------------
+
+    def _result(self, common: dict, events: int) -> SimResult:
+        measured, first = self.opt.iterations, self.first
+        n_p, n_w = len(self.plan.pieces), len(self.worker_ranks)
+        served = (self.aggregated == n_p).all() if self.ssp else (self.applied == n_p * n_w).all()
+        if np.isnan(self.worker_end).any() or not served:
+            raise RuntimeError("simulation ended with ranks still in an iteration (a bug in the simulator)")
+        sched = self.placement.schedule
+        # Each worker's own iterations: from the end of the one before those measured to the last's end.
+        start = self.worker_end[first - 1] if first else np.zeros(n_w)
+        ends = self.worker_end[first:first + measured]
+        own_s = (ends[-1] - start) / measured
+        batch = np.array([w.batch for w in sched.workers], dtype=np.float64)
+        durations = np.diff(np.vstack([start, ends]), axis=0)            # (measured, workers)
+        times = batch.sum() / np.sum(batch / durations, axis=1)
+        active = np.zeros(self.n_ranks, dtype=bool)
+        active[self.worker_ranks] = True
+        active |= self.is_server
+        # A rank that only serves: its iteration ends when its pieces have every worker's push of it.
+        t0 = self.finished[first - 1].copy() if first else np.zeros(self.n_ranks)
+        t1 = self.finished[first + measured - 1].copy()
+        t0[self.worker_ranks], t1[self.worker_ranks] = start, ends[-1]
+        parts = self._parts(t0, t1)
+        stats = []
+        for r in np.flatnonzero(active):
+            w = self.worker_of_rank[r]
+            spec = sched.workers[w] if w >= 0 else None
+            own = (t1[r] - t0[r]) / measured
+            compute, aggregate, push, pull = (float(x) / measured for x in parts[r])
+            stats.append(RankStats(int(r), self.placement.rank_nodes[r], bool(self.is_server[r]),
+                                   spec.batch if spec else 0, spec.threads if spec else 0,
+                                   compute, pull, push, aggregate,
+                                   max(0.0, own - compute - pull - push - aggregate), float(own)))
+        return SimResult("ok", float(batch.sum() / np.sum(batch / own_s)), tuple(float(x) for x in times),
+                         tuple(stats), bytes_per_iteration=self.network_bytes, events=events, **common)
+
+    def timeline(self) -> Timeline:
+        rows = [np.column_stack([np.full(w.size, t), w, p, v]) for t, w, p, v in self.readable]
+        return Timeline(self.compute_start, self.compute_end, self.worker_end,
+                        np.vstack(rows) if rows else np.empty((0, 4)),
+                        np.array(self.update_log).reshape(-1, 6), np.vstack(self.pull_log or [np.empty((0, 5))]))
 
 
 def claimed_time(rank: np.ndarray, start: np.ndarray, end: np.ndarray, kind: np.ndarray, n_ranks: int,

@@ -72,6 +72,9 @@ flags = st.fixed_dictionaries({}, optional={
     "--seed": st.integers(0, 2**32 - 1),
     "--sharing": st.sampled_from(["maxmin", "equal"]),
     "--resolution": st.one_of(st.just(0.0), bounded(0.0, 1.0)),
+    "--sync": st.sampled_from(["bsp", "ssp", "asp"]),
+    "--staleness": st.one_of(st.just(0), bounded(0, limits.MAX_STALENESS, integer=True)),
+    "--steady-state": st.just(None),
 })
 
 
@@ -85,7 +88,7 @@ def run_sim(cluster: dict, schedule: dict | str, job_table: dict, extra: dict) -
             schedule = str(d / "s.toml")
         argv = ["--cluster", str(d / "c.toml"), "--job", str(d / "j.toml"), "--schedule", schedule, "--json"]
         for k, v in extra.items():
-            argv += [k, str(v)]
+            argv += [k] if v is None else [k, str(v)]
         outcome = run_main(sim_main, argv, seconds=20)
     assert_clean(outcome, "hpcps.sim")
 
@@ -122,8 +125,8 @@ def test_mutated_inputs_are_refused_in_one_line(data):
 
 @settings(max_examples=60)
 @given(st.dictionaries(st.sampled_from(["--iterations", "--noise", "--straggler-prob", "--straggler-slowdown",
-                                        "--seed", "--resolution"]),
-                       st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e300", "-1e300", "1e9", "3", "0.5"]),
+                                        "--seed", "--resolution", "--staleness", "--sync"]),
+                       st.sampled_from(["nan", "inf", "-inf", "-1", "0", "1e300", "-1e300", "1e9", "3", "0.5", "ssp"]),
                        min_size=1, max_size=3))
 def test_bad_flags(extra):
     cluster = {"types": {"a": {"speed": 1.0, "cores": 2, "nic_gbps": 1.0}}, "nodes": [{"names": "n[1-2]", "type": "a"}]}

@@ -42,6 +42,26 @@ def test_the_jobs_exchange_settings_reach_the_simulator(capsys, tmp_path):
     assert got["options"]["steady_state"] is True and len(got["iteration_times_s"]) == 2
 
 
+def test_the_jobs_sync_and_the_flags_over_it(capsys, tmp_path):
+    def result(*extra, job=JOB):
+        code, out, err = sim(capsys, "--cluster", HETERO8, "--schedule", "naive", "--job", str(job), "--json",
+                             "--iterations", "3", *extra)
+        assert code == 0, err
+        return json.loads(out)
+    stale = tmp_path / "ssp.toml"
+    stale.write_text(Path(JOB).read_text().replace("[training]", '[training]\nsync = "ssp"\nstaleness = 2'))
+    from_job = result(job=stale)
+    assert (from_job["options"]["sync"], from_job["options"]["staleness"]) == ("ssp", 2)
+    assert result("--sync", "ssp", "--staleness", "2")["iteration_time_s"] == from_job["iteration_time_s"]
+    assert result("--sync", "asp", job=stale)["options"]["staleness"] == 0      # another mode starts from 0
+    assert result("--staleness", "1", job=stale)["options"]["staleness"] == 1
+    bsp = result()
+    assert bsp["options"]["sync"] == "bsp" and result("--sync", "bsp", job=stale) == bsp
+    assert result("--sync", "asp")["iteration_time_s"] < bsp["iteration_time_s"]
+    code, out, _ = sim(capsys, "--cluster", HETERO8, "--schedule", "naive", "--sync", "asp")
+    assert code == 0 and "asp: iteration time" in out and "iter_ms" in out
+
+
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(Path(HETERO8).read_text().replace("cores = 8", "cores = 8\nturbo = true"))
@@ -122,6 +142,11 @@ def test_noise_and_stragglers_change_the_result(capsys):
     (["--cluster", HETERO8, "--save-schedule", JOB], "is also an input of this command"),
     (["--cluster", HETERO8, "--save-schedule", "/dev/full"], "not a regular file"),
     (["--cluster", str(ROOT / "jobs")], "is a directory, not a TOML file"),
+    (["--cluster", HETERO8, "--sync", "bulk"], "argument --sync: invalid choice: 'bulk' (choose from 'bsp', 'ssp', 'asp')"),
+    (["--cluster", HETERO8, "--sync", "ssp", "--staleness", "-1"], "--staleness: must be >= 0 and <= 1000, got -1"),
+    (["--cluster", HETERO8, "--sync", "ssp", "--staleness", "2.5"], "argument --staleness: invalid int value"),
+    (["--cluster", HETERO8, "--staleness", "2"], "--staleness: applies to ssp only, got --staleness 2 with sync 'bsp'"),
+    (["--cluster", HETERO8, "--sync", "asp", "--staleness", "1"], "applies to ssp only"),
 ])
 def test_bad_arguments(capsys, args, words):
     code, out, err = sim(capsys, *args)

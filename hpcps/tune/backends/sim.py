@@ -1,4 +1,6 @@
-"""The simulator as a backend: a trial is `iterations` simulated BSP iterations with run-to-run noise.
+"""The simulator as a backend: a trial is `iterations` simulated iterations with run-to-run noise, under
+the job's synchronisation (training.sync; under ssp and asp an iteration is a global batch at the
+workers' own rates, hpcps.sim.SimResult).
 
 Each iteration is simulated on its own (a one-iteration run with its own noise seed, in the steady
 state: an iteration before and after it are simulated and left out, as a trace leaves out a run's
