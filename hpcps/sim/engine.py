@@ -570,9 +570,8 @@ class _Run:
             for k in np.unique(ids[sel] // self.n_template):
                 self._push_event(float(end), _DONE, (int(k), tmpl[sel & (ids // self.n_template == k)]))
 
-    def _complete(self, k: int, tmpl: np.ndarray) -> None:
-        """Messages of iteration k done: windows, then what each completion lets happen."""
-        t = self.now
+    def _record_windows(self, k: int, tmpl: np.ndarray, t: float) -> None:
+        """Iteration k's pull and push windows at both ends of these messages, which ended at t."""
         kind, src, dst = self.kind[tmpl], self.src[tmpl], self.dst[tmpl]
         other = src != dst
         ends = np.concatenate([src, dst[other]])
@@ -580,6 +579,12 @@ class _Run:
         starts = np.concatenate([self.started[tmpl], self.started[tmpl][other]])
         np.maximum.at(self.win_start[k], (kinds, ends), starts)
         self.win_end[k][kinds, ends] = t
+
+    def _complete(self, k: int, tmpl: np.ndarray) -> None:
+        """Messages of iteration k done: windows, then what each completion lets happen."""
+        t = self.now
+        kind = self.kind[tmpl]
+        self._record_windows(k, tmpl, t)
         self.posted[tmpl] = np.nan
         self.started[tmpl] = np.nan
         pull = kind == PULL
@@ -864,14 +869,9 @@ class _StaleRun(_Run):
         completion is in (as the exchange handles a poll's completions before the policy goes on)."""
         t = self.now
         n_p, n_w = len(self.plan.pieces), len(self.worker_ranks)
-        kind, src, dst = self.kind[tmpl], self.src[tmpl], self.dst[tmpl]
+        kind = self.kind[tmpl]
         if k < self.iters:                # the last version's pulls belong to no iteration
-            other = src != dst
-            ends = np.concatenate([src, dst[other]])
-            kinds = np.concatenate([kind, kind[other]])
-            starts = np.concatenate([self.started[tmpl], self.started[tmpl][other]])
-            np.maximum.at(self.win_start[k], (kinds, ends), starts)
-            self.win_end[k][kinds, ends] = t
+            self._record_windows(k, tmpl, t)
         began = self.started[tmpl].copy()
         self.posted[tmpl] = np.nan
         self.started[tmpl] = np.nan
