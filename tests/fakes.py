@@ -32,3 +32,13 @@ def fake_to_host(dev: FakeCudaArray, host: np.ndarray) -> None:
 
 def fake_to_device(host: np.ndarray, dev: FakeCudaArray) -> None:
     dev.host[:] = host
+
+
+def exchange_buffer(mem: np.ndarray, transport: str):
+    """An ExchangeBuffer over mem as the exchange sees a worker's buffer under transport: "host" as it
+    is, "direct" and "staged" as a fake device array (staged through plain host mirrors)."""
+    from hpcps.comm.buffers import ExchangeBuffer, SyncCopies
+    if transport == "host":
+        return ExchangeBuffer(mem, "host")
+    kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
+    return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)

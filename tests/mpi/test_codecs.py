@@ -4,14 +4,13 @@ the plan and still learns; device buffers are encoded from a host copy. Runs at 
 import numpy as np
 import pytest
 
-from hpcps.comm.buffers import ExchangeBuffer, SyncCopies
 from hpcps.config.job import ExchangeConfig, Job, OptimizerConfig, TrainingConfig
 from hpcps.config.schedule import Schedule, WorkerSpec
 from hpcps.ps.codec import make_codec
 from hpcps.ps.exchange import PULL_TAG, PUSH_TAG, Exchange
 from hpcps.ps.plan import MessagePlan
 from hpcps.ps.server import ServedPiece
-from tests.fakes import FakeCudaArray, fake_to_device, fake_to_host
+from tests.fakes import exchange_buffer
 
 
 class CountingComm:
@@ -120,14 +119,11 @@ def test_lossy_pushes_from_device_buffers(transport):
               for p in plan.pieces if p.server == rank}
     encoders = {p.index: codec.encoder(p.size) for p in plan.pieces if p.server != rank}
 
-    def device_buffer(mem):
-        kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
-        return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
-
     params_mem = np.zeros(n, np.float32)
     # worker r pushes r + 1 plus a ramp: int8 cannot carry it exactly, error feedback keeps the rest
     grads_mem = (rank + 1 + np.linspace(0, 0.3, n)).astype(np.float32)
-    exchange = Exchange(comm, plan, 2, params=device_buffer(params_mem), grads=device_buffer(grads_mem),
+    exchange = Exchange(comm, plan, 2, params=exchange_buffer(params_mem, transport),
+                        grads=exchange_buffer(grads_mem, transport),
                         served=served, encoders=encoders)
     exchange.start()
     exchange.wait_pieces(slice(None))
@@ -238,12 +234,6 @@ def test_every_worker_computes_on_the_decoded_pull_and_the_server_keeps_float32(
                                    [make_codec("none")] * size)
               for p in plan.pieces if p.server == rank}
 
-    def buffer(mem):
-        if transport == "host":
-            return ExchangeBuffer(mem, "host")
-        kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
-        return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
-
     def decoded(x):
         wire = np.empty(codec.wire_nbytes(n), np.uint8)
         codec.pack(x, wire, np.empty(n, np.float32))
@@ -253,8 +243,8 @@ def test_every_worker_computes_on_the_decoded_pull_and_the_server_keeps_float32(
 
     params_mem = np.zeros(n, np.float32)
     grads_mem = (np.sin(np.arange(n)) * (rank + 1)).astype(np.float32)
-    exchange = Exchange(comm, plan, 2, params=buffer(params_mem), grads=buffer(grads_mem), served=served,
-                        pull_codec=codec)
+    exchange = Exchange(comm, plan, 2, params=exchange_buffer(params_mem, transport),
+                        grads=exchange_buffer(grads_mem, transport), served=served, pull_codec=codec)
     exchange.start()
     exchange.wait_pieces(slice(None))
     assert params_mem.tobytes() == decoded(truth).tobytes()

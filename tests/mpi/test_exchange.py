@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from hpcps.comm.buffers import ExchangeBuffer, SyncCopies
 from hpcps.config.job import ExchangeConfig, Job, OptimizerConfig, TrainingConfig
 from hpcps.config.schedule import Schedule, WorkerSpec
 from hpcps.data.partition import EpochPartition
@@ -17,7 +16,7 @@ from hpcps.ps.optim import make_optimizer
 from hpcps.ps.plan import MessagePlan
 from hpcps.ps.server import ServedPiece
 from hpcps.workloads import build_workload
-from tests.fakes import FakeCudaArray, fake_to_device, fake_to_host
+from tests.fakes import exchange_buffer
 
 BATCHES = (5, 17, 42)
 
@@ -120,13 +119,10 @@ def test_device_buffers_exchange_through_mpi(transport):
     served = {p.index: ServedPiece(p, truth[p.start:p.stop], batches, OptimizerConfig("sgd", lr=1.0))
               for p in plan.pieces if p.server == rank}
 
-    def device_buffer(mem):
-        kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
-        return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
-
     params_mem = np.zeros(n, np.float32)
     grads_mem = np.full(n, float(rank + 1), np.float32)      # worker r pushes the constant r + 1
-    exchange = Exchange(comm, plan, 2, params=device_buffer(params_mem), grads=device_buffer(grads_mem),
+    exchange = Exchange(comm, plan, 2, params=exchange_buffer(params_mem, transport),
+                        grads=exchange_buffer(grads_mem, transport),
                         served=served)
     exchange.start()
     exchange.wait_pieces(slice(None))

@@ -114,10 +114,9 @@ def test_stale_modes_train_with_evaluation_during_training(sync, staleness):
 def test_stale_exchange_with_device_buffers(transport, mode):
     """Workers whose buffers are device arrays (faked over host memory) stage pulls and copy them in."""
     from mpi4py import MPI
-    from hpcps.comm.buffers import ExchangeBuffer, SyncCopies
     from hpcps.ps.plan import MessagePlan
     from hpcps.ps.stale import StaleExchange, serve_pieces
-    from tests.fakes import FakeCudaArray, fake_to_device, fake_to_host
+    from tests.fakes import exchange_buffer
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     n, steps, s = 1000, 3, (1 if mode == "ssp" else 0)
@@ -127,13 +126,9 @@ def test_stale_exchange_with_device_buffers(transport, mode):
     truth = np.linspace(-1, 1, n, dtype=np.float32)
     served = serve_pieces(mode, s, plan, rank, truth, batches, OptimizerConfig("sgd", lr=1.0), None)
 
-    def device_buffer(mem):
-        kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
-        return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
-
     params_mem, grads_mem = truth.copy(), np.full(n, float(rank + 1), np.float32)
-    ex = StaleExchange(comm, plan, steps, mode=mode, staleness=s, params=device_buffer(params_mem),
-                       grads=device_buffer(grads_mem), served=served)
+    ex = StaleExchange(comm, plan, steps, mode=mode, staleness=s, params=exchange_buffer(params_mem, transport),
+                       grads=exchange_buffer(grads_mem, transport), served=served)
     ex.start()
     k = np.array(batches, dtype=np.float64)
     mean_push = float((k * np.arange(1, size + 1)).sum() / k.sum())
