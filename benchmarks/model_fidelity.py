@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/model_fidelity.py                 # writes results/model_fidelity.{md,json,png}
     .venv/bin/python benchmarks/model_fidelity.py --local 10      # also 10 real MPI runs on emulated hetero8
+    sudo .venv/bin/python benchmarks/model_fidelity.py --clusters '' --testbed 10 \
+        --out results/testbed_model_fidelity.md                    # only the testbed (real shaped links)
 
 Per cluster: the structured strategy runs its first 5 trials with the sim backend (naive, the design
 point, 3 by expected improvement); the model fitted to them predicts 20 schedules it has not seen, 10
@@ -13,6 +15,12 @@ interval (exp(mean +- 1.645 sd) of its log-time prediction).
 With --local N the same on real runs: the first 5 trials of a structured tuning run with the local
 backend on jobs/hetero8.toml, then N unseen schedules (half random, half model-built) each run with
 the local backend.
+
+With --testbed N the same on the testbed (docs/testbed.md: real TCP through shaped links, one network
+namespace per node, compute charged as under emulation), on the two clusters of
+results/testbed_fidelity.md: hetero8 and hetero10a-1g (every NIC at 1 Gb/s), job jobs/hetero8.toml,
+the testbed backend at its default time dilation. Targets (results/testbed_fidelity.md's, fixed before
+the run): median error at most 10%, at least 85% of measured times inside the 90% interval.
 """
 
 from __future__ import annotations
@@ -114,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--job", default="jobs/cifar.toml")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--local", type=int, default=0, help="also N unseen schedules on real MPI runs (hetero8)")
+    p.add_argument("--testbed", type=int, default=0,
+                   help="also N unseen schedules on the testbed, on hetero8 and hetero10a-1g (root)")
     p.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "model_fidelity.md")
     args = p.parse_args(argv)
@@ -150,6 +160,18 @@ def main(argv: list[str] | None = None) -> int:
             half = args.local // 2
             results.append(evaluate(problem, strategy, backend, half, args.local - half, args.seed, root,
                                     "local hetero8"))
+        if args.testbed:
+            from hpcps.tune.backends.testbed import TestbedBackend
+            job_path = ROOT / "jobs" / "hetero8.toml"
+            for label, cluster_path in (("testbed-hetero8", ROOT / "jobs" / "clusters" / "hetero8.toml"),
+                                        ("testbed-hetero10a-1g", ROOT / "results" / "testbed_hetero10a_1g.toml")):
+                cluster, job = load_cluster(cluster_path), load_job(job_path)
+                problem = problem_for(cluster, job)
+                backend = TestbedBackend(cluster, job, job_path, cluster_path, iterations=10)
+                strategy = make_strategy("structured", problem, args.seed)
+                half = args.testbed // 2
+                results.append(evaluate(problem, strategy, backend, half, args.testbed - half, args.seed, root,
+                                        f"{label}-dilation-{backend.dilation:g}"))
     f["load_average_at_end"] = load_average()
     lines = ["# Model fidelity: the structured model after 5 trials, on schedules it has not seen", "",
              f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(), "",
