@@ -270,10 +270,10 @@ class SignCodec(LossyCodec):
     whose values spread widely (a few large gradients among many small ones, usual in a layer's
     weights) sends a fraction of its energy and error feedback hands the rest on over several steps;
     under the server's momentum that lag cost digits (jobs/default.toml, 6 epochs, 4 workers, 10
-    seeds) 2.9 points of test accuracy at chunks of 64 and 25 at chunks of 256, against 0.5 and 2.3
-    with the RMS (docs/codecs.md). Error feedback corrects the RMS's overshoot on the small values.
-    Chunks of 128 keep the wire at 1/8 + 4/128 bytes a value, 25.6x fewer than float32; at 256 the
-    RMS lost 1.7 points more."""
+    seeds, benchmarks/sign_scale.py) 2.9, 11.2 and 29.3 points of test accuracy at chunks of 64, 128
+    and 256, against 0.7, 0.5 and 2.2 with the RMS (results/sign_scale.md). Error feedback corrects
+    the RMS's overshoot on the small values.
+    Chunks of 128 keep the wire at 1/8 + 4/128 bytes a value, 25.6x fewer than float32."""
     name = "sign"
     chunk = SIGN_CHUNK
 

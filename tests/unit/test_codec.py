@@ -130,7 +130,8 @@ def test_first_push_matches_the_reference(name, n):
 def test_sign_keeps_each_chunks_length():
     """A decoded sign chunk is as long (L2) as the chunk it encodes, whatever the spread of its values:
     the mean |x| would shorten a chunk of a few large values among small ones (here by 3x) and error
-    feedback would hand the rest on late (benchmarks/sign_scale.py: 25 points on digits)."""
+    feedback would hand the rest on late (results/sign_scale.md: 11 points on digits at
+    chunks of 128)."""
     codec = make_codec("sign")
     rng = np.random.default_rng(3)
     x = (rng.standard_normal(5 * SIGN_CHUNK + 17) * 1e-3).astype(np.float32)
