@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from hpcps.trace.derive import own_step_rates
 from hpcps.trace.reader import Trace
 from hpcps.trace.schema import DIRECTION, PHASE, TRANSFER_KIND
 
@@ -207,17 +208,11 @@ def stale_mode(trace: Trace) -> bool:
 
 
 def worker_rates(trace: Trace) -> dict[int, float]:
-    """Samples per second of each worker at its own rate: its batch over the median gap between the
-    starts of its steady steps (NaN with fewer than two)."""
-    it = trace.phase("iteration")
-    it = it[_in(it["iteration"], steady_iterations(trace))]
+    """Samples per second of each worker at its own rate over the steady iterations (own_step_rates)."""
+    steady = steady_iterations(trace)
     batch = dict(zip(trace.ranks["rank"].tolist(), trace.ranks["batch"].tolist()))
-    out = {}
-    for w in trace.workers.tolist():
-        starts = np.sort(it["t_start"][it["rank"] == w])
-        gaps = np.diff(starts)
-        out[int(w)] = float(batch[w] / np.median(gaps)) if gaps.size and np.median(gaps) > 0 else float("nan")
-    return out
+    return own_step_rates(trace.events, {int(w): batch[w] for w in trace.workers.tolist()},
+                          int(steady[0]) if steady.size else 0)
 
 
 def throughput(trace: Trace) -> dict[str, float]:

@@ -5,9 +5,8 @@ import pytest
 
 from hpcps.analyze import stats
 from hpcps.analyze.report import comparison_text, summary_text
-from hpcps.trace.reader import Trace
 from hpcps.trace.schema import DIRECTION, TRANSFER_KIND
-from tests.unit.trace_synth import Model, trace
+from tests.unit.trace_synth import Model, own_rate_trace, trace
 
 
 @pytest.fixture(scope="module")
@@ -129,31 +128,12 @@ def test_hidden_communication_counts_message_time_inside_compute():
     assert 0 < h["push_hidden_share"] < 1 and h["pull_hidden_share"] == 0
 
 
-def _own_rate_trace(sync: str) -> Trace:
-    """Two workers stepping at their own rates, as under asp: rank 1 every 1 ms, rank 2 every 4 ms, 8
-    samples each, 40 steps; rank 0 serves. No messages: only the steps matter here."""
-    from hpcps.trace.derive import finish_rows, iteration_rows
-    from hpcps.trace.schema import EVENT_DTYPE, PHASE
-    ev = []
-    for w, step in ((1, 1e-3), (2, 4e-3)):
-        for i in range(40):
-            ev.append((w, i, PHASE["compute"], i * step, i * step + 0.5 * step, 8, 1.0))
-            ev.append((w, i, PHASE["iteration"], i * step, (i + 1) * step, 8, np.nan))
-    events = np.array(ev, dtype=EVENT_DTYPE)
-    events = events[np.lexsort((events["t_start"], events["rank"], events["iteration"]))]
-    rows = iteration_rows(events)
-    finish_rows(rows)
-    base = trace(Model(servers=(0,), batches={1: 8, 2: 8}))
-    attrs = dict(base.attrs, sync=sync, global_batch=16)
-    return Trace(base.path, attrs, {}, {}, base.ranks, base.shards, events, base.transfers[:0], rows)
-
-
 def test_asp_throughput_is_the_sum_of_each_workers_own_rate():
     """8 samples every 1 ms and every 4 ms: 10,000 samples/s, one global batch (16) in 1.6 ms. Counting
     iterations by number (the first starter's gaps, 1 ms for 16 samples) would say 16,000."""
-    tp = stats.throughput(_own_rate_trace("asp"))
+    tp = stats.throughput(own_rate_trace("asp"))
     assert tp["steady_samples_per_s"] == pytest.approx(10_000, rel=1e-6)
     assert tp["median_iteration_s"] == pytest.approx(1.6e-3, rel=1e-6)
-    assert stats.worker_rates(_own_rate_trace("ssp")) == pytest.approx({1: 8_000, 2: 2_000}, rel=1e-6)
+    assert stats.worker_rates(own_rate_trace("ssp")) == pytest.approx({1: 8_000, 2: 2_000}, rel=1e-6)
     # Read as rounds (bsp), the same steps give the first starter's gaps: one global batch a millisecond.
-    assert stats.throughput(_own_rate_trace("bsp"))["median_iteration_s"] == pytest.approx(1e-3, rel=1e-6)
+    assert stats.throughput(own_rate_trace("bsp"))["median_iteration_s"] == pytest.approx(1e-3, rel=1e-6)
