@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from hpcps.trace.derive import own_step_rates
 from hpcps.trace.reader import Trace
 from hpcps.trace.schema import DIRECTION, PHASE, TRANSFER_KIND
 
@@ -201,15 +202,43 @@ def straggler(trace: Trace) -> Straggler | None:
                      float(np.median(d[~mine])) if (~mine).any() else float("nan"))
 
 
+def stale_mode(trace: Trace) -> bool:
+    """True for an ssp or asp run: its workers step at their own rates, not in rounds."""
+    return trace.attrs.get("sync") in ("ssp", "asp")
+
+
+def worker_rates(trace: Trace) -> dict[int, float]:
+    """Samples per second of each worker at its own rate over the steady iterations (own_step_rates)."""
+    steady = steady_iterations(trace)
+    batch = dict(zip(trace.ranks["rank"].tolist(), trace.ranks["batch"].tolist()))
+    return own_step_rates(trace.events, {int(w): batch[w] for w in trace.workers.tolist()},
+                          int(steady[0]) if steady.size else 0)
+
+
 def throughput(trace: Trace) -> dict[str, float]:
+    """Iterations, samples per second over the whole run and in the steady part, the median time of an
+    iteration (one global batch) and the run's wall time.
+
+    Under ssp and asp an iteration number is not a round: a fast worker starts iteration i long before
+    a slow one, so the gaps between the first starts of consecutive iterations are the fastest worker's
+    steps and would overstate the rate by as much as the workers differ. There the steady rate is the
+    sum of each worker's own rate (worker_rates), and the time of one global batch the global batch
+    over that sum: what the simulator reports for these modes."""
     rows = trace.iterations
     steady = rows[_in(rows["iteration"], steady_iterations(trace))]
     total_t = float(rows["time_s"].sum())
+    if stale_mode(trace):
+        rate = float(sum(worker_rates(trace).values())) if trace.workers.size else float("nan")
+        steady_rate = rate if rate > 0 else float("nan")
+        median_s = trace.global_batch / steady_rate if steady_rate > 0 else float("nan")
+    else:
+        steady_rate = float(steady["samples"].sum() / steady["time_s"].sum()) if steady.size else float("nan")
+        median_s = float(np.median(steady["time_s"])) if steady.size else float("nan")
     return {
         "iterations": int(rows.size),
         "samples_per_s": float(rows["samples"].sum() / total_t) if total_t > 0 else float("nan"),
-        "steady_samples_per_s": float(steady["samples"].sum() / steady["time_s"].sum()) if steady.size else float("nan"),
-        "median_iteration_s": float(np.median(steady["time_s"])) if steady.size else float("nan"),
+        "steady_samples_per_s": steady_rate,
+        "median_iteration_s": median_s,
         "wall_s": total_t,
     }
 
@@ -320,6 +349,7 @@ def node_types(trace: Trace) -> dict[str, dict]:
     types = trace.rank_field("node_type")
     shares = wait_share(trace)
     tp = throughput(trace)
+    own = worker_rates(trace) if stale_mode(trace) else {}
     out = {}
     for name in sorted(set(types.values())):
         ranks = np.array(sorted(r for r, t in types.items() if t == name))
@@ -330,7 +360,8 @@ def node_types(trace: Trace) -> dict[str, dict]:
         out[name] = {"ranks": ranks.tolist(), "workers": workers.tolist(), "batches": k.tolist(),
                      "compute_fit": asdict(fit),
                      "wait_share": float(np.mean([shares[int(r)] for r in ranks])) if ranks.size else float("nan"),
-                     "samples_per_s": float(k.sum() / it_s) if it_s > 0 else float("nan")}
+                     "samples_per_s": float(sum(own[int(w)] for w in workers)) if own
+                     else float(k.sum() / it_s) if it_s > 0 else float("nan")}
     return out
 
 
@@ -414,6 +445,7 @@ def summarize(trace: Trace) -> dict:
     it = typical_iteration(trace)
     tp = throughput(trace)
     b = breakdown(trace)
+    own = worker_rates(trace) if stale_mode(trace) else {}
     ranks = []
     for row in trace.ranks:
         r = int(row["rank"])
@@ -422,7 +454,7 @@ def summarize(trace: Trace) -> dict:
                       "role": row["role"], "device": row["device"], "threads": int(row["threads"]),
                       "batch": int(row["batch"]), "iteration_s": total, "breakdown_s": b[r],
                       "wait_share": b[r]["wait"] / total if total > 0 else float("nan"),
-                      "samples_per_s": int(row["batch"]) / tp["median_iteration_s"]
+                      "samples_per_s": own.get(r, 0.0) if own else int(row["batch"]) / tp["median_iteration_s"]
                       if tp["median_iteration_s"] > 0 else float("nan"),
                       "clock_offset_s": float(row["clock_offset_s"]), "clock_rtt_s": float(row["clock_rtt_s"])})
     return {

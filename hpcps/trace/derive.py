@@ -140,3 +140,18 @@ def finish_rows(rows: np.ndarray, next_start: float | None = None) -> None:
         rows["time_s"][-1] = (next_start if next_start is not None else rows["t_end"][-1]) - rows["t_start"][-1]
     with np.errstate(invalid="ignore", divide="ignore"):
         rows["samples_per_s"] = np.where(rows["time_s"] > 0, rows["samples"] / rows["time_s"], np.nan)
+
+
+def own_step_rates(events: np.ndarray, batches: dict[int, int], first_iteration: int) -> dict[int, float]:
+    """Samples per second of each worker (rank -> batch) at its own pace: its batch over the median gap
+    between the starts of its iterations from first_iteration on (NaN with fewer than two). Under ssp
+    and asp, where a fast worker starts iteration i long before a slow one, the run's rate is the sum of
+    these, not what the iteration rows (the first starter's gaps) say."""
+    it = events[(events["phase"] == PHASE["iteration"]) & (events["iteration"] >= first_iteration)]
+    out = {}
+    for w, k in batches.items():
+        gaps = np.diff(np.sort(it["t_start"][it["rank"] == w]))
+        step = float(np.median(gaps)) if gaps.size else float("nan")
+        out[int(w)] = float(k / step) if step > 0 else float("nan")
+    return out
+

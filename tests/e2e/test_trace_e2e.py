@@ -316,3 +316,11 @@ def test_stale_runs_trace_each_steps_staleness_and_analyze_shows_it(tmp_path, sy
                           env=mpi_env(), cwd=ROOT)
     assert text.returncode == 0, text.stderr
     assert f"Staleness ({sync}," in text.stdout
+    # Throughput at each worker's own rate: the run's rate is their sum, one global batch its inverse.
+    from hpcps.analyze.stats import summarize
+    s = summarize(tr)
+    own = {r["rank"]: r["samples_per_s"] for r in s["ranks"] if r["rank"] in tr.workers}
+    assert s["throughput"]["steady_samples_per_s"] == pytest.approx(sum(own.values()), rel=1e-9)
+    assert s["throughput"]["median_iteration_s"] == pytest.approx(8 / sum(own.values()), rel=1e-9)
+    if sync == "asp":      # rank 1 (2 samples, 4 ms a sample's delay) is not held back by rank 0 (1, 30 ms)
+        assert own[1] > 3 * own[0]

@@ -6,7 +6,7 @@ import pytest
 from hpcps.analyze import stats
 from hpcps.analyze.report import comparison_text, summary_text
 from hpcps.trace.schema import DIRECTION, TRANSFER_KIND
-from tests.unit.trace_synth import Model, trace
+from tests.unit.trace_synth import Model, own_rate_trace, trace
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,14 @@ def test_hidden_communication_counts_message_time_inside_compute():
     sends_s = sum(b - a for a, b in zip(workers_push["t_post"], workers_push["t_end"]))
     assert h["push_hidden_s"] == pytest.approx(sends_s, rel=1e-6) and h["push_s"] > sends_s
     assert 0 < h["push_hidden_share"] < 1 and h["pull_hidden_share"] == 0
+
+
+def test_asp_throughput_is_the_sum_of_each_workers_own_rate():
+    """8 samples every 1 ms and every 4 ms: 10,000 samples/s, one global batch (16) in 1.6 ms. Counting
+    iterations by number (the first starter's gaps, 1 ms for 16 samples) would say 16,000."""
+    tp = stats.throughput(own_rate_trace("asp"))
+    assert tp["steady_samples_per_s"] == pytest.approx(10_000, rel=1e-6)
+    assert tp["median_iteration_s"] == pytest.approx(1.6e-3, rel=1e-6)
+    assert stats.worker_rates(own_rate_trace("ssp")) == pytest.approx({1: 8_000, 2: 2_000}, rel=1e-6)
+    # Read as rounds (bsp), the same steps give the first starter's gaps: one global batch a millisecond.
+    assert stats.throughput(own_rate_trace("bsp"))["median_iteration_s"] == pytest.approx(1e-3, rel=1e-6)

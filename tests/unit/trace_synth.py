@@ -125,3 +125,21 @@ def trace(model: Model | None = None, path: str = "synthetic.h5") -> Trace:
     attrs = {"schema": SCHEMA_NAME, "schema_version": SCHEMA_VERSION, "status": STATUS_COMPLETE,
              "run_id": "synthetic", "n_ranks": len(rank_rows), "job_name": "synthetic", "workload": "none"}
     return Trace(Path(path), attrs, {}, {}, ranks, shards, events, transfers, rows)
+
+
+def own_rate_trace(sync: str) -> Trace:
+    """Two workers stepping at their own rates, as under asp: rank 1 every 1 ms, rank 2 every 4 ms, 8
+    samples each, 40 steps; rank 0 serves. No messages: only the steps matter here."""
+    ev = []
+    for w, step in ((1, 1e-3), (2, 4e-3)):
+        for i in range(40):
+            ev.append((w, i, PHASE["compute"], i * step, i * step + 0.5 * step, 8, 1.0))
+            ev.append((w, i, PHASE["iteration"], i * step, (i + 1) * step, 8, np.nan))
+    events = np.array(ev, dtype=EVENT_DTYPE)
+    events = events[np.lexsort((events["t_start"], events["rank"], events["iteration"]))]
+    rows = iteration_rows(events)
+    finish_rows(rows)
+    base = trace(Model(servers=(0,), batches={1: 8, 2: 8}))
+    attrs = dict(base.attrs, sync=sync, global_batch=16)
+    return Trace(base.path, attrs, {}, {}, base.ranks, base.shards, events, base.transfers[:0], rows)
+

@@ -48,8 +48,9 @@ def rank_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | N
 
 
 def read_trace(cluster: Cluster, trace_path: Path, skip: int, t0: float) -> TrialResult:
-    """The trial's result from its trace: mean time of the iterations from `skip` on, and the observations
-    the models learn from. t0 (time.perf_counter()) is when the trial began."""
+    """The trial's result from its trace: mean time of the iterations from `skip` on (under ssp and asp,
+    one global batch at the workers' own rates from `skip` on), and the observations the models learn
+    from. t0 (time.perf_counter()) is when the trial began."""
     from hpcps.trace import TraceError, open_trace
     from hpcps.tune.observations import from_trace
     try:
@@ -62,8 +63,19 @@ def read_trace(cluster: Cluster, trace_path: Path, skip: int, t0: float) -> Tria
         return TrialResult("error: the trace holds no iteration past start-up", trace_path=str(trace_path),
                            elapsed_s=time.perf_counter() - t0)
     times = tuple(float(x) for x in its["time_s"])
+    mean_s = float(np.mean(times))
+    if tr.attrs.get("sync") in ("ssp", "asp"):
+        # No rounds: the iteration rows time the fastest worker's pace. One global batch takes the
+        # global batch over the sum of the workers' own rates (what the simulator reports).
+        from hpcps.trace.derive import own_step_rates
+        batch = dict(zip(tr.ranks["rank"].tolist(), tr.ranks["batch"].tolist()))
+        rate = sum(own_step_rates(tr.events, {int(w): batch[w] for w in tr.workers.tolist()}, skip).values())
+        if not rate > 0:
+            return TrialResult("error: the trace holds too few steps per worker past start-up",
+                               trace_path=str(trace_path), elapsed_s=time.perf_counter() - t0)
+        mean_s = tr.global_batch / rate
     try:
         obs = from_trace(cluster, tr, skip_iterations=skip)
     except ValueError as e:
         return TrialResult(f"error: {e}", trace_path=str(trace_path), elapsed_s=time.perf_counter() - t0)
-    return TrialResult("ok", float(np.mean(times)), obs, str(trace_path), times, time.perf_counter() - t0)
+    return TrialResult("ok", mean_s, obs, str(trace_path), times, time.perf_counter() - t0)
