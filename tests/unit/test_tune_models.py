@@ -618,3 +618,42 @@ def test_the_structured_model_predicts_what_the_synchronisation_changes():
     pred = model.predict_mean(test)
     assert truth[2] < 0.6 * truth[0]
     np.testing.assert_allclose(pred / pred[0], truth / truth[0], rtol=0.15)
+
+
+def test_under_ssp_a_slow_pull_bounds_the_pace_by_the_staleness():
+    """One worker on a 1 Gb/s node pushing sign-coded slices (a thirty-second of float32) of the
+    11M-parameter job to a server on another, pulling float32 back: its step and push take 55 ms, a pull
+    350 ms. A clock c needs round c - s - 1 aggregated and pulled, so a global batch takes about
+    (update + pull) / s, and when pulls are slower than a round the server sends only the newest version
+    once the previous pull is in, which adds half a pull on average. Simulated 355, 237 and 129 ms for
+    s = 1, 2, 4; composed within 0.2%, 13% (the half pull is a mean) and 4%."""
+    from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker
+    from hpcps.sim import SimOptions, compute_times, load_profiles, profile_for_job, simulate
+    from hpcps.tune.models.stale import stale_iteration_times
+    cluster = load_cluster(ROOT / "jobs/clusters/slownet5.toml")
+    job = load_job(ROOT / "jobs/cifar-wide.toml")
+    profiles = load_profiles()
+    prof = profile_for_job(profiles, job.workload, job.model, job.data)
+    problem = problem_for(cluster, job, profiles, codecs=("sign",))
+    schedule = NodeSchedule((NodePlan("g1", False, (NodeWorker(2, 8, "sign"),)), NodePlan("g2", True, ())))
+    pl = schedule.to_rank_schedule()
+    d = decode_many(problem.space, problem.space.encode(schedule)[None])
+    codecs = StructuredModel(problem).codecs
+    comp = np.zeros(len(cluster))
+    for w, t in zip(pl.schedule.workers, compute_times(cluster, pl, prof)):
+        comp[cluster.index(pl.rank_nodes[w.rank])] += t
+    bw = np.array([nd.type.nic_bytes_per_s for nd in cluster.nodes])[None, None, :]
+    lat = np.array([nd.type.latency_us * 1e-6 for nd in cluster.nodes])[None, None, :]
+    speed = np.array([nd.type.speed for nd in cluster.nodes])
+    machine = profiles.machine
+    agg = (machine.aggregate_s_per_byte_per_worker + machine.update_cost("sgd")) * problem.model_bytes / speed
+    agg = np.where(d.servers[0], agg + codecs.decode_s(d)[0], 0.0)[None, None]
+    times = {}
+    for s, rel in ((1, 0.01), (2, 0.15), (4, 0.05)):
+        sim = simulate(cluster, pl, prof, machine, SimOptions(iterations=6, steady_state=True, sync="ssp",
+                                                              staleness=s)).iteration_time_s
+        it = stale_iteration_times("ssp", s, d.servers, d.workers, (comp + codecs.encode_s(d)[0])[None, None], bw,
+                                   lat, agg, agg, problem.pull_bytes, d.batches, codecs.push_bytes(d))[0, 0]
+        assert it == pytest.approx(sim, rel=rel), s
+        times[s] = sim
+    assert times[4] < times[2] < 0.7 * times[1]

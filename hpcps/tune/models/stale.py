@@ -13,8 +13,10 @@ docs/sim.md):
 - ssp: in steady state every worker goes at the slowest worker's pace (the fast ones at most s clocks
   ahead), so a global batch takes the longest cycle, and at least (aggregation + pull) / s: a worker's
   clock c needs the round c - s - 1 aggregated and pulled, which the round's last push starts s cycles
-  earlier. A server's NIC carries every remote worker's push slice and pull slice each round, and its
-  rank the round's aggregation: none of those can take longer than a round either.
+  earlier; where pulls are slower than a round, a server sends only the newest version once the pull
+  before has arrived, so a version waits half a pull more on average. A server's NIC takes in every
+  remote worker's push slice each round, and its rank does the round's aggregation: neither can take
+  longer than a round either.
 - asp: each worker cycles at its own rate 1 / cycle_i, and at least at the pace of its pulls (the
   answers to its pushes come back into its NIC); a global batch of G samples takes
   G / sum_i(batch_i / cycle_i). The servers bound that: each one's NIC takes in every remote worker's
@@ -24,8 +26,8 @@ docs/sim.md):
 
 Left out: queueing at a server NIC or rank that is busy but not saturated (only the mean load counts),
 so schedules whose few servers sit on slow NICs come out up to a third fast; under asp the updates that
-land in the gap between a co-located worker's steps. tests/unit/test_tune_models.py measures the composition against
-the simulator with the true constants.
+land in the gap between a co-located worker's steps. tests/unit/test_tune_models.py measures the
+composition against the simulator with the true constants.
 """
 
 from __future__ import annotations
@@ -78,8 +80,12 @@ def stale_iteration_times(mode: str, staleness: int, servers: np.ndarray, worker
         pull = np.maximum(np.where(sv > 0, pull_out, 0.0).max(-1, keepdims=True),
                           np.where(wk > 0, pull_in, 0.0).max(-1, keepdims=True)) + lat_push.max(-1, keepdims=True)
         agg = np.where(sv > 0, aggregate, 0.0).max(-1, keepdims=True)
-        busiest = np.maximum(np.maximum(in_round.max(-1, keepdims=True), pull_out.max(-1, keepdims=True)), agg)
+        busiest = np.maximum(in_round.max(-1, keepdims=True), agg)
         period = np.maximum(np.maximum(cycle.max(-1, keepdims=True), (agg + pull) / staleness), busiest)
+        # Pulls slower than a round cannot carry every version: a server sends the newest once the pull
+        # before has arrived, so a version waits half a pull on average before it leaves.
+        skipping = period < pull
+        period = np.where(skipping, np.maximum(period, (agg + 1.5 * pull) / staleness), period)
         return period[..., 0]
     # asp
     pull_in = np.where(wk > 0, remote_servers * shard / B + lat_push, 0.0)
