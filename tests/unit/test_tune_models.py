@@ -657,3 +657,16 @@ def test_under_ssp_a_slow_pull_bounds_the_pace_by_the_staleness():
         assert it == pytest.approx(sim, rel=rel), s
         times[s] = sim
     assert times[4] < times[2] < 0.7 * times[1]
+
+
+def test_a_job_under_asp_is_composed_as_asp_without_syncs_to_choose():
+    """Without --syncs the model composes the job's own synchronisation: for an asp job, the asp
+    composition (no sync parameter in the space), for a bsp job the bsp one as before."""
+    from dataclasses import replace
+    cluster = load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+    job = load_job(ROOT / "jobs/hetero8.toml")
+    asp_job = replace(job, training=replace(job.training, sync="asp"))
+    bsp, asp = StructuredModel(problem_for(cluster, job)), StructuredModel(problem_for(cluster, asp_job))
+    assert asp.problem.syncs == ("asp",) and not asp.space.tunes_syncs and asp.sync_modes == [("asp", 0)]
+    point = bsp.space.encode(balanced(cluster, job.training.global_batch))[None]
+    assert asp.predict_mean(point)[0] < 0.7 * bsp.predict_mean(point)[0]
