@@ -23,6 +23,7 @@ from pathlib import Path
 from hpcps.cli import RankAwareParser, default_job_path, fail_input
 from hpcps.comm.buffers import TRANSPORTS
 from hpcps.config import ConfigError, default_schedule, load_job
+from hpcps.config.job import parse_sync_name
 from hpcps.emulate.node import COMPUTE_MODES
 from hpcps.workloads import BUILTIN
 
@@ -37,6 +38,9 @@ def build_parser(rank: int = 0) -> RankAwareParser:
                    help="schedule TOML file (default: the job's [schedule], else every rank a worker with "
                         "an equal batch and one colocated server per four ranks)")
     p.add_argument("--iterations", type=int, default=None, help="train this many iterations (overrides the job)")
+    p.add_argument("--sync", default=None, metavar="MODE",
+                   help="synchronise as MODE: bsp, asp, or sspN (ssp with staleness N >= 1); overrides the job's "
+                        "training.sync and staleness")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where workers compute (default auto: a GPU when PyTorch sees one)")
     p.add_argument("--gpu-transport", choices=TRANSPORTS, default="auto",
@@ -106,6 +110,11 @@ def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None 
     if args.iterations is not None:
         check_number("--iterations", None, args.iterations, gt=0, le=limits.MAX_ITERATIONS)
         job = job.with_iterations(args.iterations)
+    if args.sync is not None:
+        try:
+            job = job.with_sync(*parse_sync_name(args.sync))
+        except ValueError as e:
+            raise ConfigError("--sync", None, str(e)) from None
     if args.time_dilation is not None:
         check_number("--time-dilation", None, args.time_dilation, ge=1, le=limits.MAX_TIME_DILATION)
     check_gpu_transport(args)

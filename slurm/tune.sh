@@ -10,7 +10,7 @@
 # directory: the job activates $SLURM_SUBMIT_DIR/.venv (HPCPS_VENV names another environment).
 # Defaults the environment can change: HPCPS_STRATEGY (structured), HPCPS_BUDGET (20),
 # HPCPS_OUT (results/runs/tune-<job id>). Options given after JOB win over these
-# (--iterations, --timeout, --seed, --cluster, --codecs, --resume: see python -m hpcps.tune --help).
+# (--iterations, --timeout, --seed, --cluster, --codecs, --syncs, --resume: see python -m hpcps.tune --help).
 # The allocation must hold every node of the cluster file (the job's `cluster` key or --cluster):
 # give --nodes=N or --nodelist=... to match it.
 #

@@ -20,6 +20,28 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SYNC_MODES = ("bsp", "ssp", "asp")
 
 
+def sync_name(sync: str, staleness: int) -> str:
+    """One name for a synchronisation and its staleness: bsp, asp, or sspN (N = staleness)."""
+    return f"ssp{staleness}" if sync == "ssp" else sync
+
+
+def parse_sync_name(text: str, allow_ssp0: bool = False) -> tuple[str, int]:
+    """(training.sync, training.staleness) of a name sync_name() gives: bsp, asp, or sspN with N an
+    integer from 1 to limits.MAX_STALENESS (ssp0 only where allow_ssp0: it runs bsp's timeline, so a
+    choice among modes names it bsp). Raises ValueError saying what is allowed."""
+    allowed = f"bsp, asp, or sspN with N an integer from 1 to {limits.MAX_STALENESS} (e.g. ssp2)"
+    name = text.strip()
+    if name in ("bsp", "asp"):
+        return name, 0
+    digits = name[3:]
+    if name.startswith("ssp") and digits.isdigit() and digits.isascii():
+        n = int(digits)
+        if (1 if not allow_ssp0 else 0) <= n <= limits.MAX_STALENESS:
+            return "ssp", n
+    hint = " (ssp needs its staleness: ssp1, ssp2, ...)" if name == "ssp" else ""
+    raise ValueError(f"unknown synchronisation {text!r}{hint}; allowed: {allowed}")
+
+
 @dataclass(frozen=True)
 class OptimizerConfig:
     name: str = option(choices=OPTIMIZERS)
@@ -71,6 +93,15 @@ class Job:
 
     def with_iterations(self, iterations: int) -> "Job":
         return replace(self, training=replace(self.training, iterations=iterations, epochs=0.0))
+
+    def with_sync(self, sync: str, staleness: int) -> "Job":
+        """The job under another synchronisation (staleness 0 unless sync is ssp)."""
+        return replace(self, training=replace(self.training, sync=sync, staleness=staleness if sync == "ssp" else 0))
+
+    @property
+    def sync_name(self) -> str:
+        """training.sync and staleness as one name: bsp, asp, sspN."""
+        return sync_name(self.training.sync, self.training.staleness)
 
     def cluster_path(self) -> Path | None:
         """The file the cluster key names: as given when it exists (relative to the working directory),

@@ -8,7 +8,9 @@ Backends: sim (the simulator, no MPI), local (real MPI runs emulating the cluste
 slurm (trials as Slurm job steps), testbed (real MPI runs on shaped links between network namespaces).
 Strategies: structured, gp, random, anneal, heuristic. --codecs none,int8 lets the search give each
 worker one of these push codecs (default: the job's [exchange] codec for every worker, as the job
-says). Bad input is one line on stderr and exit status 2, with nothing written. One tuner at a time
+says); --syncs bsp,ssp1,asp lets it choose the run's synchronisation too (default: the job's
+training.sync; the objective stays the time of a global batch, whatever staleness does to convergence).
+Bad input is one line on stderr and exit status 2, with nothing written. One tuner at a time
 works in an --out (a second is refused); --resume refuses a run whose job or cluster file has changed
 since it began. SIGTERM or Ctrl-C stops after saving what is finished (exit status 0; a second Ctrl-C
 interrupts at once); --resume continues.
@@ -77,6 +79,11 @@ def build_parser() -> OneLineParser:
                    help="push codecs the search may give each worker, comma-separated, the job's own among them "
                         f"(from {', '.join(CODECS)}; lossy ones change convergence: allow only those you "
                         "accept). Default: the job's [exchange] codec for every worker, nothing else tried")
+    p.add_argument("--syncs", default=None, metavar="LIST",
+                   help="synchronisations the search may choose for the run, comma-separated, the job's own among "
+                        "them: bsp, asp, sspN (ssp with staleness N >= 1), e.g. bsp,ssp1,ssp2,asp. Stale modes "
+                        "change convergence and the search weighs only time: allow only those you accept. "
+                        "Default: the job's training.sync and staleness, nothing else tried")
     p.add_argument("--dilation", type=float, default=None, metavar="D",
                    help="testbed backend only: the time dilation of every trial (default: the testbed's default for "
                         "the cluster, which counts each node at one thread: docs/testbed.md)")
@@ -139,9 +146,10 @@ def prepare(args) -> Parts:
     job_path = args.job or default_job_path()
     job = load_job(job_path)
     codecs = parse_codecs(args.codecs, job)
+    syncs = parse_syncs(args.syncs, job)
     cluster_path = _cluster_path(args, job)
     cluster = load_cluster(cluster_path)
-    problem = problem_for(cluster, job, require_profile=args.backend == "sim", codecs=codecs)
+    problem = problem_for(cluster, job, require_profile=args.backend == "sim", codecs=codecs, syncs=syncs)
     try:
         problem.space.decode(problem.space.encode(naive(cluster, problem.global_batch)))
     except InfeasibleSchedule as e:
@@ -150,7 +158,8 @@ def prepare(args) -> Parts:
     settings = Settings(job=str(Path(job_path).resolve()), cluster=str(Path(cluster_path).resolve()),
                         backend=args.backend, strategy=args.strategy, seed=args.seed, budget=args.budget,
                         iterations=args.iterations, cluster_name=cluster.name, global_batch=problem.global_batch,
-                        codecs=",".join(problem.codecs), dilation=args.dilation)
+                        codecs=",".join(problem.codecs), dilation=args.dilation,
+                        syncs=",".join(problem.syncs) if problem.space.tunes_syncs else "")
     inputs = rundir.fingerprint({"job": Path(job_path), "cluster": Path(cluster_path)})
     if out.is_dir():                             # what can be refused before the directory is locked
         rundir.RunLock(out).check_free()
@@ -184,6 +193,31 @@ def parse_codecs(text: str | None, job: Job) -> tuple[str, ...]:
     return tuple(names)
 
 
+def parse_syncs(text: str | None, job: Job) -> tuple[str, ...]:
+    """--syncs as a tuple of synchronisation names (None: not given, the job's alone). Raises ConfigError
+    naming what is wrong and what is allowed."""
+    from hpcps.config.job import parse_sync_name
+    own = job.sync_name
+    if text is None:
+        return (own,)
+    names = [c.strip() for c in text.split(",")]
+    if not text.strip() or any(not c for c in names):
+        raise ConfigError("--syncs", None, "give synchronisations separated by commas: bsp, asp, or sspN with N "
+                                           f"an integer >= 1 (e.g. bsp,ssp1,asp); got {text!r}")
+    for c in names:
+        try:
+            parse_sync_name(c, allow_ssp0=c == own)
+        except ValueError as e:
+            raise ConfigError("--syncs", None, str(e)) from None
+        if names.count(c) > 1:
+            raise ConfigError("--syncs", None, f"lists {c!r} more than once; give each synchronisation once")
+    if own not in names:
+        raise ConfigError("--syncs", None,
+                          f"must include the job's own synchronisation {own!r} (training.sync and staleness of "
+                          f"{job.source}), which the naive schedule runs under; got {text!r}")
+    return tuple(names)
+
+
 def _check_existing(args, state: dict | None) -> None:
     out = args.out
     if state is None:
@@ -211,13 +245,14 @@ def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
             return lock, []
         old = state.get("settings", {})
         for key in Settings.IDENTITY:
-            # A run from before codecs were tuned gave every worker the job's codec.
-            recorded = old.get(key, parts.problem.codecs[0] if key == "codecs" else None)
+            # A run from before codecs were tuned gave every worker the job's codec; one from before
+            # syncs were tuned ran every trial under the job's synchronisation ("").
+            recorded = old.get(key, {"codecs": parts.problem.codecs[0], "syncs": ""}.get(key))
             if recorded != getattr(parts.settings, key):
                 raise ConfigError("--resume", None,
                                   f"the run in {out} has {key} = {recorded!r}, this command "
                                   f"{getattr(parts.settings, key)!r}; resume with the same job, cluster, backend, "
-                                  "strategy, seed, iterations, codecs and dilation")
+                                  "strategy, seed, iterations, codecs, dilation and syncs")
         changed = rundir.changed_inputs(state.get("inputs", {}), parts.inputs)
         if changed:
             files = " and ".join(f"{name} file {getattr(parts.settings, name)}" for name in changed)

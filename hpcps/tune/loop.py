@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcps.cluster.placement import NodeSchedule, write_node_schedule
+from hpcps.cluster.placement import NodeSchedule
 from hpcps.tune import rundir
 from hpcps.tune.problem import Problem
 from hpcps.tune.reports import attach_reports
@@ -62,17 +62,21 @@ class Settings:
     # alone, as a run without --codecs; a state file from before codecs were tuned has none either).
     codecs: str = ""
     dilation: float | None = None        # the testbed backend's, when given
+    # The synchronisations the run may choose (bsp, asp, sspN), comma-separated, the job's own first
+    # ("": the job's alone, as a run without --syncs and a state file from before syncs were tuned).
+    syncs: str = ""
 
     # What must match for --resume to continue a run (the budget may grow).
-    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations", "codecs", "dilation")
+    IDENTITY = ("job", "cluster", "backend", "strategy", "seed", "iterations", "codecs", "dilation", "syncs")
 
 
-def summarize(schedule: NodeSchedule) -> str:
-    """servers=a+b; workers=a:32/2,c:16/1/int8 (batch/threads, and /codec for a worker with its own)."""
+def summarize(schedule: NodeSchedule, sync: str | None = None) -> str:
+    """servers=a+b; workers=a:32/2,c:16/1/int8 (batch/threads, and /codec for a worker with its own);
+    sync=ssp2 after them where the run tunes the synchronisation."""
     servers = "+".join(p.name for p in schedule.nodes if p.server)
     workers = ",".join(f"{p.name}:{w.batch}/{w.threads}" + (f"/{w.codec}" if w.codec else "")
                        for p in schedule.nodes for w in p.workers)
-    return f"servers={servers}; workers={workers}"
+    return f"servers={servers}; workers={workers}" + (f"; sync={sync}" if sync else "")
 
 
 class Event(list):
@@ -179,8 +183,10 @@ class TuningRun:
         propose_s, propose_cpu_s = time.perf_counter() - t0, time.process_time() - c0
         if self.stopped:
             return None
-        point = self.problem.space.repair(proposal.point)
-        schedule = self.problem.space.decode(point)
+        space = self.problem.space
+        point = space.repair(proposal.point)
+        schedule = space.decode(point)
+        sync = space.sync_of(point) if space.tunes_syncs else None
         trial_dir = rundir.trial_dir(self.out, trial)
         if trial_dir.exists():                      # left by a trial that never finished
             try:
@@ -190,9 +196,10 @@ class TuningRun:
                 return None
             shutil.rmtree(trial_dir)
         trial_dir.mkdir(parents=True)
-        write_node_schedule(schedule, trial_dir / "schedule.toml")
+        rundir.write_schedule(schedule, trial_dir / "schedule.toml", sync)
         try:
-            result = self.backend.run_trial(trial_dir, schedule, trial)
+            # A run that does not tune the synchronisation calls backends as it always did.
+            result = self.backend.run_trial(trial_dir, schedule, trial, **({"sync": sync} if sync else {}))
         except Stop as e:
             self.stop_request.request(str(e))
             return None
@@ -201,12 +208,12 @@ class TuningRun:
             result = TrialResult(f"error: {type(e).__name__}: {e}".splitlines()[0])
         if self.stopped and not result.ok:
             return None                               # cut short by the stop: it runs again on resume
-        record = self._record(trial, point, schedule, proposal, result, propose_s, propose_cpu_s)
+        record = self._record(trial, point, schedule, proposal, result, propose_s, propose_cpu_s, sync)
         self.trial_end(self, record)
         return record
 
     def _record(self, trial: int, point: np.ndarray, schedule: NodeSchedule, proposal: Proposal,
-                result: TrialResult, propose_s: float, propose_cpu_s: float) -> TrialRecord:
+                result: TrialResult, propose_s: float, propose_cpu_s: float, sync: str | None) -> TrialRecord:
         """The trial's record, appended to history with the strategy's incumbent after it."""
         obs_file = None
         if result.observations is not None and len(result.observations):
@@ -216,7 +223,7 @@ class TuningRun:
             trial=trial, point=point, status=result.status if ok or not result.ok else "error: no time",
             iteration_time_s=result.iteration_time_s if ok else None, observations=result.observations,
             predicted_s=proposal.predicted_s, predicted_sd=proposal.predicted_sd, note=proposal.note,
-            schedule=schedule.to_dict(), summary=summarize(schedule), elapsed_s=result.elapsed_s,
+            schedule=schedule.to_dict(), summary=summarize(schedule, sync), elapsed_s=result.elapsed_s,
             propose_s=propose_s, trace_path=result.trace_path, observations_file=obs_file,
             propose_cpu_s=propose_cpu_s, setting=dict(proposal.setting) if proposal.setting is not None else None)
         self.history.append(rec)

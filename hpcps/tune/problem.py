@@ -1,5 +1,5 @@
 """What a tuning run is about: a cluster, a job's global batch and model size, the push codecs its workers
-may use, and the search space."""
+may use, the synchronisations the run may choose, and the search space."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ class Problem:
     @property
     def codecs(self) -> tuple[str, ...]:
         return self.space.codecs
+
+    @property
+    def syncs(self) -> tuple[str, ...]:
+        """The synchronisations the run may choose (names: bsp, asp, sspN), the job's own first."""
+        return self.space.syncs
 
     @property
     def pull_bytes(self) -> float:
@@ -80,6 +85,18 @@ def space_codecs(job_codec: str, allowed: Iterable[str] | None = None) -> tuple[
     return (job_codec,) + tuple(c for c in CODECS if c in allowed and c != job_codec)
 
 
+def space_syncs(job_sync: str, allowed: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The synchronisations of a search space (names as hpcps.config.job.sync_name gives them): the job's
+    own first, then the other allowed ones from the most synchronous (bsp, ssp by staleness, asp), so
+    that the same set gives the same space. None: the job's alone."""
+    from hpcps.config.job import parse_sync_name
+    def order(name: str) -> tuple[int, int]:
+        sync, staleness = parse_sync_name(name, allow_ssp0=True)
+        return ("bsp", "ssp", "asp").index(sync), staleness
+    others = sorted(set(allowed or ()) - {job_sync}, key=order)
+    return (job_sync,) + tuple(others)
+
+
 def max_batches(cluster: Cluster, global_batch: int, params: int, activation_bytes_per_sample: float,
                 rank_overhead_bytes: float) -> tuple[int, ...]:
     """Per node, the largest batch its memory holds under hpcps.sim's memory model, counting one worker
@@ -96,16 +113,18 @@ def max_batches(cluster: Cluster, global_batch: int, params: int, activation_byt
 
 
 def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = True,
-                codecs: Iterable[str] | None = None) -> Problem:
+                codecs: Iterable[str] | None = None, syncs: Iterable[str] | None = None) -> Problem:
     """The problem of tuning job on cluster, with sizes, memory and codec costs from hpcps.sim's profiles.
     codecs: the push codecs a worker may be given besides the job's own ([exchange] codec; None: that
     one alone, and no codec parameter in the space). A workload without a profile (a custom one) is a
     ConfigError unless require_profile is False: then its model is built to count parameters, memory
-    sets no limit on batches, and codecs cost no time."""
+    sets no limit on batches, and codecs cost no time. syncs: the synchronisations the run may choose
+    besides the job's own (names: bsp, asp, sspN; None: the job's alone, and no sync parameter)."""
     from hpcps.config.errors import ConfigError
     from hpcps.sim import load_profiles, profile_for_job
     gb = job.training.global_batch
     names = space_codecs(job.exchange.codec, codecs)
+    modes = space_syncs(job.sync_name, syncs)
     bucket = int(job.exchange.bucket_mb * 2 ** 20)
     try:
         profiles = profiles or load_profiles()
@@ -115,10 +134,10 @@ def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = Tr
             raise
         from hpcps.sim.profile import count_parameters
         params = count_parameters(job.workload, job.model, job.data)
-        return Problem(cluster, gb, params, ScheduleSpace(cluster, gb, None, names), bucket,
+        return Problem(cluster, gb, params, ScheduleSpace(cluster, gb, None, names, modes), bucket,
                        pull_codec=job.exchange.pull_codec)
     caps = max_batches(cluster, gb, profile.params, profile.activation_bytes_per_sample,
                        profiles.machine.rank_overhead_bytes)
     costs = tuple(profiles.machine.codec_cost(c) for c in names)
-    return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps, names), bucket, costs,
+    return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps, names, modes), bucket, costs,
                    job.exchange.pull_codec, profiles.machine.codec_cost(job.exchange.pull_codec))

@@ -2,7 +2,8 @@
 
     state.json           the record (first at every trial's end: the rest is rebuilt from it)
     trials.csv           a row per trial
-    best_schedule.toml   the run's best schedule (the strategy's incumbent), as a node schedule file
+    best_schedule.toml   the run's best schedule (the strategy's incumbent), as a node schedule file (with
+                         its synchronisation in a leading comment where the run tunes it)
     convergence.png      measured and predicted time per trial and the best so far (at the run's end)
     progress line        one line per trial (echo)
 
@@ -21,9 +22,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpcps.cluster.placement import parse_node_schedule, write_node_schedule
+from hpcps.cluster.placement import parse_node_schedule
 from hpcps.io.outputs import atomic_path
-from hpcps.tune.rundir import atomic_write
+from hpcps.tune.rundir import atomic_write, write_schedule
 from hpcps.tune.trials import TrialRecord
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ def write_table(run: TuningRun, record: TrialRecord | None = None) -> None:
 def write_best_schedule(run: TuningRun, record: TrialRecord | None = None) -> None:
     best = run.best()
     if best is not None:
-        write_node_schedule(parse_node_schedule(best.schedule, f"trial {best.trial}"), run.out / "best_schedule.toml")
+        space = run.problem.space
+        write_schedule(parse_node_schedule(best.schedule, f"trial {best.trial}"), run.out / "best_schedule.toml",
+                       space.sync_of(best.point) if space.tunes_syncs else None)
 
 
 def csv_text(run: TuningRun) -> str:

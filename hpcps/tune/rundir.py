@@ -3,7 +3,8 @@
     tune.lock       held (flock) by the tuner working in the directory: a second tuner is refused
     state.json      version, settings, the fingerprint of the job and cluster files, every finished trial
                     (TrialRecord.to_state); written through a temporary file and a rename
-    trials/NNNN/    a trial's own directory; observations.json holds the observations of its record
+    trials/NNNN/    a trial's own directory; observations.json holds the observations of its record,
+                    schedule.toml the node schedule it ran (write_schedule)
 
 The fingerprint is the SHA-256 of each input file's bytes: a resumed run whose job or cluster file has
 changed since it began would mix trials of two problems, so it is refused.
@@ -89,6 +90,15 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def write_schedule(schedule, path: Path, sync: str | None = None) -> None:
+    """A node schedule file (hpcps.cluster.placement) at path, atomically. sync (where the run tunes
+    it): the synchronisation the schedule runs under, in a leading comment, since a schedule file has no
+    key for it: hpcps.train --sync takes it."""
+    note = (f"# Run under sync = {sync}: python -m hpcps.train ... --sync {sync} "
+            "(the job's training.sync and staleness as this schedule was measured)\n") if sync else ""
+    atomic_write(Path(path), note + schedule.to_toml())
 
 
 def is_run_dir(out: Path) -> bool:

@@ -21,7 +21,14 @@ global batch, none empty, none over its node's memory. A point that cannot be re
 batch does not fit in the memory of all nodes together) raises InfeasibleSchedule before it costs a
 trial.
 
-With one codec (the default: the job's own) the space is exactly the four parameters per node.
+and, when the run may choose among more than one synchronisation (ScheduleSpace.syncs, tune --syncs),
+one parameter for the whole schedule after every node's:
+
+    sync        0..M-1      the training.sync and staleness of the run, an index into syncs (names as
+                            hpcps.config.job.sync_name gives them: bsp, asp, sspN); 0 is the job's own
+
+With one codec (the default: the job's own) and one synchronisation (the job's) the space is exactly the
+four parameters per node.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker, split_pr
 
 FIELDS = ("server", "worker", "share", "threads")          # per node in every space
 CODEC_FIELD = "codec"                                        # per node where the codec is tuned
+SYNC_FIELD = "sync"                                          # once per point where the synchronisation is tuned
 
 
 class InfeasibleSchedule(ValueError):
@@ -53,10 +61,19 @@ class ScheduleSpace:
     # The push codecs a worker may use, the job's own first (what a worker without a codec of its own
     # pushes with); with more than one, each node's worker gets a codec parameter.
     codecs: tuple[str, ...] = ("none",)
+    # The synchronisations the run may choose (bsp, asp, sspN), the job's own first; with more than one,
+    # the point ends with a sync parameter.
+    syncs: tuple[str, ...] = ("bsp",)
 
     def __post_init__(self):
         if not self.codecs or len(set(self.codecs)) != len(self.codecs):
             raise ValueError(f"codecs must be distinct names, the job's first; got {self.codecs!r}")
+        if not self.syncs or len(set(self.syncs)) != len(self.syncs):
+            raise ValueError(f"syncs must be distinct names, the job's first; got {self.syncs!r}")
+
+    @property
+    def tunes_syncs(self) -> bool:
+        return len(self.syncs) > 1
 
     @property
     def tunes_codecs(self) -> bool:
@@ -72,8 +89,38 @@ class ScheduleSpace:
         return len(self.fields)
 
     @property
-    def n_dims(self) -> int:
+    def node_dims(self) -> int:
+        """The dimensions of every node's parameters, which come first in a point."""
         return self.n_fields * len(self.cluster)
+
+    @property
+    def n_dims(self) -> int:
+        return self.node_dims + (1 if self.tunes_syncs else 0)
+
+    def node_fields(self, points: np.ndarray) -> np.ndarray:
+        """(..., n_nodes, n_fields): the per-node parameters of points (..., n_dims), as a copy."""
+        p = np.asarray(points, dtype=float)
+        return p[..., :self.node_dims].reshape(p.shape[:-1] + (len(self.cluster), self.n_fields)).copy()
+
+    def with_node_fields(self, fields: np.ndarray, syncs: np.ndarray | int = 0) -> np.ndarray:
+        """Points (..., n_dims) from per-node parameters (..., n_nodes, n_fields) and, where the space tunes
+        the synchronisation, sync indices (an int or one per point)."""
+        fields = np.asarray(fields, dtype=float)
+        flat = fields.reshape(fields.shape[:-2] + (self.node_dims,))
+        if not self.tunes_syncs:
+            return flat
+        return np.concatenate([flat, np.broadcast_to(np.asarray(syncs, dtype=float), flat.shape[:-1])[..., None]],
+                              axis=-1)
+
+    def sync_index(self, point: np.ndarray) -> int:
+        """The sync parameter of a point, rounded into range (0, the job's, where the space has none)."""
+        if not self.tunes_syncs:
+            return 0
+        return int(np.clip(round(float(np.asarray(point, dtype=float).reshape(-1)[-1])), 0, len(self.syncs) - 1))
+
+    def sync_of(self, point: np.ndarray) -> str:
+        """The synchronisation a point runs under (a name: bsp, asp, sspN)."""
+        return self.syncs[self.sync_index(point)]
 
     def parameter_space(self):
         """The Emukit ParameterSpace: (n_dims,) points, n_fields parameters per node."""
@@ -85,6 +132,8 @@ class ScheduleSpace:
                        DiscreteParameter(f"threads_{i}", list(range(1, max_threads(node.type.cores) + 1)))]
             if self.tunes_codecs:
                 params.append(DiscreteParameter(f"codec_{i}", list(range(len(self.codecs)))))
+        if self.tunes_syncs:
+            params.append(DiscreteParameter(SYNC_FIELD, list(range(len(self.syncs)))))
         return ParameterSpace(params)
 
     def codec_index(self, codec: str | None) -> int:
@@ -100,9 +149,12 @@ class ScheduleSpace:
         k = int(np.clip(round(float(index)), 0, len(self.codecs) - 1))
         return None if k == 0 else self.codecs[k]
 
-    def encode(self, schedule: NodeSchedule) -> np.ndarray:
-        """A point (n_dims,) for a schedule with at most one worker per node. Without a codec parameter a
-        worker's codec is not encoded; with one, a codec this space does not offer is a ValueError."""
+    def encode(self, schedule: NodeSchedule, sync: str | None = None) -> np.ndarray:
+        """A point (n_dims,) for a schedule with at most one worker per node, run under sync (None: the
+        job's). Without a codec parameter a worker's codec is not encoded; with one, a codec this space
+        does not offer is a ValueError; so is a sync it does not offer."""
+        if sync is not None and sync not in self.syncs:
+            raise ValueError(f"sync {sync!r} is not one this run may choose ({', '.join(self.syncs)})")
         point = np.zeros((len(self.cluster), self.n_fields))
         point[:, 2] = 0.0
         point[:, 3] = 1
@@ -118,11 +170,11 @@ class ScheduleSpace:
                 point[i, 3] = min(plan.workers[0].threads, max_threads(self.cluster.nodes[i].type.cores))
                 if self.tunes_codecs:
                     point[i, 4] = self.codec_index(plan.workers[0].codec)
-        return point.reshape(-1)
+        return self.with_node_fields(point, self.syncs.index(sync) if sync is not None else 0)
 
     def decode(self, point: np.ndarray) -> NodeSchedule:
         """The repaired schedule of a point (n_dims,). Raises InfeasibleSchedule."""
-        p = np.asarray(point, dtype=float).reshape(len(self.cluster), self.n_fields)
+        p = self.node_fields(np.asarray(point, dtype=float).reshape(-1))
         nodes = self.cluster.nodes
         servers = p[:, 0] >= 0.5
         workers = p[:, 1] >= 0.5
@@ -187,10 +239,10 @@ class ScheduleSpace:
 
     def repair(self, point: np.ndarray) -> np.ndarray:
         """The point of the repaired schedule (n_dims,): what a trial of point really runs."""
-        return self.encode(self.decode(point))
+        return self.encode(self.decode(point), self.sync_of(point))
 
     def random_points(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """(n, n_dims) random points, before repair (codecs uniform over those offered)."""
+        """(n, n_dims) random points, before repair (codecs and syncs uniform over those offered)."""
         pts = np.zeros((n, len(self.cluster), self.n_fields))
         pts[:, :, 0] = rng.random((n, len(self.cluster))) < 0.3
         pts[:, :, 1] = rng.random((n, len(self.cluster))) < 0.8
@@ -199,7 +251,9 @@ class ScheduleSpace:
             pts[:, i, 3] = rng.integers(1, max_threads(node.type.cores) + 1, size=n)
         if self.tunes_codecs:          # drawn last: a space without codecs draws what it always drew
             pts[:, :, 4] = rng.integers(0, len(self.codecs), size=(n, len(self.cluster)))
-        return pts.reshape(n, -1)
+        # Drawn after everything else, so that a space without syncs draws what it always drew.
+        syncs = rng.integers(0, len(self.syncs), size=n) if self.tunes_syncs else 0
+        return self.with_node_fields(pts, syncs)
 
 
 @dataclass(frozen=True)
@@ -212,6 +266,7 @@ class DecodedBatch:
     threads: np.ndarray      # int
     feasible: np.ndarray     # (n_points,) bool: the workers' memory holds the global batch
     codecs: np.ndarray       # int: index into the space's codecs (0, the job's, where no worker)
+    syncs: np.ndarray        # (n_points,) int: index into the space's syncs (0, the job's, where not tuned)
 
     @property
     def workers(self) -> np.ndarray:
@@ -221,7 +276,8 @@ class DecodedBatch:
 def decode_many(space: ScheduleSpace, points: np.ndarray) -> DecodedBatch:
     """decode() for (n_points, n_dims) points at once, without rounding batches to integers."""
     n_nodes = len(space.cluster)
-    p = np.asarray(points, dtype=float).reshape(-1, n_nodes, space.n_fields)
+    flat = np.asarray(points, dtype=float).reshape(-1, space.n_dims)
+    p = space.node_fields(flat)
     n = p.shape[0]
     nodes = space.cluster.nodes
     servers = p[:, :, 0] >= 0.5
@@ -257,4 +313,7 @@ def decode_many(space: ScheduleSpace, points: np.ndarray) -> DecodedBatch:
     codecs = np.zeros(batches.shape, dtype=int)
     if space.tunes_codecs:
         codecs = np.where(batches > 0, np.clip(np.rint(p[:, :, 4]), 0, len(space.codecs) - 1), 0).astype(int)
-    return DecodedBatch(servers, batches, threads, feasible, codecs)
+    syncs = np.zeros(n, dtype=int)
+    if space.tunes_syncs:
+        syncs = np.clip(np.rint(flat[:, -1]), 0, len(space.syncs) - 1).astype(int)
+    return DecodedBatch(servers, batches, threads, feasible, codecs, syncs)

@@ -125,8 +125,10 @@ class Backend:
     unless a backend has something to do there."""
     name = "?"
 
-    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int) -> TrialResult:
-        """Run schedule once; trial_dir exists and is the trial's own (outputs, logs, trace)."""
+    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int, sync: str | None = None) -> TrialResult:
+        """Run schedule once; trial_dir exists and is the trial's own (outputs, logs, trace). sync: the
+        synchronisation to run under (bsp, asp, sspN: hpcps.train --sync), None for the job's own; the
+        loop gives it only where the run tunes it (tune --syncs)."""
         raise NotImplementedError
 
     def watch_stop(self, stop_requested: StopRequested) -> None:

@@ -148,3 +148,33 @@ def test_push_codecs(codec):
 def test_sync_modes_and_staleness(sync, staleness):
     job = parse_job(with_(training__sync=sync, training__staleness=staleness), "j.toml")
     assert (job.training.sync, job.training.staleness) == (sync, staleness)
+
+
+@pytest.mark.parametrize("name, pair", [("bsp", ("bsp", 0)), ("asp", ("asp", 0)), ("ssp1", ("ssp", 1)),
+                                        ("ssp12", ("ssp", 12))])
+def test_sync_names_round_trip(name, pair):
+    from hpcps.config.job import parse_sync_name, sync_name
+    assert parse_sync_name(name) == pair
+    assert sync_name(*pair) == name
+    job = parse_job(GOOD, "j.toml").with_sync(*pair)
+    assert (job.training.sync, job.training.staleness) == pair and job.sync_name == name
+
+
+@pytest.mark.parametrize("name", ["ssp", "ssp0", "ssp-1", "sspx", "ssp1.5", "BSP", "ssp１", "ssp1001", ""])
+def test_bad_sync_names_say_what_is_allowed(name):
+    from hpcps.config.job import parse_sync_name
+    with pytest.raises(ValueError, match=r"unknown synchronisation .*; allowed: bsp, asp, or sspN with N an integer "
+                                         r"from 1 to 1000"):
+        parse_sync_name(name)
+    assert parse_sync_name("ssp0", allow_ssp0=True) == ("ssp", 0)
+
+
+def test_train_sync_overrides_the_jobs_synchronisation():
+    """hpcps.train --sync (what a tuner's trial under another synchronisation runs with)."""
+    from hpcps.train import build_parser, resolve_inputs
+    job = ROOT / "jobs/cifar.toml"
+    for flag, pair in (("asp", ("asp", 0)), ("ssp3", ("ssp", 3)), ("bsp", ("bsp", 0))):
+        launch = resolve_inputs(build_parser().parse_args(["--job", str(job), "--sync", flag]), 4)
+        assert (launch.job.training.sync, launch.job.training.staleness) == pair
+    with pytest.raises(ConfigError, match=r"--sync: unknown synchronisation 'ssp'"):
+        resolve_inputs(build_parser().parse_args(["--job", str(job), "--sync", "ssp"]), 4)

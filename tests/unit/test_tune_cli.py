@@ -152,6 +152,14 @@ BAD = {
     "empty codec name": (["--codecs", "none,,int8"], "--codecs: give codec names separated by commas"),
     "codec twice": (["--codecs", "none,int8,int8"], "--codecs: lists 'int8' more than once"),
     "codecs without the job's": (["--codecs", "int8,sign"], "--codecs: must include the job's own codec 'none'"),
+    "ssp without staleness": (["--syncs", "bsp,ssp"], "--syncs: unknown synchronisation 'ssp' (ssp needs its "
+                              "staleness: ssp1, ssp2, ...); allowed: bsp, asp, or sspN with N an integer from 1"),
+    "ssp0": (["--syncs", "bsp,ssp0"], "--syncs: unknown synchronisation 'ssp0'; allowed: bsp, asp, or sspN"),
+    "unknown sync": (["--syncs", "bsp,async"], "--syncs: unknown synchronisation 'async'; allowed: bsp, asp"),
+    "empty sync list": (["--syncs", ""], "--syncs: give synchronisations separated by commas: bsp, asp, or sspN"),
+    "empty sync name": (["--syncs", "bsp,,asp"], "--syncs: give synchronisations separated by commas"),
+    "sync twice": (["--syncs", "bsp,asp,asp"], "--syncs: lists 'asp' more than once"),
+    "syncs without the job's": (["--syncs", "ssp1,asp"], "--syncs: must include the job's own synchronisation 'bsp'"),
     "dilation off the testbed": (["--dilation", "30"], "--dilation: only the testbed backend has one, not sim"),
     "dilation below 1": (["--backend", "testbed", "--dilation", "0.5"], "--dilation: must be a number >= 1"),
 }
@@ -350,3 +358,54 @@ def test_a_run_recorded_before_codecs_were_tuned_resumes_without_codecs(tmp_path
     assert r.returncode == 2 and "codecs = 'none'" in r.stderr, r.stderr
     r = tune(*base(out, "random", 3), "--resume")
     assert r.returncode == 0, r.stderr
+
+
+# -- the synchronisation as a knob: hetero8, where asp is about twice as fast as bsp -----------------
+
+HETERO8_JOB = str(ROOT / "jobs/hetero8.toml")
+HETERO8 = str(ROOT / "jobs/clusters/hetero8.toml")
+
+
+def test_allowing_asp_finds_that_it_is_faster_and_says_so(tmp_path):
+    """With --syncs bsp,asp on hetero8 (balanced: 12.2 ms a global batch under bsp, 6.4 under asp) the
+    best trial runs under asp, which trials.csv, best_schedule.toml and the state's settings show; the
+    best schedule under its sync is what the simulator says; without --syncs nothing names a sync."""
+    out = tmp_path / "run"
+    r = tune("--job", HETERO8_JOB, "--cluster", HETERO8, "--backend", "sim", "--strategy", "structured",
+             "--budget", "4", "--out", str(out), "--iterations", "3", "--quiet", "--syncs", "bsp,asp")
+    assert r.returncode == 0, r.stderr
+    table = rows(out)
+    best = table[-1]["best_trial"]
+    assert [x["schedule"].rsplit("; sync=", 1)[1] for x in table][0] == "bsp"
+    assert next(x for x in table if x["trial"] == best)["schedule"].endswith("; sync=asp")
+    text = (out / "best_schedule.toml").read_text()
+    assert text.startswith("# Run under sync = asp: python -m hpcps.train ... --sync asp")
+    assert json.loads((out / "state.json").read_text())["settings"]["syncs"] == "bsp,asp"
+    sim = subprocess.run([sys.executable, "-m", "hpcps.sim", "--cluster", HETERO8, "--job", HETERO8_JOB,
+                          "--schedule", str(out / "best_schedule.toml"), "--sync", "asp", "--json"],
+                         capture_output=True, text=True, cwd=ROOT, env=env(), timeout=120)
+    assert sim.returncode == 0, sim.stderr
+    assert json.loads(sim.stdout)["iteration_time_s"] < 0.6 * 12.17e-3
+
+    plain = tmp_path / "plain"
+    r = tune("--job", HETERO8_JOB, "--cluster", HETERO8, "--backend", "sim", "--strategy", "random",
+             "--budget", "2", "--out", str(plain), "--iterations", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not any("sync" in x["schedule"] for x in rows(plain))
+    assert not (plain / "best_schedule.toml").read_text().startswith("#")
+    assert json.loads((plain / "state.json").read_text())["settings"]["syncs"] == ""
+
+
+def test_resume_with_another_sync_set_is_refused(tmp_path):
+    out = tmp_path / "run"
+    assert tune(*base(out, "random", 2, "--syncs", "bsp,asp")).returncode == 0
+    before = (out / "state.json").read_text()
+    for other in ((), ("--syncs", "bsp,ssp1"), ("--syncs", "bsp")):
+        r = tune(*base(out, "random", 3, *other), "--resume")
+        assert r.returncode == 2, r.stdout + r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "syncs = 'bsp,asp'" in lines[0], lines
+        assert (out / "state.json").read_text() == before
+    r = tune(*base(out, "random", 3, "--syncs", "asp,bsp"), "--resume")          # the same set
+    assert r.returncode == 0, r.stderr
+    assert [x["trial"] for x in rows(out)] == ["1", "2", "3"]

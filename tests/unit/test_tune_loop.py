@@ -191,3 +191,61 @@ def test_the_heuristic_gives_the_smallest_allowed_codec_to_workers_behind_the_sl
     assert codecs and all(c == ("int8" if name in slow else None) for name, c in codecs.items())
     # On this network-bound cluster it pays.
     assert rec.time_s < min(r.time_s for r in before)
+
+
+# -- the synchronisation as a knob --------------------------------------------------------------------
+
+class RecordingBackend(Backend):
+    """The simulator, noting the sync each trial was given."""
+    name = "recording"
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.syncs: list[str | None] = []
+
+    def run_trial(self, trial_dir, schedule, trial, sync=None):
+        self.syncs.append(sync)
+        return self.inner.run_trial(trial_dir, schedule, trial, sync=sync)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_with_syncs_every_strategy_proposes_allowed_syncs_and_each_trial_runs_under_its_own(tmp_path, strategy):
+    cluster = load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+    job = load_job(ROOT / "jobs/hetero8.toml")
+    problem = problem_for(cluster, job, syncs=("asp", "ssp2", "bsp"))
+    assert problem.space.syncs == ("bsp", "ssp2", "asp") and problem.space.n_dims == 33
+    backend = RecordingBackend(SimBackend(cluster, job, iterations=3))
+    run = TuningRun(tmp_path, settings(strategy, cluster), problem, make_strategy(strategy, problem, seed=1),
+                    backend, echo=lambda s: None)
+    run.run(6 if strategy in ("structured", "gp") else 10)
+    assert run.history[0].note == "naive" and backend.syncs[0] == "bsp"
+    keys = [schedule_key(problem.space, r.point) for r in run.history]
+    assert len(set(keys)) == len(keys)
+    syncs = [problem.space.sync_of(r.point) for r in run.history]
+    assert syncs == backend.syncs
+    for r, sync in zip(run.history, syncs):
+        assert r.ok, r.status
+        problem.space.decode(r.point).check_against(cluster, job.training.global_batch)
+        assert r.summary.endswith(f"; sync={sync}")
+        assert (tmp_path / "trials" / f"{r.trial:04d}" / "schedule.toml").read_text().startswith(
+            f"# Run under sync = {sync}:")
+    assert len(set(syncs)) > 1, f"{strategy} never changed the synchronisation: {syncs}"
+    best = run.best()
+    assert (tmp_path / "best_schedule.toml").read_text().startswith(
+        f"# Run under sync = {problem.space.sync_of(best.point)}:")
+    table = list(csv.DictReader((tmp_path / "trials.csv").read_text().splitlines()))
+    assert [x["schedule"].rsplit("sync=", 1)[1] for x in table] == syncs
+
+
+def test_without_syncs_backends_are_called_as_before_and_nothing_names_a_sync(setup, tmp_path):
+    cluster, job, problem = setup
+    assert not problem.space.tunes_syncs
+
+    class Plain(Backend):           # a backend from before syncs were tuned: no sync argument
+        def run_trial(self, trial_dir, schedule, trial):
+            return SimBackend(cluster, job, iterations=2).run_trial(trial_dir, schedule, trial)
+    run = TuningRun(tmp_path, settings("random", cluster), problem, make_strategy("random", problem), Plain(),
+                    echo=lambda s: None)
+    run.run(3)
+    assert all(r.ok and "sync" not in r.summary for r in run.history)
+    assert not (tmp_path / "best_schedule.toml").read_text().startswith("#")

@@ -521,3 +521,152 @@ def test_the_model_composes_the_jobs_pull_codec_as_the_simulator_does(slownet):
                                              push_bytes=codecs.push_bytes(d))[0, 0]
                              for pull_bytes in (problem.pull_bytes, problem.model_bytes))
         assert abs(it / sim - 1) < 0.06 and abs(float32_pulls / sim - 1) > 0.19, (choice, it / sim, float32_pulls / sim)
+
+
+# -- ssp and asp ------------------------------------------------------------------------------------
+
+STALE_CASES = (("hetero10a", "cifar"), ("slownet5", "cifar-wide"), ("hetero8", "hetero8"), ("uniform4", "default"))
+
+
+def stale_composition_errors(cluster_name: str, job_name: str, sync: str, points: int = 8) -> list[float]:
+    """composed / simulated - 1 of one global batch under sync, with the simulator's own constants (step
+    times, NICs, update costs), for the naive and balanced schedules and `points` random ones."""
+    from hpcps.config.job import parse_sync_name
+    from hpcps.sim import SimOptions, compute_times, load_profiles, profile_for_job, simulate
+    from hpcps.tune.models.stale import stale_iteration_times
+    cluster = load_cluster(ROOT / f"jobs/clusters/{cluster_name}.toml")
+    job = load_job(ROOT / f"jobs/{job_name}.toml")
+    profiles = load_profiles()
+    problem = problem_for(cluster, job, profiles)
+    prof = profile_for_job(profiles, job.workload, job.model, job.data)
+    mode, staleness = parse_sync_name(sync)
+    bw = np.array([nd.type.nic_bytes_per_s for nd in cluster.nodes])[None, None, :]
+    lat = np.array([nd.type.latency_us * 1e-6 for nd in cluster.nodes])[None, None, :]
+    speed = np.array([nd.type.speed for nd in cluster.nodes])
+    machine = profiles.machine
+    gb = job.training.global_batch
+    space = problem.space
+    errors = []
+    for p in [space.encode(naive(cluster, gb)), space.encode(balanced(cluster, gb))] + \
+            list(space.random_points(points, np.random.default_rng(2))):
+        pl = space.decode(p).to_rank_schedule()
+        sim = simulate(cluster, pl, prof, machine, SimOptions(iterations=4, optimizer="sgd", steady_state=True,
+                                                              sync=mode, staleness=staleness))
+        if not sim.feasible:
+            continue
+        d = decode_many(space, space.repair(p)[None])
+        comp = np.zeros(len(cluster))
+        for w, t in zip(pl.schedule.workers, compute_times(cluster, pl, prof)):
+            comp[cluster.index(pl.rank_nodes[w.rank])] += t
+        shard = problem.model_bytes / d.servers.sum() / speed
+        agg = (machine.aggregate_s_per_byte_per_worker * d.workers.sum() + machine.update_cost("sgd")) * shard
+        one = (machine.aggregate_s_per_byte_per_worker + machine.update_cost("sgd")) * shard
+        it = stale_iteration_times(mode, staleness, d.servers, d.workers, comp[None, None], bw, lat, agg[None, None],
+                                   np.where(d.servers, one, 0.0)[None], problem.model_bytes, d.batches)[0, 0]
+        errors.append(it / sim.iteration_time_s - 1)
+    return errors
+
+
+@pytest.mark.parametrize("sync", ["ssp1", "ssp2", "asp"])
+def test_the_stale_composition_matches_the_simulator_with_true_constants(sync):
+    """The time of a global batch under ssp and asp composed from the true constants against the
+    simulator, on the naive, balanced and eight random schedules of four bundled clusters (hetero10a,
+    slownet5, hetero8, uniform4). Measured median |error| per cluster: ssp1 2.2%, 2.0%, 0.5%, 1.6%;
+    ssp2 4.8%, 2.4%, 1.0%, 2.4%; asp 4.3%, 3.9%, 1.9%, 1.1%; over the 40 schedules of a mode 0.8%
+    (ssp1), 2.2% (ssp2), 2.0% (asp), with 80%, 78% and 72% of them within 10%. The bounds below are
+    set from those. A known gap: some schedules are off by a sixth to a half. Under ssp they come out
+    fast (down to -33%, schedules with few servers, or servers on slow NICs): the composition counts a
+    server NIC's mean load per round, not the queue that the pushes of workers held at the bound and
+    released together build there. Under asp the worst come out slow (+44% on hetero10a, +54% on
+    slownet5: a server's load is 1.6 of its time): every worker's rate is scaled down by the busiest
+    server's load, where in the simulator workers whose pushes go elsewhere lose less; with servers near
+    saturation (load 0.8 to 0.9) they come out fast, by up to 27%, for want of the queue as under ssp."""
+    errors = {case: np.abs(stale_composition_errors(*case, sync)) for case in STALE_CASES}
+    medians = {case: float(np.median(e)) for case, e in errors.items()}
+    assert all(m < 0.06 for m in medians.values()), medians
+    together = np.concatenate(list(errors.values()))
+    assert np.median(together) < 0.03, medians
+    assert np.mean(together < 0.1) >= 0.7, together
+
+
+def test_the_structured_model_predicts_what_the_synchronisation_changes():
+    """Fitted to five simulated trials on hetero8 (two of them under asp), the model's prediction of a
+    schedule moves with its sync as the simulator's time does: asp about twice as fast as bsp on the
+    balanced schedule, ssp1 in between (close to bsp)."""
+    from hpcps.tune.backends.sim import SimBackend
+    cluster = load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+    job = load_job(ROOT / "jobs/hetero8.toml")
+    problem = problem_for(cluster, job, syncs=("asp", "ssp1"))
+    space = problem.space
+    assert space.syncs == ("bsp", "ssp1", "asp")
+    backend = SimBackend(cluster, job, iterations=3, seed=2)
+    gb = problem.global_batch
+    trials = [space.encode(naive(cluster, gb)), space.encode(naive(cluster, gb), "asp")]
+    trials += [space.repair(p) for p in space.random_points(3, np.random.default_rng(7))]
+    X, Y, obs = [], [], []
+    for i, p in enumerate(trials):
+        r = backend.run_trial(None, space.decode(p), i + 1, sync=space.sync_of(p))
+        X.append(p)
+        Y.append([r.iteration_time_s])
+        obs.append((p, r.observations))
+    model = StructuredModel(problem, seed=0)
+    model.set_data(np.array(X), np.array(Y))
+    model.set_observations(obs)
+    model.optimize()
+    test = np.array([space.encode(balanced(cluster, gb), s) for s in space.syncs])
+    truth = np.array([backend.true_time(space.decode(p), sync=space.sync_of(p)) for p in test])
+    pred = model.predict_mean(test)
+    assert truth[2] < 0.6 * truth[0]
+    np.testing.assert_allclose(pred / pred[0], truth / truth[0], rtol=0.15)
+
+
+def test_under_ssp_a_slow_pull_bounds_the_pace_by_the_staleness():
+    """One worker on a 1 Gb/s node pushing sign-coded slices (a thirty-second of float32) of the
+    11M-parameter job to a server on another, pulling float32 back: its step and push take 55 ms, a pull
+    350 ms. A clock c needs round c - s - 1 aggregated and pulled, so a global batch takes about
+    (update + pull) / s, and when pulls are slower than a round the server sends only the newest version
+    once the previous pull is in, which adds half a pull on average. Simulated 355, 237 and 129 ms for
+    s = 1, 2, 4; composed within 0.2%, 13% (the half pull is a mean) and 4%."""
+    from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker
+    from hpcps.sim import SimOptions, compute_times, load_profiles, profile_for_job, simulate
+    from hpcps.tune.models.stale import stale_iteration_times
+    cluster = load_cluster(ROOT / "jobs/clusters/slownet5.toml")
+    job = load_job(ROOT / "jobs/cifar-wide.toml")
+    profiles = load_profiles()
+    prof = profile_for_job(profiles, job.workload, job.model, job.data)
+    problem = problem_for(cluster, job, profiles, codecs=("sign",))
+    schedule = NodeSchedule((NodePlan("g1", False, (NodeWorker(2, 8, "sign"),)), NodePlan("g2", True, ())))
+    pl = schedule.to_rank_schedule()
+    d = decode_many(problem.space, problem.space.encode(schedule)[None])
+    codecs = StructuredModel(problem).codecs
+    comp = np.zeros(len(cluster))
+    for w, t in zip(pl.schedule.workers, compute_times(cluster, pl, prof)):
+        comp[cluster.index(pl.rank_nodes[w.rank])] += t
+    bw = np.array([nd.type.nic_bytes_per_s for nd in cluster.nodes])[None, None, :]
+    lat = np.array([nd.type.latency_us * 1e-6 for nd in cluster.nodes])[None, None, :]
+    speed = np.array([nd.type.speed for nd in cluster.nodes])
+    machine = profiles.machine
+    agg = (machine.aggregate_s_per_byte_per_worker + machine.update_cost("sgd")) * problem.model_bytes / speed
+    agg = np.where(d.servers[0], agg + codecs.decode_s(d)[0], 0.0)[None, None]
+    times = {}
+    for s, rel in ((1, 0.01), (2, 0.15), (4, 0.05)):
+        sim = simulate(cluster, pl, prof, machine, SimOptions(iterations=6, steady_state=True, sync="ssp",
+                                                              staleness=s)).iteration_time_s
+        it = stale_iteration_times("ssp", s, d.servers, d.workers, (comp + codecs.encode_s(d)[0])[None, None], bw,
+                                   lat, agg, agg, problem.pull_bytes, d.batches, codecs.push_bytes(d))[0, 0]
+        assert it == pytest.approx(sim, rel=rel), s
+        times[s] = sim
+    assert times[4] < times[2] < 0.7 * times[1]
+
+
+def test_a_job_under_asp_is_composed_as_asp_without_syncs_to_choose():
+    """Without --syncs the model composes the job's own synchronisation: for an asp job, the asp
+    composition (no sync parameter in the space), for a bsp job the bsp one as before."""
+    from dataclasses import replace
+    cluster = load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+    job = load_job(ROOT / "jobs/hetero8.toml")
+    asp_job = replace(job, training=replace(job.training, sync="asp"))
+    bsp, asp = StructuredModel(problem_for(cluster, job)), StructuredModel(problem_for(cluster, asp_job))
+    assert asp.problem.syncs == ("asp",) and not asp.space.tunes_syncs and asp.sync_modes == [("asp", 0)]
+    point = bsp.space.encode(balanced(cluster, job.training.global_batch))[None]
+    assert asp.predict_mean(point)[0] < 0.7 * bsp.predict_mean(point)[0]

@@ -184,3 +184,58 @@ def test_neighbours_change_codecs_only_where_the_space_has_them(hetero8):
     codecs = {w.codec for _ in range(200) for p in space.decode(neighbour(space, start, rng)).nodes
               for w in p.workers}
     assert codecs == {None, "fp16", "int8"}
+
+
+# -- the synchronisation as a knob ------------------------------------------------------------------
+
+SYNCS = ("bsp", "ssp1", "ssp2", "asp")
+
+
+def test_a_space_without_sync_choice_has_no_sync_parameter_and_draws_as_before(hetero8):
+    plain, one = ScheduleSpace(hetero8, 64), ScheduleSpace(hetero8, 64, syncs=("asp",))
+    assert not plain.tunes_syncs and not one.tunes_syncs and plain.n_dims == one.n_dims == 32
+    np.testing.assert_array_equal(plain.random_points(20, np.random.default_rng(3)),
+                                  one.random_points(20, np.random.default_rng(3)))
+    assert plain.sync_of(plain.encode(naive(hetero8, 64))) == "bsp" and one.sync_of(np.zeros(32)) == "asp"
+
+
+def test_syncs_round_trip_through_points(hetero8):
+    space = ScheduleSpace(hetero8, 64, syncs=SYNCS)
+    assert space.n_dims == 33 and [p.name for p in space.parameter_space().parameters][-1] == "sync"
+    for sync in SYNCS:
+        point = space.encode(naive(hetero8, 64), sync)
+        assert point.shape == (33,) and space.sync_of(point) == sync
+        assert space.sync_of(space.repair(point)) == sync
+        assert canonical(space.decode(point)) == canonical(naive(hetero8, 64))
+    assert space.sync_of(space.encode(naive(hetero8, 64))) == "bsp"          # the job's, first
+    with pytest.raises(ValueError, match="sync 'ssp3' is not one this run may choose"):
+        space.encode(naive(hetero8, 64), "ssp3")
+
+
+def test_random_sync_points_draw_every_sync_and_decode_many_reads_them(hetero8):
+    from hpcps.tune.space import decode_many
+    space = ScheduleSpace(hetero8, 64, syncs=SYNCS)
+    pts = space.random_points(100, np.random.default_rng(1))
+    d = decode_many(space, pts)
+    assert set(d.syncs) == {0, 1, 2, 3}
+    assert [SYNCS[k] for k in d.syncs] == [space.sync_of(p) for p in pts]
+    # The node parameters are those of a space without syncs.
+    plain = decode_many(ScheduleSpace(hetero8, 64), pts[:, :-1])
+    np.testing.assert_array_equal(d.batches, plain.batches)
+
+
+def test_neighbours_change_the_sync_only_where_the_space_has_it(hetero8):
+    from hpcps.tune.strategies import neighbour, schedule_key
+    rng = np.random.default_rng(5)
+    space = ScheduleSpace(hetero8, 64, syncs=SYNCS)
+    start = space.encode(naive(hetero8, 64))
+    assert {space.sync_of(neighbour(space, start, rng)) for _ in range(200)} == set(SYNCS)
+    # The sync is part of what identifies a schedule.
+    assert schedule_key(space, start) != schedule_key(space, space.encode(naive(hetero8, 64), "asp"))
+
+
+def test_the_syncs_of_a_problem_are_the_jobs_first_then_from_the_most_synchronous():
+    from hpcps.tune.problem import space_syncs
+    assert space_syncs("bsp") == ("bsp",)
+    assert space_syncs("asp", ["asp", "ssp10", "bsp", "ssp2"]) == ("asp", "bsp", "ssp2", "ssp10")
+    assert space_syncs("ssp1", ["bsp", "asp", "ssp1"]) == ("ssp1", "bsp", "asp")

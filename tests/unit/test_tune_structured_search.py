@@ -54,3 +54,21 @@ def test_expected_improvement_beats_random_sampling_from_the_same_start(setup, s
     best_searched = min(r.time_s for r in searched)
     best_sampled = min(r.time_s for r in sampled)
     assert best_searched < 0.75 * best_sampled, ([r.time_s for r in searched], [r.time_s for r in sampled])
+
+
+def test_informed_candidates_come_under_every_allowed_sync():
+    """Where the run tunes the synchronisation, each schedule built from the model is offered under
+    each allowed one (the pool's random points alone would rarely pair a good schedule with asp)."""
+    from hpcps.tune.models.structured import StructuredModel
+    from hpcps.tune.space import decode_many
+    from hpcps.tune.strategies.structured import informed_candidates
+    cluster = load_cluster(ROOT / "jobs/clusters/hetero8.toml")
+    job = load_job(ROOT / "jobs/hetero8.toml")
+    plain = StructuredModel(problem_for(cluster, job))
+    model = StructuredModel(problem_for(cluster, job, syncs=("ssp1", "asp")))
+    base = informed_candidates(plain)
+    X = informed_candidates(model)
+    d = decode_many(model.space, X)
+    assert len(X) == 3 * len(base)
+    for k in range(3):
+        np.testing.assert_array_equal(X[d.syncs == k][:, :-1], base)

@@ -39,6 +39,8 @@ def test_a_trial_is_train_under_testbed_run():
                         str(CLUSTER.resolve()), "--schedule", "/t/schedule.toml", "--trace", "/t/trace.h5",
                         "--iterations", "7", "--quiet"]
     assert backend(dilation=30).command(Path("s"), Path("t"), 1)[7] == "30"
+    # A trial under another synchronisation (tune --syncs) tells hpcps.train so.
+    assert b.command(Path("/t/schedule.toml"), Path("/t/trace.h5"), 5, "ssp2")[-3:] == ["--sync", "ssp2", "--quiet"]
 
 
 def test_trial_names_are_testbed_names():

@@ -1,6 +1,8 @@
 """Where trials run. Every backend is a hpcps.tune.trials.Backend:
 
-    backend.run_trial(trial_dir, schedule, trial) -> TrialResult(status, iteration_time_s, observations, ...)
+    backend.run_trial(trial_dir, schedule, trial[, sync]) -> TrialResult(status, iteration_time_s, observations, ...)
+
+(sync: the trial's synchronisation, bsp, asp or sspN, given where the run tunes it: tune --syncs.)
 
 `sim` runs the simulator (ground truth for benchmarks), `local` runs real MPI jobs that emulate the
 cluster on this machine, `testbed` runs them on a testbed of this machine (real shaped links between

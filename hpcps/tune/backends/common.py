@@ -4,7 +4,7 @@ hpcps.failure's.)
 
 A real trial runs
 
-    python -m hpcps.train --job J --cluster C --schedule S --trace TRIAL_DIR/trace.h5 --iterations K --quiet
+    python -m hpcps.train --job J --cluster C --schedule S --trace TRIAL_DIR/trace.h5 --iterations K [--sync M] --quiet
 
 (under mpiexec for the local backend, as a Slurm job step or job for the slurm backend). Its time is the
 mean of the traced iterations past the first SKIP (start-up).
@@ -31,10 +31,12 @@ ROOT = Path(__file__).resolve().parents[3]      # the project: on every rank's P
 
 
 def train_argv(python: str, job_path: Path, cluster_path: Path, schedule_path: Path, trace_path: Path,
-               iterations: int) -> list[str]:
-    """The command line of one rank of a trial (without the launcher in front)."""
+               iterations: int, sync: str | None = None) -> list[str]:
+    """The command line of one rank of a trial (without the launcher in front); sync (bsp, asp, sspN)
+    overrides the job's synchronisation (None: the job's own, and no --sync)."""
     return [python, "-m", "hpcps.train", "--job", str(job_path), "--cluster", str(cluster_path),
-            "--schedule", str(schedule_path), "--trace", str(trace_path), "--iterations", str(iterations), "--quiet"]
+            "--schedule", str(schedule_path), "--trace", str(trace_path), "--iterations", str(iterations),
+            *(["--sync", sync] if sync is not None else []), "--quiet"]
 
 
 def rank_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:

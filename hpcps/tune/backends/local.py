@@ -91,11 +91,12 @@ class LocalBackend(Backend):
     def watch_stop(self, stop_requested: StopRequested) -> None:
         self._stop_requested = stop_requested
 
-    def command(self, schedule_path: Path, trace_path: Path, n_ranks: int) -> list[str]:
+    def command(self, schedule_path: Path, trace_path: Path, n_ranks: int, sync: str | None = None) -> list[str]:
         return [self.mpiexec or "mpiexec", "-n", str(n_ranks),
-                *train_argv(self.python, self.job_path, self.cluster_path, schedule_path, trace_path, self.iterations)]
+                *train_argv(self.python, self.job_path, self.cluster_path, schedule_path, trace_path, self.iterations,
+                            sync)]
 
-    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int) -> TrialResult:
+    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int, sync: str | None = None) -> TrialResult:
         t0 = time.perf_counter()
         trial_dir = Path(trial_dir).resolve()
         if self.mpiexec is None:
@@ -103,7 +104,7 @@ class LocalBackend(Backend):
         sched_path = trial_dir / "schedule.toml"
         write_node_schedule(schedule, sched_path)
         trace_path = trial_dir / "trace.h5"
-        cmd = self.command(sched_path, trace_path, schedule.n_ranks)
+        cmd = self.command(sched_path, trace_path, schedule.n_ranks, sync)
         (trial_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
         env = rank_env(extra={**self.env, TRIAL_ENV: str(trial_dir)})
         with (trial_dir / "output.log").open("w") as out:

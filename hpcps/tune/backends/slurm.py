@@ -102,7 +102,7 @@ class SlurmBackend(Backend):
 
     # ---- a trial ---------------------------------------------------------------------------------------
 
-    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int) -> TrialResult:
+    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int, sync: str | None = None) -> TrialResult:
         t0 = time.perf_counter()
         trial_dir = Path(trial_dir).resolve()
         sched_path = trial_dir / "schedule.toml"
@@ -110,7 +110,7 @@ class SlurmBackend(Backend):
         trace_path = trial_dir / "trace.h5"
         rank_nodes = list(schedule.to_rank_schedule().rank_nodes)
         nodes = list(dict.fromkeys(rank_nodes))
-        cmd = train_argv(self.python, self.job_path, self.cluster_path, sched_path, trace_path, self.iterations)
+        cmd = train_argv(self.python, self.job_path, self.cluster_path, sched_path, trace_path, self.iterations, sync)
         full = rank_env(extra=self.env)
         env = {k: full[k] for k in ("PYTHONPATH", "OMP_NUM_THREADS", *self.env)}
         try:

@@ -53,17 +53,18 @@ class TestbedBackend(LocalBackend):
         self.dilation = float(dilation) if dilation is not None else default_dilation(cluster, _profile(job))
         self._testbed = trial_name(0)
 
-    def command(self, schedule_path: Path, trace_path: Path, n_ranks: int) -> list[str]:
+    def command(self, schedule_path: Path, trace_path: Path, n_ranks: int, sync: str | None = None) -> list[str]:
         return [self.python, "-m", "hpcps.testbed", "run", "--cluster", str(self.cluster_path),
                 "--dilation", f"{self.dilation:g}", "--name", self._testbed, "--schedule", str(schedule_path),
                 "--quiet", "--",
-                *train_argv(self.python, self.job_path, self.cluster_path, schedule_path, trace_path, self.iterations)]
+                *train_argv(self.python, self.job_path, self.cluster_path, schedule_path, trace_path, self.iterations,
+                            sync)]
 
-    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int) -> TrialResult:
+    def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int, sync: str | None = None) -> TrialResult:
         from hpcps.testbed import control
         self._testbed = trial_name(trial)
         try:
-            return super().run_trial(trial_dir, schedule, trial)
+            return super().run_trial(trial_dir, schedule, trial, sync)
         finally:
             # `run` takes its testbed down itself, unless it was killed first (a timeout past the grace).
             control.down(self._testbed)

@@ -1,5 +1,5 @@
 """The structured model of iteration time, after BOAT: machine models per node type and a network model,
-composed into the time of one synchronous iteration, wrapped as an Emukit IModel.
+composed into the time of one iteration (a global batch), wrapped as an Emukit IModel.
 
     predict(X)  X (n_points, n_dims) encoded schedules -> mean, variance of iteration seconds, (n_points, 1)
 
@@ -7,7 +7,11 @@ For each posterior sample of the constants (Laplace, see machine.py and network.
 time and NIC are predicted and composed (network.iteration_times): the slowest worker's pull, compute
 and push, with server contention, then the last server's update. Servers' update times are linear in
 bytes and workers (fitted). Each worker's push codec sets its push bytes and adds its calibrated encode
-and decode times (codecs.py); the machine and update fits see the measured times less those. What the
+and decode times (codecs.py); the machine and update fits see the measured times less those. Under ssp
+and asp (the job's training.sync, or the schedule's sync where the run tunes it) the same node times are
+composed into the time of a global batch with each worker at its own pace (stale.py); the network is
+fitted to the trials run under bsp only (their pull and push windows are what iteration_times
+composes; with none, the cluster file's NICs stand), the update cost to bsp and ssp trials. What the
 composition still misses on whole trials is a Gaussian process over a few summary features of the
 schedule, on the log of measured / composed time. Every rank and iteration of every trial is a data
 point for the constants; only the correction works per trial.
@@ -26,6 +30,7 @@ from hpcps.tune.models.codecs import CodecModel
 from hpcps.tune.models.machine import MachineModel
 from hpcps.tune.models.network import Exchange, NetworkModel, iteration_times
 from hpcps.tune.models.posterior import fit_residual_gp
+from hpcps.tune.models.stale import stale_iteration_times
 from hpcps.tune.problem import Problem
 from hpcps.tune.space import DecodedBatch, decode_many
 
@@ -102,6 +107,10 @@ class StructuredModel(IModel):
         self.network = NetworkModel(cl)
         self.aggregate = AggregateModel(cl)
         self.codecs = CodecModel(problem)
+        # Per allowed synchronisation: (mode, staleness) as composed, ssp0 as bsp (its timeline).
+        from hpcps.config.job import parse_sync_name
+        self.sync_modes = [parse_sync_name(name, allow_ssp0=True) for name in problem.syncs]
+        self.sync_modes = [("bsp", 0) if mode == ("ssp", 0) else mode for mode in self.sync_modes]
         self.n_samples = n_samples
         self.seed = seed
         self._X = np.zeros((0, self.space.n_dims))
@@ -147,8 +156,13 @@ class StructuredModel(IModel):
             self.machine.fit(all_obs)
             net_trials, agg_rows = [], []
             for d, (_, measured), o in zip(decoded, self._trials, obs):
+                mode = self.sync_modes[int(d.syncs[0])][0]
                 push = self.codecs.push_bytes(d)
-                net_trials.append((d.servers[0], d.workers[0], measured) + ((push[0],) if push is not None else ()))
+                if mode == "bsp":
+                    net_trials.append((d.servers[0], d.workers[0], measured)
+                                      + ((push[0],) if push is not None else ()))
+                if mode == "asp":          # each push applied on its own: not a round's aggregation
+                    continue
                 m = int(d.servers[0].sum())
                 w = int(d.workers[0].sum())
                 for row in o[o["server"] & (o["aggregate_s"] > 0)]:
@@ -256,22 +270,49 @@ class StructuredModel(IModel):
         of the iterations a trial averages."""
         d = decode_many(self.space, X)
         comp, bw, lat, agg = self._node_times(d, samples)
-        mb = self.problem.pull_bytes
-        push = self.codecs.push_bytes(d)
-        it = cast(np.ndarray, iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb, push_bytes=push))
+        it = self._global_batch_times(d, comp, bw, lat, agg)
         sigma = self.machine.noise_sd
         if noisy and samples > 1 and sigma > 0:
             factor = np.exp(sigma * self._noise[:samples] - sigma ** 2 / 2)
-            excess = cast(np.ndarray, iteration_times(d.servers, d.workers, comp * factor, bw, lat, agg, mb,
-                                                      push_bytes=push)) - it
+            excess = self._global_batch_times(d, comp * factor, bw, lat, agg) - it
             mean_excess = excess.mean(0, keepdims=True)
             it = it + mean_excess + (excess - mean_excess) / math.sqrt(self._iterations)
         it = np.where(d.feasible[None], it, np.inf)
         return it, self._summary(d, it.mean(0))
 
+    def _global_batch_times(self, d: DecodedBatch, comp: np.ndarray, bw: np.ndarray, lat: np.ndarray,
+                            agg: np.ndarray) -> np.ndarray:
+        """(S, n) seconds of a global batch: the bsp iteration, or where a candidate runs under ssp or
+        asp, the stale composition of the same node times."""
+        mb = self.problem.pull_bytes
+        push = self.codecs.push_bytes(d)
+        it = cast(np.ndarray, iteration_times(d.servers, d.workers, comp, bw, lat, agg, mb, push_bytes=push))
+        for k, (mode, staleness) in enumerate(self.sync_modes):
+            rows = d.syncs == k
+            if mode == "bsp" or not rows.any():
+                continue
+            sub = DecodedBatch(d.servers[rows], d.batches[rows], d.threads[rows], d.feasible[rows],
+                               d.codecs[rows], d.syncs[rows])
+            it[:, rows] = stale_iteration_times(
+                mode, staleness, sub.servers, sub.workers, comp[:, rows], bw, lat, agg[:, rows],
+                self._apply_one(sub)[None], mb, sub.batches, push[rows] if push is not None else None)
+        return it
+
+    def _apply_one(self, d: DecodedBatch) -> np.ndarray:
+        """(n, N) seconds a server spends applying one worker's push of its shard under asp: the update
+        model's cost with one worker, and one push's share of the decoding."""
+        m = np.maximum(d.servers.sum(1), 1)
+        one = self.aggregate.predict(self.problem.model_bytes / m, np.ones(len(m)))
+        if self.codecs.has_costs:
+            one = one + self.codecs.decode_s(d) / np.maximum(d.workers.sum(1, keepdims=True), 1)
+        return np.where(d.servers, one, 0.0)
+
     def _summary(self, d: DecodedBatch, base: np.ndarray) -> np.ndarray:
         N = len(self.problem.cluster)
-        return np.column_stack([np.log(np.maximum(base, 1e-9)), d.servers.sum(1) / N, d.workers.sum(1) / N])
+        features = [np.log(np.maximum(base, 1e-9)), d.servers.sum(1) / N, d.workers.sum(1) / N]
+        if self.space.tunes_syncs:          # the composition may miss differently under each
+            features.append(d.syncs / (len(self.space.syncs) - 1))
+        return np.column_stack(features)
 
     def _moments(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n,) mean and variance of seconds over the samples, the correction applied (log-normal)."""

@@ -49,23 +49,30 @@ class Strategy:
 
 
 def schedule_key(space: ScheduleSpace, point: np.ndarray) -> bytes:
-    """What identifies the schedule a point runs: its repaired servers, batches, threads (and codecs)."""
-    p = np.asarray(space.repair(point)).reshape(len(space.cluster), space.n_fields).copy()
+    """What identifies the schedule a point runs: its repaired servers, batches, threads (and codecs, and
+    the synchronisation)."""
+    repaired = space.repair(point)
+    p = space.node_fields(repaired)
     p[:, 2] = np.rint(p[:, 2] * space.global_batch)
     p[p[:, 1] < 0.5, 3] = 0
-    return np.rint(p).astype(np.int64).tobytes()
+    return np.rint(space.with_node_fields(p, space.sync_index(repaired))).astype(np.int64).tobytes()
 
 
 def neighbour(space: ScheduleSpace, point: np.ndarray, rng: np.random.Generator,
               moves: int | None = None) -> np.ndarray:
     """A random nearby point: one to three changes among flipping a server or a worker, moving part of
     one worker's batch to another, changing one node's threads, and (where the space tunes codecs)
-    giving one node's worker another codec."""
+    giving one node's worker another codec, and (where the space tunes the synchronisation) running under
+    another one."""
     n = len(space.cluster)
-    p = np.asarray(point, dtype=float).reshape(n, space.n_fields).copy()
+    p = space.node_fields(point)
+    sync = space.sync_index(point)
+    # The kinds of move this space has: 4 always, then a codec's, then a sync's (without either, the
+    # draws are what they always were).
+    kinds = [0, 1, 2, 3] + ([4] if space.tunes_codecs else []) + ([5] if space.tunes_syncs else [])
     for _ in range(moves or int(rng.integers(1, 4))):
         i = int(rng.integers(n))
-        kind = int(rng.integers(5 if space.tunes_codecs else 4))
+        kind = kinds[int(rng.integers(len(kinds)))]
         if kind == 0:
             p[i, 0] = 1 - p[i, 0]
         elif kind == 1:
@@ -81,7 +88,10 @@ def neighbour(space: ScheduleSpace, point: np.ndarray, rng: np.random.Generator,
         elif kind == 3:
             top = max_threads(space.cluster.nodes[i].type.cores)
             p[i, 3] = int(np.clip(p[i, 3] + rng.choice([-2, -1, 1, 2]), 1, top))
-        else:
+        elif kind == 4:
             others = [k for k in range(len(space.codecs)) if k != int(round(p[i, 4]))]
             p[i, 4] = others[int(rng.integers(len(others)))]
-    return p.reshape(-1)
+        else:
+            others = [k for k in range(len(space.syncs)) if k != sync]
+            sync = others[int(rng.integers(len(others)))]
+    return space.with_node_fields(p, sync)

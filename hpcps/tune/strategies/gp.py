@@ -3,7 +3,7 @@ regression with a Matern 5/2 kernel) straight over the encoded space, on log ite
 expected improvement maximised by Emukit's local search for mixed spaces.
 
 Inputs are scaled to [0, 1] per dimension (threads run to 2 x cores, a codec index to the number of
-codecs less one, the rest already lie in [0, 1]).
+codecs less one, the sync index to the number of syncs less one, the rest already lie in [0, 1]).
 The first trials are the naive schedule and INITIAL - 1 random points.
 """
 
@@ -72,6 +72,8 @@ class GPStrategy(Strategy):
             scale[F * i + 3] = 2 * node.type.cores
             if self.space.tunes_codecs:
                 scale[F * i + 4] = len(self.space.codecs) - 1
+        if self.space.tunes_syncs:
+            scale[-1] = len(self.space.syncs) - 1
         kernel = GPy.kern.Matern52(self.space.n_dims, variance=1.0, lengthscale=1.0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -8,6 +8,8 @@ batches in proportion to it, put servers on the best-connected nodes, and then t
     5. where the run may choose push codecs (tune --codecs): the allowed codec that puts the fewest
        bytes on the wire (if it is not the job's own) for the workers on the slowest NICs, then on the
        next slowest too, while that helps: a slow NIC is where a push takes longest;
+    6. where the run may choose the synchronisation (tune --syncs): each other allowed one in turn on
+       the best setting so far (the choice is the user's to allow: convergence is not measured);
 
 and after that keep re-balancing the best setting with the latest measurements, or try small changes
 around it. Each trial's Proposal.setting records its Setting, which is how the next call knows where
@@ -32,17 +34,20 @@ class Setting(NamedTuple):
     drop: int               # node types left out, slowest first
     balance: str            # "prop": batches in proportion to speed; "affine": equal step times
     compress: int = 0       # NIC speeds, slowest first, whose workers push with the smallest allowed codec
+    sync: int = 0           # index into the allowed synchronisations (0: the job's)
 
     @property
     def note(self) -> str:
         return "heuristic threads={} servers={} drop={} balance={}".format(*self) + \
-            (f" compress={self.compress}" if self.compress else "")
+            (f" compress={self.compress}" if self.compress else "") + (f" sync={self.sync}" if self.sync else "")
 
     def to_json(self) -> dict:
-        """What Proposal.setting keeps (compress only when set: a run without codecs keeps what it kept)."""
+        """What Proposal.setting keeps (compress and sync only when set: a run without codecs or syncs
+        keeps what it kept)."""
         d = self._asdict()
-        if not self.compress:
-            del d["compress"]
+        for optional in ("compress", "sync"):
+            if not d[optional]:
+                del d[optional]
         return d
 
 
@@ -122,16 +127,16 @@ class HeuristicStrategy(Strategy):
                 d += 1
             else:
                 break
-        if self.smallest_codec() == 0:
-            return
         c = 0
-        while c < len(self.nic_speeds()):
+        while self.smallest_codec() != 0 and c < len(self.nic_speeds()):
             cfg = Setting(th, m, d, bal, c + 1)
             yield cfg
             if t(cfg) < t(Setting(th, m, d, bal, c)):
                 c += 1
             else:
                 break
+        for k in range(1, len(self.space.syncs)):
+            yield Setting(th, m, d, bal, c, k)
 
     # -- building a schedule from a setting ---------------------------------------------------------
 
@@ -160,7 +165,7 @@ class HeuristicStrategy(Strategy):
         if cfg.compress and self.space.tunes_codecs:
             behind = np.array([node.type.nic_gbps for node in cl.nodes]) <= self.nic_speeds()[cfg.compress - 1]
             p[behind, 4] = self.smallest_codec()
-        return self.space.repair(p.reshape(-1))
+        return self.space.repair(self.space.with_node_fields(p, cfg.sync))
 
     def _speeds(self, obs: np.ndarray | None, threads: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per node: measured samples per second (batch over step time, at the given threads when measured

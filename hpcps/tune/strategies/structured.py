@@ -12,7 +12,8 @@ The acquisition optimiser scores a pool of candidates and refines the best with 
   best per node or one, and batches that equalise the predicted pull + compute + push of the workers;
   where the run may choose codecs, each of these with the job's codec on every worker, each other
   allowed codec on every worker, and per worker the codec whose encoding and push over its NIC are
-  predicted shortest (on every node, and on the nodes slower than the best-connected only);
+  predicted shortest (on every node, and on the nodes slower than the best-connected only); where the
+  run may choose the synchronisation, each of these under each allowed one;
 - random points of the space, and random neighbours of the best measured schedules.
 
 The pool is screened with the model's mean (cheap), the best few hundred are scored by expected
@@ -132,7 +133,7 @@ class StructuredStrategy(Strategy):
         speed = np.array([node.type.speed for node in cl.nodes])
         p[:, 2] = speed / speed.sum()
         p[:, 3] = [node.type.cores for node in cl.nodes]
-        return self.space.repair(p.reshape(-1))
+        return self.space.repair(self.space.with_node_fields(p))
 
 
 class Tabu(Acquisition):
@@ -161,7 +162,8 @@ def _row_key(space: ScheduleSpace, X: np.ndarray) -> list[bytes]:
     d = decode_many(space, np.atleast_2d(X))
     key = np.concatenate([d.servers.astype(np.int64), np.rint(d.batches).astype(np.int64),
                           np.where(d.workers, d.threads, 0).astype(np.int64)]
-                         + ([d.codecs.astype(np.int64)] if space.tunes_codecs else []), axis=1)
+                         + ([d.codecs.astype(np.int64)] if space.tunes_codecs else [])
+                         + ([d.syncs[:, None].astype(np.int64)] if space.tunes_syncs else []), axis=1)
     return [row.tobytes() for row in key]
 
 
@@ -296,11 +298,11 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
         k = equalise(G, uu, vv, np.isin(np.arange(n), workers), caps)
         X3[c, :, 1] = k > 0
         X3[c, :, 2] = k / max(k.sum(), 1e-12)
-    X = X3.reshape(len(combos), -1)
-    # Second pass: equalise pull + compute + push, the network times taken from the first pass.
-    parts = model.compose_parts(X)
+    # Second pass: equalise pull + compute + push, the network times taken from the first pass (of a
+    # synchronous iteration: the parts the model reports).
+    parts = model.compose_parts(space.with_node_fields(X3))
     net = parts["pull"] + parts["push"]
-    X2 = X.reshape(len(combos), n, F).copy()
+    X2 = X3.copy()
     for c, (_, _, _, uu, vv, _) in enumerate(combos):
         use = X2[c, :, 1] > 0
         k = equalise(G, uu + net[c], vv, use, caps)
@@ -308,7 +310,8 @@ def informed_candidates(model: StructuredModel, max_sets: int = 24) -> np.ndarra
         X2[c, :, 2] = k / max(k.sum(), 1e-12)
     # Not repaired: the model reads shares as batches exactly, and repairing thousands of points one by
     # one in Python would cost more than scoring them; the point chosen is repaired before it runs.
-    return np.concatenate([X, X2.reshape(len(combos), -1)])
+    both = np.concatenate([X3, X2])
+    return np.concatenate([space.with_node_fields(both, k) for k in range(len(space.syncs))])
 
 
 def codec_options(model: StructuredModel, bandwidth: np.ndarray) -> list[np.ndarray]:
