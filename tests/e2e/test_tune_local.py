@@ -46,3 +46,30 @@ def test_kill_9_of_the_tuner_ends_its_trial_and_resume_reruns_it(tmp_path, trial
     assert [r["trial"] for r in rows] == ["1"] and rows[0]["status"].startswith("timeout: "), rows
     assert not marked_processes(trial_dir)
     assert Path(trial_dir, "output.log").is_file()
+
+
+def test_the_mode_the_tuner_chooses_is_the_mode_the_trial_runs_and_is_timed_by(tmp_path):
+    """--syncs bsp,asp with real MPI trials: the random search's second trial (seed 6) is asp; its ranks
+    run asp (the trace says so) and its time is one global batch at the workers' own rates, not the
+    iteration rows' first-starter gaps."""
+    import numpy as np
+
+    from hpcps.trace import open_trace
+    from hpcps.trace.derive import own_step_rates
+    from hpcps.tune.backends.common import SKIP
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hpcps.tune", "--job", str(ROOT / "jobs/default.toml"), "--cluster",
+           str(ROOT / "jobs/clusters/uniform4.toml"), "--backend", "local", "--strategy", "random", "--budget", "2",
+           "--seed", "6", "--syncs", "bsp,asp", "--iterations", "12", "--out", str(out)]
+    res = subprocess.run(cmd, cwd=ROOT, env=mpi_env(), capture_output=True, text=True, timeout=400)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
+    assert [r["status"] for r in rows] == ["ok", "ok"], rows
+    assert rows[0]["schedule"].endswith("sync=bsp") and rows[1]["schedule"].endswith("sync=asp"), rows
+    tr = open_trace(out / "trials" / "0002" / "trace.h5")
+    assert tr.attrs["sync"] == "asp"
+    batch = dict(zip(tr.ranks["rank"].tolist(), tr.ranks["batch"].tolist()))
+    rate = sum(own_step_rates(tr.events, {w: batch[w] for w in tr.workers.tolist()}, SKIP).values())
+    assert float(rows[1]["iteration_time_s"]) == pytest.approx(tr.global_batch / rate, rel=1e-5)
+    assert open_trace(out / "trials" / "0001" / "trace.h5").attrs["sync"] == "bsp"
+    assert np.isfinite(float(rows[0]["iteration_time_s"]))
