@@ -82,3 +82,15 @@ def test_a_host_buffer_is_written_in_place():
     mem = np.zeros(5, dtype=np.float32)
     ExchangeBuffer(mem, "host").write_from_host(1, 3, np.array([4, 5], np.float32))
     assert mem.tolist() == [0, 4, 5, 0, 0]
+
+
+def test_refusals_name_the_way_out(monkeypatch):
+    from hpcps.comm.buffers import choose_transport
+    monkeypatch.delenv("HPCPS_GPU_TRANSPORT", raising=False)
+    with pytest.raises(TransportError) as e:
+        choose_transport("host", on_device=True)
+    assert str(e.value) == "transport 'host' cannot move device buffers; use direct or staged"
+    with pytest.raises(TransportError) as e:
+        choose_transport("direct", on_device=True, cuda_aware=lambda: False)
+    assert str(e.value) == ("GPU transport 'direct' needs an MPI that can read device memory, and this one cannot "
+                            "(docs/gpu.md); use staged, or launch with a CUDA-aware MPI")
