@@ -194,3 +194,21 @@ def test_reference_steps_are_timed_in_turns_and_alike_workers_share_the_least(pa
     assert e0.measure_reference(c0, None) is None and e0.clock.reference_cpu_s is None and c0.ibarriers == 2
     c1.gathered = [(None, None)]
     assert e1.measure_reference(c1, lambda: None, key=3) == 0.004 and e1.clock.reference_cpu_s == 0.004
+
+
+def test_default_dilation_exactly():
+    from hpcps.emulate.rank import default_dilation
+    from hpcps.sim.engine import compute_times
+    crawl = NodeType("crawl", speed=0.25, cores=2, nic_gbps=1.0)
+    cluster = Cluster("s", (crawl,), (Node("s1", crawl), Node("s2", crawl)))
+    placement = NodeSchedule((NodePlan("s1", True, (NodeWorker(4),)),)).to_rank_schedule()
+    assert default_dilation(cluster, placement) == 1.0                 # 2 x 0.25 is under real time
+    assert default_dilation(CLUSTER, PLACEMENT) == 4.0                 # 2 x the fastest node used (speed 2)
+    # With the profile: each worker's real step here alone, one thread, over its emulated step, doubled.
+    emulated = compute_times(CLUSTER, PLACEMENT, PROFILE)
+    ratios = [PROFILE.step_time(w.batch, 1, 1, 1) / e for w, e in zip(PLACEMENT.schedule.workers, emulated)]
+    assert default_dilation(CLUSTER, PLACEMENT, PROFILE) == pytest.approx(max(4.0, 2.0 * max(ratios)))
+    slow_only = NodeSchedule((NodePlan("b1", True, (NodeWorker(64, 3),)),)).to_rank_schedule()
+    emulated = compute_times(CLUSTER, slow_only, PROFILE)
+    expected = 2.0 * PROFILE.step_time(64, 1, 1, 1) / emulated[0]
+    assert expected > 1.0 and default_dilation(CLUSTER, slow_only, PROFILE) == pytest.approx(expected)
