@@ -77,3 +77,17 @@ def test_a_finished_message_of_an_earlier_iteration_is_not_this_ones(tmp_path, c
     fab.wait(0, 2)
     assert clock.t >= start + 1.0 + 0.1 + 0.011 - 1e-9
     fab.close()
+
+
+def test_a_message_has_arrived_at_its_due_time_exactly(tmp_path, clock):
+    fab = make(tmp_path)
+    fab.post(0, 3, "src")
+    fab.post(0, 3, "dst")
+    clock.t += 1.0
+    assert fab.arrived(0, 3)
+    due = float(fab.slots[2 * 0 + 1, fabric_mod._DONE])
+    clock.t = due
+    assert fab.arrived(0, 3)
+    clock.t = np.nextafter(due, 0.0)
+    assert not fab.arrived(0, 3) and fab.projected_done(0, 3) == due
+    fab.close()
