@@ -212,3 +212,12 @@ def test_default_dilation_exactly():
     emulated = compute_times(CLUSTER, slow_only, PROFILE)
     expected = 2.0 * PROFILE.step_time(64, 1, 1, 1) / emulated[0]
     assert expected > 1.0 and default_dilation(CLUSTER, slow_only, PROFILE) == pytest.approx(expected)
+
+
+def test_close_does_not_fail_on_a_fabric_already_gone(pair):
+    import shutil
+    e0, e1, c0, c1 = pair
+    e1.close(c1)
+    shutil.rmtree(e0._dir)
+    e0.close(c0)                                # the clean-up never fails the run
+    assert not os.path.exists(e0._dir)
