@@ -221,3 +221,18 @@ def test_close_does_not_fail_on_a_fabric_already_gone(pair):
     shutil.rmtree(e0._dir)
     e0.close(c0)                                # the clean-up never fails the run
     assert not os.path.exists(e0._dir)
+
+
+@pytest.mark.parametrize("missing", ["isdir", "access"])
+def test_without_writable_shared_memory_the_fabric_goes_to_the_temporary_directory(monkeypatch, missing):
+    import tempfile
+    real_isdir, real_access = os.path.isdir, os.access
+    if missing == "isdir":
+        monkeypatch.setattr(rank_mod.os.path, "isdir", lambda p: False if p == "/dev/shm" else real_isdir(p))
+    else:
+        monkeypatch.setattr(rank_mod.os, "access", lambda p, m: False if p == "/dev/shm" else real_access(p, m))
+    d = _fabric_dir()
+    try:
+        assert os.path.dirname(d) == tempfile.gettempdir() and os.path.basename(d).startswith("hpcps-fabric-")
+    finally:
+        os.rmdir(d)
