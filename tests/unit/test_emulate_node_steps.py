@@ -1,0 +1,99 @@
+"""NodeClock.run_step and PushSchedule.fractions with controlled clocks: what a step is charged, when
+each piece goes, and what counts as an overrun or a late push (at the boundaries too)."""
+
+import pytest
+
+import hpcps.emulate.node as node_mod
+from hpcps.emulate.node import NodeClock, PushSchedule
+
+
+class Clocks:
+    def __init__(self, monkeypatch, walls, cpus):
+        self.walls, self.cpus = iter(walls), iter(cpus)
+        monkeypatch.setattr(node_mod, "now", lambda: next(self.walls))
+        monkeypatch.setattr(node_mod.time, "thread_time", lambda: next(self.cpus))
+
+
+def holding(clock):
+    held = []
+    clock.hold = lambda started, target, poll=None, count=True: held.append((started, target, poll, bool(count)))
+    return held
+
+
+def test_a_step_is_held_to_its_target_from_its_start(monkeypatch):
+    Clocks(monkeypatch, [50.0], [10.0, 10.004])
+    clock = NodeClock(dilation=2.0, speed=0.5, fixed_s=0.001)
+    held = holding(clock)
+    assert clock.run_step(lambda: "out") == "out"
+    assert held == [(50.0, pytest.approx(2.0 * (0.004 / 0.5 + 0.001)), None, True)]
+
+
+def overlapped(monkeypatch, through, marks, reference=0.25):
+    """A step started at 100.0 (wall) and 8.0 (CPU) whose pieces became ready at CPU times marks,
+    through at wall time through, charged reference."""
+    Clocks(monkeypatch, [100.0, through], [8.0, *marks, marks[-1]])
+    clock = NodeClock(dilation=1.0, speed=1.0, reference_cpu_s=reference)
+    pushed = []
+    poll = object()
+    schedule = PushSchedule(pushed.append, poll)
+    return clock, schedule, pushed, poll
+
+
+def test_pieces_go_at_their_share_of_the_emulated_step(monkeypatch):
+    clock, schedule, pushed, poll = overlapped(monkeypatch, 100.0625, [8.0078125, 8.015625])    # halfway, at the end
+    held = holding(clock)
+
+    def step():
+        schedule.ready(1)
+        schedule.ready(0)
+    clock.run_step(step, pushes=schedule)
+    assert pushed == [1, 0]
+    assert held == [(100.0, 0.125, poll, False), (100.0, 0.25, poll, False), (100.0, 0.25, poll, False)]
+    assert (clock.pushes, clock.late_pushes, clock.overruns, clock.lag_s) == (2, 0, 0, 0.0)
+
+
+def test_a_piece_due_exactly_when_the_step_was_through_is_not_late(monkeypatch):
+    clock, schedule, pushed, _ = overlapped(monkeypatch, 100.125, [8.0078125, 8.015625])
+    holding(clock)
+
+    def step():
+        schedule.ready(1)
+        schedule.ready(0)
+    clock.run_step(step, pushes=schedule)
+    assert (clock.pushes, clock.late_pushes, clock.overruns) == (2, 0, 0)
+
+
+def test_a_step_through_exactly_at_its_target_counts_as_an_overrun(monkeypatch):
+    clock, schedule, pushed, _ = overlapped(monkeypatch, 100.25, [8.015625])
+    holding(clock)
+    clock.run_step(lambda: schedule.ready(4), pushes=schedule)
+    assert (clock.overruns, clock.lag_s, clock.late_pushes, pushed) == (1, 0.0, 0, [4])
+
+
+def test_overruns_and_lag_add_up_over_steps(monkeypatch):
+    clock = NodeClock(dilation=1.0, speed=1.0, reference_cpu_s=0.25)
+    holding(clock)
+    for _ in range(2):
+        Clocks(monkeypatch, [100.0, 100.5], [10.0, 10.01, 10.01])
+        schedule = PushSchedule(lambda q: None, None)
+        clock.run_step(lambda s=schedule: s.ready(0), pushes=schedule)
+    assert clock.overruns == 2 and clock.lag_s == pytest.approx(0.5)
+    assert clock.pushes == 2 and clock.late_pushes == 2
+
+
+def test_each_step_pushes_only_its_own_pieces(monkeypatch):
+    clock = NodeClock(dilation=1.0, speed=1.0, reference_cpu_s=0.25)
+    holding(clock)
+    pushed = []
+    schedule = PushSchedule(pushed.append, None)
+    for q in (7, 8):
+        Clocks(monkeypatch, [100.0, 100.01], [10.0, 10.01, 10.01])
+        clock.run_step(lambda q=q: schedule.ready(q), pushes=schedule)
+    assert pushed == [7, 8] and clock.pushes == 2
+
+
+def test_fractions_are_clipped_to_the_step_and_a_step_without_cpu_time_is_all_at_the_end(monkeypatch):
+    schedule = PushSchedule(None, None)
+    schedule.marks[:] = [(0, 9.0), (1, 10.5), (2, 12.0)]
+    assert schedule.fractions(10.0, 1.0) == [(0, 0.0), (1, 0.5), (2, 1.0)]
+    assert schedule.fractions(10.0, 0.0) == [(0, 1.0), (1, 1.0), (2, 1.0)]
