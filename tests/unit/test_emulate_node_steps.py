@@ -97,3 +97,54 @@ def test_fractions_are_clipped_to_the_step_and_a_step_without_cpu_time_is_all_at
     schedule.marks[:] = [(0, 9.0), (1, 10.5), (2, 12.0)]
     assert schedule.fractions(10.0, 1.0) == [(0, 0.0), (1, 0.5), (2, 1.0)]
     assert schedule.fractions(10.0, 0.0) == [(0, 1.0), (1, 1.0), (2, 1.0)]
+
+
+class FakeTime:
+    """now() and time.sleep() of the node: sleeping moves the clock."""
+
+    def __init__(self, monkeypatch, t):
+        self.t, self.sleeps = t, []
+        monkeypatch.setattr(node_mod, "now", lambda: self.t)
+        monkeypatch.setattr(node_mod.time, "sleep", self.sleep)
+
+    def sleep(self, s):
+        self.sleeps.append(s)
+        assert len(self.sleeps) < 1000, "hold() never returned"
+        self.t += s
+
+
+def test_a_hold_past_its_time_counts_an_overrun_and_the_lag(monkeypatch):
+    ft = FakeTime(monkeypatch, 100.5)
+    clock = NodeClock(dilation=1.0, speed=1.0)
+    clock.hold(100.0, 0.25)
+    clock.hold(100.0, 0.375)
+    assert clock.overruns == 2 and clock.lag_s == 0.25 + 0.125 and ft.sleeps == []
+    clock.hold(100.0, 0.25, count=False)
+    assert clock.overruns == 2 and clock.lag_s == 0.375
+    ft.t = 100.25                              # exactly at its time: no sleep, an overrun of nothing
+    clock.hold(100.0, 0.25)
+    assert clock.overruns == 3 and clock.lag_s == 0.375 and ft.sleeps == []
+
+
+def test_a_hold_without_a_poll_sleeps_the_rest_at_once(monkeypatch):
+    ft = FakeTime(monkeypatch, 100.0)
+    clock = NodeClock(dilation=1.0, speed=1.0)
+    clock.hold(100.0, 0.25)
+    assert ft.sleeps == [0.25] and clock.overruns == 0 and clock.lag_s == 0.0
+
+
+def test_a_hold_with_a_poll_sleeps_in_short_steps_between_polls(monkeypatch):
+    monkeypatch.setattr(node_mod, "HOLD_POLL_S", 2.0 ** -10)
+    ft = FakeTime(monkeypatch, 0.0)
+    polls = []
+
+    def poll():
+        polls.append(ft.t)
+        assert len(polls) < 1000, "hold() never returned"
+    clock = NodeClock(dilation=1.0, speed=1.0)
+    clock.hold(0.0, 2.0 ** -8, poll)
+    assert ft.sleeps == [2.0 ** -10] * 4 and polls == [i * 2.0 ** -10 for i in range(4)] and ft.t == 2.0 ** -8
+    assert clock.overruns == 0
+    ft.sleeps.clear()
+    clock.hold(0.0, 2.0 ** -8 + 2.0 ** -12, poll)          # the last sleep is what is left
+    assert ft.sleeps == [2.0 ** -12]
