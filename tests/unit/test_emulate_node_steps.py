@@ -148,3 +148,36 @@ def test_a_hold_with_a_poll_sleeps_in_short_steps_between_polls(monkeypatch):
     ft.sleeps.clear()
     clock.hold(0.0, 2.0 ** -8 + 2.0 ** -12, poll)          # the last sleep is what is left
     assert ft.sleeps == [2.0 ** -12]
+
+
+class StepClocks:
+    """time.monotonic and time.thread_time of the node, each step of fn taking wall and cpu seconds."""
+
+    def __init__(self, monkeypatch, wall, cpu):
+        self.wall, self.cpu, self.calls, self.m, self.c = wall, cpu, 0, 0.0, 0.0
+        monkeypatch.setattr(node_mod.time, "monotonic", lambda: self.m)
+        monkeypatch.setattr(node_mod.time, "thread_time", lambda: self.c)
+
+    def fn(self):
+        self.calls += 1
+        self.m += self.wall
+        self.c += self.cpu(self.calls) if callable(self.cpu) else self.cpu
+
+
+@pytest.mark.parametrize("wall, runs", [
+    (0.125, 15),          # min_repeats runs, past min_s by then
+    (0.015625, 32),       # min_repeats runs are not min_s seconds: on to 0.5 s
+    (0.75, 5),            # past the 3 s budget after the 5th
+    (0.0, 200),           # at most 200
+])
+def test_fastest_cpu_time_runs_as_its_defaults_say(monkeypatch, wall, runs):
+    sc = StepClocks(monkeypatch, wall, 0.25)
+    assert node_mod.fastest_cpu_time(sc.fn) == 0.25
+    assert sc.calls == 1 + runs                     # and a warm-up
+
+
+def test_fastest_cpu_time_is_the_least_run_after_the_warm_up(monkeypatch):
+    costs = {1: 0.0625, 2: 0.5, 3: 0.125, 4: 0.25}
+    sc = StepClocks(monkeypatch, 1.0, lambda n: costs.get(n, 0.375))
+    assert node_mod.fastest_cpu_time(sc.fn, min_repeats=3, min_s=0.0, budget_s=100.0) == 0.125
+    assert sc.calls == 4
