@@ -56,11 +56,11 @@ def staged(mem, copies):
 
 
 def test_before_send_returns_once_the_copy_to_the_mirror_is_done():
-    mem = np.arange(6, dtype=np.float32)
+    mem = np.arange(1, 7, dtype=np.float32)
     copies = SlowCopies()
     xb = staged(mem, copies)
     xb.before_send(1, 4)
-    assert copies.polls == 3 and xb.view(1, 4).tolist() == [1, 2, 3] and xb.view(0, 6)[4:].tolist() == [0, 0]
+    assert copies.polls == 3 and xb.view(0, 6).tolist() == [0, 2, 3, 4, 0, 0]      # that range only
 
 
 def test_before_send_of_a_host_buffer_does_not_wait():

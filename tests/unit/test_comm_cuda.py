@@ -124,7 +124,7 @@ class FakeTorch:
         self.cuda.current_stream = lambda: self._current
 
     def from_numpy(self, a):
-        return Tensor(self, "host", a)
+        return Tensor(self, "host" if isinstance(a, np.ndarray) else repr(a), a)
 
     def empty(self, n, dtype=None, pin_memory=False):
         self.log.append(("empty", n, dtype, pin_memory))

@@ -133,3 +133,36 @@ def test_other_ranks_of_the_node_and_lone_ranks_do_not_watch(child):
     other.stop()                                   # nothing to join
     alone = RankWatch(Comm(Local(0, [(0, os.getpid())])), "t", interval_s=0.01)
     assert alone.peers == [] and alone._thread is None
+
+
+def test_every_dead_neighbour_is_named_on_one_line(capsys):
+    kids = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    try:
+        comm = Comm(Local(0, [(0, os.getpid()), (2, kids[0].pid), (3, kids[1].pid)]))
+        for k in kids:
+            k.kill()
+            k.wait()
+        w = RankWatch(comm, "t", interval_s=0.01)
+        w._thread.join(10)
+        err = capsys.readouterr().err
+        assert comm.aborted == [1]
+        assert err.startswith(f"t: rank 2 (pid {kids[0].pid}), rank 3 (pid {kids[1].pid}) on ")
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()
+
+
+def test_a_process_named_with_a_parenthesis_is_read_by_its_last_one():
+    code = ("import ctypes, time; ctypes.CDLL(None).prctl(15, b'x) Z', 0, 0, 0); print('ok', flush=True); "
+            "time.sleep(60)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ok"
+        with open(f"/proc/{p.pid}/stat") as f:
+            assert f.read().startswith(f"{p.pid} (x) Z) ")
+        assert process_alive(p.pid)
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()

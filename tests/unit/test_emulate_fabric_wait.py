@@ -91,3 +91,64 @@ def test_a_message_has_arrived_at_its_due_time_exactly(tmp_path, clock):
     clock.t = np.nextafter(due, 0.0)
     assert not fab.arrived(0, 3) and fab.projected_done(0, 3) == due
     fab.close()
+
+
+def exact(tmp_path, lat=0.25, nbytes=1024, bw=8192.0):
+    """One template: nbytes at bw bytes/s (1/8 s by default), then lat."""
+    return SharedFabric(str(tmp_path / "fabric"), [FlowSpec(0, 1, 0, 1, nbytes)], np.full(2, bw),
+                        np.full(2, lat), 1.0, create=True)
+
+
+def test_wait_sleeps_to_the_projected_arrival(tmp_path, clock):
+    fab = exact(tmp_path)
+    fab.post(0, 0, "src")
+    fab.post(0, 0, "dst")
+    fab.wait(0, 0, poll_s=1.0)
+    assert clock.sleeps == [0.375] and clock.t == 100.375
+    fab.close()
+
+
+def test_wait_sleeps_through_the_latency_after_the_last_byte(tmp_path, clock):
+    fab = exact(tmp_path)
+    fab.post(0, 0, "src")
+    fab.post(0, 0, "dst")
+    clock.t = 100.25                                 # bytes through at 100.125, due at 100.375
+    fab.wait(0, 0, poll_s=1.0)
+    assert clock.sleeps == [0.125] and clock.t == 100.375
+    clock.sleeps.clear()
+    fab.wait(0, 0)                                   # due exactly now: no sleep
+    assert clock.sleeps == []
+    fab.close()
+
+
+def test_wait_on_a_slow_nic_sleeps_no_longer_than_needed(tmp_path, clock):
+    fab = exact(tmp_path, lat=0.0, nbytes=1, bw=0.25)                  # 4 s
+    fab.post(0, 0, "src")
+    fab.post(0, 0, "dst")
+    clock.t = 100.5
+    assert fab.projected_done(0, 0) == 104.0
+    fab.wait(0, 0, poll_s=1.0)
+    assert clock.sleeps == [1.0, 1.0, 1.0, 0.5] and clock.t == 104.0
+    fab.close()
+
+
+def test_waiting_on_a_slot_an_earlier_iteration_finished_polls_at_the_poll_interval(tmp_path, clock):
+    fab = exact(tmp_path, lat=0.001)
+    fab.post(0, 0, "src")
+    fab.post(0, 0, "dst")
+    clock.t = 101.0
+    assert fab.arrived(0, 0)
+    clock.at.append((101.5, lambda: (fab.post(0, 2, "dst"), fab.post(0, 2, "src"))))
+    fab.wait(0, 2, poll_s=0.25)                      # nobody has posted iteration 2 yet
+    assert clock.sleeps[:2] == [0.25, 0.25]
+    fab.close()
+
+
+def test_a_second_post_of_one_end_does_not_restart_a_moving_message(tmp_path, clock):
+    fab = exact(tmp_path, lat=0.0)
+    fab.post(0, 0, "src")
+    fab.post(0, 0, "dst")
+    clock.t = 100.0625
+    fab.post(0, 0, "dst")
+    assert fab.projected_done(0, 0) == 100.125
+    fab.close()

@@ -181,3 +181,13 @@ def test_fastest_cpu_time_is_the_least_run_after_the_warm_up(monkeypatch):
     sc = StepClocks(monkeypatch, 1.0, lambda n: costs.get(n, 0.375))
     assert node_mod.fastest_cpu_time(sc.fn, min_repeats=3, min_s=0.0, budget_s=100.0) == 0.125
     assert sc.calls == 4
+
+
+def test_a_poll_that_reaches_the_time_ends_the_hold_without_another_sleep(monkeypatch):
+    monkeypatch.setattr(node_mod, "HOLD_POLL_S", 2.0 ** -9)
+    ft = FakeTime(monkeypatch, 0.0)
+
+    def poll():                                   # each poll takes 2^-10 s
+        ft.t += 2.0 ** -10
+    NodeClock(dilation=1.0, speed=1.0).hold(0.0, 2.0 ** -8, poll)
+    assert ft.sleeps == [2.0 ** -9] and ft.t == 2.0 ** -8
