@@ -110,3 +110,10 @@ def test_to_dict_of_an_infeasible_result_is_valid_json():
     assert d["status"] == "out of memory on node n6" and d["notes"] == ["a", "b"] and d["ranks"] == []
     assert d["iteration_times_s"] == []
     assert json.loads(json.dumps(d, allow_nan=False)) == d
+
+
+def test_bytes_are_shown_in_megabytes_of_a_million_bytes():
+    big = result(bytes_per_iteration=1_000_500_000.0)
+    assert "5120.0 samples/s, 1000.500 MB over NICs per iteration" in render_table(big, JOB, Cluster(), "n", PROFILE)
+    stale = render_table(big, JOB, Cluster(), "n", PROFILE, SimOptions(sync="asp"))
+    assert "5120.0 samples/s, 1000.500 MB over NICs per iteration" in stale
