@@ -166,3 +166,20 @@ def test_a_process_named_with_a_parenthesis_is_read_by_its_last_one():
         p.kill()
         p.wait()
         p.stdout.close()
+
+
+@pytest.mark.parametrize("state, alive", [("S", True), ("R", True), ("D", True), ("Z", False), ("X", False)])
+def test_the_state_letter_after_the_name(monkeypatch, state, alive):
+    import io
+    monkeypatch.setattr(watch, "open", lambda path: io.StringIO(f"4242 (my (odd) name) {state} 1 4242 0"),
+                        raising=False)
+    assert process_alive(4242) is alive
+
+
+def test_asking_by_signal_0_leaves_the_process_alone(monkeypatch, child):
+    def unreadable(path, *a, **k):
+        raise PermissionError(path)
+    monkeypatch.setattr(watch, "open", unreadable, raising=False)
+    assert process_alive(child.pid)
+    time.sleep(0.2)
+    assert child.poll() is None                   # no signal was delivered
