@@ -9,15 +9,22 @@ every surviving mutant listed for review.
 Target (docs/benchmarks.md): at least 85% of each package's mutants killed. The score counts a mutant
 that no unit test reaches as surviving: only tests inside the pytest process see a mutant (MPI ranks
 and other subprocesses import the unchanged code).
+
+Survivors reviewed as equivalent (no test can tell them from the code: same behaviour, or a change to a
+message or default nothing observable depends on) are named in benchmarks/mutation_equivalent.toml,
+by mutant name or glob, each with its reason; the report lists them apart with the reason. They still
+count as surviving in the score: killed / (killed + survived), equivalent ones included.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +32,37 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 PACKAGES = ("hpcps.ps", "hpcps.sim", "hpcps.emulate", "hpcps.comm", "hpcps.tune.models")
 TARGET = 0.85
 LINE = re.compile(r"^\s*(\S+__mutmut_\d+):\s*(.+?)\s*$")
+EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
+
+
+def load_equivalent(path: Path = EQUIVALENT) -> list[tuple[list[str], str]]:
+    """[(name globs, reason)] from [[equivalent]] tables: mutants = [names or globs], reason = "..."."""
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        raw = tomllib.load(f)
+    out = []
+    for i, t in enumerate(raw.get("equivalent", [])):
+        globs, reason = t.get("mutants"), t.get("reason")
+        if not (isinstance(globs, list) and globs and all(isinstance(g, str) for g in globs)
+                and isinstance(reason, str) and reason.strip()):
+            raise ValueError(f"{path}: equivalent[{i}] needs mutants = [names or globs] and a reason")
+        out.append((globs, reason.strip()))
+    return out
+
+
+def reason_for(mutant: str, equivalent: list[tuple[list[str], str]]) -> str | None:
+    """The reason of the first entry naming mutant (fnmatch globs, the [ of a name taken literally)."""
+    for globs, reason in equivalent:
+        if any(fnmatch.fnmatchcase(mutant, g.replace("[", "[[]")) for g in globs):
+            return reason
+    return None
+
+
+def mutmut_command() -> list[str]:
+    """The mutmut beside this Python, else this Python's mutmut module (installed elsewhere on PYTHONPATH)."""
+    here = Path(sys.executable).parent / "mutmut"
+    return [str(here)] if here.exists() else [sys.executable, "-m", "mutmut"]
 
 
 def package_of(mutant: str) -> str | None:
@@ -36,11 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", default="make mutation", help="the command that ran mutmut (for the header)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "mutation.md")
     args = p.parse_args(argv)
-    mutmut = Path(sys.executable).parent / "mutmut"
     if not (ROOT / "mutants").is_dir():
         print("mutation_report: error: no mutants/ directory here; run `make mutation` first", file=sys.stderr)
         return 2
-    out = subprocess.run([str(mutmut), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run([*mutmut_command(), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         print(f"mutation_report: error: mutmut results failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
         return 1
@@ -51,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
             status[m.group(1)] = m.group(2)
     from _machine import facts, facts_markdown
     f = facts()
-    rows, survivors = [], {}
+    try:
+        equivalent = load_equivalent()
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        print(f"mutation_report: error: {e}", file=sys.stderr)
+        return 1
+    rows, survivors, reasons = [], {}, {}
     for pkg in PACKAGES:
         mine = {k: v for k, v in status.items() if package_of(k) == pkg}
         # A mutant whose tests ran past mutmut's timeout (an endless loop) was detected: it counts as killed.
@@ -59,21 +101,27 @@ def main(argv: list[str] | None = None) -> int:
         survived = sorted(k for k, v in mine.items() if v in ("survived", "no tests"))
         not_run = sum(v not in ("killed", "timeout", "survived", "no tests") for v in mine.values())
         judged = killed + len(survived)
+        explained = {k: r for k in survived if (r := reason_for(k, equivalent)) is not None}
         rows.append({"package": pkg, "mutants": len(mine), "killed": killed, "survived": len(survived),
                      "no_tests": sum(v == "no tests" for v in mine.values()), "not_run": not_run,
-                     "timeouts": sum(v == "timeout" for v in mine.values()),
+                     "timeouts": sum(v == "timeout" for v in mine.values()), "equivalent": len(explained),
+                     "unexplained": len(survived) - len(explained),
                      "score": killed / judged if judged else None})
-        survivors[pkg] = survived
+        survivors[pkg] = [k for k in survived if k not in explained]
+        reasons[pkg] = explained
     lines = ["# Mutation testing", "", f"Command: `{args.command}` (mutmut, config in `pyproject.toml`), then "
              "`.venv/bin/python benchmarks/mutation_report.py`.", "", facts_markdown(f), "",
              "A mutant is one small change to the code (an operator, a constant, a dropped call); it is killed "
              "when a unit test fails against it. Score: killed / (killed + survived); a mutant no unit test "
-             "reaches counts as surviving (`no tests`). Only tests in the pytest process see a mutant: code "
-             f"that only the MPI and end-to-end suites run survives here. Target: at least {TARGET:.0%} per "
-             "package.", "",
-             "| package | mutants | killed (of which timed out) | survived (of which no test reaches) | not run "
-             "| score |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+             "reaches counts as surviving (`no tests`), and so does one reviewed as equivalent (listed apart "
+             "below with the reason, from `benchmarks/mutation_equivalent.toml`): equivalent mutants are not "
+             "taken out of the score. Not run: mutants generated but not tested in this run (not in the "
+             "patterns given, or the run stopped); they count neither way. Only tests in the pytest process "
+             "see a mutant: code that only the MPI and end-to-end suites run survives here. Target: at least "
+             f"{TARGET:.0%} per package.", "",
+             "| package | mutants | killed (of which timed out) | survived (of which no test reaches) "
+             "| of the survivors: equivalent / unexplained | not run | score |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if r["score"] is None:
             score = "-"
@@ -82,9 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             score = f"{r['score']:.1%} ({'met' if r['score'] >= TARGET else 'not met'})"
         lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} ({r['timeouts']}) | {r['survived']} "
-                     f"({r['no_tests']}) | "
+                     f"({r['no_tests']}) | {r['equivalent']} / {r['unexplained']} | "
                      f"{r['not_run']} | {score} |")
-    lines += ["", "Surviving mutants (`mutmut show NAME` prints the change), not yet reviewed one by one:", ""]
+    if any(reasons.values()):
+        lines += ["", "Survivors reviewed as equivalent or not worth a test (counted as surviving above), by "
+                  "reason:", ""]
+        for pkg, explained in reasons.items():
+            by_reason: dict[str, list[str]] = {}
+            for k, r in explained.items():
+                by_reason.setdefault(r, []).append(k)
+            for reason, names in by_reason.items():
+                lines += [f"- {pkg}, {len(names)}: {reason}",
+                          f"  <details><summary>mutants</summary> {', '.join(f'`{n}`' for n in names)}</details>"]
+    lines += ["", "Surviving mutants (`mutmut show NAME` prints the change) not explained above:", ""]
+    if not any(survivors.values()):
+        lines += ["none", ""]
     for pkg, names in survivors.items():
         if names:
             lines += [f"<details><summary>{pkg}: {len(names)}</summary>", "", *(f"- `{n}`" for n in names), "",
@@ -93,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text("\n".join(lines) + "\n")
     ran = {k: v for k, v in status.items() if v != "not checked"}     # the others are only counted (rows)
     args.out.with_suffix(".json").write_text(json.dumps({"command": args.command, "facts": f, "packages": rows,
-                                                         "status": ran}, indent=1))
+                                                         "status": ran,
+                                                         "equivalent": {k: r for e in reasons.values()
+                                                                        for k, r in e.items()}}, indent=1))
     print("\n".join(lines[:len(rows) + 12]))
     return 0
 
