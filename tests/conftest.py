@@ -75,3 +75,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"{len(skipped)} MPI tests were skipped: they run under mpiexec, "
             "`make test-mpi` (sizes 3 and 5) or `.venv/bin/mpiexec -n 3 .venv/bin/python -m pytest --with-mpi tests/mpi`",
             yellow=True)
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """The emulated fabric's clock (hpcps.emulate.fabric.now) as a tests.fakes.FakeClock, moved by hand."""
+    import hpcps.emulate.fabric as fabric_mod
+    from tests.fakes import FakeClock
+    c = FakeClock()
+    monkeypatch.setattr(fabric_mod, "now", c)
+    return c

@@ -42,3 +42,14 @@ def exchange_buffer(mem: np.ndarray, transport: str):
         return ExchangeBuffer(mem, "host")
     kw = {"host_alloc": lambda k: np.zeros(k, np.float32)} if transport == "staged" else {}
     return ExchangeBuffer(FakeCudaArray(mem), transport, copies=SyncCopies(fake_to_host, fake_to_device), **kw)
+
+
+class FakeClock:
+    """A clock that stands still until a test moves it (t seconds)."""
+
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+

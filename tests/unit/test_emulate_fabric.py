@@ -7,20 +7,6 @@ import hpcps.emulate.fabric as fabric_mod
 from hpcps.emulate.fabric import FlowSpec, SharedFabric
 
 
-class FakeClock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = FakeClock()
-    monkeypatch.setattr(fabric_mod, "now", c)
-    return c
-
 
 def make(tmp_path, templates, n_nodes=3, bw=1e6, lat=0.0, dilation=1.0):
     return SharedFabric(str(tmp_path / "fabric"), templates, np.full(n_nodes, bw), np.full(n_nodes, lat),

@@ -3,25 +3,9 @@ bytes, a NIC slower than a byte a second, each template's own latency, and a ran
 another rank made without wiping it."""
 
 import numpy as np
-import pytest
 
-import hpcps.emulate.fabric as fabric_mod
 from hpcps.emulate.fabric import FlowSpec, SharedFabric
 
-
-class FakeClock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = FakeClock()
-    monkeypatch.setattr(fabric_mod, "now", c)
-    return c
 
 
 def make(tmp_path, templates, bw, lat, n_nodes=3):

@@ -6,25 +6,10 @@ import math
 import numpy as np
 import pytest
 
-import hpcps.emulate.fabric as fabric_mod
 import hpcps.emulate.node as node_mod
 from hpcps.emulate.fabric import FlowSpec, SharedFabric
 from hpcps.emulate.node import NodeClock
 
-
-class FakeClock:
-    def __init__(self):
-        self.t = 100.0
-
-    def __call__(self):
-        return self.t
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    c = FakeClock()
-    monkeypatch.setattr(fabric_mod, "now", c)
-    return c
 
 
 def test_projected_done_follows_the_flow(tmp_path, clock):
