@@ -4,21 +4,12 @@ the exact error lines of an impossible schedule and of a staleness without ssp."
 import json
 from pathlib import Path
 
-from hpcps.sim.cli import main
+from tests.unit.test_sim_cli import sim
 
 ROOT = Path(__file__).resolve().parents[2]
 HETERO8 = str(ROOT / "jobs/clusters/hetero8.toml")
 JOB = str(ROOT / "jobs/default.toml")
 PROFILES = str(ROOT / "hpcps/sim/profiles.toml")
-
-
-def sim(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_the_json_object(capsys, monkeypatch):

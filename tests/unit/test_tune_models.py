@@ -29,6 +29,27 @@ def problem(hetero10a):
     return problem_for(hetero10a, load_job(ROOT / "jobs/cifar.toml"))
 
 
+def run_trials(backend, space, points):
+    """Each point run as a trial of backend (its own sync where the space has one): (X, Y, [(point,
+    observations)]), what StructuredModel.set_data and set_observations take."""
+    X, Y, obs = [], [], []
+    for i, p in enumerate(points):
+        sync = {"sync": space.sync_of(p)} if len(space.syncs) > 1 else {}
+        r = backend.run_trial(None, space.decode(p), i + 1, **sync)
+        X.append(p)
+        Y.append([r.iteration_time_s])
+        obs.append((p, r.observations))
+    return np.array(X), np.array(Y), obs
+
+
+def fitted_model(problem, X, Y, obs):
+    model = StructuredModel(problem, seed=0)
+    model.set_data(X, Y)
+    model.set_observations(obs)
+    model.optimize()
+    return model
+
+
 def _theta_for(model: MachineModel, true: dict) -> np.ndarray:
     """The parameter vector of given per-type constants (global a, b at speed 1 taken as type 0's)."""
     J = len(model.types)
@@ -152,16 +173,7 @@ def test_structured_model_is_an_emukit_model_that_learns_from_trials(hetero10a, 
     rng = np.random.default_rng(4)
     pts = [problem.space.encode(naive(hetero10a, 64))] + [problem.space.repair(p)
                                                           for p in problem.space.random_points(4, rng)]
-    X, Y, trials = [], [], []
-    for i, p in enumerate(pts):
-        r = backend.run_trial(None, problem.space.decode(p), i + 1)
-        X.append(p)
-        Y.append([r.iteration_time_s])
-        trials.append((p, r.observations))
-    model = StructuredModel(problem, seed=0)
-    model.set_data(np.array(X), np.array(Y))
-    model.set_observations(trials)
-    model.optimize()
+    model = fitted_model(problem, *run_trials(backend, problem.space, pts))
     test = [problem.space.repair(p) for p in problem.space.random_points(8, np.random.default_rng(5))]
     test.append(problem.space.encode(balanced(hetero10a, 64)))
     mean, var = model.predict(np.array(test))
@@ -437,12 +449,7 @@ def test_the_structured_model_predicts_what_a_codec_changes(slownet):
     space = problem.space
     trials = [space.encode(naive(cluster, 64)), spread(problem, [0] * 5), spread(problem, [0, 1, 1, 2, 2])]
     trials += [space.repair(p) for p in space.random_points(2, np.random.default_rng(7))]
-    X, Y, obs = [], [], []
-    for i, p in enumerate(trials):
-        r = backend.run_trial(None, space.decode(p), i + 1)
-        X.append(p)
-        Y.append([r.iteration_time_s])
-        obs.append((p, r.observations))
+    X, Y, obs = run_trials(backend, space, trials)
     test = np.array([spread(problem, c) for c in ([0] * 5, [1] * 5, [2] * 5, [0, 0, 1, 1, 1])])
     truth = np.array([backend.true_time(space.decode(p)) for p in test])
     assert truth[1] < 0.8 * truth[0] and truth[2] < 0.8 * truth[0]
@@ -451,7 +458,7 @@ def test_the_structured_model_predicts_what_a_codec_changes(slownet):
         model = StructuredModel(problem, seed=0)
         if network_known:
             model.network.cov[:] = 0.0
-        model.set_data(np.array(X), np.array(Y))
+        model.set_data(X, Y)
         model.set_observations(observations)
         model.optimize()
         return model
@@ -603,16 +610,7 @@ def test_the_structured_model_predicts_what_the_synchronisation_changes():
     gb = problem.global_batch
     trials = [space.encode(naive(cluster, gb)), space.encode(naive(cluster, gb), "asp")]
     trials += [space.repair(p) for p in space.random_points(3, np.random.default_rng(7))]
-    X, Y, obs = [], [], []
-    for i, p in enumerate(trials):
-        r = backend.run_trial(None, space.decode(p), i + 1, sync=space.sync_of(p))
-        X.append(p)
-        Y.append([r.iteration_time_s])
-        obs.append((p, r.observations))
-    model = StructuredModel(problem, seed=0)
-    model.set_data(np.array(X), np.array(Y))
-    model.set_observations(obs)
-    model.optimize()
+    model = fitted_model(problem, *run_trials(backend, space, trials))
     test = np.array([space.encode(balanced(cluster, gb), s) for s in space.syncs])
     truth = np.array([backend.true_time(space.decode(p), sync=space.sync_of(p)) for p in test])
     pred = model.predict_mean(test)
