@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import math
+import os
+import shlex
 import sys
 import tempfile
 import time
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "model_fidelity.md")
     args = p.parse_args(argv)
-    command = "python benchmarks/model_fidelity.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = shlex.join(["python", "benchmarks/model_fidelity.py", *(argv if argv is not None else sys.argv[1:])])
     from _machine import facts, facts_markdown, load_average
     from hpcps.cluster import load_cluster
     from hpcps.config import load_job
@@ -149,29 +150,25 @@ def main(argv: list[str] | None = None) -> int:
             backend = SimBackend(cluster, job, iterations=10, seed=args.seed)
             strategy = make_strategy("structured", problem, args.seed)
             results.append(evaluate(problem, strategy, backend, 10, 10, args.seed, root, f"sim {c}"))
+        # Real runs: (label, backend class, cluster file, unseen schedules), job jobs/hetero8.toml.
+        real = []
         if args.local:
             from hpcps.tune.backends.local import LocalBackend
-            job_path = ROOT / "jobs" / "hetero8.toml"
-            cluster_path = ROOT / "jobs" / "clusters" / "hetero8.toml"
-            cluster, job = load_cluster(cluster_path), load_job(job_path)
-            problem = problem_for(cluster, job)
-            backend = LocalBackend(cluster, job, job_path, cluster_path, iterations=10)
-            strategy = make_strategy("structured", problem, args.seed)
-            half = args.local // 2
-            results.append(evaluate(problem, strategy, backend, half, args.local - half, args.seed, root,
-                                    "local hetero8"))
+            real.append(("local hetero8", LocalBackend, ROOT / "jobs" / "clusters" / "hetero8.toml", args.local))
         if args.testbed:
             from hpcps.tune.backends.testbed import TestbedBackend
-            job_path = ROOT / "jobs" / "hetero8.toml"
-            for label, cluster_path in (("testbed-hetero8", ROOT / "jobs" / "clusters" / "hetero8.toml"),
-                                        ("testbed-hetero10a-1g", ROOT / "results" / "testbed_hetero10a_1g.toml")):
-                cluster, job = load_cluster(cluster_path), load_job(job_path)
-                problem = problem_for(cluster, job)
-                backend = TestbedBackend(cluster, job, job_path, cluster_path, iterations=10)
-                strategy = make_strategy("structured", problem, args.seed)
-                half = args.testbed // 2
-                results.append(evaluate(problem, strategy, backend, half, args.testbed - half, args.seed, root,
-                                        f"{label}-dilation-{backend.dilation:g}"))
+            real += [("testbed-hetero8", TestbedBackend, ROOT / "jobs" / "clusters" / "hetero8.toml", args.testbed),
+                     ("testbed-hetero10a-1g", TestbedBackend, ROOT / "results" / "testbed_hetero10a_1g.toml",
+                      args.testbed)]
+        job_path = ROOT / "jobs" / "hetero8.toml"
+        for label, backend_class, cluster_path, n in real:
+            cluster, job = load_cluster(cluster_path), load_job(job_path)
+            problem = problem_for(cluster, job)
+            backend = backend_class(cluster, job, job_path, cluster_path, iterations=10)
+            if hasattr(backend, "dilation"):
+                label = f"{label}-dilation-{backend.dilation:g}"
+            strategy = make_strategy("structured", problem, args.seed)
+            results.append(evaluate(problem, strategy, backend, n // 2, n - n // 2, args.seed, root, label))
     f["load_average_at_end"] = load_average()
     lines = ["# Model fidelity: the structured model after 5 trials, on schedules it has not seen", "",
              f"Command: `{command}`", "", __doc__.split("\n\n", 2)[2].strip(), "",
