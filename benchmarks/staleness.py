@@ -20,6 +20,9 @@ on the same job, run first; its best schedule is in the report), an evaluation e
   results/codecs.md: the target sits where the curve is still falling but most of the way down). Adam
   makes each asp push a full step (docs/runtime.md), so asp-lr8 is asp with lr / 8 (8 workers: a round
   of pushes then moves the parameters about as far as one bsp step), the setting a user would try first.
+  bsp-tuned-lrx8 is bsp-tuned with lr x 8, asp's step per round the other way round: not in the verdict,
+  it tells whether what asp gains is its pace or its larger steps (results/staleness_charlm_lr.md:
+  `--workload charlm --modes bsp-tuned bsp-tuned-lrx8 asp --out results/staleness_charlm_lr.md`).
 Time to target is emulated training time, evaluations excluded, until the first evaluation that
 reaches the target (on rank 0, which is a worker and the server: under ssp and asp it evaluates the
 parameters as they are when it reaches that step). Seeds outermost; the order of the modes rotates from
@@ -101,7 +104,8 @@ lr = {lr}
 """,
         "modes": {"bsp": ("bsp", 0, {}), "bsp-tuned": ("bsp", 0, {}), "ssp1": ("ssp", 1, {}),
                   "ssp2": ("ssp", 2, {}), "ssp4": ("ssp", 4, {}), "asp": ("asp", 0, {}),
-                  "asp-lr8": ("asp", 0, {"lr_scale": 1 / N_WORKERS})},
+                  "asp-lr8": ("asp", 0, {"lr_scale": 1 / N_WORKERS}),
+                  "bsp-tuned-lrx8": ("bsp", 0, {"lr_scale": N_WORKERS})},
     },
 }
 
@@ -133,7 +137,7 @@ def run(w: dict, mode: str, seed: int, work: Path, lr: float, momentum: float) -
     job = work / f"{mode}-{seed}.toml"
     job.write_text(job_text(w, mode, seed, sync, staleness, lr, momentum))
     trace = work / f"{mode}-{seed}.h5"
-    schedule = work / ("tuned.toml" if mode == "bsp-tuned" else "naive.toml")
+    schedule = work / ("tuned.toml" if mode.startswith("bsp-tuned") else "naive.toml")
     ranks = load_node_schedule(schedule).n_ranks
     cmd = [mpiexec(), "-n", str(ranks), sys.executable, "-m", "hpcps.train", "--job", str(job), "--schedule",
            str(schedule), "--time-dilation", str(DILATION), "--trace", str(trace)]
@@ -215,7 +219,8 @@ def _f(x, fmt="{:.3f}") -> str:
 DESCRIPTION = {
     "digits": "Digits MLP (hidden 128), SGD lr {lr:g} momentum {momentum:g} (bsp-m0, asp-m0: momentum 0), global "
               "batch 64",
-    "charlm": "Character LSTM (embed 32, hidden 128, seq_len 64), Adam lr {lr:g} (asp-lr8: lr / 8), global batch 32",
+    "charlm": "Character LSTM (embed 32, hidden 128, seq_len 64), Adam lr {lr:g} (asp-lr8: lr / 8, bsp-tuned-lrx8: "
+              "lr x 8), global batch 32",
 }
 
 
@@ -288,7 +293,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hpcps-staleness-") as tmp:
         work = Path(tmp)
         write_node_schedule(naive(load_cluster(CLUSTER), w["global_batch"]), work / "naive.toml")
-        if "bsp-tuned" in modes:
+        if any(m.startswith("bsp-tuned") for m in modes):
             tuned = tune(w, work, lr, args.momentum)
             f["tuned_schedule"] = tuned
             print(f"tuned schedule: {tuned['summary']}", flush=True)
