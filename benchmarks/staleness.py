@@ -212,6 +212,21 @@ def verdict(w: dict, rows: list[dict]) -> tuple[str, bool | None]:
             ratio <= TARGET_RATIO)
 
 
+def diagnostic(workload: str, rows: list[dict]) -> list[str]:
+    """charlm: asp's gain against bsp with asp's larger Adam steps (bsp-tuned-lrx8), beside the verdict."""
+    if workload != "charlm":
+        return []
+    times = {m: [r["time_to_target_s"] for r in rows if r["mode"] == m] for m in ("asp", "bsp-tuned-lrx8")}
+    if not all(times.values()) or any(t is None for ts in times.values() for t in ts):
+        return ["Beside the verdict: `--modes bsp-tuned bsp-tuned-lrx8 asp` (results/staleness_charlm_lr.md) "
+                "sets asp against bsp on the tuned schedule with lr x 8, which tells asp's pace from its larger "
+                "Adam steps (8 a round).", ""]
+    a, b = (float(np.median(times[m])) for m in ("asp", "bsp-tuned-lrx8"))
+    return [f"Beside the verdict (not a target): asp {a:.3f} s against bsp-tuned-lrx8 {b:.3f} s = {a / b:.2f}x: "
+            f"{'asp is slower' if a > b else 'asp is faster'} than bsp on the tuned schedule given the lr that "
+            "matches asp's 8 Adam steps a round.", ""]
+
+
 def _f(x, fmt="{:.3f}") -> str:
     return "not reached" if x is None else fmt.format(x)
 
@@ -238,7 +253,7 @@ def report(workload: str, rows: list[dict], f: dict, argv: list[str], lr: float,
              "under ssp and asp rank 0 evaluates the parameters as they are when it reaches that step). "
              "Staleness: over every worker's steps and pieces (ssp: rounds; asp: other workers' pushes "
              "between read and push).", "",
-             f"**Target: {verdict(w, rows)[0]}.**", "",
+             f"**Target: {verdict(w, rows)[0]}.**", ""] + diagnostic(workload, rows) + [
              "## Per mode (median over seeds)", "",
              f"| mode | seeds reaching the target | time to target (s) | steps to target | final {w['metric']} | "
              "samples/s | staleness mean / p90 / max |",
