@@ -1,0 +1,297 @@
+"""Whole training runs in this process, on one rank (MPI.COMM_SELF) that both serves and works.
+
+The MPI suites run the same code on several ranks; here one rank runs it under pytest, so that the
+unit tests check the runtime, the exchanges (bsp, ssp, asp), the servers' steps and the checkpoints
+end to end: the counting workload (tests/fixtures/counting_workload.py) makes every result exact.
+With one worker of batch k = K its gradient is -1 on every parameter, so each iteration applies the
+optimizer to a gradient of -1 on every element.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hpcps.config.job import ExchangeConfig, Job, OptimizerConfig, TrainingConfig
+from hpcps.config.schedule import Schedule, WorkerSpec
+
+BLOCK = 40
+
+
+def counting_job(sync="bsp", staleness=0, iterations=6, *, batch=2, log_every=2, eval_every=0,
+                 optimizer=None, exchange=None, name="count") -> Job:
+    return Job(name, "tests.fixtures.counting_workload:factory", optimizer or OptimizerConfig("sgd", lr=1.0),
+               TrainingConfig(global_batch=batch, iterations=iterations, seed=1, log_every=log_every,
+                              eval_every=eval_every, sync=sync, staleness=staleness),
+               model={"block": BLOCK}, data={"ranks": [0], "batches": [batch]},
+               exchange=exchange or ExchangeConfig(bucket_mb=64 / 2 ** 20))
+
+
+def one_rank() -> Schedule:
+    return Schedule((0,), (WorkerSpec(0, 2),))
+
+
+def train(job: Job, **kw):
+    from mpi4py import MPI
+
+    from hpcps.ps.runtime import run_training
+    logs: list[str] = []
+    result = run_training(MPI.COMM_SELF, job, one_rank(), device="cpu", log=logs.append, **kw)
+    return result, logs
+
+
+def reference(opt: OptimizerConfig, steps: int, n: int = BLOCK) -> np.ndarray:
+    """The parameters after `steps` steps of opt on a gradient of -1 everywhere, starting at 0."""
+    from hpcps.ps.optim import make_optimizer
+    p = torch.nn.Parameter(torch.zeros(n))
+    o = make_optimizer(opt, [p])
+    for _ in range(steps):
+        p.grad = torch.full((n,), -1.0)
+        o.step()
+    return p.detach().numpy()
+
+
+class Recorder:
+    """Records what the runtime tells a trace recorder."""
+
+    def __init__(self):
+        self.calls: list[tuple] = []
+        self.run: dict = {}
+        self.while_waiting = None
+
+    def begin_run(self, **kw):
+        self.run = kw
+        self.calls.append(("begin_run",))
+
+    def begin_iteration(self, it):
+        self.calls.append(("begin_iteration", it))
+
+    def iteration(self, *args):
+        self.calls.append(("iteration", *args))
+
+    def phase(self, name, t0, t1):
+        self.calls.append(("phase", name, t0, t1))
+
+    def transfer(self, meta, t0, t1, iteration=None):
+        self.calls.append(("transfer", iteration))
+
+    def staleness(self, iteration, shard, piece, version, staleness):
+        self.calls.append(("staleness", iteration, shard, piece, version, staleness))
+
+    def end_run(self):
+        self.calls.append(("end_run",))
+
+    def named(self, name):
+        return [c for c in self.calls if c[0] == name]
+
+
+MODES = [("bsp", 0), ("ssp", 0), ("ssp", 2), ("asp", 0)]
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "after-step"])
+def test_every_mode_applies_every_push_once(sync, staleness, overlap):
+    from tests.fixtures import counting_workload
+    job = counting_job(sync, staleness, iterations=6,
+                       exchange=ExchangeConfig(bucket_mb=64 / 2 ** 20, overlap=overlap))
+    result, logs = train(job)
+    np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 6.0, np.float32))
+    assert result.iterations == 6 and result.start_iteration == 0
+    assert not result.stopped and result.checkpoint is None
+    assert result.final_metrics == {"test_loss": 0.0}
+    assert result.wall_s > 0 and result.samples_per_s == pytest.approx(6 * 2 / result.wall_s)
+    # each step saw every update of the steps before it, none later (one worker: nothing to wait for)
+    seen = [(c, lo.min(), hi.max()) for c, lo, hi in counting_workload.OBSERVED]
+    assert [c for c, _, _ in seen[:6]] == list(range(6))
+    for c, lo, hi in seen[:6]:
+        assert c - staleness <= lo <= hi <= c
+    if sync == "bsp":
+        assert [(lo, hi) for _, lo, hi in seen[:6]] == [(c, c) for c in range(6)]
+    # progress lines every log_every iterations: loss is -(sum of the parameters) per sample
+    assert [h["iteration"] for h in result.history] == [2, 4, 6]
+    for h in result.history:
+        assert h["epoch"] == pytest.approx(h["iteration"] / (64 * 2 / 2))
+        assert h["train_accuracy"] == 0.0
+        assert h["samples_per_s"] > 0
+    # steps 1-2 saw 0 and 1 everywhere: loss -(0 + 1) * 40 / 2 per sample, averaged over the two steps
+    assert [h["loss"] for h in result.history] == pytest.approx([-20.0, -100.0, -180.0])
+    mode = {"bsp": "bsp", "ssp": f"ssp (staleness {staleness})", "asp": "asp"}[sync]
+    assert logs[0] == (f"count: 1 ranks, 1 servers, 1 workers, {BLOCK} parameters in 1 shards of 3 pieces, "
+                       f"global batch 2, 6 iterations (0.09 epochs), {mode}" + (", overlapped" if overlap else ""))
+    assert logs[1].startswith("rank processes: 0=pid ")
+    iters = [m for m in logs if m.startswith("iter ")]
+    assert [m.split()[1] for m in iters] == ["2/6", "4/6", "6/6"]
+    assert iters[0].startswith("iter     2/6  epoch  0.03  loss -20.0000  train-acc 0.000 ")
+    assert iters[0].endswith(" samples/s")
+    assert logs[-1].startswith("done: 6 iterations in ") and logs[-1].endswith("test_loss 0.0000")
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+@pytest.mark.parametrize("opt", [OptimizerConfig("sgd", lr=0.5, momentum=0.9, weight_decay=0.01),
+                                 OptimizerConfig("adam", lr=0.1, eps=1e-5)], ids=["momentum", "adam"])
+def test_the_servers_step_is_the_optimizer_on_the_pushed_gradient(sync, staleness, opt):
+    result, _ = train(counting_job(sync, staleness, iterations=5, optimizer=opt))
+    np.testing.assert_allclose(result.final_params, reference(opt, 5), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+@pytest.mark.parametrize("codec, pull", [("int8", "none"), ("bf16", "bf16"), ("fp16", "fp16"), ("sign", "none"),
+                                         ("topk", "none")])
+def test_codecs_in_a_run(sync, staleness, codec, pull):
+    rec = Recorder()
+    job = counting_job(sync, staleness, iterations=4, exchange=ExchangeConfig(bucket_mb=64 / 2 ** 20, codec=codec,
+                                                                                pull_codec=pull))
+    result, _ = train(job, recorder=rec)
+    # a gradient of -1 everywhere survives each codec: each step adds 1 (int8's scale rounds)
+    np.testing.assert_allclose(result.final_params, np.full(BLOCK, 4.0), rtol=1e-5)
+    attrs = rec.run["attrs"]
+    assert attrs["codec"] == codec and attrs["pull_codec"] == pull
+    assert attrs["worker_codecs"] == f'["{codec}"]'
+    # the one rank serves every piece it works on: no byte crosses the network
+    assert attrs["push_raw_nbytes_per_iteration"] == attrs["push_nbytes_per_iteration"] == 0
+    assert attrs["pull_raw_nbytes_per_iteration"] == attrs["pull_nbytes_per_iteration"] == 0
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+def test_the_trace_recorder_hears_every_phase(sync, staleness):
+    rec = Recorder()
+    result, _ = train(counting_job(sync, staleness, iterations=4), recorder=rec)
+    assert rec.calls[0] == ("begin_run",) and rec.calls[-1] == ("end_run",)
+    assert rec.run["device"] == "cpu" and rec.run["threads"] == 1 and rec.run["batch"] == 2
+    assert rec.run["is_server"] is True and rec.run["is_worker"] is True
+    assert len(rec.run["shards"]) == 1
+    attrs = rec.run["attrs"]
+    assert attrs["job_name"] == "count" and attrs["workload"] == "tests.fixtures.counting_workload:factory"
+    assert attrs["global_batch"] == 2 and attrs["iterations_planned"] == 4 and attrs["n_params"] == BLOCK
+    assert attrs["sync"] == sync and attrs["staleness"] == staleness and attrs["overlap"] == 1
+    assert attrs["pieces"] == 3 and attrs["codec"] == "none" and attrs["pull_codec"] == "none"
+    assert attrs["push_nbytes_per_iteration"] == attrs["push_raw_nbytes_per_iteration"] == 0
+    assert attrs["pull_nbytes_per_iteration"] == attrs["pull_raw_nbytes_per_iteration"] == 0
+    assert [c[1] for c in rec.named("begin_iteration")] == [0, 1, 2, 3]
+    iterations = rec.named("iteration")
+    assert len(iterations) == 4
+    for c in iterations:
+        pull0, pull1, data0, data1, c0, c1, push0, push1, agg0, agg1, loss = c[1:]
+        assert pull0 <= pull1 and data0 <= data1 <= c0 <= c1 and push0 <= push1 and agg0 <= agg1
+        assert math.isfinite(loss)
+    assert [c[-1] for c in iterations] == [0.0, -40.0, -80.0, -120.0]
+    assert [c[1] for c in rec.named("phase")] == ["report", "report"]
+    if sync == "bsp":
+        assert rec.while_waiting is None
+    else:
+        assert rec.while_waiting is not None
+
+
+def test_evaluation_every_few_iterations_logs_and_leaves_the_parameters():
+    result, logs = train(counting_job("bsp", iterations=6, eval_every=2, log_every=3))
+    evals = [m for m in logs if " eval " in m]
+    # after iterations 2 and 4; not after the last (the final evaluation covers it)
+    assert evals == ["iter     2/6  eval  test_loss 0.0000", "iter     4/6  eval  test_loss 0.0000"]
+    assert [h["iteration"] for h in result.history] == [3, 6]
+    np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 6.0, np.float32))
+
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 1), ("asp", 0)])
+def test_checkpoints_then_resume_go_on_where_the_run_left(tmp_path: Path, sync, staleness):
+    from hpcps.ps.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    opt = OptimizerConfig("adam", lr=0.1, eps=1e-5)
+    job = counting_job(sync, staleness, iterations=4, optimizer=opt)
+    result, logs = train(job, checkpoints=CheckpointSettings(tmp_path, every=2, keep=5))
+    np.testing.assert_allclose(result.final_params, reference(opt, 4), rtol=1e-6)
+    written = list_checkpoints(tmp_path)           # newest first
+    assert [it for it, _ in written] == [4, 2]
+    assert result.checkpoint == str(written[0][1])
+    saved = [m for m in logs if m.startswith("checkpoint ")]
+    assert len(saved) == 2 and " after iteration 2: " in saved[0] and " after iteration 4: " in saved[1]
+    two = read_checkpoint(written[1][1])
+    assert two.iteration == 2
+    np.testing.assert_allclose(two.params, reference(opt, 2), rtol=1e-6)
+    assert sorted(two.optimizer_vectors) == ["exp_avg", "exp_avg_sq"]
+    assert two.schedule["sync"] == sync and two.schedule["staleness"] == staleness
+    assert two.rng_torch is not None and two.rng_torch.shape[0] == 1
+
+    # go on from iteration 2 to 6: the same as 6 iterations in one go
+    longer = counting_job(sync, staleness, iterations=6, optimizer=opt)
+    resumed, logs = train(longer, checkpoints=CheckpointSettings(None, resume=two, resuming=True))
+    np.testing.assert_allclose(resumed.final_params, reference(opt, 6), rtol=1e-5)
+    assert resumed.start_iteration == 2 and resumed.iterations == 6
+    assert resumed.checkpoint == str(two.path)
+    assert any(m.startswith(f"resuming from {two.path} after iteration 2, under the same schedule") for m in logs)
+    assert ", from iteration 2" in logs[0] or any(", from iteration 2" in m for m in logs)
+    assert logs[-1].startswith("done: 4 iterations (3-6) in ")
+    assert latest_checkpoint(tmp_path)[0].iteration == 4
+
+
+def test_resuming_past_the_end_is_refused(tmp_path: Path):
+    from hpcps.config.errors import ConfigError
+    from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    train(counting_job("bsp", iterations=4), checkpoints=CheckpointSettings(tmp_path, every=4))
+    ckpt = read_checkpoint(list_checkpoints(tmp_path)[0][1])
+    with pytest.raises(ConfigError, match="past this run's 3 iterations"):
+        train(counting_job("bsp", iterations=3), checkpoints=CheckpointSettings(None, resume=ckpt, resuming=True))
+
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 0), ("asp", 0)])
+def test_a_stop_signal_checkpoints_and_stops(tmp_path: Path, sync, staleness):
+    from hpcps.ps.checkpoint import list_checkpoints
+    from hpcps.ps.checkpointer import CheckpointSettings, StopSignals, flag_lag
+    signals = StopSignals(0)
+    signals.received = "SIGTERM"
+    result, logs = train(counting_job(sync, staleness, iterations=40),
+                         checkpoints=CheckpointSettings(tmp_path, signals=signals))
+    # rank 0 posts STOP at the first boundary; every rank acts on it lag boundaries later
+    at = 1 + flag_lag(sync, staleness)
+    assert result.stopped and result.iterations == at
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [at]
+    np.testing.assert_array_equal(result.final_params, np.full(BLOCK, float(at), np.float32))
+    assert result.final_metrics == {} and result.sample_text is None
+    assert logs[-1] == (f"stopped after iteration {at} of 40 (SIGTERM): last good checkpoint: "
+                        f"{list_checkpoints(tmp_path)[0][1]} (after iteration {at}); "
+                        f"continue with --resume {tmp_path}")
+
+
+def test_total_iterations():
+    from hpcps.ps.runtime import total_iterations
+    job = counting_job(iterations=7)
+    assert total_iterations(job, 100) == 7
+    from dataclasses import replace
+    by_epochs = replace(job, training=replace(job.training, iterations=0, epochs=1.5))
+    assert total_iterations(by_epochs, 10) == 15
+    assert total_iterations(replace(job, training=replace(job.training, iterations=0, epochs=0.01)), 10) == 1
+    assert total_iterations(replace(job, training=replace(job.training, iterations=0, epochs=0.25)), 10) == 3
+
+
+def test_pick_device_without_a_gpu(monkeypatch):
+    from hpcps.ps import runtime
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    assert runtime.pick_device("cpu", True) == "cpu"
+    assert runtime.pick_device("auto", True) == "cpu"
+    assert runtime.pick_device("cuda", False) == "cpu"
+    with pytest.raises(RuntimeError, match="--device cuda was asked for but PyTorch sees no GPU"):
+        runtime.pick_device("cuda", True)
+
+
+def test_pick_device_picks_the_local_rank_s_gpu(monkeypatch):
+    from hpcps.ps import runtime
+    picked = []
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime.torch.cuda, "device_count", lambda: 4)
+    monkeypatch.setattr(runtime.torch.cuda, "set_device", picked.append)
+    for var in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"):
+        monkeypatch.delenv(var, raising=False)
+    assert runtime.pick_device("auto", True) == "cuda"
+    assert runtime.pick_device("cuda", True) == "cuda"
+    assert runtime.pick_device("auto", False) == "cpu"
+    monkeypatch.setenv("SLURM_LOCALID", "6")
+    assert runtime.pick_device("cuda", True) == "cuda"
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "5")
+    assert runtime.pick_device("cuda", True) == "cuda"
+    monkeypatch.setenv("MPI_LOCALRANKID", "3")
+    assert runtime.pick_device("cuda", True) == "cuda"
+    assert picked == [0, 0, 2, 1, 3]
