@@ -1,0 +1,162 @@
+"""Whole training runs on three ranks that are threads of this process (tests/unit/thread_ranks.py).
+
+Ranks 0 and 1 work (batches 1 and 1), ranks 1 and 2 serve: pieces travel as messages between ranks and
+as copies on rank 1, and rank 2 only serves. The counting workload makes each result exact: worker i's
+gradient is -K/k_i on its own block, which a server at SGD lr 1 turns into +1 on that block per step.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcps.config.job import ExchangeConfig, Job, OptimizerConfig, TrainingConfig
+from hpcps.config.schedule import Schedule, WorkerSpec
+from tests.unit.thread_ranks import run_ranks
+
+BLOCK = 24
+BATCHES = (1, 1)
+SCHEDULE = Schedule((1, 2), (WorkerSpec(0, 1), WorkerSpec(1, 1)))
+
+
+class _ThreadRank(threading.local):
+    rank = 0
+
+
+_RANK = _ThreadRank()
+
+
+class _World:
+    @staticmethod
+    def Get_rank() -> int:
+        return _RANK.rank
+
+
+class _MPI:
+    COMM_WORLD = _World()
+
+
+@pytest.fixture(autouse=True)
+def _workload_sees_thread_ranks(monkeypatch):
+    from tests.fixtures import counting_workload
+    monkeypatch.setattr(counting_workload, "MPI", _MPI)
+
+
+def job_for(sync="bsp", staleness=0, iterations=6, *, optimizer=None, exchange=None, log_every=2,
+            eval_every=0) -> Job:
+    data = {"ranks": [0, 1], "batches": list(BATCHES)}
+    return Job("count3", "tests.fixtures.counting_workload:factory", optimizer or OptimizerConfig("sgd", lr=1.0),
+               TrainingConfig(global_batch=sum(BATCHES), iterations=iterations, seed=3, log_every=log_every,
+                              eval_every=eval_every, sync=sync, staleness=staleness),
+               model={"block": BLOCK}, data=data, exchange=exchange or ExchangeConfig(bucket_mb=16 / 2 ** 20))
+
+
+def train(job: Job, checkpoints=None, recorders=None):
+    from hpcps.ps.runtime import run_training
+    logs: list[list[str]] = [[], [], []]
+
+    def rank(comm):
+        _RANK.rank = comm.Get_rank()
+        r = comm.Get_rank()
+        settings = checkpoints(r) if checkpoints is not None else None
+        rec = recorders[r] if recorders is not None else None
+        return run_training(comm, job, SCHEDULE, device="cpu", log=logs[r].append, checkpoints=settings,
+                            recorder=rec)
+    results = run_ranks(3, rank)
+    assert results[1] is None and results[2] is None
+    return results[0], logs[0]
+
+
+MODES = [("bsp", 0), ("ssp", 0), ("ssp", 1), ("asp", 0)]
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "after-step"])
+def test_three_ranks_apply_every_push_once(sync, staleness, overlap):
+    job = job_for(sync, staleness, exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, overlap=overlap))
+    result, logs = train(job)
+    np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 6.0, np.float32))
+    assert result.iterations == 6 and not result.stopped
+    assert [h["iteration"] for h in result.history] == [2, 4, 6]
+    mode = {"bsp": "bsp", "ssp": f"ssp (staleness {staleness})", "asp": "asp"}[sync]
+    assert logs[0] == (f"count3: 3 ranks, 2 servers, 2 workers, {2 * BLOCK} parameters in 2 shards of 3 pieces, "
+                       f"global batch 2, 6 iterations (0.09 epochs), {mode}" + (", overlapped" if overlap else ""))
+    assert logs[1].startswith("rank processes: 0=pid ") and ", 2=pid " in logs[1]
+    # each worker's loss: -(K/k) * (its block's sum) = -2 * 24 * (steps it saw) per sample, both summed
+    if sync == "bsp":
+        assert [h["loss"] for h in result.history] == pytest.approx([-24.0, -120.0, -216.0])
+    assert all(h["samples_per_s"] > 0 for h in result.history)
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+@pytest.mark.parametrize("codec, pull", [("int8", "bf16"), ("sign", "none"), ("topk", "fp16")])
+def test_three_ranks_with_codecs(sync, staleness, codec, pull):
+    from tests.unit.test_ps_runtime_self import Recorder
+    recs = [Recorder(), Recorder(), Recorder()]
+    job = job_for(sync, staleness, iterations=4,
+                  exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec=codec, pull_codec=pull))
+    result, _ = train(job, recorders=recs)
+    assert result.final_params.shape == (2 * BLOCK,)
+    if codec == "int8":
+        np.testing.assert_allclose(result.final_params, np.full(2 * BLOCK, 4.0), rtol=1e-2)
+    attrs = recs[0].run["attrs"]
+    assert attrs["codec"] == codec and attrs["pull_codec"] == pull
+    assert attrs["push_raw_nbytes_per_iteration"] > attrs["push_nbytes_per_iteration"] > 0
+    if pull != "none":
+        assert attrs["pull_nbytes_per_iteration"] * 2 == attrs["pull_raw_nbytes_per_iteration"]
+    # messages between ranks are recorded as transfers, pieces of rank 1's own by copies
+    assert recs[0].named("transfer") and recs[2].named("transfer")
+    assert recs[2].run["is_worker"] is False and recs[2].run["is_server"] is True
+    assert recs[0].run["is_server"] is False and recs[1].run["is_server"] is True
+
+
+@pytest.mark.parametrize("sync, staleness", MODES[:3])
+@pytest.mark.parametrize("opt", [OptimizerConfig("sgd", lr=0.5, momentum=0.9),
+                                 OptimizerConfig("adam", lr=0.1, eps=1e-5)], ids=["momentum", "adam"])
+def test_three_ranks_step_the_optimizer(sync, staleness, opt):
+    from tests.unit.test_ps_runtime_self import reference
+    result, _ = train(job_for(sync, staleness, iterations=4, optimizer=opt))
+    # each block sees its worker's gradient, -2 weighted by 1/2: -1 a step (under asp each push is a
+    # step of its own, in the order pushes arrive: momentum and Adam then depend on that order)
+    np.testing.assert_allclose(result.final_params, reference(opt, 4, 2 * BLOCK), rtol=1e-6)
+
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 1), ("asp", 0)])
+def test_three_ranks_checkpoint_and_resume(tmp_path: Path, sync, staleness):
+    from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    from tests.unit.test_ps_runtime_self import reference
+    opt = OptimizerConfig("adam", lr=0.1, eps=1e-5)
+    job = job_for(sync, staleness, iterations=4, optimizer=opt,
+                  exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8"))
+    result, logs = train(job, checkpoints=lambda r: CheckpointSettings(tmp_path, every=2, keep=3))
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [4, 2]
+    two = read_checkpoint(list_checkpoints(tmp_path)[1][1])
+    assert two.iteration == 2 and sorted(two.optimizer_vectors) == ["exp_avg", "exp_avg_sq"]
+    assert two.residuals is not None and two.residuals.shape == (2, 2 * BLOCK)
+    assert two.rng_torch.shape[0] == 3
+    np.testing.assert_allclose(two.params, read_checkpoint(list_checkpoints(tmp_path)[1][1]).params)
+
+    longer = job_for(sync, staleness, iterations=6, optimizer=opt,
+                     exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8"))
+    resumed, logs = train(longer, checkpoints=lambda r: CheckpointSettings(None, resume=two if r == 0 else None,
+                                                                          resuming=True))
+    assert resumed.start_iteration == 2 and resumed.iterations == 6
+    assert any(m.startswith(f"resuming from {two.path} after iteration 2, under the same schedule; "
+                            "error-feedback residuals restored worker by worker") for m in logs)
+    whole, _ = train(job_for(sync, staleness, iterations=6, optimizer=opt,
+                             exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8")))
+    if sync == "bsp":
+        np.testing.assert_array_equal(resumed.final_params, whole.final_params)
+    if sync != "asp":
+        np.testing.assert_allclose(resumed.final_params, reference(opt, 6, 2 * BLOCK), rtol=0.05)
+    assert (resumed.final_params > two.params).all()
+
+
+def test_three_ranks_evaluate_on_rank_0():
+    result, logs = train(job_for("bsp", iterations=4, eval_every=2, log_every=4))
+    assert [m for m in logs if " eval " in m] == ["iter     2/4  eval  test_loss 0.0000"]
+    np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 4.0, np.float32))
