@@ -295,3 +295,119 @@ def test_pick_device_picks_the_local_rank_s_gpu(monkeypatch):
     monkeypatch.setenv("MPI_LOCALRANKID", "3")
     assert runtime.pick_device("cuda", True) == "cuda"
     assert picked == [0, 0, 2, 1, 3]
+
+
+def _poisoned(monkeypatch, at_step: int, how: str):
+    """Make the counting workload's step at_step return a NaN loss ("loss") or a NaN gradient ("grad")."""
+    from tests.fixtures import counting_workload
+    original = counting_workload.CountingWorkload.loss
+
+    def loss(self, model, batch):
+        step = self.steps
+        value, correct = original(self, model, batch)
+        if step == at_step:
+            value = value * float("nan") if how == "grad" else value.detach() * float("nan")
+            if how == "loss":
+                value.requires_grad_(True)
+        return value, correct
+    monkeypatch.setattr(counting_workload.CountingWorkload, "loss", loss)
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+def test_a_non_finite_loss_stops_the_run_naming_the_iteration(monkeypatch, sync, staleness):
+    from hpcps.ps.checkpointer import TrainingDiverged
+    _poisoned(monkeypatch, 2, "loss")
+    with pytest.raises(TrainingDiverged) as e:
+        train(counting_job(sync, staleness, iterations=6))
+    assert str(e.value) == ("non-finite loss (nan) in iteration 3 on rank 0; "
+                            "no checkpoint (give --checkpoint DIR)")
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+def test_a_non_finite_gradient_stops_the_run_naming_the_piece(monkeypatch, tmp_path, sync, staleness):
+    from hpcps.ps.checkpointer import CheckpointSettings, TrainingDiverged
+    _poisoned(monkeypatch, 3, "grad")
+    with pytest.raises(TrainingDiverged) as e:
+        train(counting_job(sync, staleness, iterations=8), checkpoints=CheckpointSettings(tmp_path, every=2))
+    # the last piece's gradient is complete first, and its step is the first to see the NaN
+    what = "gradient of worker 0" if sync == "asp" else "aggregated gradient"
+    assert str(e.value) == (f"non-finite {what} in piece 2 (elements 32..39, 8 not finite) in iteration 4 on "
+                            f"rank 0; last good checkpoint: {tmp_path / 'ckpt-00000002.h5'} (after iteration 2)")
+
+
+def test_last_good_text_names_the_newest_checkpoint(tmp_path):
+    from hpcps.ps.checkpointer import Checkpointer, CheckpointSettings
+    c = object.__new__(Checkpointer)
+    c.settings, c.last_good, c.last_path = CheckpointSettings(tmp_path), None, None
+    assert c.last_good_text() == "no checkpoint was written"
+    c.settings = CheckpointSettings(None)
+    assert c.last_good_text() == "no checkpoint (give --checkpoint DIR)"
+    c.settings, c.last_good = CheckpointSettings(tmp_path), 12
+    assert c.last_good_text() == f"last good checkpoint: {tmp_path / 'ckpt-00000012.h5'} (after iteration 12)"
+    c.last_path = tmp_path / "elsewhere.h5"
+    assert c.last_good_text() == f"last good checkpoint: {tmp_path / 'elsewhere.h5'} (after iteration 12)"
+    c.settings, c.last_path = CheckpointSettings(None), None
+    assert c.last_good_text() == "last good checkpoint: None (after iteration 12)"
+
+
+def test_stop_signals_are_taken_on_rank_0_only_and_put_back():
+    import os
+    import signal
+
+    from hpcps.ps.checkpointer import STOP_SIGNALS, StopSignals
+    assert STOP_SIGNALS == (signal.SIGUSR1, signal.SIGTERM)
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    s0, s1 = StopSignals(0), StopSignals(1)
+    assert s0.rank == 0 and s0.received is None and s0._old == {}
+    try:
+        assert s0.install() is s0
+        assert all(signal.getsignal(s) == s0._handle for s in STOP_SIGNALS)
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert s0.received == "SIGUSR1"
+        s0._handle(signal.SIGTERM, None)         # the first reason stays
+        assert s0.received == "SIGUSR1"
+        s1._handle(signal.SIGTERM, None)
+        assert s1.received is None
+    finally:
+        s0.uninstall()
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    assert s0._old == {}
+    fresh = StopSignals(0)
+    fresh._handle(signal.SIGTERM, None)
+    assert fresh.received == "SIGTERM"
+
+
+def test_flag_lag_and_mode_names():
+    from hpcps.ps.checkpointer import ASP_FLAG_LAG, _mode, flag_lag
+    assert flag_lag("bsp") == 1 and flag_lag("ssp", 0) == 2 and flag_lag("ssp", 3) == 5
+    assert flag_lag("asp") == ASP_FLAG_LAG == 16
+    assert _mode({}) == "bsp" and _mode({"sync": "asp"}) == "asp"
+    assert _mode({"sync": "ssp", "staleness": 2}) == "ssp (staleness 2)"
+    assert _mode({"sync": "ssp"}) == "ssp (staleness 0)"
+
+
+def test_a_checkpoint_of_another_job_names_what_differs():
+    from hpcps.ps.checkpoint import CheckpointError, _short, check_resumable, identity_of
+    assert _short({"b": 1, "a": [2]}) == '{"a": [2], "b": 1}'
+    long = {"k": "x" * 100}
+    assert _short(long) == json_text(long)[:77] + "..." and len(_short(long)) == 80
+    exact = "y" * 78                              # json adds the quotes: 80 characters
+    assert _short(exact) == f'"{exact}"'
+    from hpcps.ps.checkpoint import Checkpoint
+    job = counting_job()
+    other = counting_job(name="other")
+    ident = identity_of(job)
+    ckpt = Checkpoint(3, "other", {**ident, "model": {"block": 7}}, {}, np.zeros(5, np.float32), {}, {}, None, {},
+                      None, path=Path("c.h5"))
+    with pytest.raises(CheckpointError, match=r"written by another job: its model is \{\"block\": 7\}, "
+                                              r"this job's is \{\"block\": 40\} \(job 'other'\)"):
+        check_resumable(ckpt, other)
+    same = Checkpoint(3, "count", ident, {}, np.zeros(5, np.float32), {}, {}, None, {}, None, path=Path("c.h5"))
+    check_resumable(same, job, 5)
+    with pytest.raises(CheckpointError, match="holds 5 parameters, this job's model has 6"):
+        check_resumable(same, job, 6)
+
+
+def json_text(value) -> str:
+    import json
+    return json.dumps(value, sort_keys=True)

@@ -54,7 +54,7 @@ def job_for(sync="bsp", staleness=0, iterations=6, *, optimizer=None, exchange=N
                model={"block": BLOCK}, data=data, exchange=exchange or ExchangeConfig(bucket_mb=16 / 2 ** 20))
 
 
-def train(job: Job, checkpoints=None, recorders=None):
+def train(job: Job, checkpoints=None, recorders=None, schedule: Schedule = SCHEDULE):
     from hpcps.ps.runtime import run_training
     logs: list[list[str]] = [[], [], []]
 
@@ -63,7 +63,7 @@ def train(job: Job, checkpoints=None, recorders=None):
         r = comm.Get_rank()
         settings = checkpoints(r) if checkpoints is not None else None
         rec = recorders[r] if recorders is not None else None
-        return run_training(comm, job, SCHEDULE, device="cpu", log=logs[r].append, checkpoints=settings,
+        return run_training(comm, job, schedule, device="cpu", log=logs[r].append, checkpoints=settings,
                             recorder=rec)
     results = run_ranks(3, rank)
     assert results[1] is None and results[2] is None
@@ -160,3 +160,96 @@ def test_three_ranks_evaluate_on_rank_0():
     result, logs = train(job_for("bsp", iterations=4, eval_every=2, log_every=4))
     assert [m for m in logs if " eval " in m] == ["iter     2/4  eval  test_loss 0.0000"]
     np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 4.0, np.float32))
+
+
+def _one_rank(job: Job, checkpoints=None):
+    from mpi4py import MPI
+
+    from hpcps.ps.runtime import run_training
+    logs: list[str] = []
+    _RANK.rank = 0
+    result = run_training(MPI.COMM_SELF, job, Schedule((0,), (WorkerSpec(0, 2),)), device="cpu",
+                          log=logs.append, checkpoints=checkpoints)
+    return result, logs
+
+
+def test_resume_three_ranks_on_one_under_another_mode(tmp_path: Path):
+    from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    opt = OptimizerConfig("sgd", lr=1.0, momentum=0.5)
+    int8 = ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8")
+    train(job_for("bsp", iterations=2, optimizer=opt, exchange=int8),
+          checkpoints=lambda r: CheckpointSettings(tmp_path, every=2))
+    ckpt = read_checkpoint(list_checkpoints(tmp_path)[0][1])
+    assert ckpt.schedule == {"n_ranks": 3, "servers": [1, 2], "workers": [[0, 1], [1, 1]],
+                             "codecs": ["int8", "int8"], "sync": "bsp", "staleness": 0}
+    result, logs = _one_rank(job_for("ssp", 1, iterations=4, optimizer=opt, exchange=int8),
+                             CheckpointSettings(None, resume=ckpt, resuming=True))
+    # one rank serves every piece itself: no encoder, no residual
+    assert logs[0] == (f"resuming from {ckpt.path} after iteration 2, under another schedule (it ran 3 ranks, "
+                       "servers [1, 2], 2 workers), written under sync bsp, going on under ssp (staleness 1); "
+                       "error-feedback residuals dropped: no worker's codec keeps one now")
+    assert result.start_iteration == 2 and np.isfinite(result.final_params).all()
+    result, logs = _one_rank(job_for("bsp", iterations=4, optimizer=opt),
+                             CheckpointSettings(None, resume=ckpt, resuming=True))
+    assert (f"resuming from {ckpt.path} after iteration 2, under another schedule (it ran 3 ranks, servers "
+            "[1, 2], 2 workers); error-feedback residuals dropped: no worker's codec keeps one now") in logs
+
+
+def test_resume_one_rank_on_three(tmp_path: Path):
+    from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    opt = OptimizerConfig("adam", lr=0.1, eps=1e-5)
+    int8 = ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8")
+    _one_rank(job_for("bsp", iterations=2, optimizer=opt, exchange=int8), CheckpointSettings(tmp_path, every=2))
+    ckpt = read_checkpoint(list_checkpoints(tmp_path)[0][1])
+    assert ckpt.schedule["n_ranks"] == 1 and ckpt.residuals is None    # a rank serving itself encodes nothing
+    assert float(ckpt.optimizer_scalars["step"]) == 2.0
+    result, logs = train(job_for("asp", iterations=3, optimizer=opt, exchange=int8),
+                         checkpoints=lambda r: CheckpointSettings(None, resume=ckpt if r == 0 else None,
+                                                                  resuming=True))
+    assert logs[0] == (f"resuming from {ckpt.path} after iteration 2, under another schedule (it ran 1 ranks, "
+                       "servers [0], 1 workers), written under sync bsp, going on under asp")
+    assert result.start_iteration == 2 and result.iterations == 3
+    # Adam's state went to both servers: the third step continues from the saved moments
+    assert (result.final_params > ckpt.params - 1e-6).all()
+
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 1), ("asp", 0)])
+def test_three_ranks_stop_on_a_signal(tmp_path: Path, sync, staleness):
+    from hpcps.ps.checkpoint import list_checkpoints
+    from hpcps.ps.checkpointer import CheckpointSettings, StopSignals, flag_lag
+
+    def settings(r):
+        signals = StopSignals(r)
+        signals.received = "SIGUSR1" if r == 0 else None
+        return CheckpointSettings(tmp_path, signals=signals)
+    result, logs = train(job_for(sync, staleness, iterations=30), checkpoints=settings)
+    at = 1 + flag_lag(sync, staleness)
+    assert result.stopped and result.iterations == at
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [at]
+    np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, float(at), np.float32))
+    when = "the next iteration boundary" if at == 2 else f"the boundary {at - 1} iterations on"
+    assert f"SIGUSR1: checkpoint at {when}, then stop" in logs
+
+
+def test_resume_with_the_workers_in_another_order_shares_their_residuals(tmp_path: Path):
+    from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    opt = OptimizerConfig("sgd", lr=1.0)
+    int8 = ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8")
+    train(job_for("bsp", iterations=2, optimizer=opt, exchange=int8),
+          checkpoints=lambda r: CheckpointSettings(tmp_path, every=2))
+    ckpt = read_checkpoint(list_checkpoints(tmp_path)[0][1])
+    assert ckpt.residuals is not None and ckpt.residuals.shape == (2, 2 * BLOCK)
+    swapped = Schedule((2, 1), (WorkerSpec(1, 1), WorkerSpec(0, 1)))
+    result, logs = train(job_for("bsp", iterations=4, optimizer=opt, exchange=int8), schedule=swapped,
+                         checkpoints=lambda r: CheckpointSettings(tmp_path, every=2, resume=ckpt if r == 0 else None,
+                                                                  resuming=True))
+    assert logs[0] == (f"resuming from {ckpt.path} after iteration 2, under another schedule (it ran 3 ranks, "
+                       "servers [1, 2], 2 workers); the 2 old workers' error-feedback residuals shared among the 2 "
+                       "new workers whose codec keeps one")
+    np.testing.assert_allclose(result.final_params, np.full(2 * BLOCK, 4.0), rtol=1e-2)
+    four = read_checkpoint(list_checkpoints(tmp_path)[0][1])
+    assert four.iteration == 4 and four.schedule["servers"] == [2, 1]
+    assert four.schedule["workers"] == [[1, 1], [0, 1]]
