@@ -1,0 +1,19 @@
+"""A deadline per unit test: a test stuck in a loop (code under test that never ends, as a mutation
+test's changed code may) prints every thread's stack and ends the process, instead of holding the run.
+
+The deadline (seconds) is HPCPS_UNIT_DEADLINE_S, 600 by default: far above the slowest unit test on a
+loaded 2-core machine (test_imports, about 3 minutes)."""
+
+import faulthandler
+import os
+
+import pytest
+
+DEADLINE_S = float(os.environ.get("HPCPS_UNIT_DEADLINE_S", "600"))
+
+
+@pytest.fixture(autouse=True)
+def _deadline():
+    faulthandler.dump_traceback_later(DEADLINE_S, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
