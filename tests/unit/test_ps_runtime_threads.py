@@ -73,12 +73,27 @@ def train(job: Job, checkpoints=None, recorders=None, schedule: Schedule = SCHED
 MODES = [("bsp", 0), ("ssp", 0), ("ssp", 1), ("asp", 0)]
 
 
+def check_observed(sync: str, staleness: int, iterations: int, tol: float = 0.0) -> None:
+    """What every step of both workers computed on (the counting workload's OBSERVED): under bsp and ssp
+    a step at clock c sees every worker's updates of clocks before c - s and none of clock c or later;
+    under asp values never exceed every push."""
+    from tests.fixtures import counting_workload
+    seen = list(counting_workload.OBSERVED)
+    assert sorted(c for c, _, _ in seen) == sorted(list(range(iterations)) * 2)
+    for c, lo, hi in seen:
+        if sync == "asp":
+            assert lo.min() >= -tol and hi.max() <= iterations + tol
+        else:
+            assert lo.min() >= c - staleness - tol and hi.max() <= c + tol, (c, lo, hi)
+
+
 @pytest.mark.parametrize("sync, staleness", MODES)
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "after-step"])
 def test_three_ranks_apply_every_push_once(sync, staleness, overlap):
     job = job_for(sync, staleness, exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, overlap=overlap))
     result, logs = train(job)
     np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 6.0, np.float32))
+    check_observed(sync, staleness, 6)
     assert result.iterations == 6 and not result.stopped
     assert [h["iteration"] for h in result.history] == [2, 4, 6]
     mode = {"bsp": "bsp", "ssp": f"ssp (staleness {staleness})", "asp": "asp"}[sync]
@@ -100,6 +115,8 @@ def test_three_ranks_with_codecs(sync, staleness, codec, pull):
                   exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec=codec, pull_codec=pull))
     result, _ = train(job, recorders=recs)
     assert result.final_params.shape == (2 * BLOCK,)
+    if codec == "int8":
+        check_observed(sync, staleness, 4, tol=0.05)
     if codec == "int8":
         np.testing.assert_allclose(result.final_params, np.full(2 * BLOCK, 4.0), rtol=1e-2)
     attrs = recs[0].run["attrs"]
@@ -253,3 +270,28 @@ def test_resume_with_the_workers_in_another_order_shares_their_residuals(tmp_pat
     four = read_checkpoint(list_checkpoints(tmp_path)[0][1])
     assert four.iteration == 4 and four.schedule["servers"] == [2, 1]
     assert four.schedule["workers"] == [[1, 1], [0, 1]]
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+@pytest.mark.parametrize("transport", ["direct", "staged"])
+@pytest.mark.parametrize("codec, pull", [("none", "none"), ("int8", "bf16")])
+def test_three_ranks_with_device_buffers(monkeypatch, sync, staleness, transport, codec, pull):
+    """The workers' buffers as a device's (tests/fakes.py): MPI reads and writes them directly, or
+    through host mirrors ("staged"); lossy codecs encode and decode through host copies."""
+    from hpcps.ps import runtime
+    from tests.fakes import exchange_buffer
+    made = []
+
+    def device_buffer(t, _transport):
+        made.append(transport)
+        return exchange_buffer(t.detach().numpy(), transport)
+    monkeypatch.setattr(runtime, "_exchange_buffer", device_buffer)
+    job = job_for(sync, staleness, iterations=4,
+                  exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec=codec, pull_codec=pull))
+    result, _ = train(job)
+    assert made == [transport] * 4          # params and grads of the two workers
+    check_observed(sync, staleness, 4, tol=0.05 if codec != "none" else 0.0)
+    if codec == "none":
+        np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 4.0, np.float32))
+    else:
+        np.testing.assert_allclose(result.final_params, np.full(2 * BLOCK, 4.0), rtol=1e-2)
