@@ -77,7 +77,9 @@ class Recorder:
         self.calls.append(("phase", name, t0, t1))
 
     def transfer(self, meta, t0, t1, iteration=None):
-        self.calls.append(("transfer", iteration))
+        assert t0 <= t1
+        self.calls.append(("transfer", iteration, meta.kind, meta.direction, meta.shard, meta.peer, meta.nbytes,
+                           meta.piece))
 
     def staleness(self, iteration, shard, piece, version, staleness):
         self.calls.append(("staleness", iteration, shard, piece, version, staleness))

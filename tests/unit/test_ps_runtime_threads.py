@@ -125,7 +125,23 @@ def test_three_ranks_with_codecs(sync, staleness, codec, pull):
     if pull != "none":
         assert attrs["pull_nbytes_per_iteration"] * 2 == attrs["pull_raw_nbytes_per_iteration"]
     # messages between ranks are recorded as transfers, pieces of rank 1's own by copies
-    assert recs[0].named("transfer") and recs[2].named("transfer")
+    ends = [{(kind, direction, peer) for _, _, kind, direction, _, peer, _, _ in rec.named("transfer")}
+            for rec in recs]
+    assert ends[0] == {("pull", "recv", 1), ("pull", "recv", 2), ("push", "send", 1), ("push", "send", 2)}
+    assert ends[2] == {("pull", "send", 0), ("pull", "send", 1), ("push", "recv", 0), ("push", "recv", 1)}
+    assert ends[1] - {("pull", "local", 1)} == {("pull", "recv", 2), ("pull", "send", 0), ("push", "recv", 0),
+                                               ("push", "send", 2), ("push", "local", 1)}
+    for it in range(4):         # worker 0 pushes and pulls each of the three pieces, every iteration
+        assert [t[2] for t in recs[0].named("transfer") if t[1] == it].count("push") == 3
+        if sync != "ssp":       # ssp's pulls are answers to what the worker's clock needs
+            assert [t[2] for t in recs[0].named("transfer") if t[1] == it].count("pull") == 3
+    if codec == "int8":         # 16-element pieces: 16 bytes and a scale; 16-bit pulls (and a version)
+        assert {t[6] for t in recs[0].named("transfer") if t[2] == "push"} == {20}
+        assert {t[6] for t in recs[0].named("transfer") if t[2] == "pull"} == ({32} if sync == "bsp" else {36})
+    for rec in recs:            # every phase's times are numbers (nan where the rank has no such phase)
+        for c in rec.named("iteration"):
+            assert all(isinstance(v, float) for v in c[1:]), c
+            assert c[1] <= c[2] and c[7] <= c[8] and c[9] <= c[10]
     assert recs[2].run["is_worker"] is False and recs[2].run["is_server"] is True
     assert recs[0].run["is_server"] is False and recs[1].run["is_server"] is True
 

@@ -67,3 +67,103 @@ def test_a_residual_of_the_wrong_size_is_refused():
     np.testing.assert_array_equal(enc.state(), np.arange(8.0))
     enc.load_state(None)
     assert not enc.state().any()
+
+
+def test_encoder_states_round_trip_through_an_exchange():
+    from hpcps.ps.exchange import Exchange
+    ex = object.__new__(Exchange)
+    lossy = make_codec("int8").encoder(4)
+    plain = make_codec("none").encoder(3)
+    ex.encoders = {2: lossy, 5: plain}
+    lossy.load_state(np.array([1.0, 2.0, 3.0, 4.0]))
+    states = ex.encoder_states()
+    assert sorted(states) == [2]
+    np.testing.assert_array_equal(states[2], [1.0, 2.0, 3.0, 4.0])
+    ex.load_encoder_states({})                                 # a lossy encoder not named starts from zero
+    assert not lossy.state().any()
+    ex.load_encoder_states({2: np.array([0.5, 0.5, 0.5, 0.5])})
+    np.testing.assert_array_equal(lossy.state(), [0.5] * 4)
+    with pytest.raises(ValueError, match=r"^residuals for pieces \[1, 7\] that this worker does not push$"):
+        ex.load_encoder_states({7: np.zeros(1), 1: np.zeros(1), 2: np.zeros(4)})
+    with pytest.raises(ValueError, match="keeps no state"):
+        ex.load_encoder_states({5: np.zeros(3)})
+
+
+class _Clock:
+    def __init__(self, overruns, lag_s, pushes, late):
+        self.overruns, self.lag_s, self.pushes, self.late_pushes = overruns, lag_s, pushes, late
+
+
+class _Emulator:
+    def __init__(self, clock, dilation=4.0, ref=0.002, name="node-a"):
+        self.clock, self.dilation, self.ref, self.node_name = clock, dilation, ref, name
+        self.asked = []
+
+    def measure_reference(self, comm, step, key=None):
+        self.asked.append(key)
+        if step is not None:
+            step()
+        return self.ref if step is not None else None
+
+
+def test_report_emulation_warns_past_one_step_in_twenty():
+    from mpi4py import MPI
+
+    from hpcps.ps.runtime import _report_emulation
+    said = []
+    _report_emulation(MPI.COMM_SELF, _Emulator(_Clock(5, 0.02, 100, 5)), 100, said.append)
+    assert said == []                                          # 5 of 100: not more than 5%
+    _report_emulation(MPI.COMM_SELF, _Emulator(_Clock(6, 0.02, 100, 6)), 100, said.append)
+    assert said == ["warning: 6 of 100 emulated steps ran longer here than on their node (by 5.0 ms emulated in "
+                    "all); raise --time-dilation for a faithful emulation",
+                    "warning: 6 of 100 overlapped pushes went out later than on their node (the real step was "
+                    "not through by then); raise --time-dilation for a faithful overlap"]
+
+
+def test_report_emulation_on_other_ranks_says_nothing():
+    from hpcps.ps.runtime import _report_emulation
+    from tests.unit.thread_ranks import run_ranks
+    said = [[], []]
+
+    def rank(comm):
+        r = comm.Get_rank()
+        _report_emulation(comm, _Emulator(_Clock(10 * r, 0.0, 10, 0)), 10, said[r].append)
+    run_ranks(2, rank)
+    assert said[1] == []
+    assert said[0] == ["warning: 10 of 20 emulated steps ran longer here than on their node (by 0.0 ms emulated "
+                       "in all); raise --time-dilation for a faithful emulation"]
+
+
+def test_measure_reference_leaves_the_model_as_it_was():
+    import torch
+    from mpi4py import MPI
+
+    from hpcps.ps.flat import FlatModel
+    from hpcps.ps.runtime import _measure_reference
+
+    class Workload:
+        def get_batch(self, indices):
+            return torch.tensor(indices, dtype=torch.float32)
+
+        def loss(self, model, batch):
+            model.bn.running_mean += 1.0                       # a buffer the step moves
+            torch.rand(1)                                      # and the random state
+            return (model.lin(batch[None]) ** 2).sum(), 0.0
+
+    model = torch.nn.Module()
+    model.lin = torch.nn.Linear(3, 1)
+    model.bn = torch.nn.BatchNorm1d(2)
+    flat = FlatModel(model)
+    emu = _Emulator(None)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    said = []
+    costs = _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, [1, 2, 3], said.append)
+    assert costs == [0.002] and emu.asked == [3]
+    assert said == ["emulated step cost (CPU time alone here, ms): node-a 2.00"]
+    assert torch.equal(torch.get_rng_state(), state)
+    assert not model.bn.running_mean.any()
+    assert not flat.grads.any()
+    none = _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, None, said.append)
+    assert none == [None] and emu.asked == [3, None]
+    assert said[-1] == "emulated step cost (CPU time alone here, ms): "
