@@ -131,6 +131,9 @@ def test_three_ranks_with_codecs(sync, staleness, codec, pull):
     assert ends[2] == {("pull", "send", 0), ("pull", "send", 1), ("push", "recv", 0), ("push", "recv", 1)}
     assert ends[1] - {("pull", "local", 1)} == {("pull", "recv", 2), ("pull", "send", 0), ("push", "recv", 0),
                                                ("push", "send", 2), ("push", "local", 1)}
+    # shard 0 is rank 1's, shard 1 rank 2's
+    assert {(t[5], t[4]) for t in recs[0].named("transfer")} == {(1, 0), (2, 1)}
+    assert {t[4] for t in recs[2].named("transfer")} == {1}
     for it in range(4):         # worker 0 pushes and pulls each of the three pieces, every iteration
         assert [t[2] for t in recs[0].named("transfer") if t[1] == it].count("push") == 3
         if sync != "ssp":       # ssp's pulls are answers to what the worker's clock needs

@@ -167,3 +167,28 @@ def test_measure_reference_leaves_the_model_as_it_was():
     none = _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, None, said.append)
     assert none == [None] and emu.asked == [3, None]
     assert said[-1] == "emulated step cost (CPU time alone here, ms): "
+
+
+def test_a_peer_failure_names_the_ranks_of_the_requests_mpi_released():
+    from mpi4py import MPI
+
+    from hpcps.ps.exchange import Exchange, Transfer
+    ex = object.__new__(Exchange)
+    pending = MPI.COMM_SELF.Irecv(np.empty(1), source=0, tag=4242)
+    try:
+        def meta(peer):
+            return (print, (0, Transfer("push", "recv", 0, peer, 4)))
+        ex._reqs = [MPI.REQUEST_NULL, pending, MPI.REQUEST_NULL, MPI.REQUEST_NULL]
+        ex._done = [meta(3), meta(5), meta(1), meta(3)]
+        error = MPI.Exception(MPI.ERR_OTHER)
+        first = error.Get_error_string().splitlines()[0]
+        failure = ex._peer_failure(error)
+        assert isinstance(failure, RuntimeError)
+        assert str(failure) == f"messages with rank 1, 3 failed ({first}); its process has probably ended"
+        ex._reqs = [pending]
+        ex._done = [meta(5)]
+        assert str(ex._peer_failure(error)) == (f"messages with a peer failed ({first}); "
+                                                "its process has probably ended")
+    finally:
+        pending.Cancel()
+        pending.Wait()
