@@ -36,11 +36,15 @@ def one_rank() -> Schedule:
 
 
 def train(job: Job, **kw):
+    """run_training on MPI.COMM_SELF, in a thread of its own: a run that does not end in time fails the
+    test instead of holding it (tests/unit/thread_ranks.py)."""
     from mpi4py import MPI
 
     from hpcps.ps.runtime import run_training
+    from tests.unit.thread_ranks import run_ranks
     logs: list[str] = []
-    result = run_training(MPI.COMM_SELF, job, one_rank(), device="cpu", log=logs.append, **kw)
+    [result] = run_ranks(1, lambda _comm: run_training(MPI.COMM_SELF, job, one_rank(), device="cpu",
+                                                       log=logs.append, **kw))
     return result, logs
 
 
