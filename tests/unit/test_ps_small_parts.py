@@ -192,3 +192,43 @@ def test_a_peer_failure_names_the_ranks_of_the_requests_mpi_released():
     finally:
         pending.Cancel()
         pending.Wait()
+
+
+def test_a_checkpoint_file_says_what_each_dataset_means(tmp_path):
+    import h5py
+
+    from hpcps.ps.checkpoint import Checkpoint, write_checkpoint
+    n = 6
+    ckpt = Checkpoint(3, "j", {"workload": "w"}, {"n_ranks": 1, "servers": [0], "workers": [[0, 2]]},
+                      np.arange(n, dtype=np.float32), {"momentum_buffer": np.ones(n, np.float32)},
+                      {"step": np.array(3.0, np.float32)}, np.zeros((2, n), np.float32),
+                      {"bn.running_mean": np.zeros(2, np.float32)}, np.zeros((1, 8), np.uint8), created="then")
+    path = write_checkpoint(tmp_path, ckpt).path
+    with h5py.File(path) as f:
+        assert f.attrs["created"] == "then" and f.attrs["iteration"] == 3 and f.attrs["n_params"] == n
+        assert f["params"].attrs["units"] == "parameter values"
+        assert f["params"].attrs["meaning"] == "the flat parameter vector after `iteration` iterations (model order)"
+        assert f["optimizer"].attrs["meaning"] == ("the optimiser's state over the flat vector; scalars are this "
+                                                   "group's attributes")
+        assert f["optimizer/momentum_buffer"].attrs["meaning"] == "optimiser state 'momentum_buffer' per element"
+        assert f["residuals"].attrs["meaning"] == "each worker's error-feedback residual, schedule order"
+        assert f["residuals"].dtype == np.float32 and f["residuals"].shape == (2, n)
+        assert f["buffers/0"].attrs["name"] == "bn.running_mean"
+        assert f["rng/torch"].attrs["meaning"] == "each rank's torch.get_rng_state(), by rank"
+    bad = Checkpoint(3, "j", {}, {}, np.zeros(n, np.float32), residuals=np.zeros((2, n + 1), np.float32))
+    with pytest.raises(ValueError, match=r"^residuals must be \(n_workers, 6\), got \(2, 7\)$"):
+        write_checkpoint(tmp_path / "bad", bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_ssp_needs_a_whole_staleness(bad):
+    from hpcps.ps.sync import BoundedStaleness, make_policy
+    with pytest.raises(ValueError) as e:
+        BoundedStaleness(bad)
+    assert str(e.value) == f"staleness must be an integer >= 0, got {bad!r}"
+    assert make_policy("ssp", 3).staleness == 3 and make_policy("ssp").staleness == 0
+    with pytest.raises(ValueError, match=r"^unknown synchronisation 'xsp'; choose one of bsp, ssp, asp$"):
+        make_policy("xsp")
+    with pytest.raises(ValueError, match=r"^staleness applies to ssp only, got 2 with 'asp'$"):
+        make_policy("asp", 2)
+    assert make_policy("asp").name == "asp" and make_policy("bsp").name == "bsp"
