@@ -417,3 +417,41 @@ def test_a_checkpoint_of_another_job_names_what_differs():
 def json_text(value) -> str:
     import json
     return json.dumps(value, sort_keys=True)
+
+
+def test_checkpoints_every_few_seconds_follow_rank_0_s_clock(tmp_path: Path):
+    from hpcps.ps.checkpoint import list_checkpoints
+    from hpcps.ps.checkpointer import CheckpointSettings
+    # every boundary is past the interval: rank 0 asks at each, and the run saves one boundary later
+    result, logs = train(counting_job("bsp", iterations=5), checkpoints=CheckpointSettings(tmp_path, every_s=1e-9,
+                                                                                         keep=10))
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [5, 4, 3, 2]
+    assert len([m for m in logs if m.startswith("checkpoint ")]) == 4
+    other = tmp_path / "hour"
+    train(counting_job("bsp", iterations=5), checkpoints=CheckpointSettings(other, every_s=3600.0))
+    assert [it for it, _ in list_checkpoints(other)] == [5]          # only the final one
+
+
+def test_resuming_without_the_checkpoint_on_rank_0_is_refused():
+    from hpcps.ps.checkpointer import CheckpointSettings
+    with pytest.raises(RuntimeError, match=r"^rank 0: the checkpoint to resume from must be read on rank 0 only$"):
+        train(counting_job("bsp", iterations=2), checkpoints=CheckpointSettings(None, resuming=True))
+
+
+def test_pieces_must_agree_on_their_optimiser_state():
+    from hpcps.ps.checkpointer import _agree
+    vec = ((5,), "float32")
+    one = {"keys": {0: {"m": vec, "step": ((), "float32")}}, "scalars": {0: {"step": np.array(2.0)}}}
+    two = {"keys": {1: {"m": vec, "step": ((), "float32")}}, "scalars": {1: {"step": np.array(2.0)}}}
+    keys, scalars = _agree([one, two], 2)
+    assert keys == ["m"] and list(scalars) == ["step"] and scalars["step"] == 2.0
+    with pytest.raises(RuntimeError, match=r"^2 of 3 pieces reported their state$"):
+        _agree([one, two], 3)
+    late = {"keys": {1: {"m": vec, "step": ((), "float32")}}, "scalars": {1: {"step": np.array(3.0)}}}
+    with pytest.raises(RuntimeError, match=r"^optimiser scalar 'step' differs between pieces: 2.0 and 3.0$"):
+        _agree([one, late], 2)
+    other = {"keys": {1: {"v": vec}}, "scalars": {1: {}}}
+    with pytest.raises(RuntimeError, match=r"^pieces hold different optimiser state: "):
+        _agree([one, other], 2)
+    both = {"keys": {0: {"b": vec, "a": vec}, 1: {"b": vec, "a": vec}}, "scalars": {0: {}, 1: {}}}
+    assert _agree([both], 2) == (["a", "b"], {})
