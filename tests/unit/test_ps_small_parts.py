@@ -232,3 +232,44 @@ def test_ssp_needs_a_whole_staleness(bad):
     with pytest.raises(ValueError, match=r"^staleness applies to ssp only, got 2 with 'asp'$"):
         make_policy("asp", 2)
     assert make_policy("asp").name == "asp" and make_policy("bsp").name == "bsp"
+
+
+def test_optimizers_take_every_setting_of_the_job():
+    import torch
+
+    from hpcps.config.job import OptimizerConfig
+    from hpcps.ps.optim import make_optimizer, make_shard_optimizer
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = make_optimizer(OptimizerConfig("sgd", lr=0.3, momentum=0.8, nesterov=True, weight_decay=0.01), p)
+    assert type(sgd) is torch.optim.SGD
+    assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["nesterov"],
+            sgd.defaults["weight_decay"]) == (0.3, 0.8, True, 0.01)
+    for name, kind in (("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)):
+        o = make_optimizer(OptimizerConfig(name, lr=0.02, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1), p)
+        assert type(o) is kind
+        assert (o.defaults["lr"], tuple(o.defaults["betas"]), o.defaults["eps"], o.defaults["weight_decay"]) == \
+            (0.02, (0.8, 0.95), 1e-6, 0.1)
+    with pytest.raises(ValueError, match=r"^unknown optimizer 'lamb'$"):
+        make_optimizer(OptimizerConfig("lamb", lr=0.1), p)
+    params, grad = np.ones(3, np.float32), np.full(3, 2.0, np.float32)
+    make_shard_optimizer(OptimizerConfig("sgd", lr=0.25), params, grad).step()
+    np.testing.assert_array_equal(params, [0.5, 0.5, 0.5])          # in place, from the shard's gradient
+
+
+def test_a_flat_model_binds_trainable_float32_parameters():
+    import torch
+
+    from hpcps.ps.flat import FlatModel
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    model[0].bias.requires_grad_(False)
+    flat = FlatModel(model)
+    assert flat.sizes == [6, 3, 1] and flat.numel == 10
+    np.testing.assert_array_equal(flat.params[:6].numpy(), model[0].weight.detach().reshape(-1).numpy())
+    model(torch.ones(1, 2)).sum().backward()
+    assert flat.grads[6:9].abs().sum() > 0                       # the second layer's weight gradient, in place
+    flat.zero_grad()
+    assert not flat.grads.any()
+    flat.params[0] = 7.0
+    assert model[0].weight[0, 0] == 7.0
+    with pytest.raises(TypeError, match=r"^parameters must be float32, got torch.float64$"):
+        FlatModel(torch.nn.Linear(2, 2).double())
