@@ -455,3 +455,41 @@ def test_pieces_must_agree_on_their_optimiser_state():
         _agree([one, other], 2)
     both = {"keys": {0: {"b": vec, "a": vec}, 1: {"b": vec, "a": vec}}, "scalars": {0: {}, 1: {}}}
     assert _agree([both], 2) == (["a", "b"], {})
+
+
+def _emulation(compute: str, network: str = "fabric"):
+    from hpcps.cluster import Cluster, Node, NodeType
+    from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker
+    from hpcps.ps.runtime import Emulation
+    from hpcps.sim.profile import WorkloadProfile
+    fast = NodeType("fast", speed=2.0, cores=4, nic_gbps=8.0, latency_us=100.0, fixed_ms=3.0)
+    cluster = Cluster("c", (fast,), (Node("a1", fast),))
+    placement = NodeSchedule((NodePlan("a1", True, (NodeWorker(2, 1),)),)).to_rank_schedule()
+    profile = WorkloadProfile("toy", BLOCK, 1e-3, 5e-4, 0.5, 0.9, 0.25, 1e6)
+    return Emulation(cluster, placement, profile, 4.0, compute, network)
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+@pytest.mark.parametrize("compute", ["reference", "each"])
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "after-step"])
+def test_an_emulated_node_trains_the_same_and_reports_its_setting(sync, staleness, compute, overlap):
+    rec = Recorder()
+    job = counting_job(sync, staleness, iterations=6,
+                       exchange=ExchangeConfig(bucket_mb=64 / 2 ** 20, overlap=overlap))
+    result, logs = train(job, emulation=_emulation(compute), recorder=rec)
+    np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 6.0, np.float32))
+    attrs = rec.run["attrs"]
+    assert attrs["emulation_dilation"] == 4.0 and attrs["emulation_compute"] == compute
+    assert attrs["emulation_network"] == "fabric"
+    # under emulation only bsp overlaps pushes with the step (each at its share of the emulated step)
+    assert attrs["overlap"] == int(overlap and sync == "bsp")
+    assert logs[0].endswith(", overlapped") == (overlap and sync == "bsp")
+    cost = [m for m in logs if m.startswith("emulated step cost")]
+    if compute == "reference":
+        import json
+        steps = json.loads(attrs["emulated_step_cost_s"])
+        assert len(steps) == 1 and steps[0] > 0
+        assert cost == [f"emulated step cost (CPU time alone here, ms): a1 {steps[0] * 1e3:.2f}"]
+    else:
+        assert "emulated_step_cost_s" not in attrs and cost == []
+    assert (rec.while_waiting is not None) == (sync != "bsp")
