@@ -78,6 +78,7 @@ class Recorder:
         self.calls.append(("iteration", *args))
 
     def phase(self, name, t0, t1):
+        assert t0 <= t1
         self.calls.append(("phase", name, t0, t1))
 
     def transfer(self, meta, t0, t1, iteration=None):
@@ -185,6 +186,7 @@ def test_the_trace_recorder_hears_every_phase(sync, staleness):
         assert pull0 <= pull1 and data0 <= data1 <= c0 <= c1 and push0 <= push1 and agg0 <= agg1
         assert math.isfinite(loss)
     assert [c[-1] for c in iterations] == [0.0, -40.0, -80.0, -120.0]
+    assert all(c[7] < c[6] for c in iterations)          # overlapped: the first push leaves during the step
     assert [c[1] for c in rec.named("phase")] == ["report", "report"]
     if sync == "bsp":
         assert rec.while_waiting is None
@@ -279,7 +281,7 @@ def test_pick_device_without_a_gpu(monkeypatch):
     assert runtime.pick_device("cpu", True) == "cpu"
     assert runtime.pick_device("auto", True) == "cpu"
     assert runtime.pick_device("cuda", False) == "cpu"
-    with pytest.raises(RuntimeError, match="--device cuda was asked for but PyTorch sees no GPU"):
+    with pytest.raises(RuntimeError, match="^--device cuda was asked for but PyTorch sees no GPU$"):
         runtime.pick_device("cuda", True)
 
 
@@ -472,11 +474,37 @@ def _emulation(compute: str, network: str = "fabric"):
 @pytest.mark.parametrize("sync, staleness", MODES)
 @pytest.mark.parametrize("compute", ["reference", "each"])
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "after-step"])
-def test_an_emulated_node_trains_the_same_and_reports_its_setting(sync, staleness, compute, overlap):
+def test_an_emulated_node_trains_the_same_and_reports_its_setting(monkeypatch, sync, staleness, compute, overlap):
+    from hpcps.emulate import rank as emulate_rank
+    from hpcps.ps import runtime
+    made = {}
+
+    def capture(name, cls):
+        def build(*args, **kw):
+            made[name] = obj = cls(*args, **kw)
+            made[name + "_kw"] = kw
+            return obj
+        monkeypatch.setattr(module_of[name], name, build)
+    module_of = {"Exchange": runtime, "StaleExchange": runtime, "RankEmulator": emulate_rank}
+    capture("Exchange", runtime.Exchange)
+    capture("StaleExchange", runtime.StaleExchange)
+    capture("RankEmulator", emulate_rank.RankEmulator)
     rec = Recorder()
     job = counting_job(sync, staleness, iterations=6,
                        exchange=ExchangeConfig(bucket_mb=64 / 2 ** 20, overlap=overlap))
     result, logs = train(job, emulation=_emulation(compute), recorder=rec)
+    kind = "Exchange" if sync == "bsp" else "StaleExchange"
+    kw = made[kind + "_kw"]
+    emulator = made["RankEmulator"]
+    assert kw["emulator"] is emulator and kw["sleep_wait"] is None
+    assert kw["aggregate"] == emulator.clock.run_aggregate and kw["clock"] == emulator.time
+    # between steps an emulated ssp or asp rank keeps serving; bsp's never idles
+    assert (emulator.clock.idle == made[kind].progress) == (sync != "bsp")
+    assert made[kind].defer_aggregation is False
+    if sync == "bsp" and overlap:
+        # a rank that also serves updates the pieces that became ready during its step after the step
+        for c in rec.named("iteration"):
+            assert c[9] >= c[6]
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 6.0, np.float32))
     attrs = rec.run["attrs"]
     assert attrs["emulation_dilation"] == 4.0 and attrs["emulation_compute"] == compute

@@ -141,6 +141,19 @@ def test_three_ranks_with_codecs(sync, staleness, codec, pull):
     if codec == "int8":         # 16-element pieces: 16 bytes and a scale; 16-bit pulls (and a version)
         assert {t[6] for t in recs[0].named("transfer") if t[2] == "push"} == {20}
         assert {t[6] for t in recs[0].named("transfer") if t[2] == "pull"} == ({32} if sync == "bsp" else {36})
+    for rec in recs:            # copies of rank 1's own pieces: 16 float32 values each way
+        assert {t[6] for t in rec.named("transfer") if t[3] == "local"} <= {64}
+        assert all(isinstance(t[1], int) for t in rec.named("transfer"))
+    assert {t[6] for t in recs[1].named("transfer") if t[3] == "local"} == {64}
+    for rec in recs:            # how stale each piece a step used was: its clock less its version
+        for _, it, shard, piece, version, st in rec.named("staleness"):
+            if sync == "ssp":
+                assert st == it - version and 0 <= st <= staleness
+            else:                   # asp's versions count pushes applied, of every worker
+                assert st >= 0 and version >= 0
+            assert shard in (0, 1) and 0 <= piece < 3
+    if sync == "ssp" and staleness == 0:
+        assert recs[0].named("staleness") and {c[5] for c in recs[0].named("staleness")} == {0}
     for rec in recs:            # every phase's times are numbers (nan where the rank has no such phase)
         for c in rec.named("iteration"):
             assert all(isinstance(v, float) for v in c[1:]), c

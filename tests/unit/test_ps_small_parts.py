@@ -273,3 +273,47 @@ def test_a_flat_model_binds_trainable_float32_parameters():
     assert model[0].weight[0, 0] == 7.0
     with pytest.raises(TypeError, match=r"^parameters must be float32, got torch.float64$"):
         FlatModel(torch.nn.Linear(2, 2).double())
+
+
+def test_deferred_reports_sum_each_worker_s_rate_since_its_last_report():
+    from mpi4py import MPI
+
+    from hpcps.ps.runtime import _DeferredReports
+
+    class Clock:
+        t = 10.0
+
+        def __call__(self):
+            return self.t
+
+    class Ex:
+        def wait_until(self, cond):
+            while not cond():
+                pass
+    clock = Clock()
+    reports = _DeferredReports(MPI.COMM_SELF, Ex(), clock, 4)
+    assert reports.t_last == 10.0 and reports.it_last == 0 and reports.pending == []
+    clock.t = 12.0
+    reports.post(np.array([1.0, 2.0, 3.0, 4.0]), 2)          # 4 samples x 2 steps in 2 s
+    clock.t = 13.0
+    reports.post(np.array([5.0, 6.0, 7.0, 8.0]), 5)          # 3 more steps in 1 s
+    rows = reports.poll() + reports.finish()
+    assert [done for done, _ in rows] == [2, 5]
+    np.testing.assert_array_equal(rows[0][1], [1.0, 2.0, 3.0, 4.0, 4.0])
+    np.testing.assert_array_equal(rows[1][1], [5.0, 6.0, 7.0, 8.0, 12.0])
+    assert reports.pending == [] and reports.finish() == []
+    clock.t = 13.0
+    reports.post(np.zeros(4), 6)                             # no time passed: the rate stays finite
+    assert reports.finish()[0][1][4] == pytest.approx(4 / 1e-9)
+
+
+def test_cut_pieces_takes_buckets_of_one_element_and_refuses_less():
+    from hpcps.ps.plan import cut_pieces
+    shards = [Shard(0, 0, 0, 64)]
+    for bucket in (1, 16, 32):
+        pieces = cut_pieces(shards, bucket)
+        assert pieces[0].start == 0 and pieces[-1].stop == 64
+        assert all(a.stop == b.start for a, b in zip(pieces, pieces[1:]))
+    assert [p.size for p in cut_pieces(shards, 32)] == [32, 32]
+    with pytest.raises(ValueError, match=r"^bucket_elements must be >= 1, got 0$"):
+        cut_pieces(shards, 0)
