@@ -133,3 +133,29 @@ def test_only_ssp_with_staleness_or_asp(mode, staleness):
     with pytest.raises(ValueError) as e:
         stale_iteration_times(mode, staleness, s, w, c, bw, lat, agg, ap, P, k)
     assert str(e.value) == f"stale composition of ssp (staleness >= 1) or asp; got {mode!r}, {staleness}"
+
+
+@pytest.mark.parametrize("mode, staleness", [("ssp", 1), ("ssp", 2), ("asp", 0)])
+def test_candidates_are_composed_each_on_its_own(mode, staleness):
+    """Several layouts at once (rows of servers and workers) give what each gives alone."""
+    s, w, c, bw, lat, agg, ap, k = two_nodes()
+    layouts = [
+        (np.array([True, False]), np.array([True, True]), np.array([2.0, 6.0])),
+        (np.array([True, True]), np.array([True, True]), np.array([4.0, 4.0])),
+        (np.array([False, True]), np.array([True, False]), np.array([8.0, 0.0])),
+    ]
+    S = np.stack([a for a, _, _ in layouts])
+    W = np.stack([b for _, b, _ in layouts])
+    K = np.stack([kk for _, _, kk in layouts])
+    n = len(layouts)
+    C = np.repeat(c, n, axis=1)
+    A = np.repeat(np.array([[[0.5, 0.7]]]), n, axis=1) * S[None]
+    AP = np.repeat(np.array([[[0.1, 0.2]]]), n, axis=1) * S[None]
+    together = stale_iteration_times(mode, staleness, S, W, C, bw, lat, A, AP, P, K)
+    assert together.shape == (1, n)
+    for i in range(n):
+        alone = stale_iteration_times(mode, staleness, S[i:i + 1], W[i:i + 1], C[:, i:i + 1], bw, lat,
+                                      A[:, i:i + 1], AP[:, i:i + 1], P, K[i:i + 1])
+        assert together[0, i] == pytest.approx(alone[0, 0], rel=1e-12)
+    # two servers halve each shard: the second layout's pushes and pulls carry 50 bytes
+    assert len(set(np.round(together[0], 9))) == n
