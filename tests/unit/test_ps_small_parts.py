@@ -317,3 +317,28 @@ def test_cut_pieces_takes_buckets_of_one_element_and_refuses_less():
     assert [p.size for p in cut_pieces(shards, 32)] == [32, 32]
     with pytest.raises(ValueError, match=r"^bucket_elements must be >= 1, got 0$"):
         cut_pieces(shards, 0)
+
+
+def test_at_boundary_needs_every_piece_stepped_and_nothing_pending():
+    from hpcps.ps.exchange import Exchange
+
+    def ex(version, worker=True, pushed=True, in_flight=0, staging=(), ready=()):
+        e = object.__new__(Exchange)
+        e.version, e.is_worker = dict(version), worker
+        e.pushed = np.array([pushed, True])
+        e._in_flight_pushes = in_flight
+        e._staging, e._ready_to_aggregate = list(staging), list(ready)
+        return e
+    assert ex({0: 3, 1: 3}).at_boundary(3)
+    assert not ex({0: 3, 1: 3}).at_boundary(2)
+    assert not ex({0: 3, 1: 2}).at_boundary(3)
+    assert not ex({0: 3}, pushed=False).at_boundary(3)
+    assert not ex({0: 3}, in_flight=1).at_boundary(3)
+    assert ex({0: 3}, worker=False, pushed=False).at_boundary(3)     # a rank that only serves
+    assert not ex({0: 3}, staging=[(None, 0, 3)]).at_boundary(3)
+    assert not ex({0: 3}, ready=[0]).at_boundary(3)
+    assert not ex({0: 3}, worker=False, pushed=False, ready=[1]).at_boundary(3)
+    assert ex({}, worker=False).at_boundary(7)                       # neither serves nor works
+    e = ex({0: 4, 1: 5})
+    assert e.served_through(3) and not e.served_through(4)
+    assert e.pushes_done() and not ex({}, pushed=False).pushes_done() and not ex({}, in_flight=2).pushes_done()
