@@ -342,3 +342,29 @@ def test_at_boundary_needs_every_piece_stepped_and_nothing_pending():
     e = ex({0: 4, 1: 5})
     assert e.served_through(3) and not e.served_through(4)
     assert e.pushes_done() and not ex({}, pushed=False).pushes_done() and not ex({}, in_flight=2).pushes_done()
+
+
+def test_serve_pieces_keeps_a_row_set_per_round_that_can_be_open():
+    from hpcps.config.job import OptimizerConfig
+    from hpcps.ps.plan import MessagePlan
+    from hpcps.ps.server import AsyncPiece, RoundPiece
+    from hpcps.ps.stale import _set_version, _version_of, serve_pieces
+    plan = MessagePlan.build(64, [0, 1], [0, 1], bucket_bytes=4 * 16)
+    init = np.arange(64, dtype=np.float32)
+    opt = OptimizerConfig("sgd", lr=0.1)
+    codecs = [make_codec("none"), make_codec("none")]
+    mine = serve_pieces("ssp", 3, plan, 1, init, [1, 3], opt, codecs, iterations=2)
+    assert sorted(mine) == [p.index for p in plan.pieces if p.server == 1] and mine
+    for q, state in mine.items():
+        assert isinstance(state, RoundPiece) and state.rounds == 2          # a run of 2 steps: 2 rounds
+        np.testing.assert_array_equal(state.params, init[plan.pieces[q].start:plan.pieces[q].stop])
+    assert {s.rounds for s in serve_pieces("ssp", 3, plan, 1, init, [1, 3], opt, codecs).values()} == {4}
+    assert {s.rounds for s in serve_pieces("ssp", 3, plan, 1, init, [1, 3], opt, codecs,
+                                           iterations=0).values()} == {1}
+    assert all(isinstance(s, AsyncPiece) for s in serve_pieces("asp", 0, plan, 0, init, [1, 3], opt, codecs).values())
+    with pytest.raises(ValueError, match=r"^no stale exchange for 'bsp'$"):
+        serve_pieces("bsp", 0, plan, 0, init, [1, 3], opt, codecs)
+    buf = np.zeros(12, dtype=np.uint8)
+    _set_version(buf, 70000)
+    assert _version_of(buf) == 70000 and not buf[:8].any()
+    assert buf[-4:].view(np.int32)[0] == 70000
