@@ -1,0 +1,99 @@
+"""hpcps.tune.models.network.iteration_times on two nodes, worked out by hand.
+
+Node 0 serves (one shard, P bytes) and works; node 1 works. X: a slice over the slower NIC
+(max(P / B0, P / B1)); Lm: the larger latency. Node 1's push of its slice is ready at its step's end
+(one shard: ready fraction 1) and is in X + Lm later; node 0 updates once it has it and its own step
+is done (aggregation a0), then sends the shard back, in X + Lm. Steady state: an iteration is
+max(c0, c1 + 2 (X + Lm)) + a0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcps.tune.models.network import Exchange, _max_of_others, _queue, iteration_times
+
+P = 100.0
+
+
+def layout(c=(5.0, 4.0), B=(100.0, 50.0), L=(0.1, 0.3), a0=0.5):
+    return (np.array([[True, False]]), np.array([[True, True]]), np.array(c)[None, None],
+            np.array(B)[None, None], np.array(L)[None, None], np.array([a0, 7.0])[None, None])
+
+
+@pytest.mark.parametrize("c, B, L, a0", [((5.0, 4.0), (100.0, 50.0), (0.1, 0.3), 0.5),
+                                         ((10.0, 4.0), (100.0, 50.0), (0.1, 0.3), 0.5),
+                                         ((1.0, 2.0), (20.0, 400.0), (0.02, 0.001), 0.25)])
+def test_two_nodes_steady_state(c, B, L, a0):
+    s, w, comp, bw, lat, agg = layout(c, B, L, a0)
+    X, Lm = max(P / B[0], P / B[1]), max(L)
+    got = iteration_times(s, w, comp, bw, lat, agg, P)
+    assert got.shape == (1, 1)
+    assert got[0, 0] == pytest.approx(max(c[0], c[1] + 2 * (X + Lm)) + a0, rel=1e-12)
+    # the cold start, one round: every worker pulls at once first (node 1 in X + Lm)
+    one = iteration_times(s, w, comp, bw, lat, agg, P, rounds=1)
+    assert one[0, 0] == pytest.approx(max(c[0], X + Lm + c[1] + X + Lm) + a0, rel=1e-12)
+    assert iteration_times(s, w, comp, bw, lat, agg, P, rounds=0)[0, 0] == pytest.approx(one[0, 0], rel=1e-12)
+    assert iteration_times(s, w, comp, bw, lat, agg, P, rounds=3)[0, 0] == pytest.approx(got[0, 0], rel=1e-12)
+
+
+def test_two_nodes_with_smaller_pushes():
+    s, w, comp, bw, lat, agg = layout()
+    push = np.array([[0.0, 50.0]])
+    # the push's slice: max(50 / 100, 50 / 50) = 1; the pull's still 2; Lm 0.3 each way
+    got = iteration_times(s, w, comp, bw, lat, agg, P, push_bytes=push)
+    assert got[0, 0] == pytest.approx(max(5.0, 4.0 + 1.0 + 0.3 + 2.0 + 0.3) + 0.5, rel=1e-12)
+    detail = iteration_times(s, w, comp, bw, lat, agg, P, push_bytes=push, detail=True)
+    assert detail.iteration[0, 0] == pytest.approx(got[0, 0], rel=1e-12)
+
+
+def test_two_nodes_in_detail():
+    s, w, comp, bw, lat, agg = layout()
+    ex = iteration_times(s, w, comp, bw, lat, agg, P, detail=True)
+    assert isinstance(ex, Exchange)
+    assert ex.iteration[0, 0] == pytest.approx(9.1, rel=1e-12)
+    # the first pull: node 1 waits X + Lm = 2.3, node 0 copies its own; node 0's step hides its sends
+    np.testing.assert_allclose(ex.pull[0, 0], [0.0, 2.3], rtol=1e-12)
+    # a push: node 1's slice moves X + Lm once posted; node 0 has it that long after it began
+    np.testing.assert_allclose(ex.push[0, 0], [2.3, 2.3], rtol=1e-12)
+    # last round, from its first step's start: steps end at c0 and X + Lm + c1; node 0 has every push
+    # at the later of its step and node 1's push
+    np.testing.assert_allclose(ex.ready[0, 0], [5.0, 6.3], rtol=1e-12)
+    np.testing.assert_allclose(ex.done[0, 0], [8.6, 0.0], rtol=1e-12)
+
+
+def test_candidates_and_samples_are_composed_each_on_its_own():
+    layouts = [(np.array([True, False]), np.array([True, True])),
+               (np.array([True, True]), np.array([True, True])),
+               (np.array([False, True]), np.array([True, False])),
+               (np.array([True, False]), np.array([False, True]))]
+    S = np.stack([a for a, _ in layouts])
+    W = np.stack([b for _, b in layouts])
+    n = len(layouts)
+    comp = np.array([[[5.0, 4.0]], [[2.0, 9.0]]]).repeat(n, axis=1)           # two samples
+    bw = np.array([[[100.0, 50.0]], [[30.0, 60.0]]])
+    lat = np.array([[[0.1, 0.3]], [[0.2, 0.05]]])
+    agg = np.array([[[0.5, 0.7]], [[0.2, 0.1]]]).repeat(n, axis=1)
+    together = iteration_times(S, W, comp, bw, lat, agg, P)
+    assert together.shape == (2, n)
+    for k in range(2):
+        for i in range(n):
+            alone = iteration_times(S[i:i + 1], W[i:i + 1], comp[k:k + 1, i:i + 1], bw[k:k + 1], lat[k:k + 1],
+                                    agg[k:k + 1, i:i + 1], P)
+            assert together[k, i] == pytest.approx(alone[0, 0], rel=1e-12)
+    # a dedicated server (layout 4): c1 + 2 (X + Lm) + a0
+    assert together[0, 3] == pytest.approx(4.0 + 2 * (2.0 + 0.3) + 0.5, rel=1e-12)
+
+
+def test_max_of_others_and_the_queue():
+    v = np.array([[3.0, 1.0, 2.0, 5.0]])
+    assert _max_of_others(v, np.array([[True, True, True, False]])).tolist() == [[2.0, 3.0, 3.0, 3.0]]
+    assert _max_of_others(v, np.ones((1, 4), bool)).tolist() == [[5.0, 5.0, 5.0, 3.0]]
+    assert _max_of_others(v, np.zeros((1, 4), bool)).tolist() == [[0.0] * 4]
+    # slices arriving at 0, 0.5 and 10 through a NIC taking 1 each: through at 1, 2 and 11
+    a = np.array([[0.0, 0.5, 10.0, np.inf]])
+    assert _queue(a, np.ones((1, 1))).tolist() == [[1.0, 2.0, 11.0, -np.inf]]
+    # under fair sharing the first two (one busy spell) end together
+    assert _queue(a, np.ones((1, 1)), spells=True).tolist() == [[2.0, 2.0, 11.0, -np.inf]]
+    # costs per slice
+    assert _queue(a, np.array([[2.0, 1.0, 0.5, 9.0]])).tolist() == [[2.0, 3.0, 10.5, -np.inf]]
