@@ -1,0 +1,141 @@
+"""hpcps.tune.models.machine.MachineModel's parametric form, priors and grouping, checked by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from hpcps.cluster import Cluster, Node, NodeType
+from hpcps.tune.models.machine import PER_TYPE, MachineModel, _amdahl, _group, _sigmoid
+
+FAST = NodeType("fast", speed=2.0, cores=4, nic_gbps=8.0, latency_us=100.0, fixed_ms=3.0)
+SLOW = NodeType("slow", speed=0.5, cores=2, nic_gbps=1.6, latency_us=20.0)
+CLUSTER = Cluster("c", (FAST, SLOW), (Node("a1", FAST), Node("b1", SLOW), Node("b2", SLOW)))
+
+
+def theta_of(model, a, b, per):
+    """theta from global log a, log b and per type [c0, d_a, d_b, qa, qb, o] (plain values)."""
+    th = [math.log(a), math.log(b)]
+    for c0, da, db, qa, qb, o in per:
+        th += [math.log(c0), da, db, math.log(qa / (1 - qa)), math.log(qb / (1 - qb)), math.log(o)]
+    return np.array(th)
+
+
+def test_priors_follow_the_cluster_file():
+    m = MachineModel(CLUSTER)
+    assert PER_TYPE == ("log_c0", "d_a", "d_b", "logit_qa", "logit_qb", "log_o")
+    assert len(m.prior_mean) == 2 + 6 * 2
+    np.testing.assert_allclose(m.prior_mean[:2], [math.log(1e-4)] * 2)
+    np.testing.assert_allclose(m.prior_sd[:2], [5.0, 5.0])
+    fast, slow = m.prior_mean[2:8], m.prior_mean[8:]
+    assert fast[0] == pytest.approx(math.log(3e-3)) and slow[0] == pytest.approx(math.log(1e-6))
+    assert fast[5] == slow[5] == pytest.approx(math.log(1.0))
+    assert list(fast[1:5]) == [0.0] * 4
+    np.testing.assert_allclose(m.prior_sd[2:8], [1.0, 0.7, 0.7, 1.5, 1.5, 1.5])
+    np.testing.assert_allclose(m.prior_sd[8:], [2.0, 0.7, 0.7, 1.5, 1.5, 1.5])     # no fixed_ms: wider
+    np.testing.assert_array_equal(m.theta, m.prior_mean)
+    np.testing.assert_allclose(np.diag(m.cov), m.prior_sd ** 2)
+    assert m.noise_sd == 0.1 and m.gps == {} and not m.seen.any()
+    np.testing.assert_array_equal(m.speed, [2.0, 0.5])
+    np.testing.assert_array_equal(m.cores, [4.0, 2.0])
+
+
+def test_constants_and_the_form_by_hand():
+    m = MachineModel(CLUSTER)
+    th = theta_of(m, 1e-3, 2e-4, [(1e-3, 0.1, -0.2, 0.25, 0.75, 0.5), (2e-3, 0.0, 0.3, 0.5, 0.9, 2.0)])
+    c = m.constants(th)
+    assert c["c0"].shape == (1, 2)
+    np.testing.assert_allclose(c["c0"][0], [1e-3, 2e-3])
+    np.testing.assert_allclose(c["a"][0], [1e-3 * math.exp(0.1) / 2.0, 1e-3 / 0.5])
+    np.testing.assert_allclose(c["b"][0], [2e-4 * math.exp(-0.2) / 2.0, 2e-4 * math.exp(0.3) / 0.5])
+    np.testing.assert_allclose(c["qa"][0], [0.25, 0.5])
+    np.testing.assert_allclose(c["qb"][0], [0.75, 0.9])
+    np.testing.assert_allclose(c["o"][0], [0.5, 2.0])
+
+    def by_hand(j, k, t, T):
+        cores = [4.0, 2.0][j]
+        t = max(t, 1.0)
+        T = max(T, t)
+        s = t * min(1.0, cores / T)
+        amd = lambda q: (1 - q) / min(1.0, s) + q / s  # noqa: E731
+        over = 1 + c["o"][0, j] * max(0.0, T / cores - 1)
+        return c["c0"][0, j] + (c["a"][0, j] * amd(c["qa"][0, j]) + c["b"][0, j] * k * amd(c["qb"][0, j])) * over
+
+    cases = [(0, 8, 1, 1), (0, 8, 4, 4), (0, 16, 2, 8), (1, 8, 1, 1), (1, 32, 2, 6), (1, 4, 0, 0), (0, 4, 3, 1)]
+    for j, k, t, T in cases:
+        assert m.form(th, j, k, t, T)[0] == pytest.approx(by_hand(j, k, t, T), rel=1e-12), (j, k, t, T)
+    # broadcast over inputs, and over samples of theta
+    ti = np.array([[0, 1], [1, 0]])
+    got = m.form(np.stack([th, th]), ti, np.array([[8, 32], [4, 16]]), 2, np.array([[2, 6], [2, 8]]))
+    assert got.shape == (2, 2, 2)
+    assert got[1, 0, 1] == pytest.approx(by_hand(1, 32, 2, 6), rel=1e-12)
+    assert got[0, 1, 1] == pytest.approx(by_hand(0, 16, 2, 8), rel=1e-12)
+
+
+def test_amdahl_and_sigmoid():
+    assert _amdahl(np.array(0.25), np.array(4.0)) == pytest.approx(0.75 + 0.0625)
+    assert _amdahl(np.array(0.25), np.array(0.5)) == pytest.approx(0.75 / 0.5 + 0.25 / 0.5)
+    assert _sigmoid(0.0) == 0.5 and _sigmoid(math.log(3.0)) == pytest.approx(0.75)
+
+
+def test_without_residual_gps_a_prediction_is_the_linearised_form():
+    m = MachineModel(CLUSTER)
+    th = m.theta[None]
+    base = m.form(th, 0, 8, 2, 2)
+    np.testing.assert_allclose(m.linearized(th, 0, 8, 2, 2), base, rtol=1e-12)
+    np.testing.assert_allclose(m.predict(th, 0, 8, 2, 2), base, rtol=1e-12)
+    # a draw off the fit moves the log time along the gradient: for c0 of type 0 alone, by exactly
+    # c0's share of the time (d log f / d log c0 = c0 / f)
+    moved = th.copy()
+    moved[0, 2] += 0.01
+    f = base[0]
+    c0 = m.constants(th)["c0"][0, 0]
+    assert m.linearized(moved, 0, 8, 2, 2)[0] == pytest.approx(f * math.exp(0.01 * c0 / f), rel=1e-6)
+    mu, sd = m.residual(np.array([0, 1]), np.array([8.0, 0.0]), np.array([2.0, 1.0]), np.array([2.0, 1.0]))
+    assert mu.tolist() == [0.0, 0.0] and sd.tolist() == [0.0, 0.0]
+
+
+def test_a_residual_gp_scales_the_prediction():
+    m = MachineModel(CLUSTER)
+
+    class GP:
+        def __init__(self):
+            self.asked = []
+
+        def predict(self, X):
+            self.asked.append(X.copy())
+            return np.full(len(X), 0.2)
+    gp = GP()
+    m.gps, m.gp_sd = {1: gp}, {1: 0.5}
+    th = m.theta[None]
+    ti, k, t, T = np.array([0, 1, 1, 1]), np.array([8.0, 8.0, 8.0, 0.0]), np.array([2.0, 1.0, 1.0, 1.0]), \
+        np.array([2.0, 2.0, 2.0, 1.0])
+    mu, sd = m.residual(ti, k, t, T)
+    np.testing.assert_allclose(mu, [0.0, 0.2, 0.2, 0.0])          # type 1 workers only (k > 0)
+    np.testing.assert_allclose(sd, [0.0, 0.5, 0.5, 0.0])
+    # the two identical settings are predicted once: features log1p(k) (k at least 1), t / cores, T / cores
+    [X] = gp.asked
+    np.testing.assert_allclose(X, [[math.log1p(1.0), 0.5, 0.5], [math.log1p(8.0), 0.5, 1.0]])
+    base = m.linearized(th, ti, k, t, T)
+    np.testing.assert_allclose(m.predict(th, ti, k, t, T), base * np.exp(mu), rtol=1e-12)
+    z = np.array([1.5])
+    np.testing.assert_allclose(m.predict(th, ti, k, t, T, z=z), base * np.exp(mu + 1.5 * sd), rtol=1e-12)
+
+
+def test_group_takes_worker_rows_by_setting():
+    from hpcps.tune.observations import empty
+    obs = empty(6)
+    obs["type"] = [0, 0, 0, 1, 1, 0]
+    obs["batch"] = [8, 8, 8, 4, 0, 8]
+    obs["threads"] = [2, 2, 2, 1, 1, 2]
+    obs["node_threads"] = [2, 2, 2, 0, 1, 4]
+    obs["compute_s"] = [1.0, math.e, math.e ** 2, 3.0, 5.0, 0.0]     # the last two: a server, no time
+    ti, k, t, T, mean, count, var = _group(obs)
+    assert ti.tolist() == [0, 1] and k.tolist() == [8.0, 4.0] and t.tolist() == [2.0, 1.0]
+    assert T.tolist() == [2.0, 1.0]                                  # at least the worker's own threads
+    np.testing.assert_allclose(mean, [1.0, math.log(3.0)])
+    np.testing.assert_allclose(count, [3.0, 1.0])
+    np.testing.assert_allclose(var, [1.0, 0.0])                      # sample variance of 0, 1, 2
+    assert _group(empty(0)) is None
