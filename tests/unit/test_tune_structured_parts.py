@@ -77,3 +77,97 @@ def test_the_network_fit_takes_a_row_per_iteration_or_per_trial_on_big_clusters(
     import pytest
     with pytest.raises(ValueError, match=r"^give push bytes for every trial or for none$"):
         _stack([(servers, workers, obs, pb), (servers, workers, obs)], 3)
+
+
+def _tiny_model(n_samples=4):
+    from hpcps.cluster import NodeType
+    from tests.unit.test_tune_models import tiny_problem
+    st = NodeType("st", 2.0, 2, 10.0, latency_us=30.0)
+    wt = NodeType("wt", 1.0, 2, 4.0, latency_us=40.0)
+    return StructuredModel(tiny_problem(st, [wt, wt]), n_samples=n_samples, seed=0)
+
+
+def test_moments_of_a_log_normal_correction_on_the_samples(monkeypatch):
+    import math
+
+    from hpcps.tune.models.structured import INFEASIBLE_LOG_S, INFEASIBLE_S, MIN_VARIANCE_LOG, MIN_VARIANCE_S2
+    model = _tiny_model()
+    it = np.array([[1.0, 2.0, np.inf, 4.0], [3.0, 2.0, np.inf, 4.0]])          # (samples 2, points 4)
+    feats = np.zeros((4, 3))
+    monkeypatch.setattr(model, "_compose", lambda X, samples, noisy=True: (it, feats))
+    model._corr, model._corr_mean, model._corr_sd = None, 0.1, 0.2
+    mean, var = model._moments(np.zeros((4, model.space.n_dims)))
+    m1 = np.array([2.0, 2.0, 4.0])                  # points 0, 1 and 3
+    m2 = np.array([5.0, 4.0, 16.0])
+    want_mean = m1 * math.exp(0.1 + 0.02)
+    want_var = m2 * math.exp(0.2 + 0.08) - want_mean ** 2
+    np.testing.assert_allclose(mean[[0, 1, 3]], want_mean, rtol=1e-12)
+    np.testing.assert_allclose(var[[0, 1, 3]], want_var, rtol=1e-12)
+    assert mean[2] == INFEASIBLE_S and var[2] == MIN_VARIANCE_S2
+    lmean, lvar = model._log_moments(np.zeros((4, model.space.n_dims)))
+    logs = np.log(it[:, [0, 1, 3]])
+    np.testing.assert_allclose(lmean[[0, 1, 3]], logs.mean(0) + 0.1, rtol=1e-12)
+    np.testing.assert_allclose(lvar[[0, 1, 3]], logs.var(0) + 0.04, rtol=1e-12)
+    assert lmean[2] == INFEASIBLE_LOG_S and lvar[2] == MIN_VARIANCE_LOG
+    # predict goes through the same moments, as (n, 1) columns
+    pm, pv = model.predict(np.zeros((4, model.space.n_dims)))
+    np.testing.assert_array_equal(pm[:, 0], mean)
+    np.testing.assert_array_equal(pv[:, 0], var)
+    plm, plv = model.predict_log(np.zeros((4, model.space.n_dims)))
+    np.testing.assert_array_equal(plm[:, 0], lmean)
+    np.testing.assert_array_equal(plv[:, 0], np.maximum(lvar, MIN_VARIANCE_LOG))
+    # no spread at all still reads as the floor, never as none
+    it[:] = 2.0
+    model._corr_sd = 0.0
+    _, var = model._moments(np.zeros((4, model.space.n_dims)))
+    np.testing.assert_array_equal(var, np.full(4, MIN_VARIANCE_S2))
+
+
+def test_the_correction_gp_moves_finite_candidates_only():
+    from hpcps.tune.models.structured import PRIOR_CORRECTION_SD
+    model = _tiny_model()
+
+    class GP:
+        def predict(self, X, return_std=False):
+            assert return_std
+            return X[:, 0] * 0.5, np.full(len(X), 0.07)
+    model._corr, model._corr_mean = GP(), 0.2
+    feats = np.array([[1.0, 0.5, 0.5], [np.inf, 0.5, 0.5], [2.0, 0.0, 1.0]])
+    mu, sd = model._correction(feats)
+    np.testing.assert_allclose(mu, [0.7, 0.2, 1.2])
+    np.testing.assert_allclose(sd, [0.07, PRIOR_CORRECTION_SD, 0.07])
+    model._corr, model._corr_mean, model._corr_sd = None, -0.1, 0.3
+    mu, sd = model._correction(feats)
+    np.testing.assert_allclose(mu, [-0.1] * 3)
+    np.testing.assert_allclose(sd, [0.3] * 3)
+
+
+def test_noisy_steps_add_the_mean_excess_and_a_spread_shrunk_by_the_iterations(monkeypatch):
+    import math
+    model = _tiny_model(n_samples=4)
+    model.optimize()
+    model.machine.noise_sd = 0.2
+    model._iterations = 4
+    N = len(model.problem.cluster)
+    comp = np.full((4, 1, N), 1.0)
+    monkeypatch.setattr(model, "_node_times", lambda d, samples: (comp[:samples], None, None, None))
+    # the composition stand-in: the slowest node's step
+    monkeypatch.setattr(model, "_global_batch_times", lambda d, c, bw, lat, agg: c.max(-1))
+    noise = np.array([[-1.0, 0.5, 2.0], [0.0, -0.5, 1.0], [1.0, 1.0, -2.0], [0.3, 0.2, 0.1]])[:, None, :]
+    model._noise = noise
+    from tests.unit.test_tune_models import point
+    x = point((1, 0, 0.0, 1), (0, 1, 0.5, 1), (0, 1, 0.5, 1))
+    it, _ = model._compose(x[None], samples=4)
+    sigma = 0.2
+    excess = np.exp(sigma * noise - sigma ** 2 / 2).max(-1) - 1.0                 # (4, 1)
+    mean_excess = excess.mean(0, keepdims=True)
+    want = 1.0 + mean_excess + (excess - mean_excess) / math.sqrt(4)
+    np.testing.assert_allclose(it, want, rtol=1e-12)
+    # one sample, or noiseless: the composition as it is
+    np.testing.assert_allclose(model._compose(x[None], samples=1)[0], [[1.0]])
+    np.testing.assert_allclose(model._compose(x[None], samples=4, noisy=False)[0], np.ones((4, 1)))
+    two, _ = model._compose(x[None], samples=2)
+    e2 = excess[:2] - excess[:2].mean(0)
+    np.testing.assert_allclose(two, 1.0 + excess[:2].mean(0) + e2 / 2, rtol=1e-12)
+    model.machine.noise_sd = 0.0
+    np.testing.assert_allclose(model._compose(x[None], samples=4)[0], np.ones((4, 1)))
