@@ -4,6 +4,7 @@ spends on one worker's push under asp."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from hpcps.tune.models.structured import StructuredModel
 from hpcps.tune.space import decode_many
@@ -171,3 +172,42 @@ def test_noisy_steps_add_the_mean_excess_and_a_spread_shrunk_by_the_iterations(m
     np.testing.assert_allclose(two, 1.0 + excess[:2].mean(0) + e2 / 2, rtol=1e-12)
     model.machine.noise_sd = 0.0
     np.testing.assert_allclose(model._compose(x[None], samples=4)[0], np.ones((4, 1)))
+
+
+@pytest.mark.parametrize("pull", ["none", "bf16"])
+def test_codec_costs_node_by_node(slownet, pull):  # noqa: F811
+    from dataclasses import replace
+
+    from hpcps.tune.models.codecs import CodecModel
+    from hpcps.tune.problem import problem_for
+    cluster, job, profiles, problem = slownet
+    if pull != "none":
+        from tests.unit.test_tune_models import CODEC_COSTS
+        job = replace(job, exchange=replace(job.exchange, pull_codec=pull))
+        costs = CODEC_COSTS + ((pull, (1e-9, 2e-9)),)
+        profiles = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=costs))
+        problem = problem_for(cluster, job, profiles, codecs=("sign", "int8"))
+    cm = CodecModel(problem)
+    assert cm.active and cm.has_costs
+    np.testing.assert_array_equal(cm.encode, [0.0, 2e-8, 3e-8])
+    np.testing.assert_array_equal(cm.decode, [0.0, 4e-9, 6e-9])
+    assert (cm.pull_encode > 0 and cm.pull_decode > 0) == (pull != "none")
+    speed = [n.type.speed for n in problem.cluster.nodes]
+    for codecs, servers in (([0, 1, 1, 2, 2], (0, 1)), ([2] * 5, (0, 1, 2, 3, 4)), ([1] * 5, (3,))):
+        d = decode_many(problem.space, spread(problem, codecs, servers)[None])
+        m = int(d.servers[0].sum())
+        shard_values = problem.params / m
+        remote = cm.remote_values(d)[0]
+        enc, dec = cm.encode_s(d)[0], cm.decode_s(d)[0]
+        push = cm.push_bytes(d)[0]
+        for i in range(len(speed)):
+            works, serves, k = bool(d.workers[0, i]), bool(d.servers[0, i]), int(d.codecs[0, i])
+            # a worker sends its slice to every server on another node
+            assert remote[i] == (problem.params * (m - serves) / m if works else 0.0)
+            want_enc = (cm.encode[k] * remote[i] + cm.pull_decode * problem.params) / speed[i] if works else 0.0
+            assert enc[i] == pytest.approx(want_enc, rel=1e-12)
+            others = sum(cm.decode[int(d.codecs[0, j])] for j in range(len(speed))
+                         if d.workers[0, j] and j != i)
+            want_dec = (others + cm.pull_encode) * shard_values / speed[i] if serves else 0.0
+            assert dec[i] == pytest.approx(want_dec, rel=1e-12)
+            assert push[i] == problem.push_slice_bytes(k, m)
