@@ -489,10 +489,15 @@ def test_an_emulated_node_trains_the_same_and_reports_its_setting(monkeypatch, s
     capture("Exchange", runtime.Exchange)
     capture("StaleExchange", runtime.StaleExchange)
     capture("RankEmulator", emulate_rank.RankEmulator)
+    from hpcps.ps.worker import Worker
+    steps = []
+    step = Worker.step
+    monkeypatch.setattr(Worker, "step", lambda self, batch: steps.append(batch) or step(self, batch))
     rec = Recorder()
     job = counting_job(sync, staleness, iterations=6,
                        exchange=ExchangeConfig(bucket_mb=64 / 2 ** 20, overlap=overlap))
     result, logs = train(job, emulation=_emulation(compute), recorder=rec)
+    assert len(steps) >= 6 and all(b is not None for b in steps)     # each step on its batch
     kind = "Exchange" if sync == "bsp" else "StaleExchange"
     kw = made[kind + "_kw"]
     emulator = made["RankEmulator"]
