@@ -72,6 +72,15 @@ def test_constants_and_the_form_by_hand():
     assert got.shape == (2, 2, 2)
     assert got[1, 0, 1] == pytest.approx(by_hand(1, 32, 2, 6), rel=1e-12)
     assert got[0, 1, 1] == pytest.approx(by_hand(0, 16, 2, 8), rel=1e-12)
+    # each input may carry the shape: threads here, node threads there
+    by_t = m.form(th, 0, 8, np.array([1, 2, 4]), 1)
+    assert by_t.shape == (1, 3)
+    np.testing.assert_allclose(by_t[0], [by_hand(0, 8, t, 1) for t in (1, 2, 4)], rtol=1e-12)
+    by_T = m.form(th, 1, 8, 1, np.array([[1], [4]]))
+    assert by_T.shape == (1, 2, 1)
+    np.testing.assert_allclose(by_T[0, :, 0], [by_hand(1, 8, 1, T) for T in (1, 4)], rtol=1e-12)
+    by_k = m.form(th, 1, np.array([1.0, 64.0]), 1, 1)
+    np.testing.assert_allclose(by_k[0], [by_hand(1, k, 1, 1) for k in (1.0, 64.0)], rtol=1e-12)
 
 
 def test_amdahl_and_sigmoid():
