@@ -211,3 +211,60 @@ def test_codec_costs_node_by_node(slownet, pull):  # noqa: F811
             want_dec = (others + cm.pull_encode) * shard_values / speed[i] if serves else 0.0
             assert dec[i] == pytest.approx(want_dec, rel=1e-12)
             assert push[i] == problem.push_slice_bytes(k, m)
+
+
+def test_the_aggregate_model_fits_bytes_times_workers_and_bytes():
+    from hpcps.tune.models.structured import AggregateModel
+    model = _tiny_model()
+    agg = AggregateModel(model.problem.cluster)
+    np.testing.assert_array_equal(agg.coef, [1.5e-10, 5e-11])
+    speed = agg.speed                                          # st 2.0, wt 1.0, wt 1.0
+    np.testing.assert_array_equal(speed, [2.0, 1.0, 1.0])
+    got = agg.predict(np.array([1e6, 4e6]), np.array([2.0, 3.0]))
+    np.testing.assert_allclose(got, [[1e6 * (1.5e-10 * 2 + 5e-11) / s for s in speed],
+                                     [4e6 * (1.5e-10 * 3 + 5e-11) / s for s in speed]], rtol=1e-12)
+    alpha, beta = 3e-10, 2e-11
+    rows = [(b, w, node, b * (alpha * w + beta) / speed[node])
+            for b, w, node in ((1e6, 1, 0), (2e6, 3, 1), (5e5, 2, 2), (3e6, 4, 0))]
+    agg.fit(rows)
+    np.testing.assert_allclose(agg.coef, [alpha, beta], rtol=1e-9)
+    agg.fit(rows[:1])                                          # one row pins nothing: kept
+    np.testing.assert_allclose(agg.coef, [alpha, beta], rtol=1e-9)
+    agg.fit([(1e6, 1, 0, 0.0), (2e6, 2, 1, 0.0)])             # all zero: no fit
+    np.testing.assert_allclose(agg.coef, [alpha, beta], rtol=1e-9)
+
+
+def test_data_checks_and_the_log_view():
+    from hpcps.tune.models.structured import LogTime, _joined
+    model = _tiny_model()
+    n = model.space.n_dims
+    with pytest.raises(ValueError, match=rf"^X must be \(n_points, {n}\) and Y \(n_points, 1\); "
+                                         rf"got \(2, {n}\) and \(3, 1\)$"):
+        model.set_data(np.zeros((2, n)), np.ones(3))
+    with pytest.raises(ValueError, match=r"^X must be"):
+        model.set_data(np.zeros((2, n + 1)), np.ones(2))
+    model.set_data(np.zeros(n), [2.5])                        # one point as a row
+    assert model.X.shape == (1, n) and model.Y.tolist() == [[2.5]]
+    log = LogTime(model)
+    log.set_data(np.zeros((2, n)), np.log([[2.0], [8.0]]))
+    np.testing.assert_allclose(model.Y, [[2.0], [8.0]])
+    np.testing.assert_allclose(log.Y, np.log([[2.0], [8.0]]))
+    assert log.X is model.X
+    model.set_observations([(np.zeros(n), None), (np.ones(n), np.zeros(0)), (np.ones(n), np.zeros(3))])
+    assert len(model._trials) == 1 and model._trials[0][0].dtype == float
+    assert _joined([]).shape == (0,)
+    np.testing.assert_array_equal(_joined([np.array([1.0]), np.array([2.0, 3.0])]), [1.0, 2.0, 3.0])
+
+
+def test_candidates_are_scored_in_chunks_of_the_cells_they_fill():
+    from hpcps.tune.models.structured import CHUNK_ELEMENTS
+    model = _tiny_model()
+    N = len(model.problem.cluster)
+    X = np.arange(3000.0)[:, None]
+    sizes = [len(c) for c in model._by_chunk(X, 16, lambda c: c)]
+    step = int(max(4, min(1024, CHUNK_ELEMENTS / (16 * N * N))))
+    assert sizes == [step] * (3000 // step) + ([3000 % step] if 3000 % step else [])
+    assert step == 1024                                         # 3 nodes: the cap
+    assert [c.shape for c in model._by_chunk(np.arange(10.0), 1, lambda c: c)] == [(1, 10)]   # one point
+    assert [len(c) for c in model._by_chunk(np.zeros((10, 1)), 10 ** 6, lambda c: c)] == [4, 4, 2]   # the floor
+    assert model._by_chunk(np.zeros((0, 1)), 16, len) == []
