@@ -97,3 +97,34 @@ def test_max_of_others_and_the_queue():
     assert _queue(a, np.ones((1, 1)), spells=True).tolist() == [[2.0, 2.0, 11.0, -np.inf]]
     # costs per slice
     assert _queue(a, np.array([[2.0, 1.0, 0.5, 9.0]])).tolist() == [[2.0, 3.0, 10.5, -np.inf]]
+
+
+def test_network_model_priors_and_node_constants():
+    import math
+
+    from hpcps.cluster import Cluster, Node, NodeType
+    from hpcps.tune.models.network import NetworkModel
+    fast = NodeType("fast", speed=2.0, cores=4, nic_gbps=8.0, latency_us=100.0)
+    slow = NodeType("slow", speed=0.5, cores=2, nic_gbps=1.6, latency_us=20.0)
+    cl = Cluster("c", (fast, slow), (Node("s1", slow), Node("f1", fast), Node("s2", slow)))
+    m = NetworkModel(cl)
+    assert m.node_type.tolist() == [1, 0, 1]
+    np.testing.assert_allclose(m.prior_mean, [math.log(1e9), math.log(0.2e9), math.log(101e-6), math.log(21e-6)])
+    np.testing.assert_allclose(m.prior_sd, [0.7, 0.7, 1.0, 1.0])
+    np.testing.assert_array_equal(m.theta, m.prior_mean)
+    np.testing.assert_allclose(np.diag(m.cov), m.prior_sd ** 2)
+    assert m.noise_sd == 0.3
+    bw, lat = m.node_params(m.theta)
+    assert bw.shape == lat.shape == (1, 1, 3)
+    np.testing.assert_allclose(bw[0, 0], [0.2e9, 1e9, 0.2e9])
+    np.testing.assert_allclose(lat[0, 0], [21e-6, 101e-6, 21e-6])
+    two = np.stack([m.theta, m.theta + np.log(2.0)])
+    bw2, lat2 = m.node_params(two)
+    assert bw2.shape == (2, 1, 3)
+    np.testing.assert_allclose(bw2[1, 0], [0.4e9, 2e9, 0.4e9])
+    np.testing.assert_allclose(lat2[1, 0], [42e-6, 202e-6, 42e-6])
+    draws = m.samples(5, np.random.default_rng(0))
+    assert draws.shape == (5, 4)
+    np.testing.assert_array_equal(draws[0], m.theta)
+    m.fit([], 1e6)                                         # nothing observed: the prior stays
+    np.testing.assert_array_equal(m.theta, m.prior_mean)
