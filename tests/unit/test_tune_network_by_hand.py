@@ -60,6 +60,12 @@ def test_two_nodes_in_detail():
     # at the later of its step and node 1's push
     np.testing.assert_allclose(ex.ready[0, 0], [5.0, 6.3], rtol=1e-12)
     np.testing.assert_allclose(ex.done[0, 0], [8.6, 0.0], rtol=1e-12)
+    # a dedicated server: its first pull sends to node 1 in X, then the larger latency (node 1's)
+    ded = iteration_times(s, np.array([[False, True]]), comp, bw, lat, agg, P, detail=True)
+    np.testing.assert_allclose(ded.pull[0, 0], [2.3, 2.3], rtol=1e-12)
+    lat2 = np.array([0.3, 0.1])[None, None]                 # the server's latency the larger
+    np.testing.assert_allclose(iteration_times(s, np.array([[False, True]]), comp, bw, lat2, agg, P,
+                                               detail=True).pull[0, 0], [2.3, 2.3], rtol=1e-12)
 
 
 def test_candidates_and_samples_are_composed_each_on_its_own():
