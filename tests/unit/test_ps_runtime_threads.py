@@ -141,6 +141,9 @@ def test_three_ranks_with_codecs(sync, staleness, codec, pull):
     if codec == "int8":         # 16-element pieces: 16 bytes and a scale; 16-bit pulls (and a version)
         assert {t[6] for t in recs[0].named("transfer") if t[2] == "push"} == {20}
         assert {t[6] for t in recs[0].named("transfer") if t[2] == "pull"} == ({32} if sync == "bsp" else {36})
+    for rec in recs:            # each transfer names its piece of the plan
+        assert {t[7] for t in rec.named("transfer")} <= {0, 1, 2}
+    assert {t[7] for t in recs[0].named("transfer")} == {0, 1, 2}
     for rec in recs:            # copies of rank 1's own pieces: 16 float32 values each way
         assert {t[6] for t in rec.named("transfer") if t[3] == "local"} <= {64}
         assert all(isinstance(t[1], int) for t in rec.named("transfer"))
@@ -314,16 +317,45 @@ def test_three_ranks_with_device_buffers(monkeypatch, sync, staleness, transport
     from tests.fakes import exchange_buffer
     made = []
 
+    class Stream:
+        synced = 0
+
+        def synchronize(self):
+            Stream.synced += 1
+
     def device_buffer(t, _transport):
         made.append(transport)
-        return exchange_buffer(t.detach().numpy(), transport)
+        buf = exchange_buffer(t.detach().numpy(), transport)
+        buf.copies.stream = Stream()          # copies into a device run on a stream of their own
+        return buf
     monkeypatch.setattr(runtime, "_exchange_buffer", device_buffer)
     job = job_for(sync, staleness, iterations=4,
                   exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec=codec, pull_codec=pull))
     result, _ = train(job)
     assert made == [transport] * 4          # params and grads of the two workers
+    # under ssp and asp a staging buffer receives again only once the copies out of it are done
+    assert (Stream.synced > 0) == (sync != "bsp")
     check_observed(sync, staleness, 4, tol=0.05 if codec != "none" else 0.0)
     if codec == "none":
         np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 4.0, np.float32))
     else:
         np.testing.assert_allclose(result.final_params, np.full(2 * BLOCK, 4.0), rtol=1e-2)
+
+
+def test_ranks_other_than_0_learn_the_last_good_checkpoint_from_rank_0(monkeypatch, tmp_path: Path):
+    from hpcps.ps import checkpointer as ck
+    from hpcps.ps.checkpointer import CheckpointSettings
+    made = {}
+    original = ck.Checkpointer.__init__
+
+    def init(self, comm, *a, **kw):
+        original(self, comm, *a, **kw)
+        made[comm.Get_rank()] = self
+    monkeypatch.setattr(ck.Checkpointer, "__init__", init)
+    train(job_for("bsp", iterations=3), checkpoints=lambda r: CheckpointSettings(tmp_path / "a"))
+    # only the final checkpoint, after iteration 3: rank 0 knows it, the others have heard of none
+    assert made[0].last_good == 3 and made[1].last_good is None and made[2].last_good is None
+    made.clear()
+    train(job_for("bsp", iterations=6), checkpoints=lambda r: CheckpointSettings(tmp_path / "b", every=2))
+    # rank 0's word arrives one boundary later: at the last boundary, the one it had after iteration 5
+    assert made[0].last_good == 6 and made[1].last_good == 4 and made[2].last_good == 4

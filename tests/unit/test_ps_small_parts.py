@@ -368,3 +368,25 @@ def test_serve_pieces_keeps_a_row_set_per_round_that_can_be_open():
     _set_version(buf, 70000)
     assert _version_of(buf) == 70000 and not buf[:8].any()
     assert buf[-4:].view(np.int32)[0] == 70000
+
+
+def test_an_async_piece_names_the_push_a_non_finite_gradient_came_with():
+    import torch
+
+    from hpcps.config.job import OptimizerConfig
+    from hpcps.ps.server import AsyncPiece, NonFiniteGradient
+    piece = Piece(0, 0, 0, 0, 4)
+    a = AsyncPiece(piece, np.zeros(4, np.float32), [1, 3], OptimizerConfig("sgd", lr=1.0))
+    np.testing.assert_array_equal(a.weights, [0.25, 0.75])
+    a.rows[0] = 4.0
+    assert a.apply(0) == 0 and a.apply(0) == 1
+    np.testing.assert_array_equal(a.params, [-2.0] * 4)          # two steps of 1.0 * 0.25 * 4
+    a.rows[1] = -1.0
+    assert a.apply(1) == 2
+    a.rows[0, 2] = np.nan
+    with pytest.raises(NonFiniteGradient) as e:
+        a.apply(0)
+    assert e.value.iteration == 2                                  # worker 0's third push
+    assert str(e.value) == "non-finite gradient of worker 0 in piece 0 (elements 0..3, 1 not finite)"
+    assert a.version == 3 and a.applied.tolist() == [2, 1]
+    assert torch.isfinite(torch.from_numpy(a.params)).all()
