@@ -390,3 +390,12 @@ def test_an_async_piece_names_the_push_a_non_finite_gradient_came_with():
     assert str(e.value) == "non-finite gradient of worker 0 in piece 0 (elements 0..3, 1 not finite)"
     assert a.version == 3 and a.applied.tolist() == [2, 1]
     assert torch.isfinite(torch.from_numpy(a.params)).all()
+
+
+def test_checkpoints_are_written_in_the_newest_hdf5_format(tmp_path):
+    import h5py
+
+    from hpcps.ps.checkpoint import Checkpoint, write_checkpoint
+    path = write_checkpoint(tmp_path, Checkpoint(1, "j", {}, {}, np.zeros(4, np.float32))).path
+    with h5py.File(path) as f:
+        assert f.id.get_create_plist().get_version()[0] == 3       # superblock version 3: libver="latest"
