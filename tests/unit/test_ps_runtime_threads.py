@@ -54,7 +54,8 @@ def job_for(sync="bsp", staleness=0, iterations=6, *, optimizer=None, exchange=N
                model={"block": BLOCK}, data=data, exchange=exchange or ExchangeConfig(bucket_mb=16 / 2 ** 20))
 
 
-def train(job: Job, checkpoints=None, recorders=None, schedule: Schedule = SCHEDULE):
+def train(job: Job, checkpoints=None, recorders=None, schedule: Schedule = SCHEDULE, emulation=None,
+          timeout_s: float | None = None):
     from hpcps.ps.runtime import run_training
     logs: list[list[str]] = [[], [], []]
 
@@ -64,8 +65,8 @@ def train(job: Job, checkpoints=None, recorders=None, schedule: Schedule = SCHED
         settings = checkpoints(r) if checkpoints is not None else None
         rec = recorders[r] if recorders is not None else None
         return run_training(comm, job, schedule, device="cpu", log=logs[r].append, checkpoints=settings,
-                            recorder=rec)
-    results = run_ranks(3, rank)
+                            recorder=rec, emulation=emulation)
+    results = run_ranks(3, rank, **({"timeout_s": timeout_s} if timeout_s else {}))
     assert results[1] is None and results[2] is None
     return results[0], logs[0]
 
@@ -359,3 +360,34 @@ def test_ranks_other_than_0_learn_the_last_good_checkpoint_from_rank_0(monkeypat
     train(job_for("bsp", iterations=6), checkpoints=lambda r: CheckpointSettings(tmp_path / "b", every=2))
     # rank 0's word arrives one boundary later: at the last boundary, the one it had after iteration 5
     assert made[0].last_good == 6 and made[1].last_good == 4 and made[2].last_good == 4
+
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("ssp", 1), ("asp", 0)])
+def test_three_emulated_nodes_train_as_plain_ranks(sync, staleness):
+    """Ranks 0 and 1 work on nodes a1 and b1, ranks 1 and 2 serve on b1 and b2: messages between
+    emulated nodes wait on the emulated network (hpcps.emulate), copies on b1 do not."""
+    from hpcps.cluster import Cluster, Node, NodeType
+    from hpcps.cluster.placement import NodePlan, NodeSchedule, NodeWorker
+    from hpcps.ps.runtime import Emulation
+    from hpcps.sim.profile import WorkloadProfile
+    from tests.unit.test_ps_runtime_self import Recorder
+    fast = NodeType("fast", speed=2.0, cores=4, nic_gbps=8.0, latency_us=100.0, fixed_ms=3.0)
+    slow = NodeType("slow", speed=0.5, cores=2, nic_gbps=1.6, latency_us=20.0)
+    cluster = Cluster("c", (fast, slow), (Node("a1", fast), Node("b1", slow), Node("b2", slow)))
+    placement = NodeSchedule((NodePlan("a1", False, (NodeWorker(1, 1),)), NodePlan("b1", True, (NodeWorker(1, 1),)),
+                              NodePlan("b2", True, ()))).to_rank_schedule()
+    assert placement.schedule.servers == SCHEDULE.servers and placement.rank_nodes == ("a1", "b1", "b2")
+    emulation = Emulation(cluster, placement, WorkloadProfile("toy", 2 * BLOCK, 1e-3, 5e-4, 0.5, 0.9, 0.25, 1e6),
+                          4.0, "reference")
+    recs = [Recorder(), Recorder(), Recorder()]
+    result, logs = train(job_for(sync, staleness, iterations=4), schedule=placement.schedule, emulation=emulation,
+                         recorders=recs, timeout_s=60)
+    np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 4.0, np.float32))
+    costs = [m for m in logs if m.startswith("emulated step cost")]
+    assert len(costs) == 1 and costs[0].startswith("emulated step cost (CPU time alone here, ms): a1 ")
+    assert ", b1 " in costs[0]
+    for r, rec in enumerate(recs):
+        assert rec.run["attrs"]["emulation_network"] == "fabric"
+        ends = {(t[2], t[3], t[5]) for t in rec.named("transfer")}
+        if r == 0:
+            assert ends == {("pull", "recv", 1), ("pull", "recv", 2), ("push", "send", 1), ("push", "send", 2)}
