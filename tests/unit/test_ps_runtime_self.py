@@ -105,8 +105,12 @@ def test_every_mode_applies_every_push_once(sync, staleness, overlap):
     from tests.fixtures import counting_workload
     job = counting_job(sync, staleness, iterations=6,
                        exchange=ExchangeConfig(bucket_mb=64 / 2 ** 20, overlap=overlap))
-    result, logs = train(job)
+    rec = Recorder()
+    result, logs = train(job, recorder=rec)
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 6.0, np.float32))
+    for c in rec.named("iteration"):        # pushes start during the step when overlapped, else after it
+        t_begin, c1, push0 = c[1], c[6], c[7]
+        assert push0 < c1 if overlap else t_begin <= c1 <= push0
     assert result.iterations == 6 and result.start_iteration == 0
     assert not result.stopped and result.checkpoint is None
     assert result.final_metrics == {"test_loss": 0.0}
@@ -194,11 +198,17 @@ def test_the_trace_recorder_hears_every_phase(sync, staleness):
         assert rec.while_waiting is not None
 
 
-def test_evaluation_every_few_iterations_logs_and_leaves_the_parameters():
+def test_evaluation_every_few_iterations_logs_and_leaves_the_parameters(monkeypatch):
+    from tests.fixtures import counting_workload
+    monkeypatch.setattr(counting_workload.CountingWorkload, "evaluate",
+                        lambda self, model: {"test_loss": 0.0, "test_accuracy": 0.5})
     result, logs = train(counting_job("bsp", iterations=6, eval_every=2, log_every=3))
     evals = [m for m in logs if " eval " in m]
     # after iterations 2 and 4; not after the last (the final evaluation covers it)
-    assert evals == ["iter     2/6  eval  test_loss 0.0000", "iter     4/6  eval  test_loss 0.0000"]
+    assert evals == ["iter     2/6  eval  test_loss 0.0000  test_accuracy 0.5000",
+                     "iter     4/6  eval  test_loss 0.0000  test_accuracy 0.5000"]
+    assert logs[-1].endswith(" samples/s; test_loss 0.0000  test_accuracy 0.5000")
+    assert result.final_metrics == {"test_loss": 0.0, "test_accuracy": 0.5}
     assert [h["iteration"] for h in result.history] == [3, 6]
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 6.0, np.float32))
 
@@ -257,6 +267,7 @@ def test_a_stop_signal_checkpoints_and_stops(tmp_path: Path, sync, staleness):
     at = 1 + flag_lag(sync, staleness)
     assert result.stopped and result.iterations == at
     assert [it for it, _ in list_checkpoints(tmp_path)] == [at]
+    assert result.checkpoint == str(list_checkpoints(tmp_path)[0][1])
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, float(at), np.float32))
     assert result.final_metrics == {} and result.sample_text is None
     assert logs[-1] == (f"stopped after iteration {at} of 40 (SIGTERM): last good checkpoint: "

@@ -209,6 +209,26 @@ def test_three_ranks_checkpoint_and_resume(tmp_path: Path, sync, staleness):
     assert (resumed.final_params > two.params).all()
 
 
+def test_ranks_sleep_between_polls_when_they_outnumber_the_cores(monkeypatch):
+    import os
+
+    from hpcps.ps import exchange as ex_mod
+    made = []
+    init = ex_mod.Exchange.__init__
+
+    def capture(self, *a, **kw):
+        init(self, *a, **kw)
+        made.append(self)
+    monkeypatch.setattr(ex_mod.Exchange, "__init__", capture)
+    train(job_for("bsp", iterations=2))
+    assert len(made) == 3
+    assert {e.sleep_wait for e in made} == {3 > len(os.sched_getaffinity(0))}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3})
+    made.clear()
+    train(job_for("bsp", iterations=2))
+    assert {e.sleep_wait for e in made} == {False}
+
+
 def test_three_ranks_evaluate_on_rank_0():
     result, logs = train(job_for("bsp", iterations=4, eval_every=2, log_every=4))
     assert [m for m in logs if " eval " in m] == ["iter     2/4  eval  test_loss 0.0000"]

@@ -399,3 +399,28 @@ def test_checkpoints_are_written_in_the_newest_hdf5_format(tmp_path):
     path = write_checkpoint(tmp_path, Checkpoint(1, "j", {}, {}, np.zeros(4, np.float32))).path
     with h5py.File(path) as f:
         assert f.id.get_create_plist().get_version()[0] == 3       # superblock version 3: libver="latest"
+
+
+def test_an_exchange_refuses_more_pieces_than_mpi_has_tags_for():
+    from mpi4py import MPI
+
+    from hpcps.ps.exchange import GATHER_TAG, PULL_TAG, PUSH_TAG, Exchange
+    from hpcps.ps.plan import MessagePlan
+    assert (PULL_TAG, PUSH_TAG, GATHER_TAG) == (8192, 16384, 24576)
+
+    class Comm:
+        def __init__(self, tag_ub):
+            self.tag_ub = tag_ub
+
+        def Get_rank(self):
+            return 0
+
+        def Get_attr(self, key):
+            assert key == MPI.TAG_UB
+            return self.tag_ub
+    plan = MessagePlan.build(64, [0], [0], bucket_bytes=4 * 16)          # 4 pieces
+    with pytest.raises(ValueError, match=r"^4 pieces need more message tags than this MPI offers; "
+                                         r"raise \[exchange\] bucket_mb$"):
+        Exchange(Comm(GATHER_TAG + 3), plan, 1, sleep_wait=False)
+    ex = Exchange(Comm(GATHER_TAG + 4), plan, 1, sleep_wait=False)
+    assert ex.sleep_wait is False and ex.is_worker and ex.row == 0
