@@ -268,3 +268,26 @@ def test_candidates_are_scored_in_chunks_of_the_cells_they_fill():
     assert [c.shape for c in model._by_chunk(np.arange(10.0), 1, lambda c: c)] == [(1, 10)]   # one point
     assert [len(c) for c in model._by_chunk(np.zeros((10, 1)), 10 ** 6, lambda c: c)] == [4, 4, 2]   # the floor
     assert model._by_chunk(np.zeros((0, 1)), 16, len) == []
+
+
+def test_optimize_without_trials_draws_stratified_noise_around_the_priors():
+    from scipy.stats import norm
+
+    from hpcps.tune.models.structured import PRIOR_CORRECTION_SD
+    model = _tiny_model(n_samples=8)
+    model.optimize()
+    th_m, th_n, z = model._draws
+    assert th_m.shape == (8, len(model.machine.theta)) and th_n.shape == (8, len(model.network.theta))
+    np.testing.assert_array_equal(th_m[0], model.machine.prior_mean)     # the first draw is the fit
+    np.testing.assert_array_equal(th_n[0], model.network.prior_mean)
+    assert z.shape == (8,) and z[0] == 0.0 and np.count_nonzero(z) == 7
+    N = len(model.problem.cluster)
+    assert model._noise.shape == (8, 1, N)
+    want = norm.ppf((np.arange(8) + 0.5) / 8)
+    for node in range(N):                                    # each node: one draw per stratum
+        np.testing.assert_allclose(np.sort(model._noise[:, 0, node]), want, rtol=1e-12)
+    assert model.iterations == 1
+    assert model._corr is None and model._corr_mean == 0.0 and model._corr_sd == PRIOR_CORRECTION_SD
+    again = _tiny_model(n_samples=8)
+    again.optimize()
+    np.testing.assert_array_equal(again._noise, model._noise)             # seeded
