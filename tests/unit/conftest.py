@@ -1,5 +1,6 @@
 """A deadline per unit test: a test stuck in a loop (code under test that never ends, as a mutation
 test's changed code may) prints every thread's stack and ends the process, instead of holding the run.
+The deadline covers the test's whole run, fixtures of any scope set up for it included.
 
 The deadline (seconds) is HPCPS_UNIT_DEADLINE_S, 600 by default: far above the slowest unit test on a
 loaded 2-core machine (test_imports, about 3 minutes)."""
@@ -12,8 +13,10 @@ import pytest
 DEADLINE_S = float(os.environ.get("HPCPS_UNIT_DEADLINE_S", "600"))
 
 
-@pytest.fixture(autouse=True)
-def _deadline():
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
     faulthandler.dump_traceback_later(DEADLINE_S, exit=True)
-    yield
-    faulthandler.cancel_dump_traceback_later()
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
