@@ -552,3 +552,23 @@ def test_a_resumed_run_sets_aside_later_checkpoints_of_the_run_it_left(tmp_path:
     assert [it for it, _ in list_checkpoints(tmp_path)] == [5, 4, 3, 2]          # 4 of this run
     assert (tmp_path / "ckpt-00000004.h5.superseded").is_file()
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 5.0, np.float32))
+
+
+@pytest.mark.parametrize("sync, staleness", [("bsp", 0), ("asp", 0)])
+def test_on_a_testbed_s_real_links_waiting_ranks_sleep(monkeypatch, sync, staleness):
+    """network "real": the ranks stand on a testbed's nodes sharing this machine's cores, whose links are
+    real: the exchange sleeps between polls whatever the cores, and the run records the setting."""
+    from hpcps.ps import runtime
+    made = {}
+    kind = "Exchange" if sync == "bsp" else "StaleExchange"
+    cls = getattr(runtime, kind)
+
+    def build(*a, **kw):
+        made.update(kw)
+        return cls(*a, **kw)
+    monkeypatch.setattr(runtime, kind, build)
+    rec = Recorder()
+    result, _ = train(counting_job(sync, staleness, iterations=3), emulation=_emulation("each", "real"), recorder=rec)
+    assert made["sleep_wait"] is True
+    assert rec.run["attrs"]["emulation_network"] == "real"
+    np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 3.0, np.float32))
