@@ -219,8 +219,10 @@ def test_checkpoints_then_resume_go_on_where_the_run_left(tmp_path: Path, sync, 
     from hpcps.ps.checkpointer import CheckpointSettings
     opt = OptimizerConfig("adam", lr=0.1, eps=1e-5)
     job = counting_job(sync, staleness, iterations=4, optimizer=opt)
-    result, logs = train(job, checkpoints=CheckpointSettings(tmp_path, every=2, keep=5))
+    rec = Recorder()
+    result, logs = train(job, checkpoints=CheckpointSettings(tmp_path, every=2, keep=5), recorder=rec)
     np.testing.assert_allclose(result.final_params, reference(opt, 4), rtol=1e-6)
+    assert [c[1] for c in rec.named("phase")].count("checkpoint") == 2        # traced, after 2 and 4
     written = list_checkpoints(tmp_path)           # newest first
     assert [it for it, _ in written] == [4, 2]
     assert result.checkpoint == str(written[0][1])
