@@ -59,3 +59,19 @@ def test_the_residual_gp_starts_where_the_docstring_says():
     assert 1e-5 ** 0.5 - 1e-9 <= signal_sd(gp) <= 1.0
     # it learned y: in-sample error well under y's spread
     assert np.abs(gp.predict(X) - y).max() < 0.5 * y.std()
+
+
+def test_quick_lbfgs_stops_after_30_iterations():
+    calls = []
+
+    def rosenbrock(x):
+        calls.append(1)
+        f = float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+        g = np.zeros_like(x)
+        g[:-1] = -400 * x[:-1] * (x[1:] - x[:-1] ** 2) - 2 * (1 - x[:-1])
+        g[1:] += 200 * (x[1:] - x[:-1] ** 2)
+        return f, g
+    # 50-d Rosenbrock from -1.5: L-BFGS-B needs 47 iterations to converge (to 4e-10)
+    x, fun = quick_lbfgs(rosenbrock, np.full(50, -1.5), [(-5.0, 5.0)] * 50)
+    assert fun > 1e-3                     # short of the minimum (0 at all ones) when it stops
+    assert len(calls) < 50

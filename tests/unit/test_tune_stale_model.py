@@ -141,7 +141,7 @@ def test_candidates_are_composed_each_on_its_own(mode, staleness):
     s, w, c, bw, lat, agg, ap, k = two_nodes()
     layouts = [
         (np.array([True, False]), np.array([True, True]), np.array([2.0, 6.0])),
-        (np.array([True, True]), np.array([True, True]), np.array([4.0, 4.0])),
+        (np.array([True, True]), np.array([True, True]), np.array([4.0, 8.0])),     # another global batch
         (np.array([False, True]), np.array([True, False]), np.array([8.0, 0.0])),
     ]
     S = np.stack([a for a, _, _ in layouts])

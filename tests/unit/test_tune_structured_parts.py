@@ -291,3 +291,21 @@ def test_optimize_without_trials_draws_stratified_noise_around_the_priors():
     again = _tiny_model(n_samples=8)
     again.optimize()
     np.testing.assert_array_equal(again._noise, model._noise)             # seeded
+
+
+def test_codec_costs_come_off_the_observed_steps_and_updates(slownet):  # noqa: F811
+    _cluster, _job, _profiles, problem = slownet
+    model = StructuredModel(problem)
+    d = decode_many(problem.space, spread(problem, [1, 1, 2, 2, 1], (0, 1))[None])
+    enc, dec = model.codecs.encode_s(d)[0], model.codecs.decode_s(d)[0]
+    obs = _obs([0], [(0, 0, True), (1, 1, True), (2, 2, False), (3, 3, False)])
+    obs["compute_s"] = [1.0, 1e-9, 2.0, 3.0]
+    obs["aggregate_s"] = [0.5, 0.25, 0.0, 0.0]
+    out = model._less_codec_costs(d, obs)
+    assert out is not obs
+    assert out["compute_s"][0] == pytest.approx(1.0 - enc[0])
+    assert out["compute_s"][1] == pytest.approx(0.05e-9)          # kept positive: 5% of what was measured
+    np.testing.assert_allclose(out["compute_s"][2:], [2.0 - enc[2], 3.0 - enc[3]])
+    np.testing.assert_allclose(out["aggregate_s"], [0.5 - dec[0], 0.25 - dec[1], 0.0, 0.0])
+    assert (enc[1:4] > 0).all() and (dec[:2] > 0).all()
+    np.testing.assert_array_equal(obs["compute_s"], [1.0, 1e-9, 2.0, 3.0])     # the input untouched
