@@ -309,3 +309,32 @@ def test_codec_costs_come_off_the_observed_steps_and_updates(slownet):  # noqa: 
     np.testing.assert_allclose(out["aggregate_s"], [0.5 - dec[0], 0.25 - dec[1], 0.0, 0.0])
     assert (enc[1:4] > 0).all() and (dec[:2] > 0).all()
     np.testing.assert_array_equal(obs["compute_s"], [1.0, 1e-9, 2.0, 3.0])     # the input untouched
+
+
+def test_stale_candidates_are_composed_with_their_codecs_push_bytes(slownet, monkeypatch):  # noqa: F811
+    from hpcps.tune.models import structured
+    from hpcps.tune.problem import problem_for
+    cluster, job, profiles, plain = slownet
+    problem = problem_for(cluster, job, profiles, codecs=("sign", "int8"), syncs=("asp", "ssp1"))
+    space = problem.space
+    assert space.syncs == ("bsp", "ssp1", "asp")
+    model = StructuredModel(problem)
+    model.optimize()
+    seen = []
+    real = structured.stale_iteration_times
+
+    def capture(mode, staleness, servers, workers, *args):
+        seen.append((mode, staleness, servers.copy(), args[-1]))
+        return real(mode, staleness, servers, workers, *args)
+    monkeypatch.setattr(structured, "stale_iteration_times", capture)
+    schedule = plain.space.decode(spread(plain, [1, 1, 2, 2, 1], (0, 1)))
+    X = np.array([space.encode(schedule, s) for s in space.syncs])
+    d = decode_many(space, X)
+    comp, bw, lat, agg = model._node_times(d, samples=1)
+    it = model._global_batch_times(d, comp, bw, lat, agg)
+    assert [(m, s) for m, s, _, _ in seen] == [("ssp", 1), ("asp", 0)]
+    push = model.codecs.push_bytes(d)
+    for k, (_, _, servers, pb) in enumerate(seen):
+        np.testing.assert_array_equal(pb, push[[k + 1]])
+        np.testing.assert_array_equal(servers, d.servers[[k + 1]])
+    assert it.shape == (1, 3) and len(set(it[0])) == 3
