@@ -72,6 +72,8 @@ def test_the_network_fit_takes_a_row_per_iteration_or_per_trial_on_big_clusters(
     assert many[2].shape == (3, 3)
     np.testing.assert_allclose(many[2][:, 1], [2.0, 3.0, 4.0])
     assert _stack([(servers, workers, None), (servers, workers, _obs([], []))], 3) is None
+    one = _stack([(servers, workers, _obs([0], [(3, 0, True)]))], 3)      # a single row is a row
+    assert one[0].shape == (1, 3) and one[2][0].tolist() == [31.0, 0.0, 0.0]
     pb = np.array([0.0, 5.0, 5.0])
     given = _stack([(servers, workers, obs, pb)], 3)
     np.testing.assert_array_equal(given[6], [pb, pb, pb])
@@ -338,3 +340,33 @@ def test_stale_candidates_are_composed_with_their_codecs_push_bytes(slownet, mon
         np.testing.assert_array_equal(pb, push[[k + 1]])
         np.testing.assert_array_equal(servers, d.servers[[k + 1]])
     assert it.shape == (1, 3) and len(set(it[0])) == 3
+
+
+def test_codec_model_is_active_with_any_codec_or_cost(slownet):  # noqa: F811
+    from dataclasses import replace
+
+    from hpcps.tune.models.codecs import CodecModel
+    from hpcps.tune.problem import problem_for
+    cluster, job, profiles, _ = slownet
+    none = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=()))
+    plain = CodecModel(problem_for(cluster, job, none))
+    assert plain.problem.codecs == ("none",)
+    assert not plain.has_costs and not plain.active
+    assert plain.push_bytes(decode_many(plain.problem.space, spread(plain.problem, [0] * 5)[None])) is None
+    free = CodecModel(problem_for(cluster, job, none, codecs=("int8",)))
+    assert not free.has_costs and free.active                 # int8's bytes differ though it costs nothing
+    enc_only = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=(("int8", (2e-8, 0.0)),)))
+    cm = CodecModel(problem_for(cluster, job, enc_only, codecs=("int8",)))
+    assert cm.has_costs and cm.active and not cm.decode.any()
+
+
+def test_summary_features_and_float_times():
+    model = _tiny_model()
+    from tests.unit.test_tune_models import point
+    x = point((1, 0, 0.0, 1), (0, 1, 0.5, 1), (1, 1, 0.5, 1))
+    d = decode_many(model.space, x[None])
+    f = model._summary(d, np.array([2.0]))
+    np.testing.assert_allclose(f, [[np.log(2.0), 2 / 3, 2 / 3]])
+    np.testing.assert_allclose(model._summary(d, np.array([0.0]))[0, 0], np.log(1e-9))
+    model.set_data(x[None], [[3]])
+    assert model.Y.dtype == float and model.Y.tolist() == [[3.0]]
