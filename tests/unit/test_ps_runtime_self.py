@@ -288,6 +288,17 @@ def test_total_iterations():
     assert total_iterations(replace(job, training=replace(job.training, iterations=0, epochs=0.25)), 10) == 3
 
 
+def test_a_job_given_in_epochs_runs_its_epochs_worth_of_iterations():
+    """run_training turns training.epochs into iterations with the partition's iterations per epoch
+    (64 here, as the progress lines' epochs in test_every_mode_applies_every_push_once show)."""
+    from dataclasses import replace
+    job = counting_job()
+    by_epochs = replace(job, training=replace(job.training, iterations=0, epochs=0.05))
+    result, logs = train(by_epochs)
+    assert result.iterations == 4                                   # ceil(0.05 * 64)
+    assert "global batch 2, 4 iterations (0.06 epochs), bsp" in logs[0]
+
+
 def test_pick_device_without_a_gpu(monkeypatch):
     from hpcps.ps import runtime
     monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
