@@ -52,3 +52,20 @@ def test_verdict_is_the_best_stale_mode_that_reached_on_every_seed():
             + [{"mode": "bsp-tuned-lrx8", "time_to_target_s": t} for t in (0.1, 0.1, 0.1)])
     text, met = staleness.verdict(w, rows)
     assert text.startswith("best stale mode ssp1: 0.800 s against bsp-tuned 1.100 s = 0.73x") and met is False
+
+
+def test_charlm_is_the_codecs_benchmark_job():
+    """The charlm threshold (3.0 bits per character) is set from results/codecs.md's float32 run, so the
+    staleness job must be that job: same model, data and optimiser (only the training table differs)."""
+    import importlib.util   # benchmarks/codecs.py by its path: the name is the standard library's codecs
+    spec = importlib.util.spec_from_file_location("codecs_benchmark", ROOT / "benchmarks" / "codecs.py")
+    codecs_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(codecs_bench)
+    theirs = tomllib.loads(codecs_bench.WORKLOADS["charlm"]["job"])
+    w = staleness.WORKLOADS["charlm"]
+    ours = tomllib.loads(staleness.job_text(w, "bsp", 0, "bsp", 0, w["lr"], 0.9))
+    for table in ("model", "data", "optimizer"):
+        assert ours[table] == theirs[table], table
+    assert ours["workload"] == theirs["workload"]
+    assert ours["training"]["global_batch"] == theirs["training"]["global_batch"]
+    assert ours["training"]["iterations"] == theirs["training"]["iterations"]
