@@ -134,3 +134,62 @@ def test_network_model_priors_and_node_constants():
     np.testing.assert_array_equal(draws[0], m.theta)
     m.fit([], 1e6)                                         # nothing observed: the prior stays
     np.testing.assert_array_equal(m.theta, m.prior_mean)
+
+
+def test_each_candidate_waits_for_its_own_servers_latency():
+    """Three nodes, latencies 0.1, 0.1 and 0.5; candidate A: node 0 serves, node 1 works; candidate B:
+    node 2 serves, node 1 works. Scored together, A's pull still waits only for node 0's latency."""
+    S = np.array([[True, False, False], [False, False, True]])
+    W = np.array([[False, True, False], [False, True, False]])
+    comp = np.array([[[5.0, 4.0, 3.0]]]).repeat(2, axis=1)
+    bw = np.array([100.0, 50.0, 100.0])[None, None]
+    lat = np.array([0.1, 0.1, 0.5])[None, None]
+    agg = np.array([[[0.5, 7.0, 0.25]]]).repeat(2, axis=1)
+    ex = iteration_times(S, W, comp, bw, lat, agg, P, detail=True)
+    # a slice over the slower NIC: 100 / 50 = 2, then the larger latency: A 0.1, B 0.5 (node 2's)
+    np.testing.assert_allclose(ex.pull[0], [[2.1, 2.1, 0.0], [0.0, 2.5, 2.5]], rtol=1e-12)
+    # dedicated servers: c1 + 2 (X + Lm) + the server's update
+    np.testing.assert_allclose(ex.iteration[0], [4.0 + 2 * 2.1 + 0.5, 4.0 + 2 * 2.5 + 0.25], rtol=1e-12)
+    # the cold round too (its time counts the first pull)
+    cold = iteration_times(S, W, comp, bw, lat, agg, P, rounds=1, detail=True)
+    np.testing.assert_allclose(cold.pull[0], ex.pull[0], rtol=1e-12)
+
+
+def test_servers_take_the_shards_in_node_order_on_a_big_cluster():
+    """17 nodes, as many as numpy sorts by more than insertion: node 0 works (4 s), nodes 1 and 8 serve,
+    the rest idle; every NIC 100 B/s and 0.1 s. Two shards of 50 bytes: 0.5 s a slice. With pushes
+    posted through the step (forward fraction 0), shard 0 (node 1, the first server) is ready at the
+    step's end, shard 1 (node 8) half way. Node 8's slice leaves at 2, is in at 2.6; node 1's at 4.6.
+    With node 8 updating in 2 and node 1 in 0.1: updates at 4.6 and 4.7, the worker (ready at 4) takes
+    the shards through its NIC at 5.1 and 5.6, then 0.1: 5.7. The other way round: node 1 updates at
+    4.6 + 2 = 6.6, and its shard is in at 6.6 + 0.5 + 0.1 = 7.2."""
+    N = 17
+    servers = np.zeros((1, N), bool)
+    servers[0, [1, 8]] = True
+    workers = np.zeros((1, N), bool)
+    workers[0, 0] = True
+    comp = np.zeros((1, 1, N))
+    comp[..., 0] = 4.0
+    bw, lat = np.full((1, 1, N), 100.0), np.full((1, 1, N), 0.1)
+    for a1, a8, want in ((0.1, 2.0, 5.7), (2.0, 0.1, 7.2)):
+        agg = np.zeros((1, 1, N))
+        agg[..., 1], agg[..., 8] = a1, a8
+        got = iteration_times(servers, workers, comp, bw, lat, agg, P, forward_fraction=0.0)
+        assert got[0, 0] == pytest.approx(want, rel=1e-12)
+
+
+def test_the_cold_round_is_not_the_steady_state():
+    """Two nodes that both serve and work: c = (1, 4), updates (1, 3), NICs 100 B/s, no latency; two
+    shards of 50 bytes (0.5 s a slice), pushed at the step's end. The cold start: both pull at once and
+    start at 0.5. Node 1's step ends at 4.5 and its own shard is updated at 7.5 (node 0's push was in
+    long before); node 0 has it at 8.0: 7.5 from its start. From then on node 0 starts half a second
+    after node 1 (it waits for that pull), and an iteration is node 1's own cycle, 4 + 3 = 7."""
+    s = np.array([[True, True]])
+    w = np.array([[True, True]])
+    comp, bw = np.array([1.0, 4.0])[None, None], np.array([100.0, 100.0])[None, None]
+    lat, agg = np.zeros((1, 1, 2)), np.array([1.0, 3.0])[None, None]
+    kw = dict(forward_fraction=1.0)
+    assert iteration_times(s, w, comp, bw, lat, agg, P, rounds=1, **kw)[0, 0] == pytest.approx(7.5, rel=1e-12)
+    assert iteration_times(s, w, comp, bw, lat, agg, P, rounds=0, **kw)[0, 0] == pytest.approx(7.5, rel=1e-12)
+    assert iteration_times(s, w, comp, bw, lat, agg, P, **kw)[0, 0] == pytest.approx(7.0, rel=1e-12)
+    assert iteration_times(s, w, comp, bw, lat, agg, P, rounds=3, **kw)[0, 0] == pytest.approx(7.0, rel=1e-12)
