@@ -82,6 +82,30 @@ def test_the_network_fit_takes_a_row_per_iteration_or_per_trial_on_big_clusters(
         _stack([(servers, workers, obs, pb), (servers, workers, obs)], 3)
 
 
+@pytest.mark.parametrize("n_nodes, rows", [(3, 10), (1000, 1)])
+def test_the_network_fit_composes_a_row_per_trial_on_a_big_cluster(monkeypatch, n_nodes, rows):
+    """Ten iterations of one trial: ten rows on 3 nodes; on 1000 nodes at most max(8, 2e6 / N^2) = 8
+    rows fit, so the trial's times are averaged into one."""
+    import hpcps.tune.models.network as network
+    from hpcps.cluster import Cluster, Node, NodeType
+    nt = NodeType("t", 1.0, 2, 10.0)
+    model = network.NetworkModel(Cluster("c", (nt,), tuple(Node(f"n{i}", nt) for i in range(n_nodes))))
+    servers, workers = np.zeros(n_nodes, bool), np.zeros(n_nodes, bool)
+    servers[0], workers[1:3] = True, True
+    seen = []
+
+    class Composed(Exception):
+        pass
+
+    def composed(s, w, *args, **kw):
+        seen.append(s.shape)
+        raise Composed
+    monkeypatch.setattr(network, "iteration_times", composed)
+    with pytest.raises(Composed):
+        model.fit([(servers, workers, _obs(range(10), [(0, 1, False), (1, 2, False), (2, 0, True)]))], 1e6)
+    assert seen == [(rows, n_nodes)]
+
+
 def _tiny_model(n_samples=4):
     from hpcps.cluster import NodeType
     from tests.unit.test_tune_models import tiny_problem
@@ -236,10 +260,47 @@ def test_the_aggregate_model_fits_bytes_times_workers_and_bytes():
     np.testing.assert_allclose(agg.coef, [alpha, beta], rtol=1e-9)
 
 
+def test_asp_trials_are_left_out_of_the_update_fit_and_the_ones_after_them_are_not():
+    """Servers' updates as in test_the_update_cost_is_fitted_to_the_servers_observed_updates, with an asp
+    trial first whose server applies pushes one at a time (its aggregate_s, 1 s, is no round's
+    aggregation): the fit takes the bsp trials after it, and pins alpha and beta as without it."""
+    from hpcps.cluster import Cluster, Node, NodeType
+    from hpcps.tune import observations as obs_io
+    from hpcps.tune.problem import Problem
+    from hpcps.tune.space import ScheduleSpace
+    st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
+    cl = Cluster("tiny", (st, wt), (Node("s", st), Node("w0", wt), Node("w1", wt)))
+    problem = Problem(cl, 8, 2 ** 20, ScheduleSpace(cl, 8, None, syncs=("bsp", "asp")))
+    model = StructuredModel(problem, seed=0)
+    alpha, beta = 4e-10, 3e-10
+    trials = []
+    for layout, sync in ((((1, 0, 0, 1), (0, 1, 0.5, 1), (0, 1, 0.5, 1)), 1),
+                         (((1, 0, 0, 1), (0, 1, 1.0, 1), (0, 0, 0, 1)), 0),
+                         (((1, 0, 0, 1), (0, 1, 0.5, 1), (0, 1, 0.5, 1)), 0),
+                         (((1, 0, 0, 1), (1, 1, 0.5, 1), (0, 1, 0.5, 1)), 0)):
+        p = np.append(np.array(layout, dtype=float).reshape(-1), sync)
+        d = decode_many(problem.space, p[None])
+        assert problem.syncs[int(d.syncs[0])] == ("asp" if sync else "bsp")
+        m, w = int(d.servers.sum()), int(d.workers.sum())
+        rows = []
+        for it in range(3):
+            for node in range(3):
+                k = int(round(d.batches[0, node]))
+                update = 1.0 if sync else problem.model_bytes / m * (alpha * w + beta) / (2.0 if node == 0 else 1.0)
+                if k or d.servers[0, node]:
+                    rows.append((it, node, node, 0 if node == 0 else 1, k, 1, 1, bool(d.servers[0, node]),
+                                 1e-3 * (1 + k) if k else 0.0, 0.0, 0.0, update if d.servers[0, node] else 0.0))
+        trials.append((p, np.array(rows, dtype=obs_io.OBS_DTYPE)))
+    model.set_observations(trials)
+    model.optimize()
+    np.testing.assert_allclose(model.aggregate.coef, [alpha, beta], rtol=1e-6)
+
+
 def test_data_checks_and_the_log_view():
     from hpcps.tune.models.structured import LogTime, _joined
     model = _tiny_model()
     n = model.space.n_dims
+    assert model.X.shape == (0, n) and model.Y.shape == (0, 1)     # no data yet
     with pytest.raises(ValueError, match=rf"^X must be \(n_points, {n}\) and Y \(n_points, 1\); "
                                          rf"got \(2, {n}\) and \(3, 1\)$"):
         model.set_data(np.zeros((2, n)), np.ones(3))
@@ -254,6 +315,8 @@ def test_data_checks_and_the_log_view():
     assert log.X is model.X
     model.set_observations([(np.zeros(n), None), (np.ones(n), np.zeros(0)), (np.ones(n), np.zeros(3))])
     assert len(model._trials) == 1 and model._trials[0][0].dtype == float
+    model.set_observations([([1] * n, np.zeros(3))])               # a point given as integers
+    assert model._trials[0][0].dtype == float and model._trials[0][0].tolist() == [1.0] * n
     assert _joined([]).shape == (0,)
     np.testing.assert_array_equal(_joined([np.array([1.0]), np.array([2.0, 3.0])]), [1.0, 2.0, 3.0])
 
