@@ -117,6 +117,34 @@ def test_asp_a_worker_s_pull_can_be_its_pace():
     assert got == pytest.approx(want, rel=1e-12)
 
 
+def test_ssp_each_candidate_s_pull_is_its_own():
+    """Candidate A: three_nodes (node 0 serves two workers over its 50 B/s NIC: pull 4 + 0.03, 7.03 at
+    staleness 1). Candidate B: node 1 (200 B/s) serves node 2 alone, updating in 3 s: node 2's push
+    0.03 + 0.5 (cycle 0.63), its pull 0.5 + 0.03; (3 + 0.53) / 1 = 3.53 sets the pace, also next to A."""
+    s, w, c, bw, lat, agg, ap, k = three_nodes()
+    S = np.concatenate([s, [[False, True, False]]])
+    W = np.concatenate([w, [[False, False, True]]])
+    C = np.concatenate([c, c], axis=1)
+    A = np.concatenate([agg, [[[0.0, 3.0, 0.0]]]], axis=1)
+    AP = np.concatenate([ap, [[[0.0, 0.05, 0.0]]]], axis=1)
+    K = np.concatenate([k, [[0.0, 0.0, 4.0]]])
+    got = stale_iteration_times("ssp", 1, S, W, C, bw, lat, A, AP, P, K)
+    assert got.shape == (1, 2)
+    np.testing.assert_allclose(got[0], [7.03, 3.53], rtol=1e-12)
+
+
+def test_asp_a_worker_s_pull_of_whole_shards_outlasts_its_small_pushes():
+    """As test_asp_a_worker_s_pull_can_be_its_pace, with pushes of 10 bytes (a codec's): node 1 pushes in
+    0.02 + max(10/10, 10/1000) = 1.02, but pulls 100 bytes through its 10 B/s NIC: 10 + 0.02 = 10.02
+    is its cycle; node 2: push 0.03 + 0.01, pull 0.1 + 0.03 = 0.13; node 0 busy well under 1."""
+    s, w, c, bw, lat, agg, ap, k = three_nodes(c=0.0)
+    bw = np.array([1000.0, 10.0, 1000.0])[None, None]
+    push = np.array([[0.0, 10.0, 10.0]])
+    want = 4 / (1 / 10.02 + 3 / 0.13)
+    got = stale_iteration_times("asp", 0, s, w, c, bw, lat, agg, ap, P, k, push_bytes=push)[0, 0]
+    assert got == pytest.approx(want, rel=1e-12)
+
+
 def test_samples_and_layouts_broadcast():
     s, w, c, bw, lat, agg, ap, k = two_nodes()
     c2 = np.concatenate([c, c * 2])                        # two samples
