@@ -148,3 +148,19 @@ def test_group_takes_worker_rows_by_setting():
     np.testing.assert_allclose(count, [3.0, 1.0])
     np.testing.assert_allclose(var, [1.0, 0.0])                      # sample variance of 0, 1, 2
     assert _group(empty(0)) is None
+
+
+def test_the_noise_is_pooled_over_every_setting_run_more_than_once():
+    """Log times 0, 0.1, 0.2 at one setting (variance 0.01, two degrees of freedom), 0 and 0.4 at another
+    (0.08, one), 0.3 alone at a third (none): pooled (2 x 0.01 + 0.08) / 3, the noise its square root."""
+    from hpcps.tune.observations import empty
+    logs = [0.0, 0.1, 0.2, 0.0, 0.4, 0.3]
+    obs = empty(len(logs))
+    obs["type"] = [0, 0, 0, 1, 1, 1]
+    obs["batch"] = [8, 8, 8, 4, 4, 16]
+    obs["threads"] = obs["node_threads"] = 1
+    obs["compute_s"] = np.exp(logs)
+    m = MachineModel(CLUSTER)
+    m.fit(obs)
+    assert m.noise_sd == pytest.approx(math.sqrt(0.1 / 3), rel=1e-9)
+    assert m.seen.tolist() == [True, True]
