@@ -134,7 +134,7 @@ class Checkpointer:
 
     def __init__(self, comm: MPI.Comm, settings: CheckpointSettings, *, job, schedule, plan, served: dict,
                  encoders: dict, worker_row: int | None, model: torch.nn.Module, codec_names: list[str],
-                 log: Callable[[str], None], sleep_wait: bool = False, lag: int = 1):
+                 log: Callable[[str], None], sleep_wait: bool, lag: int):
         self.comm = comm.Dup()               # its own tags and collectives, apart from the exchange's
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.settings = settings

@@ -82,7 +82,7 @@ class StaleExchange(Exchange):
     serve_pieces(). The worker's side: begin_clock(c) at the start of each step, then push() per
     piece as in bsp; wait_until(pushes_done) before the next step reuses the gradient buffer."""
 
-    def __init__(self, comm: MPI.Comm, plan: MessagePlan, iterations: int, *, mode: str, staleness: int = 0,
+    def __init__(self, comm: MPI.Comm, plan: MessagePlan, iterations: int, *, mode: str, staleness: int,
                  **kwargs):
         if mode not in STALE_MODES:
             raise ValueError(f"unknown stale mode {mode!r}; choose one of {', '.join(STALE_MODES)}")
