@@ -108,6 +108,18 @@ def test_a_file_without_its_complete_mark_is_skipped(tmp_path):
     assert latest_checkpoint(tmp_path)[0].iteration == 10
 
 
+def test_another_format_version_or_no_file_is_refused_naming_the_file(tmp_path):
+    path = write_checkpoint(tmp_path, make(10)).path
+    with h5py.File(path, "a") as f:
+        f.attrs["version"] = 99
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    assert str(e.value) == f"{path}: checkpoint format version 99, this hpcps reads 1"
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(tmp_path / "ckpt-00000011.h5")
+    assert str(e.value) == f"{tmp_path / 'ckpt-00000011.h5'}: no such file"
+
+
 def test_a_dataset_of_the_wrong_size_is_refused(tmp_path):
     path = write_checkpoint(tmp_path, make(10)).path
     with h5py.File(path, "a") as f:

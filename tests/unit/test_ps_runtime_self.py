@@ -585,3 +585,63 @@ def test_on_a_testbed_s_real_links_waiting_ranks_sleep(monkeypatch, sync, stalen
     assert made["sleep_wait"] is True
     assert rec.run["attrs"]["emulation_network"] == "real"
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 3.0, np.float32))
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+def test_progress_rows_give_accuracy_and_the_rate_of_their_own_iterations(monkeypatch, sync, staleness):
+    """Every step counts one of its 2 samples correct: each row's train accuracy is 0.5. A row covers
+    log_every x 2 = 4 samples done in well under a second, so its rate is above 4 samples/s (a rate
+    floored at a whole second would not be)."""
+    from tests.fixtures import counting_workload
+    original = counting_workload.CountingWorkload.loss
+
+    def loss(self, model, batch):
+        value, _ = original(self, model, batch)
+        return value, 1.0
+    monkeypatch.setattr(counting_workload.CountingWorkload, "loss", loss)
+    result, _ = train(counting_job(sync, staleness, iterations=6, log_every=2))
+    assert [h["iteration"] for h in result.history] == [2, 4, 6]
+    assert [h["train_accuracy"] for h in result.history] == [0.5, 0.5, 0.5]
+    assert all(h["samples_per_s"] > 4.0 for h in result.history), result.history
+    assert result.stopped is False and result.start_iteration == 0
+
+
+def test_evaluation_time_is_left_out_of_the_training_time(monkeypatch):
+    """Two evaluations of 0.6 s each in a run whose steps take milliseconds: wall_s, and the rates
+    computed from it, are the training loop's alone."""
+    import time
+
+    from tests.fixtures import counting_workload
+
+    def evaluate(self, model):
+        time.sleep(0.6)
+        return {"test_loss": 0.0}
+    monkeypatch.setattr(counting_workload.CountingWorkload, "evaluate", evaluate)
+    result, _ = train(counting_job("bsp", iterations=6, eval_every=2, log_every=3))
+    assert 0.0 < result.wall_s < 0.6, result.wall_s
+    assert result.samples_per_s == pytest.approx(6 * 2 / result.wall_s)
+    assert all(h["samples_per_s"] > 1.5 * 3 * 2 for h in result.history), result.history
+
+
+def test_the_trace_records_the_worker_s_threads():
+    from mpi4py import MPI
+
+    from hpcps.ps.runtime import run_training
+    from tests.unit.thread_ranks import run_ranks
+    rec = Recorder()
+    threads = torch.get_num_threads()
+    try:
+        run_ranks(1, lambda _comm: run_training(MPI.COMM_SELF, counting_job(iterations=2),
+                                                Schedule((0,), (WorkerSpec(0, 2, threads=2),)), device="cpu",
+                                                log=lambda _: None, recorder=rec))
+    finally:
+        torch.set_num_threads(threads)
+    assert rec.run["threads"] == 2 and rec.run["batch"] == 2
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+def test_a_local_push_is_recorded_against_its_shard(sync, staleness):
+    rec = Recorder()
+    train(counting_job(sync, staleness, iterations=3), recorder=rec)
+    local = [c for c in rec.named("transfer") if c[3] == "local"]
+    assert local and all(c[4] == 0 for c in local), local

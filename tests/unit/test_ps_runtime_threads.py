@@ -411,3 +411,29 @@ def test_three_emulated_nodes_train_as_plain_ranks(sync, staleness):
         ends = {(t[2], t[3], t[5]) for t in rec.named("transfer")}
         if r == 0:
             assert ends == {("pull", "recv", 1), ("pull", "recv", 2), ("push", "send", 1), ("push", "send", 2)}
+
+
+def test_a_non_finite_round_names_its_own_iteration_not_the_server_s(monkeypatch):
+    """Under ssp a rank that works and serves runs ahead of a slow worker: when worker 0's NaN gradient
+    of step 2 completes round 2 on rank 1, rank 1 is already past that iteration. The error names
+    the round's iteration (3, one-based), not the one rank 1 has reached."""
+    from dataclasses import replace
+
+    import torch
+
+    from hpcps.ps.checkpointer import TrainingDiverged
+    from tests.fixtures import counting_workload
+    original = counting_workload.CountingWorkload.loss
+
+    def loss(self, model, batch):
+        step = self.steps
+        value, correct = original(self, model, batch)
+        if step == 2 and _RANK.rank == 0:
+            value = value + torch.sqrt(model.w * 0.0).sum()      # the same loss, a NaN gradient
+        return value, correct
+    monkeypatch.setattr(counting_workload.CountingWorkload, "loss", loss)
+    job = job_for("ssp", 1, iterations=6)
+    with pytest.raises(TrainingDiverged) as e:
+        train(replace(job, data={**job.data, "delay_ms": [60.0, 0.0]}))
+    assert str(e.value) == ("non-finite aggregated gradient in piece 0 (elements 0..15, 16 not finite) in "
+                            "iteration 3 on rank 1; no checkpoint (give --checkpoint DIR)")
