@@ -262,6 +262,23 @@ def test_the_composition_by_hand_for_one_server_and_one_worker(server_nic, worke
     assert parts["compute"][0, 1] == pytest.approx(step, rel=1e-9)
 
 
+def update_rows(problem, d, alpha: float, beta: float, update_s: float | None = None) -> np.ndarray:
+    """Three iterations' observation rows of the 3-node layout d (node 0 at speed 2): a worker of batch k
+    steps for 1 ms x (1 + k); a server's update takes shard bytes x (alpha x workers + beta) / speed,
+    or update_s when given (an asp server, which applies pushes one at a time)."""
+    m, w = int(d.servers.sum()), int(d.workers.sum())
+    rows = []
+    for it in range(3):
+        for node in range(3):
+            k = int(round(d.batches[0, node]))
+            update = (update_s if update_s is not None
+                      else problem.model_bytes / m * (alpha * w + beta) / (2.0 if node == 0 else 1.0))
+            if k or d.servers[0, node]:
+                rows.append((it, node, node, 0 if node == 0 else 1, k, 1, 1, bool(d.servers[0, node]),
+                             1e-3 * (1 + k) if k else 0.0, 0.0, 0.0, update if d.servers[0, node] else 0.0))
+    return np.array(rows, dtype=obs_io.OBS_DTYPE)
+
+
 def test_the_update_cost_is_fitted_to_the_servers_observed_updates():
     """Servers' update seconds follow shard bytes x (alpha x workers + beta) / node speed; trials with
     one and two workers and one and two servers pin down both constants."""
@@ -273,17 +290,7 @@ def test_the_update_cost_is_fitted_to_the_servers_observed_updates():
     trials = []
     for p in (point((1, 0, 0, 1), (0, 1, 1.0, 1), (0, 0, 0, 1)), point((1, 0, 0, 1), (0, 1, 0.5, 1), (0, 1, 0.5, 1)),
               point((1, 0, 0, 1), (1, 1, 0.5, 1), (0, 1, 0.5, 1))):
-        d = decode_many(problem.space, p[None])
-        m, w = int(d.servers.sum()), int(d.workers.sum())
-        rows = []
-        for it in range(3):
-            for node in range(3):
-                k = int(round(d.batches[0, node]))
-                update = problem.model_bytes / m * (alpha * w + beta) / (2.0 if node == 0 else 1.0)
-                if k or d.servers[0, node]:
-                    rows.append((it, node, node, 0 if node == 0 else 1, k, 1, 1, bool(d.servers[0, node]),
-                                 1e-3 * (1 + k) if k else 0.0, 0.0, 0.0, update if d.servers[0, node] else 0.0))
-        trials.append((p, np.array(rows, dtype=obs_io.OBS_DTYPE)))
+        trials.append((p, update_rows(problem, decode_many(problem.space, p[None]), alpha, beta)))
     model.set_observations(trials)
     model.optimize()
     np.testing.assert_allclose(model.aggregate.coef, [alpha, beta], rtol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 
 from hpcps.tune.models.structured import StructuredModel
 from hpcps.tune.space import decode_many
-from tests.unit.test_tune_models import slownet, spread  # noqa: F401 - slownet is a fixture
+from tests.unit.test_tune_models import slownet, spread, update_rows  # noqa: F401 - slownet is a fixture
 
 
 def test_one_push_costs_an_update_with_one_worker_and_its_share_of_the_decoding(slownet):  # noqa: F811
@@ -265,7 +265,6 @@ def test_asp_trials_are_left_out_of_the_update_fit_and_the_ones_after_them_are_n
     trial first whose server applies pushes one at a time (its aggregate_s, 1 s, is no round's
     aggregation): the fit takes the bsp trials after it, and pins alpha and beta as without it."""
     from hpcps.cluster import Cluster, Node, NodeType
-    from hpcps.tune import observations as obs_io
     from hpcps.tune.problem import Problem
     from hpcps.tune.space import ScheduleSpace
     st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
@@ -281,16 +280,7 @@ def test_asp_trials_are_left_out_of_the_update_fit_and_the_ones_after_them_are_n
         p = np.append(np.array(layout, dtype=float).reshape(-1), sync)
         d = decode_many(problem.space, p[None])
         assert problem.syncs[int(d.syncs[0])] == ("asp" if sync else "bsp")
-        m, w = int(d.servers.sum()), int(d.workers.sum())
-        rows = []
-        for it in range(3):
-            for node in range(3):
-                k = int(round(d.batches[0, node]))
-                update = 1.0 if sync else problem.model_bytes / m * (alpha * w + beta) / (2.0 if node == 0 else 1.0)
-                if k or d.servers[0, node]:
-                    rows.append((it, node, node, 0 if node == 0 else 1, k, 1, 1, bool(d.servers[0, node]),
-                                 1e-3 * (1 + k) if k else 0.0, 0.0, 0.0, update if d.servers[0, node] else 0.0))
-        trials.append((p, np.array(rows, dtype=obs_io.OBS_DTYPE)))
+        trials.append((p, update_rows(problem, d, alpha, beta, update_s=1.0 if sync else None)))
     model.set_observations(trials)
     model.optimize()
     np.testing.assert_allclose(model.aggregate.coef, [alpha, beta], rtol=1e-6)
