@@ -90,7 +90,7 @@ def _canonical(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def schedule_record(schedule, n_ranks: int, codecs: list[str], sync: str = "bsp", staleness: int = 0) -> dict[str, Any]:
+def schedule_record(schedule, n_ranks: int, codecs: list[str], sync: str, staleness: int) -> dict[str, Any]:
     """How the run that writes a checkpoint ran. sync and staleness say what was; a checkpoint is taken
     where every clock is its iteration (docs/checkpoints.md), so any mode may continue from it."""
     return {"n_ranks": int(n_ranks), "servers": [int(s) for s in schedule.servers],
@@ -203,7 +203,9 @@ def _fsync(path: Path) -> None:
 
 
 def _dataset(group, key: str, data: np.ndarray, **attrs) -> None:
-    data = np.ascontiguousarray(data)
+    # np.ascontiguousarray makes a 0-d array 1-d: a scalar buffer (BatchNorm's num_batches_tracked)
+    # would come back as shape (1,) and be skipped on restore.
+    data = np.ascontiguousarray(data) if np.ndim(data) else np.asarray(data)
     if data.ndim == 0 or data.size == 0:
         ds = group.create_dataset(key, data=data)
     else:

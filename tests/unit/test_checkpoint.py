@@ -32,7 +32,7 @@ def make(iteration: int, n: int = N, seed: int = 0, residuals: bool = False) -> 
         {"exp_avg": rng.standard_normal(n).astype(np.float32), "exp_avg_sq": rng.random(n).astype(np.float32)},
         {"step": np.array(float(iteration), dtype=np.float32)},
         rng.standard_normal((3, n)).astype(np.float32) if residuals else None,
-        {"norm.running_mean": np.arange(4, dtype=np.float32)},
+        {"norm.running_mean": np.arange(4, dtype=np.float32), "norm.num_batches_tracked": np.array(iteration)},
         rng.integers(0, 255, (3, 16), dtype=np.uint8))
 
 
@@ -50,6 +50,7 @@ def test_a_checkpoint_reads_back_as_written(tmp_path):
     assert back.optimizer_scalars["step"].dtype == np.float32 and back.optimizer_scalars["step"] == 7.0
     assert np.array_equal(back.residuals, ckpt.residuals)
     assert np.array_equal(back.buffers["norm.running_mean"], np.arange(4))
+    assert back.buffers["norm.num_batches_tracked"].shape == () and back.buffers["norm.num_batches_tracked"] == 7
     assert np.array_equal(back.rng_torch, ckpt.rng_torch)
     with h5py.File(written.path) as f:          # self-describing, checksummed
         assert f["params"].fletcher32 and "meaning" in f["params"].attrs and f.attrs["complete"] == 1
@@ -103,8 +104,9 @@ def test_a_file_without_its_complete_mark_is_skipped(tmp_path):
     newest = write_checkpoint(tmp_path, make(20)).path
     with h5py.File(newest, "a") as f:
         del f.attrs["complete"]
-    with pytest.raises(CheckpointError, match="incomplete"):
+    with pytest.raises(CheckpointError) as e:
         read_checkpoint(newest)
+    assert str(e.value) == f"{newest}: incomplete: its writer never finished it"
     assert latest_checkpoint(tmp_path)[0].iteration == 10
 
 
