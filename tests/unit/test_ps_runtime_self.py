@@ -645,3 +645,61 @@ def test_a_local_push_is_recorded_against_its_shard(sync, staleness):
     train(counting_job(sync, staleness, iterations=3), recorder=rec)
     local = [c for c in rec.named("transfer") if c[3] == "local"]
     assert local and all(c[4] == 0 for c in local), local
+
+
+def test_model_buffers_of_every_shape_survive_a_resume(monkeypatch, tmp_path: Path):
+    """Rank 0's buffers go into the checkpoint and come back on resume, a 0-d one (BatchNorm's
+    num_batches_tracked) among them: each step counts itself in a scalar and a (2,) buffer."""
+    from hpcps.ps.checkpoint import read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    from tests.fixtures import counting_workload
+    build, loss = counting_workload.CountingWorkload.build_model, counting_workload.CountingWorkload.loss
+    seen: list[tuple[int, list[int]]] = []
+
+    def build_model(self):
+        model = build(self)
+        model.register_buffer("steps", torch.tensor(0))
+        model.register_buffer("pair", torch.zeros(2, dtype=torch.int64))
+        return model
+
+    def counting_loss(self, model, batch):
+        seen.append((int(model.steps), model.pair.tolist()))
+        with torch.no_grad():
+            model.steps += 1
+            model.pair += 2
+        return loss(self, model, batch)
+    monkeypatch.setattr(counting_workload.CountingWorkload, "build_model", build_model)
+    monkeypatch.setattr(counting_workload.CountingWorkload, "loss", counting_loss)
+    train(counting_job(iterations=3), checkpoints=CheckpointSettings(tmp_path))
+    ckpt = read_checkpoint(tmp_path / "ckpt-00000003.h5")
+    assert ckpt.buffers["steps"].shape == () and ckpt.buffers["steps"] == 3
+    assert ckpt.buffers["pair"].tolist() == [6, 6]
+    seen.clear()
+    train(counting_job(iterations=5), checkpoints=CheckpointSettings(None, resume=ckpt, resuming=True))
+    assert seen == [(3, [6, 6]), (4, [8, 8])]
+
+
+def test_device_cpu_trains_on_the_cpu_where_a_gpu_is_seen(monkeypatch):
+    """run_training hands its device argument to pick_device: with PyTorch reporting a GPU, device
+    'cpu' still trains on the CPU, and the trace says so."""
+    from hpcps.ps import runtime
+
+    def no_gpu_here(*_a, **_k):
+        raise AssertionError("a GPU was selected for a run given device='cpu'")
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(runtime.torch.cuda, "set_device", no_gpu_here)
+    rec = Recorder()
+    result, _ = train(counting_job(iterations=2), recorder=rec)
+    assert rec.run["device"] == "cpu"
+    np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 2.0, np.float32))
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_training(monkeypatch):
+    from mpi4py import MPI
+
+    from hpcps.ps import runtime
+    from tests.unit.thread_ranks import run_ranks
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError, match="^--device cuda was asked for but PyTorch sees no GPU$"):
+        run_ranks(1, lambda _comm: runtime.run_training(MPI.COMM_SELF, counting_job(iterations=2), one_rank(),
+                                                        device="cuda", log=lambda _: None))
