@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from hpcps.config.errors import ConfigError
 from hpcps.config.job import Job, OptimizerConfig, TrainingConfig
 from hpcps.ps.checkpoint import (Checkpoint, CheckpointError, check_resumable, checkpoint_path, identity_of,
                                  latest_checkpoint, list_checkpoints, load_resume, read_checkpoint,
@@ -264,3 +265,12 @@ def test_job_checkpoint_keys():
     assert job_.training.checkpoint_every == 50 and job_.training.checkpoint_every_s == 0.0
     with pytest.raises(ConfigError, match="'training.checkpoint_every'.*>= 0"):
         parse_job({**base, "training": {**base["training"], "checkpoint_every": -1}}, "j.toml")
+
+
+def test_a_checkpoint_that_cannot_be_written_names_the_flag_and_the_file(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the checkpoint directory should be")
+    with pytest.raises(ConfigError) as e:
+        write_checkpoint(blocker, make(4))
+    assert str(e.value).startswith(f"--checkpoint: cannot write {blocker / 'ckpt-00000004.h5'}: ")
+    assert blocker.read_text() == "a file where the checkpoint directory should be"
