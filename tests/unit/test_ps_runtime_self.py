@@ -703,3 +703,20 @@ def test_device_cuda_without_a_gpu_is_refused_before_training(monkeypatch):
     with pytest.raises(RuntimeError, match="^--device cuda was asked for but PyTorch sees no GPU$"):
         run_ranks(1, lambda _comm: runtime.run_training(MPI.COMM_SELF, counting_job(iterations=2), one_rank(),
                                                         device="cuda", log=lambda _: None))
+
+
+def test_a_checkpoint_every_iteration_starts_with_the_first(tmp_path: Path):
+    from hpcps.ps.checkpoint import list_checkpoints
+    from hpcps.ps.checkpointer import CheckpointSettings
+    train(counting_job(iterations=3), checkpoints=CheckpointSettings(tmp_path, every=1, keep=5))
+    assert [it for it, _ in list_checkpoints(tmp_path)] == [3, 2, 1]
+
+
+def test_the_evaluation_sees_the_trained_model(monkeypatch):
+    """The final and the periodic evaluations are of the model with the servers' parameters."""
+    from tests.fixtures import counting_workload
+    monkeypatch.setattr(counting_workload.CountingWorkload, "evaluate",
+                        lambda self, model: {"test_loss": float(model.w.sum())})
+    result, logs = train(counting_job(iterations=4, eval_every=2))
+    assert "iter     2/4  eval  test_loss 80.0000" in logs             # 40 elements at 2.0
+    assert result.final_metrics == {"test_loss": 160.0}

@@ -437,3 +437,36 @@ def test_a_non_finite_round_names_its_own_iteration_not_the_server_s(monkeypatch
         train(replace(job, data={**job.data, "delay_ms": [60.0, 0.0]}))
     assert str(e.value) == ("non-finite aggregated gradient in piece 0 (elements 0..15, 16 not finite) in "
                             "iteration 3 on rank 1; no checkpoint (give --checkpoint DIR)")
+
+
+@pytest.mark.parametrize("sync, staleness", MODES)
+def test_pushes_wait_in_staging_until_their_device_copy_is_done(monkeypatch, sync, staleness):
+    """A staged worker's gradient copies to the host land, and report done, only when asked a second
+    time (as a CUDA event that has not passed yet): each push waits among the staged ones and leaves on
+    a later poll, once its data is there, every one of them, with its own iteration."""
+    from hpcps.comm.buffers import SyncCopies
+    from hpcps.ps import runtime
+    from tests.fakes import exchange_buffer
+    asked: list[int] = []
+
+    class LateCopies(SyncCopies):
+        """The copy to the host happens when done() is asked the second time, not before."""
+        def to_host(self, dev, host):
+            return [0, dev, host]                # a handle: how often done() was asked, and the copy
+
+        def done(self, handle):
+            handle[0] += 1
+            asked.append(handle[0])
+            if handle[0] == 2:
+                super().to_host(handle[1], handle[2])
+            return handle[0] > 1
+
+    def device_buffer(t, _transport):
+        buf = exchange_buffer(t.detach().numpy(), "staged")
+        buf.copies = LateCopies(buf.copies._to_host, buf.copies._to_device)
+        return buf
+    monkeypatch.setattr(runtime, "_exchange_buffer", device_buffer)
+    result, _ = train(job_for(sync, staleness, iterations=4))
+    assert 1 in asked and 2 in asked            # copies were found not done, then done
+    check_observed(sync, staleness, 4)
+    np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, 4.0, np.float32))

@@ -424,3 +424,11 @@ def test_an_exchange_refuses_more_pieces_than_mpi_has_tags_for():
         Exchange(Comm(GATHER_TAG + 3), plan, 1, sleep_wait=False)
     ex = Exchange(Comm(GATHER_TAG + 4), plan, 1, sleep_wait=False)
     assert ex.sleep_wait is False and ex.is_worker and ex.row == 0
+
+
+def test_a_stale_exchange_refuses_bsp_s_pull_call():
+    """expect_pulls is bsp's (pulls written into the parameters between steps): a policy mixing them up
+    fails at once instead of waiting for pulls that never come."""
+    from hpcps.ps.stale import StaleExchange
+    with pytest.raises(RuntimeError, match="^ssp and asp workers read pulls at begin_clock, not into their parameters$"):
+        StaleExchange.expect_pulls(object.__new__(StaleExchange), 0)
