@@ -137,12 +137,12 @@ def test_group_takes_worker_rows_by_setting():
     from hpcps.tune.observations import empty
     obs = empty(6)
     obs["type"] = [0, 0, 0, 1, 1, 0]
-    obs["batch"] = [8, 8, 8, 4, 0, 8]
+    obs["batch"] = [8, 8, 8, 1, 0, 8]                                # a worker of one sample counts too
     obs["threads"] = [2, 2, 2, 1, 1, 2]
     obs["node_threads"] = [2, 2, 2, 0, 1, 4]
     obs["compute_s"] = [1.0, math.e, math.e ** 2, 3.0, 5.0, 0.0]     # the last two: a server, no time
     ti, k, t, T, mean, count, var = _group(obs)
-    assert ti.tolist() == [0, 1] and k.tolist() == [8.0, 4.0] and t.tolist() == [2.0, 1.0]
+    assert ti.tolist() == [0, 1] and k.tolist() == [8.0, 1.0] and t.tolist() == [2.0, 1.0]
     assert T.tolist() == [2.0, 1.0]                                  # at least the worker's own threads
     np.testing.assert_allclose(mean, [1.0, math.log(3.0)])
     np.testing.assert_allclose(count, [3.0, 1.0])
