@@ -423,3 +423,38 @@ def test_summary_features_and_float_times():
     np.testing.assert_allclose(model._summary(d, np.array([0.0]))[0, 0], np.log(1e-9))
     model.set_data(x[None], [[3]])
     assert model.Y.dtype == float and model.Y.tolist() == [[3.0]]
+
+
+def test_ssp_with_staleness_0_is_modelled_as_bsp():
+    """A job under ssp with staleness 0 names its synchronisation ssp0 in the space: the structured
+    model takes it, and predicts it as the bsp timeline it runs."""
+    from hpcps.cluster import Cluster, Node, NodeType
+    from hpcps.tune.problem import Problem
+    from hpcps.tune.space import ScheduleSpace
+    st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
+    cl = Cluster("tiny", (st, wt), (Node("s", st), Node("w0", wt), Node("w1", wt)))
+    p = np.array([[1, 0, 0, 1], [0, 1, 0.5, 1], [0, 1, 0.5, 1]], dtype=float).reshape(1, -1)
+    means = {}
+    for sync in ("bsp", "ssp0"):
+        model = StructuredModel(Problem(cl, 8, 2 ** 20, ScheduleSpace(cl, 8, None, syncs=(sync,))), seed=0)
+        means[sync] = model.predict_mean(p)
+    np.testing.assert_array_equal(means["ssp0"], means["bsp"])
+
+
+def test_the_machine_model_fits_a_correction_per_node_type_with_enough_settings():
+    """Six settings (batches) of one node type, their times off the parametric form by a pattern it
+    cannot follow: a residual GP is fitted for that type, and none for a type with fewer settings."""
+    from hpcps.cluster import Cluster, Node, NodeType
+    from hpcps.tune.models.machine import MIN_GP_ROWS, MachineModel
+    from hpcps.tune.observations import empty
+    a, b = NodeType("a", 1.0, 4, 1.0), NodeType("b", 1.0, 4, 1.0)
+    model = MachineModel(Cluster("c", (a, b), (Node("a0", a), Node("b0", b))))
+    batches = [1, 2, 4, 8, 16, 32]
+    assert len(batches) == MIN_GP_ROWS
+    obs = empty(len(batches) + 2)
+    obs["type"] = [0] * len(batches) + [1, 1]
+    obs["batch"] = batches + [4, 8]
+    obs["threads"] = obs["node_threads"] = 1
+    obs["compute_s"] = [1e-3 * k * (1.5 if i % 2 else 0.7) for i, k in enumerate(batches)] + [4e-3, 8e-3]
+    model.fit(obs)
+    assert sorted(model.gps) == [0] and sorted(model.gp_sd) == [0] and model.gp_sd[0] > 0
