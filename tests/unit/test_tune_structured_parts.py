@@ -458,3 +458,30 @@ def test_the_machine_model_fits_a_correction_per_node_type_with_enough_settings(
     obs["compute_s"] = [1e-3 * k * (1.5 if i % 2 else 0.7) for i, k in enumerate(batches)] + [4e-3, 8e-3]
     model.fit(obs)
     assert sorted(model.gps) == [0] and sorted(model.gp_sd) == [0] and model.gp_sd[0] > 0
+
+
+def test_the_network_is_fitted_to_each_trial_s_encoded_push_sizes(monkeypatch, slownet):
+    """A bsp trial whose workers push int8 reaches the network fit with those workers' encoded push
+    bytes (a quarter of float32's), as hpcps.ps.plan sizes them; one pushing float32 with float32's."""
+    cluster, job, profiles, problem = slownet
+    model = StructuredModel(problem, seed=0)
+    seen = []
+
+    class Fitted(Exception):
+        pass
+
+    def fit(trials, *args, **kw):
+        seen.extend(trials)
+        raise Fitted
+    monkeypatch.setattr(model.network, "fit", fit)
+    ranks = [(r, r, r == 0) for r in range(5)]
+    model.set_observations([(spread(problem, [1] * 5, servers=(0,)), _obs([0, 1], ranks)),
+                            (spread(problem, [0] * 5, servers=(0,)), _obs([0, 1], ranks))])
+    with pytest.raises(Fitted):
+        model.optimize()
+    assert [len(t) for t in seen] == [4, 4]
+    int8, none = seen[0][3], seen[1][3]
+    workers = seen[0][1]
+    assert workers.tolist() == [False, True, True, True, True]
+    np.testing.assert_allclose(none[workers], problem.model_bytes, rtol=1e-12)
+    assert np.all(int8[workers] < none[workers] / 3.9)
