@@ -720,3 +720,21 @@ def test_the_evaluation_sees_the_trained_model(monkeypatch):
     result, logs = train(counting_job(iterations=4, eval_every=2))
     assert "iter     2/4  eval  test_loss 80.0000" in logs             # 40 elements at 2.0
     assert result.final_metrics == {"test_loss": 160.0}
+
+
+def test_a_checkpoint_off_an_iteration_boundary_is_refused_naming_the_pieces_versions():
+    """If settling left the pieces at different versions, save() refuses rather than write a state no
+    iteration had (an internal fault, so an exception naming what it found, not a user error)."""
+    from hpcps.ps.checkpointer import Checkpointer
+
+    class Unsettled:
+        version = {0: 4, 1: 3, 2: 4}
+
+        def settle(self, done):
+            pass
+
+        def at_boundary(self, done):
+            return False
+    with pytest.raises(RuntimeError, match=r"^checkpoint after iteration 4 outside an iteration boundary "
+                                           r"\(pieces at \[3, 4\]\)$"):
+        object.__new__(Checkpointer).save(4, Unsettled())
