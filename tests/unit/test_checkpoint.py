@@ -42,6 +42,7 @@ def test_a_checkpoint_reads_back_as_written(tmp_path):
     written = write_checkpoint(tmp_path, ckpt)
     assert written.path == checkpoint_path(tmp_path, 7) == tmp_path / "ckpt-00000007.h5"
     back = read_checkpoint(written.path)
+    assert back.path == written.path
     assert back.iteration == 7 and back.job_name == "j" and back.identity == ckpt.identity
     assert back.schedule == ckpt.schedule and back.n_params == N
     assert np.array_equal(back.params, ckpt.params)
