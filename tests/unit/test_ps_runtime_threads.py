@@ -142,6 +142,9 @@ def test_three_ranks_with_codecs(sync, staleness, codec, pull):
     if codec == "int8":         # 16-element pieces: 16 bytes and a scale; 16-bit pulls (and a version)
         assert {t[6] for t in recs[0].named("transfer") if t[2] == "push"} == {20}
         assert {t[6] for t in recs[0].named("transfer") if t[2] == "pull"} == ({32} if sync == "bsp" else {36})
+        for rec in recs[1:]:    # and the servers record the pulls they send at the same size
+            assert {t[6] for t in rec.named("transfer") if (t[2], t[3]) == ("pull", "send")} == (
+                {32} if sync == "bsp" else {36})
     for rec in recs:            # each transfer names its piece of the plan
         assert {t[7] for t in rec.named("transfer")} <= {0, 1, 2}
     assert {t[7] for t in recs[0].named("transfer")} == {0, 1, 2}

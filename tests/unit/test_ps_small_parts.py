@@ -113,8 +113,9 @@ def test_report_emulation_warns_past_one_step_in_twenty():
     said = []
     _report_emulation(MPI.COMM_SELF, _Emulator(_Clock(5, 0.02, 100, 5)), 100, said.append)
     assert said == []                                          # 5 of 100: not more than 5%
-    _report_emulation(MPI.COMM_SELF, _Emulator(_Clock(6, 0.02, 100, 6)), 100, said.append)
-    assert said == ["warning: 6 of 100 emulated steps ran longer here than on their node (by 5.0 ms emulated in "
+    _report_emulation(MPI.COMM_SELF, _Emulator(_Clock(6, 0.4, 100, 6)), 100, said.append)
+    # 0.4 s of real overrun at dilation 4: 100.0 ms emulated (one more digit would show a wrong factor)
+    assert said == ["warning: 6 of 100 emulated steps ran longer here than on their node (by 100.0 ms emulated in "
                     "all); raise --time-dilation for a faithful emulation",
                     "warning: 6 of 100 overlapped pushes went out later than on their node (the real step was "
                     "not through by then); raise --time-dilation for a faithful overlap"]
@@ -432,3 +433,29 @@ def test_a_stale_exchange_refuses_bsp_s_pull_call():
     from hpcps.ps.stale import StaleExchange
     with pytest.raises(RuntimeError, match="^ssp and asp workers read pulls at begin_clock, not into their parameters$"):
         StaleExchange.expect_pulls(object.__new__(StaleExchange), 0)
+
+
+class _SlowRequest:
+    """An MPI request that completes on its third Test()."""
+
+    def __init__(self):
+        self.tests = 0
+
+    def Test(self):
+        self.tests += 1
+        return self.tests >= 3
+
+
+@pytest.mark.parametrize("sleep_wait", [True, False])
+def test_waiting_on_a_request_sleeps_a_poll_between_tests_only_when_ranks_outnumber_cores(monkeypatch,
+                                                                                       sleep_wait):
+    import time
+    from types import SimpleNamespace
+
+    from hpcps.ps.exchange import Exchange
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    req = _SlowRequest()
+    Exchange._wait_request(SimpleNamespace(sleep_wait=sleep_wait, poll_s=0.0025), req)
+    assert req.tests == 3
+    assert slept == ([0.0025, 0.0025] if sleep_wait else [])
