@@ -98,8 +98,11 @@ def schedule_record(schedule, n_ranks: int, codecs: list[str], sync: str, stalen
             "sync": sync, "staleness": int(staleness)}
 
 
-def check_resumable(ckpt: Checkpoint, job, n_params: int | None = None) -> None:
-    """Raise CheckpointError unless job may continue from ckpt (n_params: the job's model size, if known)."""
+def check_resumable(ckpt: Checkpoint, job, n_params: int | None = None,
+                    buffers: dict[str, tuple[int, ...]] | None = None) -> None:
+    """Raise CheckpointError unless job may continue from ckpt (n_params: the job's model size, if known;
+    buffers: the shape of each of its model's buffers, if known: a model whose code changed can keep its
+    parameter count and still hold other statistics, such as BatchNorm's where GroupNorm was)."""
     want = identity_of(job)
     for key in ("workload", "model", "data", "seed", "optimizer"):
         if ckpt.identity.get(key) != want[key]:
@@ -109,6 +112,24 @@ def check_resumable(ckpt: Checkpoint, job, n_params: int | None = None) -> None:
     if n_params is not None and n_params != ckpt.n_params:
         raise CheckpointError(ckpt.path or "<checkpoint>",
                               f"holds {ckpt.n_params} parameters, this job's model has {n_params}")
+    if buffers is not None:
+        saved = {name: tuple(np.shape(value)) for name, value in ckpt.buffers.items()}
+        if saved != buffers:
+            raise CheckpointError(ckpt.path or "<checkpoint>", "holds other model buffers than this job's "
+                                  f"model: {_buffer_difference(saved, buffers)}")
+
+
+def _buffer_difference(saved: dict[str, tuple[int, ...]], model: dict[str, tuple[int, ...]]) -> str:
+    """The first few names where a checkpoint's buffers and a model's differ, and how."""
+    said = []
+    for name in sorted(saved.keys() | model.keys()):
+        if name not in model:
+            said.append(f"{name} only in the checkpoint")
+        elif name not in saved:
+            said.append(f"{name} only in the model")
+        elif saved[name] != model[name]:
+            said.append(f"{name} has shape {list(saved[name])} there, {list(model[name])} here")
+    return "; ".join(said[:3]) + (f"; and {len(said) - 3} more" if len(said) > 3 else "")
 
 
 def _short(value: Any) -> str:

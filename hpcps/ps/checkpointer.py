@@ -212,13 +212,13 @@ class Checkpointer:
         else:
             seq = np.random.SeedSequence([self.job.training.seed, it, self.rank])
             torch.manual_seed(int(seq.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)))
-        # Model buffers (statistics the servers do not train): rank 0's, on every rank.
+        # Model buffers (statistics the servers do not train): rank 0's, on every rank (check_resumable
+        # made sure they are the model's, name by name and shape by shape).
         if header["buffers"]:
             own = dict(self.model.named_buffers())
             with torch.no_grad():
                 for name, value in header["buffers"].items():
-                    if name in own and tuple(own[name].shape) == tuple(np.shape(value)):
-                        own[name].copy_(torch.from_numpy(np.asarray(value)))
+                    own[name].copy_(torch.from_numpy(np.asarray(value)))
         if ckpt is not None:
             was = ckpt.schedule
             how = ("the same schedule" if header["same_schedule"] else

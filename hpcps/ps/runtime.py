@@ -142,7 +142,8 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
     resume = checkpoints.resume if checkpoints is not None and rank == 0 else None
     if resume is not None:
         from hpcps.ps.checkpoint import check_resumable
-        check_resumable(resume, job, flat.numel)
+        check_resumable(resume, job, flat.numel,
+                        {name: tuple(b.shape) for name, b in worker.model.named_buffers()})
         init[:] = resume.params
     sleeping_barrier(comm)                # ranks still importing or loading data are not starved
     comm.Bcast(init, root=0)

@@ -679,6 +679,32 @@ def test_model_buffers_of_every_shape_survive_a_resume(monkeypatch, tmp_path: Pa
     assert seen == [(3, [6, 6]), (4, [8, 8])]
 
 
+def test_a_resume_into_a_model_with_other_buffers_is_refused_before_training(monkeypatch, tmp_path: Path):
+    """The same parameters with other statistics (a norm layer's code swapped): refused on rank 0 before
+    any step, naming the buffer, where the statistics used to be left at their defaults unsaid."""
+    from hpcps.ps.checkpoint import CheckpointError, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    from tests.fixtures import counting_workload
+    build, loss = counting_workload.CountingWorkload.build_model, counting_workload.CountingWorkload.loss
+    shape = [2]
+    steps = []
+
+    def build_model(self):
+        model = build(self)
+        model.register_buffer("pair", torch.zeros(shape[0]))
+        return model
+    monkeypatch.setattr(counting_workload.CountingWorkload, "build_model", build_model)
+    monkeypatch.setattr(counting_workload.CountingWorkload, "loss",
+                        lambda self, model, batch: steps.append(1) or loss(self, model, batch))
+    train(counting_job(iterations=2), checkpoints=CheckpointSettings(tmp_path))
+    ckpt = read_checkpoint(tmp_path / "ckpt-00000002.h5")
+    shape[0], steps[:] = 3, []
+    with pytest.raises(CheckpointError, match=r"holds other model buffers than this job's model: pair has shape "
+                                              r"\[2\] there, \[3\] here$"):
+        train(counting_job(iterations=4), checkpoints=CheckpointSettings(None, resume=ckpt, resuming=True))
+    assert steps == []
+
+
 def test_device_cpu_trains_on_the_cpu_where_a_gpu_is_seen(monkeypatch):
     """run_training hands its device argument to pick_device: with PyTorch reporting a GPU, device
     'cpu' still trains on the CPU, and the trace says so."""
