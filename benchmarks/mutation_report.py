@@ -28,6 +28,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DETECTED = ("killed", "timeout", "segfault")     # mutmut's statuses of a mutant some test run noticed
 sys.path.insert(0, str(ROOT / "benchmarks"))
 PACKAGES = ("hpcps.ps", "hpcps.sim", "hpcps.emulate", "hpcps.comm", "hpcps.tune.models")
 TARGET = 0.85
@@ -96,15 +97,18 @@ def main(argv: list[str] | None = None) -> int:
     rows, survivors, reasons = [], {}, {}
     for pkg in PACKAGES:
         mine = {k: v for k, v in status.items() if package_of(k) == pkg}
-        # A mutant whose tests ran past mutmut's timeout (an endless loop) was detected: it counts as killed.
-        killed = sum(v in ("killed", "timeout") for v in mine.values())
+        # A mutant whose tests ran past mutmut's timeout (an endless loop), or whose test process died of a
+        # signal (mutmut's "segfault": the mutant broke MPI or NumPy below Python), was detected: it counts
+        # as killed.
+        killed = sum(v in DETECTED for v in mine.values())
         survived = sorted(k for k, v in mine.items() if v in ("survived", "no tests"))
-        not_run = sum(v not in ("killed", "timeout", "survived", "no tests") for v in mine.values())
+        not_run = sum(v not in DETECTED + ("survived", "no tests") for v in mine.values())
         judged = killed + len(survived)
         explained = {k: r for k in survived if (r := reason_for(k, equivalent)) is not None}
         rows.append({"package": pkg, "mutants": len(mine), "killed": killed, "survived": len(survived),
                      "no_tests": sum(v == "no tests" for v in mine.values()), "not_run": not_run,
-                     "timeouts": sum(v == "timeout" for v in mine.values()), "equivalent": len(explained),
+                     "timeouts": sum(v == "timeout" for v in mine.values()),
+                     "crashed": sum(v == "segfault" for v in mine.values()), "equivalent": len(explained),
                      "unexplained": len(survived) - len(explained),
                      "score": killed / judged if judged else None})
         survivors[pkg] = [k for k in survived if k not in explained]
@@ -119,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
              "patterns given, or the run stopped); they count neither way. Only tests in the pytest process "
              "see a mutant: code that only the MPI and end-to-end suites run survives here. Target: at least "
              f"{TARGET:.0%} per package.", "",
-             "| package | mutants | killed (of which timed out) | survived (of which no test reaches) "
+             "| package | mutants | killed (of which timed out / crashed) | survived (of which no test reaches) "
              "| of the survivors: equivalent / unexplained | not run | score |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
@@ -129,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             score = f"{r['score']:.1%} of those run (no verdict: {r['not_run']} not run)"
         else:
             score = f"{r['score']:.1%} ({'met' if r['score'] >= TARGET else 'not met'})"
-        lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} ({r['timeouts']}) | {r['survived']} "
+        lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} ({r['timeouts']} / {r['crashed']}) | "
+                     f"{r['survived']} "
                      f"({r['no_tests']}) | {r['equivalent']} / {r['unexplained']} | "
                      f"{r['not_run']} | {score} |")
     if any(reasons.values()):
