@@ -1,6 +1,6 @@
 """The mutation score per package from the last `mutmut run` (make mutation), as results/mutation.md and
-.json: mutants killed, survived, and not run (no test reached them, timed out, or not yet run), with
-every surviving mutant listed for review.
+.json: mutants killed (a test failed, ran past the timeout or died), survived (no test failed, or no test
+reaches them), and not run, with every surviving mutant listed for review.
 
     make mutation                                   # every package in [tool.mutmut] of pyproject.toml
     make mutation MUTANTS='hpcps.sim.*'             # one package's mutants (the others: not run)
