@@ -147,8 +147,6 @@ class Checkpointer:
         self.start_iteration = 0
         self.last_good: int | None = None    # iteration of the newest checkpoint known to be whole
         self.last_path: Path | None = None
-        self.saved_s = 0.0                   # time spent in checkpoints, this rank
-        self.saves = 0
         self.lag = lag
         self._flags: list[_Flag] = []        # posted, oldest first: at most lag
         self._last_save_t = time.monotonic()
@@ -417,8 +415,6 @@ class Checkpointer:
                      + "".join(f"; set aside {p.name} (a later iteration of an abandoned run)"
                                for p in written.set_aside))
         self._last_save_t = time.monotonic()
-        self.saved_s += time.perf_counter() - t0
-        self.saves += 1
 
     def _waitall(self, reqs) -> None:
         if not self.sleep_wait:

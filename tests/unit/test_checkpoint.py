@@ -147,8 +147,9 @@ def test_no_good_checkpoint_is_one_clear_error(tmp_path):
 def test_only_the_same_model_data_and_optimiser_may_resume(tmp_path):
     ckpt = read_checkpoint(write_checkpoint(tmp_path, make(3)).path)
     check_resumable(ckpt, job())
-    with pytest.raises(CheckpointError, match="written by another job: its model is"):
+    with pytest.raises(CheckpointError, match="written by another job: its model is") as e:
         check_resumable(ckpt, job(hidden=64))
+    assert str(e.value).startswith(f"{ckpt.path}: written by another job")
     with pytest.raises(CheckpointError, match=f"holds {N} parameters, this job's model has 10"):
         check_resumable(ckpt, job(), n_params=10)
     other = Job("j", "digits", OptimizerConfig("adam", lr=0.1), TrainingConfig(global_batch=8, iterations=1),

@@ -555,15 +555,17 @@ def test_an_emulated_node_trains_the_same_and_reports_its_setting(monkeypatch, s
 def test_a_resumed_run_sets_aside_later_checkpoints_of_the_run_it_left(tmp_path: Path):
     from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
     from hpcps.ps.checkpointer import CheckpointSettings
-    train(counting_job("bsp", iterations=4), checkpoints=CheckpointSettings(tmp_path, every=2, keep=5))
+    train(counting_job("bsp", iterations=6), checkpoints=CheckpointSettings(tmp_path, every=2, keep=5))
     two = read_checkpoint(dict(list_checkpoints(tmp_path))[2])
     result, logs = train(counting_job("bsp", iterations=5),
                          checkpoints=CheckpointSettings(tmp_path, every=1, keep=5, resume=two, resuming=True))
     saved = [m for m in logs if m.startswith("checkpoint ")]
     assert saved[0].startswith(f"checkpoint {tmp_path / 'ckpt-00000003.h5'} after iteration 3: ")
-    assert saved[0].endswith("; set aside ckpt-00000004.h5.superseded (a later iteration of an abandoned run)")
+    assert saved[0].endswith("s; set aside ckpt-00000006.h5.superseded (a later iteration of an abandoned run)"
+                             "; set aside ckpt-00000004.h5.superseded (a later iteration of an abandoned run)")
     assert [it for it, _ in list_checkpoints(tmp_path)] == [5, 4, 3, 2]          # 4 of this run
     assert (tmp_path / "ckpt-00000004.h5.superseded").is_file()
+    assert (tmp_path / "ckpt-00000006.h5.superseded").is_file()
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, 5.0, np.float32))
 
 

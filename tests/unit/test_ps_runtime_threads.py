@@ -198,9 +198,14 @@ def test_three_ranks_checkpoint_and_resume(tmp_path: Path, sync, staleness):
 
     longer = job_for(sync, staleness, iterations=6, optimizer=opt,
                      exchange=ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8"))
+    from tests.unit.test_ps_runtime_self import Recorder
+    recs = [Recorder(), Recorder(), Recorder()]
     resumed, logs = train(longer, checkpoints=lambda r: CheckpointSettings(None, resume=two if r == 0 else None,
-                                                                          resuming=True))
+                                                                          resuming=True), recorders=recs)
     assert resumed.start_iteration == 2 and resumed.iterations == 6
+    if sync != "bsp":       # every piece starts at the version of 2 steps: ssp's rounds, asp's pushes of both workers
+        versions = [c[4] for rec in recs for c in rec.named("staleness")]
+        assert versions and min(versions) == (2 if sync == "ssp" else 2 * 2)
     assert any(m.startswith(f"resuming from {two.path} after iteration 2, under the same schedule; "
                             "error-feedback residuals restored worker by worker") for m in logs)
     whole, _ = train(job_for(sync, staleness, iterations=6, optimizer=opt,
