@@ -267,7 +267,7 @@ def test_a_stop_signal_checkpoints_and_stops(tmp_path: Path, sync, staleness):
                          checkpoints=CheckpointSettings(tmp_path, signals=signals))
     # rank 0 posts STOP at the first boundary; every rank acts on it lag boundaries later
     at = 1 + flag_lag(sync, staleness)
-    assert result.stopped and result.iterations == at
+    assert result.stopped and result.iterations == at and result.start_iteration == 0
     assert [it for it, _ in list_checkpoints(tmp_path)] == [at]
     assert result.checkpoint == str(list_checkpoints(tmp_path)[0][1])
     np.testing.assert_array_equal(result.final_params, np.full(BLOCK, float(at), np.float32))
