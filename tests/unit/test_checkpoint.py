@@ -69,6 +69,20 @@ def test_the_newest_two_are_kept_and_leftovers_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000004.h5", "ckpt-00000006.h5"]
 
 
+def test_a_leftover_that_vanishes_while_leftovers_are_removed_is_no_error(tmp_path, monkeypatch):
+    """Two writers may clean one directory: a temporary file listed, then removed by the other writer
+    before this one gets to it, is not an error."""
+    from pathlib import Path
+    listed = Path.iterdir
+
+    def with_a_phantom(self):
+        yield from listed(self)
+        if self == tmp_path:
+            yield tmp_path / ".ckpt-00000001.h5.123-gone.tmp"         # listed, already gone
+    monkeypatch.setattr(Path, "iterdir", with_a_phantom)
+    assert write_checkpoint(tmp_path, make(2)).path == checkpoint_path(tmp_path, 2)
+
+
 def test_later_checkpoints_of_an_abandoned_run_are_set_aside(tmp_path):
     """A run resumed from iteration 4 writes 5: the 6 of the run it branched from must not win a resume."""
     for it in (4, 6):
