@@ -69,6 +69,16 @@ def test_the_newest_two_are_kept_and_leftovers_removed(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt-00000004.h5", "ckpt-00000006.h5"]
 
 
+def test_an_optimiser_vector_of_the_wrong_shape_is_refused_naming_it(tmp_path):
+    path = write_checkpoint(tmp_path, make(3)).path
+    with h5py.File(path, "r+") as f:
+        del f["optimizer/exp_avg_sq"]
+        f["optimizer"].create_dataset("exp_avg_sq", data=np.zeros(N - 1, np.float32))
+    with pytest.raises(CheckpointError) as e:
+        read_checkpoint(path)
+    assert str(e.value) == f"{path}: optimizer/exp_avg_sq is float32 ({N - 1},), expected float32 ({N},)"
+
+
 def test_a_leftover_that_vanishes_while_leftovers_are_removed_is_no_error(tmp_path, monkeypatch):
     """Two writers may clean one directory: a temporary file listed, then removed by the other writer
     before this one gets to it, is not an error."""

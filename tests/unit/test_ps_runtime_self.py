@@ -277,6 +277,16 @@ def test_a_stop_signal_checkpoints_and_stops(tmp_path: Path, sync, staleness):
                         f"continue with --resume {tmp_path}")
 
 
+def test_a_workload_s_closing_sample_is_the_last_line(monkeypatch):
+    """A workload that ends with a sample of what it learnt (charlm's generated text) has it logged, quoted,
+    after the closing figures."""
+    from tests.fixtures import counting_workload
+    monkeypatch.setattr(counting_workload.CountingWorkload, "finish", lambda self, model: "it's\nlearnt")
+    result, logs = train(counting_job(iterations=2))
+    assert result.sample_text == "it's\nlearnt"
+    assert logs[-2].startswith("done: ") and logs[-1] == "sample: \"it's\\nlearnt\""
+
+
 def test_total_iterations():
     from hpcps.ps.runtime import total_iterations
     job = counting_job(iterations=7)
@@ -516,12 +526,15 @@ def test_an_emulated_node_trains_the_same_and_reports_its_setting(monkeypatch, s
     from hpcps.ps.worker import Worker
     steps = []
     step = Worker.step
-    monkeypatch.setattr(Worker, "step", lambda self, batch: steps.append(batch) or step(self, batch))
+    threads = []
+    monkeypatch.setattr(Worker, "step", lambda self, batch: steps.append(batch) or threads.append(
+        torch.get_num_threads()) or step(self, batch))
     rec = Recorder()
     job = counting_job(sync, staleness, iterations=6,
                        exchange=ExchangeConfig(bucket_mb=64 / 2 ** 20, overlap=overlap))
     result, logs = train(job, emulation=_emulation(compute), recorder=rec)
     assert len(steps) >= 6 and all(b is not None for b in steps)     # each step on its batch
+    assert set(threads) == {1}          # emulated threads are the node clock's: one real one computes
     kind = "Exchange" if sync == "bsp" else "StaleExchange"
     kw = made[kind + "_kw"]
     emulator = made["RankEmulator"]
