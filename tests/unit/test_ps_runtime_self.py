@@ -241,7 +241,7 @@ def test_checkpoints_then_resume_go_on_where_the_run_left(tmp_path: Path, sync, 
     np.testing.assert_allclose(resumed.final_params, reference(opt, 6), rtol=1e-5)
     assert resumed.start_iteration == 2 and resumed.iterations == 6
     assert resumed.checkpoint == str(two.path)
-    assert any(m.startswith(f"resuming from {two.path} after iteration 2, under the same schedule") for m in logs)
+    assert f"resuming from {two.path} after iteration 2, under the same schedule" in logs
     assert ", from iteration 2" in logs[0] or any(", from iteration 2" in m for m in logs)
     assert logs[-1].startswith("done: 4 iterations (3-6) in ")
     assert latest_checkpoint(tmp_path)[0].iteration == 4
@@ -375,6 +375,48 @@ def test_a_non_finite_gradient_stops_the_run_naming_the_piece(monkeypatch, tmp_p
     what = "gradient of worker 0" if sync == "asp" else "aggregated gradient"
     assert str(e.value) == (f"non-finite {what} in piece 2 (elements 32..39, 8 not finite) in iteration 4 on "
                             f"rank 0; last good checkpoint: {tmp_path / 'ckpt-00000002.h5'} (after iteration 2)")
+
+
+def test_a_checkpoint_that_names_no_mode_was_written_under_bsp(tmp_path: Path):
+    """A schedule record without sync and staleness (a writer before they were recorded) reads as bsp
+    with staleness 0: resuming it under bsp says nothing of a change of mode."""
+    from dataclasses import replace
+
+    from hpcps.ps.checkpoint import read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    train(counting_job(iterations=2), checkpoints=CheckpointSettings(tmp_path))
+    ckpt = read_checkpoint(tmp_path / "ckpt-00000002.h5")
+    older = replace(ckpt, schedule={k: v for k, v in ckpt.schedule.items() if k not in ("sync", "staleness")})
+    _, logs = train(counting_job(iterations=3), checkpoints=CheckpointSettings(None, resume=older, resuming=True))
+    assert f"resuming from {ckpt.path} after iteration 2, under the same schedule" in logs
+
+
+def test_a_floating_point_error_of_the_workload_s_own_stops_the_run_naming_the_iteration(monkeypatch):
+    """A FloatingPointError raised by the model's code (NumPy told to raise, say), not by a server's check:
+    it carries no iteration of its own, and the rank's is named."""
+    from hpcps.ps.checkpointer import TrainingDiverged
+    from tests.fixtures import counting_workload
+    loss, calls = counting_workload.CountingWorkload.loss, []
+
+    def overflowing(self, model, batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise FloatingPointError("overflow encountered in exp")
+        return loss(self, model, batch)
+    monkeypatch.setattr(counting_workload.CountingWorkload, "loss", overflowing)
+    with pytest.raises(TrainingDiverged) as e:
+        train(counting_job(iterations=6))
+    assert str(e.value) == ("overflow encountered in exp in iteration 2 on rank 0; "
+                            "no checkpoint (give --checkpoint DIR)")
+
+
+def test_a_bundled_workload_trains_on_its_own_batches_in_process():
+    """Each step computes on the batch the worker drew (a workload that reads its batch: digits)."""
+    job = Job("d", "digits", OptimizerConfig("sgd", lr=0.1), TrainingConfig(global_batch=2, iterations=3, seed=1),
+              model={"hidden": 8})
+    result, logs = train(job)
+    assert result.iterations == 3 and np.isfinite(result.final_params).all()
+    assert logs[-1].startswith("done: ")
 
 
 def test_last_good_text_names_the_newest_checkpoint(tmp_path):
@@ -519,7 +561,10 @@ def test_an_emulated_node_trains_the_same_and_reports_its_setting(monkeypatch, s
             made[name + "_kw"] = kw
             return obj
         monkeypatch.setattr(module_of[name], name, build)
-    module_of = {"Exchange": runtime, "StaleExchange": runtime, "RankEmulator": emulate_rank}
+    from hpcps.emulate import node as emulate_node
+    module_of = {"Exchange": runtime, "StaleExchange": runtime, "RankEmulator": emulate_rank,
+                 "PushSchedule": emulate_node}
+    capture("PushSchedule", emulate_node.PushSchedule)
     capture("Exchange", runtime.Exchange)
     capture("StaleExchange", runtime.StaleExchange)
     capture("RankEmulator", emulate_rank.RankEmulator)
@@ -537,6 +582,8 @@ def test_an_emulated_node_trains_the_same_and_reports_its_setting(monkeypatch, s
     assert set(threads) == {1}          # emulated threads are the node clock's: one real one computes
     kind = "Exchange" if sync == "bsp" else "StaleExchange"
     kw = made[kind + "_kw"]
+    if overlap and sync == "bsp":       # an overlapped step keeps the exchange going while it is held
+        assert made["PushSchedule"].poll == made["Exchange"].progress
     emulator = made["RankEmulator"]
     assert kw["emulator"] is emulator and kw["sleep_wait"] is None
     assert kw["aggregate"] == emulator.clock.run_aggregate and kw["clock"] == emulator.time
