@@ -196,9 +196,11 @@ def test_only_a_model_with_the_same_buffers_may_resume(tmp_path):
     assert refused({**same, "norm.running_mean": (5,)}) == start + "norm.running_mean has shape [4] there, [5] here"
     assert refused({"norm.running_mean": (4,)}) == start + "norm.num_batches_tracked only in the checkpoint"
     assert refused({**same, "a": (1,)}) == start + "a only in the model"
-    assert refused({}) == start + "norm.num_batches_tracked only in the checkpoint; norm.running_mean only in the checkpoint"
+    assert refused({}) == start + ("norm.num_batches_tracked only in the checkpoint; "
+                                   "norm.running_mean only in the checkpoint")
     many = {f"b{i}": (1,) for i in range(5)}
-    assert refused({**same, **many}) == start + "b0 only in the model; b1 only in the model; b2 only in the model; and 2 more"
+    assert refused({**same, **many}) == start + ("b0 only in the model; b1 only in the model; b2 only in the model; "
+                                                 "and 2 more")
 
 
 def test_shared_residuals_keep_what_the_servers_are_owed():
