@@ -21,6 +21,11 @@ namespace per node, compute charged as under emulation), on the two clusters of
 results/testbed_fidelity.md: hetero8 and hetero10a-1g (every NIC at 1 Gb/s), job jobs/hetero8.toml,
 the testbed backend at its default time dilation. Targets (results/testbed_fidelity.md's, fixed before
 the run): median error at most 10%, at least 85% of measured times inside the 90% interval.
+
+With --replay CELL... no new runs: CELL is a cell of benchmarks/tune_testbed.py (its structured,
+heuristic and random tuning runs of one cluster and seed, one sitting). The model is fitted to the
+first 5 structured trials recorded there and predicts every other schedule measured in that sitting
+(structured's later trials, heuristic's and random's), which costs seconds instead of testbed time.
 """
 
 from __future__ import annotations
@@ -103,12 +108,65 @@ def evaluate(problem, strategy, backend, n_random, n_model, seed, trial_dir_root
             "rows": rows}
 
 
+def replay(cell: Path, trials: int = 5) -> dict:
+    """The structured model fitted to the first `trials` structured trials of a tune_testbed cell,
+    against every other schedule measured in it. Raises ValueError naming what is missing."""
+    from hpcps.cluster import load_cluster
+    from hpcps.config import load_job
+    from hpcps.tune import rundir
+    from hpcps.tune.problem import problem_for
+    from hpcps.tune.strategies import make_strategy
+    runs = {}
+    for strategy in ("structured", "heuristic", "random"):
+        d = cell / strategy
+        state = rundir.read_state(d) if rundir.is_run_dir(d) else None
+        if state is None:
+            raise ValueError(f"{cell}: no {strategy} tuning run in {d} (give a cell of benchmarks/tune_testbed.py)")
+        runs[strategy] = (state, rundir.load_records(d, state))
+    state, structured = runs["structured"]
+    inputs = {k: _recorded_input(Path(state["settings"][k]), state["inputs"][k], cell) for k in ("job", "cluster")}
+    problem = problem_for(load_cluster(inputs["cluster"]), load_job(inputs["job"]))
+    fitted = structured[:trials]
+    if len(fitted) < trials:
+        raise ValueError(f"{cell}: the structured run holds {len(fitted)} trial(s), fewer than {trials}")
+    model = make_strategy("structured", problem, int(state["settings"]["seed"])).model(fitted)
+    seen = {tuple(np.round(r.point, 9)) for r in fitted}
+    rows = []
+    for strategy, (_, records) in runs.items():
+        for r in records:
+            key = tuple(np.round(r.point, 9))
+            if not r.ok or key in seen:
+                continue
+            seen.add(key)
+            X = np.atleast_2d(r.point)
+            mean, var = model.predict(X)
+            lmean, lvar = model.predict_log(X)
+            rows.append({"kind": strategy, "trial": r.trial, "status": r.status, "measured_s": r.iteration_time_s,
+                         "predicted_s": float(mean[0, 0]), "predicted_sd": float(math.sqrt(var[0, 0])),
+                         "lo90_s": math.exp(lmean[0, 0] - Z90 * math.sqrt(lvar[0, 0])),
+                         "hi90_s": math.exp(lmean[0, 0] + Z90 * math.sqrt(lvar[0, 0])), "schedule": r.summary})
+    return {"label": f"replay {cell.parent.name}/{cell.name}", "cell": str(cell), "inputs": {k: str(v) for k, v in inputs.items()},
+            "trials": [{"trial": h.trial, "measured_s": h.iteration_time_s} for h in fitted], "rows": rows}
+
+
+def _recorded_input(path: Path, digest: str, cell: Path) -> Path:
+    """The job or cluster file a run recorded: its path if it is still there unchanged, else the file of
+    the same name under this checkout whose contents match the recorded digest."""
+    from hpcps.tune import rundir
+    candidates = [path] + [ROOT / Path(*path.parts[i:]) for i in range(1, len(path.parts))]
+    for c in candidates:
+        if c.is_file() and rundir.fingerprint({"f": c})["f"] == digest:
+            return c
+    raise ValueError(f"{cell}: the run's input {path} is neither there nor in this checkout with the recorded "
+                     f"contents ({digest})")
+
+
 def summary(res: dict) -> dict:
     ok = [r for r in res["rows"] if r["measured_s"] is not None]
     err = [abs(r["predicted_s"] / r["measured_s"] - 1) for r in ok]
     inside = [r["lo90_s"] <= r["measured_s"] <= r["hi90_s"] for r in ok]
     by = {}
-    for kind in ("random", "model-built"):
+    for kind in dict.fromkeys(r["kind"] for r in res["rows"]):
         e = [abs(r["predicted_s"] / r["measured_s"] - 1) for r in ok if r["kind"] == kind]
         c = [r["lo90_s"] <= r["measured_s"] <= r["hi90_s"] for r in ok if r["kind"] == kind]
         by[kind] = (float(np.median(e)) if e else None, (sum(c), len(c)))
@@ -126,8 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--testbed", type=int, default=0,
                    help="also N unseen schedules on the testbed, on hetero8 and hetero10a-1g (root)")
     p.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "model_fidelity.md")
+    p.add_argument("--replay", type=Path, nargs="+", default=[], metavar="CELL",
+                   help="instead of new runs: cells of benchmarks/tune_testbed.py (e.g. "
+                        "results/runs/tune_testbed/hetero8/seed-2), the model fitted to each one's first 5 "
+                        "structured trials against every other schedule measured there")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results file (default: results/model_fidelity.md, with --replay "
+                        "results/testbed_model_replay.md)")
     args = p.parse_args(argv)
+    if args.out is None:
+        args.out = ROOT / "results" / ("testbed_model_replay.md" if args.replay else "model_fidelity.md")
+    if args.replay:
+        return main_replay(args, shlex.join(["python", "benchmarks/model_fidelity.py",
+                                             *(argv if argv is not None else sys.argv[1:])]))
     command = shlex.join(["python", "benchmarks/model_fidelity.py", *(argv if argv is not None else sys.argv[1:])])
     from _machine import facts, facts_markdown, load_average
     from hpcps.cluster import load_cluster
@@ -181,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         res["summary"] = s
         parts = []
         for kind in ("random", "model-built"):
-            e, (k, n) = s["by_kind"][kind]
+            e, (k, n) = s["by_kind"].get(kind, (None, (0, 0)))
             parts.append(f"{e * 100:.1f}%, {k}/{n}" if e is not None else "-")
         lines.append(f"| {res['label']} | {s['n']} | {s['median_error'] * 100:.1f}% | {s['p90_error'] * 100:.1f}% | "
                      f"{s['coverage'][0]}/{s['coverage'][1]} ({100 * s['coverage'][0] / max(1, s['coverage'][1]):.0f}%) | "
@@ -195,6 +264,56 @@ def main(argv: list[str] | None = None) -> int:
                          f"[{r['lo90_s'] * 1e3:.2f}, {r['hi90_s'] * 1e3:.2f}] |")
     lines += ["", f"Scatter: `{args.out.with_suffix('.png').name}`.", ""]
     plot(results, args.out.with_suffix(".png"))
+    args.out.write_text("\n".join(lines))
+    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": f, "results": results},
+                                                        indent=1))
+    print("\n".join(lines))
+    return 0
+
+
+def main_replay(args, command: str) -> int:
+    from _machine import facts, facts_markdown, load_average
+    f = facts()
+    t0 = time.perf_counter()
+    results = []
+    for cell in args.replay:
+        try:
+            results.append(replay(cell))
+        except ValueError as e:
+            print(f"model_fidelity: {e}", file=sys.stderr)
+            return 2
+    f["load_average_at_end"] = load_average()
+    lines = ["# Model fidelity replayed: the structured model after 5 trials, on the schedules a testbed "
+             "sitting measured", "", f"Command: `{command}`", "",
+             "For each cell of results/tune_testbed.md (one cluster and seed, one sitting, every trial on the "
+             "testbed): the structured model fitted to the first 5 structured trials recorded there "
+             "predicts every other schedule measured in that sitting: structured's later trials (chosen by "
+             "the tuner), heuristic's and random's (each trial's in-run time, 20 iterations, the mean past the "
+             "first two). No new runs. Reported as in results/testbed_model_fidelity.md: the median relative "
+             "error of the predicted mean, and how many measured times lie inside the model's 90% interval. "
+             "Targets (that file's): median error at most 10%, at least 85% inside.", "",
+             f"Wall time {time.perf_counter() - t0:.0f} s.", "", facts_markdown(f), "",
+             "| cell | fitted to | schedules | median error | 90th percentile error | inside the 90% interval | "
+             "median signed error | by run: median error, inside |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for res in results:
+        s = summary(res)
+        res["summary"] = s
+        ok = [r for r in res["rows"] if r["measured_s"] is not None]
+        signed = float(np.median([r["predicted_s"] / r["measured_s"] - 1 for r in ok])) if ok else float("nan")
+        s["median_signed_error"] = signed
+        parts = [f"{kind} {e * 100:.1f}%, {k}/{n}" for kind, (e, (k, n)) in s["by_kind"].items() if e is not None]
+        lines.append(f"| {res['label']} | structured trials 1-{len(res['trials'])} | {s['n']} | "
+                     f"{s['median_error'] * 100:.1f}% | {s['p90_error'] * 100:.1f}% | "
+                     f"{s['coverage'][0]}/{s['coverage'][1]} ({100 * s['coverage'][0] / max(1, s['coverage'][1]):.0f}%) | "
+                     f"{signed * 100:+.1f}% | {'; '.join(parts)} |")
+    for res in results:
+        lines += ["", f"## {res['label']}", "", "| run | trial | measured (ms) | predicted (ms) | 90% interval (ms) | schedule |",
+                  "| --- | ---: | ---: | ---: | --- | --- |"]
+        for r in res["rows"]:
+            lines.append(f"| {r['kind']} | {r['trial']} | {r['measured_s'] * 1e3:.2f} | {r['predicted_s'] * 1e3:.2f} | "
+                         f"[{r['lo90_s'] * 1e3:.2f}, {r['hi90_s'] * 1e3:.2f}] | `{r['schedule']}` |")
+    lines.append("")
     args.out.write_text("\n".join(lines))
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": f, "results": results},
                                                         indent=1))

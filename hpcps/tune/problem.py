@@ -27,6 +27,9 @@ class Problem:
     codec_costs: tuple[tuple[float, float], ...] = ()
     pull_codec: str = "none"         # the job's [exchange] pull_codec (one for every worker: not a knob)
     pull_codec_cost: tuple[float, float] = (0.0, 0.0)    # its (encode, decode) seconds per value at speed 1.0
+    # The workload's calibrated thread scaling (hpcps.sim WorkloadProfile): Amdahl parallel fractions of the
+    # fixed and per-sample costs, and the cost of threads past the cores. None: no calibration.
+    thread_scaling: tuple[float, float, float] | None = None
 
     @property
     def model_bytes(self) -> float:
@@ -140,4 +143,5 @@ def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = Tr
                        profiles.machine.rank_overhead_bytes)
     costs = tuple(profiles.machine.codec_cost(c) for c in names)
     return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps, names, modes), bucket, costs,
-                   job.exchange.pull_codec, profiles.machine.codec_cost(job.exchange.pull_codec))
+                   job.exchange.pull_codec, profiles.machine.codec_cost(job.exchange.pull_codec),
+                   (profile.fixed_parallel, profile.per_sample_parallel, profile.oversubscription))

@@ -193,3 +193,24 @@ def test_the_cold_round_is_not_the_steady_state():
     assert iteration_times(s, w, comp, bw, lat, agg, P, rounds=0, **kw)[0, 0] == pytest.approx(7.5, rel=1e-12)
     assert iteration_times(s, w, comp, bw, lat, agg, P, **kw)[0, 0] == pytest.approx(7.0, rel=1e-12)
     assert iteration_times(s, w, comp, bw, lat, agg, P, rounds=3, **kw)[0, 0] == pytest.approx(7.0, rel=1e-12)
+
+
+def test_a_workers_pull_as_a_trace_sees_it_starts_at_its_last_shard():
+    """Two dedicated servers (nodes 0 and 1, shards of 50 bytes) and one worker (node 2, step 4 s);
+    NICs 100, 100 and 50 B/s, every latency 0.1 s, updates 0.5 s and 3 s. Pushes: shard 1's slice is
+    ready at 2/3 of the step (2.667), through the worker's NIC in 1 s, at server 1 at 3.767; shard 0's at
+    the step's end, at server 0 at 5.1. Updates end at 5.6 and 6.767. Pulls: shard 0 is in at 6.7, shard
+    1 moves from 6.767 and is in at 7.867. A trace counts the pull from when its last shard could start
+    (6.767): 1.1 s. The first pull, every shard at once through the worker's NIC, is 2 x 1 + 0.1.
+    (Slices: 0.5 s through a server's NIC, 1 s through the worker's.)"""
+    s = np.array([[True, True, False]])
+    w = np.array([[False, False, True]])
+    comp = np.array([0.0, 0.0, 4.0])[None, None]
+    bw = np.array([100.0, 100.0, 50.0])[None, None]
+    lat = np.full(3, 0.1)[None, None]
+    agg = np.array([0.5, 3.0, 0.0])[None, None]
+    ex = iteration_times(s, w, comp, bw, lat, agg, P, detail=True)
+    np.testing.assert_allclose(ex.pull_steady[0, 0], [0.0, 0.0, 1.1], rtol=1e-12)
+    np.testing.assert_allclose(ex.pull[0, 0, 2], 2.1, rtol=1e-12)
+    # and its next step starts then: shard 1 posted at 8/3, 1.1 s to server 1, its update 3 s, 1.1 s back
+    np.testing.assert_allclose(ex.iteration[0, 0], 8.0 / 3.0 + 1.1 + 3.0 + 1.1, rtol=1e-12)

@@ -11,8 +11,11 @@ c0 is what threads do not speed up (a device's launch and copy cost), a the thre
 cost per sample, q the parallel fractions, o the oversubscription cost. The constants are inferred by
 nonlinear least squares on log times, with weak priors: a and b follow the cluster file's speed
 (a_j = a / speed_j * exp(d_j), d_j ~ N(0, 0.7)), so a type never seen starts from the seen types scaled
-by speed; c0 starts at fixed_ms; q at one half; o at 1 (threads past the cores are costly: busy-waiting
-threads fight for cores). A Gaussian process per type models what the
+by speed; c0 starts at fixed_ms; q and o at the workload's calibrated thread scaling where there is one
+(hpcps.sim's profile: how its steps scaled with threads, and slowed past the cores, on the calibration
+machine), else q at one half and o at 1 (threads past the cores are costly: busy-waiting threads fight
+for cores). The first trials rarely oversubscribe a node, so without the calibration a tuner's model
+would charge 16 threads on 8 cores about half of what they cost. A Gaussian process per type models what the
 form leaves unexplained, in log time over (log k, threads per core, T / cores). Posterior samples of
 the constants come from the Laplace approximation around the fit.
 """
@@ -50,8 +53,11 @@ class MachineModel:
     PRIOR_SD_C0 = 1.0
     PRIOR_SD_Q = 1.5
     PRIOR_O, PRIOR_SD_O = 1.0, 1.5
+    PRIOR_SD_CALIBRATED = 0.5        # q (logit) and o (log) where the workload's calibration gives them
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, thread_scaling: tuple[float, float, float] | None = None):
+        """thread_scaling: the workload's calibrated (fixed parallel fraction, per-sample parallel fraction,
+        oversubscription cost) as the prior's centre (hpcps.tune.problem.Problem.thread_scaling)."""
         self.cluster = cluster
         self.types = cluster.types
         J = len(self.types)
@@ -72,6 +78,14 @@ class MachineModel:
         per_sd[:, 3] = per_sd[:, 4] = self.PRIOR_SD_Q
         per[:, 5] = math.log(self.PRIOR_O)
         per_sd[:, 5] = self.PRIOR_SD_O
+        if thread_scaling is not None:
+            qa, qb, o = thread_scaling
+            logit = lambda q: math.log(q / (1.0 - q))       # noqa: E731
+            per[:, 3] = logit(min(max(qa, 0.01), 0.99))
+            per[:, 4] = logit(min(max(qb, 0.01), 0.99))
+            per[:, 5] = math.log(max(o, 0.05))
+            per_sd[:, 3] = per_sd[:, 4] = self.PRIOR_SD_CALIBRATED
+            per_sd[:, 5] = self.PRIOR_SD_CALIBRATED
         self.prior_mean, self.prior_sd = mean, sd
         self.theta = mean.copy()
         self.cov = np.diag(sd ** 2)

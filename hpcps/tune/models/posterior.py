@@ -37,16 +37,16 @@ def quick_lbfgs(obj_func, initial_theta, bounds):
 
 
 def fit_residual_gp(X: np.ndarray, y: np.ndarray, *, max_lengthscale: float, white: float,
-                    alpha: float | np.ndarray = 1e-10):
+                    alpha: float | np.ndarray = 1e-10, min_white: float = 1e-6):
     """A GP regression of residuals y (n,) on features X (n, d): a scaled RBF (signal variance from 1e-5
     to 1, starting at 0.01; lengthscales from 0.05 to max_lengthscale) plus white noise (starting at
-    `white`), alpha added to the diagonal (a variance per point, or one for all). Returns the fitted
-    sklearn GaussianProcessRegressor."""
+    `white`, at least min_white: it is part of every prediction's spread), alpha added to the diagonal
+    (a variance per point, or one for all). Returns the fitted sklearn GaussianProcessRegressor."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
     from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
     kernel = (ConstantKernel(0.01, (1e-5, 1.0)) * RBF(np.ones(X.shape[1]), (0.05, max_lengthscale))
-              + WhiteKernel(white, (1e-6, 1e-1)))
+              + WhiteKernel(max(white, min_white), (min_white, max(1e-1, min_white))))
     gp = GaussianProcessRegressor(kernel, alpha=alpha, normalize_y=False, optimizer=quick_lbfgs, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -36,6 +36,11 @@ from hpcps.tune.space import DecodedBatch, decode_many
 
 CHUNK_ELEMENTS = 4e6             # candidates are scored in chunks of about this many (sample, server, node) cells
 PRIOR_CORRECTION_SD = 0.15        # how far off the composition may be before any trial says so
+# How much one trial's time differs from another's of the same schedule (log seconds): a real run times
+# its steps afresh, MPI and the machine vary. The same schedule measured five times on the testbed in
+# rotating rounds: median sd 0.063 over 22 schedules (results/tune_testbed.json). Part of every
+# prediction's spread, however close the trials seen.
+TRIAL_NOISE_SD = 0.06
 # What a schedule that cannot run (its workers' memory cannot hold the global batch) is predicted to take:
 INFEASIBLE_S = 1e9               # seconds: far slower than anything that runs, finite for Emukit's arithmetic
 INFEASIBLE_LOG_S = 30.0          # log seconds (about 1e13 s)
@@ -103,7 +108,7 @@ class StructuredModel(IModel):
         self.space = problem.space
         cl = problem.cluster
         self.type_of_node = np.array([[t.name for t in cl.types].index(n.type.name) for n in cl.nodes])
-        self.machine = MachineModel(cl)
+        self.machine = MachineModel(cl, problem.thread_scaling)
         self.network = NetworkModel(cl)
         self.aggregate = AggregateModel(cl)
         self.codecs = CodecModel(problem)
@@ -351,9 +356,11 @@ class StructuredModel(IModel):
         r = np.log(self._Y[ok, 0]) - np.log(np.maximum(base.mean(0), 1e-12))
         self._corr_mean = float(np.mean(r))
         if len(r) < 3:
-            self._corr_sd = float(math.sqrt(PRIOR_CORRECTION_SD ** 2 / (1 + len(r)) + np.var(r)))
+            self._corr_sd = float(math.sqrt(PRIOR_CORRECTION_SD ** 2 / (1 + len(r)) + np.var(r)
+                                            + TRIAL_NOISE_SD ** 2))
             return
-        self._corr = fit_residual_gp(feats, r - self._corr_mean, max_lengthscale=50.0, white=1e-3)
+        self._corr = fit_residual_gp(feats, r - self._corr_mean, max_lengthscale=50.0, white=1e-3,
+                                     min_white=TRIAL_NOISE_SD ** 2)
 
     def _correction(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self._corr is None:
