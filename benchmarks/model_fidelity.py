@@ -145,7 +145,8 @@ def replay(cell: Path, trials: int = 5) -> dict:
                          "predicted_s": float(mean[0, 0]), "predicted_sd": float(math.sqrt(var[0, 0])),
                          "lo90_s": math.exp(lmean[0, 0] - Z90 * math.sqrt(lvar[0, 0])),
                          "hi90_s": math.exp(lmean[0, 0] + Z90 * math.sqrt(lvar[0, 0])), "schedule": r.summary})
-    return {"label": f"replay {cell.parent.name}/{cell.name}", "cell": str(cell), "inputs": {k: str(v) for k, v in inputs.items()},
+    return {"label": f"replay {cell.parent.name}/{cell.name}", "cell": str(cell),
+            "inputs": {k: str(v) for k, v in inputs.items()},
             "trials": [{"trial": h.trial, "measured_s": h.iteration_time_s} for h in fitted], "rows": rows}
 
 
@@ -170,9 +171,25 @@ def summary(res: dict) -> dict:
         e = [abs(r["predicted_s"] / r["measured_s"] - 1) for r in ok if r["kind"] == kind]
         c = [r["lo90_s"] <= r["measured_s"] <= r["hi90_s"] for r in ok if r["kind"] == kind]
         by[kind] = (float(np.median(e)) if e else None, (sum(c), len(c)))
+    signed = [r["predicted_s"] / r["measured_s"] - 1 for r in ok]
     return {"n": len(ok), "median_error": float(np.median(err)) if err else None,
             "p90_error": float(np.quantile(err, 0.9)) if err else None,
+            "median_signed_error": float(np.median(signed)) if signed else None,
             "coverage": (sum(inside), len(inside)), "by_kind": by}
+
+
+def figure_cells(s: dict) -> str:
+    """The summary's schedules, median and 90th percentile error and coverage, as table cells."""
+    k, n = s["coverage"]
+    return (f"{s['n']} | {s['median_error'] * 100:.1f}% | {s['p90_error'] * 100:.1f}% | "
+            f"{k}/{n} ({100 * k / max(1, n):.0f}%)")
+
+
+def write_results(out: Path, lines: list[str], command: str, f: dict, results: list) -> None:
+    """The markdown at out, the JSON beside it, and the markdown on standard output."""
+    out.write_text("\n".join(lines))
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": f, "results": results}, indent=1))
+    print("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
     p.add_argument("--replay", type=Path, nargs="+", default=[], metavar="CELL",
                    help="instead of new runs: cells of benchmarks/tune_testbed.py (e.g. "
-                        "results/runs/tune_testbed/hetero8/seed-2), the model fitted to each one's first 5 "
+                        "results/tune_testbed_cells/hetero8/seed-2), the model fitted to each one's first 5 "
                         "structured trials against every other schedule measured there")
     p.add_argument("--out", type=Path, default=None,
                    help="results file (default: results/model_fidelity.md, with --replay "
@@ -194,10 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.out is None:
         args.out = ROOT / "results" / ("testbed_model_replay.md" if args.replay else "model_fidelity.md")
-    if args.replay:
-        return main_replay(args, shlex.join(["python", "benchmarks/model_fidelity.py",
-                                             *(argv if argv is not None else sys.argv[1:])]))
     command = shlex.join(["python", "benchmarks/model_fidelity.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.replay:
+        return main_replay(args, command)
     from _machine import facts, facts_markdown, load_average
     from hpcps.cluster import load_cluster
     from hpcps.config import load_job
@@ -252,9 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("random", "model-built"):
             e, (k, n) = s["by_kind"].get(kind, (None, (0, 0)))
             parts.append(f"{e * 100:.1f}%, {k}/{n}" if e is not None else "-")
-        lines.append(f"| {res['label']} | {s['n']} | {s['median_error'] * 100:.1f}% | {s['p90_error'] * 100:.1f}% | "
-                     f"{s['coverage'][0]}/{s['coverage'][1]} ({100 * s['coverage'][0] / max(1, s['coverage'][1]):.0f}%) | "
-                     f"{parts[0]} | {parts[1]} |")
+        lines.append(f"| {res['label']} | {figure_cells(s)} | {parts[0]} | {parts[1]} |")
     for res in results:
         lines += ["", f"## {res['label']}", "", "| # | kind | measured (ms) | predicted (ms) | 90% interval (ms) |",
                   "| ---: | --- | ---: | ---: | --- |"]
@@ -264,10 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"[{r['lo90_s'] * 1e3:.2f}, {r['hi90_s'] * 1e3:.2f}] |")
     lines += ["", f"Scatter: `{args.out.with_suffix('.png').name}`.", ""]
     plot(results, args.out.with_suffix(".png"))
-    args.out.write_text("\n".join(lines))
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": f, "results": results},
-                                                        indent=1))
-    print("\n".join(lines))
+    write_results(args.out, lines, command, f, results)
     return 0
 
 
@@ -299,25 +310,18 @@ def main_replay(args, command: str) -> int:
     for res in results:
         s = summary(res)
         res["summary"] = s
-        ok = [r for r in res["rows"] if r["measured_s"] is not None]
-        signed = float(np.median([r["predicted_s"] / r["measured_s"] - 1 for r in ok])) if ok else float("nan")
-        s["median_signed_error"] = signed
         parts = [f"{kind} {e * 100:.1f}%, {k}/{n}" for kind, (e, (k, n)) in s["by_kind"].items() if e is not None]
-        lines.append(f"| {res['label']} | structured trials 1-{len(res['trials'])} | {s['n']} | "
-                     f"{s['median_error'] * 100:.1f}% | {s['p90_error'] * 100:.1f}% | "
-                     f"{s['coverage'][0]}/{s['coverage'][1]} ({100 * s['coverage'][0] / max(1, s['coverage'][1]):.0f}%) | "
-                     f"{signed * 100:+.1f}% | {'; '.join(parts)} |")
+        lines.append(f"| {res['label']} | structured trials 1-{len(res['trials'])} | {figure_cells(s)} | "
+                     f"{s['median_signed_error'] * 100:+.1f}% | {'; '.join(parts)} |")
     for res in results:
-        lines += ["", f"## {res['label']}", "", "| run | trial | measured (ms) | predicted (ms) | 90% interval (ms) | schedule |",
+        lines += ["", f"## {res['label']}", "",
+                  "| run | trial | measured (ms) | predicted (ms) | 90% interval (ms) | schedule |",
                   "| --- | ---: | ---: | ---: | --- | --- |"]
         for r in res["rows"]:
             lines.append(f"| {r['kind']} | {r['trial']} | {r['measured_s'] * 1e3:.2f} | {r['predicted_s'] * 1e3:.2f} | "
                          f"[{r['lo90_s'] * 1e3:.2f}, {r['hi90_s'] * 1e3:.2f}] | `{r['schedule']}` |")
     lines.append("")
-    args.out.write_text("\n".join(lines))
-    args.out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": f, "results": results},
-                                                        indent=1))
-    print("\n".join(lines))
+    write_results(args.out, lines, command, f, results)
     return 0
 
 

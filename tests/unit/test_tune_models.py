@@ -358,23 +358,33 @@ def test_the_update_cost_is_fitted_to_the_servers_observed_updates():
     np.testing.assert_allclose(model.aggregate.coef, [alpha, beta], rtol=1e-6)
 
 
+# (servers, workers) of eight schedules on four_node_problem's nodes
+EIGHT_LAYOUTS = [([0], [1]), ([0], [1, 2]), ([0], [1, 2, 3]), ([0, 1], [1, 2]), ([0, 1], [1, 2, 3]),
+                 ([0, 1, 2], [1, 2, 3]), ([0, 1, 2, 3], [1, 2, 3]), ([0, 1, 2], [1])]
+
+
+def four_node_problem():
+    """A serving node and three working ones (batch 24), and pt(servers, workers): the point of a
+    schedule with those nodes serving and working, each worker one thread and the same batch weight."""
+    from hpcps.cluster import NodeType
+    st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
+    problem = tiny_problem(st, [wt, wt, wt], global_batch=24)
+
+    def pt(servers, workers):
+        return point(*[(i in servers, i in workers, 1.0, 1) for i in range(4)])
+    return problem, pt
+
+
 def test_the_correction_learns_what_the_composition_misses_across_schedules(monkeypatch):
     """Measured times off the composition by a factor that grows with the servers and shrinks with
     the workers: the correction (a mean and a Gaussian process over the schedule's summary) brings the
     prediction to the measurement on the trials and between them, where one mean factor is off by up
     to a fifth. The trials here are exact: no run-to-run noise for the correction to allow for (with
     the default's 6% it smooths them, up to 2% off here)."""
-    from hpcps.cluster import NodeType
     from hpcps.tune.models import structured
     monkeypatch.setattr(structured, "TRIAL_NOISE_SD", 1e-3)
-    st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
-    problem = tiny_problem(st, [wt, wt, wt], global_batch=24)
-
-    def pt(servers, workers):
-        return point(*[(i in servers, i in workers, 1.0, 1) for i in range(4)])
-
-    X = np.array([pt([0], [1]), pt([0], [1, 2]), pt([0], [1, 2, 3]), pt([0, 1], [1, 2]), pt([0, 1], [1, 2, 3]),
-                  pt([0, 1, 2], [1, 2, 3]), pt([0, 1, 2, 3], [1, 2, 3]), pt([0, 1, 2], [1])])
+    problem, pt = four_node_problem()
+    X = np.array([pt(*sw) for sw in EIGHT_LAYOUTS])
     between = np.array([pt([0, 1], [1]), pt([0, 1, 2], [1, 2])])
 
     def factor(points):
@@ -399,16 +409,9 @@ def test_a_prediction_keeps_a_trials_run_to_run_spread_however_close_the_trials(
     """Eight trials the composition explains exactly: the correction's own spread would shrink to
     nothing there, yet a schedule measured again lands some 6% away (the testbed's re-measurements),
     so even at a trial's own schedule the log-time interval keeps that spread."""
-    from hpcps.cluster import NodeType
     from hpcps.tune.models.structured import TRIAL_NOISE_SD
-    st, wt = NodeType("st", 2.0, 2, 10.0), NodeType("wt", 1.0, 2, 4.0)
-    problem = tiny_problem(st, [wt, wt, wt], global_batch=24)
-
-    def pt(servers, workers):
-        return point(*[(i in servers, i in workers, 1.0, 1) for i in range(4)])
-
-    X = np.array([pt([0], [1]), pt([0], [1, 2]), pt([0], [1, 2, 3]), pt([0, 1], [1, 2]), pt([0, 1], [1, 2, 3]),
-                  pt([0, 1, 2], [1, 2, 3]), pt([0, 1, 2, 3], [1, 2, 3]), pt([0, 1, 2], [1])])
+    problem, pt = four_node_problem()
+    X = np.array([pt(*sw) for sw in EIGHT_LAYOUTS])
     bare = StructuredModel(problem, n_samples=1, seed=0)
     bare.optimize()
     model = StructuredModel(problem, n_samples=1, seed=0)

@@ -228,8 +228,6 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
         into_worker = _queue(np.moveaxis(got, 2, -1), c_w_last).max(-1) + \
             np.where(np.isfinite(got), np.maximum(lat_s[..., None], L[:, :, None, :]), -np.inf).max(-2)
         pulled = np.maximum(from_servers, into_worker)
-        # When a worker's last remote shard could start moving: its receive posted, the shard updated.
-        last_start = np.where(np.isfinite(got), got, -np.inf).max(-2)        # (S, n, N)
         copied = np.where(local, np.maximum(ready[:, :, None, :], updated), -np.inf)
         previous, start = start, np.maximum(pulled, copied.max(-2))
         start = np.where(wk > 0, np.maximum(start, ready), 0.0)
@@ -247,6 +245,9 @@ def iteration_times(servers: np.ndarray, workers: np.ndarray, compute: np.ndarra
     with np.errstate(invalid="ignore"):
         push = np.where(np.isfinite(begun) & np.isfinite(end), np.maximum(end - begun, 0.0), 0.0)
     origin = np.where(wk > 0, previous, np.inf).min(-1, keepdims=True)
+    # A worker's pull as a trace counts it: from when its last remote shard could start moving (its
+    # receive posted, the shard updated; `got`, the last round's) until the shards are in.
+    last_start = np.where(np.isfinite(got), got, -np.inf).max(-2)            # (S, n, N)
     with np.errstate(invalid="ignore"):
         steady = np.where(np.isfinite(last_start), np.maximum(pulled - last_start, 0.0), 0.0)
     return Exchange(iteration, pull_seen, push, np.where(wk > 0, ready - origin, 0.0),
