@@ -278,8 +278,9 @@ def simulate_run(cluster: Cluster, placement: RankPlacement, profile: WorkloadPr
         raise ValueError(f"placement names nodes for {len(placement.rank_nodes)} ranks, the schedule needs "
                          f"{sched.n_ranks_needed}")
     status = check_memory(cluster, placement, profile, machine)
+    codec_note = machine.codec_note([w.codec or options.codec for w in sched.workers] + [options.pull_codec])
     common = dict(global_batch=sched.global_batch, n_servers=len(sched.servers), n_workers=len(sched.workers),
-                  notes=(profile.note,) if profile.note else ())
+                  notes=tuple(n for n in (profile.note, codec_note) if n))
     if status == "ok":
         status = check_pieces(profile.params, sched.servers, options.bucket_mb)
     if status != "ok":

@@ -104,6 +104,18 @@ class MachineProfile:
         """(encode, decode) seconds per value for codec; (0, 0) when not calibrated."""
         return dict(self.codec_s_per_element).get(codec, (0.0, 0.0))
 
+    def uncalibrated_codecs(self, codecs) -> list[str]:
+        """The lossy codecs among codecs (sorted, once each) this profile has no cost for: counted as free."""
+        return sorted({c for c in codecs if c and c != "none"} - dict(self.codec_s_per_element).keys())
+
+    def codec_note(self, codecs) -> str | None:
+        """The note a result carries when some of its codecs are charged nothing for want of calibration."""
+        missing = self.uncalibrated_codecs(codecs)
+        if not missing:
+            return None
+        return (f"has no calibrated cost for codec {', '.join(missing)}: encoding and decoding counted as free "
+                "(benchmarks/calibrate_compute.py measures them on the machine speed 1.0 stands for)")
+
 
 @dataclass(frozen=True)
 class Profiles:

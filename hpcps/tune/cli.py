@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
         if stop_after:
             run.trial_end.append(lambda run, rec: os._exit(137) if rec.trial == stop_after else None)
+        for note in parts.problem.notes:
+            print(f"{TOOL}: note: {note}", file=sys.stderr, flush=True)
         if history and not args.quiet:
             print(f"resuming {args.out}: {len(history)} trial(s) done, {max(0, args.budget - len(history))} to go",
                   flush=True)

@@ -30,6 +30,9 @@ class Problem:
     # The workload's calibrated thread scaling (hpcps.sim WorkloadProfile): Amdahl parallel fractions of the
     # fixed and per-sample costs, and the cost of threads past the cores. None: no calibration.
     thread_scaling: tuple[float, float, float] | None = None
+    # What a user should know about these figures (a codec of the space charged nothing for want of a
+    # calibrated cost), printed by the tuner before its first trial.
+    notes: tuple[str, ...] = ()
 
     @property
     def model_bytes(self) -> float:
@@ -142,6 +145,8 @@ def problem_for(cluster: Cluster, job, profiles=None, require_profile: bool = Tr
     caps = max_batches(cluster, gb, profile.params, profile.activation_bytes_per_sample,
                        profiles.machine.rank_overhead_bytes)
     costs = tuple(profiles.machine.codec_cost(c) for c in names)
+    note = profiles.machine.codec_note([*names, job.exchange.pull_codec])
     return Problem(cluster, gb, profile.params, ScheduleSpace(cluster, gb, caps, names, modes), bucket, costs,
                    job.exchange.pull_codec, profiles.machine.codec_cost(job.exchange.pull_codec),
-                   (profile.fixed_parallel, profile.per_sample_parallel, profile.oversubscription))
+                   (profile.fixed_parallel, profile.per_sample_parallel, profile.oversubscription),
+                   (f"the simulator's compute profile {note}",) if note else ())

@@ -440,6 +440,28 @@ def test_a_lossy_codec_shortens_a_push_bound_iteration_and_costs_its_calibrated_
                                                                rel=1e-6)
 
 
+def test_a_result_says_when_its_codecs_were_charged_nothing_for_want_of_calibration():
+    """A lossy codec with no calibrated cost is free in the simulation; the result's notes say so and
+    name it, and say nothing once the profile has its cost (or the run uses no lossy codec)."""
+    t = NodeType("t", 1.0, 2, 1.0, latency_us=0.0)
+    c = cluster_of((t, ["s", "a", "b"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4, codec="sign"),)),
+                      NodePlan("b", False, (NodeWorker(4),))))
+    bare = replace(MACHINE, codec_s_per_element=())
+    run = simulate(c, s.to_rank_schedule(), TOY, bare, replace(EXACT, iterations=1, codec="int8"))
+    assert [n for n in run.notes if "codec" in n] == [
+        "has no calibrated cost for codec int8, sign: encoding and decoding counted as free "
+        "(benchmarks/calibrate_compute.py measures them on the machine speed 1.0 stands for)"]
+    calibrated = replace(MACHINE, codec_s_per_element=(("int8", (1e-9, 1e-9)), ("sign", (1e-9, 1e-9))))
+    run = simulate(c, s.to_rank_schedule(), TOY, calibrated, replace(EXACT, iterations=1, codec="int8"))
+    assert not [n for n in run.notes if "codec" in n]
+    plain = NodeSchedule((s.nodes[0], NodePlan("a", False, (NodeWorker(4),)), s.nodes[2]))
+    assert not [n for n in simulate(c, plain.to_rank_schedule(), TOY, bare, replace(EXACT, iterations=1)).notes
+                if "codec" in n]
+    run = simulate(c, plain.to_rank_schedule(), TOY, bare, replace(EXACT, iterations=1, pull_codec="bf16"))
+    assert any("codec bf16:" in n for n in run.notes)
+
+
 def test_16_bit_pulls_shorten_an_iteration_the_pulls_bound_and_cost_their_calibrated_time():
     """One server's 1 Gbit/s NIC sends four workers their pulls: with int8 pushes the iteration is
     bounded by the float32 pulls, and bf16 pulls halve their bytes and shorten it. The calibrated

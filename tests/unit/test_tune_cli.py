@@ -333,6 +333,29 @@ def test_allowing_int8_finds_a_faster_schedule_where_the_network_dominates(tmp_p
     assert best["int8"] <= best["plain"], best
 
 
+def test_the_tuner_says_when_codecs_it_may_choose_have_no_calibrated_cost(tmp_path):
+    """Codecs without a calibrated cost are free to the simulator and the structured model: the tuner
+    says so (one line on stderr, naming them) before its trials, and says nothing when they are
+    calibrated or when it may choose no lossy codec."""
+    from hpcps.sim.profile import DEFAULT_PROFILES
+    bare = tmp_path / "bare.toml"
+    bare.write_text(DEFAULT_PROFILES.read_text().replace("codec_s_per_element", "# codec_s_per_element"))
+    costed = tmp_path / "costed.toml"
+    costed.write_text(bare.read_text().replace(
+        "[machine]", '[machine]\ncodec_s_per_element = {"int8" = [1e-9, 1e-9], "sign" = [1e-9, 1e-9]}'))
+    said = {}
+    for name, profiles, codecs in (("bare", bare, "none,int8,sign"), ("costed", costed, "none,int8,sign"),
+                                   ("plain", bare, "none")):
+        r = tune(*base(tmp_path / name, "heuristic", 1, "--codecs", codecs, "--quiet"),
+                 extra_env={"HPCPS_PROFILES": str(profiles)})
+        assert r.returncode == 0, r.stderr
+        said[name] = [line for line in r.stderr.splitlines() if "calibrated cost" in line]
+    assert said["bare"] == ["hpcps.tune: note: the simulator's compute profile has no calibrated cost for codec "
+                            "int8, sign: encoding and decoding counted as free (benchmarks/calibrate_compute.py "
+                            "measures them on the machine speed 1.0 stands for)"]
+    assert said["costed"] == [] and said["plain"] == []
+
+
 def test_resume_with_another_codec_set_is_refused(tmp_path):
     out = tmp_path / "run"
     assert tune(*base(out, "random", 2, "--codecs", "none,int8")).returncode == 0
