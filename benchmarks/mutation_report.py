@@ -14,6 +14,12 @@ Survivors reviewed as equivalent (no test can tell them from the code: same beha
 message or default nothing observable depends on) are named in benchmarks/mutation_equivalent.toml,
 by mutant name or glob, each with its reason; the report lists them apart with the reason. They still
 count as surviving in the score: killed / (killed + survived), equivalent ones included.
+
+A package whose mutants did not all run gets no verdict from its census. Where
+benchmarks/mutation_sample.py drew a uniform random sample of its mutants not run, the report adds an
+estimate of the whole package's score: the mutants run as they stand, the others at the kill rate of the
+sample's first run, with a 95% (Wilson) interval, and a verdict only where the whole interval lies on one
+side of the target.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import math
 import re
 import subprocess
 import sys
@@ -34,6 +41,8 @@ PACKAGES = ("hpcps.ps", "hpcps.sim", "hpcps.emulate", "hpcps.comm", "hpcps.tune.
 TARGET = 0.85
 LINE = re.compile(r"^\s*(\S+__mutmut_\d+):\s*(.+?)\s*$")
 EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
+SAMPLES = ROOT / "results" / "mutation_samples.json"
+SURVIVED = ("survived", "no tests")
 
 
 def load_equivalent(path: Path = EQUIVALENT) -> list[tuple[list[str], str]]:
@@ -70,6 +79,60 @@ def package_of(mutant: str) -> str | None:
     return next((p for p in sorted(PACKAGES, key=len, reverse=True) if mutant.startswith(p + ".")), None)
 
 
+def read_statuses() -> dict[str, str]:
+    """{mutant name: mutmut's status} of every mutant generated under mutants/ ("not checked": never run)."""
+    out = subprocess.run([*mutmut_command(), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"mutmut results failed: {out.stderr.strip()[-500:]}")
+    return {m.group(1): m.group(2) for line in out.stdout.splitlines() if (m := LINE.match(line))}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion k / n (at 95% for z = 1.96): unlike the normal one it stays
+    inside [0, 1] and keeps its coverage near 0 and 1, where kill rates live."""
+    if n <= 0:
+        return 0.0, 1.0
+    q = k / n
+    centre = (q + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(q * (1 - q) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def estimate(killed: int, survived: int, not_run: int, sample_killed: int, sample_judged: int
+             ) -> tuple[float, float, float]:
+    """(estimate, low, high) of a package's score over all its mutants: the killed / survived ones as counted,
+    the not-run ones killed at the sample's rate (its Wilson interval for the bounds)."""
+    total = killed + survived + not_run
+    rate = sample_killed / sample_judged
+    lo, hi = wilson(sample_killed, sample_judged)
+    return tuple((killed + r * not_run) / total for r in (rate, lo, hi))   # type: ignore[return-value]
+
+
+def latest_samples(path: Path = SAMPLES) -> dict[str, dict]:
+    """{package: its newest record in mutation_samples.json}."""
+    if not path.exists():
+        return {}
+    return {r["package"]: r for r in json.loads(path.read_text())}
+
+
+def estimate_cell(row: dict, sample: dict | None) -> str:
+    """The verdict cell of a package not run whole: its sample's estimate, or no verdict without one."""
+    first = f"{row['score']:.1%} of those run (no verdict from the census: {row['not_run']} not run)"
+    if sample is None:
+        return first
+    k = sum(s in DETECTED for s in sample["status"].values())
+    n = k + sum(s in SURVIVED for s in sample["status"].values())
+    if n == 0:
+        return first
+    est, lo, hi = estimate(row["killed"], row["survived"], row["not_run"], k, n)
+    row["estimate"] = {"score": est, "low": lo, "high": hi, "sample_killed": k, "sample_judged": n,
+                       "sample_pool": sample["pool"], "sample_seed": sample["seed"],
+                       "sample_commit": sample["commit"]}
+    verdict = "met, estimated" if lo >= TARGET else "not met, estimated" if hi < TARGET else "undecided"
+    return (f"{first}; estimated over all: {est:.1%} [{lo:.1%}, {hi:.1%}] ({verdict}; a sample of {n} of the "
+            f"{sample['pool']} then not run, {k} killed on its first run, commit {sample['commit']})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--command", default="make mutation", help="the command that ran mutmut (for the header)")
@@ -78,15 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     if not (ROOT / "mutants").is_dir():
         print("mutation_report: error: no mutants/ directory here; run `make mutation` first", file=sys.stderr)
         return 2
-    out = subprocess.run([*mutmut_command(), "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True)
-    if out.returncode != 0:
-        print(f"mutation_report: error: mutmut results failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
+    try:
+        status = read_statuses()
+    except RuntimeError as e:
+        print(f"mutation_report: error: {e}", file=sys.stderr)
         return 1
-    status: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        m = LINE.match(line)
-        if m:
-            status[m.group(1)] = m.group(2)
+    samples = latest_samples()
     from _machine import facts, facts_markdown
     f = facts()
     try:
@@ -101,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         # signal (mutmut's "segfault": the mutant broke MPI or NumPy below Python), was detected: it counts
         # as killed.
         killed = sum(v in DETECTED for v in mine.values())
-        survived = sorted(k for k, v in mine.items() if v in ("survived", "no tests"))
-        not_run = sum(v not in DETECTED + ("survived", "no tests") for v in mine.values())
+        survived = sorted(k for k, v in mine.items() if v in SURVIVED)
+        not_run = sum(v not in DETECTED + SURVIVED for v in mine.values())
         judged = killed + len(survived)
         explained = {k: r for k in survived if (r := reason_for(k, equivalent)) is not None}
         rows.append({"package": pkg, "mutants": len(mine), "killed": killed, "survived": len(survived),
@@ -122,15 +182,18 @@ def main(argv: list[str] | None = None) -> int:
              "taken out of the score. Not run: mutants generated but not tested in this run (not in the "
              "patterns given, or the run stopped); they count neither way. Only tests in the pytest process "
              "see a mutant: code that only the MPI and end-to-end suites run survives here. Target: at least "
-             f"{TARGET:.0%} per package.", "",
+             f"{TARGET:.0%} per package. A package not run whole is estimated from a uniform random sample of its "
+             "mutants not run (benchmarks/mutation_sample.py): those run count as they stand, the rest at the kill "
+             "rate of the sample's first run (before any test was written for its survivors), with a 95% Wilson "
+             "interval; the verdict is given only where the whole interval lies on one side of the target.", "",
              "| package | mutants | killed (of which timed out / crashed) | survived (of which no test reaches) "
              "| of the survivors: equivalent / unexplained | not run | score |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         if r["score"] is None:
             score = "-"
-        elif r["not_run"]:                  # no verdict on a package whose mutants did not all run
-            score = f"{r['score']:.1%} of those run (no verdict: {r['not_run']} not run)"
+        elif r["not_run"]:                  # no verdict from the census of a package whose mutants did not all run
+            score = estimate_cell(r, samples.get(r["package"]))
         else:
             score = f"{r['score']:.1%} ({'met' if r['score'] >= TARGET else 'not met'})"
         lines.append(f"| {r['package']} | {r['mutants']} | {r['killed']} ({r['timeouts']} / {r['crashed']}) | "
