@@ -16,7 +16,8 @@ by mutant name or glob, each with its reason; the report lists them apart with t
 count as surviving in the score: killed / (killed + survived), equivalent ones included.
 
 A package whose mutants did not all run gets no verdict from its census. Where
-benchmarks/mutation_sample.py drew a uniform random sample of its mutants not run, the report adds an
+benchmarks/mutation_sample.py drew uniform random samples of its mutants not run (those drawn at the commit of
+the newest taken together), the report adds an
 estimate of the whole package's score: the mutants run as they stand, the others at the kill rate of the
 sample's first run, with a 95% (Wilson) interval, and a verdict only where the whole interval lies on one
 side of the target.
@@ -109,10 +110,20 @@ def estimate(killed: int, survived: int, not_run: int, sample_killed: int, sampl
 
 
 def latest_samples(path: Path = SAMPLES) -> dict[str, dict]:
-    """{package: its newest record in mutation_samples.json}."""
+    """{package: its sample}: the package's records in mutation_samples.json drawn at the commit of its newest
+    one, as one sample (each drawn from the mutants not run then, so none twice; "pool": the first's, the
+    number not run before any of them ran)."""
     if not path.exists():
         return {}
-    return {r["package"]: r for r in json.loads(path.read_text())}
+    records = json.loads(path.read_text())
+    out: dict[str, dict] = {}
+    for pkg in dict.fromkeys(r["package"] for r in records):
+        mine = [r for r in records if r["package"] == pkg]
+        same = [r for r in mine if r["commit"] == mine[-1]["commit"]]
+        status = {n: st for r in same for n, st in r["status"].items()}
+        out[pkg] = {**same[0], "status": status, "seed": ",".join(str(r["seed"]) for r in same),
+                    "samples": len(same)}
+    return out
 
 
 def estimate_cell(row: dict, sample: dict | None) -> str:
@@ -129,8 +140,9 @@ def estimate_cell(row: dict, sample: dict | None) -> str:
                        "sample_pool": sample["pool"], "sample_seed": sample["seed"],
                        "sample_commit": sample["commit"]}
     verdict = "met, estimated" if lo >= TARGET else "not met, estimated" if hi < TARGET else "undecided"
-    return (f"{first}; estimated over all: {est:.1%} [{lo:.1%}, {hi:.1%}] ({verdict}; a sample of {n} of the "
-            f"{sample['pool']} then not run, {k} killed on its first run, commit {sample['commit']})")
+    drawn = "a sample" if sample.get("samples", 1) == 1 else f"{sample['samples']} samples"
+    return (f"{first}; estimated over all: {est:.1%} [{lo:.1%}, {hi:.1%}] ({verdict}; {drawn} of {n} of the "
+            f"{sample['pool']} then not run, {k} killed on their first run, commit {sample['commit']})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
              "taken out of the score. Not run: mutants generated but not tested in this run (not in the "
              "patterns given, or the run stopped); they count neither way. Only tests in the pytest process "
              "see a mutant: code that only the MPI and end-to-end suites run survives here. Target: at least "
-             f"{TARGET:.0%} per package. A package not run whole is estimated from a uniform random sample of its "
-             "mutants not run (benchmarks/mutation_sample.py): those run count as they stand, the rest at the kill "
+             f"{TARGET:.0%} per package. A package not run whole is estimated from uniform random samples of its "
+             "mutants not run (benchmarks/mutation_sample.py; the samples drawn at one commit taken together): "
+             "those run count as they stand, the rest at the kill "
              "rate of the sample's first run (before any test was written for its survivors), with a 95% Wilson "
              "interval; the verdict is given only where the whole interval lies on one side of the target.", "",
              "| package | mutants | killed (of which timed out / crashed) | survived (of which no test reaches) "

@@ -2,6 +2,7 @@
 Wilson interval, the estimate over a package and the verdict it gives (pure logic; mutmut itself is run by
 `make mutation` and `make mutation-sample`, not here)."""
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -75,3 +76,22 @@ def test_a_verdict_is_given_only_where_the_whole_interval_is_on_one_side_of_the_
     assert "estimated" not in mutation_report.estimate_cell(plain, sample(0, 0, other=40))
     assert "estimate" not in plain
     assert "no verdict from the census" in mutation_report.estimate_cell(row(576, 27, 4977), None)
+
+
+def test_samples_drawn_at_one_commit_are_pooled_and_older_ones_left_out(tmp_path):
+    def record(commit, seed, killed, survived, first):
+        status = {f"{commit}-{seed}-k{i}": "killed" for i in range(killed)}
+        status |= {f"{commit}-{seed}-s{i}": "survived" for i in range(survived)}
+        return {"package": "hpcps.ps", "seed": seed, "pool": first, "commit": commit, "status": status}
+    path = tmp_path / "samples.json"
+    path.write_text(json.dumps([record("old", 0, 10, 90, 5000), record("new", 0, 140, 10, 4900),
+                                record("new", 1, 135, 15, 4750),
+                                {**record("new", 0, 3, 0, 900), "package": "hpcps.sim"}]))
+    got = mutation_report.latest_samples(path)
+    ps = got["hpcps.ps"]
+    assert len(ps["status"]) == 300 and ps["pool"] == 4900 and ps["samples"] == 2 and ps["seed"] == "0,1"
+    assert sum(v == "killed" for v in ps["status"].values()) == 275
+    assert "2 samples of 300 of the 4900 then not run, 275 killed" in mutation_report.estimate_cell(
+        row(576, 27, 4750), ps)
+    assert got["hpcps.sim"]["samples"] == 1 and len(got["hpcps.sim"]["status"]) == 3
+    assert mutation_report.latest_samples(tmp_path / "none.json") == {}
