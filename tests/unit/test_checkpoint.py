@@ -182,6 +182,36 @@ def test_only_the_same_model_data_and_optimiser_may_resume(tmp_path):
         check_resumable(ckpt, other)
 
 
+def test_every_refusal_to_resume_names_the_checkpoint_file_and_an_unsaved_one_says_so(tmp_path):
+    ckpt = read_checkpoint(write_checkpoint(tmp_path, make(3)).path)
+    for args in ((job(hidden=64),), (job(), 10), (job(), N, {})):
+        with pytest.raises(CheckpointError) as e:
+            check_resumable(ckpt, *args)
+        assert str(e.value).startswith(f"{ckpt.path}: "), e.value
+    with pytest.raises(CheckpointError) as e:
+        check_resumable(make(3), job(), 10)              # never written: no path
+    assert str(e.value).startswith("<checkpoint>: holds")
+
+
+def test_residuals_are_kept_as_float32_whatever_they_came_in(tmp_path):
+    ckpt = make(4, residuals=True)
+    wide = Checkpoint(**{**ckpt.__dict__, "residuals": ckpt.residuals.astype(np.float64)})
+    back = read_checkpoint(write_checkpoint(tmp_path, wide).path)
+    assert back.residuals.dtype == np.float32 and np.array_equal(back.residuals, ckpt.residuals)
+
+
+def test_a_checkpoints_header_does_not_depend_on_the_order_of_the_schedules_keys(tmp_path):
+    """Equal states give equal files' headers: the schedule is written with sorted keys."""
+    ckpt = make(5)
+    turned = Checkpoint(**{**ckpt.__dict__, "schedule": dict(reversed(list(ckpt.schedule.items())))})
+    texts = []
+    for name, c in (("a", ckpt), ("b", turned)):
+        (tmp_path / name).mkdir()
+        with h5py.File(write_checkpoint(tmp_path / name, c).path) as f:
+            texts.append(f.attrs["schedule"])
+    assert texts[0] == texts[1] == json.dumps(ckpt.schedule, sort_keys=True)
+
+
 def test_only_a_model_with_the_same_buffers_may_resume(tmp_path):
     """Parameters alike, statistics not (GroupNorm's code swapped for BatchNorm's): refused, naming them."""
     ckpt = read_checkpoint(write_checkpoint(tmp_path, make(3)).path)

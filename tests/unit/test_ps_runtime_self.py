@@ -111,6 +111,7 @@ def test_every_mode_applies_every_push_once(sync, staleness, overlap):
     for c in rec.named("iteration"):        # pushes start during the step when overlapped, else after it
         t_begin, c1, push0 = c[1], c[6], c[7]
         assert push0 < c1 if overlap else t_begin <= c1 <= push0
+        assert push0 <= c[9] < c[10]        # the rank's aggregations: after the first push, and they take time
     assert result.iterations == 6 and result.start_iteration == 0
     assert not result.stopped and result.checkpoint is None
     assert result.final_metrics == {"test_loss": 0.0}
@@ -375,6 +376,26 @@ def test_a_non_finite_gradient_stops_the_run_naming_the_piece(monkeypatch, tmp_p
     what = "gradient of worker 0" if sync == "asp" else "aggregated gradient"
     assert str(e.value) == (f"non-finite {what} in piece 2 (elements 32..39, 8 not finite) in iteration 4 on "
                             f"rank 0; last good checkpoint: {tmp_path / 'ckpt-00000002.h5'} (after iteration 2)")
+
+
+def test_optimiser_state_that_overflows_is_not_checkpointed_and_the_run_says_where(monkeypatch, tmp_path: Path):
+    """A finite gradient of 1e22 squares past float32 in Adam's second moment while the step itself stays
+    finite: the checkpoint after that step is not written, and the run stops naming what is not finite,
+    the iteration and the last good checkpoint."""
+    from hpcps.ps.checkpointer import CheckpointSettings, TrainingDiverged
+    from tests.fixtures import counting_workload
+    original = counting_workload.CountingWorkload.loss
+
+    def loss(self, model, batch):
+        value, correct = original(self, model, batch)
+        return (value * 1e22 if self.steps == 2 else value), correct
+    monkeypatch.setattr(counting_workload.CountingWorkload, "loss", loss)
+    job = counting_job(iterations=4, optimizer=OptimizerConfig("adam", lr=0.1))
+    with pytest.raises(TrainingDiverged) as e:
+        train(job, checkpoints=CheckpointSettings(tmp_path, every=1))
+    assert str(e.value) == ("non-finite exp_avg_sq at the checkpoint after iteration 2; last good checkpoint: "
+                            f"{tmp_path / 'ckpt-00000001.h5'} (after iteration 1)")
+    assert [c.name for c in tmp_path.glob("ckpt-*.h5")] == ["ckpt-00000001.h5"]
 
 
 def test_a_checkpoint_that_names_no_mode_was_written_under_bsp(tmp_path: Path):

@@ -336,6 +336,37 @@ def test_resume_with_the_workers_in_another_order_shares_their_residuals(tmp_pat
     assert four.schedule["workers"] == [[1, 1], [0, 1]]
 
 
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_under_ssp_a_pull_is_traced_under_the_version_it_carries(staleness):
+    """A pull under ssp carries the piece after round v (its version): the trace files it under v, so
+    each remote piece's pulls are those of versions 1 .. iterations, once each."""
+    from tests.unit.test_ps_runtime_self import Recorder
+    recs = [Recorder(), Recorder(), Recorder()]
+    train(job_for("ssp", staleness, iterations=5), recorders=recs)
+    pulls: dict[int, list[int]] = {}
+    for c in recs[1].calls:
+        if c[0] == "transfer" and c[2] == "pull" and c[3] == "recv":
+            pulls.setdefault(c[7], []).append(c[1])
+    assert pulls and all(sorted(v) == [1, 2, 3, 4, 5] for v in pulls.values()), pulls
+
+
+def test_the_same_workers_under_other_servers_are_another_schedule(tmp_path: Path):
+    """A schedule is the same only when ranks, servers and workers all are: here only the servers moved,
+    so generators start afresh (and the log says so), while each worker keeps its own residual."""
+    from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
+    from hpcps.ps.checkpointer import CheckpointSettings
+    int8 = ExchangeConfig(bucket_mb=16 / 2 ** 20, codec="int8")
+    job = job_for("bsp", iterations=2, optimizer=OptimizerConfig("sgd", lr=1.0), exchange=int8)
+    train(job, checkpoints=lambda r: CheckpointSettings(tmp_path, every=2))
+    ckpt = read_checkpoint(list_checkpoints(tmp_path)[0][1])
+    one_server = Schedule((2,), SCHEDULE.workers)
+    _, logs = train(job_for("bsp", iterations=3, optimizer=OptimizerConfig("sgd", lr=1.0), exchange=int8),
+                    schedule=one_server,
+                    checkpoints=lambda r: CheckpointSettings(None, resume=ckpt if r == 0 else None, resuming=True))
+    assert logs[0] == (f"resuming from {ckpt.path} after iteration 2, under another schedule (it ran 3 ranks, "
+                       "servers [1, 2], 2 workers); error-feedback residuals restored worker by worker")
+
+
 @pytest.mark.parametrize("sync, staleness", MODES)
 @pytest.mark.parametrize("transport", ["direct", "staged"])
 @pytest.mark.parametrize("codec, pull", [("none", "none"), ("int8", "bf16")])

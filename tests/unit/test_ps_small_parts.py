@@ -459,3 +459,17 @@ def test_waiting_on_a_request_sleeps_a_poll_between_tests_only_when_ranks_outnum
     Exchange._wait_request(SimpleNamespace(sleep_wait=sleep_wait, poll_s=0.0025), req)
     assert req.tests == 3
     assert slept == ([0.0025, 0.0025] if sleep_wait else [])
+
+
+def test_stopping_early_with_a_send_in_flight_is_refused_saying_so():
+    """stop_early cancels the receives a settled rank still has posted; a send in flight means the rank
+    is not settled, and cancelling it would lose a message: refused."""
+    from types import SimpleNamespace
+
+    from hpcps.ps.stale import StaleExchange
+    ex = StaleExchange.__new__(StaleExchange)
+    ex._reqs = [object()]
+    ex._done = [(None, (0, SimpleNamespace(direction="send")))]
+    with pytest.raises(RuntimeError) as e:
+        ex.stop_early()
+    assert str(e.value) == "stop_early on a rank that is not settled: a send is still in flight"

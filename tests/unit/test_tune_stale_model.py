@@ -145,6 +145,33 @@ def test_asp_a_worker_s_pull_of_whole_shards_outlasts_its_small_pushes():
     assert got == pytest.approx(want, rel=1e-12)
 
 
+def test_asp_a_server_nic_saturated_by_its_pulls_slows_every_worker():
+    """As test_asp_a_saturated_server_nic_slows_every_worker with pushes of 10 bytes (a codec's): node 0's
+    NIC takes in 10 bytes a push but sends 100 a pull, so what it sends bounds the rates. Pushes: 0.02 +
+    max(10/200, 10/1) = 10.02 and 10.03 -> cycles 10.12 and 10.13 (pulls 100/200 + lat, shorter); busy
+    out: 100 * (1/10.12 + 1/10.13) > 1, in: a tenth of it."""
+    s, w, c, bw, lat, agg, ap, k = three_nodes(c=0.1)
+    bw = np.array([1.0, 200.0, 200.0])[None, None]
+    push = np.array([[0.0, 10.0, 10.0]])
+    r1, r2 = 1 / 10.12, 1 / 10.13
+    load = 100 * (r1 + r2)
+    want = 4 / ((1 * r1 + 3 * r2) / load)
+    got = stale_iteration_times("asp", 0, s, w, c, bw, lat, agg, ap, P, k, push_bytes=push)[0, 0]
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_ssp_each_candidate_s_aggregation_bounds_its_own_pace():
+    """Two candidates of one layout (two_nodes, steps of 0.1 s): one aggregates its shard in 4 s, which
+    with the pull sets its pace (test_ssp_the_bound_on_aggregation_and_pull: 6.3); the other in 0.5 s:
+    0.5 + 2.3 = 2.8, over its slowest cycle (node 1's 0.1 + 2.3 = 2.4), also next to the first."""
+    s, w, c, bw, lat, agg, ap, k = two_nodes(c=(0.1, 0.1))
+    S, W, K = np.concatenate([s, s]), np.concatenate([w, w]), np.concatenate([k, k])
+    A = np.array([[[4.0, 0.0], [0.5, 0.0]]])
+    got = stale_iteration_times("ssp", 1, S, W, np.concatenate([c, c], axis=1), bw, lat, A,
+                                np.concatenate([ap, ap], axis=1), P, K)
+    np.testing.assert_allclose(got[0], [6.3, 2.8], rtol=1e-12)
+
+
 def test_samples_and_layouts_broadcast():
     s, w, c, bw, lat, agg, ap, k = two_nodes()
     c2 = np.concatenate([c, c * 2])                        # two samples
