@@ -164,3 +164,30 @@ def test_the_noise_is_pooled_over_every_setting_run_more_than_once():
     m.fit(obs)
     assert m.noise_sd == pytest.approx(math.sqrt(0.1 / 3), rel=1e-9)
     assert m.seen.tolist() == [True, True]
+
+
+def test_each_settings_mean_enters_its_types_gp_with_the_noise_of_a_mean(monkeypatch):
+    """A setting run c times enters the residual GP as one point whose noise variance is noise_sd^2 / c,
+    that of a mean of c observations; a type with fewer settings than MIN_GP_ROWS gets no GP."""
+    from hpcps.tune.models import machine
+    from hpcps.tune.observations import empty
+    calls = []
+    real = machine.fit_residual_gp
+
+    def spy(X, y, **kw):
+        calls.append((len(X), kw))
+        return real(X, y, **kw)
+    monkeypatch.setattr(machine, "fit_residual_gp", spy)
+    rng = np.random.default_rng(0)
+    batches = [1, 2, 4, 8, 16, 32, 64]
+    runs = [1, 2, 3, 4, 1, 2, 3]
+    rows = [(b, c) for b, c in zip(batches, runs) for _ in range(c)]
+    obs = empty(len(rows) + 2)
+    obs["type"] = [0] * len(rows) + [1, 1]
+    obs["batch"] = [b for b, _ in rows] + [8, 8]
+    obs["threads"] = obs["node_threads"] = 1
+    obs["compute_s"] = np.exp(rng.normal(-5, 0.1, len(obs)))
+    m = MachineModel(CLUSTER)
+    m.fit(obs)
+    assert len(calls) == 1 and calls[0][0] == len(batches) and list(m.gps) == [0]
+    np.testing.assert_allclose(calls[0][1]["alpha"], m.noise_sd ** 2 / np.array(runs, float), rtol=1e-12)

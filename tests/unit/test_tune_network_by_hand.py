@@ -214,3 +214,26 @@ def test_a_workers_pull_as_a_trace_sees_it_starts_at_its_last_shard():
     np.testing.assert_allclose(ex.pull[0, 0, 2], 2.1, rtol=1e-12)
     # and its next step starts then: shard 1 posted at 8/3, 1.1 s to server 1, its update 3 s, 1.1 s back
     np.testing.assert_allclose(ex.iteration[0, 0], 8.0 / 3.0 + 1.1 + 3.0 + 1.1, rtol=1e-12)
+
+
+def test_a_trial_without_observations_is_passed_over_not_the_end_of_the_rows():
+    """The network fit's rows: per trial and iteration; a failed trial (no observations) between two
+    measured ones adds none, and the trial after it still adds its own; with more rows than max_rows,
+    a row per trial (its iterations averaged)."""
+    from hpcps.tune.models.network import _stack
+    from hpcps.tune.observations import empty
+
+    def obs(iterations, compute):
+        o = empty(2 * iterations)
+        o["iteration"] = np.repeat(np.arange(iterations), 2)
+        o["node"] = o["rank"] = np.tile([0, 1], iterations)
+        o["compute_s"] = compute
+        return o
+    s, w = np.array([True, False]), np.array([True, True])
+    trials = [(s, w, obs(2, 1.0)), (s, w, None), (s, w, empty(0)), (s, w, obs(3, 2.0))]
+    servers, workers, compute, aggregate, pull, push, push_bytes = _stack(trials, 2)
+    assert compute.tolist() == [[1.0, 1.0]] * 2 + [[2.0, 2.0]] * 3 and push_bytes is None
+    assert servers.shape == workers.shape == (5, 2)
+    assert _stack(trials, 2, max_rows=5)[2].tolist() == compute.tolist()
+    assert _stack(trials, 2, max_rows=4)[2].tolist() == [[1.0, 1.0], [2.0, 2.0]]
+    assert _stack([(s, w, None)], 2) is None

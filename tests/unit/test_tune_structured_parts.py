@@ -169,6 +169,19 @@ def test_the_correction_gp_moves_finite_candidates_only():
     np.testing.assert_allclose(sd, [0.3] * 3)
 
 
+def test_a_trials_time_averages_the_median_count_of_iterations_its_trials_observed():
+    """What the spread of a predicted trial shrinks by: the median number of iterations the trials
+    observed (here 3, 5 and 20 iterations: 5), and 1 without trials."""
+    from tests.unit.test_tune_models import point
+    model = _tiny_model()
+    x = point((1, 0, 0.0, 1), (0, 1, 0.5, 1), (0, 1, 0.5, 1))
+    ranks = [(0, 0, True), (1, 1, False), (2, 2, False)]
+    model.set_observations([(x, _obs(range(n), ranks)) for n in (3, 20, 5)] + [(x, None)])
+    model.set_data(np.stack([x] * 3), np.ones((3, 1)))
+    model.optimize()
+    assert model.iterations == 5
+
+
 def test_noisy_steps_add_the_mean_excess_and_a_spread_shrunk_by_the_iterations(monkeypatch):
     import math
     model = _tiny_model(n_samples=4)
