@@ -482,3 +482,17 @@ def test_16_bit_pulls_shorten_an_iteration_the_pulls_bound_and_cost_their_calibr
     assert by_node(slow)["s"].aggregate_s > by_node(both)["s"].aggregate_s + 0.9e-8 * TOY.params
     with pytest.raises(ValueError, match="pull_codec must be one of none, fp16, bf16"):
         replace(EXACT, pull_codec="int8").check()
+
+
+def test_the_events_a_result_reports_are_every_event_handled():
+    """One server, two workers, no noise: each iteration handles the same events (at least each
+    worker's step ending), so the count grows by the same number an iteration (here 6; the first
+    iteration has 9, its start included)."""
+    t = NodeType("t", 1.0, 2, 1.0, latency_us=10.0)
+    c = cluster_of((t, ["s", "a", "b"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4),)),
+                      NodePlan("b", False, (NodeWorker(4),))))
+    events = {n: sim(c, s, replace(EXACT, iterations=n)).events for n in (1, 2, 3, 4)}
+    per = events[2] - events[1]
+    assert per >= 2 and events[3] - events[2] == per and events[4] - events[3] == per
+    assert events[1] >= per

@@ -237,3 +237,19 @@ def test_a_trial_without_observations_is_passed_over_not_the_end_of_the_rows():
     assert _stack(trials, 2, max_rows=5)[2].tolist() == compute.tolist()
     assert _stack(trials, 2, max_rows=4)[2].tolist() == [[1.0, 1.0], [2.0, 2.0]]
     assert _stack([(s, w, None)], 2) is None
+
+
+def test_a_first_pull_ends_when_the_busiest_nic_it_touches_has_moved_its_load():
+    """The cold start, two shards of 50 bytes. Node 0 serves and works (step 0, NIC 100 B/s, 0.01 s),
+    node 1 serves (NIC 10 B/s, 0.01 s), node 2 works (100 B/s, 1 s away). Node 1's NIC sends its shard
+    to both workers: 2 x 50 / 10 = 10 s, the busiest NIC node 0 exchanges with; node 0's sends reach
+    node 2, 1 s away. So node 0's first pull is 1 + 10 = 11 s (its own NIC: 0.5 s each way); node 2's,
+    receiving both shards (1 s through its NIC), 1 + 10 = 11 s too."""
+    s = np.array([[True, True, False]])
+    w = np.array([[True, False, True]])
+    comp = np.array([0.0, 0.0, 1.0])[None, None]
+    bw = np.array([100.0, 10.0, 100.0])[None, None]
+    lat = np.array([0.01, 0.01, 1.0])[None, None]
+    agg = np.array([0.1, 0.1, 0.0])[None, None]
+    ex = iteration_times(s, w, comp, bw, lat, agg, P, detail=True)
+    np.testing.assert_allclose(ex.pull[0, 0, [0, 2]], [11.0, 11.0], rtol=1e-12)
