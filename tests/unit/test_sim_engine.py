@@ -496,3 +496,17 @@ def test_the_events_a_result_reports_are_every_event_handled():
     per = events[2] - events[1]
     assert per >= 2 and events[3] - events[2] == per and events[4] - events[3] == per
     assert events[1] >= per
+
+
+def test_what_each_node_needs_in_memory_by_hand():
+    """Per rank its idle footprint (3e8 bytes); per worker its parameters and gradients (2 x 4 bytes a
+    parameter) and its batch's activations (1e6 bytes a sample); per server its shard's values,
+    gradient and optimiser state and a receive row per worker: 4 bytes x (3 + workers) a parameter."""
+    from hpcps.sim.engine import memory_needed
+    t = NodeType("t", 1.0, 2, 1.0)
+    c = cluster_of((t, ["s", "a", "b"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4),)),
+                      NodePlan("b", False, (NodeWorker(6),))))
+    need = memory_needed(c, s.to_rank_schedule(), TOY, MACHINE)
+    p = TOY.params
+    np.testing.assert_allclose(need, [3e8 + 4 * p * (3 + 2), 3e8 + 8 * p + 4e6, 3e8 + 8 * p + 6e6], rtol=1e-12)
