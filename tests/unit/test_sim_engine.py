@@ -510,3 +510,15 @@ def test_what_each_node_needs_in_memory_by_hand():
     need = memory_needed(c, s.to_rank_schedule(), TOY, MACHINE)
     p = TOY.params
     np.testing.assert_allclose(need, [3e8 + 4 * p * (3 + 2), 3e8 + 8 * p + 4e6, 3e8 + 8 * p + 6e6], rtol=1e-12)
+
+
+def test_a_steady_state_run_simulates_one_iteration_before_and_one_after_those_measured():
+    from hpcps.sim.engine import simulate_run
+    t = NodeType("t", 1.0, 2, 1.0, latency_us=10.0)
+    c = cluster_of((t, ["s", "a", "b"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(4),)),
+                      NodePlan("b", False, (NodeWorker(6),))))
+    for steady, simulated in ((True, 5), (False, 3)):
+        result, timeline = simulate_run(c, s.to_rank_schedule(), TOY, MACHINE,
+                                        replace(EXACT, iterations=3, steady_state=steady))
+        assert timeline.step_start.shape == (simulated, 2) and len(result.iteration_times_s) == 3
