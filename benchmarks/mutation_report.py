@@ -136,10 +136,16 @@ def estimate_cell(row: dict, sample: dict | None) -> str:
     if n == 0:
         return first
     est, lo, hi = estimate(row["killed"], row["survived"], row["not_run"], k, n)
+    missing = len(sample["status"]) - n          # drawn, but the run stopped before them
     row["estimate"] = {"score": est, "low": lo, "high": hi, "sample_killed": k, "sample_judged": n,
-                       "sample_pool": sample["pool"], "sample_seed": sample["seed"],
+                       "sample_not_run": missing, "sample_pool": sample["pool"], "sample_seed": sample["seed"],
                        "sample_commit": sample["commit"]}
-    verdict = "met, estimated" if lo >= TARGET else "not met, estimated" if hi < TARGET else "undecided"
+    # mutmut runs the mutants with the quickest tests first: a sample whose run stopped early is no longer
+    # uniform, so it gives no verdict.
+    if missing:
+        verdict = f"undecided: {missing} of the sample not run, so what ran leans to the quickly tested"
+    else:
+        verdict = "met, estimated" if lo >= TARGET else "not met, estimated" if hi < TARGET else "undecided"
     drawn = "a sample" if sample.get("samples", 1) == 1 else f"{sample['samples']} samples"
     return (f"{first}; estimated over all: {est:.1%} [{lo:.1%}, {hi:.1%}] ({verdict}; {drawn} of {n} of the "
             f"{sample['pool']} then not run, {k} killed on their first run, commit {sample['commit']})")
@@ -198,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
              "mutants not run (benchmarks/mutation_sample.py; the samples drawn at one commit taken together): "
              "those run count as they stand, the rest at the kill "
              "rate of the sample's first run (before any test was written for its survivors), with a 95% Wilson "
-             "interval; the verdict is given only where the whole interval lies on one side of the target.", "",
+             "interval; the verdict is given only where the whole interval lies on one side of the target, and "
+             "only from a sample that ran whole (mutmut runs the quickly tested mutants first, so the part of a "
+             "stopped sample that ran is not uniform).", "",
              "| package | mutants | killed (of which timed out / crashed) | survived (of which no test reaches) "
              "| of the survivors: equivalent / unexplained | not run | score |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
