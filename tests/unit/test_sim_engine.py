@@ -330,6 +330,14 @@ def test_stragglers_slow_their_steps(hetero8):
         assert a.compute_s == pytest.approx(3 * q.compute_s, rel=1e-12)
     some = sim(hetero8, s, replace(EXACT, iterations=50, straggler_prob=0.3))
     assert quiet.iteration_time_s < some.iteration_time_s < always.iteration_time_s
+    # A step that does not straggle keeps its time: at a chance too small to draw, every step as without
+    # stragglers; at 0.3 with 3x the mean step is 0.7 + 0.3 x 3 = 1.6 times (400 draws: sd 0.05).
+    never = sim(hetero8, s, replace(EXACT, straggler_prob=1e-300, straggler_slowdown=3.0))
+    for q, n in zip(quiet.ranks, never.ranks):
+        assert n.compute_s == pytest.approx(q.compute_s, rel=1e-12)
+    some = sim(hetero8, s, replace(EXACT, iterations=50, straggler_prob=0.3, straggler_slowdown=3.0))
+    ratio = np.mean([a.compute_s / q.compute_s for q, a in zip(quiet.ranks, some.ranks) if q.compute_s > 0])
+    assert 1.4 < ratio < 1.8, ratio
 
 
 def test_threads_help_until_the_cores_run_out():

@@ -45,6 +45,17 @@ def test_max_min_matches_progressive_filling_on_random_networks():
         np.testing.assert_allclose(max_min_rates(src, dst, cap), reference_max_min(src, dst, cap), rtol=1e-9)
 
 
+def test_max_min_matches_progressive_filling_where_shares_tie():
+    """Capacities of a few round values, so that many NICs fill at exactly the same level: the rounds
+    that freeze several NICs at once must freeze tied ones alike."""
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        n, f = rng.integers(2, 8), rng.integers(1, 30)
+        src, dst = rng.integers(0, n, f), n + rng.integers(0, n, f)
+        cap = rng.choice([1.0, 2.0, 4.0], 2 * n)
+        np.testing.assert_allclose(max_min_rates(src, dst, cap), reference_max_min(src, dst, cap), rtol=1e-9)
+
+
 def test_rates_never_overfill_a_nic():
     rng = np.random.default_rng(2)
     n = 50
