@@ -140,12 +140,17 @@ def estimate_cell(row: dict, sample: dict | None) -> str:
     row["estimate"] = {"score": est, "low": lo, "high": hi, "sample_killed": k, "sample_judged": n,
                        "sample_not_run": missing, "sample_pool": sample["pool"], "sample_seed": sample["seed"],
                        "sample_commit": sample["commit"]}
-    # mutmut runs the mutants with the quickest tests first: a sample whose run stopped early is no longer
-    # uniform, so it gives no verdict.
+    # mutmut runs the mutants with the quickest tests first: what ran of a sample whose run stopped early
+    # is not uniform. The sample as drawn is, so its verdict must hold whatever the missing ones would
+    # have done: the low end with all of them surviving, the high end with all of them killed.
     if missing:
-        verdict = f"undecided: {missing} of the sample not run, so what ran leans to the quickly tested"
-    else:
-        verdict = "met, estimated" if lo >= TARGET else "not met, estimated" if hi < TARGET else "undecided"
+        lo = estimate(row["killed"], row["survived"], row["not_run"], k, n + missing)[1]
+        hi = estimate(row["killed"], row["survived"], row["not_run"], k + missing, n + missing)[2]
+        row["estimate"].update(low_any=lo, high_any=hi)
+    verdict = "met, estimated" if lo >= TARGET else "not met, estimated" if hi < TARGET else "undecided"
+    if missing:
+        verdict += (f"; {missing} of the sample not run, the verdict holding whether they would have been "
+                    f"killed or not: [{lo:.1%}, {hi:.1%}]")
     drawn = "a sample" if sample.get("samples", 1) == 1 else f"{sample['samples']} samples"
     return (f"{first}; estimated over all: {est:.1%} [{lo:.1%}, {hi:.1%}] ({verdict}; {drawn} of {n} of the "
             f"{sample['pool']} then not run, {k} killed on their first run, commit {sample['commit']})")
@@ -204,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
              "mutants not run (benchmarks/mutation_sample.py; the samples drawn at one commit taken together): "
              "those run count as they stand, the rest at the kill "
              "rate of the sample's first run (before any test was written for its survivors), with a 95% Wilson "
-             "interval; the verdict is given only where the whole interval lies on one side of the target, and "
-             "only from a sample that ran whole (mutmut runs the quickly tested mutants first, so the part of a "
-             "stopped sample that ran is not uniform).", "",
+             "interval; the verdict is given only where the whole interval lies on one side of the target. Where "
+             "some of a sample did not run (mutmut runs the quickly tested mutants first, so the part that ran is "
+             "not uniform), the verdict must hold whether those would have been killed or not.", "",
              "| package | mutants | killed (of which timed out / crashed) | survived (of which no test reaches) "
              "| of the survivors: equivalent / unexplained | not run | score |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -70,10 +70,17 @@ def test_a_verdict_is_given_only_where_the_whole_interval_is_on_one_side_of_the_
     assert "(not met, estimated;" in mutation_report.estimate_cell(row(576, 27, 4977), sample(100, 50))
     # 85% killed in the sample: the interval straddles the target.
     assert "(undecided;" in mutation_report.estimate_cell(row(576, 27, 4977), sample(85, 15))
-    # A sample whose run stopped before some of it: no longer uniform (the quickly tested run first),
-    # so an estimate from what it judged but no verdict; none judged: no estimate.
+    # A sample whose run stopped before some of it (the quickly tested run first): a verdict only if it
+    # holds whether the missing ones would have been killed or not; none judged: no estimate.
     cell = mutation_report.estimate_cell(row(576, 27, 4977), sample(145, 5, other=40))
-    assert "(undecided: 40 of the sample not run" in cell and "estimated over all" in cell
+    assert "(undecided; 40 of the sample not run" in cell and "estimated over all" in cell
+    low_all_survived = mutation_report.estimate(576, 27, 4977, 145, 190)[1]
+    assert low_all_survived < mutation_report.TARGET
+    cell = mutation_report.estimate_cell(big := row(576, 27, 4977), sample(148, 1, other=1))
+    assert "(met, estimated; 1 of the sample not run" in cell
+    assert big["estimate"]["low_any"] == pytest.approx(mutation_report.estimate(576, 27, 4977, 148, 150)[1])
+    assert "(not met, estimated; 2 of the sample not run" in mutation_report.estimate_cell(
+        row(576, 27, 4977), sample(70, 78, other=2))
     plain = row(576, 27, 4977)
     assert "estimated" not in mutation_report.estimate_cell(plain, sample(0, 0, other=40))
     assert "estimate" not in plain
