@@ -1,6 +1,7 @@
 """Checkpoint files (hpcps/ps/checkpoint.py) and the servers' optimiser state they hold, without MPI."""
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -56,6 +57,11 @@ def test_a_checkpoint_reads_back_as_written(tmp_path):
     assert np.array_equal(back.rng_torch, ckpt.rng_torch)
     with h5py.File(written.path) as f:          # self-describing, checksummed
         assert f["params"].fletcher32 and "meaning" in f["params"].attrs and f.attrs["complete"] == 1
+    # when it was written: the local time with its offset, read back as written
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", back.created), back.created
+    dated = read_checkpoint(write_checkpoint(tmp_path / "dated", Checkpoint(**{**ckpt.__dict__,
+                                                                                "created": "then"})).path)
+    assert dated.created == "then"
 
 
 def test_the_newest_two_are_kept_and_leftovers_removed(tmp_path):
@@ -228,6 +234,9 @@ def test_only_a_model_with_the_same_buffers_may_resume(tmp_path):
     assert refused({**same, "a": (1,)}) == start + "a only in the model"
     assert refused({}) == start + ("norm.num_batches_tracked only in the checkpoint; "
                                    "norm.running_mean only in the checkpoint")
+    # four differences: three named, and the fourth counted
+    assert refused({"norm.running_mean": (5,), "b0": (1,), "b1": (1,)}) == start + (
+        "b0 only in the model; b1 only in the model; norm.num_batches_tracked only in the checkpoint; and 1 more")
     many = {f"b{i}": (1,) for i in range(5)}
     assert refused({**same, **many}) == start + ("b0 only in the model; b1 only in the model; b2 only in the model; "
                                                  "and 2 more")
@@ -351,3 +360,11 @@ def test_a_checkpoint_that_cannot_be_written_names_the_flag_and_the_file(tmp_pat
         write_checkpoint(blocker, make(4))
     assert str(e.value).startswith(f"--checkpoint: cannot write {blocker / 'ckpt-00000004.h5'}: ")
     assert blocker.read_text() == "a file where the checkpoint directory should be"
+
+
+def test_optimiser_state_of_another_size_is_refused_naming_it():
+    opt = OptimizerConfig("adam", lr=0.1)
+    piece = ServedPiece(Piece(0, 0, 0, 0, 8), np.zeros(8, np.float32), [1], opt)
+    with pytest.raises(ValueError) as e:
+        piece.load_optimizer_state({"step": np.array(1.0), "exp_avg": np.zeros(9, np.float32)})
+    assert str(e.value) == "optimiser state 'exp_avg' has shape (9,), expected () or (8,)"

@@ -112,6 +112,8 @@ def test_every_mode_applies_every_push_once(sync, staleness, overlap):
         t_begin, c1, push0 = c[1], c[6], c[7]
         assert push0 < c1 if overlap else t_begin <= c1 <= push0
         assert push0 <= c[9] < c[10]        # the rank's aggregations: after the first push, and they take time
+        if overlap:                         # its own pieces handed over during the step: pushed before it ends
+            assert c[8] < c1
     assert result.iterations == 6 and result.start_iteration == 0
     assert not result.stopped and result.checkpoint is None
     assert result.final_metrics == {"test_loss": 0.0}
@@ -847,3 +849,14 @@ def test_a_checkpoint_off_an_iteration_boundary_is_refused_naming_the_pieces_ver
     with pytest.raises(RuntimeError, match=r"^checkpoint after iteration 4 outside an iteration boundary "
                                            r"\(pieces at \[3, 4\]\)$"):
         object.__new__(Checkpointer).save(4, Unsettled())
+
+
+@pytest.mark.parametrize("sync, staleness", [("asp", 0), ("ssp", 1)])
+def test_one_rank_traces_the_staleness_of_every_piece_it_reads(sync, staleness):
+    """One rank serving its own worker: at each clock it reads every piece at the version of the clock
+    before (all its own pushes applied), so the trace has one staleness record per clock and piece,
+    each 0 behind (iteration, shard, piece, version read, staleness)."""
+    rec = Recorder()
+    train(counting_job(sync, staleness, iterations=4), recorder=rec)
+    got = sorted(c[1:] for c in rec.named("staleness"))
+    assert got == [(c, 0, q, c, 0) for c in range(4) for q in range(3)]

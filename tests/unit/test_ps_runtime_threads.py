@@ -309,6 +309,8 @@ def test_three_ranks_stop_on_a_signal(tmp_path: Path, sync, staleness):
     at = 1 + flag_lag(sync, staleness)
     assert result.stopped and result.iterations == at
     assert [it for it, _ in list_checkpoints(tmp_path)] == [at]
+    # the progress rows of the iterations it ran (every log_every = 2) come back too
+    assert [h["iteration"] for h in result.history] == list(range(2, at + 1, 2))
     np.testing.assert_array_equal(result.final_params, np.full(2 * BLOCK, float(at), np.float32))
     when = "the next iteration boundary" if at == 2 else f"the boundary {at - 1} iterations on"
     assert f"SIGUSR1: checkpoint at {when}, then stop" in logs

@@ -103,6 +103,8 @@ def test_max_of_others_and_the_queue():
     assert _queue(a, np.ones((1, 1)), spells=True).tolist() == [[2.0, 2.0, 11.0, -np.inf]]
     # costs per slice
     assert _queue(a, np.array([[2.0, 1.0, 0.5, 9.0]])).tolist() == [[2.0, 3.0, 10.5, -np.inf]]
+    # the same with a leading axis of one (one candidate): still a cost per slice
+    assert _queue(a[None], np.array([[[2.0, 1.0, 0.5, 9.0]]])).tolist() == [[[2.0, 3.0, 10.5, -np.inf]]]
 
 
 def test_network_model_priors_and_node_constants():

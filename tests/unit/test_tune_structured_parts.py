@@ -438,6 +438,22 @@ def test_summary_features_and_float_times():
     assert model.Y.dtype == float and model.Y.tolist() == [[3.0]]
 
 
+def test_the_sync_feature_spans_zero_to_one_whatever_the_number_of_syncs():
+    """With syncs to choose, the correction's features end with the candidate's sync as a fraction of
+    the choices: 0 for the job's own, 1 for the last (here bsp, ssp1, asp: 0, 1/2, 1)."""
+    from dataclasses import replace
+
+    from hpcps.tune.space import ScheduleSpace
+    plain = _tiny_model().problem
+    space = ScheduleSpace(plain.cluster, plain.global_batch, None, syncs=("bsp", "ssp1", "asp"))
+    model = StructuredModel(replace(plain, space=space), n_samples=4, seed=0)
+    from tests.unit.test_tune_models import point
+    base = point((1, 0, 0.0, 1), (0, 1, 0.5, 1), (1, 1, 0.5, 1))
+    X = np.stack([np.append(base, k) for k in range(3)])
+    d = decode_many(space, X)
+    np.testing.assert_allclose(model._summary(d, np.ones(3))[:, -1], [0.0, 0.5, 1.0])
+
+
 def test_ssp_with_staleness_0_is_modelled_as_bsp():
     """A job under ssp with staleness 0 names its synchronisation ssp0 in the space: the structured
     model takes it, and predicts it as the bsp timeline it runs."""
