@@ -149,8 +149,7 @@ def estimate_cell(row: dict, sample: dict | None) -> str:
         row["estimate"].update(low_any=lo, high_any=hi)
     verdict = "met, estimated" if lo >= TARGET else "not met, estimated" if hi < TARGET else "undecided"
     if missing:
-        verdict += (f"; {missing} of the sample not run, the verdict holding whether they would have been "
-                    f"killed or not: [{lo:.1%}, {hi:.1%}]")
+        verdict += f"; {missing} of the sample not run, the interval holding whether they would have been killed or not"
     drawn = "a sample" if sample.get("samples", 1) == 1 else f"{sample['samples']} samples"
     return (f"{first}; estimated over all: {est:.1%} [{lo:.1%}, {hi:.1%}] ({verdict}; {drawn} of {n} of the "
             f"{sample['pool']} then not run, {k} killed on their first run, commit {sample['commit']})")

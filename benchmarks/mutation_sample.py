@@ -22,12 +22,12 @@ import os
 import random
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mutation_report import PACKAGES, ROOT, mutmut_command, package_of, read_statuses  # noqa: E402
+from mutation_report import PACKAGES, ROOT, SAMPLES, mutmut_command, package_of, read_statuses  # noqa: E402
 
-SAMPLES = ROOT / "results" / "mutation_samples.json"
 NOT_RUN = "not checked"                     # mutmut's status of a mutant generated but never tested
 
 
@@ -86,17 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     commit = git_commit()
     subprocess.run([*mutmut_command(), "run", "--max-children", str(args.max_children), *names], cwd=ROOT)
     status = read_statuses()
+    new = [first_pass(k, d, pool_size, status, args.seed, command, commit)
+           for k, (d, pool_size) in drawn.items() if d]
     records = json.loads(args.out.read_text()) if args.out.exists() else []
-    for k, (d, pool_size) in drawn.items():
-        if d:
-            records.append(first_pass(k, d, pool_size, status, args.seed, command, commit))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(records, indent=1) + "\n")
-    for r in records[-len([d for d, _ in drawn.values() if d]):]:
-        counts: dict[str, int] = {}
-        for s in r["status"].values():
-            counts[s] = counts.get(s, 0) + 1
-        print(f"{r['package']}: {counts}")
+    args.out.write_text(json.dumps(records + new, indent=1) + "\n")
+    for r in new:
+        print(f"{r['package']}: {dict(Counter(r['status'].values()))}")
     print(f"appended to {args.out}; now run benchmarks/mutation_report.py")
     return 0
 
