@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: best known {best_s * 1e3:.2f} ms (seeded {seeded[0] * 1e3:.2f}, unseeded "
               f"{alone[0] * 1e3:.2f}); heuristic / best known: " + ", ".join(f"{c:.2f}x" for c in ceilings),
               flush=True)
-    command = "python benchmarks/tune_testbed_ceiling.py" + ("" if argv is None and len(sys.argv) == 1 else
-                                                           " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = shlex.join(["python", "benchmarks/tune_testbed_ceiling.py", *given])
     lines = ["# How far the heuristic is from the best schedule on the testbed's clusters", "",
              f"Command: `{command}`", "", facts_markdown(f), "",
              f"Wall time {(time.perf_counter() - t0) / 60:.1f} min.", "",
