@@ -19,6 +19,7 @@ step. The calibration does not measure it (cifar-resnet measured 0.36-0.38 here,
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,19 @@ class WorkloadProfile:
     data: tuple[tuple[str, Any], ...] = ()
     note: str = ""                     # how the profile was derived, when not measured as is
     forward_fraction: float = DEFAULT_FORWARD_FRACTION   # share of a step before gradients appear
+
+    def __post_init__(self) -> None:
+        # Profiles read from files are checked key by key (read_profiles); this catches one built in code.
+        # A NaN here would not fail anywhere downstream: a NaN time or ready fraction never comes due, and
+        # the simulator's event loop would wait for it for ever.
+        for name, low, high in (("fixed_s", 0.0, math.inf), ("per_sample_s", 0.0, math.inf),
+                                ("fixed_parallel", 0.0, 1.0), ("per_sample_parallel", 0.0, 1.0),
+                                ("oversubscription", 0.0, math.inf), ("activation_bytes_per_sample", 0.0, math.inf),
+                                ("forward_fraction", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"workload profile {self.name}: {name} must be a finite number in "
+                                 f"[{low:g}, {high:g}], got {value!r}")
 
     def step_time(self, batch: int, threads: int, cores: int, node_threads: int) -> float:
         """Seconds for one step at speed 1.0: batch samples, this worker's threads, the node's cores and

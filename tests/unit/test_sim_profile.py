@@ -124,3 +124,16 @@ def test_codec_costs_are_read_when_calibrated(tmp_path):
         "[machine]", '[machine]\ncodec_s_per_element = {"int8" = [3e-9]}'))
     with pytest.raises(ConfigError, match="machine.codec_s_per_element.int8"):
         load_profiles(bad)
+
+
+@pytest.mark.parametrize("field,value", [("forward_fraction", float("nan")), ("forward_fraction", 1.5),
+                                         ("fixed_s", float("nan")), ("per_sample_s", -1e-3),
+                                         ("per_sample_parallel", float("inf")), ("oversubscription", float("nan"))])
+def test_a_profile_built_in_code_is_checked_too(field, value):
+    """A NaN ready fraction never comes due: the simulator would wait for it for ever, so the profile
+    refuses it where it is made."""
+    good = dict(name="w", params=10, fixed_s=1e-3, per_sample_s=1e-4, fixed_parallel=0.5, per_sample_parallel=0.5,
+                oversubscription=0.1, activation_bytes_per_sample=100.0)
+    WorkloadProfile(**good)
+    with pytest.raises(ValueError, match=f"workload profile w: {field} must be a finite number"):
+        WorkloadProfile(**{**good, field: value})
