@@ -456,25 +456,6 @@ def test_noisy_steps_add_the_expected_excess_of_the_slowest_worker(seed):
 
 # -- push codecs -------------------------------------------------------------------------------------
 
-# Ten times the calibrated seconds per value (results/emulation_hetero8_profiles.toml), so that encoding
-# and decoding weigh as much as the bytes they save.
-CODEC_COSTS = (("int8", (2e-8, 4e-9)), ("sign", (3e-8, 6e-9)))
-
-
-@pytest.fixture(scope="module")
-def slownet():
-    """The network-bound cluster, the 11M-parameter job, profiles with codec costs, and the problem
-    with none, int8 and sign allowed."""
-    from dataclasses import replace
-
-    from hpcps.sim import load_profiles
-    cluster = load_cluster(ROOT / "jobs/clusters/slownet5.toml")
-    job = load_job(ROOT / "jobs/cifar-wide.toml")
-    profiles = load_profiles()
-    profiles = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=CODEC_COSTS))
-    return cluster, job, profiles, problem_for(cluster, job, profiles, codecs=("sign", "int8"))
-
-
 def spread(problem, codecs, servers=(0, 1, 2, 3, 4)):
     """Servers on the given nodes, equal workers on the four fast nodes (g1-g4) with these codec indices."""
     p = np.zeros((5, 5))
@@ -595,7 +576,7 @@ def test_the_model_composes_the_jobs_pull_codec_as_the_simulator_does(slownet):
     cluster, job, profiles, _ = slownet
     job = replace(job, exchange=replace(job.exchange, pull_codec="bf16"))
     profiles = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=tuple(
-        sorted({**dict(CODEC_COSTS), "bf16": (1e-8, 2e-9)}.items()))))
+        sorted({**dict(profiles.machine.codec_s_per_element), "bf16": (1e-8, 2e-9)}.items()))))
     problem = problem_for(cluster, job, profiles, codecs=("int8",))
     plan = plan_for_job(job, Schedule((0,), (WorkerSpec(1, 8),)), problem.params)
     assert problem.pull_bytes == plan.pull_bytes() == problem.model_bytes / 2

@@ -8,10 +8,10 @@ import pytest
 
 from hpcps.tune.models.structured import StructuredModel
 from hpcps.tune.space import decode_many
-from tests.unit.test_tune_models import slownet, spread, update_rows  # noqa: F401 - slownet is a fixture
+from tests.unit.test_tune_models import spread, update_rows
 
 
-def test_one_push_costs_an_update_with_one_worker_and_its_share_of_the_decoding(slownet):  # noqa: F811
+def test_one_push_costs_an_update_with_one_worker_and_its_share_of_the_decoding(slownet):
     _cluster, _job, _profiles, problem = slownet
     model = StructuredModel(problem)
     for codecs, servers in (([1] * 5, (0, 1)), ([0, 1, 1, 2, 2], (0, 1, 2, 3, 4)), ([0] * 5, (2,))):
@@ -214,16 +214,15 @@ def test_noisy_steps_add_the_mean_excess_and_a_spread_shrunk_by_the_iterations(m
 
 
 @pytest.mark.parametrize("pull", ["none", "bf16"])
-def test_codec_costs_node_by_node(slownet, pull):  # noqa: F811
+def test_codec_costs_node_by_node(slownet, pull):
     from dataclasses import replace
 
     from hpcps.tune.models.codecs import CodecModel
     from hpcps.tune.problem import problem_for
     cluster, job, profiles, problem = slownet
     if pull != "none":
-        from tests.unit.test_tune_models import CODEC_COSTS
         job = replace(job, exchange=replace(job.exchange, pull_codec=pull))
-        costs = CODEC_COSTS + ((pull, (1e-9, 2e-9)),)
+        costs = profiles.machine.codec_s_per_element + ((pull, (1e-9, 2e-9)),)
         profiles = replace(profiles, machine=replace(profiles.machine, codec_s_per_element=costs))
         problem = problem_for(cluster, job, profiles, codecs=("sign", "int8"))
     cm = CodecModel(problem)
@@ -361,7 +360,7 @@ def test_optimize_without_trials_draws_stratified_noise_around_the_priors():
     np.testing.assert_array_equal(again._noise, model._noise)             # seeded
 
 
-def test_codec_costs_come_off_the_observed_steps_and_updates(slownet):  # noqa: F811
+def test_codec_costs_come_off_the_observed_steps_and_updates(slownet):
     _cluster, _job, _profiles, problem = slownet
     model = StructuredModel(problem)
     d = decode_many(problem.space, spread(problem, [1, 1, 2, 2, 1], (0, 1))[None])
@@ -379,7 +378,7 @@ def test_codec_costs_come_off_the_observed_steps_and_updates(slownet):  # noqa: 
     np.testing.assert_array_equal(obs["compute_s"], [1.0, 1e-9, 2.0, 3.0])     # the input untouched
 
 
-def test_stale_candidates_are_composed_with_their_codecs_push_bytes(slownet, monkeypatch):  # noqa: F811
+def test_stale_candidates_are_composed_with_their_codecs_push_bytes(slownet, monkeypatch):
     from hpcps.tune.models import structured
     from hpcps.tune.problem import problem_for
     cluster, job, profiles, plain = slownet
@@ -408,7 +407,7 @@ def test_stale_candidates_are_composed_with_their_codecs_push_bytes(slownet, mon
     assert it.shape == (1, 3) and len(set(it[0])) == 3
 
 
-def test_codec_model_is_active_with_any_codec_or_cost(slownet):  # noqa: F811
+def test_codec_model_is_active_with_any_codec_or_cost(slownet):
     from dataclasses import replace
 
     from hpcps.tune.models.codecs import CodecModel
