@@ -30,6 +30,7 @@ import platform
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -179,8 +180,8 @@ def calibrate_machine(min_reps: int, min_s: float, idle_rank_bytes: float) -> di
             continue
         enc, row = codec.encoder(m), np.empty(m, np.float32)
         wire = enc.encode(g)
-        codecs[name] = [timed(lambda: enc.encode(g), min_reps, min_s) / m,
-                        timed(lambda: codec.decode_into(wire, row), min_reps, min_s) / m]
+        codecs[name] = [timed(partial(enc.encode, g), min_reps, min_s) / m,
+                        timed(partial(codec.decode_into, wire, row), min_reps, min_s) / m]
     return {"memcpy_bytes_per_s": memcpy, "aggregate_s_per_byte_per_worker": agg, "update_s_per_byte": update,
             "rank_overhead_bytes": idle_rank_bytes, "codec_s_per_element": codecs}
 

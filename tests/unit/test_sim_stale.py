@@ -223,19 +223,20 @@ def test_ssp_sends_a_slow_receiver_only_the_newest_version():
     c, placement = thin_link()
     _, tl = run(c, placement, SimOptions(iterations=12, sync="ssp", staleness=3, codec="int8", resolution_s=0.0))
     made = tl.updates[:, [1, 3, 5]]                 # (end, piece, round): version round + 1 exists from end
+
+    def newest(ver, t):
+        """The newest version of a piece that exists at time t; ver: the piece's rows of made."""
+        return int(ver[ver[:, 0] <= t + 1e-12, 2].max()) + 1
+
     skipped = 0
     for piece in np.unique(tl.pulls[:, 2]):
         mine = tl.pulls[(tl.pulls[:, 2] == piece) & (tl.pulls[:, 3] == 0)]
         mine = mine[np.argsort(mine[:, 0])]
         ver = made[made[:, 1] == piece]
-
-        def newest(t):
-            return int(ver[ver[:, 0] <= t + 1e-12, 2].max()) + 1
-
         assert (np.diff(mine[:, 4]) > 0).all() and (mine[1:, 0] >= mine[:-1, 1]).all()
         for (start, _, _, _, version), (_, prev_end, _, _, prev_version) in zip(mine[1:], mine[:-1]):
-            assert version == newest(start)
-            if newest(prev_end) > prev_version:          # already newer when the last one arrived
+            assert version == newest(ver, start)
+            if newest(ver, prev_end) > prev_version:     # already newer when the last one arrived
                 assert start == prev_end
             skipped += version > prev_version + 1
     assert skipped > 0
