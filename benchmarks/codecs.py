@@ -186,7 +186,7 @@ def targets(s: dict) -> list[dict]:
         rel = 100 * (ci["mean"] / c0["mean"] - 1)
         checks.append({"target": "int8 charlm bits per character within 2% of none", "figure": f"{rel:+.2f}%",
                        "met": rel <= 2.0})
-    for k, want in (("digits/int8", 4.0), ("charlm/int8", 4.0)):
+    for k in ("digits/int8", "charlm/int8"):
         if get(k):
             x = s[k]["push_bytes_fewer_x"]
             checks.append({"target": f"{k.split('/')[0]} int8: 4x fewer push bytes", "figure": f"{x:.2f}x",

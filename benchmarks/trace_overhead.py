@@ -98,7 +98,10 @@ def flush_facts(path: Path, wall_s: float) -> dict:
     tr = open_trace(path)
     fl = tr.phase("trace")
     root, others = fl[fl["rank"] == 0], fl[fl["rank"] != 0]
-    d = lambda rows: rows["t_end"] - rows["t_start"]
+
+    def d(rows):
+        return rows["t_end"] - rows["t_start"]
+
     return {"flushes": int(np.unique(fl["iteration"]).size),
             "flush_share": float(d(root).sum() / wall_s),
             "rank0_flush_ms": float(1e3 * np.median(d(root))) if root.size else float("nan"),

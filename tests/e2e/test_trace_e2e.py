@@ -110,8 +110,11 @@ def test_times_agree_across_ranks_after_the_clock_correction(traced_run):
         assert abs(offset[r] - r * SKEW_S) <= rtt[r] / 2 + 1e-6
     t = tr.transfers
     send, recv = t[t["direction"] == DIRECTION["send"]], t[t["direction"] == DIRECTION["recv"]]
-    key = lambda rows, src, dst: {(int(a), int(b), int(c), int(d), int(e)): i for i, (a, b, c, d, e) in enumerate(
-        zip(rows["iteration"], rows["kind"], rows["shard"], src, dst))}
+
+    def key(rows, src, dst):
+        return {(int(a), int(b), int(c), int(d), int(e)): i for i, (a, b, c, d, e) in enumerate(
+            zip(rows["iteration"], rows["kind"], rows["shard"], src, dst))}
+
     sends = key(send, send["rank"], send["peer"])
     recvs = key(recv, recv["peer"], recv["rank"])
     assert sends.keys() == recvs.keys()

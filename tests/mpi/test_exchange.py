@@ -27,9 +27,11 @@ def exactness_schedule(size: int) -> Schedule:
     return Schedule((size - 2, size - 1), workers)
 
 
-def job_for(opt: OptimizerConfig, iterations: int, exchange: ExchangeConfig = ExchangeConfig()) -> Job:
+def job_for(opt: OptimizerConfig, iterations: int, exchange: ExchangeConfig | None = None) -> Job:
+    """The exactness job; exchange: the default ExchangeConfig() when None."""
     return Job("exact", "digits", opt, TrainingConfig(global_batch=sum(BATCHES), iterations=iterations, seed=7),
-               model={"hidden": 32}, data={"test_fraction": 0.2}, exchange=exchange)
+               model={"hidden": 32}, data={"test_fraction": 0.2},
+               exchange=ExchangeConfig() if exchange is None else exchange)
 
 
 def single_process_reference(job: Job, iterations: int) -> np.ndarray:

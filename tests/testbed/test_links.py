@@ -29,7 +29,7 @@ JOB = ('name = "wide"\nworkload = "digits"\n[model]\nhidden = 8192\n[optimizer]\
 def cluster_file(tmp_path, nodes: dict[str, tuple[float, float]]):
     """A cluster of one type per node: name -> (nic_gbps, latency_us)."""
     text = 'name = "links"\n'
-    for i, (name, (gbps, lat)) in enumerate(nodes.items()):
+    for i, (gbps, lat) in enumerate(nodes.values()):
         text += f"[types.t{i}]\nspeed = 1.0\ncores = 2\nnic_gbps = {gbps}\nlatency_us = {lat}\n"
     for i, name in enumerate(nodes):
         text += f'[[nodes]]\nnames = "{name}"\ntype = "t{i}"\n'

@@ -66,7 +66,7 @@ REFERENCES = {"fp16": ref_fp16, "bf16": ref_bf16, "int8": ref_int8, "sign": ref_
 def grads(n, steps, seed=0):
     """Gradients of changing scale (1e-3 to 1e3 across steps), a few exact zeros and ties."""
     rng = np.random.default_rng(seed)
-    for t in range(steps):
+    for _ in range(steps):
         g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3)).astype(np.float32)
         g[rng.random(n) < 0.05] = 0
         yield g
