@@ -31,6 +31,7 @@ import sys
 import time
 from dataclasses import replace
 
+import _clocked_workload  # noqa: E402  (benchmarks/, this script's directory, is on sys.path)
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -44,9 +45,6 @@ from hpcps.data.partition import EpochPartition
 from hpcps.ps.optim import make_optimizer
 from hpcps.ps.runtime import run_training
 from hpcps.workloads import build_workload
-
-import _clocked_workload  # noqa: E402  (benchmarks/, this script's directory, is on sys.path)
-
 
 DEVICE = "cpu"       # --device: where every framework computes (cuda: each rank on its local GPU)
 

@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 from hpcps.config.job import OptimizerConfig  # noqa: E402
 from hpcps.config.toml_writer import dumps  # noqa: E402
 from hpcps.io.outputs import write_text  # noqa: E402
+from hpcps.ps.codec import CODECS, make_codec  # noqa: E402
 from hpcps.ps.flat import FlatModel  # noqa: E402
 from hpcps.ps.optim import make_shard_optimizer  # noqa: E402
-from hpcps.ps.codec import CODECS, make_codec  # noqa: E402
 from hpcps.workloads import BUILTIN, build_workload, validate_options  # noqa: E402
 
 QUANTILE = 0         # percentile of repeated runs kept: 0 is the fastest run

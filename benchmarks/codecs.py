@@ -129,6 +129,7 @@ def run_one(workload: str, codec: str, seed: int, out: Path, iterations: int | N
 def codec_costs(n: int, reps: int) -> dict:
     """Fastest encode (with error feedback) and decode of an n-value piece, ns per value."""
     import numpy as np
+
     from hpcps.ps.codec import make_codec
     g = np.random.default_rng(0).standard_normal(n).astype(np.float32)
     out = {}

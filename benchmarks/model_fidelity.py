@@ -215,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.replay:
         return main_replay(args, command)
     from _machine import facts, facts_markdown, load_average
+
     from hpcps.cluster import load_cluster
     from hpcps.config import load_job
     from hpcps.tune.backends.sim import SimBackend

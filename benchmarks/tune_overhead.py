@@ -47,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     command = "python benchmarks/tune_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
     from _machine import facts, facts_markdown, load_average
+
     from hpcps.config import load_job
+    from hpcps.sim import load_profiles, profile_for_job
     from hpcps.tune.backends.sim import SimBackend
     from hpcps.tune.loop import Settings, TuningRun
     from hpcps.tune.problem import Problem, max_batches
     from hpcps.tune.space import ScheduleSpace
     from hpcps.tune.strategies import make_strategy
-    from hpcps.sim import load_profiles, profile_for_job
 
     f = facts()
     job0 = load_job(ROOT / "jobs/cifar.toml")

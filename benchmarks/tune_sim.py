@@ -97,6 +97,7 @@ def incumbent_true(trials: list[dict], n: int) -> float:
 
 def best_known(cluster_name: str, job_path: str, runs: list[dict], budget_s: float, seed: int = 0) -> dict:
     from _best_known import BestKnownSearch
+
     from hpcps.cluster import load_cluster
     from hpcps.cluster.placement import parse_node_schedule
     from hpcps.config import load_job
@@ -356,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from _machine import facts, facts_markdown, load_average
+
     from hpcps.config import load_job
     f = facts()
     clusters = args.clusters.split(",")

@@ -15,8 +15,14 @@ import numpy as np
 import pytest
 
 from hpcps.config import load_job
-from hpcps.ps.checkpoint import (Checkpoint, identity_of, latest_checkpoint, list_checkpoints,
-                                 read_checkpoint, write_checkpoint)
+from hpcps.ps.checkpoint import (
+    Checkpoint,
+    identity_of,
+    latest_checkpoint,
+    list_checkpoints,
+    read_checkpoint,
+    write_checkpoint,
+)
 from tests.conftest import MPIEXEC, ROOT, assert_no_leftovers, mpi_env, run_mpi
 
 DIGITS = """

@@ -54,6 +54,7 @@ class Transfers:
 @pytest.mark.parametrize("job_codec, worker1_codec", [("int8", "sign"), ("sign", None)])
 def test_training_with_lossy_pushes_moves_encoded_bytes_and_learns(job_codec, worker1_codec):
     from mpi4py import MPI
+
     from hpcps.ps.runtime import build_plan, run_training
     world = MPI.COMM_WORLD
     size, rank = world.Get_size(), world.Get_rank()
@@ -167,6 +168,7 @@ def test_training_with_16_bit_pulls_moves_half_the_bytes_and_learns(sync, stalen
     """Every pull message carries exactly the plan's encoded bytes (and 4 more, the version, under ssp and
     asp), at both ends and in the trace, and the job still learns."""
     from mpi4py import MPI
+
     from hpcps.ps.runtime import build_plan, run_training
     world = MPI.COMM_WORLD
     size, rank = world.Get_size(), world.Get_rank()
@@ -218,6 +220,7 @@ def test_every_worker_computes_on_the_decoded_pull_and_the_server_keeps_float32(
     the codec's decoding of the server's float32 values, after the first pull and after an update; the
     server's values (gather_params, checkpoints) stay float32."""
     from mpi4py import MPI
+
     from hpcps.ps.codec import make_pull_codec
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()

@@ -68,6 +68,7 @@ def single_process_reference(job: Job, iterations: int) -> np.ndarray:
                          ids=["one-piece", "pieces", "pieces-no-overlap"])
 def test_unequal_batches_aggregate_exactly(opt, iterations, exchange):
     from mpi4py import MPI
+
     from hpcps.ps.runtime import run_bsp
     comm = MPI.COMM_WORLD
     job = job_for(opt, iterations, exchange)

@@ -36,6 +36,7 @@ def counting_schedule() -> Schedule:
 @pytest.mark.parametrize("seed", [1, 2])
 def test_every_pull_reflects_the_updates_the_mode_promises(sync, staleness, seed):
     from mpi4py import MPI
+
     from hpcps.ps.runtime import run_training
     from tests.fixtures import counting_workload
     comm = MPI.COMM_WORLD
@@ -78,7 +79,9 @@ def test_every_pull_reflects_the_updates_the_mode_promises(sync, staleness, seed
                          ids=["one-piece", "pieces", "pieces-no-overlap", "pieces-int8-bf16-pulls"])
 def test_ssp_with_staleness_0_is_bsp_bit_for_bit(opt, exchange):
     from dataclasses import replace
+
     from mpi4py import MPI
+
     from hpcps.ps.runtime import run_training
     comm = MPI.COMM_WORLD
     job = job_for(opt, 4, exchange)
@@ -97,7 +100,9 @@ def test_ssp_with_staleness_0_is_bsp_bit_for_bit(opt, exchange):
 def test_stale_modes_train_with_evaluation_during_training(sync, staleness):
     """Evaluations and progress reports during training gather and reduce without blocking the exchange."""
     from dataclasses import replace
+
     from mpi4py import MPI
+
     from hpcps.ps.runtime import run_training
     comm = MPI.COMM_WORLD
     job = job_for(OptimizerConfig("sgd", lr=0.1), 12, ExchangeConfig(bucket_mb=1 / 1024))
@@ -114,6 +119,7 @@ def test_stale_modes_train_with_evaluation_during_training(sync, staleness):
 def test_stale_exchange_with_device_buffers(transport, mode):
     """Workers whose buffers are device arrays (faked over host memory) stage pulls and copy them in."""
     from mpi4py import MPI
+
     from hpcps.ps.plan import MessagePlan
     from hpcps.ps.stale import StaleExchange, serve_pieces
     from tests.fakes import exchange_buffer
@@ -152,6 +158,7 @@ def test_stale_exchange_with_device_buffers(transport, mode):
 def _checkpointed_counting(comm, sync, staleness, seed, directory, *, every=0, every_s=0.0, resume_from=None,
                            steps=STEPS):
     from dataclasses import replace
+
     from hpcps.ps.checkpoint import latest_checkpoint
     from hpcps.ps.checkpointer import CheckpointSettings
     from hpcps.ps.runtime import run_training
@@ -190,6 +197,7 @@ def test_stale_checkpoints_hold_exactly_the_pushes_before_them_and_resume(sync, 
     exactly once (the servers' clocks and the workers' versions restored, or the run hangs or counts
     wrong), the pulls keeping the mode's bound across the resume."""
     from mpi4py import MPI
+
     from hpcps.ps.checkpoint import list_checkpoints, read_checkpoint
     from hpcps.ps.checkpointer import flag_lag
     from tests.mpi.test_checkpoint_resume import shared_dir

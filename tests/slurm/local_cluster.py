@@ -278,7 +278,7 @@ class LocalSlurm:
             out.append(f"--- {f.name}\n" + "\n".join(tail))
         return "\n".join(out)
 
-    def start(self, timeout_s: float = 60.0) -> "LocalSlurm":
+    def start(self, timeout_s: float = 60.0) -> LocalSlurm:
         why = missing_requirements()
         if why:
             raise RuntimeError(why)
@@ -406,7 +406,7 @@ class LocalSlurm:
             p.kill()
             p.wait(5)
 
-    def __enter__(self) -> "LocalSlurm":
+    def __enter__(self) -> LocalSlurm:
         return self.start()
 
     def __exit__(self, *exc) -> None:

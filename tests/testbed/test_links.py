@@ -17,7 +17,7 @@ import pytest
 from hpcps.testbed.plan import nic_burst_bytes
 from hpcps.trace import open_trace
 from hpcps.trace.schema import DIRECTION
-from tests.testbed.conftest import PY, ROOT, namespaces_of, bed_cli
+from tests.testbed.conftest import PY, ROOT, bed_cli, namespaces_of
 
 DILATION = 10.0
 # A digits MLP with 8192 hidden units: 614,410 parameters, a 2.46 MB message each way per iteration,

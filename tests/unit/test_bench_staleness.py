@@ -57,7 +57,7 @@ def test_verdict_is_the_best_stale_mode_that_reached_on_every_seed():
 def test_charlm_is_the_codecs_benchmark_job():
     """The charlm threshold (3.0 bits per character) is set from results/codecs.md's float32 run, so the
     staleness job must be that job: same model, data and optimiser (only the training table differs)."""
-    import importlib.util   # benchmarks/codecs.py by its path: the name is the standard library's codecs
+    import importlib.util  # benchmarks/codecs.py by its path: the name is the standard library's codecs
     spec = importlib.util.spec_from_file_location("codecs_benchmark", ROOT / "benchmarks" / "codecs.py")
     codecs_bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(codecs_bench)

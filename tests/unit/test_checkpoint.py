@@ -10,9 +10,19 @@ import torch
 
 from hpcps.config.errors import ConfigError
 from hpcps.config.job import Job, OptimizerConfig, TrainingConfig
-from hpcps.ps.checkpoint import (Checkpoint, CheckpointError, check_resumable, checkpoint_path, identity_of,
-                                 latest_checkpoint, list_checkpoints, load_resume, read_checkpoint,
-                                 share_residuals, write_checkpoint)
+from hpcps.ps.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    check_resumable,
+    checkpoint_path,
+    identity_of,
+    latest_checkpoint,
+    list_checkpoints,
+    load_resume,
+    read_checkpoint,
+    share_residuals,
+    write_checkpoint,
+)
 from hpcps.ps.plan import Piece, cut_pieces
 from hpcps.ps.server import ServedPiece
 from hpcps.ps.sharding import plan_shards

@@ -3,9 +3,19 @@ from pathlib import Path
 import pytest
 
 from hpcps.cluster import load_cluster
-from hpcps.cluster.placement import (NodePlan, NodeSchedule, NodeWorker, balanced, load_any_schedule,
-                                     load_node_schedule, load_placement, naive, place_rank_schedule,
-                                     split_proportional, write_node_schedule)
+from hpcps.cluster.placement import (
+    NodePlan,
+    NodeSchedule,
+    NodeWorker,
+    balanced,
+    load_any_schedule,
+    load_node_schedule,
+    load_placement,
+    naive,
+    place_rank_schedule,
+    split_proportional,
+    write_node_schedule,
+)
 from hpcps.config import ConfigError
 from hpcps.config.schedule import Schedule, WorkerSpec
 

@@ -6,7 +6,7 @@ import pytest
 
 from hpcps.config.job import OptimizerConfig
 from hpcps.config.schedule import CODECS as CONFIG_CODECS
-from hpcps.ps.codec import (CODECS, FP16_MAX, INT8_CHUNK, SIGN_CHUNK, TOPK_FRACTION, Codec, make_codec)
+from hpcps.ps.codec import CODECS, FP16_MAX, INT8_CHUNK, SIGN_CHUNK, TOPK_FRACTION, Codec, make_codec
 from hpcps.ps.plan import Piece
 from hpcps.ps.server import ServedPiece
 

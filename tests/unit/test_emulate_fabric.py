@@ -7,7 +7,6 @@ import hpcps.emulate.fabric as fabric_mod
 from hpcps.emulate.fabric import FlowSpec, SharedFabric
 
 
-
 def make(tmp_path, templates, n_nodes=3, bw=1e6, lat=0.0, dilation=1.0):
     return SharedFabric(str(tmp_path / "fabric"), templates, np.full(n_nodes, bw), np.full(n_nodes, lat),
                         dilation, create=True)

@@ -7,7 +7,6 @@ import numpy as np
 from hpcps.emulate.fabric import FlowSpec, SharedFabric
 
 
-
 def make(tmp_path, templates, bw, lat, n_nodes=3):
     return SharedFabric(str(tmp_path / "fabric"), templates, np.full(n_nodes, bw, dtype=float),
                         np.asarray(lat, dtype=float) if np.ndim(lat) else np.full(n_nodes, lat, dtype=float),

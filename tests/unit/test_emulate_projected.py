@@ -11,7 +11,6 @@ from hpcps.emulate.fabric import FlowSpec, SharedFabric
 from hpcps.emulate.node import NodeClock
 
 
-
 def test_projected_done_follows_the_flow(tmp_path, clock):
     fab = SharedFabric(str(tmp_path / "fabric"), [FlowSpec(0, 1, 0, 1, 10_000)], np.full(2, 1e6),
                        np.full(2, 0.001), 1.0, create=True)

@@ -1,8 +1,14 @@
 import pytest
 
 from hpcps.config import ConfigError
-from hpcps.sim.profile import (DEFAULT_PROFILES, WorkloadProfile, _amdahl, _parallel_fraction, load_profiles,
-                               profile_for_job)
+from hpcps.sim.profile import (
+    DEFAULT_PROFILES,
+    WorkloadProfile,
+    _amdahl,
+    _parallel_fraction,
+    load_profiles,
+    profile_for_job,
+)
 from hpcps.workloads import BUILTIN
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from hpcps.cluster import load_cluster
 from hpcps.config.errors import ConfigError
-from hpcps.testbed import cli, control, runner as runner_mod
+from hpcps.testbed import cli, control
+from hpcps.testbed import runner as runner_mod
 from hpcps.testbed.plan import Command, name_of_netns
 from hpcps.testbed.runner import TestbedError as BedError
 

@@ -5,9 +5,20 @@ import struct
 
 import pytest
 
-from hpcps.testbed.delay import (LATE_BINS_US, NFNL_SUBSYS_QUEUE, NFQA_CFG_F_FAIL_OPEN, NFQA_CFG_F_GSO,
-                                 NFQNL_MSG_PACKET, DelayLine, bind_message, encode, params_message, parse_error,
-                                 parse_packets, verdict_batch_message)
+from hpcps.testbed.delay import (
+    LATE_BINS_US,
+    NFNL_SUBSYS_QUEUE,
+    NFQA_CFG_F_FAIL_OPEN,
+    NFQA_CFG_F_GSO,
+    NFQNL_MSG_PACKET,
+    DelayLine,
+    bind_message,
+    encode,
+    params_message,
+    parse_error,
+    parse_packets,
+    verdict_batch_message,
+)
 
 
 def packet_message(queue: int, packet_id: int, extra_first: bool = False) -> bytes:

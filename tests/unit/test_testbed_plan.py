@@ -9,12 +9,31 @@ import pytest
 
 from hpcps.cluster import load_cluster, parse_cluster
 from hpcps.config.errors import ConfigError
+from hpcps.testbed.plan import (
+    COMPUTE_CORES,
+    DELAY_MIN_S,
+    MAX_NODES,
+    check_name,
+    choose_subnet,
+    default_dilation,
+    delay_lines,
+    host_link,
+    hosts_argument,
+    launcher_script,
+    mpiexec_argv,
+    name_of_link,
+    name_of_netns,
+    node_netns,
+    parse_testbed_env,
+    plan_testbed,
+    queue_rules,
+    rank_environment,
+    setup_commands,
+    shaping_lines,
+    subnet,
+    switch_netns,
+)
 from hpcps.testbed.plan import TestbedPlan as Plan
-from hpcps.testbed.plan import (COMPUTE_CORES, DELAY_MIN_S, MAX_NODES, check_name, choose_subnet, default_dilation,
-                                delay_lines, host_link, hosts_argument, launcher_script, mpiexec_argv,
-                                node_netns, parse_testbed_env, plan_testbed, queue_rules, rank_environment,
-                                setup_commands, shaping_lines, subnet, switch_netns, name_of_link,
-                                name_of_netns)
 from tests.unit.golden import check_golden
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,8 @@ from hpcps.config.errors import ConfigError
 from hpcps.testbed import runner as runner_mod
 from hpcps.testbed.plan import NAME_PATTERN, default_dilation
 from hpcps.tune.backends import BACKENDS
-from hpcps.tune.backends.testbed import TestbedBackend as Backend, _profile, trial_name
+from hpcps.tune.backends.testbed import TestbedBackend as Backend
+from hpcps.tune.backends.testbed import _profile, trial_name
 from hpcps.tune.cli import BACKEND_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,8 +13,19 @@ import numpy as np
 
 from hpcps.trace.derive import fill_transfer_starts, finish_rows, iteration_rows, wait_events
 from hpcps.trace.reader import Trace
-from hpcps.trace.schema import (DIRECTION, EVENT_DTYPE, PHASE, RANK_FIELDS, RANK_NUMBER_FIELDS, SHARD_DTYPE,
-                                STATUS_COMPLETE, TRANSFER_DTYPE, TRANSFER_KIND, SCHEMA_NAME, SCHEMA_VERSION)
+from hpcps.trace.schema import (
+    DIRECTION,
+    EVENT_DTYPE,
+    PHASE,
+    RANK_FIELDS,
+    RANK_NUMBER_FIELDS,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SHARD_DTYPE,
+    STATUS_COMPLETE,
+    TRANSFER_DTYPE,
+    TRANSFER_KIND,
+)
 
 
 @dataclass
