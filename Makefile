@@ -56,9 +56,10 @@ mutation-sample: $(STAMP)
 	$(PY) benchmarks/mutation_sample.py --size $(SAMPLE_SIZE) --seed $(SAMPLE_SEED)
 	$(PY) benchmarks/mutation_report.py --command "make mutation-sample SAMPLE_SIZE=$(SAMPLE_SIZE) SAMPLE_SEED=$(SAMPLE_SEED)"
 
-# Lint (ruff's rules in pyproject.toml) and type checks, first of the tests.
+# Lint (ruff's rules in pyproject.toml) of the package, its tests and the benchmarks, and type checks
+# of the package; first of the tests.
 lint: $(STAMP)
-	$(VENV)/bin/ruff check hpcps
+	$(VENV)/bin/ruff check hpcps tests benchmarks
 	$(VENV)/bin/mypy hpcps
 
 # The code's layout as ruff format writes it; not yet part of make test.

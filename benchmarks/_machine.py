@@ -66,9 +66,11 @@ def facts_markdown(f: dict) -> str:
     rows = [("date", f["date"]), ("cores (nproc)", f["nproc"]), ("CPU", f["cpu"]), ("kernel", f["kernel"]),
             ("MPI", f["mpi"]), ("mpi4py / torch / numpy", f"{f['mpi4py']} / {f['torch']} / {f['numpy']}"),
             ("Python", f["python"]),
-            ("git commit", (f["commit"] or "unknown") + (f" plus uncommitted changes to {', '.join(f['uncommitted_changes'])}"
-                                                        if f.get("uncommitted_changes") else "")),
-            ("load average (1/5/15 min) at start / end", f"{f['load_average_at_start']} / {f.get('load_average_at_end', '')}")]
+            ("git commit", (f["commit"] or "unknown")
+             + (f" plus uncommitted changes to {', '.join(f['uncommitted_changes'])}"
+                if f.get("uncommitted_changes") else "")),
+            ("load average (1/5/15 min) at start / end",
+             f"{f['load_average_at_start']} / {f.get('load_average_at_end', '')}")]
     return "\n".join(["| machine | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
 
 

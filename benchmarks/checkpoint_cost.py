@@ -260,10 +260,12 @@ def report(facts: dict, command: str, file_res: dict, train: dict, args) -> str:
         f"| iteration without checkpoints | {it['median']:.2f} s | {it['min']:.2f}-{it['max']:.2f} s |",
         f"| time a checkpoint added to the run (per pair: difference of the runs / checkpoints) | "
         f"{per['median']:.2f} s | {per['min']:.2f}-{per['max']:.2f} s |",
-        f"| a checkpoint as rank 0 timed it (gather + write) | {own['median']:.2f} s | {own['min']:.2f}-{own['max']:.2f} s |",
+        f"| a checkpoint as rank 0 timed it (gather + write) | {own['median']:.2f} s | "
+        f"{own['min']:.2f}-{own['max']:.2f} s |",
         f"| of which gathering (half the vector over MPI) | {t['gather_s']['median']:.2f} s | "
         f"{t['gather_s']['min']:.2f}-{t['gather_s']['max']:.2f} s |",
-        f"| of which writing | {t['write_s']['median']:.2f} s | {t['write_s']['min']:.2f}-{t['write_s']['max']:.2f} s |",
+        f"| of which writing | {t['write_s']['median']:.2f} s | "
+        f"{t['write_s']['min']:.2f}-{t['write_s']['max']:.2f} s |",
         f"| run with / without checkpoints (a checkpoint every {t['every']} iterations) | {ratio['median']:.3f} | "
         f"{ratio['min']:.3f}-{ratio['max']:.3f} |",
         f"| the per-iteration broadcast of rank 0's decisions | {t['flag_s'] * 1e6:.0f} µs | |",
@@ -278,8 +280,8 @@ def report(facts: dict, command: str, file_res: dict, train: dict, args) -> str:
         f"{100 * worst:.2f}%); target at most {100 * TARGET:.0f}%: "
         f"**{'met' if worst <= TARGET else 'not met'}**. (The checkpoint time taken is the larger of the two "
         "measures above.) Measured directly, a checkpoint every "
-        f"{t['every']} iterations ({t['every'] * it['median']:.0f} s here) made runs {100 * (ratio['median'] - 1):.1f}% "
-        "longer (median).",
+        f"{t['every']} iterations ({t['every'] * it['median']:.0f} s here) made runs "
+        f"{100 * (ratio['median'] - 1):.1f}% longer (median).",
         "",
     ]
     return "\n".join(lines)

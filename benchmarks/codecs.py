@@ -108,7 +108,8 @@ def run_one(workload: str, codec: str, seed: int, out: Path, iterations: int | N
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         raise SystemExit(f"codecs: {name} failed with status {proc.returncode}")
     t = open_trace(trace)
-    sends = t.transfers[(t.transfers["kind"] == TRANSFER_KIND["push"]) & (t.transfers["direction"] == DIRECTION["send"])]
+    sends = t.transfers[(t.transfers["kind"] == TRANSFER_KIND["push"])
+                        & (t.transfers["direction"] == DIRECTION["send"])]
     per_it = {int(i): int(sends["nbytes"][sends["iteration"] == i].sum()) for i in set(sends["iteration"].tolist())}
     all_sends = t.transfers[t.transfers["direction"] == DIRECTION["send"]]
     metrics = json.loads(t.attrs["final_metrics"])
@@ -178,7 +179,8 @@ def targets(s: dict) -> list[dict]:
     def get(k):
         return s.get(k)
     checks = []
-    d0, di, ds, c0, ci = get("digits/none"), get("digits/int8"), get("digits/sign"), get("charlm/none"), get("charlm/int8")
+    d0, di, ds = get("digits/none"), get("digits/int8"), get("digits/sign")
+    c0, ci = get("charlm/none"), get("charlm/int8")
     if d0 and di:
         gap = 100 * (d0["mean"] - di["mean"])
         checks.append({"target": "int8 digits accuracy within 0.3 points of none", "figure": f"{gap:+.2f} points below",
@@ -230,7 +232,8 @@ def markdown(f: dict, cmd: str, rows: list[dict], s: dict, checks: list[dict], c
         cells = []
         for c in CODECS:
             v = s.get(f"{w}/{c}")
-            cells.append("" if v is None else f"{v['push_bytes_per_iteration'] / 1e3:.1f} kB ({v['push_bytes_fewer_x']:.2f}x fewer)")
+            cells.append("" if v is None else
+                         f"{v['push_bytes_per_iteration'] / 1e3:.1f} kB ({v['push_bytes_fewer_x']:.2f}x fewer)")
         raw = next((v["raw_push_bytes_per_iteration"] for k, v in s.items() if k.startswith(w + "/")), None)
         if raw is not None:
             out.append(f"| {w}: push bytes per iteration (raw {raw / 1e3:.1f} kB) | " + " | ".join(cells) + " |")
@@ -243,7 +246,8 @@ def markdown(f: dict, cmd: str, rows: list[dict], s: dict, checks: list[dict], c
             "worker, decode on the server. Memory copy of the same piece for scale: "
             f"{costs.get('_copy_ns_per_value', float('nan')):.2f} ns per value.", "",
             "| codec | wire bytes per value | encode ns/value | decode ns/value |", "| --- | --- | --- | --- |"]
-    out += [f"| {k} | {v['wire_bytes_per_value']:.4f} | {v['encode_ns_per_value']:.2f} | {v['decode_ns_per_value']:.2f} |"
+    out += [f"| {k} | {v['wire_bytes_per_value']:.4f} | {v['encode_ns_per_value']:.2f} | "
+            f"{v['decode_ns_per_value']:.2f} |"
             for k, v in costs.items() if not k.startswith("_")]
     out += ["", "Raw rows (every run, its trace and launch time) are in results/codecs.json.", ""]
     return "\n".join(out)

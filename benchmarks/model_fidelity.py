@@ -83,7 +83,8 @@ def evaluate(problem, strategy, backend, n_random, n_model, seed, trial_dir_root
                         budget=trials, cluster_name=problem.cluster.name, global_batch=problem.global_batch)
     out = trial_dir_root / label
     out.mkdir(parents=True, exist_ok=True)
-    run = TuningRun(out, settings, problem, strategy, backend, echo=lambda s: print(f"  {label}: {s[:110]}", flush=True))
+    run = TuningRun(out, settings, problem, strategy, backend,
+                    echo=lambda s: print(f"  {label}: {s[:110]}", flush=True))
     run.run(trials)
     history = run.history
     model = strategy.model(history)

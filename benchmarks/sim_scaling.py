@@ -66,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((n, make.__name__, len(placement.schedule.servers), messages, noise,
                              result.iteration_time_s, result.events / args.iterations, best / args.iterations,
                              best_cpu / args.iterations))
-                print(f"{n:>5} nodes  {make.__name__:8s} noise {noise:.1f}: simulated {result.iteration_time_s * 1e3:8.2f} ms"
-                      f"/iteration, {best / args.iterations:7.3f} s wall, {best_cpu / args.iterations:7.3f} s CPU "
+                print(f"{n:>5} nodes  {make.__name__:8s} noise {noise:.1f}: "
+                      f"simulated {result.iteration_time_s * 1e3:8.2f} ms/iteration, "
+                      f"{best / args.iterations:7.3f} s wall, {best_cpu / args.iterations:7.3f} s CPU "
                       "per iteration", flush=True)
     machine["load_average_at_end"] = load_average()
 

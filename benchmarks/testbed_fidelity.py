@@ -224,9 +224,9 @@ def write_results(rows, machine, wall_s, command, facts_markdown) -> None:
         if r.get("error") is not None:
             lines.append(f"| {r['cluster']} ({r['dilation']:g}) | {r['key']} | | failed | | | | | | | |")
             continue
-        lines.append(f"| {r['cluster']} ({r['dilation']:g}) | {r['key']} | {r['n_ranks']} | {r['iteration_s'] * 1e3:.2f} | "
-                     f"{r['sim_s'] * 1e3:.2f} | {r['abs_error']:.1%} | {r['sim_bundled_s'] * 1e3:.2f} | "
-                     f"{r['abs_error_bundled']:.1%} | {r['machine_slowdown']:.2f} | "
+        lines.append(f"| {r['cluster']} ({r['dilation']:g}) | {r['key']} | {r['n_ranks']} | "
+                     f"{r['iteration_s'] * 1e3:.2f} | {r['sim_s'] * 1e3:.2f} | {r['abs_error']:.1%} | "
+                     f"{r['sim_bundled_s'] * 1e3:.2f} | {r['abs_error_bundled']:.1%} | {r['machine_slowdown']:.2f} | "
                      f"{r['sim_at_speed_s'] * 1e3:.2f} | {r['abs_error_at_speed']:.1%} |")
     lines += ["", "Schedules: naive (one server on the first node, equal batches), balanced (batches by speed, a "
               "server per four nodes on the fastest NICs), each with two threads per worker, balanced with one "

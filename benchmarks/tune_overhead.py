@@ -103,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Tuner overhead per proposal (structured strategy)", "", f"Command: `{command}`", "",
              __doc__.split("\n\n", 2)[2].strip(), "", facts_markdown(f), "",
              "| nodes | cluster | global batch | proposals by EI: median wall (s) | median CPU (s) | max wall (s) | "
-             "last: model fit (s) | last: whole proposal (s) | one simulated trial (s) | naive -> best in these trials (ms) |",
+             "last: model fit (s) | last: whole proposal (s) | one simulated trial (s) | "
+             "naive -> best in these trials (ms) |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         lines.append(f"| {r['nodes']} | {r['cluster']} | {r['global_batch']} | {r['median_ei_propose_s']:.2f} | "
-                     f"{r['median_ei_propose_cpu_s']:.2f} | {r['max_ei_propose_s']:.2f} | {r['last_fit_s']:.2f} | {r['last_total_s']:.2f} | "
-                     f"{r['sim_trial_s']:.2f} | {r['naive_s'] * 1e3:.1f} -> {r['best_s'] * 1e3:.1f} |")
+                     f"{r['median_ei_propose_cpu_s']:.2f} | {r['max_ei_propose_s']:.2f} | {r['last_fit_s']:.2f} | "
+                     f"{r['last_total_s']:.2f} | {r['sim_trial_s']:.2f} | "
+                     f"{r['naive_s'] * 1e3:.1f} -> {r['best_s'] * 1e3:.1f} |")
     ten = next((r for r in rows if r["nodes"] == 10), None)
     if ten:
         met = "met" if ten["median_ei_propose_s"] < 2.0 else "NOT met"

@@ -212,8 +212,9 @@ def report(data: dict, out_md: Path, out_png: Path, command: str) -> str:
         ref = refs[c]["best_s"]
         naive_s = refs[c]["naive_s"]
         lines += ["", f"## {c}", "",
-                  f"| strategy | best after {early} (ms) | best after {budget} (ms) | gap to best known after {early} | "
-                  f"after {budget} | speed-up over naive after {budget} | trials to within 5% | proposal CPU time (s) |",
+                  f"| strategy | best after {early} (ms) | best after {budget} (ms) | "
+                  f"gap to best known after {early} | after {budget} | speed-up over naive after {budget} | "
+                  "trials to within 5% | proposal CPU time (s) |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         med = {}
         for s in strategies:

@@ -73,7 +73,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if skipped:
         terminalreporter.write_line(
             f"{len(skipped)} MPI tests were skipped: they run under mpiexec, "
-            "`make test-mpi` (sizes 3 and 5) or `.venv/bin/mpiexec -n 3 .venv/bin/python -m pytest --with-mpi tests/mpi`",
+            "`make test-mpi` (sizes 3 and 5) or "
+            "`.venv/bin/mpiexec -n 3 .venv/bin/python -m pytest --with-mpi tests/mpi`",
             yellow=True)
 
 

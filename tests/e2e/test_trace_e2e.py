@@ -119,8 +119,10 @@ def test_times_agree_across_ranks_after_the_clock_correction(traced_run):
     recvs = key(recv, recv["peer"], recv["rank"])
     assert sends.keys() == recvs.keys()
     ev = tr.events
-    compute_start = {(int(r), int(i)): e for r, i, e in zip(*(tr.phase("compute")[f] for f in ("rank", "iteration", "t_start")))}
-    agg_end = {(int(r), int(i)): e for r, i, e in zip(*(tr.phase("aggregate")[f] for f in ("rank", "iteration", "t_end")))}
+    compute_start = {(int(r), int(i)): e
+                     for r, i, e in zip(*(tr.phase("compute")[f] for f in ("rank", "iteration", "t_start")))}
+    agg_end = {(int(r), int(i)): e
+               for r, i, e in zip(*(tr.phase("aggregate")[f] for f in ("rank", "iteration", "t_end")))}
     raw_violations = 0
     for k, si in sends.items():
         ri = recvs[k]
@@ -178,7 +180,8 @@ def test_waits_lie_inside_exchange_windows(traced_run):
 def test_analyze_names_the_straggler_and_exports_sound_chrome_json(traced_run, tmp_path):
     path, _tr, _out = traced_run
     chrome, plots = tmp_path / "t.json", tmp_path / "plots"
-    out = subprocess.run([sys.executable, "-m", "hpcps.analyze", str(path), "--chrome", str(chrome), "--plot", str(plots)],
+    out = subprocess.run([sys.executable, "-m", "hpcps.analyze", str(path),
+                          "--chrome", str(chrome), "--plot", str(plots)],
                          capture_output=True, text=True, timeout=180, cwd=ROOT, env=mpi_env())
     assert out.returncode == 0, out.stderr
     assert "Straggler: rank 3" in out.stdout and "Critical path of iteration" in out.stdout

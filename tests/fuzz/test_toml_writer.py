@@ -31,4 +31,5 @@ def test_strings_and_keys_for_hand_laid_files(key, value):
 
 
 def test_short_arrays_stay_on_one_line():
-    assert dumps({"servers": [0, 3], "rows": [[1, 2], [3, 4]]}) == "servers = [0, 3]\nrows = [\n    [1, 2],\n    [3, 4],\n]\n"
+    assert dumps({"servers": [0, 3], "rows": [[1, 2], [3, 4]]}) == (
+        "servers = [0, 3]\nrows = [\n    [1, 2],\n    [3, 4],\n]\n")

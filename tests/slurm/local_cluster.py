@@ -70,7 +70,8 @@ def missing_requirements() -> str | None:
     missing = [d for d in DAEMONS + ("sbatch", "srun", "scontrol", "scancel") if shutil.which(d) is None
                and not Path("/usr/sbin", d).exists()]
     if missing:
-        return f"Slurm is not installed (missing {', '.join(missing)}): run 'make slurm-deps' (apt-get install slurm-wlm munge)"
+        return (f"Slurm is not installed (missing {', '.join(missing)}): "
+                "run 'make slurm-deps' (apt-get install slurm-wlm munge)")
     if os.geteuid() != 0:
         return "the local test Slurm runs its daemons as root; run the Slurm tests as root"
     return None
@@ -377,7 +378,8 @@ class LocalSlurm:
             except (OSError, subprocess.SubprocessError):
                 pass
         # slurmds first (they are what the step daemons report to), then the controller, then munge.
-        order = sorted(self._procs, key=lambda p: 0 if p.pid not in (self.pids.get("slurmctld"), self.pids.get("munged"))
+        controller_and_munge = (self.pids.get("slurmctld"), self.pids.get("munged"))
+        order = sorted(self._procs, key=lambda p: 0 if p.pid not in controller_and_munge
                        else (1 if p.pid == self.pids.get("slurmctld") else 2))
         for p in order:
             self._terminate(p)
@@ -415,7 +417,8 @@ class LocalSlurm:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.slurm.local_cluster",
-                                description="Start a throw-away Slurm on localhost; Ctrl-C stops it and removes its files.")
+                                description="Start a throw-away Slurm on localhost; "
+                                            "Ctrl-C stops it and removes its files.")
     p.add_argument("--cluster", type=Path, default=DEFAULT_CLUSTER,
                    help="cluster file whose nodes become fake Slurm nodes (default: jobs/clusters/hetero8.toml)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs) after stopping")

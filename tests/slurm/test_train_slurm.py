@@ -116,7 +116,8 @@ def test_time_limit_signal_checkpoints_requeues_and_the_job_finishes(local_slurm
     assert "hpcps-train: SIGUSR1 (time limit near): checkpoint and stop" in log
     stop = int(re.search(r"stopped after iteration (\d+) of 150 \(SIGUSR1\)", log).group(1))
     assert f"resuming from {ckpt}/ckpt-{stop:08d}.h5 after iteration {stop}" in log, log
-    assert re.search(r"hpcps-train: stopped \(status (75|143)\); requeueing the job \(restart 1 of at most 3\)", log), log
+    assert re.search(r"hpcps-train: stopped \(status (75|143)\); "
+                     r"requeueing the job \(restart 1 of at most 3\)", log), log
     assert_no_leftovers(str(tmp_path))
 
 

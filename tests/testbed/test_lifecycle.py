@@ -80,7 +80,8 @@ def test_up_builds_shaped_delayed_nodes_and_down_removes_everything(bed_name):
     assert f"hpcps-{bed_name}" not in runner.links()                # this machine's namespace sees nothing of it
     plan = control.load_plan(bed_name)
     for n in plan.nodes:
-        assert "qdisc htb 1: root" in tc_show(n.netns, "eth0") and "qdisc pfifo 10: parent 1:1" in tc_show(n.netns, "eth0")
+        eth0 = tc_show(n.netns, "eth0")
+        assert "qdisc htb 1: root" in eth0 and "qdisc pfifo 10: parent 1:1" in eth0
         assert "qdisc htb 1: root" in tc_show(plan.switch_netns, n.port)
         assert "NFQUEUE --queue-num 0" in iptables_rules(n.netns)
     # n1 is a 10 Gb/s NIC at dilation 16: 625 Mbit/s; n6 a 1 Gb/s one: 62.5 Mbit/s.

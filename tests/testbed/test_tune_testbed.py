@@ -94,7 +94,8 @@ def test_a_failing_trial_and_a_trial_past_its_time_limit_are_recorded(tmp_path):
     cluster = tmp_path / "tb3.toml"
     cluster.write_text(CLUSTER)
     job = tmp_path / "faulty.toml"
-    job.write_text(job_text(cluster, "tests.fixtures.faulty_workload:factory", "[data]\nfail_rank = 1\nfail_call = 2\n"))
+    job.write_text(job_text(cluster, "tests.fixtures.faulty_workload:factory",
+                            "[data]\nfail_rank = 1\nfail_call = 2\n"))
     out = tmp_path / "faulty"
     r = tune(tmp_path, out, "--budget", "1", "--iterations", "4", job=job)
     assert r.returncode == 0, r.stdout + r.stderr

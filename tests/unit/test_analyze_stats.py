@@ -114,7 +114,8 @@ def test_hidden_communication_counts_message_time_inside_compute():
     tr = trace()
     t = tr.transfers
     comp = tr.phase("compute")
-    end = {(int(r), int(i)): (a, b) for r, i, a, b in zip(comp["rank"], comp["iteration"], comp["t_start"], comp["t_end"])}
+    end = {(int(r), int(i)): (a, b)
+           for r, i, a, b in zip(comp["rank"], comp["iteration"], comp["t_start"], comp["t_end"])}
     # Move every worker's push sends into the second half of its compute: on the worker's side they
     # are then hidden entirely; the servers, which do not compute, hide nothing.
     for j in np.flatnonzero((t["kind"] == TRANSFER_KIND["push"]) & (t["direction"] == DIRECTION["send"])):

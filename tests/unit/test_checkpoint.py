@@ -286,7 +286,8 @@ def test_optimiser_state_moves_between_cuts_exactly(opt):
             s.aggregate_and_step()
 
     whole = [ServedPiece(Piece(0, 0, 0, 0, n), init, [1], opt)]
-    a = [ServedPiece(Piece(0, 0, 0, 0, 32), init[:32], [1], opt), ServedPiece(Piece(1, 1, 1, 32, n), init[32:], [1], opt)]
+    a = [ServedPiece(Piece(0, 0, 0, 0, 32), init[:32], [1], opt),
+         ServedPiece(Piece(1, 1, 1, 32, n), init[32:], [1], opt)]
     for g in grads[:3]:
         step(whole, g)
         step(a, g)

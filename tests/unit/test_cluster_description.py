@@ -114,7 +114,8 @@ BAD = [
     (('names = "n[3-4],x"', 'names = "n[4-3]"'), "nodes[1].names", "backwards"),
     (('names = "n[3-4],x"', 'names = ""'), "nodes[1].names", "empty hostlist"),
     (('names = "n[3-4],x"', "names = 3"), "nodes[1].names", "must be a string"),
-    (('type = "slow"', 'type = "slow"\nrack = 2'), "nodes[1].rack", "Valid keys are: names (required), type (required)"),
+    (('type = "slow"', 'type = "slow"\nrack = 2'), "nodes[1].rack",
+     "Valid keys are: names (required), type (required)"),
     (('names = "n[3-4],x"\n', ""), "nodes[1].names", "is required"),
     (('[[nodes]]\nnames = "n[3-4],x"\ntype = "slow"\n', ""), None, None),   # fine: fewer nodes
 ]

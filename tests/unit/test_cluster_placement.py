@@ -71,7 +71,8 @@ def test_conversion_numbers_ranks_node_by_node():
     # n1: rank 0 (worker + server); n3: ranks 1, 2; n6: rank 3 (server only); n7: rank 4
     assert p.rank_nodes == ("n1", "n3", "n3", "n6", "n7")
     assert p.schedule.servers == (0, 3)
-    assert p.schedule.workers == (WorkerSpec(0, 32, 2), WorkerSpec(1, 8, 1), WorkerSpec(2, 8, 4), WorkerSpec(4, 16, 1, "int8"))
+    assert p.schedule.workers == (WorkerSpec(0, 32, 2), WorkerSpec(1, 8, 1), WorkerSpec(2, 8, 4),
+                                  WorkerSpec(4, 16, 1, "int8"))
     assert p.n_ranks == SCHED.n_ranks == 5
     assert p.schedule.global_batch == SCHED.global_batch == 64
     p.schedule.check_against(p.n_ranks, 64)

@@ -431,7 +431,8 @@ def test_a_stale_exchange_refuses_bsp_s_pull_call():
     """expect_pulls is bsp's (pulls written into the parameters between steps): a policy mixing them up
     fails at once instead of waiting for pulls that never come."""
     from hpcps.ps.stale import StaleExchange
-    with pytest.raises(RuntimeError, match="^ssp and asp workers read pulls at begin_clock, not into their parameters$"):
+    with pytest.raises(RuntimeError,
+                       match="^ssp and asp workers read pulls at begin_clock, not into their parameters$"):
         StaleExchange.expect_pulls(object.__new__(StaleExchange), 0)
 
 

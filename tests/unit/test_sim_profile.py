@@ -70,8 +70,9 @@ def test_bad_profile_files(tmp_path, text, words):
 
 def test_hpcps_profiles_names_the_file_read_unless_a_path_is_given(tmp_path, monkeypatch):
     own = tmp_path / "mine.toml"
-    own.write_text(DEFAULT_PROFILES.read_text().replace('command = "python benchmarks/calibrate_compute.py"',
-                                                        'command = "python benchmarks/calibrate_compute.py --out mine"'))
+    own.write_text(DEFAULT_PROFILES.read_text().replace(
+        'command = "python benchmarks/calibrate_compute.py"',
+        'command = "python benchmarks/calibrate_compute.py --out mine"'))
     monkeypatch.setenv("HPCPS_PROFILES", str(own))
     assert load_profiles().source == str(own) and load_profiles().command.endswith("--out mine")
     assert load_profiles(DEFAULT_PROFILES).source == str(DEFAULT_PROFILES)

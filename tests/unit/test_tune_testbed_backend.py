@@ -21,7 +21,8 @@ JOB = ROOT / "jobs/hetero8.toml"
 
 
 def backend(**kw):
-    return Backend(load_cluster(CLUSTER), load_job(JOB), JOB, CLUSTER, python="/v/bin/python", check_machine=False, **kw)
+    return Backend(load_cluster(CLUSTER), load_job(JOB), JOB, CLUSTER, python="/v/bin/python",
+                   check_machine=False, **kw)
 
 
 def test_registered():

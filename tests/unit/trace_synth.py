@@ -113,7 +113,8 @@ def build(model: Model) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     rows = iteration_rows(events)
     finish_rows(rows)
     shards = np.array([(i, s, 0, 0, m.shard_bytes) for i, s in enumerate(m.servers)], dtype=SHARD_DTYPE)
-    rank_rows = [{"rank": r, "host": "h", "node_name": f"n{r}", "node_type": "fast" if m.batches.get(r, 0) > 20 else "slow",
+    rank_rows = [{"rank": r, "host": "h", "node_name": f"n{r}",
+                  "node_type": "fast" if m.batches.get(r, 0) > 20 else "slow",
                   "role": "server" if r in m.servers else "worker", "device": "cpu", "threads": 1,
                   "batch": m.batches.get(r, 0), "pid": 1000 + r, "clock_offset_s": 0.0, "clock_rtt_s": 0.0}
                  for r in ranks]
