@@ -61,6 +61,11 @@ def build_parser(rank: int = 0) -> RankAwareParser:
                         "timed at start-up with the ranks taking turns (reference, default), or each step "
                         "its own CPU time, which other ranks' interference inflates (measured); "
                         "docs/emulation.md")
+    p.add_argument("--step-costs", type=Path, default=None, metavar="FILE",
+                   help="emulation only (reference compute): charge each worker's step what FILE records for "
+                        "its workload and batch size, and record there the steps timed in this run, so that "
+                        "runs sharing FILE (a tuning run's trials) charge one step alike; created if missing "
+                        "(docs/emulation.md)")
     p.add_argument("--trace", type=Path, default=None,
                    help="HDF5 trace file to write (default: results/runs/<run-id>/trace.h5); see docs/trace.md")
     p.add_argument("--no-trace", action="store_true", help="write no trace")
@@ -130,6 +135,9 @@ def resolve_inputs(args, n_ranks: int, rank_names: list[tuple[str, str]] | None 
         schedule = (parse_schedule(table, str(args.schedule)) if table is not None else
                     job.schedule or default_schedule(n_ranks, gb))
         schedule.check_against(n_ranks, gb)
+        if args.step_costs is not None:
+            raise ConfigError("--step-costs", None, "only an emulated run (or one on a testbed) charges step "
+                                                    "costs: give --cluster FILE (or the job's cluster key)")
         return Launch(job, schedule)
     return _resolve_on_cluster(args, job, path, table, n_ranks, rank_names or [], hosts or [], testbed_ids or [])
 
@@ -178,13 +186,32 @@ def _resolve_on_cluster(args, job, path, table, n_ranks, rank_names, hosts, test
         if args.time_dilation is not None and args.time_dilation != dilation:
             raise ConfigError("--time-dilation", None, f"testbed {name}'s links are shaped for time dilation "
                                                        f"{dilation:g}; give that or leave it out")
-        emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute, network="real")
+        emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute, network="real",
+                              **shared_step_costs(args, job))
     elif emulate:
         from hpcps.emulate.rank import default_dilation
         from hpcps.ps.runtime import Emulation
         dilation = args.time_dilation or default_dilation(cluster, placement, profile)
-        emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute)
+        emulation = Emulation(cluster, placement, profile, dilation, args.emulate_compute,
+                              **shared_step_costs(args, job))
+    elif args.step_costs is not None:
+        raise ConfigError("--step-costs", None, "only an emulated run (or one on a testbed) charges step costs; "
+                                                "this run's ranks are on the cluster's own nodes")
     return Launch(job, placement.schedule, placement, cluster, emulation)
+
+
+def shared_step_costs(args, job) -> dict:
+    """Emulation's step-costs fields for --step-costs (none without it). Raises ConfigError."""
+    if args.step_costs is None:
+        return {}
+    from hpcps.emulate import step_costs
+    if args.emulate_compute != "reference":
+        raise ConfigError("--step-costs", None, f"applies to --emulate-compute reference, not {args.emulate_compute}")
+    path = args.step_costs.resolve()
+    step_costs.check_writable(path)
+    key = step_costs.workload_key(job.workload, job.model, job.data)
+    known = step_costs.read(path).get(key, {})
+    return {"step_costs": path, "step_costs_key": key, "known_step_costs": tuple(sorted(known.items()))}
 
 
 def check_gpu_transport(args) -> None:

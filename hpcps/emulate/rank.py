@@ -85,16 +85,20 @@ class RankEmulator:
         self.node_name = node.name
         self.clock = NodeClock(self.dilation, node.type.speed, node.type.fixed_ms / 1e3, factor)
 
-    def measure_reference(self, comm, step, key=None) -> float | None:
+    def measure_reference(self, comm, step, key=None, known=None) -> float | None:
         """Collective: every worker times step() (its training step) with the machine to itself, the
         ranks taking turns, and from then on each of its steps is charged that time (docs/emulation.md).
         Workers whose steps are alike (the same key: the batch size) are all charged the least of their
         timings: one step costs the same on this machine whichever process runs it, yet identical
         timings differ between processes by 10-60% here. Ranks that wait sleep: in a lock, then in a
-        polled barrier, not in MPI's spinning one."""
+        polled barrier, not in MPI's spinning one.
+
+        known: {key: seconds} recorded by earlier runs (hpcps/emulate/step_costs.py): a worker whose key
+        is there is charged that and does not time its step."""
         ref = None
+        recorded = step is not None and known is not None and key in known
         sleeping_barrier(comm)        # no rank still starting up (importing, loading data) meanwhile
-        if step is not None:
+        if step is not None and not recorded:
             with open(self._turns, "r+") as f:
                 fcntl.flock(f, fcntl.LOCK_EX)
                 try:
@@ -103,8 +107,11 @@ class RankEmulator:
                     fcntl.flock(f, fcntl.LOCK_UN)
         sleeping_barrier(comm)
         everyone = comm.allgather((key, ref))
-        if ref is not None:
+        if recorded:
+            ref = known[key]
+        elif ref is not None:
             ref = min(r for k, r in everyone if r is not None and k == key)
+        if ref is not None:
             self.clock.reference_cpu_s = ref
         return ref
 

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -81,6 +82,11 @@ class Emulation:
     compute: str = "reference"   # what a step costs: its time alone measured at start-up, or each its own
     network: str = "fabric"      # "fabric": messages between nodes wait on the emulated network; "real": the
                                  # ranks stand on a testbed's nodes (hpcps.testbed), whose links are real
+    # Step costs shared with other runs (hpcps/emulate/step_costs.py): the file (None: none), this
+    # workload's key in it, and what it held for that key when the run started, as (batch, seconds).
+    step_costs: Path | None = None
+    step_costs_key: str = ""
+    known_step_costs: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -256,7 +262,7 @@ def run_training(comm: MPI.Comm, job: Job, schedule: Schedule, *, device: str = 
                          emulation_network=emulation.network)
     if emulator is not None and emulation.compute == "reference":
         costs = _measure_reference(comm, emulator, workload, flat,
-                                   partition.indices(0, worker_row) if me else None, log)
+                                   partition.indices(0, worker_row) if me else None, log, emulation)
         run_attrs["emulated_step_cost_s"] = json.dumps(costs)
 
     tracing = recorder is not None
@@ -444,10 +450,13 @@ def _step(workload, model, batch):
     return loss, correct
 
 
-def _measure_reference(comm, emulator, workload, flat, indices, log) -> list | None:
+def _measure_reference(comm, emulator, workload, flat, indices, log, emulation: Emulation) -> list | None:
     """Time this worker's step alone (hpcps.emulate.rank.RankEmulator.measure_reference), leaving the
-    model, its buffers (running statistics) and the random state as they were. Returns on rank 0 each
-    rank's charged step time in seconds (None for a rank that is not a worker)."""
+    model, its buffers (running statistics) and the random state as they were, unless the run's step-costs
+    file holds its batch size already; rank 0 records there the ones timed. Returns on rank 0 each rank's
+    charged step time in seconds (None for a rank that is not a worker)."""
+    known = dict(emulation.known_step_costs)
+    key = len(indices) if indices is not None else None
     step = None
     if indices is not None:
         batch = workload.get_batch(indices)
@@ -457,17 +466,23 @@ def _measure_reference(comm, emulator, workload, flat, indices, log) -> list | N
             _step(workload, flat.model, batch)
     rng = torch.get_rng_state()
     buffers = [b.detach().clone() for b in flat.model.buffers()]
-    ref = emulator.measure_reference(comm, step, key=len(indices) if indices is not None else None)
-    refs = comm.gather((emulator.node_name, ref), root=0)
+    ref = emulator.measure_reference(comm, step, key=key, known=known)
+    refs = comm.gather((emulator.node_name, key, ref), root=0)
     if refs is not None:
+        reused = sum(1 for _, k, r in refs if r is not None and k in known)
         log("emulated step cost (CPU time alone here, ms): "
-            + ", ".join(f"{node} {r * 1e3:.2f}" for node, r in refs if r is not None))
+            + ", ".join(f"{node} {r * 1e3:.2f}" for node, _, r in refs if r is not None)
+            + (f" ({reused} as recorded in {emulation.step_costs})" if reused else ""))
+        timed = {k: r for _, k, r in refs if r is not None and k not in known}
+        if emulation.step_costs is not None and timed:
+            from hpcps.emulate import step_costs
+            step_costs.add(emulation.step_costs, emulation.step_costs_key, timed)
     torch.set_rng_state(rng)
     with torch.no_grad():
         for b, saved in zip(flat.model.buffers(), buffers):
             b.copy_(saved)
     flat.zero_grad()
-    return None if refs is None else [r for _, r in refs]
+    return None if refs is None else [r for _, _, r in refs]
 
 
 def _report_emulation(comm, emulator, iterations: int, log) -> None:

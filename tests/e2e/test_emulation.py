@@ -260,3 +260,37 @@ def test_a_run_that_cannot_keep_up_says_so_also_when_quiet(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout == ""
     assert re.search(r"hpcps\.train: warning: \d+ of \d+ emulated steps ran longer here", out.stderr), out.stderr
+
+
+def test_runs_sharing_a_step_costs_file_charge_one_step_alike(tmp_path):
+    """The first run times its workers' steps and records them; a second run with another schedule
+    charges the batch size the file holds exactly that (it does not time it again) and times and
+    records only the new one. Without the file each run would charge its own timing."""
+    cluster = write(tmp_path, "cluster.toml", TWO_SPEEDS)
+    job = write(tmp_path, "job.toml", CIFAR_SMALL.replace("global_batch = 32", "global_batch = 16").replace(
+        "iterations = 12", "iterations = 2"))
+    costs_file = tmp_path / "step_costs.json"
+    charged = []
+    for i, batches in enumerate(((8, 8), (8, 8), (4, 12))):
+        sched = write(tmp_path, f"schedule{i}.toml", f'[[nodes]]\nname = "a1"\nserver = true\n'
+                                                     f'workers = [{{batch = {batches[0]}}}]\n'
+                                                     f'[[nodes]]\nname = "b1"\nworkers = [{{batch = {batches[1]}}}]\n')
+        trace = tmp_path / f"trace{i}.h5"
+        out = run_mpi(2, ["-m", "hpcps.train", "--job", str(job), "--cluster", str(cluster), "--schedule",
+                          str(sched), "--trace", str(trace), "--step-costs", str(costs_file)])
+        assert out.returncode == 0, out.stderr
+        costs = json.loads(open_trace(trace).attrs["emulated_step_cost_s"])
+        charged.append(costs)
+        recorded = json.loads(costs_file.read_text())["steps"]
+        assert len(recorded) == 1, recorded
+        table = next(iter(recorded.values()))
+        if i == 0:
+            assert set(table) == {"8"} and costs[0] == costs[1] == table["8"]
+            assert "as recorded in" not in out.stdout
+        elif i == 1:
+            assert charged[1] == charged[0] and set(table) == {"8"}
+            assert f"(2 as recorded in {costs_file})" in out.stdout, out.stdout
+        else:
+            assert set(table) == {"4", "8", "12"}
+            assert costs == [table["4"], table["12"]] and table["8"] == charged[0][0]
+            assert table["4"] < table["8"] < table["12"]          # a larger batch costs more

@@ -112,3 +112,23 @@ def test_an_unknown_custom_workload_is_reported_once(tmp_path, job):
     job.write_text(JOB.replace('workload = "digits"', 'workload = "no_such_module:factory"'))
     out = run_mpi(3, ["-m", "hpcps.train", "--job", str(job)], timeout=60)
     assert out.returncode == 2 and out.stderr.count("cannot load 'no_such_module:factory'") == 1, out.stderr
+
+
+def test_bad_step_costs_are_one_line_and_leave_the_file_as_it_was(tmp_path, job):
+    cluster = tmp_path / "cluster.toml"
+    cluster.write_text(TINY_CLUSTER.replace("memory_gb = 0.1", "memory_gb = 8"))
+    sched = tmp_path / "schedule.toml"
+    sched.write_text('[[nodes]]\nname = "n1"\nserver = true\nworkers = [{batch = 16}]\n')
+    emulated = ["--job", str(job), "--cluster", str(cluster), "--schedule", str(sched), "--placement", "emulate",
+                "--no-trace"]
+    costs = tmp_path / "costs.json"
+    one_error_line(train(tmp_path, "--job", str(job), "--no-trace", "--step-costs", str(costs)),
+                   "--step-costs: only an emulated run")
+    costs.write_text("[]")
+    before = listing(tmp_path)
+    one_error_line(train(tmp_path, *emulated, "--step-costs", str(costs)), str(costs), "not a step-costs file")
+    one_error_line(train(tmp_path, *emulated, "--step-costs", str(tmp_path / "no" / "c.json")), "does not exist")
+    measured = ["--emulate-compute", "measured"]
+    one_error_line(train(tmp_path, *emulated, *measured, "--step-costs", str(tmp_path / "c.json")),
+                   "--step-costs: applies to --emulate-compute reference, not measured")
+    assert listing(tmp_path) == before and costs.read_text() == "[]"
