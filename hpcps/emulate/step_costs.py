@@ -25,12 +25,12 @@ import fcntl
 import hashlib
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from hpcps.config.errors import ConfigError
+from hpcps.io.outputs import write_text
 
 FORMAT = "hpcps step costs"
 VERSION = 1
@@ -103,7 +103,8 @@ def check_writable(path: Path) -> None:
 def add(path: Path, key: str, measured: Mapping[int, float]) -> dict[int, float]:
     """Record measured costs of workload key, keeping every cost the file already has (the first timing
     of a step stands); returns the key's costs as now recorded. The file is rewritten whole and renamed
-    into place, under an exclusive lock on PATH.lock, so runs adding at once lose nothing."""
+    into place (hpcps.io.outputs), under an exclusive lock on PATH.lock, so runs adding at once lose
+    nothing."""
     path = Path(path)
     lock = path.with_name(path.name + ".lock")
     with open(lock, "a") as held:
@@ -116,7 +117,5 @@ def add(path: Path, key: str, measured: Mapping[int, float]) -> dict[int, float]
                 table[int(batch)] = float(seconds)
                 added = True
         if added:
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(render(steps))
-            os.replace(tmp, path)
+            write_text(path, render(steps), "--step-costs")
         return dict(table)

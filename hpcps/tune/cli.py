@@ -102,6 +102,7 @@ class Context:
     iterations: int | None
     timeout_s: float
     dilation: float | None = None
+    step_costs: Path | None = None   # where emulated trials share their step costs: RUN_DIR/step_costs.json
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ def prepare(args) -> Parts:
         rundir.RunLock(out).check_free()
         _check_existing(args, rundir.read_state(out) if rundir.is_run_dir(out) else None)
     ctx = Context(cluster, job, Path(job_path), Path(cluster_path), args.seed, args.iterations, args.timeout,
-                  args.dilation)
+                  args.dilation, out / rundir.STEP_COSTS_FILE)
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
     return Parts(settings, problem, strategy, backend, inputs)

@@ -5,6 +5,9 @@
                     (TrialRecord.to_state); written through a temporary file and a rename
     trials/NNNN/    a trial's own directory; observations.json holds the observations of its record,
                     schedule.toml the node schedule it ran (write_schedule)
+    step_costs.json what the trials of an emulated backend (local, testbed) charge a step of each batch
+                    size: timed by the first trial that ran it, then charged alike by every trial
+                    (hpcps.train --step-costs, hpcps/emulate/step_costs.py)
 
 The fingerprint is the SHA-256 of each input file's bytes: a resumed run whose job or cluster file has
 changed since it began would mix trials of two problems, so it is refused.
@@ -29,6 +32,7 @@ STATE_VERSION = 2
 STATE_FILE = "state.json"
 LOCK_FILE = "tune.lock"
 TRIALS_DIR = "trials"
+STEP_COSTS_FILE = "step_costs.json"
 
 
 class RunDirError(Exception):

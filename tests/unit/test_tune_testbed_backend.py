@@ -65,3 +65,17 @@ def test_the_command_lines_dilation_reaches_every_trial(monkeypatch):
     b = BACKENDS["testbed"](ctx)
     assert b.dilation == 32.0 and b.command(Path("s"), Path("t"), 1)[7] == "32"
     assert BACKENDS["testbed"](Context(**{**ctx.__dict__, "dilation": None})).dilation == 32.5
+
+
+def test_the_trials_of_a_run_share_its_step_costs(monkeypatch, tmp_path):
+    """tune gives the emulated backends RUN_DIR/step_costs.json, and every trial's hpcps.train reads it."""
+    from hpcps.tune.cli import build_parser, prepare
+    monkeypatch.setattr(runner_mod, "missing_requirements", lambda **kw: None)
+    out = tmp_path / "run"
+    for name in ("testbed", "local"):
+        parts = prepare(build_parser().parse_args(["--job", str(JOB), "--cluster", str(CLUSTER), "--backend", name,
+                                                   "--strategy", "random", "--budget", "1", "--out", str(out)]))
+        cmd = parts.backend.command(Path("s"), Path("t"), 1)
+        assert cmd[-3:] == ["--step-costs", str(out.resolve() / "step_costs.json"), "--quiet"], cmd
+    assert not out.exists()                     # prepare writes nothing
+    assert "--step-costs" not in backend().command(Path("s"), Path("t"), 1)

@@ -10,8 +10,8 @@ network namespaces, hpcps.testbed), `slurm` runs them as Slurm job steps on the 
 A backend never raises for a trial that fails (out of memory, a crash, a timeout): it says why in status.
 
 make_backend(name, context) builds one from the command line's context (hpcps.tune.cli.Context: the
-cluster, the job, their paths, the seed, iterations, timeout and the testbed's dilation); a new backend
-plugs into BACKENDS.
+cluster, the job, their paths, the seed, iterations, timeout, the testbed's dilation and the file in
+which emulated trials share their step costs); a new backend plugs into BACKENDS.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def _sim(ctx: Any) -> Backend:
 
 def _local(ctx: Any) -> Backend:
     return LocalBackend(ctx.cluster, ctx.job, ctx.job_path, ctx.cluster_path,
-                        iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s)
+                        iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s,
+                        step_costs=ctx.step_costs)
 
 
 def _slurm(ctx: Any) -> Backend:
@@ -48,7 +49,7 @@ def _slurm(ctx: Any) -> Backend:
 def _testbed(ctx: Any) -> Backend:
     return TestbedBackend(ctx.cluster, ctx.job, ctx.job_path, ctx.cluster_path,
                           iterations=ctx.iterations or DEFAULT_ITERATIONS, timeout_s=ctx.timeout_s,
-                          dilation=ctx.dilation)
+                          dilation=ctx.dilation, step_costs=ctx.step_costs)
 
 
 BACKENDS: dict[str, Callable[[Any], Backend]] = {"local": _local, "slurm": _slurm, "sim": _sim, "testbed": _testbed}

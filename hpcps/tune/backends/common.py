@@ -31,12 +31,14 @@ ROOT = Path(__file__).resolve().parents[3]      # the project: on every rank's P
 
 
 def train_argv(python: str, job_path: Path, cluster_path: Path, schedule_path: Path, trace_path: Path,
-               iterations: int, sync: str | None = None) -> list[str]:
+               iterations: int, sync: str | None = None, step_costs: Path | None = None) -> list[str]:
     """The command line of one rank of a trial (without the launcher in front); sync (bsp, asp, sspN)
-    overrides the job's synchronisation (None: the job's own, and no --sync)."""
+    overrides the job's synchronisation (None: the job's own, and no --sync); step_costs: the emulated
+    step costs the trials share (hpcps.train --step-costs; None: each trial times its own)."""
     return [python, "-m", "hpcps.train", "--job", str(job_path), "--cluster", str(cluster_path),
             "--schedule", str(schedule_path), "--trace", str(trace_path), "--iterations", str(iterations),
-            *(["--sync", sync] if sync is not None else []), "--quiet"]
+            *(["--sync", sync] if sync is not None else []),
+            *(["--step-costs", str(step_costs)] if step_costs is not None else []), "--quiet"]
 
 
 def rank_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:

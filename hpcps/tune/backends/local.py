@@ -75,7 +75,11 @@ class LocalBackend(Backend):
 
     def __init__(self, cluster: Cluster, job, job_path: Path, cluster_path: Path, *,
                  iterations: int = DEFAULT_ITERATIONS, timeout_s: float = 600.0, mpiexec: str | None = None,
-                 python: str = sys.executable, env: dict[str, str] | None = None, skip: int = SKIP):
+                 python: str = sys.executable, env: dict[str, str] | None = None, skip: int = SKIP,
+                 step_costs: Path | None = None):
+        """step_costs: the file in which the trials share their emulated step costs (hpcps.train
+        --step-costs): a step of one batch size is then charged alike in every trial, so that trials
+        differ by their schedules, not by their start-up timings (the tuner gives RUN_DIR/step_costs.json)."""
         self.cluster = cluster
         self.job = job
         self.job_path = Path(job_path).resolve()
@@ -87,6 +91,7 @@ class LocalBackend(Backend):
         self.env = env or {}
         self.skip = min(skip, max(0, iterations - 1))
         self._stop_requested: StopRequested = lambda: None
+        self.step_costs = None if step_costs is None else Path(step_costs).resolve()
 
     def watch_stop(self, stop_requested: StopRequested) -> None:
         self._stop_requested = stop_requested
@@ -94,7 +99,7 @@ class LocalBackend(Backend):
     def command(self, schedule_path: Path, trace_path: Path, n_ranks: int, sync: str | None = None) -> list[str]:
         return [self.mpiexec or "mpiexec", "-n", str(n_ranks),
                 *train_argv(self.python, self.job_path, self.cluster_path, schedule_path, trace_path, self.iterations,
-                            sync)]
+                            sync, self.step_costs)]
 
     def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int, sync: str | None = None) -> TrialResult:
         t0 = time.perf_counter()

@@ -37,12 +37,12 @@ class TestbedBackend(LocalBackend):
     def __init__(self, cluster: Cluster, job, job_path: Path, cluster_path: Path, *,
                  iterations: int = DEFAULT_ITERATIONS, timeout_s: float = 600.0, dilation: float | None = None,
                  python: str = sys.executable, env: dict[str, str] | None = None, skip: int = SKIP,
-                 check_machine: bool = True):
+                 check_machine: bool = True, step_costs: Path | None = None):
         """Raises ConfigError when this machine cannot build a testbed (not root, no iproute2 or iptables)."""
         from hpcps.testbed.plan import MAX_NODES, default_dilation
         from hpcps.testbed.runner import missing_requirements
         super().__init__(cluster, job, job_path, cluster_path, iterations=iterations, timeout_s=timeout_s,
-                         python=python, env=env, skip=skip)
+                         python=python, env=env, skip=skip, step_costs=step_costs)
         if check_machine:
             why = missing_requirements(delayed=any(n.type.latency_us > 0 for n in cluster.nodes))
             if why:
@@ -58,7 +58,7 @@ class TestbedBackend(LocalBackend):
                 "--dilation", f"{self.dilation:g}", "--name", self._testbed, "--schedule", str(schedule_path),
                 "--quiet", "--",
                 *train_argv(self.python, self.job_path, self.cluster_path, schedule_path, trace_path, self.iterations,
-                            sync)]
+                            sync, self.step_costs)]
 
     def run_trial(self, trial_dir: Path, schedule: NodeSchedule, trial: int, sync: str | None = None) -> TrialResult:
         from hpcps.testbed import control
