@@ -14,7 +14,9 @@ interval (exp(mean +- 1.645 sd) of its log-time prediction).
 
 With --local N the same on real runs: the first 5 trials of a structured tuning run with the local
 backend on jobs/hetero8.toml, then N unseen schedules (half random, half model-built) each run with
-the local backend.
+the local backend. The trials and unseen schedules of one setting share their emulated step costs
+(RUNS/LABEL/step_costs.json, as a tuning run's trials share RUN_DIR/step_costs.json): a step of one
+batch size is charged alike in each of them.
 
 With --testbed N the same on the testbed (docs/testbed.md: real TCP through shaped links, one network
 namespace per node, compute charged as under emulation), on the two clusters of
@@ -254,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             backend = backend_class(cluster, job, job_path, cluster_path, iterations=10)
             if hasattr(backend, "dilation"):
                 label = f"{label}-dilation-{backend.dilation:g}"
+            # The trials and the unseen schedules of one setting charge a step alike, as a tuning run's do.
+            backend.step_costs = (root / label / "step_costs.json").resolve()
             strategy = make_strategy("structured", problem, args.seed)
             results.append(evaluate(problem, strategy, backend, n // 2, n - n // 2, args.seed, root, label))
     f["load_average_at_end"] = load_average()
