@@ -1,10 +1,9 @@
 """Step costs shared by the emulated runs of one study (`hpcps.train --step-costs FILE`).
 
 Under "reference" compute each worker times its step alone at start-up and is charged that time
-(hpcps/emulate/node.py). One run's timings agree with each other, but not with the next run's: on a
-shared 2-core machine the same step of the same batch size was timed up to 1.9x apart between the runs
-of one tuning sitting (the median run 8% off the sitting's typical level, the workers within a run 7%
-apart), so two trials of a tuning run differed by more than their schedules did. With a step-costs file
+(hpcps/emulate/node.py). A run's timings are its own: on a shared 2-core machine the same step of the
+same batch size was timed up to 1.9x apart between the 50 runs of one tuning sitting, so two trials of a
+tuning run could differ by more than their schedules did (docs/emulation.md). With a step-costs file
 the first timing of a step is kept: every later run that reads the file charges a step of that workload
 and batch size the same, and times only the steps the file does not hold yet.
 
