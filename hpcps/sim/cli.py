@@ -12,7 +12,6 @@ fastest networks). Bad input is one line on stderr and exit status 2; nothing is
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -72,7 +71,7 @@ def resolve_inputs(args):
     from hpcps.cluster.placement import (NodeSchedule, balanced, load_any_schedule, naive, place_rank_schedule,
                                          placement_of)
     from hpcps.sim.engine import SimOptions, job_options
-    from hpcps.sim.profile import load_profiles, profile_for_job
+    from hpcps.sim.profile import load_profiles, profile_for_job, profiles_path
 
     check_number("--iterations", None, args.iterations, ge=1, le=limits.MAX_SIM_ITERATIONS)
     check_number("--noise", None, args.noise, ge=0, le=limits.MAX_NOISE_SIGMA)
@@ -112,7 +111,7 @@ def resolve_inputs(args):
             raise ConfigError("--save-schedule", None, f"directory {args.save_schedule.parent} does not exist")
         # Replaced atomically when it exists (docs/sim.md), but never one of this command's inputs.
         inputs = [job_path, path, args.schedule if args.schedule not in BUILTIN_SCHEDULES else None,
-                  args.profiles or os.environ.get("HPCPS_PROFILES")]
+                  profiles_path(args.profiles)]
         check_output(args.save_schedule, "--save-schedule", inputs=inputs, replace=True, example="schedule.toml")
 
     profiles = load_profiles(args.profiles)

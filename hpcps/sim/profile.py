@@ -229,12 +229,18 @@ _TOP_SPEC = {"cpus": Key(int, ge=1, le=limits.MAX_CORES), "machine": Key(dict), 
              "command": Key(str, "")}
 
 
+def profiles_path(path: str | Path | None = None) -> Path:
+    """The file load_profiles(path) reads: path, else $HPCPS_PROFILES, else the bundled one. An input
+    of every command that simulates, so that none writes over it (the bundled one included)."""
+    return Path(path or os.environ.get("HPCPS_PROFILES") or DEFAULT_PROFILES)
+
+
 def load_profiles(path: str | Path | None = None) -> Profiles:
     """Read profiles.toml: path, else the file named by the environment variable HPCPS_PROFILES (a
     calibration of one's own machine, docs/sim.md), else the bundled one. A missing or malformed file,
     or one with a value out of range, is a ConfigError naming the file and key (rerun the calibration)."""
     from_env = path is None and bool(os.environ.get("HPCPS_PROFILES"))
-    path = Path(path or os.environ.get("HPCPS_PROFILES") or DEFAULT_PROFILES)
+    path = profiles_path(path)
     source = str(path)
     named = " (named by HPCPS_PROFILES)" if from_env else ""
     try:

@@ -102,6 +102,22 @@ def test_saving_replaces_an_existing_file_but_never_an_input(tmp_path, monkeypat
         f"--save-schedule: directory {tmp_path / 'no'} does not exist"
 
 
+def test_the_bundled_profiles_are_an_input_too(tmp_path, monkeypatch):
+    # Without --profiles and HPCPS_PROFILES the simulation reads hpcps/sim/profiles.toml: saving the
+    # schedule over it would replace the calibration with a schedule.
+    import hpcps.sim.profile
+    bundled = tmp_path / "profiles.toml"
+    bundled.write_text((ROOT / "hpcps/sim/profiles.toml").read_text())
+    monkeypatch.setattr(hpcps.sim.profile, "DEFAULT_PROFILES", bundled)
+    monkeypatch.delenv("HPCPS_PROFILES", raising=False)
+    before = bundled.read_text()
+    assert refused("--save-schedule", str(bundled)).endswith(
+        f"{bundled} is also an input of this command ({bundled}); choose another output")
+    with pytest.raises(SystemExit) as e:
+        main(["--cluster", HETERO8, "--save-schedule", str(bundled), "--json"])
+    assert e.value.code == 2 and bundled.read_text() == before
+
+
 @pytest.mark.parametrize("args, message", [
     (["--resolution", "-0.5"], "--resolution: must be >= 0 and <= 10000, got -0.5"),
     (["--resolution", "20000"], "--resolution: must be >= 0 and <= 10000, got 20000"),
