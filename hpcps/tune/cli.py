@@ -30,8 +30,9 @@ from hpcps.cli import default_job_path
 from hpcps.cluster import load_cluster
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import naive
-from hpcps.config import ConfigError, Job, load_job
+from hpcps.config import ConfigError, Job, limits, load_job
 from hpcps.config.schedule import CODECS
+from hpcps.config.toml_schema import check_number
 from hpcps.tune import rundir
 from hpcps.tune.backends import BACKENDS, make_backend
 from hpcps.tune.loop import Settings, TuningRun
@@ -129,8 +130,11 @@ def prepare(args) -> Parts:
         raise ConfigError("--budget", None, f"must be >= 1, got {args.budget}")
     if args.seed < 0:
         raise ConfigError("--seed", None, f"must be >= 0, got {args.seed}")
-    if args.iterations is not None and args.iterations < 1:
-        raise ConfigError("--iterations", None, f"must be >= 1, got {args.iterations}")
+    if args.iterations is not None:
+        # A trial runs to its end before a stop (SIGTERM, Ctrl-C) is heard: a sim trial of 10**20
+        # iterations never ends. The sim backend has hpcps.sim's bound, the others hpcps.train's.
+        most = limits.MAX_SIM_ITERATIONS if args.backend == "sim" else limits.MAX_ITERATIONS
+        check_number("--iterations", None, args.iterations, ge=1, le=most)
     if not args.timeout > 0:
         raise ConfigError("--timeout", None, f"must be > 0, got {args.timeout}")
     if args.dilation is not None:

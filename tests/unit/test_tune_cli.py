@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hpcps.config import ConfigError
+
 ROOT = Path(__file__).resolve().parents[2]
 JOB = str(ROOT / "jobs/cifar.toml")
 CLUSTER = str(ROOT / "jobs/clusters/hetero10a.toml")
@@ -201,6 +203,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, case
     assert message in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert not (tmp_path / "out").exists()
+
+
+def test_sim_iterations_have_hpcps_sims_bound(tmp_path):
+    # Checked by prepare(), before any trial: a trial is not stopped part-way, even by SIGTERM, so one of
+    # 10**20 simulated iterations would run for ever.
+    from hpcps.tune.cli import build_parser, prepare
+    args = build_parser().parse_args(base(tmp_path / "out", "random", 1)[:-2] + ["--iterations", str(10**20)])
+    with pytest.raises(ConfigError) as e:
+        prepare(args)
+    assert str(e.value) == f"--iterations: must be >= 1 and <= 10000, got {10**20}"
+    assert not (tmp_path / "out").exists()
+    args.iterations = 10_000
+    assert prepare(args).backend.iterations == 10_000
 
 
 def test_slurm_backend_needs_the_cluster_files_nodes_in_its_allocation(tmp_path, capsys, monkeypatch):
