@@ -33,6 +33,7 @@ from hpcps.cluster.placement import naive
 from hpcps.config import ConfigError, Job, limits, load_job
 from hpcps.config.schedule import CODECS
 from hpcps.config.toml_schema import check_number
+from hpcps.io.outputs import check_output
 from hpcps.tune import rundir
 from hpcps.tune.backends import BACKENDS, make_backend
 from hpcps.tune.loop import Settings, TuningRun
@@ -143,8 +144,8 @@ def prepare(args) -> Parts:
         if not 1 <= args.dilation < float("inf"):
             raise ConfigError("--dilation", None, f"must be a number >= 1, got {args.dilation}")
     out = args.out
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", None, f"{out} exists and is not a directory")
+    # A folder to create or write into: not a file, and under a folder that can take it (/dev/null/x no).
+    check_output(out, "--out", replace=False, directory=True)
     if args.resume and not out.exists():
         raise ConfigError("--resume", None, f"{out} does not exist: there is no run to resume (without --resume "
                                             "a new run starts there)")
@@ -240,7 +241,10 @@ def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
     RunDirError: another tuner works there, or the run there is not this command's (other settings,
     changed job or cluster file)."""
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:                     # what check_output cannot foresee: /proc/x, a full disk
+        raise ConfigError("--out", None, f"cannot create {out}: {e.strerror or e}") from None
     lock = rundir.RunLock(out)
     lock.acquire()
     try:

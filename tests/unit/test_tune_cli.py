@@ -147,6 +147,10 @@ BAD = {
     "budget not a number": (["--budget", "many"], "invalid int value: 'many'"),
     "batch fits nowhere": (["--cluster", "<tiny>"], "fits on no schedule"),
     "out is a file": (["--out", "<file>"], "exists and is not a directory"),
+    "out under a file": (["--out", "/dev/null/out"], "--out: cannot create /dev/null/out: /dev/null is not a "
+                                                     "directory"),
+    # Refused when it is made as root (who may write into /proc, but no folder can be made there).
+    "out where no folder can be made": (["--out", "/proc/hpcps-out"], "--out: cannot create /proc/hpcps-out: "),
     "out not empty": (["--out", "<full>"], "is not empty and holds no tuning run"),
     "unknown codec": (["--codecs", "none,int4"],
                       "--codecs: unknown codec 'int4'; allowed: none, fp16, bf16, int8, sign, topk"),
