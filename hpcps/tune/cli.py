@@ -115,6 +115,7 @@ class Parts:
     strategy: Strategy
     backend: Backend
     inputs: dict[str, str]           # the fingerprint of the job and cluster files
+    stop_after: int = 0              # STOP_AFTER_ENV: the trial to exit hard after (0: none)
 
 
 def _cluster_path(args, job: Job) -> Path:
@@ -174,7 +175,19 @@ def prepare(args) -> Parts:
                   args.dilation, out / rundir.STEP_COSTS_FILE)
     backend = make_backend(args.backend, ctx)
     strategy = make_strategy(args.strategy, problem, args.seed)
-    return Parts(settings, problem, strategy, backend, inputs)
+    return Parts(settings, problem, strategy, backend, inputs, stop_after_trial())
+
+
+def stop_after_trial() -> int:
+    """STOP_AFTER_ENV as a trial number (unset or empty: 0, never). Read before --out is made, so that
+    a value that is no number is refused with nothing written."""
+    text = os.environ.get(STOP_AFTER_ENV, "").strip()
+    try:
+        value = int(text or 0)
+    except ValueError:
+        raise ConfigError(STOP_AFTER_ENV, None, f"must be a trial number >= 0 (0 or empty: never), "
+                                                f"got {text!r}") from None
+    return int(check_number(STOP_AFTER_ENV, None, value, ge=0))
 
 
 def parse_codecs(text: str | None, job: Job) -> tuple[str, ...]:
@@ -287,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         run = TuningRun(args.out, parts.settings, parts.problem, parts.strategy, parts.backend, history,
                         echo=(lambda s: None) if args.quiet else (lambda s: print(s, flush=True)), inputs=parts.inputs)
         run.save_state()
-        stop_after = int(os.environ.get(STOP_AFTER_ENV, "0") or 0)
+        stop_after = parts.stop_after
         if stop_after:
             run.trial_end.append(lambda run, rec: os._exit(137) if rec.trial == stop_after else None)
         for note in parts.problem.notes:

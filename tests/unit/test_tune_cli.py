@@ -222,6 +222,16 @@ def test_sim_iterations_have_hpcps_sims_bound(tmp_path):
     assert prepare(args).backend.iterations == 10_000
 
 
+@pytest.mark.parametrize("value", ["abc", "nan", "1.5", "-1"])
+def test_a_stop_after_that_is_no_trial_number_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys,
+                                                                                    value):
+    from hpcps.tune.cli import main
+    monkeypatch.setenv("HPCPS_TUNE_STOP_AFTER", value)
+    assert main(base(tmp_path / "out", "random", 1)) == 2
+    assert capsys.readouterr().err.startswith("hpcps.tune: error: HPCPS_TUNE_STOP_AFTER: must be ")
+    assert not (tmp_path / "out").exists()
+
+
 def test_slurm_backend_needs_the_cluster_files_nodes_in_its_allocation(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "77")
     monkeypatch.setenv("SLURM_JOB_NODELIST", "login[1-2]")
