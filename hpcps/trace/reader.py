@@ -266,7 +266,8 @@ def _check_values(path: Path, arrays: dict[str, np.ndarray], ranks: np.ndarray) 
                     i = int(np.flatnonzero(~known)[0])
                     raise TraceError(path, f"dataset '/{name}' row {i}: {field_name} is {int(col[i])}, not one of "
                                            f"{', '.join(enums[field_name])}")
-        for field_name in ("rank", "iteration", "peer", "server", "shard", "batch", "threads"):
+        # Byte and sample counts too: a negative one turned into negative bandwidths and rates.
+        for field_name in ("rank", "iteration", "peer", "server", "shard", "batch", "threads", "nbytes", "samples"):
             if field_name in (rows.dtype.names or ()) and rows.size and rows[field_name].min() < 0:
                 raise TraceError(path, f"dataset '/{name}': a negative {field_name}")
     r = ranks["rank"]

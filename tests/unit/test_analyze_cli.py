@@ -102,6 +102,10 @@ def _damaged(tmp_path, good, how):
             ev["phase"][0] = 200
             del f["events"]
             f["events"] = ev
+        elif how == "bytes":
+            tr = f["transfers"][...]
+            tr["nbytes"][0] = -1
+            f["transfers"][...] = tr
     return path
 
 
@@ -113,6 +117,7 @@ def _damaged(tmp_path, good, how):
     ("version-text", "the root attribute 'schema_version' is '1', not an integer"),
     ("ranks-text", "the root attribute 'n_ranks' is 'four'"),
     ("phase", "phase is 200, not one of"),
+    ("bytes", "dataset '/transfers': a negative nbytes"),
 ])
 def test_damaged_traces_are_one_line_and_nothing_is_written(tmp_path, good, capsys, how, words):
     bad = _damaged(tmp_path, good, how)
