@@ -282,6 +282,8 @@ def plan_trace(args, job, schedule, argv: list[str]):
         from hpcps.config import limits
         from hpcps.config.toml_schema import check_number
         check_number("--trace-flush-s", None, args.trace_flush_s, gt=0, le=limits.MAX_FLUSH_S)
+    from hpcps.trace.recorder import clock_skew_s
+    clock_skew_s()                       # every rank reads it when it starts recording: checked here first
     cluster = cluster_path(args, job)
     info = build_run_info(job=job, schedule=schedule, argv=argv, job_path=Path(job.source),
                           schedule_path=args.schedule, cluster_path=cluster)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcps.config.errors import ConfigError
+from hpcps.config.toml_schema import check_number
 from hpcps.trace.clock import estimate_offsets
 from hpcps.trace.derive import fill_transfer_starts, wait_events
 from hpcps.trace.metadata import RunInfo, rank_info, software_versions
@@ -36,7 +38,20 @@ from hpcps.trace.schema import (
 )
 
 SKEW_ENV = "HPCPS_TRACE_CLOCK_SKEW_S"
+MAX_SKEW_S = 1e3        # per rank: far past any real skew, and rank x skew stays a trace's finite time
 _TAG_BLOCK, _TAG_NEXT = 711, 712
+
+
+def clock_skew_s() -> float:
+    """SKEW_ENV: a clock skew each rank makes up per rank number (tests of the clock correction);
+    unset or empty: 0. ConfigError unless a finite number of seconds within MAX_SKEW_S (nan made
+    every time of the trace nan)."""
+    text = os.environ.get(SKEW_ENV, "").strip()
+    try:
+        value = float(text or 0)
+    except ValueError:
+        raise ConfigError(SKEW_ENV, None, f"must be a number of seconds, got {text!r}") from None
+    return float(check_number(SKEW_ENV, None, value, ge=-MAX_SKEW_S, le=MAX_SKEW_S))
 _MIN_FLUSH_STEP = 2     # iterations between flushes, at least: see TraceRecorder._flush
 _POLL_S = 1e-4
 DEFAULT_FLUSH_S = 1.0
@@ -125,7 +140,7 @@ class TraceRecorder:
         self.node_name, self.node_type = node_name, node_type
         self.flush_s, self.max_flush_iterations = flush_s, max_flush_iterations
         self._flush_cost = 0.0             # rank 0: how long its last flush took
-        self.shift = self.rank * float(os.environ.get(SKEW_ENV, "0") or 0)
+        self.shift = self.rank * clock_skew_s()
         self.offset = self.rtt = 0.0
         self.t0 = 0.0                      # rank 0's clock reading at time zero
         self.writer = None

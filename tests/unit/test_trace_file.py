@@ -243,3 +243,23 @@ def test_rows_appended_are_on_disk_for_another_process_while_the_writer_is_open(
         assert status == "running"
     finally:
         w.close(complete=False)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("abc", "HPCPS_TRACE_CLOCK_SKEW_S: must be a number of seconds, got 'abc'"),
+    ("nan", "HPCPS_TRACE_CLOCK_SKEW_S: must be a finite number >= -1000 and <= 1000, got nan"),
+    ("1e9", "HPCPS_TRACE_CLOCK_SKEW_S: must be >= -1000 and <= 1000, got 1000000000.0"),
+])
+def test_a_clock_skew_that_is_no_number_of_seconds_is_refused_before_the_run(tmp_path, monkeypatch, value, words):
+    # hpcps.train checks it with the trace's path, before anything is written (every rank reads it
+    # when it starts recording: 'abc' was a traceback there, nan made every time of the trace nan).
+    from hpcps.config import ConfigError
+    from hpcps.train import build_parser, plan_trace, resolve_inputs
+    args = build_parser().parse_args(["--trace", str(tmp_path / "t.h5")])
+    launch = resolve_inputs(args, 2)
+    monkeypatch.setenv("HPCPS_TRACE_CLOCK_SKEW_S", value)
+    with pytest.raises(ConfigError) as e:
+        plan_trace(args, launch.job, launch.schedule, [])
+    assert str(e.value) == words and not (tmp_path / "t.h5").exists()
+    monkeypatch.setenv("HPCPS_TRACE_CLOCK_SKEW_S", " 0.5 ")
+    assert plan_trace(args, launch.job, launch.schedule, [])[0] == tmp_path / "t.h5"
