@@ -41,6 +41,14 @@ SKEW_ENV = "HPCPS_TRACE_CLOCK_SKEW_S"
 MAX_SKEW_S = 1e3        # per rank: far past any real skew, and rank x skew stays a trace's finite time
 _TAG_BLOCK, _TAG_NEXT = 711, 712
 
+_MIN_FLUSH_STEP = 2     # iterations between flushes, at least: see TraceRecorder._flush
+_POLL_S = 1e-4
+DEFAULT_FLUSH_S = 1.0
+FLUSH_BUDGET = 0.005    # with the default interval: the largest share of the time spent flushing
+# The first flush: early, so that a run that dies soon still leaves its metadata and first iterations,
+# but after a few iterations, so that the first interval is not judged by the warm-up iteration alone.
+FIRST_FLUSH = 5
+
 
 def clock_skew_s() -> float:
     """SKEW_ENV: a clock skew each rank makes up per rank number (tests of the clock correction);
@@ -52,13 +60,7 @@ def clock_skew_s() -> float:
     except ValueError:
         raise ConfigError(SKEW_ENV, None, f"must be a number of seconds, got {text!r}") from None
     return float(check_number(SKEW_ENV, None, value, ge=-MAX_SKEW_S, le=MAX_SKEW_S))
-_MIN_FLUSH_STEP = 2     # iterations between flushes, at least: see TraceRecorder._flush
-_POLL_S = 1e-4
-DEFAULT_FLUSH_S = 1.0
-FLUSH_BUDGET = 0.005    # with the default interval: the largest share of the time spent flushing
-# The first flush: early, so that a run that dies soon still leaves its metadata and first iterations,
-# but after a few iterations, so that the first interval is not judged by the warm-up iteration alone.
-FIRST_FLUSH = 5
+
 
 # Columns of one iteration record, as the training loop hands them over.
 # Phases of an overlapped iteration may overlap each other (a push during the backward pass), so each
