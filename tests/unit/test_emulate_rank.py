@@ -194,6 +194,14 @@ def test_reference_steps_are_timed_in_turns_and_alike_workers_share_the_least(pa
     assert e0.measure_reference(c0, None) is None and e0.clock.reference_cpu_s is None and c0.ibarriers == 2
     c1.gathered = [(None, None)]
     assert e1.measure_reference(c1, lambda: None, key=3) == 0.004 and e1.clock.reference_cpu_s == 0.004
+    # A batch size an earlier run recorded (--step-costs) is charged as recorded and not timed again,
+    # even where this run's alike workers timed less; one not recorded is timed as before.
+    seen.clear()
+    c1.gathered = [(8, 0.001), (8, None)]
+    assert e1.measure_reference(c1, lambda: "stepped", key=8, known={8: 0.007}) == 0.007
+    assert seen == [] and e1.clock.reference_cpu_s == 0.007
+    c1.gathered = [(3, None)]
+    assert e1.measure_reference(c1, lambda: "stepped", key=3, known={8: 0.007}) == 0.004 and seen == ["stepped"]
 
 
 def test_default_dilation_exactly():

@@ -99,8 +99,10 @@ class _Emulator:
         self.clock, self.dilation, self.ref, self.node_name = clock, dilation, ref, name
         self.asked = []
 
-    def measure_reference(self, comm, step, key=None):
+    def measure_reference(self, comm, step, key=None, known=None):
         self.asked.append(key)
+        if step is not None and known and key in known:
+            return known[key]
         if step is not None:
             step()
         return self.ref if step is not None else None
@@ -140,7 +142,7 @@ def test_measure_reference_leaves_the_model_as_it_was():
     from mpi4py import MPI
 
     from hpcps.ps.flat import FlatModel
-    from hpcps.ps.runtime import _measure_reference
+    from hpcps.ps.runtime import Emulation, _measure_reference
 
     class Workload:
         def get_batch(self, indices):
@@ -159,15 +161,48 @@ def test_measure_reference_leaves_the_model_as_it_was():
     torch.manual_seed(5)
     state = torch.get_rng_state()
     said = []
-    costs = _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, [1, 2, 3], said.append)
+    emulation = Emulation(None, None, None, 4.0)
+    costs = _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, [1, 2, 3], said.append, emulation)
     assert costs == [0.002] and emu.asked == [3]
     assert said == ["emulated step cost (CPU time alone here, ms): node-a 2.00"]
     assert torch.equal(torch.get_rng_state(), state)
     assert not model.bn.running_mean.any()
     assert not flat.grads.any()
-    none = _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, None, said.append)
+    none = _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, None, said.append, emulation)
     assert none == [None] and emu.asked == [3, None]
     assert said[-1] == "emulated step cost (CPU time alone here, ms): "
+
+
+def test_measure_reference_records_what_it_timed_and_charges_what_was_recorded(tmp_path):
+    import json
+
+    import torch
+    from mpi4py import MPI
+
+    from hpcps.ps.flat import FlatModel
+    from hpcps.ps.runtime import Emulation, _measure_reference
+
+    class Workload:
+        def get_batch(self, indices):
+            return torch.tensor(indices, dtype=torch.float32)
+
+        def loss(self, model, batch):
+            return (model(batch[None]) ** 2).sum(), 0.0
+
+    flat = FlatModel(torch.nn.Linear(3, 1))
+    path = tmp_path / "costs.json"
+    said = []
+    fresh = Emulation(None, None, None, 4.0, step_costs=path, step_costs_key="w:1")
+    costs = _measure_reference(MPI.COMM_SELF, _Emulator(None), Workload(), flat, [1, 2, 3], said.append, fresh)
+    assert costs == [0.002]
+    assert json.loads(path.read_text())["steps"] == {"w:1": {"3": 0.002}}
+    # A run that starts with the batch size recorded is charged that, says so and adds nothing.
+    recorded = Emulation(None, None, None, 4.0, step_costs=path, step_costs_key="w:1",
+                         known_step_costs=((3, 0.005),))
+    emu = _Emulator(None)
+    assert _measure_reference(MPI.COMM_SELF, emu, Workload(), flat, [1, 2, 3], said.append, recorded) == [0.005]
+    assert said[-1] == f"emulated step cost (CPU time alone here, ms): node-a 5.00 (1 as recorded in {path})"
+    assert json.loads(path.read_text())["steps"] == {"w:1": {"3": 0.002}}
 
 
 def test_a_peer_failure_names_the_ranks_of_the_requests_mpi_released():
