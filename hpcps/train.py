@@ -207,8 +207,10 @@ def shared_step_costs(args, job) -> dict:
     from hpcps.emulate import step_costs
     if args.emulate_compute != "reference":
         raise ConfigError("--step-costs", None, f"applies to --emulate-compute reference, not {args.emulate_compute}")
-    path = args.step_costs.resolve()
-    step_costs.check_writable(path)
+    from hpcps.io.outputs import check_output
+    # Replaced whole as it grows, so never one of this command's inputs (a missing folder is made then).
+    path = check_output(args.step_costs, "--step-costs", inputs=[job.source, args.schedule, cluster_path(args, job)],
+                        replace=True, example="step_costs.json").resolve()
     key = step_costs.workload_key(job.workload, job.model, job.data)
     known = step_costs.read(path).get(key, {})
     return {"step_costs": path, "step_costs_key": key, "known_step_costs": tuple(sorted(known.items()))}

@@ -92,13 +92,6 @@ def read(path: Path) -> dict[str, dict[int, float]]:
     return parse(text, str(path))
 
 
-def check_writable(path: Path) -> None:
-    """Raise ConfigError unless the file's directory exists (the file itself may not yet)."""
-    parent = Path(path).parent
-    if not parent.is_dir():
-        raise ConfigError(str(path), None, f"its directory {parent} does not exist")
-
-
 def add(path: Path, key: str, measured: Mapping[int, float]) -> dict[int, float]:
     """Record measured costs of workload key, keeping every cost the file already has (the first timing
     of a step stands); returns the key's costs as now recorded. The file is rewritten whole and renamed

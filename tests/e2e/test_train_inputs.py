@@ -127,8 +127,9 @@ def test_bad_step_costs_are_one_line_and_leave_the_file_as_it_was(tmp_path, job)
     costs.write_text("[]")
     before = listing(tmp_path)
     one_error_line(train(tmp_path, *emulated, "--step-costs", str(costs)), str(costs), "not a step-costs file")
-    one_error_line(train(tmp_path, *emulated, "--step-costs", str(tmp_path / "no" / "c.json")), "does not exist")
+    one_error_line(train(tmp_path, *emulated, "--step-costs", str(job)), "--step-costs", "is also an input")
+    one_error_line(train(tmp_path, *emulated, "--step-costs", str(tmp_path)), "--step-costs", "is a directory")
     measured = ["--emulate-compute", "measured"]
     one_error_line(train(tmp_path, *emulated, *measured, "--step-costs", str(tmp_path / "c.json")),
                    "--step-costs: applies to --emulate-compute reference, not measured")
-    assert listing(tmp_path) == before and costs.read_text() == "[]"
+    assert listing(tmp_path) == before and costs.read_text() == "[]" and job.read_text() == JOB
