@@ -53,3 +53,5 @@ MAX_NOISE_SIGMA = 5.0               # hpcps.sim --noise: lognormal sigma
 MAX_STRAGGLER_SLOWDOWN = 1e3
 MAX_TIME_DILATION = 1e4             # hpcps.train --time-dilation: real seconds per emulated second
 MAX_FLUSH_S = 1e6                   # hpcps.train --trace-flush-s
+MAX_TIMEOUT_S = 1e7                 # hpcps.tune and hpcps.testbed --timeout: about 4 months (a wait past
+                                    # 2**63 ns overflows the timers that enforce it)

@@ -19,7 +19,9 @@ import signal
 import sys
 from pathlib import Path
 
+from hpcps.config import limits
 from hpcps.config.errors import ConfigError
+from hpcps.config.toml_schema import check_number
 
 TOOL = "hpcps.testbed"
 
@@ -109,7 +111,8 @@ def _load(args):
     from hpcps.testbed.plan import check_name, default_dilation
     check_name(args.name)
     if not args.cluster.is_file():
-        raise ConfigError(str(args.cluster), None, "file not found (--cluster needs a cluster TOML file)")
+        what = "is a folder" if args.cluster.is_dir() else "file not found"
+        raise ConfigError(str(args.cluster), None, f"{what} (--cluster needs a cluster TOML file)")
     cluster = load_cluster(args.cluster)
     return cluster, args.dilation if args.dilation is not None else default_dilation(cluster)
 
@@ -211,7 +214,8 @@ def rank_nodes_for(args, cluster) -> list[str]:
     path = args.schedule or schedule_in_command(args.cmd)
     if path is not None:
         if not path.is_file():
-            raise ConfigError(str(path), None, "file not found (the schedule the ranks are placed by)")
+            what = "is a folder" if path.is_dir() else "file not found"
+            raise ConfigError(str(path), None, f"{what} (the schedule the ranks are placed by)")
         return list(load_placement(path, cluster).rank_nodes)
     n = args.ranks if args.ranks is not None else len(cluster)
     if n < 1:
@@ -240,9 +244,9 @@ def cmd_run(args) -> int:
         args.name = f"r{os.getpid() % 10**8}"
     if not cmd:
         return _fail("no command: give it after --, e.g. run --cluster C -- python -m hpcps.train --job J")
-    if args.timeout is not None and not args.timeout > 0:
-        return _fail(f"--timeout must be > 0, got {args.timeout}")
     try:
+        if args.timeout is not None:
+            check_number("--timeout", None, args.timeout, gt=0, le=limits.MAX_TIMEOUT_S)
         cluster, dilation = _load(args)
         rank_nodes = rank_nodes_for(args, cluster)
     except ConfigError as e:

@@ -130,15 +130,13 @@ def prepare(args) -> Parts:
     writes nothing."""
     if args.budget < 1:
         raise ConfigError("--budget", None, f"must be >= 1, got {args.budget}")
-    if args.seed < 0:
-        raise ConfigError("--seed", None, f"must be >= 0, got {args.seed}")
+    check_number("--seed", None, args.seed, ge=0, le=limits.MAX_SEED)
     if args.iterations is not None:
         # A trial runs to its end before a stop (SIGTERM, Ctrl-C) is heard: a sim trial of 10**20
         # iterations never ends. The sim backend has hpcps.sim's bound, the others hpcps.train's.
         most = limits.MAX_SIM_ITERATIONS if args.backend == "sim" else limits.MAX_ITERATIONS
         check_number("--iterations", None, args.iterations, ge=1, le=most)
-    if not args.timeout > 0:
-        raise ConfigError("--timeout", None, f"must be > 0, got {args.timeout}")
+    check_number("--timeout", None, args.timeout, gt=0, le=limits.MAX_TIMEOUT_S)
     if args.dilation is not None:
         if args.backend != "testbed":
             raise ConfigError("--dilation", None, f"only the testbed backend has one, not {args.backend}")

@@ -226,6 +226,7 @@ def test_every_command_has_help(argv, capsys):
 
 @pytest.mark.parametrize("argv,fragments", [
     (["up", "--cluster", "nope.toml"], ["nope.toml", "file not found"]),
+    (["up", "--cluster", str(ROOT / "jobs")], ["jobs", "is a folder", "cluster TOML file"]),
     (["up", "--cluster", str(HETERO8), "--name", "Bad-Name"], ["--name", "1 to 9 lower-case"]),
     (["up", "--cluster", str(HETERO8), "--dilation", "0.5"], ["--dilation", "number >= 1"]),
     (["up", "--cluster", str(HETERO8), "--dilation", "fast"], ["--dilation", "number >= 1"]),
@@ -235,6 +236,7 @@ def test_every_command_has_help(argv, capsys):
     (["run", "--cluster", str(HETERO8)], ["no command"]),
     (["run", "--cluster", str(HETERO8), "-n", "0", "--", "true"], ["-n", "must be >= 1"]),
     (["run", "--cluster", str(HETERO8), "--timeout", "0", "--", "true"], ["--timeout"]),
+    (["run", "--cluster", str(HETERO8), "--timeout", "inf", "--", "true"], ["--timeout", "finite number"]),
     (["run", "--cluster", str(HETERO8), "--schedule", "missing.toml", "--", "true"], ["missing.toml", "not found"]),
     (["frobnicate"], ["invalid choice"]),
 ])

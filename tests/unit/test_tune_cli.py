@@ -142,6 +142,8 @@ BAD = {
     "negative seed": (["--seed", "-1"], "--seed: must be >= 0"),
     "zero iterations": (["--iterations", "0"], "--iterations: must be >= 1"),
     "bad timeout": (["--timeout", "0"], "--timeout: must be > 0"),
+    "endless timeout": (["--timeout", "inf"], "--timeout: must be a finite number > 0 and <= 1e+07"),
+    "seed past 32 bits": (["--seed", str(2**32)], "--seed: must be >= 0 and <= 4294967295"),
     "unknown strategy": (["--strategy", "magic"], "invalid choice: 'magic'"),
     "unknown backend": (["--backend", "cloud"], "invalid choice: 'cloud'"),
     "budget not a number": (["--budget", "many"], "invalid int value: 'many'"),
