@@ -217,6 +217,7 @@ def _read(path: Path, f) -> Trace:
             versions = _attrs(f["meta/versions"])
             versions.pop("description", None)
     _check_values(path, arrays, ranks)
+    _check_references(path, arrays, ranks, attrs.get("n_params"))
     ev = arrays["events"]
     arrays["events"] = ev[np.lexsort((ev["t_start"], ev["rank"], ev["iteration"]))]
     return Trace(path, attrs, meta, versions, ranks, arrays["shards"], arrays["events"], arrays["transfers"],
@@ -228,6 +229,8 @@ def _read(path: Path, f) -> Trace:
 MAX_TIME_S = 1e9
 # Fields that may hold NaN: a loss that was not measured, a rate of an iteration that took no time.
 _MAY_BE_NAN = {"loss", "samples_per_s"}
+_COUNT_ATTRS = ("global_batch", "iterations_planned", "iterations_flushed", "n_params")
+_RATE_ATTRS = ("wall_s", "samples_per_s")
 _ENUMS = {"phase": PHASE, "kind": TRANSFER_KIND}
 
 
@@ -241,6 +244,57 @@ def _check_root_attrs(path: Path, attrs: dict) -> None:
     t0 = attrs.get("t0_unix_s")
     if isinstance(t0, bool) or not isinstance(t0, (int, float, np.number)) or not np.isfinite(t0):
         raise TraceError(path, f"the root attribute 't0_unix_s' is {t0!r}, not a finite number of seconds")
+    # What a run adds (hpcps.ps.runtime, hpcps.train): optional, but when there, of their kind.
+    for key in _COUNT_ATTRS:
+        v = attrs.get(key, 0)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise TraceError(path, f"the root attribute '{key}' is {v!r}, not a count (an integer >= 0)")
+    for key in _RATE_ATTRS:                     # NaN: not measured (a run of no time)
+        v = attrs.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or np.isinf(v) or v < 0:
+            raise TraceError(path, f"the root attribute '{key}' is {v!r}, not a finite number >= 0")
+    if "final_metrics" in attrs:
+        _final_metrics(path, attrs["final_metrics"])
+
+
+def _final_metrics(path: Path, text) -> dict[str, float]:
+    """The root attribute final_metrics: JSON of an object of numbers (NaN where a metric was not finite)."""
+    try:
+        metrics = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        metrics = None
+    if not isinstance(metrics, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+        raise TraceError(path, f"the root attribute 'final_metrics' is {str(text)[:60]!r}, not a JSON object of "
+                               "numbers")
+    return metrics
+
+
+def _check_references(path: Path, arrays: dict[str, np.ndarray], ranks: np.ndarray, n_params) -> None:
+    """Every rank a row names is in /ranks, every shard in /shards, and the shards cut the parameters
+    into ranges: an analysis would otherwise count a server, a peer or a message that never was."""
+    known_ranks = ranks["rank"]
+    shards = arrays["shards"]
+    if np.unique(shards["shard"]).size != shards.size:
+        raise TraceError(path, "dataset '/shards' lists a shard twice")
+    if isinstance(n_params, int) and shards.size:
+        # One contiguous range each, end to end from 0 to n_params (hpcps.ps.sharding).
+        order = np.argsort(shards["start"], kind="stable")
+        start, stop = shards["start"][order], shards["stop"][order]
+        if start[0] != 0 or stop[-1] != n_params or (start > stop).any() or (start[1:] != stop[:-1]).any():
+            ranges = ", ".join(f"{a}:{b}" for a, b in zip(start[:8], stop[:8]))
+            raise TraceError(path, f"dataset '/shards': the ranges {ranges} do not cut the {n_params} parameters "
+                                   "end to end")
+    refs = [("shards", "server", known_ranks, "/ranks"), ("events", "rank", known_ranks, "/ranks"),
+            ("transfers", "rank", known_ranks, "/ranks"), ("transfers", "peer", known_ranks, "/ranks"),
+            ("transfers", "shard", shards["shard"], "/shards"), ("staleness", "rank", known_ranks, "/ranks"),
+            ("staleness", "shard", shards["shard"], "/shards")]
+    for name, field_name, known, where in refs:
+        col = arrays[name][field_name]
+        ok = np.isin(col, known)
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise TraceError(path, f"dataset '/{name}' row {i}: {field_name} {int(col[i])} is not in {where}")
 
 
 def _check_values(path: Path, arrays: dict[str, np.ndarray], ranks: np.ndarray) -> None:

@@ -106,6 +106,24 @@ def _damaged(tmp_path, good, how):
             tr = f["transfers"][...]
             tr["nbytes"][0] = -1
             f["transfers"][...] = tr
+        elif how in ("peer", "shard"):          # a rank or a shard the trace does not have
+            tr = f["transfers"][...]
+            tr[how][0] = 99
+            f["transfers"][...] = tr
+        elif how == "server":
+            sh = f["shards"][...]
+            sh["server"][0] = 99
+            f["shards"][...] = sh
+        elif how == "gap":                      # shards of 100 parameters each, 1000 parameters in all
+            sh = f["shards"][...]
+            sh["start"] = 100 * np.arange(len(sh))
+            sh["stop"] = sh["start"] + 100
+            f["shards"][...] = sh
+            f.attrs["n_params"] = 1000
+        elif how == "batch-attr":
+            f.attrs["global_batch"] = np.nan
+        elif how == "metrics":
+            f.attrs["final_metrics"] = '{"test_accuracy": 0.9'
     return path
 
 
@@ -118,6 +136,12 @@ def _damaged(tmp_path, good, how):
     ("ranks-text", "the root attribute 'n_ranks' is 'four'"),
     ("phase", "phase is 200, not one of"),
     ("bytes", "dataset '/transfers': a negative nbytes"),
+    ("peer", "dataset '/transfers' row 0: peer 99 is not in /ranks"),
+    ("shard", "dataset '/transfers' row 0: shard 99 is not in /shards"),
+    ("server", "dataset '/shards' row 0: server 99 is not in /ranks"),
+    ("gap", "do not cut the"),
+    ("batch-attr", "the root attribute 'global_batch' is nan, not a count"),
+    ("metrics", "the root attribute 'final_metrics' is '{\"test_accuracy\": 0.9', not a JSON object of numbers"),
 ])
 def test_damaged_traces_are_one_line_and_nothing_is_written(tmp_path, good, capsys, how, words):
     bad = _damaged(tmp_path, good, how)
