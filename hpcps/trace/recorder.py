@@ -16,14 +16,12 @@ ran on hosts whose clocks disagree; the start-up estimate must then find and rem
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from hpcps.config.errors import ConfigError
-from hpcps.config.toml_schema import check_number
+from hpcps.config.environment import env_number
 from hpcps.trace.clock import estimate_offsets
 from hpcps.trace.derive import fill_transfer_starts, wait_events
 from hpcps.trace.metadata import RunInfo, rank_info, software_versions
@@ -54,12 +52,7 @@ def clock_skew_s() -> float:
     """SKEW_ENV: a clock skew each rank makes up per rank number (tests of the clock correction);
     unset or empty: 0. ConfigError unless a finite number of seconds within MAX_SKEW_S (nan made
     every time of the trace nan)."""
-    text = os.environ.get(SKEW_ENV, "").strip()
-    try:
-        value = float(text or 0)
-    except ValueError:
-        raise ConfigError(SKEW_ENV, None, f"must be a number of seconds, got {text!r}") from None
-    return float(check_number(SKEW_ENV, None, value, ge=-MAX_SKEW_S, le=MAX_SKEW_S))
+    return float(env_number(SKEW_ENV, float, "a number of seconds", ge=-MAX_SKEW_S, le=MAX_SKEW_S))
 
 
 # Columns of one iteration record, as the training loop hands them over.

@@ -31,6 +31,7 @@ from hpcps.cluster import load_cluster
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import naive
 from hpcps.config import ConfigError, Job, limits, load_job
+from hpcps.config.environment import env_number
 from hpcps.config.schedule import CODECS
 from hpcps.config.toml_schema import check_number
 from hpcps.io.outputs import check_output
@@ -179,13 +180,7 @@ def prepare(args) -> Parts:
 def stop_after_trial() -> int:
     """STOP_AFTER_ENV as a trial number (unset or empty: 0, never). Read before --out is made, so that
     a value that is no number is refused with nothing written."""
-    text = os.environ.get(STOP_AFTER_ENV, "").strip()
-    try:
-        value = int(text or 0)
-    except ValueError:
-        raise ConfigError(STOP_AFTER_ENV, None, f"must be a trial number >= 0 (0 or empty: never), "
-                                                f"got {text!r}") from None
-    return int(check_number(STOP_AFTER_ENV, None, value, ge=0))
+    return int(env_number(STOP_AFTER_ENV, int, "a trial number >= 0 (0 or empty: never)", ge=0))
 
 
 def parse_codecs(text: str | None, job: Job) -> tuple[str, ...]:
