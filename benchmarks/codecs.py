@@ -41,6 +41,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from _machine import ROOT, command_line, facts, facts_markdown, load_average, mpiexec  # noqa: E402
 
+from hpcps.config import ConfigError  # noqa: E402
+from hpcps.io.outputs import check_output  # noqa: E402
+
 CODECS = ("none", "fp16", "bf16", "int8", "sign")
 N_WORKERS = 4
 SERVER_RANK = N_WORKERS
@@ -277,6 +280,13 @@ def main(argv=None) -> int:
     if f["uncommitted_changes"]:
         print(f"warning: uncommitted changes to {', '.join(f['uncommitted_changes'])}", flush=True)
     runs = ROOT / "results" / "runs" / time.strftime("codecs-%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else (runs if args.quick else ROOT / "results")
+    # Made before the runs: a folder that cannot be made ends this in a second, not after them.
+    try:
+        check_output(out, "--out", replace=True, directory=True)
+    except ConfigError as e:
+        p.error(str(e))
+    out.mkdir(parents=True, exist_ok=True)
     runs.mkdir(parents=True)
     rows = []
     order = list(itertools.product(seeds, workloads))
@@ -297,7 +307,6 @@ def main(argv=None) -> int:
     f["load_average_at_end"] = load_average()
     s = summarize(rows)
     checks = targets(s)
-    out = Path(args.out) if args.out else (runs if args.quick else ROOT / "results")
     (out / "codecs.json").write_text(json.dumps({"command": cmd, "machine": f, "summary": s, "targets": checks,
                                                   "codec_costs": costs, "runs": rows}, indent=1))
     (out / "codecs.md").write_text(markdown(f, cmd, rows, s, checks, costs, seeds))
