@@ -11,9 +11,9 @@ travelled). docs/codecs.md describes each codec.
 - bf16  bfloat16 (float32's exponent, 8 bits of mantissa), round to nearest even. 2 bytes.
 - int8  chunks of INT8_CHUNK values, each with a float32 scale max|x| / 127; a value is
         round(x / scale). 1 byte per value and 4 per chunk.
-- sign  one bit per value (x >= 0), packed 8 to a byte, and per chunk of SIGN_CHUNK values a float32
+- sign  one bit per value (x >= 0), packed 8 to a byte, and per chunk of SIGN_CHUNK values a bfloat16
         scale, the chunk's root mean square: a value comes back as +-scale (1-bit SGD, scaled
-        signSGD; SignCodec says why the RMS).
+        signSGD; SignCodec says why the RMS and why these chunks).
 - topk  the TOPK_FRACTION of the values largest in magnitude, as int32 positions and float32
         values; the rest come back as 0. 8 bytes per value sent.
 
@@ -37,7 +37,8 @@ import numpy as np
 BYTES_PER_FLOAT32 = 4
 FP16_MAX = 65504.0
 INT8_CHUNK = 1024        # values per int8 scale: 4 bytes of scale per 1024 bytes of values
-SIGN_CHUNK = 128         # values per sign scale: 4 bytes of scale per 16 bytes of signs (25.6x fewer)
+SIGN_CHUNK = 64          # values per sign scale: 2 bytes of scale per 8 bytes of signs (25.6x fewer)
+BYTES_PER_BFLOAT16 = 2
 TOPK_FRACTION = 0.01     # share of a piece's values topk sends
 
 
@@ -262,18 +263,21 @@ class Int8Codec(LossyCodec):
 
 
 class SignCodec(LossyCodec):
-    """Wire: the chunks' float32 scales (root mean square of the chunk), then the sign bits (1 for
+    """Wire: the chunks' scales (root mean square of the chunk, as bfloat16), then the sign bits (1 for
     x >= 0), big-endian within each byte as np.packbits leaves them.
 
     Why the root mean square and not the mean |x| (the scale closest to the values in squared error):
     a decoded chunk then carries the chunk's whole energy, |decoded| = |x|. With the mean |x| a chunk
     whose values spread widely (a few large gradients among many small ones, usual in a layer's
     weights) sends a fraction of its energy and error feedback hands the rest on over several steps;
-    under the server's momentum that lag cost digits (jobs/default.toml, 6 epochs, 4 workers, 10
-    seeds, benchmarks/sign_scale.py) 2.9, 11.2 and 29.3 points of test accuracy at chunks of 64, 128
-    and 256, against 0.7, 0.5 and 2.2 with the RMS (results/sign_scale.md). Error feedback corrects
-    the RMS's overshoot on the small values.
-    Chunks of 128 keep the wire at 1/8 + 4/128 bytes a value, 25.6x fewer than float32."""
+    under the server's momentum that lag costs many points of accuracy, more the longer the chunk.
+    Error feedback corrects the RMS's overshoot on the small values.
+    Why chunks of 64 with a 2-byte scale and not 128 with a 4-byte one (the same 1/8 + 1/32 bytes a
+    value, 25.6x fewer than float32): shorter chunks follow the spread of magnitudes within a layer,
+    and the scale's bfloat16 rounding (float32's range, 8 bits of mantissa) is error feedback's to
+    correct like the rest. On digits (jobs/default.toml, 4 workers, 100 seeds, benchmarks/sign_scale.py,
+    results/sign_scale.md) chunks of 128 cost about twice the accuracy of chunks of 64, and chunks
+    shorter than 64 gained no more."""
     name = "sign"
     chunk = SIGN_CHUNK
 
@@ -281,29 +285,38 @@ class SignCodec(LossyCodec):
         return -(-n // self.chunk)
 
     def wire_nbytes(self, n: int) -> int:
-        return -(-n // 8) + BYTES_PER_FLOAT32 * self.n_chunks(n)
+        return -(-n // 8) + BYTES_PER_BFLOAT16 * self.n_chunks(n)
 
     def _split(self, wire: np.ndarray, n: int):
-        k = BYTES_PER_FLOAT32 * self.n_chunks(n)
-        return wire[:k].view(np.float32), wire[k:]
+        k = BYTES_PER_BFLOAT16 * self.n_chunks(n)
+        return wire[:k], wire[k:]
 
     def compress(self, acc, wire, scratch) -> None:
         n = acc.shape[0]
-        scales, bits = self._split(wire, n)
+        scale_bytes, bits = self._split(wire, n)
+        rms = np.empty(self.n_chunks(n), dtype=np.float32)          # a 64th of the piece
         np.multiply(acc, acc, out=scratch)
         full, tail = _chunks(scratch, self.chunk)
         nf = full.shape[0]
         if full.size:
-            np.sum(full, axis=1, out=scales[:nf])
-            np.divide(scales[:nf], np.float32(self.chunk), out=scales[:nf])
+            np.sum(full, axis=1, out=rms[:nf])
+            np.divide(rms[:nf], np.float32(self.chunk), out=rms[:nf])
         if tail.size:
-            scales[-1] = tail.sum(dtype=np.float32) / np.float32(tail.size)
-        np.sqrt(scales, out=scales)
+            rms[-1] = tail.sum(dtype=np.float32) / np.float32(tail.size)
+        np.sqrt(rms, out=rms)
+        torch = _torch()                # its cast to bfloat16 rounds to nearest even (NumPy has none)
+        torch.from_numpy(scale_bytes).view(torch.bfloat16).copy_(torch.from_numpy(rms))
         bits[:] = np.packbits(acc >= 0)
+
+    def scales(self, wire: np.ndarray, n: int) -> np.ndarray:
+        """The chunks' scales in wire, as float32 (a bfloat16 is the top half of a float32)."""
+        scale_bytes, _ = self._split(wire, n)
+        return np.left_shift(scale_bytes.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
 
     def decode_into(self, wire, row) -> None:
         n = row.shape[0]
-        scales, bits = self._split(wire, n)
+        scales = self.scales(wire, n)
+        _, bits = self._split(wire, n)
         signs = np.unpackbits(bits, count=n)                 # 0 or 1
         np.copyto(row, signs, casting="safe")
         np.multiply(row, np.float32(2), out=row)
