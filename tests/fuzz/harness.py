@@ -22,6 +22,9 @@ class Hang(Exception):
 
 @contextlib.contextmanager
 def time_limit(seconds: float):
+    """Hang raised where the body is after `seconds` of wall time. Keep Hypothesis's drawing of examples
+    outside the body: the alarm would otherwise go off inside Hypothesis (once inside its garbage
+    collector callback, where the exception cannot propagate and the test failed without a Hang)."""
     def expire(signum, frame):
         raise Hang(f"still running after {seconds} s")
     old = signal.signal(signal.SIGALRM, expire)
