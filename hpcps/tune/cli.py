@@ -274,7 +274,9 @@ def claim(args, parts: Parts) -> tuple[rundir.RunLock, list[TrialRecord]]:
             raise ConfigError("--resume", None,
                               f"the {files} changed since the run in {out} began; resume with the files it "
                               "began with, or start a new run in another --out")
-        return lock, rundir.load_records(out, state)
+        records = rundir.load_records(out, state)
+        rundir.check_records(out, records, parts.problem.space)
+        return lock, records
     except BaseException:
         lock.release()
         raise

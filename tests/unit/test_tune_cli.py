@@ -327,6 +327,67 @@ def test_resume_where_there_is_no_run_is_refused(tmp_path, capsys, holds):
     assert (not out.exists()) if holds == "nothing" else list(out.iterdir()) == []
 
 
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """A finished three-trial sim run, copied by each test that damages it."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    from hpcps.tune.cli import main
+    assert main([*base(out, "random", 3), "--quiet"]) == 0
+    return out
+
+
+def _set(*keys_and_value):
+    """A damage: state[k1][k2]... = value."""
+    def mutate(state):
+        *keys, last, value = keys_and_value
+        target = state
+        for k in keys:
+            target = target[k]
+        target[last] = value
+    return mutate
+
+
+DAMAGED_STATES = {
+    "not JSON": (lambda state: json.dumps(state)[:200], "is damaged: not JSON"),
+    "a list": (lambda state: "[1, 2]", "is damaged: holds a list, not an object"),
+    "no trials": (_set("trials", None), "'trials' is None, not a list"),
+    "NaN time": (_set("trials", 0, "iteration_time_s", float("nan")), "trials[0].iteration_time_s is nan"),
+    "negative time": (_set("trials", 1, "iteration_time_s", -1.0), "trials[1].iteration_time_s is -1.0"),
+    "text time": (_set("trials", 0, "iteration_time_s", "fast"), "trials[0].iteration_time_s is 'fast'"),
+    "trial twice": (lambda state: state["trials"].append(dict(state["trials"][0])), "trials[3].trial is 1, not 4"),
+    "short point": (_set("trials", 0, "point", [1.0]), "trial 1's point has 1 values"),
+    "point out of range": (_set("trials", 2, "point", 0, 1e300), "trial 3's point is not a schedule a trial ran"),
+    "bad schedule": (_set("trials", 0, "schedule", {"nodes": "x"}), "trial 1's schedule: "),
+    "escaping path": (_set("trials", 0, "observations_file", "../../etc/passwd"),
+                      "is not a path inside the run's directory"),
+    "observations gone": (None, "trial 1's observations cannot be read"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED_STATES))
+def test_resume_of_a_damaged_state_is_one_line_and_writes_nothing(finished_run, tmp_path, capsys, case):
+    """The state file is --resume's input: damage is one line and exit status 2, and the run's directory
+    is left as it was (these ended in tracebacks, or were taken and written back)."""
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    state_file = out / "state.json"
+    damage, words = DAMAGED_STATES[case]
+    if damage is None:
+        (out / json.loads(state_file.read_text())["trials"][0]["observations_file"]).unlink()
+    else:
+        state = json.loads(state_file.read_text())
+        text = damage(state)                     # the file's new text, or None: the state changed in place
+        state_file.write_text(text if isinstance(text, str) else json.dumps(state))
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    from hpcps.tune.cli import main
+    rc = main([*base(out, "random", 5), "--resume", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("hpcps.tune: error: "), err
+    assert words in err[0] and "start a new run in another --out" in err[0]
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 # -- codecs as a knob: the network-bound cluster, the 11M-parameter job ------------------------------
 
 WIDE = str(ROOT / "jobs/cifar-wide.toml")
