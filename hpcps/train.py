@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,12 +250,13 @@ class CheckpointPlan:
 def resolve_checkpoints(args, job):
     """(CheckpointPlan, the checkpoint to resume from or None), read and verified on rank 0 before
     anything is written. Raises ConfigError (a CheckpointError for an unusable checkpoint)."""
-    from hpcps.ps.checkpoint import check_resumable, list_checkpoints, load_resume
+    from hpcps.ps.checkpoint import check_resumable, check_rng_states, list_checkpoints, load_resume
     loaded, notes = None, ()
     directory = args.checkpoint
     if args.resume is not None:
         loaded, skipped = load_resume(args.resume)
         check_resumable(loaded, job)
+        check_rng_states(loaded)
         if job.training.iterations > 0 and loaded.iteration > job.training.iterations:
             raise ConfigError(str(loaded.path), None,
                               f"is after iteration {loaded.iteration}, past this run's {job.training.iterations} "
@@ -325,10 +327,17 @@ def main(argv: list[str] | None = None) -> int:
             outcome = ("ok", (launch, plan_trace(args, launch.job, launch.schedule, argv), ckpt_plan))
         except ConfigError as e:
             outcome = ("error", str(e))
+        except Exception as e:  # noqa: BLE001 - the other ranks wait for this outcome: any failure must reach them
+            sys.stderr.write(traceback.format_exc())
+            outcome = ("crash", f"{TOOL}: error on rank 0 while reading the inputs: {type(e).__name__}: {e}")
     sleeping_barrier(comm)                 # while rank 0 reads the inputs
     outcome = comm.bcast(outcome, root=0)
     if outcome[0] == "error":
         fail_input(TOOL, outcome[1], rank)
+    if outcome[0] == "crash":
+        if rank == 0:
+            sys.stderr.write(outcome[1] + "\n")
+        sys.exit(1)
     launch, (trace_path, run_info), ckpt_plan = outcome[1]
     job, schedule, emulation = launch.job, launch.schedule, launch.emulation
 

@@ -119,6 +119,18 @@ def check_resumable(ckpt: Checkpoint, job, n_params: int | None = None,
                                   f"model: {_buffer_difference(saved, buffers)}")
 
 
+def check_rng_states(ckpt: Checkpoint) -> None:
+    """Raise CheckpointError unless each rank's generator state in ckpt is as long as this PyTorch's
+    (torch.set_rng_state would refuse it on every rank once the run has started)."""
+    if ckpt.rng_torch is None:
+        return
+    import torch
+    want = torch.get_rng_state().numel()
+    if ckpt.rng_torch.shape[1] != want:
+        raise CheckpointError(ckpt.path or "<checkpoint>", f"its generator states are {ckpt.rng_torch.shape[1]} "
+                                                           f"bytes long, this PyTorch's are {want}")
+
+
 def _buffer_difference(saved: dict[str, tuple[int, ...]], model: dict[str, tuple[int, ...]]) -> str:
     """The first few names where a checkpoint's buffers and a model's differ, and how."""
     said = []
@@ -297,31 +309,79 @@ def _read(f: h5py.File, path: Path) -> Checkpoint:
         raise CheckpointError(path, f"checkpoint format version {a.get('version')}, this hpcps reads {VERSION}")
     if int(a.get("complete", 0)) != 1:
         raise CheckpointError(path, "incomplete: its writer never finished it")
-    n = int(a["n_params"])
+    n = _count(path, a, "n_params")
+    iteration = _count(path, a, "iteration")
 
     def vector(ds, name):
         if ds.shape != (n,) or ds.dtype != np.float32:
             raise CheckpointError(path, f"{name} is {ds.dtype} {ds.shape}, expected float32 ({n},)")
-        return ds[...]
+        return _finite(path, name, ds[...])
 
     params = vector(f["params"], "params")
     opt = f["optimizer"]
     vectors = {k: vector(opt[k], f"optimizer/{k}") for k in opt}
     scalars = {k: np.asarray(v) for k, v in opt.attrs.items() if k != "meaning"}
-    schedule = json.loads(a["schedule"])
+    identity = _json_object(path, a, "identity")
+    schedule = _json_object(path, a, "schedule")
+    _check_schedule_record(path, schedule)
     residuals = None
     if "residuals" in f:
         ds = f["residuals"]
         if ds.shape != (len(schedule["workers"]), n):
             raise CheckpointError(path, f"residuals are {ds.shape}, expected ({len(schedule['workers'])}, {n})")
-        residuals = ds[...]
+        residuals = _finite(path, "residuals", ds[...])
     buffers = {}
     for i in sorted(f["buffers"], key=int):
         ds = f["buffers"][i]
         buffers[str(ds.attrs["name"])] = ds[...]
     rng = f["rng"]["torch"][...] if "torch" in f["rng"] else None
-    return Checkpoint(int(a["iteration"]), str(a["job_name"]), json.loads(a["identity"]), schedule, params,
+    if rng is not None and (rng.dtype != np.uint8 or rng.ndim != 2 or rng.shape[0] != schedule["n_ranks"]):
+        raise CheckpointError(path, f"rng/torch is {rng.dtype} {rng.shape}, expected uint8 "
+                                    f"({schedule['n_ranks']}, state length)")
+    return Checkpoint(iteration, str(a["job_name"]), identity, schedule, params,
                       vectors, scalars, residuals, buffers, rng, str(a.get("created", "")), path)
+
+
+# What a run writes is whole and finite (it stops on a non-finite loss or gradient before it writes):
+# anything else is damage, refused here rather than resumed into a run that diverges at once and names
+# this file its last good checkpoint.
+def _count(path: Path, attrs, key: str) -> int:
+    v = attrs.get(key)
+    if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)) or v < 0:
+        shown = v if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else repr(v)
+        raise CheckpointError(path, f"its {key} is {shown}, not a count (an integer >= 0)")
+    return int(v)
+
+
+def _finite(path: Path, name: str, values: np.ndarray) -> np.ndarray:
+    bad = values.size - int(np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise CheckpointError(path, f"{name} hold {bad} values that are NaN or infinite: not a state to resume from")
+    return values
+
+
+def _json_object(path: Path, attrs, key: str) -> dict[str, Any]:
+    try:
+        value = json.loads(attrs[key])
+    except (KeyError, TypeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        raise CheckpointError(path, f"its {key} attribute is not a JSON object")
+    return value
+
+
+def _check_schedule_record(path: Path, s: dict[str, Any]) -> None:
+    """The layout schedule_record() wrote: n_ranks, servers, workers [[rank, batch], ...], codecs, sync."""
+    def ints(v, n=None):
+        return isinstance(v, list) and (n is None or len(v) == n) and all(
+            isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    ok = (ints([s.get("n_ranks")]) and s["n_ranks"] >= 1 and ints(s.get("servers"))
+          and isinstance(s.get("workers"), list) and all(ints(w, 2) for w in s["workers"])
+          and isinstance(s.get("codecs", []), list) and all(isinstance(c, str) for c in s.get("codecs", []))
+          and isinstance(s.get("sync", ""), str) and ints([s.get("staleness", 0)]))
+    if not ok:
+        raise CheckpointError(path, f"its schedule attribute {_short(s)} is not a schedule record (n_ranks, servers, "
+                                    "workers [[rank, batch], ...], codecs, sync, staleness)")
 
 
 # -- residuals under another schedule ------------------------------------------------------------------------

@@ -114,6 +114,20 @@ def test_an_unknown_custom_workload_is_reported_once(tmp_path, job):
     assert out.returncode == 2 and out.stderr.count("cannot load 'no_such_module:factory'") == 1, out.stderr
 
 
+def test_an_unforeseen_failure_while_rank_0_reads_the_inputs_ends_every_rank(tmp_path, job):
+    """Rank 0 reads the inputs while the others wait for its verdict: a failure other than bad input
+    (here one put in its way) must reach them too. It left them waiting for ever (a checkpoint whose
+    identity attribute was a JSON list did that, before checkpoints were checked for it)."""
+    code = ("from mpi4py import MPI\nimport sys\nimport hpcps.train as train\n"
+            "def failing(*args, **kwargs):\n    raise RuntimeError('put in the way')\n"
+            "train.resolve_checkpoints = failing\n"
+            f"sys.exit(train.main(['--job', {str(job)!r}, '--no-trace', '--quiet']))\n")
+    out = run_mpi(3, ["-c", code], timeout=60)
+    assert out.returncode != 0
+    assert out.stderr.count("hpcps.train: error on rank 0 while reading the inputs: RuntimeError: put in the way") \
+        == 1, out.stderr
+
+
 def test_bad_step_costs_are_one_line_and_leave_the_file_as_it_was(tmp_path, job):
     cluster = tmp_path / "cluster.toml"
     cluster.write_text(TINY_CLUSTER.replace("memory_gb = 0.1", "memory_gb = 8"))

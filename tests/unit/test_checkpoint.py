@@ -379,3 +379,53 @@ def test_optimiser_state_of_another_size_is_refused_naming_it():
     with pytest.raises(ValueError) as e:
         piece.load_optimizer_state({"step": np.array(1.0), "exp_avg": np.zeros(9, np.float32)})
     assert str(e.value) == "optimiser state 'exp_avg' has shape (9,), expected () or (8,)"
+
+
+def _damage(path, how):
+    with h5py.File(path, "r+") as f:
+        if how in ("params", "optimizer/exp_avg"):
+            values = f[how][...]
+            values[7] = np.nan if how == "params" else np.inf
+            del f[how]
+            f[how] = values
+        elif how == "identity":
+            f.attrs["identity"] = "[1]"
+        elif how == "schedule":
+            s = json.loads(f.attrs["schedule"])
+            s["workers"] = "all of them"
+            f.attrs["schedule"] = json.dumps(s)
+        elif how == "iteration":
+            f.attrs["iteration"] = -4
+        elif how == "rng":
+            del f["rng/torch"]
+            f["rng/torch"] = np.zeros(16, np.uint8)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("params", "params hold 1 values that are NaN or infinite"),
+    ("optimizer/exp_avg", "optimizer/exp_avg hold 1 values that are NaN or infinite"),
+    ("identity", "its identity attribute is not a JSON object"),
+    ("schedule", "is not a schedule record"),
+    ("iteration", "its iteration is -4, not a count"),
+    ("rng", "rng/torch is uint8 (16,)"),
+])
+def test_a_damaged_checkpoint_is_refused_and_the_one_before_it_is_resumed(tmp_path, how, words):
+    """What a run writes is whole and finite: a NaN or a layout no run writes is damage. A NaN state
+    was resumed into a run that diverged at once and named this file its last good checkpoint; a JSON
+    list for the identity stopped rank 0 with a traceback while the other ranks waited for ever."""
+    write_checkpoint(tmp_path, make(10))
+    newest = write_checkpoint(tmp_path, make(20)).path
+    _damage(newest, how)
+    with pytest.raises(CheckpointError, match=re.escape(words)):
+        read_checkpoint(newest)
+    ckpt, skipped = latest_checkpoint(tmp_path)
+    assert ckpt.iteration == 10 and [p for p, _ in skipped] == [newest]
+
+
+def test_generator_states_of_another_length_are_refused():
+    from hpcps.ps.checkpoint import check_rng_states
+    ckpt = make(3)                                   # states of 16 bytes; this PyTorch's are longer
+    with pytest.raises(CheckpointError, match="generator states are 16 bytes long, this PyTorch's are"):
+        check_rng_states(ckpt)
+    ckpt.rng_torch = np.stack([torch.get_rng_state().numpy()] * 3)
+    check_rng_states(ckpt)
