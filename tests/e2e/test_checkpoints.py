@@ -328,7 +328,8 @@ WRITER = textwrap.dedent("""
     n = int(sys.argv[2])
     for it in range(1, 1000):
         v = np.full(n, it, dtype=np.float32)
-        write_checkpoint(sys.argv[1], Checkpoint(it, "w", {}, {"workers": []}, v, {"exp_avg": v, "exp_avg_sq": v}))
+        write_checkpoint(sys.argv[1], Checkpoint(it, "w", {}, {"n_ranks": 1, "servers": [0], "workers": []}, v,
+                                                 {"exp_avg": v, "exp_avg_sq": v}))
 """)
 
 
