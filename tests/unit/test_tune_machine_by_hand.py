@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hpcps.cluster import Cluster, Node, NodeType
-from hpcps.tune.models.machine import PER_TYPE, MachineModel, _amdahl, _group, _sigmoid
+from hpcps.tune.models.machine import CONFIG_SD, PER_TYPE, MachineModel, _amdahl, _group, _sigmoid
 
 FAST = NodeType("fast", speed=2.0, cores=4, nic_gbps=8.0, latency_us=100.0, fixed_ms=3.0)
 SLOW = NodeType("slow", speed=0.5, cores=2, nic_gbps=1.6, latency_us=20.0)
@@ -102,8 +102,13 @@ def test_without_residual_gps_a_prediction_is_the_linearised_form():
     f = base[0]
     c0 = m.constants(th)["c0"][0, 0]
     assert m.linearized(moved, 0, 8, 2, 2)[0] == pytest.approx(f * math.exp(0.01 * c0 / f), rel=1e-6)
+    # without GPs a worker's residual is none on average and CONFIG_SD in spread; a rank that does not
+    # work (batch 0) has neither
     mu, sd = m.residual(np.array([0, 1]), np.array([8.0, 0.0]), np.array([2.0, 1.0]), np.array([2.0, 1.0]))
-    assert mu.tolist() == [0.0, 0.0] and sd.tolist() == [0.0, 0.0]
+    assert mu.tolist() == [0.0, 0.0] and sd.tolist() == [CONFIG_SD, 0.0]
+    z = np.array([0.0, 1.0])
+    np.testing.assert_allclose(m.predict(np.repeat(th, 2, 0), 0, 8, 2, 2, z=z), base[0] * np.exp(CONFIG_SD * z),
+                               rtol=1e-12)
 
 
 def test_a_residual_gp_scales_the_prediction():
@@ -123,7 +128,7 @@ def test_a_residual_gp_scales_the_prediction():
         np.array([2.0, 2.0, 2.0, 1.0])
     mu, sd = m.residual(ti, k, t, T)
     np.testing.assert_allclose(mu, [0.0, 0.2, 0.2, 0.0])          # type 1 workers only (k > 0)
-    np.testing.assert_allclose(sd, [0.0, 0.5, 0.5, 0.0])
+    np.testing.assert_allclose(sd, [CONFIG_SD, math.hypot(0.5, CONFIG_SD), math.hypot(0.5, CONFIG_SD), 0.0])
     # the two identical settings are predicted once: features log1p(k) (k at least 1), t / cores, T / cores
     [X] = gp.asked
     np.testing.assert_allclose(X, [[math.log1p(1.0), 0.5, 0.5], [math.log1p(8.0), 0.5, 1.0]])
@@ -190,4 +195,55 @@ def test_each_settings_mean_enters_its_types_gp_with_the_noise_of_a_mean(monkeyp
     m = MachineModel(CLUSTER)
     m.fit(obs)
     assert len(calls) == 1 and calls[0][0] == len(batches) and list(m.gps) == [0]
-    np.testing.assert_allclose(calls[0][1]["alpha"], m.noise_sd ** 2 / np.array(runs, float), rtol=1e-12)
+    np.testing.assert_allclose(calls[0][1]["alpha"], m.noise_sd ** 2 / np.array(runs, float) + CONFIG_SD ** 2,
+                               rtol=1e-12)
+
+
+# Reference step costs (seconds) of cifar-resnet per batch size as one testbed run recorded them
+# (hpcps/emulate/step_costs.py): each timed once, in the run that first needed it, so each lies off a
+# smooth fixed + per-sample cost by a quirk of its own (log sd 0.13 here).
+QUIRKY_STEPS = {1: 2.900e-3, 2: 5.578e-3, 3: 6.073e-3, 4: 7.900e-3, 5: 10.447e-3, 6: 10.994e-3, 7: 11.639e-3,
+                8: 17.584e-3, 9: 19.532e-3, 10: 22.648e-3, 11: 17.510e-3, 12: 20.023e-3, 13: 28.700e-3,
+                14: 20.882e-3, 15: 25.664e-3, 16: 31.717e-3, 17: 26.625e-3, 18: 39.475e-3, 20: 44.656e-3,
+                22: 36.205e-3, 26: 52.088e-3, 27: 45.656e-3, 28: 49.144e-3}
+
+
+def test_a_few_quirky_configurations_do_not_bend_the_fit():
+    """A 10-node cluster's first five trials on the testbed saw its slow type (speed 0.5, 2 cores) at
+    four configurations only, each charged as the emulation charges it (the reference step of its batch
+    size, the calibrated thread model, the speed), repeated without noise. Weighted by that noise alone,
+    the fit passed through all four and charged batch 13 on two threads half its time; with each
+    configuration's own quirk (CONFIG_SD) in the weights it stays near the truth elsewhere too."""
+    from hpcps.sim import load_profiles
+    from hpcps.tune.observations import empty
+    prof = load_profiles().workload("cifar-resnet")
+    types = (NodeType("big", speed=4.0, cores=8, nic_gbps=1.0, latency_us=20.0, fixed_ms=3.0),
+             NodeType("small", speed=2.0, cores=4, nic_gbps=1.0, latency_us=20.0, fixed_ms=2.0),
+             NodeType("slow", speed=0.5, cores=2, nic_gbps=1.0, latency_us=100.0))
+    cluster = Cluster("c", types, tuple(Node(f"n{j}", t) for j, t in enumerate(types)))
+
+    def charged(j, k, t, T):
+        ty = types[j]
+        factor = prof.step_time(k, t, ty.cores, T) / prof.step_time(k, 1, 1, 1)
+        return QUIRKY_STEPS[k] * factor / ty.speed + ty.fixed_ms / 1e3
+
+    seen = [(0, 7, 1, 1), (0, 22, 8, 8), (0, 27, 8, 8), (0, 26, 8, 8), (0, 28, 8, 8),
+            (1, 7, 1, 1), (1, 11, 4, 4), (1, 14, 4, 4), (1, 20, 4, 4), (1, 18, 4, 4), (1, 13, 4, 4),
+            (2, 7, 1, 1), (2, 6, 1, 1), (2, 3, 2, 2), (2, 2, 2, 2)]
+    obs = empty(len(seen) * 6)
+    for i, (j, k, t, T) in enumerate(seen * 6):
+        obs[i] = (i // len(seen), 0, j, j, k, t, T, False, charged(j, k, t, T), 0.0, 0.0, 0.0)
+    m = MachineModel(cluster, (prof.fixed_parallel, prof.per_sample_parallel, prof.oversubscription))
+    m.fit(obs)
+    assert m.noise_sd == 0.01                       # repeats alike: the floor
+    # Elsewhere the best a smooth form can do is the costs' own smooth trend (fixed + per-sample, fitted
+    # to all the batch sizes above): the fit from 15 configurations stays within 0.3 of it (log; 0.73 without
+    # CONFIG_SD).
+    k_all = np.array(list(QUIRKY_STEPS), float)
+    trend = np.polyfit(k_all, np.array(list(QUIRKY_STEPS.values())), 1)
+    for j, k, t, T in [(2, 13, 2, 2), (2, 12, 2, 2), (2, 20, 2, 2), (2, 9, 1, 1), (1, 5, 2, 2), (0, 3, 4, 4)]:
+        ty = types[j]
+        smooth = np.polyval(trend, k) * prof.step_time(k, t, ty.cores, T) / prof.step_time(k, 1, 1, 1) / ty.speed \
+            + ty.fixed_ms / 1e3
+        got = m.predict(m.theta[None], j, k, t, T)[0]
+        assert abs(math.log(got / smooth)) < 0.3, (j, k, t, T, got, smooth)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hpcps.tune.models.posterior import RIDGE, fit_residual_gp, laplace_cov, laplace_samples, quick_lbfgs, signal_sd
+from hpcps.tune.models.posterior import (
+    RIDGE,
+    fit_residual_gp,
+    laplace_cov,
+    laplace_samples,
+    latin_normal,
+    quick_lbfgs,
+    signal_sd,
+)
 
 
 def test_laplace_cov_inverts_the_gauss_newton_hessian():
@@ -33,6 +41,24 @@ def test_laplace_samples_start_at_the_fit_and_spread_as_the_covariance():
     np.testing.assert_allclose(d[:, 0] - d[:, 1], 3.0, atol=1e-4)
     with pytest.raises(np.linalg.LinAlgError):
         laplace_samples(theta, singular, 5, np.random.default_rng(2), 0.0)
+
+
+def test_draws_are_stratified_in_every_dimension():
+    """latin_normal: in each dimension one draw from each of n equally likely slices of the normal."""
+    from scipy.stats import norm
+    z = latin_normal(15, 20, np.random.default_rng(3))
+    slices = np.floor(norm.cdf(z) * 15).astype(int)
+    for d in range(20):
+        assert sorted(slices[:, d]) == list(range(15))
+    # the columns are shuffled independently (not the same order in every dimension)
+    assert len({tuple(slices[:, d]) for d in range(20)}) == 20
+    # so a linear combination of 15 draws averages close to its mean: over 200 seeds, its sample mean
+    # spreads far less than the 1/sqrt(15) of plain draws
+    g = np.random.default_rng(4).standard_normal(20)
+    g /= np.linalg.norm(g)
+    means = [float((laplace_samples(np.zeros(20), np.eye(20), 16, np.random.default_rng(s), 0.0)[1:] @ g).mean())
+             for s in range(200)]
+    assert np.std(means) < 0.3 / np.sqrt(15)
 
 
 def test_quick_lbfgs_minimises_within_the_bounds():
