@@ -363,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     f = facts()
     clusters = args.clusters.split(",")
     strategies = args.strategies.split(",")
+    if "tpe" in strategies:
+        # Checked before any run: a missing optuna otherwise ends the benchmark in a traceback after the
+        # structured and gp runs, their results lost.
+        import importlib.util
+        if importlib.util.find_spec("optuna") is None:
+            print("tune_sim.py: --strategies tpe needs optuna (pip install -e '.[bench]'), or leave tpe out",
+                  file=sys.stderr)
+            return 2
     tasks = [{"cluster": c, "strategy": s, "seed": seed, "budget": args.budget, "iterations": args.iterations,
               "noise": args.noise, "job": args.job}
              for c in clusters for s in strategies for seed in range(args.seeds)]
