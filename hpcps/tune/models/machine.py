@@ -18,8 +18,7 @@ for cores). The first trials rarely oversubscribe a node, so without the calibra
 would charge 16 threads on 8 cores about half of what they cost. A Gaussian process per type models what the
 form leaves unexplained, in log time over (log k, threads per core, T / cores); beyond that every
 configuration is taken to lie off the form by CONFIG_SD, a quirk of its own that repeats cannot average
-away. Posterior samples of
-the constants come from the Laplace approximation around the fit.
+away. Posterior samples of the constants come from the Laplace approximation around the fit.
 """
 
 from __future__ import annotations
@@ -41,9 +40,10 @@ MIN_GP_ROWS = 6
 SAMPLE_JITTER = 1e-10                # on the covariance's diagonal when drawing constants
 # How far (log sd) one configuration's step time lies off any smooth form in batch size and threads, however
 # often it is repeated: kernels chosen per shape on a real device, and on an emulated or testbed node the
-# reference timing of each batch size (benchmarks/testbed's step-cost files: log sd 0.09 and 0.13 of 22 and
-# 25 batch sizes of cifar-resnet around a fitted fixed + per-sample cost; the same batch size timed in four
-# fresh processes here ranged 1.4x). Part of the fit's weights and of every prediction's spread.
+# reference timing of each batch size (the step-cost files of a testbed sitting, hpcps/emulate/step_costs.py:
+# log sd 0.09 and 0.13 of 22 and 25 batch sizes of cifar-resnet around a fitted fixed + per-sample cost;
+# the same batch size timed in four fresh processes here ranged 1.4x). Part of the fit's weights and of
+# every prediction's spread.
 CONFIG_SD = 0.1
 
 
@@ -216,21 +216,22 @@ class MachineModel:
         t = np.broadcast_to(t, shape).reshape(-1)
         T = np.maximum(np.broadcast_to(node_threads, shape).reshape(-1), t)
         mu, sd = np.zeros(ti.size), np.zeros(ti.size)
-        # Candidates share most of their nodes' settings: predict each distinct one once.
-        key = np.column_stack([ti, np.rint(np.maximum(k, 1.0)), t, T])
-        uniq, inv = np.unique(key, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        umu, usd = np.zeros(len(uniq)), np.zeros(len(uniq))
-        for j, gp in self.gps.items():
-            sel = uniq[:, 0] == j
-            if sel.any():
-                u = uniq[sel]
-                # The GP's spread is taken as its typical spread on the data (a constant per type):
-                # predicting it per point costs a triangular solve per candidate.
-                umu[sel] = gp.predict(self._features(j, u[:, 1], u[:, 2], u[:, 3]))
-                usd[sel] = self.gp_sd[j]
         work = k > 0
-        mu[work], sd[work] = umu[inv[work]], usd[inv[work]]
+        if self.gps:
+            # Candidates share most of their nodes' settings: predict each distinct one once.
+            key = np.column_stack([ti, np.rint(np.maximum(k, 1.0)), t, T])
+            uniq, inv = np.unique(key, axis=0, return_inverse=True)
+            inv = inv.reshape(-1)
+            umu, usd = np.zeros(len(uniq)), np.zeros(len(uniq))
+            for j, gp in self.gps.items():
+                sel = uniq[:, 0] == j
+                if sel.any():
+                    u = uniq[sel]
+                    # The GP's spread is taken as its typical spread on the data (a constant per type):
+                    # predicting it per point costs a triangular solve per candidate.
+                    umu[sel] = gp.predict(self._features(j, u[:, 1], u[:, 2], u[:, 3]))
+                    usd[sel] = self.gp_sd[j]
+            mu[work], sd[work] = umu[inv[work]], usd[inv[work]]
         sd[work] = np.sqrt(sd[work] ** 2 + CONFIG_SD ** 2)
         return mu.reshape(shape), sd.reshape(shape)
 

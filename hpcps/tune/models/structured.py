@@ -29,7 +29,7 @@ from emukit.core.interfaces import IModel
 from hpcps.tune.models.codecs import CodecModel
 from hpcps.tune.models.machine import MachineModel
 from hpcps.tune.models.network import Exchange, NetworkModel, iteration_times
-from hpcps.tune.models.posterior import fit_residual_gp
+from hpcps.tune.models.posterior import fit_residual_gp, latin_normal
 from hpcps.tune.models.stale import stale_iteration_times
 from hpcps.tune.problem import Problem
 from hpcps.tune.space import DecodedBatch, decode_many
@@ -180,12 +180,9 @@ class StructuredModel(IModel):
         self._draws[2][0] = 0.0
         # One draw of step-to-step noise per sample and node, the same for every candidate (common random
         # numbers), and how many iterations a trial's time averages over.
-        # Stratified (a Latin hypercube per node): with 16 plain draws a node's mean noise is often a third
-        # of a standard deviation off, which shows as a percent or two on a balanced schedule.
-        from scipy.stats import norm
-        N = len(self.problem.cluster)
-        strata = np.array([rng.permutation(self.n_samples) for _ in range(N)]).T        # (S, N)
-        self._noise = norm.ppf((strata + 0.5) / self.n_samples)[:, None, :]
+        # Stratified per node (posterior.latin_normal): with 16 plain draws a node's mean noise is often a
+        # third of a standard deviation off, which shows as a percent or two on a balanced schedule.
+        self._noise = latin_normal(self.n_samples, len(self.problem.cluster), rng)[:, None, :]
         its = [len(np.unique(o["iteration"])) for _, o in self._trials]
         self._iterations = max(1, int(np.median(its))) if its else 1
         self._fit_correction()
