@@ -38,7 +38,8 @@ def cluster_file(tmp_path, nodes: dict[str, tuple[float, float]]):
     return path
 
 
-def train_on_testbed(tmp_path, name, cluster, schedule_text, job=JOB, dilation=DILATION):
+def train_on_testbed(tmp_path, name, cluster, schedule_text, job=JOB, dilation=DILATION, warnings=None):
+    """The trace of a training run on a testbed of cluster; warnings (a list) gets the run's warnings."""
     job_path, sched, trace = tmp_path / "job.toml", tmp_path / "schedule.toml", tmp_path / "trace.h5"
     job_path.write_text(job)
     sched.write_text(schedule_text)
@@ -48,6 +49,8 @@ def train_on_testbed(tmp_path, name, cluster, schedule_text, job=JOB, dilation=D
     assert r.returncode == 0, r.stdout + r.stderr
     assert "on a testbed: real links, compute emulated at time dilation" in r.stdout, r.stdout
     assert namespaces_of(name) == []
+    if warnings is not None:
+        warnings += [line for line in r.stderr.splitlines() if ": warning: " in line]
     return open_trace(trace)
 
 
@@ -62,8 +65,10 @@ def received_gbps(trace, kind: str) -> dict[int, np.ndarray]:
 @pytest.mark.parametrize("nic_gbps,real", [(1.0, "100 Mbit/s"), (10.0, "1 Gbit/s")])
 def test_traced_bandwidth_is_the_link_rate(tmp_path, bed_name, nic_gbps, real):
     cluster = cluster_file(tmp_path, {"a1": (nic_gbps, 20.0), "a2": (nic_gbps, 20.0)})
+    warned: list[str] = []
     trace = train_on_testbed(tmp_path, bed_name, cluster, '[[nodes]]\nname = "a1"\nserver = true\n'
-                                                          '[[nodes]]\nname = "a2"\nworkers = [{batch = 32}]\n')
+                                                          '[[nodes]]\nname = "a2"\nworkers = [{batch = 32}]\n',
+                             warnings=warned)
     assert trace.attrs["emulation_network"] == "real" and trace.attrs["emulation_dilation"] == DILATION
     assert sorted(trace.rank_field("host").values()) == ["a1", "a2"]      # each rank on its node
     push = received_gbps(trace, "push")[1]          # the worker's (rank 1) pushes, received by the server
@@ -71,16 +76,14 @@ def test_traced_bandwidth_is_the_link_rate(tmp_path, bed_name, nic_gbps, real):
     for what, rates in (("push", push), ("pull", pull)):
         assert len(rates) == 5
         ratio = np.median(rates) / nic_gbps
-        if nic_gbps == 10.0 and 0.5 < ratio <= 0.85:
-            # A known gap, cause not found: on a 2-core machine some runs' 1 Gbit/s transfers take 15-25%
-            # longer than the link needs, in most iterations of the run, in either direction; more often
-            # after other tests (1 of 6 runs after tests/testbed/test_lifecycle.py) than alone (pushes 1
-            # of 56 runs, 4 of 56 below 0.9; pulls 2 of 56). The links are not it: a plain TCP stream and
-            # a plain MPI Send/Irecv between the same two nodes stayed within 10% in every run, and the
-            # slow runs retransmitted no more than the others. Shaping that broke would miss by far
-            # more, which still fails below.
-            pytest.xfail(f"known gap: traced {what} rate {ratio:.2f} of a 1 Gbit/s link")
-        assert abs(ratio - 1) < 0.15, (what, real, rates)
+        stolen = [w for w in warned if "(steal)" in w]
+        if ratio <= 0.85 and stolen:
+            # Known, and said: the links run on this machine's CPUs, and time its host takes from them
+            # slows them (hpcps.testbed.control.STEAL_WARNING: every run of this test whose median fell
+            # below 0.85 had 2.6-8.2% of CPU time stolen; under 1%, 0.92-0.97). Runs where the host took
+            # nothing must keep the rate; and shaping that broke would send faster, which no steal excuses.
+            pytest.xfail(f"traced {what} rate {ratio:.2f} of the link's, and the run warned: {stolen[0]}")
+        assert abs(ratio - 1) < 0.15, (what, real, rates, warned)
 
 
 def test_two_flows_into_one_nic_each_get_about_half(tmp_path, bed_name):

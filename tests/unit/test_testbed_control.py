@@ -178,6 +178,31 @@ def test_keep_up_warnings_name_a_late_delay_line():
     assert "median 90 us late" in w and "250 us" in w
 
 
+def test_keep_up_warnings_name_cpu_time_the_host_took():
+    from hpcps.testbed.plan import plan_testbed
+    plan = plan_testbed(load_cluster(UNIFORM4), "tb", 10.0, 0)
+    assert control.keep_up_warnings(plan, None, None) == []
+    assert control.keep_up_warnings(plan, None, control.STEAL_WARNING) == []
+    [w] = control.keep_up_warnings(plan, None, 0.3)
+    assert w.startswith("the machine's host took 30% of its CPU time during the run (steal)") and "--dilation" in w
+
+
+def test_steal_share_between_two_readings_of_proc_stat(tmp_path):
+    before = control.cpu_times("cpu  100 0 50 800 0 0 10 40 0 0\n")
+    after = control.cpu_times("cpu  160 0 80 900 0 0 10 70 0 0")
+    assert before == (100, 0, 50, 800, 0, 0, 10, 40)
+    assert control.steal_share(before, after) == 30 / 220
+    assert control.steal_share(before, before) is None                 # no time passed
+    assert control.steal_share(None, after) is None
+    assert control.cpu_times("cpu0 1 2 3 4 5 6 7 8") is None           # one core's line, not the machine's
+    assert control.cpu_times("cpu 1 2 3") is None and control.cpu_times("cpu a b c d e f g h") is None
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3 4 5 6 7 8 9 10\ncpu0 1 1 1 1 1 1 1 1\n")
+    assert control.read_cpu_times(str(stat)) == (1, 2, 3, 4, 5, 6, 7, 8)
+    assert control.read_cpu_times(str(tmp_path / "missing")) is None
+    assert control.read_cpu_times() is not None                         # this machine's
+
+
 def test_parsers_of_ip_output():
     assert runner_mod.parse_netns_list("hpcps-a-sw (id: 0)\nother\n\n") == ["hpcps-a-sw", "other"]
     assert runner_mod.parse_link_names("1: lo: <LOOPBACK> mtu\n7: hpcps-a@if3: <BROADCAST> mtu\n") == ["lo", "hpcps-a"]
