@@ -24,6 +24,7 @@ import numpy as np
 from mpi4py import MPI
 
 from hpcps.comm.buffers import ExchangeBuffer
+from hpcps.comm.waits import SocketWake
 from hpcps.ps.codec import Codec, Encoder
 from hpcps.ps.plan import PULL, PUSH, MessagePlan
 from hpcps.ps.server import ServedPiece
@@ -87,6 +88,8 @@ class Exchange:
         self._aggregate = aggregate or (lambda fn: fn())
         self.sleep_wait = ranks_outnumber_cores(comm) if sleep_wait is None else sleep_wait
         self.poll_s = 1e-4 if emulator is not None else SLEEP_WAIT_S
+        # Sleeping ranks wake for their sockets' bytes: a message over TCP moves only in their MPI calls.
+        self._wake = SocketWake(self.poll_s) if self.sleep_wait else None
 
         n = len(plan.pieces)
         self.arrived = np.zeros(n, dtype=bool)        # worker: piece of the awaited iteration in place
@@ -433,15 +436,15 @@ class Exchange:
     def wait_until(self, condition: Callable[[], bool]) -> None:
         while not condition():
             if not self.progress():
-                if self.sleep_wait:
-                    time.sleep(self.poll_s)
+                if self._wake is not None:
+                    self._wake.pause()
                 else:
                     os.sched_yield()
 
     def _wait_request(self, req) -> None:
         while not req.Test():
-            if self.sleep_wait:
-                time.sleep(self.poll_s)
+            if self._wake is not None:
+                self._wake.pause()
 
     def drain(self) -> None:
         """Complete every request still posted (the end of a run)."""

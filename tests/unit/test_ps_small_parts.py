@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hpcps.comm.waits import SocketWake
 from hpcps.ps.checkpoint import _short, share_residuals
 from hpcps.ps.codec import Codec, make_codec
 from hpcps.ps.plan import Piece
@@ -459,7 +460,9 @@ def test_an_exchange_refuses_more_pieces_than_mpi_has_tags_for():
                                          r"raise \[exchange\] bucket_mb$"):
         Exchange(Comm(GATHER_TAG + 3), plan, 1, sleep_wait=False)
     ex = Exchange(Comm(GATHER_TAG + 4), plan, 1, sleep_wait=False)
-    assert ex.sleep_wait is False and ex.is_worker and ex.row == 0
+    assert ex.sleep_wait is False and ex.is_worker and ex.row == 0 and ex._wake is None
+    ex = Exchange(Comm(GATHER_TAG + 4), plan, 1, sleep_wait=True, emulator=object())
+    assert ex.sleep_wait is True and isinstance(ex._wake, SocketWake) and ex._wake.poll_s == 1e-4
 
 
 def test_a_stale_exchange_refuses_bsp_s_pull_call():
@@ -483,18 +486,16 @@ class _SlowRequest:
 
 
 @pytest.mark.parametrize("sleep_wait", [True, False])
-def test_waiting_on_a_request_sleeps_a_poll_between_tests_only_when_ranks_outnumber_cores(monkeypatch,
-                                                                                       sleep_wait):
-    import time
+def test_waiting_on_a_request_pauses_between_tests_only_when_ranks_outnumber_cores(sleep_wait):
     from types import SimpleNamespace
 
     from hpcps.ps.exchange import Exchange
-    slept = []
-    monkeypatch.setattr(time, "sleep", slept.append)
+    pauses = []
+    wake = SimpleNamespace(pause=lambda: pauses.append("pause")) if sleep_wait else None
     req = _SlowRequest()
-    Exchange._wait_request(SimpleNamespace(sleep_wait=sleep_wait, poll_s=0.0025), req)
+    Exchange._wait_request(SimpleNamespace(_wake=wake), req)
     assert req.tests == 3
-    assert slept == ([0.0025, 0.0025] if sleep_wait else [])
+    assert pauses == (["pause", "pause"] if sleep_wait else [])
 
 
 def test_stopping_early_with_a_send_in_flight_is_refused_saying_so():
