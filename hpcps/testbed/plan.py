@@ -196,6 +196,11 @@ class TestbedPlan:
         return any(n.delay_s > 0 for n in self.nodes)
 
     @property
+    def packet_bytes(self) -> int:
+        """The largest packet a node's eth0 builds (its gso_max_size; see packet_bytes())."""
+        return packet_bytes(n.rate_bps for n in self.nodes)
+
+    @property
     def env_value(self) -> str:
         return f"{self.name}:{self.dilation:g}"
 
@@ -253,19 +258,39 @@ def _batch(tool: str, netns: str | None, lines: list[str]) -> Command:
 
 
 PEER_BURST = 1600          # bytes: one MTU-sized packet (a peer class's own rate bucket, see shaping_lines)
+BURST_S = 0.0005           # a NIC's burst: half a millisecond at its rate (real time) ...
+MIN_BURST_BYTES = 16384    # ... but at least this (see packet_bytes); and the largest packet the nodes build
+MAX_PACKET_BYTES = 65536   # the kernel's own largest offloaded packet
 
 
 def nic_burst_bytes(rate_bps: int) -> int:
-    """The burst of a NIC's htb class (see shaping_lines): half a millisecond at its rate, at least 64 KiB."""
-    return max(65536, math.ceil(rate_bps / 8 * 0.0005))
+    """The burst of a NIC's htb class (see shaping_lines): half a millisecond at its rate, at least
+    MIN_BURST_BYTES."""
+    return max(MIN_BURST_BYTES, math.ceil(rate_bps / 8 * BURST_S))
+
+
+def packet_bytes(rates_bps: Iterable[int]) -> int:
+    """The largest packet (gso_max_size) every node's eth0 builds: the burst of the slowest NIC, at most
+    the kernel's 64 KiB. htb lets a packet through whole once its bucket is not empty, so a NIC passes a
+    packet of up to its burst's size at once however slow it is, and the first bytes of a message on a
+    link that was idle move at no cost. With TCP's offloaded 64 KiB packets (the kernel's default) that
+    was 0.5 ms of a 1 Gb/s NIC, and slices of a few hundred KB are what a schedule with a few servers
+    moves: on hetero8's `balanced` (two servers, 156 KB slices; results/testbed_packet_size.md) the 1 Gb/s
+    workers' pushes took 0.74-0.83 ms and their pulls 1.01-1.12 ms with 64 KiB
+    packets, 1.30-1.47 and 1.41-1.65 ms with 16 KiB, against 1.35 and 1.47 ms by the rate (as the
+    simulator has them). With 8 KiB, pushes ran long (1.45-1.89 ms): the delay line hears of every
+    packet. So the packet is the slowest NIC's burst, at least 16 KiB: a fast NIC sends packets of that
+    size too, as its peer may be the slowest one."""
+    return min(MAX_PACKET_BYTES, nic_burst_bytes(min(rates_bps)))
 
 
 def shaping_lines(dev: str, rate_bps: int, match: str = "dst", peers: Sequence[str] = ()) -> list[str]:
     """tc lines that cap dev's egress at rate_bps and share it fairly among the peers.
 
     An htb class 1:1 at rate = ceil (it never borrows), with a burst of half a millisecond at that rate but
-    at least 64 KiB (one TCP segmentation-offload packet: less and htb falls short of its rate; more lets
-    the start of each message through faster than the link: 2 ms gave +4% on 2.5 MB at 1 Gbit/s). Below
+    at least MIN_BURST_BYTES and never less than the largest packet the nodes build (packet_bytes: with
+    TCP's offloaded 64 KiB packets and a smaller burst, htb fell short of the rate; a larger burst lets the
+    start of each message through faster than the link: 2 ms gave +4% on 2.5 MB at 1 Gbit/s). Below
     it one class per peer address (u32 on the IP `match` address: dst on a node's egress, src on its
     ingress) and one for anything else, each allowed the whole rate, with equal quanta: htb's deficit
     round robin then gives every busy peer the same share, the max-min sharing the
@@ -306,6 +331,7 @@ def setup_commands(plan: TestbedPlan) -> list[Command]:
             "link set lo up",
             f"link add {NODE_IF} type veth peer name {n.port} netns {sw}",
             f"link set {NODE_IF} addrgenmode none",
+            f"link set {NODE_IF} gso_max_size {plan.packet_bytes}",
             f"addr add {n.address}/{prefix} dev {NODE_IF}",
             f"link set {NODE_IF} up"]))
     ports = [n.port for n in plan.nodes]

@@ -138,6 +138,30 @@ def test_messages_follow_the_links_not_the_emulated_network(tmp_path, bed_name):
     assert abs(np.median(push) - 1.0) < 0.15, push
 
 
+def test_a_message_of_a_few_packets_moves_at_the_link_rate(tmp_path, bed_name):
+    """A 154 KB message each way (a slice of a schedule with a few servers) between a 10 Gb/s server and a
+    1 Gb/s worker, at hetero8's dilation: within 15% of the slow NIC's rate. htb passes a packet whole
+    once its bucket is not empty, so packets as large as the kernel builds them (64 KiB) let the start of
+    each message through the slow NIC at once (hpcps.testbed.plan.packet_bytes)."""
+    cluster = cluster_file(tmp_path, {"a1": (10.0, 20.0), "a2": (1.0, 20.0)})
+    job = JOB.replace("hidden = 8192", "hidden = 512")               # 38,410 parameters: 153,640 bytes
+    warned: list[str] = []
+    trace = train_on_testbed(tmp_path, bed_name, cluster, '[[nodes]]\nname = "a1"\nserver = true\n'
+                                                          '[[nodes]]\nname = "a2"\nworkers = [{batch = 32}]\n',
+                             job=job, warnings=warned, dilation=16.0)
+    for kind, rank in (("push", 1), ("pull", 0)):
+        tr = trace.transfers_of(kind)
+        assert (tr["nbytes"] == 153_640).all(), tr["nbytes"]
+        rates = received_gbps(trace, kind)[rank]
+        assert len(rates) == 5
+        ratio = float(np.median(rates)) / 1.0
+        # Measured: 1.02-1.07 of the rate (both ways, 2 runs); with the kernel's packet size, 1.16-1.19.
+        assert ratio < 1.15, (kind, rates)
+        if ratio <= 0.85 and any("(steal)" in w for w in warned):
+            pytest.xfail(f"{kind} at {ratio:.2f} of the rate while the run warned: {warned}")
+        assert ratio > 0.85, (kind, rates)
+
+
 def test_short_messages_of_many_peers_are_shaped_together(tmp_path, bed_name):
     """Every iteration one server sends six workers a 120 KB message each at the same moment (their
     pulls), and takes six such pushes in. Together they may not pass faster than its NIC: a burst per

@@ -13,6 +13,8 @@ from hpcps.testbed.plan import (
     COMPUTE_CORES,
     DELAY_MIN_S,
     MAX_NODES,
+    MAX_PACKET_BYTES,
+    MIN_BURST_BYTES,
     check_name,
     choose_subnet,
     default_dilation,
@@ -23,7 +25,9 @@ from hpcps.testbed.plan import (
     mpiexec_argv,
     name_of_link,
     name_of_netns,
+    nic_burst_bytes,
     node_netns,
+    packet_bytes,
     parse_testbed_env,
     plan_testbed,
     queue_rules,
@@ -157,17 +161,35 @@ def test_plan_rejects_bad_input():
 def test_shaping_caps_the_rate_and_gives_each_peer_a_class():
     lines = shaping_lines("eth0", 100_000_000, "dst", ["10.0.0.2", "10.0.0.3"])
     assert lines[0] == "qdisc add dev eth0 root handle 1: htb default 2"
-    assert "classid 1:1 htb rate 100000000bit ceil 100000000bit burst 65536b" in lines[1]    # 0.5 ms < 64 KiB
+    assert "classid 1:1 htb rate 100000000bit ceil 100000000bit burst 16384b" in lines[1]    # 0.5 ms < 16 KiB
     leaves = [ln for ln in lines if "parent 1:1 classid" in ln]
     assert len(leaves) == 3                                        # two peers and everything else
     # The peer classes borrow everything from 1:1: no rate of their own (a one-packet rate bucket), so
     # that the NIC's burst is 1:1's alone (not 64 KiB more per peer); their ceiling bucket is 1:1's
     # burst, so that a lone flow is not held back after each offloaded packet.
-    assert all("rate 8bit ceil 100000000bit burst 1600b cburst 65536b" in ln and "quantum 60000" in ln
+    assert all("rate 8bit ceil 100000000bit burst 1600b cburst 16384b" in ln and "quantum 60000" in ln
                for ln in leaves)
     assert "u32 match ip dst 10.0.0.2/32 flowid 1:10" in lines[6] and "match ip dst 10.0.0.3/32 flowid 1:11" in lines[9]
     assert "burst 625000b" in shaping_lines("p0", 10_000_000_000)[1]                          # 0.5 ms at 10 Gbit/s
     assert "match ip src 10.0.0.2/32" in "".join(shaping_lines("p0", 10**9, "src", ["10.0.0.2"]))
+
+
+def test_packets_are_no_larger_than_the_slowest_nics_burst():
+    """htb passes a packet whole once its bucket is not empty: packets larger than a NIC's burst would let
+    the first bytes of every message through a slow NIC at once (64 KiB, the kernel's offloaded packet,
+    was 0.5 ms of a 1 Gb/s NIC)."""
+    assert nic_burst_bytes(100_000_000) == MIN_BURST_BYTES == 16384          # 6250 B at 0.5 ms: the floor
+    assert nic_burst_bytes(10**9) == 62500 and nic_burst_bytes(10**10) == 625000
+    assert packet_bytes([10**10, 10**9]) == 62500                              # the slowest NIC's burst
+    assert packet_bytes([10**10, 10**8]) == 16384
+    assert packet_bytes([10**10]) == MAX_PACKET_BYTES                          # never above the kernel's
+    plan = plan_testbed(HETERO8, "tb", 16.0, 0)                                # 1 Gb/s NICs at 62.5 Mbit/s
+    assert plan.packet_bytes == 16384
+    for n in plan.nodes:                                                       # every node, fast ones too
+        assert packet_bytes([n.rate_bps]) >= plan.packet_bytes
+        assert all(f"burst {nic_burst_bytes(n.rate_bps)}b" in ln for ln in shaping_lines("eth0", n.rate_bps)[1:3])
+    ip_input = "".join(c.input for c in setup_commands(plan) if c.argv[0] == "ip")
+    assert ip_input.count("link set eth0 gso_max_size 16384\n") == len(plan.nodes)
 
 
 def test_setup_commands_golden():
