@@ -268,6 +268,9 @@ def cmd_run(args) -> int:
     try:
         _say(args, _describe(plan) + f"; {len(rank_nodes)} rank(s) on {', '.join(dict.fromkeys(rank_nodes))}")
         report = control.run_on(plan, rank_nodes, cmd, mpiexec=mpiexec, timeout_s=args.timeout)
+        summary = control.run_summary(report)
+        if summary:
+            _say(args, summary)
         for w in report.warnings:
             print(f"{TOOL}: warning: {w}", file=sys.stderr, flush=True)
         if report.returncode == 124 and args.timeout is not None:

@@ -43,6 +43,7 @@ from hpcps.testbed.runner import NetRunner, TestbedError
 STATE_ENV = "HPCPS_TESTBED_STATE"
 READY_TIMEOUT_S = 20.0
 TERM_GRACE_S = 3.0
+STATS_TIMEOUT_S = 2.0       # for the delay line to write its statistics when asked
 
 
 def state_root() -> Path:
@@ -244,13 +245,7 @@ def run_on(plan: TestbedPlan, rank_nodes: Sequence[str], command: Sequence[str],
             _kill_group(proc, signal.SIGKILL)
             proc.wait()
     steal = steal_share(cpu_before, read_cpu_times())
-    delay = None
-    stats = state_dir(plan.name) / "delay.json"
-    if stats.is_file():
-        try:
-            delay = json.loads(stats.read_text())
-        except ValueError:
-            delay = None
+    delay = delay_line_stats(plan, runner) if plan.delayed else None
     if timed_out:
         rc = 124
     elif caught:
@@ -258,6 +253,29 @@ def run_on(plan: TestbedPlan, rank_nodes: Sequence[str], command: Sequence[str],
     elif rc < 0:
         rc = 128 - rc
     return RunReport(rc, delay, keep_up_warnings(plan, delay, steal), steal)
+
+
+def delay_line_stats(plan: TestbedPlan, runner: NetRunner, timeout_s: float = STATS_TIMEOUT_S) -> dict | None:
+    """The delay line's statistics as of now (hpcps.testbed.delay.DelayLine.stats), None if it does not
+    answer within timeout_s. It writes them only when asked (SIGUSR1), so that nothing holds packets up."""
+    d = state_dir(plan.name)
+    stats = d / "delay.json"
+    try:
+        pid = int(json.loads((d / "delay.ready").read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    stats.unlink(missing_ok=True)
+    if not runner.signal(pid, signal.SIGUSR1):
+        return None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if stats.is_file():             # written whole (os.replace)
+            try:
+                return json.loads(stats.read_text())
+            except (OSError, ValueError):
+                return None
+        time.sleep(0.01)
+    return None
 
 
 def _kill_group(proc: subprocess.Popen, sig: int) -> None:
@@ -304,6 +322,19 @@ def steal_share(before: tuple[int, ...] | None, after: tuple[int, ...] | None) -
     spent = [b - a for a, b in zip(before, after)]
     total = sum(spent)
     return spent[7] / total if total > 0 else None
+
+
+def run_summary(report: RunReport) -> str:
+    """One line on how the links' machinery fared during a run: the delay line's packets and lateness, and
+    the CPU time the machine's host took."""
+    parts = []
+    d = report.delay
+    if d and d.get("packets"):
+        parts.append(f"the delay line held {d['packets']} packets, late by a median {d.get('late_p50_us', 0):.0f} us "
+                     f"(99th percentile {d.get('late_p99_us', 0):.0f} us)")
+    if report.steal_share is not None:
+        parts.append(f"the machine's host took {report.steal_share:.1%} of its CPU time (steal)")
+    return "; ".join(parts)
 
 
 def keep_up_warnings(plan: TestbedPlan, delay: dict | None, steal: float | None = None) -> list[str]:

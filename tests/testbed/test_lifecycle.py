@@ -98,6 +98,12 @@ def test_up_builds_shaped_delayed_nodes_and_down_removes_everything(bed_name):
     assert "Network is unreachable" in out.stderr, out.stderr     # no route out of the testbed
     delay = json.loads((control.state_dir(bed_name) / "delay.ready").read_text())["pid"]
     assert delay in runner.netns_pids(plan.switch_netns)
+    # The delay line held those packets, and says so only when asked: working its statistics out holds
+    # every packet of every link for milliseconds, so it may not do it on its own while packets pass.
+    time.sleep(1.5)
+    assert not (control.state_dir(bed_name) / "delay.json").exists()
+    stats = control.delay_line_stats(plan, runner)
+    assert stats is not None and stats["packets"] >= 4 and stats["late_p50_us"] < 1000, stats
     # A second testbed of the same name is refused, and the first is left as it was.
     again = bed_cli("up", "--cluster", str(HETERO8), "--name", bed_name)
     assert again.returncode == 2 and "is up already" in again.stderr

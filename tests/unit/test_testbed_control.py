@@ -311,3 +311,38 @@ def test_ranks_are_placed_as_the_schedule_says(tmp_path):
     assert cli.rank_nodes_for(args, cluster) == [f"n{i}" for i in range(1, 9)]
     assert cli.schedule_in_command(["x", "--schedule", "a.toml"]) == Path("a.toml")
     assert cli.schedule_in_command(["x", "--schedule"]) is None
+
+
+def test_run_summary_names_the_delay_lines_lateness_and_the_steal():
+    report = control.RunReport(0, {"packets": 2600, "late_p50_us": 6.0, "late_p99_us": 74.0}, [], 0.0031)
+    assert control.run_summary(report) == ("the delay line held 2600 packets, late by a median 6 us (99th percentile "
+                                           "74 us); the machine's host took 0.3% of its CPU time (steal)")
+    assert control.run_summary(control.RunReport(0, None, [], None)) == ""
+    assert control.run_summary(control.RunReport(0, {"packets": 0}, [], None)) == ""
+
+
+def test_the_delay_lines_statistics_are_asked_for_and_not_read_stale(state_root):
+    """run_on asks the delay line (SIGUSR1) and waits for its answer; a statistics file from before is
+    not taken for it."""
+    from hpcps.testbed.plan import plan_testbed
+    plan = plan_testbed(load_cluster(UNIFORM4), "tb", 10.0, 0)
+    d = control.state_dir("tb")
+    d.mkdir(parents=True)
+    (d / "delay.ready").write_text(json.dumps({"pid": 4242}))
+    (d / "delay.json").write_text(json.dumps({"packets": 1}))          # stale
+
+    class Answering(FakeRunner):
+        def signal(self, pid, sig):
+            self.signals.append((pid, sig))
+            (d / "delay.json").write_text(json.dumps({"packets": 7}))
+            return True
+
+    fake = Answering()
+    assert control.delay_line_stats(plan, fake) == {"packets": 7}
+    assert fake.signals == [(4242, signal.SIGUSR1)]
+
+    class Silent(FakeRunner):
+        def signal(self, pid, sig):
+            return True
+
+    assert control.delay_line_stats(plan, Silent(), timeout_s=0.05) is None    # the stale file was not taken
