@@ -162,11 +162,6 @@ class DelayLine:
                 out.append((key, last))
         return out
 
-    def late_max_us(self) -> float | None:
-        """The largest lateness seen (10 ms: that or more), None before any packet."""
-        return next((float(i - LATE_BINS_US) for i in range(len(self.late_hist) - 1, -1, -1) if self.late_hist[i]),
-                    None)
-
     def late_quantile_us(self, q: float) -> float | None:
         total = sum(self.late_hist)
         if total == 0:
@@ -181,7 +176,6 @@ class DelayLine:
     def stats(self) -> dict:
         return {"packets": self.packets, "late_p50_us": self.late_quantile_us(0.5),
                 "late_p90_us": self.late_quantile_us(0.9), "late_p99_us": self.late_quantile_us(0.99),
-                "late_max_us": self.late_max_us(), "late_over_1ms": sum(self.late_hist[LATE_BINS_US + 1001:]),
                 "lead_us": round(self.lead * 1e6, 1)}
 
 
