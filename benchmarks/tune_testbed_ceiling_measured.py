@@ -7,8 +7,9 @@ faster than the heuristic's there. The simulator is 6-14% off the testbed (resul
 so that ceiling is measured here on the testbed: the heuristic's and structured's re-measured best
 schedules of every seed of results/tune_testbed.json and the simulator's best known schedule of
 results/tune_testbed_ceiling.json, REPEATS times each, in rounds with every schedule once whose order
-rotates, at the settings of tune_testbed's re-measurements (20 iterations, dilation 32). A schedule's
-time is the median of its measurements.
+rotates, at the settings of tune_testbed's re-measurements (20 iterations, dilation 32, or --dilation:
+where the testbed warns that it could not keep up, a higher one shows whether that changed the order). A
+schedule's time is the median of its measurements.
 
 Figure, fixed before any run: per sitting, for each seed's heuristic schedule, its median over the
 fastest median of any schedule measured in that sitting; the median of those over the seeds is the most
@@ -17,10 +18,12 @@ this cluster by any schedule known; it may still be by one nobody found.
 
     sudo .venv/bin/python benchmarks/tune_testbed_ceiling_measured.py            # one sitting, ~25 min
     sudo .venv/bin/python benchmarks/tune_testbed_ceiling_measured.py --resume   # finish a stopped one
+    sudo .venv/bin/python benchmarks/tune_testbed_ceiling_measured.py --dilation 64 --repeats 3 \
+        --out results/tune_testbed_ceiling_measured_d64.md
 
 Every sitting is kept in the JSON beside --out (default results/tune_testbed_ceiling_measured.md), the
-markdown shows them all; runs go under --runs (default results/runs/tune_testbed_ceiling_measured/, not
-kept in git). Progress lines go to stderr.
+markdown shows them all; runs go under --runs (default results/runs/ and the name of --out, not kept in
+git). Progress lines go to stderr.
 """
 
 from __future__ import annotations
@@ -113,12 +116,15 @@ def report(data: dict) -> str:
         lines += ["", f"## Sitting {i}", "", f"Command: `{s['command']}`", "", facts_markdown(facts), "",
                   f"{len(s['measured'])} of {len(s['order'])} measurements, wall time "
                   f"{s.get('wall_s', 0) / 60:.1f} min.", "",
-                  "| schedule | median (ms) | min - max (ms) | over the fastest |", "| --- | ---: | ---: | ---: |"]
+                  "| schedule | median (ms) | min - max (ms) | over the fastest | measurements that warned |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
         for n in data["summaries"]:
             if n in c["medians_s"]:
                 lo, hi = c["spread_s"][n]
+                ms = [m for m in s["measured"] if m["name"] == n]
                 lines.append(f"| {n} | {c['medians_s'][n] * 1e3:.2f} | {lo * 1e3:.2f} - {hi * 1e3:.2f} | "
-                             f"{c['medians_s'][n] / c['medians_s'][c['fastest']]:.2f}x |")
+                             f"{c['medians_s'][n] / c['medians_s'][c['fastest']]:.2f}x | "
+                             f"{sum(1 for m in ms if m['warnings'])} of {len(ms)} |")
         warned = sum(1 for m in s["measured"] if m["warnings"])
         lines += ["", f"{warned} of {len(s['measured'])} measurements warned (the testbed's own checks).", ""]
         if c["ceiling"] is not None:
@@ -139,17 +145,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cluster", default="hetero10a-1g", help="a cluster of tune_testbed's (default %(default)s)")
     p.add_argument("--repeats", type=int, default=REPEATS, help="measurements of each schedule (default %(default)s)")
-    p.add_argument("--runs", type=Path, default=ROOT / "results" / "runs" / "tune_testbed_ceiling_measured")
+    p.add_argument("--runs", type=Path, default=None,
+                   help="where the measurements go (default results/runs/ and the name of --out without .md)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "tune_testbed_ceiling_measured.md")
+    p.add_argument("--dilation", type=float, default=None,
+                   help="time dilation of every measurement (default: that of tune_testbed's, 32)")
     p.add_argument("--resume", action="store_true", help="finish the last sitting if it stopped part way")
     p.add_argument("--report-only", action="store_true", help="rewrite the markdown from the JSON")
     args = p.parse_args(argv)
     raw = args.out.with_suffix(".json")
+    args.runs = args.runs or ROOT / "results" / "runs" / args.out.stem
     if args.report_only:
         if not raw.is_file():
             p.error(f"--report-only: {raw} is not a file")
         args.out.write_text(report(json.loads(raw.read_text())))
         return 0
+    if args.dilation is not None and not 1 <= args.dilation < float("inf"):
+        p.error(f"--dilation must be a number >= 1, got {args.dilation}")
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.out.resolve() in (TUNED, CEILING) or raw.resolve() in (TUNED, CEILING):
@@ -175,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     cl = load_cluster(ROOT / tuned["clusters_files"][args.cluster])
     schedules = schedules_for(args.cluster, tuned, ceiling, [n.name for n in cl.nodes])
     parsed = {n: parse_node_schedule(s, n) for n, s in schedules.items()}
-    plan = {"iterations": tuned["iterations"], "dilation": tuned["dilation"]}    # of its re-measurements
+    plan = {"iterations": tuned["iterations"], "dilation": args.dilation or tuned["dilation"]}
     data = json.loads(raw.read_text()) if raw.exists() else None
     setup = {"cluster": args.cluster, "cluster_file": tuned["clusters_files"][args.cluster], "job": tuned["job"],
              "iterations": plan["iterations"], "dilation": plan["dilation"], "repeats": args.repeats,
