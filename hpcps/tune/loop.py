@@ -225,7 +225,8 @@ class TuningRun:
             predicted_s=proposal.predicted_s, predicted_sd=proposal.predicted_sd, note=proposal.note,
             schedule=schedule.to_dict(), summary=summarize(schedule, sync), elapsed_s=result.elapsed_s,
             propose_s=propose_s, trace_path=result.trace_path, observations_file=obs_file,
-            propose_cpu_s=propose_cpu_s, setting=dict(proposal.setting) if proposal.setting is not None else None)
+            propose_cpu_s=propose_cpu_s, setting=dict(proposal.setting) if proposal.setting is not None else None,
+            warnings=list(result.warnings))
         self.history.append(rec)
         t0, c0 = time.perf_counter(), time.process_time()
         inc = self.strategy.incumbent(self.history)

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("trial", "strategy", "status", "iteration_time_s", "predicted_s", "predicted_sd", "best_s",
-               "best_trial", "speedup_vs_first", "n_servers", "n_workers", "schedule", "note", "elapsed_s", "propose_s")
+               "best_trial", "speedup_vs_first", "n_servers", "n_workers", "schedule", "note", "elapsed_s", "propose_s",
+               "warnings")
 
 
 def attach_reports(run: TuningRun, echo: Callable[[str], None]) -> None:
@@ -73,7 +74,7 @@ def csv_text(run: TuningRun) -> str:
                     _fmt(r.predicted_sd), _fmt(inc.time_s if inc else None), inc.trial if inc else "",
                     _fmt(first / r.time_s if (r.ok and first) else None, 4),
                     sum(1 for p in nodes if p["server"]), sum(len(p["workers"]) for p in nodes),
-                    r.summary, r.note, _fmt(r.elapsed_s, 3), _fmt(r.propose_s, 3)])
+                    r.summary, r.note, _fmt(r.elapsed_s, 3), _fmt(r.propose_s, 3), " | ".join(r.warnings)])
     return buf.getvalue()
 
 
@@ -94,7 +95,8 @@ def progress_line(run: TuningRun, rec: TrialRecord) -> str:
     nodes = rec.schedule.get("nodes", [])
     shape = f"{sum(1 for p in nodes if p['server'])} server(s), {sum(len(p['workers']) for p in nodes)} worker(s)"
     of = f"/{run.budget}" if run.budget is not None else ""
-    return (f"trial {rec.trial}{of} [{run.settings.strategy}] {shape} | measured {meas} | "
+    warned = f" | {len(rec.warnings)} warning(s) that the time may be too high (trials.csv)" if rec.warnings else ""
+    return (f"trial {rec.trial}{of} [{run.settings.strategy}] {shape} | measured {meas}{warned} | "
             f"predicted {pred} | best {best_s} | {rec.summary}")
 
 

@@ -49,6 +49,9 @@ class TrialResult:
     iteration_times_s: tuple[float, ...] = ()
     elapsed_s: float = 0.0                       # wall time the trial took
     notes: tuple[str, ...] = field(default=())
+    # What the run said of its own faithfulness (hpcps.train's and hpcps.testbed's warnings: this machine
+    # could not keep up with the emulated cluster): a time that may be too high, for the user to see.
+    warnings: tuple[str, ...] = field(default=())
 
     @property
     def ok(self) -> bool:
@@ -78,6 +81,7 @@ class TrialRecord:
     incumbent_s: float = 0.0                     # wall and CPU time choosing it (structured fits its model
     incumbent_cpu_s: float = 0.0                 # there, and the next proposal reuses the fit)
     setting: dict | None = None                  # Proposal.setting
+    warnings: list[str] = field(default_factory=list)   # TrialResult.warnings
 
     @property
     def ok(self) -> bool:

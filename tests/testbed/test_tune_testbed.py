@@ -90,6 +90,22 @@ def test_trials_run_on_the_testbed_and_resume_goes_on(tmp_path):
     no_testbeds_left()
 
 
+def test_a_trial_the_testbed_could_not_keep_up_with_says_so_in_trials_csv_and_the_final_report(tmp_path):
+    # At dilation 1 the fast node (speed 2) would step in half the time this machine takes: every step
+    # overruns, and hpcps.train says so.
+    out = tmp_path / "undilated"
+    r = tune(tmp_path, out, "--budget", "1", "--iterations", "6", "--dilation", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    [row] = rows(out)
+    assert row["status"] == "ok", row
+    log = (out / "trials" / "0001" / "output.log").read_text()
+    assert "emulated steps ran longer here than on their node" in row["warnings"], (row, log)
+    assert row["warnings"] == " | ".join(ln.strip() for ln in log.splitlines() if ": warning: " in ln), (row, log)
+    assert "1 of 1 measured trial(s) warned that this machine could not keep up" in r.stdout, r.stdout
+    assert "raise --dilation" in r.stdout, r.stdout
+    no_testbeds_left()
+
+
 def test_a_failing_trial_and_a_trial_past_its_time_limit_are_recorded(tmp_path):
     cluster = tmp_path / "tb3.toml"
     cluster.write_text(CLUSTER)

@@ -123,6 +123,26 @@ while [ $# -gt 0 ]; do [ "$1" = "--trace" ] && cp {made} "$2"; shift; done
     assert (trial / "schedule.toml").is_file()
 
 
+def test_a_trial_keeps_the_warnings_of_hpcps_train_and_hpcps_testbed_once_each_and_nothing_else(tmp_path):
+    made = tmp_path / "made.h5"
+    write_trace(made)
+    overran = ("hpcps.train: warning: 15 of 200 emulated steps ran longer here than on their node (by 22.9 ms "
+               "emulated in all); raise --time-dilation for a faithful emulation")
+    steal = "hpcps.testbed: warning: the machine's host took 6% of its CPU time during the run (steal)"
+    exe = fake_mpiexec(tmp_path, f'''
+echo "{overran}"
+echo "/x/site-packages/torch/foo.py:1: UserWarning: warning: not ours" >&2
+echo "{steal}   " >&2
+echo "{overran}"
+while [ $# -gt 0 ]; do [ "$1" = "--trace" ] && cp {made} "$2"; shift; done
+''')
+    trial = tmp_path / "trial"
+    trial.mkdir()
+    r = backend(tmp_path, exe).run_trial(trial, SCHEDULE, 1)
+    assert r.status == "ok", r.status
+    assert r.warnings == (overran, steal)
+
+
 def test_a_crashing_trial_reports_the_error_line(tmp_path):
     exe = fake_mpiexec(tmp_path, 'echo "rank 2: Traceback (most recent call last)"\n'
                                  'echo "ValueError: the loss is nan"\necho "MPI_Abort"\nexit 1\n')

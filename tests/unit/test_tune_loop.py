@@ -249,3 +249,55 @@ def test_without_syncs_backends_are_called_as_before_and_nothing_names_a_sync(se
     run.run(3)
     assert all(r.ok and "sync" not in r.summary for r in run.history)
     assert not (tmp_path / "best_schedule.toml").read_text().startswith("#")
+
+
+# -- a trial's own warnings ---------------------------------------------------------------------------
+
+class WarningBackend(Backend):
+    """The simulator, except that trial 2 says (as hpcps.train does) that this machine could not keep up."""
+    name = "sim"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def run_trial(self, trial_dir, schedule, trial):
+        result = self.inner.run_trial(trial_dir, schedule, trial)
+        if trial != 2:
+            return result
+        return TrialResult(result.status, result.iteration_time_s, result.observations, result.trace_path,
+                           result.iteration_times_s, result.elapsed_s, warnings=(OVERRAN, LATE))
+
+
+OVERRAN = ("hpcps.train: warning: 15 of 200 emulated steps ran longer here than on their node (by 22.9 ms "
+           "emulated in all); raise --time-dilation for a faithful emulation")
+LATE = "hpcps.testbed: warning: the machine's host took 6% of its CPU time during the run (steal)"
+
+
+def test_a_trial_that_warned_says_so_in_trials_csv_the_progress_line_the_state_and_the_final_report(setup,
+                                                                                                  tmp_path):
+    from hpcps.tune.cli import final_report
+    cluster, job, problem = setup
+    lines: list[str] = []
+    run = TuningRun(tmp_path, settings("random", cluster), problem, make_strategy("random", problem),
+                    WarningBackend(SimBackend(cluster, job, iterations=2)), echo=lines.append)
+    run.run(3)
+    rows = list(csv.DictReader((tmp_path / "trials.csv").read_text().splitlines()))
+    assert [r["warnings"] for r in rows] == ["", f"{OVERRAN} | {LATE}", ""]
+    progress = [ln for ln in lines if ln.startswith("trial ")]
+    assert ["2 warning(s)" in ln for ln in progress] == [False, True, False], progress
+    back = rundir.load_records(tmp_path, rundir.read_state(tmp_path))
+    assert [r.warnings for r in back] == [[], [OVERRAN, LATE], []]
+    report = final_report(run)
+    assert "1 of 3 measured trial(s) warned that this machine could not keep up" in report, report
+    assert "trial(s) 2" in report and "--dilation" not in report      # the sim backend has no dilation
+
+
+def test_a_state_written_before_trials_kept_warnings_loads_with_none(setup, tmp_path):
+    cluster, job, problem = setup
+    run = TuningRun(tmp_path, settings("random", cluster), problem, make_strategy("random", problem),
+                    SimBackend(cluster, job, iterations=2), echo=lambda s: None)
+    run.run(1)
+    state = rundir.read_state(tmp_path)
+    for t in state["trials"]:
+        del t["warnings"]
+    assert [r.warnings for r in rundir.load_records(tmp_path, state)] == [[]]

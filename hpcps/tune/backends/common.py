@@ -13,6 +13,7 @@ mean of the traced iterations past the first SKIP (start-up).
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,7 +24,8 @@ from hpcps.cluster.description import Cluster
 from hpcps.failure import failure_reason
 from hpcps.tune.trials import TrialResult
 
-__all__ = ["DEFAULT_ITERATIONS", "ROOT", "SKIP", "failure_reason", "rank_env", "read_trace", "train_argv"]
+__all__ = ["DEFAULT_ITERATIONS", "ROOT", "SKIP", "failure_reason", "rank_env", "read_trace", "run_warnings",
+           "train_argv"]
 
 DEFAULT_ITERATIONS = 20
 SKIP = 2
@@ -39,6 +41,16 @@ def train_argv(python: str, job_path: Path, cluster_path: Path, schedule_path: P
             "--schedule", str(schedule_path), "--trace", str(trace_path), "--iterations", str(iterations),
             *(["--sync", sync] if sync is not None else []),
             *(["--step-costs", str(step_costs)] if step_costs is not None else []), "--quiet"]
+
+
+# hpcps.train's and hpcps.testbed's own warnings (hpcps.ps.runtime._report_emulation, hpcps.testbed's run):
+# the machine could not keep up with the emulated cluster, so the trial's time may be too high.
+_RUN_WARNING = re.compile(r"^(hpcps\.(?:train|testbed): warning: .*\S)\s*$", re.MULTILINE)
+
+
+def run_warnings(output: str) -> tuple[str, ...]:
+    """The warning lines of hpcps.train and hpcps.testbed in a trial's output, each once, in order."""
+    return tuple(dict.fromkeys(m.group(1) for m in _RUN_WARNING.finditer(output)))
 
 
 def rank_env(base: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> dict[str, str]:

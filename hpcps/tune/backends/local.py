@@ -33,11 +33,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 from hpcps.cluster.description import Cluster
 from hpcps.cluster.placement import NodeSchedule, write_node_schedule
-from hpcps.tune.backends.common import DEFAULT_ITERATIONS, ROOT, SKIP, failure_reason, rank_env, read_trace, train_argv
+from hpcps.tune.backends.common import (
+    DEFAULT_ITERATIONS,
+    ROOT,
+    SKIP,
+    failure_reason,
+    rank_env,
+    read_trace,
+    run_warnings,
+    train_argv,
+)
 from hpcps.tune.trials import Backend, Stop, StopRequested, TrialResult
 
 log = logging.getLogger(__name__)
@@ -130,7 +140,8 @@ class LocalBackend(Backend):
             reason = failure_reason((trial_dir / "output.log").read_text(errors="replace"))
             return TrialResult(f"exit code {proc.returncode}: {reason}".strip(), trace_path=trace,
                                elapsed_s=time.perf_counter() - t0)
-        return read_trace(self.cluster, trace_path, self.skip, t0)
+        result = read_trace(self.cluster, trace_path, self.skip, t0)
+        return replace(result, warnings=run_warnings((trial_dir / "output.log").read_text(errors="replace")))
 
     def _wait(self, proc: subprocess.Popen) -> str | None:
         """Until the trial exits (None), or why it must end first: its time limit, a stop request."""

@@ -29,6 +29,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from hpcps.cluster.description import Cluster
@@ -39,7 +40,7 @@ from hpcps.slurm import SlurmError, TrialLauncher, TrialState, TrialStatus
 from hpcps.slurm.launcher import TrialHandle
 from hpcps.slurm.nodes import allocation_nodes, compress_hostlist, unknown_nodes
 from hpcps.slurm.parse import SlurmParseError, parse_nodes
-from hpcps.tune.backends.common import DEFAULT_ITERATIONS, SKIP, rank_env, read_trace, train_argv
+from hpcps.tune.backends.common import DEFAULT_ITERATIONS, SKIP, rank_env, read_trace, run_warnings, train_argv
 from hpcps.tune.trials import Backend, Stop, StopRequested, TrialResult
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,8 @@ class SlurmBackend(Backend):
         notes = (f"slurm {handle.mode} {state.slurm_id}",) if state.slurm_id else ()
         if state.ok:
             result = read_trace(self.cluster, trace_path, self.skip, t0)
-            return TrialResult(result.status, result.iteration_time_s, result.observations, result.trace_path,
-                               result.iteration_times_s, result.elapsed_s, notes)
+            output = handle.output.read_text(errors="replace") if handle.output.exists() else ""
+            return replace(result, notes=notes, warnings=run_warnings(output))
         if not self._stop_requested() and handle.stop_status is None and self._allocation_ending():
             raise Stop("the tuning job is ending")   # Slurm is cancelling us too: not the trial's fault
         return TrialResult(self.status_of(state, handle), trace_path=str(trace_path) if trace_path.exists() else None,
