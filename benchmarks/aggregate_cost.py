@@ -6,8 +6,8 @@ model charge it per byte (calibrate_compute.py: a weighted sum and an optimiser 
 in a hot loop), so a smaller shard costs less and more servers look cheaper. On the testbed a server
 waits for pushes between aggregations, asleep, and the call that follows pays for a cold core. This
 times the call itself (thread CPU time, one thread, the median of REPEATS) for pieces of several sizes,
-three ways in turn each repetition: back to back (hot), after a 10 ms sleep (as on the testbed), and
-the per-byte model of the given profiles.
+two ways in turn each repetition: after a 10 ms sleep (as on the testbed) and right after that call
+(warm), beside the per-byte model of the given profiles.
 
     .venv/bin/python benchmarks/aggregate_cost.py          # about a minute; results/aggregate_cost.{md,json}
 """
@@ -62,20 +62,20 @@ def main(argv: list[str] | None = None) -> int:
                 piece.aggregate_and_step()
             hot, slept = [], []
             for _ in range(REPEATS):
-                c = time.thread_time()
-                piece.aggregate_and_step()
-                hot.append(time.thread_time() - c)
                 time.sleep(SLEEP_S)
                 c = time.thread_time()
                 piece.aggregate_and_step()
                 slept.append(time.thread_time() - c)
+                c = time.thread_time()
+                piece.aggregate_and_step()
+                hot.append(time.thread_time() - c)
             model = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost("sgd")) \
                 * BYTES_PER_ELEMENT * size
             rows.append({"elements": size, "workers": n_w, "hot_s": float(np.median(hot)),
                          "hot_min_s": float(np.min(hot)), "after_sleep_s": float(np.median(slept)),
                          "after_sleep_min_s": float(np.min(slept)), "model_s": model})
             r = rows[-1]
-            print(f"{size:8d} elements, {n_w} workers: hot {r['hot_s'] * 1e6:7.1f} us, after a sleep "
+            print(f"{size:8d} elements, {n_w} workers: warm {r['hot_s'] * 1e6:7.1f} us, after a sleep "
                   f"{r['after_sleep_s'] * 1e6:7.1f} us, per-byte model {model * 1e6:7.1f} us", flush=True)
     f["load_average_at_end"] = load_average()
     command = command_line(["python", "benchmarks/aggregate_cost.py", *(argv if argv is not None else sys.argv[1:])])
@@ -86,15 +86,15 @@ def main(argv: list[str] | None = None) -> int:
              "`ServedPiece.aggregate_and_step` (SGD with momentum, one thread), median over "
              f"{REPEATS} (minimum in brackets); the model: `(aggregate_s_per_byte_per_worker x workers + "
              f"update_s_per_byte.sgd) x bytes` of `{args.profiles.name}`.", "",
-             "| elements | workers | hot (us) | after a 10 ms sleep (us) | per-byte model (us) | after a sleep / "
-             "model |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| elements | workers | after a 10 ms sleep (us) | right after that (us) | per-byte model (us) | "
+             "after a sleep / model |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['elements']} | {r['workers']} | {r['hot_s'] * 1e6:.1f} ({r['hot_min_s'] * 1e6:.1f}) | "
-                     f"{r['after_sleep_s'] * 1e6:.1f} ({r['after_sleep_min_s'] * 1e6:.1f}) | "
+        lines.append(f"| {r['elements']} | {r['workers']} | {r['after_sleep_s'] * 1e6:.1f} "
+                     f"({r['after_sleep_min_s'] * 1e6:.1f}) | {r['hot_s'] * 1e6:.1f} ({r['hot_min_s'] * 1e6:.1f}) | "
                      f"{r['model_s'] * 1e6:.1f} | {r['after_sleep_s'] / r['model_s']:.0f}x |")
     lines += ["", f"Up to 39000 elements (the shards of hetero10a-1g's schedules), an aggregation after a sleep "
               f"took {min(r['after_sleep_s'] for r in small) * 1e6:.0f}-"
-              f"{max(r['after_sleep_s'] for r in small) * 1e6:.0f} us whatever the size, back to back "
+              f"{max(r['after_sleep_s'] for r in small) * 1e6:.0f} us whatever the size, right after that "
               f"{min(r['hot_s'] for r in small) * 1e6:.0f}-{max(r['hot_s'] for r in small) * 1e6:.0f} us; "
               f"the per-byte model says {min(r['model_s'] for r in small) * 1e6:.1f}-"
               f"{max(r['model_s'] for r in small) * 1e6:.1f} us.", "", "Raw figures: the JSON beside this file."]
