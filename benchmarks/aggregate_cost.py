@@ -5,9 +5,10 @@ workers' weighted mean, the finiteness check, the optimiser step). The simulator
 model charge it per byte (calibrate_compute.py: a weighted sum and an optimiser step over 16 MB arrays,
 in a hot loop), so a smaller shard costs less and more servers look cheaper. On the testbed a server
 waits for pushes between aggregations, asleep, and the call that follows pays for a cold core. This
-times the call itself (thread CPU time, one thread, the median of REPEATS) for pieces of several sizes,
-two ways in turn each repetition: after a 10 ms sleep (as on the testbed) and right after that call
-(warm), beside the per-byte model of the given profiles.
+times the call itself (calibrate_compute.aggregation_cpu_s: thread CPU time, one thread, the median of
+REPEATS) for pieces of several sizes, two ways in turn each repetition: after a 10 ms sleep (as on the
+testbed) and right after that call (warm), beside the per-byte model of the given profiles (which, when
+calibrated since, also hold the fixed part: aggregate_fixed_s, added to the model's column).
 
     .venv/bin/python benchmarks/aggregate_cost.py          # about a minute; results/aggregate_cost.{md,json}
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 SIZES = (256, 2048, 9750, 39000, 156000, 1 << 20)     # elements; 39000: hetero10a-1g's shard at 2 servers
 WORKERS = (1, 4, 8)
 REPEATS = 61
-SLEEP_S = 0.01
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,42 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.resolve() == args.profiles.resolve():
         p.error("--out must not be --profiles")
     import numpy as np
-    import torch
     from _machine import command_line, facts, facts_markdown, load_average
+    from calibrate_compute import AGGREGATION_SLEEP_S, aggregation_cpu_s
 
-    from hpcps.config.job import OptimizerConfig
-    from hpcps.ps.plan import BYTES_PER_ELEMENT, Piece
-    from hpcps.ps.server import ServedPiece
+    from hpcps.ps.plan import BYTES_PER_ELEMENT
     from hpcps.sim import load_profiles
 
-    torch.set_num_threads(1)
     machine = load_profiles(args.profiles).machine
     f = facts()
     rows = []
     for size in SIZES:
         for n_w in WORKERS:
-            piece = ServedPiece(Piece(0, 0, 0, 0, size), np.zeros(size, np.float32), [8] * n_w,
-                                OptimizerConfig("sgd", 0.05, momentum=0.9), None)
-            piece.rows[:] = 1e-3
-            for _ in range(5):
-                piece.aggregate_and_step()
-            hot, slept = [], []
-            for _ in range(REPEATS):
-                time.sleep(SLEEP_S)
-                c = time.thread_time()
-                piece.aggregate_and_step()
-                slept.append(time.thread_time() - c)
-                c = time.thread_time()
-                piece.aggregate_and_step()
-                hot.append(time.thread_time() - c)
+            slept, hot = aggregation_cpu_s(size, n_w, REPEATS)
             model = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost("sgd")) \
-                * BYTES_PER_ELEMENT * size
+                * BYTES_PER_ELEMENT * size + machine.aggregate_fixed_s
             rows.append({"elements": size, "workers": n_w, "hot_s": float(np.median(hot)),
                          "hot_min_s": float(np.min(hot)), "after_sleep_s": float(np.median(slept)),
                          "after_sleep_min_s": float(np.min(slept)), "model_s": model})
             r = rows[-1]
             print(f"{size:8d} elements, {n_w} workers: warm {r['hot_s'] * 1e6:7.1f} us, after a sleep "
-                  f"{r['after_sleep_s'] * 1e6:7.1f} us, per-byte model {model * 1e6:7.1f} us", flush=True)
+                  f"{r['after_sleep_s'] * 1e6:7.1f} us, model {model * 1e6:7.1f} us", flush=True)
     f["load_average_at_end"] = load_average()
     command = command_line(["python", "benchmarks/aggregate_cost.py", *(argv if argv is not None else sys.argv[1:])])
     small = [r for r in rows if r["elements"] <= 39000]
@@ -85,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
              "Why and how: the docstring of benchmarks/aggregate_cost.py. Thread CPU time of "
              "`ServedPiece.aggregate_and_step` (SGD with momentum, one thread), median over "
              f"{REPEATS} (minimum in brackets); the model: `(aggregate_s_per_byte_per_worker x workers + "
-             f"update_s_per_byte.sgd) x bytes` of `{args.profiles.name}`.", "",
-             "| elements | workers | after a 10 ms sleep (us) | right after that (us) | per-byte model (us) | "
+             f"update_s_per_byte.sgd) x bytes + aggregate_fixed_s` of `{args.profiles.name}` "
+             f"(aggregate_fixed_s {machine.aggregate_fixed_s * 1e6:.1f} us: 0 where not calibrated).", "",
+             "| elements | workers | after a 10 ms sleep (us) | right after that (us) | model (us) | "
              "after a sleep / model |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['elements']} | {r['workers']} | {r['after_sleep_s'] * 1e6:.1f} "
@@ -96,12 +80,12 @@ def main(argv: list[str] | None = None) -> int:
               f"took {min(r['after_sleep_s'] for r in small) * 1e6:.0f}-"
               f"{max(r['after_sleep_s'] for r in small) * 1e6:.0f} us whatever the size, right after that "
               f"{min(r['hot_s'] for r in small) * 1e6:.0f}-{max(r['hot_s'] for r in small) * 1e6:.0f} us; "
-              f"the per-byte model says {min(r['model_s'] for r in small) * 1e6:.1f}-"
+              f"the model says {min(r['model_s'] for r in small) * 1e6:.1f}-"
               f"{max(r['model_s'] for r in small) * 1e6:.1f} us.", "", "Raw figures: the JSON beside this file."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"command": command, "facts": f, "repeats": REPEATS,
-                                                         "sleep_s": SLEEP_S, "profiles": str(args.profiles),
+                                                         "sleep_s": AGGREGATION_SLEEP_S, "profiles": str(args.profiles),
                                                          "rows": rows}, indent=1))
     print(args.out)
     return 0

@@ -8,7 +8,8 @@ runtime does it (gather the batch, zero the flat gradient, forward, backward) at
 with 1 and 2 PyTorch threads and with twice as many threads as this process may use cores, and fits
 time = fixed + per_sample * batch for each thread count. It also counts the model's parameters (the
 bytes every pull and push moves), estimates activation memory per sample (tensors saved for backward),
-and times what servers do (weighted sum of the pushes, optimiser update), a memory copy (transfers
+and times what servers do (weighted sum of the pushes, optimiser update, per byte; and the fixed cost of
+one aggregation after the server slept waiting for pushes, the median of 31 such calls), a memory copy (transfers
 between ranks of one node), and each lossy push codec's encoding (with error feedback) and decoding
 per value.
 
@@ -153,6 +154,33 @@ def resident_bytes() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+AGGREGATION_SLEEP_S = 0.01      # a server's wait for pushes, asleep, before it aggregates
+
+
+def aggregation_cpu_s(elements: int, workers: int, repeats: int) -> tuple[list[float], list[float]]:
+    """Thread CPU times of a server's aggregation of one piece (ServedPiece.aggregate_and_step, SGD with
+    momentum, one thread): each repeat one call after an AGGREGATION_SLEEP_S sleep, as a server waiting
+    for pushes makes it, and one right after that. Returns (after a sleep, right after)."""
+    from hpcps.ps.plan import Piece
+    from hpcps.ps.server import ServedPiece
+    torch.set_num_threads(1)
+    piece = ServedPiece(Piece(0, 0, 0, 0, elements), np.zeros(elements, np.float32), [8] * workers,
+                        OptimizerConfig("sgd", 0.05, momentum=0.9), None)
+    piece.rows[:] = 1e-3
+    for _ in range(5):
+        piece.aggregate_and_step()
+    slept, warm = [], []
+    for _ in range(repeats):
+        time.sleep(AGGREGATION_SLEEP_S)
+        c = time.thread_time()
+        piece.aggregate_and_step()
+        slept.append(time.thread_time() - c)
+        c = time.thread_time()
+        piece.aggregate_and_step()
+        warm.append(time.thread_time() - c)
+    return slept, warm
+
+
 def calibrate_machine(min_reps: int, min_s: float, idle_rank_bytes: float) -> dict:
     torch.set_num_threads(1)
     n = 1 << 22                                      # 16 MB of float32: past the caches, as shards are
@@ -182,8 +210,11 @@ def calibrate_machine(min_reps: int, min_s: float, idle_rank_bytes: float) -> di
         wire = enc.encode(g)
         codecs[name] = [timed(partial(enc.encode, g), min_reps, min_s) / m,
                         timed(partial(codec.decode_into, wire, row), min_reps, min_s) / m]
+    # The fixed part of an aggregation: a piece too small for its bytes to count, after a sleep. The median,
+    # not the fastest: waking up cold is the cost itself, and emulation charges each call's own CPU time.
+    fixed = float(np.median(aggregation_cpu_s(256, 4, max(min_reps, 31))[0]))
     return {"memcpy_bytes_per_s": memcpy, "aggregate_s_per_byte_per_worker": agg, "update_s_per_byte": update,
-            "rank_overhead_bytes": idle_rank_bytes, "codec_s_per_element": codecs}
+            "rank_overhead_bytes": idle_rank_bytes, "codec_s_per_element": codecs, "aggregate_fixed_s": fixed}
 
 
 def render(result: dict) -> str:

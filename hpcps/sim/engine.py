@@ -402,13 +402,16 @@ class _Run:
         self.resolution = min(AUTO_RESOLUTION * float(np.median(base)) if options.resolution_s is None
                               else options.resolution_s, MAX_RESOLUTION * float(np.min(self.compute)))
         per_byte = (machine.aggregate_s_per_byte_per_worker * n_w + machine.update_cost(options.optimizer))
-        self.aggregate = (per_byte * BYTES_PER_ELEMENT + server_codec) * sizes / speed[node_of[servers]]
+        # Each aggregation of a piece also costs a fixed amount whatever its size (machine.aggregate_fixed_s):
+        # with the per-byte terms alone, more servers with smaller shards looked cheaper than they are.
+        fixed = machine.aggregate_fixed_s
+        self.aggregate = ((per_byte * BYTES_PER_ELEMENT + server_codec) * sizes + fixed) / speed[node_of[servers]]
         if options.sync == "asp":
             # Each push is applied on its own: one row's share of the aggregation, the optimiser step and,
             # for a push from another rank, its decoding and the encoding of the answer. [piece, worker row]
             one = machine.aggregate_s_per_byte_per_worker + machine.update_cost(options.optimizer)
             codec = (decode[:, None] + pull_encode) * remote
-            self.apply_cost = ((one * BYTES_PER_ELEMENT + codec) * sizes / speed[node_of[servers]]).T
+            self.apply_cost = (((one * BYTES_PER_ELEMENT + codec) * sizes + fixed) / speed[node_of[servers]]).T
         self.network_bytes = float(self.bytes[~self.local].sum())
 
     def _build_templates(self, plan: MessagePlan, node_of: np.ndarray, latency: np.ndarray,

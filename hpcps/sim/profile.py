@@ -109,6 +109,10 @@ class MachineProfile:
     # push codecs (hpcps/ps/codec.py): seconds per float32 value to encode one push on the worker
     # (error feedback included) and to decode it on the server, by codec; none costs nothing
     codec_s_per_element: tuple[tuple[str, tuple[float, float]], ...] = ()
+    # server: one aggregation's cost apart from its bytes (a call into torch, the finiteness check, the
+    # optimiser's step), as a server pays it after waiting for pushes asleep: 0.6-0.9 ms here whatever
+    # the piece's size (results/aggregate_cost.md), where the per-byte terms give microseconds
+    aggregate_fixed_s: float = 0.0
 
     def update_cost(self, optimizer: str) -> float:
         table = dict(self.update_s_per_byte)
@@ -180,6 +184,7 @@ _MACHINE_SPEC = {
     "update_s_per_byte": Key(dict),
     "rank_overhead_bytes": Key(float, 0.0, ge=0, le=limits.MAX_BYTES),
     "codec_s_per_element": Key(dict, {}),     # codec -> [encode, decode] seconds per value
+    "aggregate_fixed_s": Key(float, 0.0, ge=0, le=limits.MAX_STEP_S),   # absent in older calibrations
 }
 _WORKLOAD_SPEC = {
     "params": Key(int, gt=0, le=limits.MAX_PARAMS),
@@ -269,7 +274,7 @@ def load_profiles(path: str | Path | None = None) -> Profiles:
             codecs[k] = (enc, dec)
         machine = MachineProfile(m["memcpy_bytes_per_s"], m["aggregate_s_per_byte_per_worker"],
                                  tuple(sorted(updates.items())), m["rank_overhead_bytes"],
-                                 tuple(sorted(codecs.items())))
+                                 tuple(sorted(codecs.items())), m["aggregate_fixed_s"])
         if not top["workloads"]:
             raise ConfigError(source, "workloads", "must hold one table per profiled workload")
         workloads = tuple(_workload_from(name, _check_workload(source, name, t), top["cpus"])

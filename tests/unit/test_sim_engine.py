@@ -530,3 +530,39 @@ def test_a_steady_state_run_simulates_one_iteration_before_and_one_after_those_m
         result, timeline = simulate_run(c, s.to_rank_schedule(), TOY, MACHINE,
                                         replace(EXACT, iterations=3, steady_state=steady))
         assert timeline.step_start.shape == (simulated, 2) and len(result.iteration_times_s) == 3
+
+
+def test_every_aggregation_of_a_piece_costs_the_fixed_part_over_the_servers_speed():
+    """A free server but for aggregate_fixed_s: each of the four pieces costs it once an iteration, at
+    the server's speed (0.5 here); with nothing fixed the server's aggregation costs nothing."""
+    half = NodeType("half", 0.5, 2, 2 ** 18 * 8 / PIECE_S / 1e9, latency_us=0.0)
+    c = cluster_of((half, ["s", "a"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(22),))))
+    options = replace(EXACT, iterations=4, bucket_mb=0.25)
+    fixed = replace(FREE_SERVER, aggregate_fixed_s=2e-3)
+    with_fixed = by_node(simulate(c, s.to_rank_schedule(), QUARTERS, fixed, options))["s"]
+    without = by_node(simulate(c, s.to_rank_schedule(), QUARTERS, FREE_SERVER, options))["s"]
+    assert with_fixed.aggregate_s == pytest.approx(4 * 2e-3 / 0.5, rel=1e-9)
+    assert without.aggregate_s == 0.0
+
+
+def test_with_a_fixed_aggregation_cost_more_servers_are_no_longer_free():
+    """Two workers, one model piece per server: with per-byte costs only, eight servers on nodes at a
+    quarter of the speed aggregate their eighths of the model in half the time one fast server takes
+    for all of it; a fixed part per aggregation (what results/aggregate_cost.md measured) makes each
+    slow server pay it whole."""
+    fast, slow = NodeType("fast", 4.0, 8, 10.0, latency_us=0.0), NodeType("slow", 1.0, 2, 10.0, latency_us=0.0)
+    c = cluster_of((fast, ["w1", "w2"]), (slow, [f"s{i}" for i in range(8)]))
+    one = NodeSchedule((NodePlan("w1", True, (NodeWorker(16),)), NodePlan("w2", False, (NodeWorker(16),))))
+    many = NodeSchedule((NodePlan("w1", False, (NodeWorker(16),)), NodePlan("w2", False, (NodeWorker(16),)),
+                         *(NodePlan(f"s{i}", True, ()) for i in range(8))))
+    fixed = replace(MACHINE, aggregate_fixed_s=0.8e-3)
+
+    def aggregate(schedule, machine):
+        ranks = simulate(c, schedule.to_rank_schedule(), TOY, machine, EXACT).ranks
+        return max(r.aggregate_s for r in ranks)
+
+    assert aggregate(many, MACHINE) == pytest.approx(aggregate(one, MACHINE) / 2, rel=1e-3)
+    assert aggregate(many, fixed) > aggregate(one, fixed)
+    assert aggregate(many, fixed) == pytest.approx(aggregate(many, MACHINE) + 0.8e-3 / 1.0, rel=1e-9)
+    assert aggregate(one, fixed) == pytest.approx(aggregate(one, MACHINE) + 0.8e-3 / 4.0, rel=1e-9)

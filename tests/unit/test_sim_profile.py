@@ -133,6 +133,20 @@ def test_codec_costs_are_read_when_calibrated(tmp_path):
         load_profiles(bad)
 
 
+def test_the_fixed_aggregation_cost_is_read_when_calibrated_and_zero_in_older_profiles(tmp_path):
+    import re
+    older = tmp_path / "older.toml"
+    older.write_text(re.sub(r"^aggregate_fixed_s = .*\n", "", DEFAULT_PROFILES.read_text(), flags=re.M))
+    assert load_profiles(older).machine.aggregate_fixed_s == 0.0
+    own = _profile_with(tmp_path, "[machine]", "[machine]\naggregate_fixed_s = 7.5e-4")
+    assert load_profiles(own).machine.aggregate_fixed_s == 7.5e-4
+    for value, words in (("-1e-4", "must be >= 0"), ("nan", "must be a finite number"), ('"1ms"', "")):
+        bad = _profile_with(tmp_path, "[machine]", f"[machine]\naggregate_fixed_s = {value}")
+        with pytest.raises(ConfigError, match="machine.aggregate_fixed_s") as e:
+            load_profiles(bad)
+        assert words in str(e.value)
+
+
 @pytest.mark.parametrize("field,value", [("forward_fraction", float("nan")), ("forward_fraction", 1.5),
                                          ("fixed_s", float("nan")), ("per_sample_s", -1e-3),
                                          ("per_sample_parallel", float("inf")), ("oversubscription", float("nan"))])

@@ -310,7 +310,7 @@ def test_the_composition_by_hand_for_one_server_and_one_worker(server_nic, worke
     wt = NodeType("wt", 1.0, 2, worker_nic, latency_us=worker_us)
     problem = tiny_problem(st, [wt])
     model = StructuredModel(problem, seed=0)
-    model.aggregate.coef = np.array([2e-10, 1e-10])
+    model.aggregate.coef = np.array([2e-10, 1e-10, 0.0])
     model.optimize()
     x = point((1, 0, 0.0, 1), (0, 1, 1.0, 1))
     step = model.machine.form(model.machine.theta, 1, 8, 1, 1)[0]
@@ -355,7 +355,7 @@ def test_the_update_cost_is_fitted_to_the_servers_observed_updates():
         trials.append((p, update_rows(problem, decode_many(problem.space, p[None]), alpha, beta)))
     model.set_observations(trials)
     model.optimize()
-    np.testing.assert_allclose(model.aggregate.coef, [alpha, beta], rtol=1e-6)
+    np.testing.assert_allclose(model.aggregate.coef, [alpha, beta, 0.0], rtol=1e-6, atol=1e-12)
 
 
 # (servers, workers) of eight schedules on four_node_problem's nodes

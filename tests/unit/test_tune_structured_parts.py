@@ -251,25 +251,27 @@ def test_codec_costs_node_by_node(slownet, pull):
             assert push[i] == problem.push_slice_bytes(k, m)
 
 
-def test_the_aggregate_model_fits_bytes_times_workers_and_bytes():
+def test_the_aggregate_model_fits_bytes_times_workers_bytes_and_a_fixed_part():
     from hpcps.tune.models.structured import AggregateModel
     model = _tiny_model()
     agg = AggregateModel(model.problem.cluster)
-    np.testing.assert_array_equal(agg.coef, [1.5e-10, 5e-11])
+    np.testing.assert_array_equal(agg.coef, [1.5e-10, 5e-11, 0.0])
     speed = agg.speed                                          # st 2.0, wt 1.0, wt 1.0
     np.testing.assert_array_equal(speed, [2.0, 1.0, 1.0])
     got = agg.predict(np.array([1e6, 4e6]), np.array([2.0, 3.0]))
     np.testing.assert_allclose(got, [[1e6 * (1.5e-10 * 2 + 5e-11) / s for s in speed],
                                      [4e6 * (1.5e-10 * 3 + 5e-11) / s for s in speed]], rtol=1e-12)
-    alpha, beta = 3e-10, 2e-11
-    rows = [(b, w, node, b * (alpha * w + beta) / speed[node])
-            for b, w, node in ((1e6, 1, 0), (2e6, 3, 1), (5e5, 2, 2), (3e6, 4, 0))]
-    agg.fit(rows)
-    np.testing.assert_allclose(agg.coef, [alpha, beta], rtol=1e-9)
+    shapes = ((1e6, 1, 0), (2e6, 3, 1), (5e5, 2, 2), (3e6, 4, 0), (2.5e5, 1, 1))
+    for alpha, beta, gamma in ((3e-10, 2e-11, 0.0), (3e-10, 2e-11, 7.5e-4), (0.0, 0.0, 7.5e-4)):
+        rows = [(b, w, node, (b * (alpha * w + beta) + gamma) / speed[node]) for b, w, node in shapes]
+        agg.fit(rows)
+        np.testing.assert_allclose(agg.coef, [alpha, beta, gamma], rtol=1e-6, atol=1e-14)
+        np.testing.assert_allclose(agg.predict(np.array([1e5]), np.array([2.0]))[0],
+                                   [(1e5 * (alpha * 2 + beta) + gamma) / s for s in speed], rtol=1e-6)
     agg.fit(rows[:1])                                          # one row pins nothing: kept
-    np.testing.assert_allclose(agg.coef, [alpha, beta], rtol=1e-9)
+    np.testing.assert_allclose(agg.coef, [0.0, 0.0, 7.5e-4], rtol=1e-6, atol=1e-14)
     agg.fit([(1e6, 1, 0, 0.0), (2e6, 2, 1, 0.0)])             # all zero: no fit
-    np.testing.assert_allclose(agg.coef, [alpha, beta], rtol=1e-9)
+    np.testing.assert_allclose(agg.coef, [0.0, 0.0, 7.5e-4], rtol=1e-6, atol=1e-14)
 
 
 def test_asp_trials_are_left_out_of_the_update_fit_and_the_ones_after_them_are_not():
@@ -295,7 +297,7 @@ def test_asp_trials_are_left_out_of_the_update_fit_and_the_ones_after_them_are_n
         trials.append((p, update_rows(problem, d, alpha, beta, update_s=1.0 if sync else None)))
     model.set_observations(trials)
     model.optimize()
-    np.testing.assert_allclose(model.aggregate.coef, [alpha, beta], rtol=1e-6)
+    np.testing.assert_allclose(model.aggregate.coef, [alpha, beta, 0.0], rtol=1e-6, atol=1e-12)
 
 
 def test_data_checks_and_the_log_view():

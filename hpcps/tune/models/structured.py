@@ -51,26 +51,33 @@ T = TypeVar("T")
 
 
 class AggregateModel:
-    """Server update seconds = shard bytes * (alpha * workers + beta) / speed, fitted by least squares."""
+    """Server update seconds = (shard bytes * (alpha * workers + beta) + gamma) / speed, fitted by
+    non-negative least squares. gamma is what one aggregation costs whatever its size (a call into
+    torch, the checks, the optimiser's step: 0.6-0.9 ms here for a server that waited asleep,
+    results/aggregate_cost.md); without it, smaller shards on more servers looked nearly free."""
 
     def __init__(self, cluster):
         self.speed = np.array([n.type.speed for n in cluster.nodes])
-        self.coef = np.array([1.5e-10, 5e-11])    # a NumPy weighted sum and an SGD step, per byte
+        self.coef = np.array([1.5e-10, 5e-11, 0.0])    # a NumPy weighted sum, an SGD step per byte; no fixed part
 
     def fit(self, rows: list[tuple[float, int, int, float]]) -> None:
         """rows: (shard bytes, workers, node index, measured seconds)."""
         if len(rows) < 2:
             return
         r = np.array(rows, dtype=float)
-        A = np.column_stack([r[:, 0] * r[:, 1], r[:, 0]]) / self.speed[r[:, 2].astype(int)][:, None]
+        A = np.column_stack([r[:, 0] * r[:, 1], r[:, 0], np.ones(len(r))]) / self.speed[r[:, 2].astype(int)][:, None]
+        scale = np.linalg.norm(A, axis=0)          # columns of bytes and of ones differ by a millionfold
+        scale[scale == 0] = 1.0
         from scipy.optimize import nnls
-        coef, _ = nnls(A, r[:, 3])
+        coef, _ = nnls(A / scale, r[:, 3])
+        coef = coef / scale
         if np.all(np.isfinite(coef)) and coef.sum() > 0:
             self.coef = coef
 
     def predict(self, shard_bytes: np.ndarray, workers: np.ndarray) -> np.ndarray:
         """(n, N) seconds for each node as a server."""
-        return (shard_bytes[:, None] * (self.coef[0] * workers[:, None] + self.coef[1])) / self.speed[None, :]
+        return (shard_bytes[:, None] * (self.coef[0] * workers[:, None] + self.coef[1]) + self.coef[2]) \
+            / self.speed[None, :]
 
 
 class LogTime(IModel):
