@@ -92,12 +92,13 @@ def say(msg: str) -> None:
 
 
 def warnings_in(trial_dir: Path) -> list[str]:
-    """The lines of a trial's output that say it may not have run faithfully."""
+    """The lines of a trial's output that say it may not have run faithfully (the tuner's own reading)."""
+    from hpcps.tune.backends.common import run_warnings
     try:
         text = (trial_dir / "output.log").read_text(errors="replace")
     except OSError:
         return []
-    return [ln.strip() for ln in text.splitlines() if "warning:" in ln]
+    return list(run_warnings(text))
 
 
 def overran_share(warnings: list[str]) -> float:

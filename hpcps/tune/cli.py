@@ -347,13 +347,13 @@ def final_report(run: TuningRun) -> str:
         return "\n".join(lines)
     first = run.history[0]
     lines.append(f"best: trial {best.trial}, {best.time_s * 1e3:.3f} ms per iteration: {best.summary}")
-    warned = [r for r in run.history if r.ok and r.warnings]
+    warned = [r.trial for r in run.history if r.ok and r.warnings]
     if warned:
         advice = "; raise --dilation" if run.settings.backend == "testbed" else ""
         lines.append(f"{len(warned)} of {sum(1 for r in run.history if r.ok)} measured trial(s) warned that this "
                      f"machine could not keep up with the emulated cluster (trial(s) "
-                     f"{', '.join(str(r.trial) for r in warned[:10])}{', ...' if len(warned) > 10 else ''}"
-                     f"{'; the best among them' if best in warned else ''}): their times may be too high, which "
+                     f"{', '.join(map(str, warned[:10]))}{', ...' if len(warned) > 10 else ''}"
+                     f"{'; the best among them' if best.trial in warned else ''}): their times may be too high, which "
                      f"can hide a better schedule; see trials.csv (warnings){advice}")
     if first.ok and first.note == "naive":
         lines.append(f"naive schedule (trial 1): {first.time_s * 1e3:.3f} ms; speed-up "

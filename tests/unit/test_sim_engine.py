@@ -532,17 +532,20 @@ def test_a_steady_state_run_simulates_one_iteration_before_and_one_after_those_m
         assert timeline.step_start.shape == (simulated, 2) and len(result.iteration_times_s) == 3
 
 
-def test_every_aggregation_of_a_piece_costs_the_fixed_part_over_the_servers_speed():
-    """A free server but for aggregate_fixed_s: each of the four pieces costs it once an iteration, at
-    the server's speed (0.5 here); with nothing fixed the server's aggregation costs nothing."""
+@pytest.mark.parametrize("sync, applies", [("bsp", 1), ("ssp", 1), ("asp", 2)])
+def test_every_aggregation_of_a_piece_costs_the_fixed_part_over_the_servers_speed(sync, applies):
+    """A free server but for aggregate_fixed_s, two workers: under bsp and ssp each of the four pieces
+    costs it once an iteration, under asp once for each worker's push applied, at the server's speed
+    (0.5 here); with nothing fixed the server's aggregation costs nothing."""
     half = NodeType("half", 0.5, 2, 2 ** 18 * 8 / PIECE_S / 1e9, latency_us=0.0)
-    c = cluster_of((half, ["s", "a"]))
-    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(22),))))
-    options = replace(EXACT, iterations=4, bucket_mb=0.25)
+    c = cluster_of((half, ["s", "a", "b"]))
+    s = NodeSchedule((NodePlan("s", True, ()), NodePlan("a", False, (NodeWorker(22),)),
+                      NodePlan("b", False, (NodeWorker(22),))))
+    options = replace(EXACT, iterations=4, bucket_mb=0.25, sync=sync, staleness=1 if sync == "ssp" else 0)
     fixed = replace(FREE_SERVER, aggregate_fixed_s=2e-3)
     with_fixed = by_node(simulate(c, s.to_rank_schedule(), QUARTERS, fixed, options))["s"]
     without = by_node(simulate(c, s.to_rank_schedule(), QUARTERS, FREE_SERVER, options))["s"]
-    assert with_fixed.aggregate_s == pytest.approx(4 * 2e-3 / 0.5, rel=1e-9)
+    assert with_fixed.aggregate_s == pytest.approx(applies * 4 * 2e-3 / 0.5, rel=1e-9)
     assert without.aggregate_s == 0.0
 
 

@@ -290,6 +290,7 @@ def test_a_trial_that_warned_says_so_in_trials_csv_the_progress_line_the_state_a
     report = final_report(run)
     assert "1 of 3 measured trial(s) warned that this machine could not keep up" in report, report
     assert "trial(s) 2" in report and "--dilation" not in report      # the sim backend has no dilation
+    assert ("the best among them" in report) == (run.best().trial == 2), report
 
 
 def test_a_state_written_before_trials_kept_warnings_loads_with_none(setup, tmp_path):

@@ -355,7 +355,8 @@ def test_the_update_cost_is_fitted_to_the_servers_observed_updates():
         trials.append((p, update_rows(problem, decode_many(problem.space, p[None]), alpha, beta)))
     model.set_observations(trials)
     model.optimize()
-    np.testing.assert_allclose(model.aggregate.coef, [alpha, beta, 0.0], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(model.aggregate.coef[:2], [alpha, beta], rtol=1e-6)
+    assert abs(model.aggregate.coef[2]) < 1e-12       # no fixed part in these updates (they are ~1e-4 s)
 
 
 # (servers, workers) of eight schedules on four_node_problem's nodes
